@@ -1,0 +1,128 @@
+//! `broker`: the MQTT broker daemon.
+//!
+//! `broker [--config <path>]` reads the configuration (default `etc/broker.toml`), binds every
+//! listener, and serves until SIGINT or SIGTERM; then it stops accepting, closes every
+//! connection (v5 clients get DISCONNECT 0x8B, wills are published per the spec) and exits 0.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use broker::broker::Broker;
+use broker::config::{Config, LogFormat};
+use broker::listener;
+use tracing_subscriber::EnvFilter;
+
+const USAGE: &str = "usage: broker [--config <path>]   (default: etc/broker.toml)";
+
+fn parse_args() -> Result<PathBuf, String> {
+    let mut config = PathBuf::from("etc/broker.toml");
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-c" | "--config" => {
+                config = args
+                    .next()
+                    .ok_or_else(|| format!("{arg} needs a path\n{USAGE}"))?
+                    .into();
+            }
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            "-V" | "--version" => {
+                return Err(format!("broker {}", env!("CARGO_PKG_VERSION")));
+            }
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(config)
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let path = match parse_args() {
+        Ok(p) => p,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("broker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("broker")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("broker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config, path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("broker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let bound = listener::bind_all(&config.listeners).await?;
+    listener::write_address_file(&config.data_dir, &bound)
+        .with_context(|| format!("cannot write {}/listeners.json", config.data_dir.display()))?;
+    if config.auth.allow_anonymous && bound.iter().any(|b| !b.addr.ip().is_loopback()) {
+        tracing::warn!("auth.allow_anonymous is true and a listener is reachable beyond loopback: anyone can connect");
+    }
+    tracing::info!(config = %path.display(), node = %config.node_name, "broker starting");
+    let broker = Broker::new(config);
+    let mut accept_loops = Vec::new();
+    for b in bound {
+        accept_loops.push(tokio::spawn(listener::run(broker.clone(), b)));
+    }
+    wait_for_signal().await?;
+    tracing::info!("shutting down: closing listeners and connections");
+    broker.begin_shutdown();
+    for l in accept_loops {
+        let _ = l.await;
+    }
+    if !broker
+        .wait_connections_closed(Duration::from_secs(10))
+        .await
+    {
+        tracing::warn!("some connections did not close within 10 s");
+    }
+    tracing::info!("broker stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}

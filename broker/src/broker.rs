@@ -1,0 +1,337 @@
+//! The broker's shared state: session registry, subscription router, metrics, shutdown signal.
+//!
+//! [`Broker::route`] is the publish path: match the topic in the trie under the read lock,
+//! merge overlapping subscriptions of one session, and enqueue one [`Delivery`] per target
+//! session (each holding the same `Arc<Message>`).
+//!
+//! Overlapping subscriptions (section 3.3.4): a session whose plain subscriptions match a topic
+//! several times receives **one** copy, with the maximum QoS of the matching subscriptions and
+//! every matching subscription identifier ([MQTT-3.3.4-2], [MQTT-3.3.4-3]); Retain As Published
+//! applies if any matching subscription asks for it. Shared subscriptions are delivered
+//! separately: each share group picks one member, round-robin, preferring online members.
+//!
+//! [`Broker::attach`] binds a connection to a session, taking over a live connection of the same
+//! client id first ([MQTT-3.1.4-2]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use crate::codec::QoS;
+use crate::config::Config;
+use crate::metrics::{self, Metrics};
+use crate::router::{Match, Trie};
+use crate::session::{Control, Delivery, Enqueued, KickReason, Message, Session, SubEntry};
+
+/// How long a taking-over connection waits for the old one to hand its session back.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The shared state of one running broker.
+pub struct Broker {
+    /// The configuration it was started with.
+    pub config: Arc<Config>,
+    /// Subscriptions: session id → entry, per filter.
+    pub router: RwLock<Trie<u64, SubEntry>>,
+    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    /// Counters.
+    pub metrics: Metrics,
+    next_session_id: AtomicU64,
+    shutdown_tx: watch::Sender<bool>,
+    /// Permits for the global connection limit; all permits back = no connection left.
+    pub connection_permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("node", &self.config.node_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Outcome of [`Broker::attach`].
+pub struct Attached {
+    /// The session now bound to the connection.
+    pub session: Arc<Session>,
+    /// Whether an existing session was resumed (CONNACK session present).
+    pub session_present: bool,
+    /// The generation this connection holds.
+    pub generation: u64,
+}
+
+impl Broker {
+    /// A broker with no sessions and no subscriptions.
+    pub fn new(config: Config) -> Arc<Broker> {
+        let (shutdown_tx, _) = watch::channel(false);
+        let permits = config.limits.max_connections;
+        Arc::new(Broker {
+            config: Arc::new(config),
+            router: RwLock::new(Trie::new()),
+            sessions: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
+            next_session_id: AtomicU64::new(1),
+            shutdown_tx,
+            connection_permits: Arc::new(Semaphore::new(permits)),
+        })
+    }
+
+    /// A receiver that turns `true` when the broker is shutting down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown_tx.subscribe()
+    }
+
+    /// Starts a graceful shutdown: listeners stop accepting, connections close.
+    pub fn begin_shutdown(&self) {
+        self.shutdown_tx.send_replace(true);
+    }
+
+    /// Waits until every connection has closed, at most `deadline`. Returns whether all did.
+    pub async fn wait_connections_closed(&self, deadline: Duration) -> bool {
+        let all = self.config.limits.max_connections as u32;
+        match tokio::time::timeout(deadline, self.connection_permits.acquire_many(all)).await {
+            Ok(Ok(permit)) => {
+                drop(permit);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Number of sessions held.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    /// Looks up a session by client id.
+    pub fn session(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.sessions.lock().get(client_id).cloned()
+    }
+
+    /// Routes a message to every matching subscription. Returns the number of sessions it was
+    /// queued for.
+    pub fn route(&self, message: Arc<Message>) -> usize {
+        let mut targets: Vec<(Arc<Session>, QoS, bool, Option<u32>, bool)> = Vec::new();
+        {
+            let router = self.router.read();
+            let publisher = message.publisher.as_deref();
+            router.for_each_match(message.topic.as_str(), |m| match m {
+                Match::Plain(_, e) => {
+                    // [MQTT-3.8.3-3]: No Local keeps a client's own messages from it.
+                    if e.options.no_local && publisher == Some(&*e.session.client_id) {
+                        return;
+                    }
+                    targets.push((
+                        e.session.clone(),
+                        e.options.qos,
+                        e.options.retain_as_published,
+                        e.id,
+                        false,
+                    ));
+                }
+                Match::Shared(group) => {
+                    if let Some((_, e)) = group.pick(|_, e| e.session.is_online()) {
+                        targets.push((
+                            e.session.clone(),
+                            e.options.qos,
+                            e.options.retain_as_published,
+                            e.id,
+                            true,
+                        ));
+                    }
+                }
+            });
+        }
+        if targets.len() > 1 {
+            // Group plain subscriptions of the same session together; shared ones stay apart.
+            targets.sort_by_key(|t| (t.4, Arc::as_ptr(&t.0) as usize));
+        }
+        let mut delivered = 0;
+        let mut i = 0;
+        while i < targets.len() {
+            let (session, mut qos, mut rap, id, shared) = targets[i].clone();
+            let mut ids: Vec<u32> = id.into_iter().collect();
+            let mut j = i + 1;
+            while !shared
+                && j < targets.len()
+                && !targets[j].4
+                && Arc::ptr_eq(&targets[j].0, &session)
+            {
+                qos = qos.max(targets[j].1);
+                rap |= targets[j].2;
+                ids.extend(targets[j].3);
+                j += 1;
+            }
+            i = j;
+            let delivery = Delivery {
+                qos: qos.min(message.qos),
+                // [MQTT-3.3.1-12]/[MQTT-3.3.1-13]: live deliveries carry RETAIN only when the
+                // subscription asked for Retain As Published.
+                retain: rap && message.retain,
+                subscription_ids: ids,
+                message: message.clone(),
+            };
+            match session.enqueue(delivery) {
+                Enqueued::Queued => delivered += 1,
+                Enqueued::Dropped => {
+                    metrics::add(&self.metrics.messages_dropped, 1);
+                    tracing::debug!(client_id = %session.client_id, topic = %message.topic, "message dropped: session queue full");
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Binds a new connection to the session of `client_id`.
+    ///
+    /// A live connection holding that session is kicked first and its state waited for. With
+    /// `clean_start` an existing session is discarded and a new one created; otherwise it is
+    /// resumed. `control` is the new connection's control channel.
+    pub async fn attach(
+        self: &Arc<Self>,
+        client_id: &Arc<str>,
+        clean_start: bool,
+        control: mpsc::Sender<Control>,
+    ) -> Attached {
+        loop {
+            let existing = self.session(client_id);
+            if let Some(old) = &existing {
+                let old_control = old.control.lock().take();
+                if let Some(ctrl) = old_control {
+                    let (done_tx, done_rx) = oneshot::channel();
+                    let kick = Control::Kick {
+                        reason: KickReason::TakenOver,
+                        done: done_tx,
+                    };
+                    if ctrl.send(kick).await.is_ok() {
+                        if tokio::time::timeout(TAKEOVER_TIMEOUT, done_rx)
+                            .await
+                            .is_err()
+                        {
+                            tracing::warn!(client_id = %client_id, "previous connection did not hand its session back in time");
+                        }
+                    }
+                    continue;
+                }
+            }
+            let mut sessions = self.sessions.lock();
+            let current = sessions.get(client_id).cloned();
+            // Someone attached in between: go round and take it over again.
+            if let Some(cur) = &current {
+                if cur.control.lock().is_some() {
+                    continue;
+                }
+            }
+            let (session, present) = match current {
+                Some(old) if !clean_start => (old, true),
+                other => {
+                    if let Some(old) = other {
+                        sessions.remove(client_id);
+                        self.discard_session(&old);
+                    }
+                    let s = Arc::new(Session::new(
+                        self.next_session_id.fetch_add(1, Ordering::Relaxed),
+                        client_id.clone(),
+                        self.config.limits.max_queued_messages,
+                        self.config.session.queue_qos0_messages,
+                    ));
+                    sessions.insert(client_id.clone(), s.clone());
+                    metrics::add(&self.metrics.sessions, 1);
+                    (s, false)
+                }
+            };
+            *session.control.lock() = Some(control);
+            let generation = session.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            // A will delayed by the previous connection is cancelled by the new one
+            // ([MQTT-3.1.3-9]).
+            session.parked.lock().pending_will = None;
+            return Attached {
+                session,
+                session_present: present,
+                generation,
+            };
+        }
+    }
+
+    /// Ends `session` if it is still registered and no connection reattached since
+    /// `generation`: removes it from the registry and its subscriptions from the router, and
+    /// publishes a will still waiting for its delay.
+    pub fn end_session(&self, session: &Arc<Session>, generation: u64) {
+        {
+            let mut sessions = self.sessions.lock();
+            match sessions.get(&session.client_id) {
+                Some(s) if Arc::ptr_eq(s, session) => {}
+                _ => return,
+            }
+            if session.generation.load(Ordering::Acquire) != generation
+                || session.control.lock().is_some()
+            {
+                return;
+            }
+            sessions.remove(&session.client_id);
+        }
+        self.discard_session(session);
+    }
+
+    /// Removes a session's subscriptions and queue, publishing its pending will. The caller has
+    /// already taken it out of the registry.
+    fn discard_session(&self, session: &Arc<Session>) {
+        metrics::sub(&self.metrics.sessions, 1);
+        let subs: Vec<_> = session.subscriptions.lock().drain().collect();
+        {
+            let mut router = self.router.write();
+            for (_, sub) in &subs {
+                router.remove(sub.group.as_ref(), &sub.filter, &session.id);
+            }
+        }
+        session.clear_queue();
+        let will = session.parked.lock().pending_will.take();
+        if let Some((will, _)) = will {
+            self.route(will);
+        }
+        tracing::debug!(client_id = %session.client_id, "session ended");
+    }
+
+    /// Publishes `will` after `delay` unless the session is resumed first; at the latest when
+    /// the session ends (section 3.1.3.2).
+    pub fn schedule_will(
+        self: &Arc<Self>,
+        session: Arc<Session>,
+        will: Arc<Message>,
+        generation: u64,
+        delay: Duration,
+    ) {
+        session.parked.lock().pending_will = Some((will, generation));
+        let broker = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let will = {
+                let mut parked = session.parked.lock();
+                match &parked.pending_will {
+                    Some((_, g)) if *g == generation => parked.pending_will.take(),
+                    _ => None,
+                }
+            };
+            if let Some((will, _)) = will {
+                broker.route(will);
+            }
+        });
+    }
+
+    /// Ends the session after `expiry` unless a connection reattaches first.
+    pub fn schedule_expiry(
+        self: &Arc<Self>,
+        session: Arc<Session>,
+        generation: u64,
+        expiry: Duration,
+    ) {
+        let broker = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(expiry).await;
+            broker.end_session(&session, generation);
+        });
+    }
+}

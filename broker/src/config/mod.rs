@@ -1,0 +1,324 @@
+//! Typed configuration, read from `etc/broker.toml`.
+//!
+//! Every section and key is `deny_unknown_fields`, so a misspelt key stops start-up with a
+//! message naming the key, the file, and the line. Defaults live here, once, in the
+//! `Default` impls; the shipped `etc/broker.toml` repeats them with a comment each (meaning,
+//! unit, default). [`Config::load`] parses and then [`Config::validate`]s, so a broker that
+//! starts has a configuration whose values are all in range.
+//!
+//! Relative paths (`data_dir`, `plugin_dir`) are relative to the broker's working directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// What went wrong reading the configuration. The message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key is unknown or has the wrong type.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message: it names the key, the line and the column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid config file {path}: `{key}` {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The offending key, dotted.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The whole broker configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This broker's node name, used in `$SYS` topics and logs.
+    pub node_name: String,
+    /// Directory for runtime state (the listener address file, persisted plugin set …).
+    pub data_dir: PathBuf,
+    /// Directory plugins are loaded from.
+    pub plugin_dir: PathBuf,
+    /// The listeners; at least one.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Protocol and resource limits.
+    pub limits: Limits,
+    /// Session behaviour.
+    pub session: SessionConfig,
+    /// Access control defaults.
+    pub auth: AuthConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_name: "broker@127.0.0.1".into(),
+            data_dir: "data".into(),
+            plugin_dir: "target/release".into(),
+            listeners: vec![ListenerConfig::default()],
+            limits: Limits::default(),
+            session: SessionConfig::default(),
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// The transport of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// Plain MQTT over TCP.
+    Tcp,
+}
+
+/// One listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// Name used in logs and metrics; unique.
+    pub name: String,
+    /// Transport.
+    pub kind: ListenerKind,
+    /// Address and port to bind; port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Maximum concurrent connections on this listener.
+    pub max_connections: usize,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            name: "tcp".into(),
+            kind: ListenerKind::Tcp,
+            bind: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            max_connections: 1_000_000,
+        }
+    }
+}
+
+/// Protocol and resource limits, applied on every listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Maximum concurrent connections over all listeners.
+    pub max_connections: usize,
+    /// Maximum size of one packet, in bytes, fixed header included.
+    pub max_packet_size: usize,
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout: u64,
+    /// Maximum client identifier length, in bytes.
+    pub max_client_id_len: usize,
+    /// Maximum keep alive the broker accepts, in seconds; v5 clients asking for more (or for 0)
+    /// are told this value in CONNACK's Server Keep Alive. 0 = accept what the client asks.
+    pub max_keep_alive: u16,
+    /// Incoming QoS 1 / 2 PUBLISH a client may have unacknowledged (v5 Receive Maximum).
+    pub receive_maximum: u16,
+    /// Outgoing QoS 1 / 2 messages in flight per client (further capped by the client's
+    /// Receive Maximum).
+    pub max_inflight: u16,
+    /// Messages queued per session, online or offline, beyond the inflight window.
+    pub max_queued_messages: usize,
+    /// Topic aliases a v5 client may use towards the broker (Topic Alias Maximum); 0 = none.
+    pub topic_alias_maximum: u16,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1_000_000,
+            max_packet_size: 1024 * 1024,
+            connect_timeout: 10,
+            max_client_id_len: 65_535,
+            max_keep_alive: 0,
+            receive_maximum: 128,
+            max_inflight: 32,
+            max_queued_messages: 10_000,
+            topic_alias_maximum: 64,
+        }
+    }
+}
+
+/// Session behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Upper bound on any session's expiry interval, in seconds; also the expiry of MQTT 3.x
+    /// persistent sessions (clean session = 0). 4294967295 = never expire.
+    pub max_session_expiry_interval: u32,
+    /// Whether QoS 0 messages are queued for offline persistent sessions.
+    pub queue_qos0_messages: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            max_session_expiry_interval: u32::MAX,
+            queue_qos0_messages: true,
+        }
+    }
+}
+
+/// Access-control defaults used when no authentication plugin answers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Let clients connect when no authentication plugin is loaded.
+    pub allow_anonymous: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: true,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter directive (e.g. `info`, `broker=debug`); `RUST_LOG` overrides it.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` is used in messages only.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks value ranges that the types alone do not express.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                key: key.to_owned(),
+                message: message.to_owned(),
+            })
+        };
+        if self.listeners.is_empty() {
+            return invalid("listener", "must list at least one listener");
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if self.listeners[..i].iter().any(|o| o.name == l.name) {
+                return invalid("listener.name", &format!("{:?} is used twice", l.name));
+            }
+            if l.max_connections == 0 {
+                return invalid("listener.max_connections", "must be at least 1");
+            }
+        }
+        if !(64..=268_435_460).contains(&self.limits.max_packet_size) {
+            return invalid(
+                "limits.max_packet_size",
+                "must be between 64 and 268435460 bytes",
+            );
+        }
+        if self.limits.max_connections == 0 {
+            return invalid("limits.max_connections", "must be at least 1");
+        }
+        if self.limits.receive_maximum == 0 {
+            return invalid("limits.receive_maximum", "must be at least 1");
+        }
+        if self.limits.max_inflight == 0 {
+            return invalid("limits.max_inflight", "must be at least 1");
+        }
+        if self.limits.connect_timeout == 0 {
+            return invalid("limits.connect_timeout", "must be at least 1 second");
+        }
+        if self.limits.max_client_id_len == 0 {
+            return invalid("limits.max_client_id_len", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/broker.toml");
+        let c = Config::load(&path).expect("shipped etc/broker.toml is valid");
+        assert_eq!(c.listeners[0].bind.port(), 1883);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[limits]\nmax_packet_sise = 10\n", Path::new("x.toml"))
+            .expect_err("unknown key");
+        let msg = err.to_string();
+        assert!(msg.contains("max_packet_sise"), "{msg}");
+        assert!(msg.contains("x.toml"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn out_of_range_is_named() {
+        let err = Config::parse("[limits]\nmax_packet_size = 1\n", Path::new("x.toml"))
+            .expect_err("range");
+        assert!(err.to_string().contains("limits.max_packet_size"));
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", Path::new("x.toml")).expect("defaults");
+        assert_eq!(c.limits.max_packet_size, 1024 * 1024);
+        assert!(c.auth.allow_anonymous);
+    }
+}

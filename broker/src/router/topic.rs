@@ -1,0 +1,191 @@
+//! Topic names and topic filters, validated once at the edge (section 4.7).
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Why a topic name or filter is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    /// Zero-length topic or filter.
+    #[error("[MQTT-4.7.3-1] topic is empty")]
+    Empty,
+    /// A topic name containing `+` or `#`.
+    #[error("[MQTT-3.3.2-2] topic name contains a wildcard")]
+    WildcardInName,
+    /// `#` not alone in the last level, or `+` not alone in its level.
+    #[error("[MQTT-4.7.1-1] wildcard not occupying a whole level (or '#' not last)")]
+    BadWildcard,
+    /// `$share/` without a valid group name or filter.
+    #[error("[MQTT-4.8.2-1] malformed shared subscription")]
+    BadShare,
+}
+
+/// A topic name a message is published to: non-empty, no wildcards. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicName(Arc<str>);
+
+impl TopicName {
+    /// Validates `s` as a topic name.
+    pub fn new(s: &str) -> Result<Self, TopicError> {
+        if s.is_empty() {
+            return Err(TopicError::Empty);
+        }
+        if s.contains(['+', '#']) {
+            return Err(TopicError::WildcardInName);
+        }
+        Ok(TopicName(Arc::from(s)))
+    }
+
+    /// The topic as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A subscription filter, possibly with `+` / `#` wildcards. Shared subscriptions
+/// (`$share/<group>/<filter>`) are split into [`SharedFilter`] by [`TopicFilter::parse`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicFilter(Arc<str>);
+
+/// A `$share/<group>/<filter>` subscription, split into its parts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SharedFilter {
+    /// Share group name.
+    pub group: Arc<str>,
+    /// The filter inside the share.
+    pub filter: TopicFilter,
+}
+
+impl TopicFilter {
+    /// Validates `s` as a plain (non-shared) topic filter.
+    pub fn new(s: &str) -> Result<Self, TopicError> {
+        if s.is_empty() {
+            return Err(TopicError::Empty);
+        }
+        let mut levels = s.split('/').peekable();
+        while let Some(level) = levels.next() {
+            let last = levels.peek().is_none();
+            if level.contains('#') && (level != "#" || !last) {
+                return Err(TopicError::BadWildcard);
+            }
+            if level.contains('+') && level != "+" {
+                return Err(TopicError::BadWildcard);
+            }
+        }
+        Ok(TopicFilter(Arc::from(s)))
+    }
+
+    /// Parses a filter as sent in SUBSCRIBE: `Ok((None, filter))` for a plain filter,
+    /// `Ok((Some(group), filter))` for `$share/<group>/<filter>`.
+    pub fn parse(s: &str) -> Result<(Option<Arc<str>>, TopicFilter), TopicError> {
+        match s.strip_prefix("$share/") {
+            Some(rest) => {
+                let (group, filter) = rest.split_once('/').ok_or(TopicError::BadShare)?;
+                if group.is_empty() || group.contains(['+', '#']) || filter.is_empty() {
+                    return Err(TopicError::BadShare);
+                }
+                Ok((Some(Arc::from(group)), TopicFilter::new(filter)?))
+            }
+            None if s == "$share" => Err(TopicError::BadShare),
+            None => Ok((None, TopicFilter::new(s)?)),
+        }
+    }
+
+    /// The filter as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True when the filter contains `+` or `#`.
+    pub fn has_wildcard(&self) -> bool {
+        self.0.contains(['+', '#'])
+    }
+}
+
+impl fmt::Display for TopicFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The reference matcher: does `filter` match `topic` (section 4.7)? Used by the trie's tests as
+/// the model, and by code that checks one filter against one topic.
+///
+/// A topic starting with `$` is not matched by a filter starting with a wildcard
+/// ([MQTT-4.7.2-1]); `a/#` also matches `a` ([MQTT-4.7.1-2]).
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_validation() {
+        for ok in [
+            "#",
+            "+",
+            "a/#",
+            "a/+/b",
+            "+/+",
+            "/",
+            "a//b",
+            "$SYS/#",
+            "sport/+/player1",
+        ] {
+            assert!(TopicFilter::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a#", "a/#/b", "a+", "a/b+/c", "##", "#/"] {
+            assert!(TopicFilter::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shared_parse() {
+        let (g, f) = TopicFilter::parse("$share/g1/a/+").expect("valid share");
+        assert_eq!(g.as_deref(), Some("g1"));
+        assert_eq!(f.as_str(), "a/+");
+        assert!(TopicFilter::parse("$share/g1").is_err());
+        assert!(TopicFilter::parse("$share//a").is_err());
+        assert!(TopicFilter::parse("$share/g+/a").is_err());
+        assert!(TopicFilter::parse("$share/g/").is_err());
+    }
+
+    #[test]
+    fn reference_matcher() {
+        assert!(matches("sport/tennis/player1/#", "sport/tennis/player1"));
+        assert!(matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/ranking"
+        ));
+        assert!(matches("sport/#", "sport"));
+        assert!(matches("sport/+", "sport/"));
+        assert!(!matches("sport/+", "sport"));
+        assert!(matches("+/+", "/finance"));
+        assert!(matches("/+", "/finance"));
+        assert!(!matches("+", "/finance"));
+        assert!(!matches("#", "$SYS/x"));
+        assert!(!matches("+/monitor", "$SYS/monitor"));
+        assert!(matches("$SYS/#", "$SYS/monitor/Clients"));
+    }
+}

@@ -1,0 +1,401 @@
+//! The subscription trie: one node per filter level, with explicit children for `+` and `#`.
+//!
+//! A topic is matched level by level; at each node the exact child, the `+` child and the `#`
+//! child are followed, so a match costs O(levels × wildcard branching), independent of the
+//! number of subscriptions. Each node holds the subscriptions whose filter ends there: plain
+//! ones keyed by subscriber (one subscription per subscriber and filter, as the spec requires:
+//! a second SUBSCRIBE to the same filter replaces the first, [MQTT-3.8.4-3]) and shared ones by
+//! group. Empty nodes are pruned on removal so the trie does not grow with churn.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::topic::TopicFilter;
+
+/// Members of one shared subscription (`$share/<group>/<filter>`), with the round-robin cursor.
+#[derive(Debug)]
+pub struct SharedGroup<K, V> {
+    /// Members in subscription order.
+    pub members: Vec<(K, V)>,
+    cursor: AtomicUsize,
+}
+
+impl<K, V> SharedGroup<K, V> {
+    /// Picks the next member in round-robin order, preferring one for which `available` is true;
+    /// when none is available the next member in turn is returned anyway (its queue keeps the
+    /// message). `None` only for an empty group.
+    pub fn pick(&self, mut available: impl FnMut(&K, &V) -> bool) -> Option<&(K, V)> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let m = &self.members[(start + i) % n];
+            if available(&m.0, &m.1) {
+                return Some(m);
+            }
+        }
+        self.members.get(start % n)
+    }
+}
+
+#[derive(Debug)]
+struct Node<K, V> {
+    children: HashMap<Box<str>, Node<K, V>>,
+    plus: Option<Box<Node<K, V>>>,
+    hash: Option<Box<Node<K, V>>>,
+    subs: HashMap<K, V>,
+    shared: HashMap<Arc<str>, SharedGroup<K, V>>,
+}
+
+impl<K, V> Default for Node<K, V> {
+    fn default() -> Self {
+        Node {
+            children: HashMap::new(),
+            plus: None,
+            hash: None,
+            subs: HashMap::new(),
+            shared: HashMap::new(),
+        }
+    }
+}
+
+impl<K, V> Node<K, V> {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.hash.is_none()
+            && self.subs.is_empty()
+            && self.shared.is_empty()
+    }
+}
+
+/// One matching subscription, as visited by [`Trie::for_each_match`].
+pub enum Match<'a, K, V> {
+    /// A plain subscription.
+    Plain(&'a K, &'a V),
+    /// A shared subscription group: the visitor picks one member.
+    Shared(&'a SharedGroup<K, V>),
+}
+
+/// The subscription trie. `K` identifies a subscriber, `V` is stored with each subscription.
+#[derive(Debug)]
+pub struct Trie<K, V> {
+    root: Node<K, V>,
+    count: usize,
+}
+
+impl<K, V> Default for Trie<K, V> {
+    fn default() -> Self {
+        Trie {
+            root: Node::default(),
+            count: 0,
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, V> Trie<K, V> {
+    /// An empty trie.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of subscriptions stored (plain and shared members).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when no subscription is stored.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn node_mut(&mut self, filter: &TopicFilter) -> &mut Node<K, V> {
+        let mut node = &mut self.root;
+        for level in filter.as_str().split('/') {
+            node = match level {
+                "+" => node.plus.get_or_insert_with(Box::default),
+                "#" => node.hash.get_or_insert_with(Box::default),
+                _ => node.children.entry(level.into()).or_default(),
+            };
+        }
+        node
+    }
+
+    /// Adds or replaces `key`'s subscription to `filter` (in share `group` if given).
+    /// Returns the value it replaced.
+    pub fn insert(
+        &mut self,
+        group: Option<&Arc<str>>,
+        filter: &TopicFilter,
+        key: K,
+        value: V,
+    ) -> Option<V> {
+        let node = self.node_mut(filter);
+        let old = match group {
+            None => node.subs.insert(key, value),
+            Some(g) => {
+                let grp = node.shared.entry(g.clone()).or_insert_with(|| SharedGroup {
+                    members: Vec::new(),
+                    cursor: AtomicUsize::new(0),
+                });
+                match grp.members.iter_mut().find(|(k, _)| *k == key) {
+                    Some(slot) => Some(std::mem::replace(&mut slot.1, value)),
+                    None => {
+                        grp.members.push((key, value));
+                        None
+                    }
+                }
+            }
+        };
+        if old.is_none() {
+            self.count += 1;
+        }
+        old
+    }
+
+    /// Removes `key`'s subscription to `filter`; returns it if it existed.
+    pub fn remove(&mut self, group: Option<&Arc<str>>, filter: &TopicFilter, key: &K) -> Option<V> {
+        let levels: Vec<&str> = filter.as_str().split('/').collect();
+        let removed = Self::remove_at(&mut self.root, &levels, group, key);
+        if removed.is_some() {
+            self.count -= 1;
+        }
+        removed
+    }
+
+    fn remove_at(
+        node: &mut Node<K, V>,
+        levels: &[&str],
+        group: Option<&Arc<str>>,
+        key: &K,
+    ) -> Option<V> {
+        let Some((first, rest)) = levels.split_first() else {
+            return match group {
+                None => node.subs.remove(key),
+                Some(g) => {
+                    let grp = node.shared.get_mut(g)?;
+                    let pos = grp.members.iter().position(|(k, _)| k == key)?;
+                    let (_, v) = grp.members.remove(pos);
+                    if grp.members.is_empty() {
+                        node.shared.remove(g);
+                    }
+                    Some(v)
+                }
+            };
+        };
+        match *first {
+            "+" | "#" => {
+                let slot = if *first == "+" {
+                    &mut node.plus
+                } else {
+                    &mut node.hash
+                };
+                let child = slot.as_deref_mut()?;
+                let removed = Self::remove_at(child, rest, group, key);
+                if child.is_empty() {
+                    *slot = None;
+                }
+                removed
+            }
+            level => {
+                let child = node.children.get_mut(level)?;
+                let removed = Self::remove_at(child, rest, group, key);
+                if child.is_empty() {
+                    node.children.remove(level);
+                }
+                removed
+            }
+        }
+    }
+
+    /// Calls `visit` for every subscription whose filter matches `topic` (a valid topic name).
+    ///
+    /// Topics starting with `$` are not matched by a leading `+` or `#` ([MQTT-4.7.2-1]).
+    pub fn for_each_match<'a>(&'a self, topic: &str, mut visit: impl FnMut(Match<'a, K, V>)) {
+        let dollar = topic.starts_with('$');
+        Self::walk(&self.root, topic, true, dollar, &mut visit);
+    }
+
+    fn emit<'a>(node: &'a Node<K, V>, visit: &mut impl FnMut(Match<'a, K, V>)) {
+        for (k, v) in &node.subs {
+            visit(Match::Plain(k, v));
+        }
+        for g in node.shared.values() {
+            visit(Match::Shared(g));
+        }
+    }
+
+    /// `rest` is the unmatched remainder of the topic; `None` once every level is consumed.
+    fn walk<'a>(
+        node: &'a Node<K, V>,
+        rest: &str,
+        first: bool,
+        dollar: bool,
+        visit: &mut impl FnMut(Match<'a, K, V>),
+    ) {
+        let (level, tail) = match rest.split_once('/') {
+            Some((l, t)) => (l, Some(t)),
+            None => (rest, None),
+        };
+        let wildcards = !(first && dollar);
+        if wildcards {
+            if let Some(h) = &node.hash {
+                Self::emit(h, visit);
+            }
+        }
+        let mut step = |child: &'a Node<K, V>| match tail {
+            Some(t) => Self::walk(child, t, false, dollar, visit),
+            None => {
+                Self::emit(child, visit);
+                // "a/#" also matches "a" ([MQTT-4.7.1-2]).
+                if let Some(h) = &child.hash {
+                    Self::emit(h, visit);
+                }
+            }
+        };
+        if wildcards {
+            if let Some(p) = &node.plus {
+                step(p);
+            }
+        }
+        if let Some(c) = node.children.get(level) {
+            step(c);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::topic::matches;
+    use proptest::prelude::*;
+
+    fn collect(trie: &Trie<u32, String>, topic: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        trie.for_each_match(topic, |m| match m {
+            Match::Plain(_, v) => out.push(v.clone()),
+            Match::Shared(g) => out.extend(g.members.iter().map(|(_, v)| v.clone())),
+        });
+        out.sort();
+        out
+    }
+
+    fn filter(s: &str) -> TopicFilter {
+        TopicFilter::new(s).expect("valid filter")
+    }
+
+    #[test]
+    fn basic_matching() {
+        let mut t = Trie::new();
+        for (i, f) in ["a/b", "a/+", "a/#", "#", "+/b", "$SYS/#", "+/+/c"]
+            .iter()
+            .enumerate()
+        {
+            t.insert(None, &filter(f), i as u32, f.to_string());
+        }
+        assert_eq!(collect(&t, "a/b"), ["#", "+/b", "a/#", "a/+", "a/b"]);
+        assert_eq!(collect(&t, "a"), ["#", "a/#"]);
+        assert_eq!(collect(&t, "$SYS/x"), ["$SYS/#"]);
+        assert_eq!(collect(&t, "x/y/c"), ["#", "+/+/c"]);
+        assert_eq!(t.len(), 7);
+        assert_eq!(t.remove(None, &filter("a/#"), &2), Some("a/#".to_string()));
+        assert_eq!(t.remove(None, &filter("a/#"), &2), None);
+        assert_eq!(collect(&t, "a"), ["#"]);
+        assert_eq!(t.len(), 6);
+    }
+
+    #[test]
+    fn shared_round_robin_prefers_available() {
+        let mut t: Trie<u32, ()> = Trie::new();
+        let g: Arc<str> = Arc::from("g");
+        for k in 0..3 {
+            t.insert(Some(&g), &filter("s/+"), k, ());
+        }
+        let mut picks = Vec::new();
+        for _ in 0..6 {
+            t.for_each_match("s/x", |m| {
+                if let Match::Shared(grp) = m {
+                    picks.push(grp.pick(|k, _| *k != 1).map(|(k, _)| *k));
+                }
+            });
+        }
+        assert!(picks.iter().all(|p| matches!(p, Some(0) | Some(2))));
+        assert!(picks.contains(&Some(0)) && picks.contains(&Some(2)));
+    }
+
+    #[test]
+    fn removal_prunes_nodes() {
+        let mut t: Trie<u32, ()> = Trie::new();
+        t.insert(None, &filter("a/b/c/#"), 1, ());
+        t.remove(None, &filter("a/b/c/#"), &1);
+        assert!(t.root.is_empty());
+    }
+
+    fn level() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("".to_string()),
+            Just("$x".to_string()),
+        ]
+    }
+
+    fn topic_strategy() -> impl Strategy<Value = String> {
+        prop::collection::vec(level(), 1..5).prop_map(|v| v.join("/"))
+    }
+
+    fn filter_strategy() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(
+                prop_oneof![level(), Just("+".to_string()), Just("+".to_string())],
+                0..4,
+            ),
+            any::<bool>(),
+        )
+            .prop_filter_map("non-empty filter", |(mut v, hash)| {
+                if hash {
+                    v.push("#".to_string());
+                }
+                if v.is_empty() {
+                    None
+                } else {
+                    Some(v.join("/"))
+                }
+            })
+    }
+
+    proptest! {
+        /// The trie finds exactly what the reference matcher finds.
+        #[test]
+        fn trie_agrees_with_reference(
+            filters in prop::collection::vec(filter_strategy(), 1..20),
+            topics in prop::collection::vec(topic_strategy(), 1..10),
+            removals in prop::collection::vec(any::<prop::sample::Index>(), 0..5),
+        ) {
+            let mut t: Trie<u32, String> = Trie::new();
+            let mut live: Vec<(u32, String)> = Vec::new();
+            for (i, f) in filters.iter().enumerate() {
+                t.insert(None, &filter(f), i as u32, f.clone());
+                live.push((i as u32, f.clone()));
+            }
+            for r in removals {
+                if live.is_empty() { break; }
+                let (k, f) = live.remove(r.index(live.len()));
+                prop_assert!(t.remove(None, &filter(&f), &k).is_some());
+            }
+            for topic in &topics {
+                let mut expected: Vec<String> = live
+                    .iter()
+                    .filter(|(_, f)| matches(f, topic))
+                    .map(|(_, f)| f.clone())
+                    .collect();
+                expected.sort();
+                prop_assert_eq!(collect(&t, topic), expected, "topic {}", topic);
+            }
+        }
+    }
+}

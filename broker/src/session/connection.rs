@@ -1,0 +1,1000 @@
+//! One network connection, from its first byte to close.
+//!
+//! [`serve`] reads CONNECT (within `limits.connect_timeout`), validates it, binds the connection
+//! to a session through [`Broker::attach`], answers CONNACK, restores the session's parked state
+//! (redelivering unacknowledged messages with DUP set, [MQTT-4.4.0-1]) and then loops:
+//!
+//! * read whatever the socket has, decode every complete packet and act on it;
+//! * drain the session queue up to the inflight window, encoding into the write buffer;
+//! * write the buffer in one call — every packet produced by one wake-up goes out together;
+//! * wait for the socket, the session queue, a control request (takeover, kick), shutdown, or
+//!   the keep-alive deadline (1.5 × keep alive, [MQTT-3.1.2-24]).
+//!
+//! When the loop ends it tells a v5 client why (DISCONNECT with a reason code), hands the
+//! session state back, publishes or schedules the will unless the client disconnected normally
+//! ([MQTT-3.1.2-8], [MQTT-3.14.4-3]), and ends the session when its expiry interval is 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::broker::Broker;
+use crate::codec::{
+    self, reason, ConnAck, Connect, DecodeError, Disconnect, Packet, PacketId, Properties,
+    ProtocolVersion, PubResp, Publish, PublishHeader, QoS, SubAck, Subscribe, UnsubAck,
+    Unsubscribe,
+};
+use crate::metrics;
+use crate::router::{TopicFilter, TopicName};
+
+use super::{Control, Delivery, KickReason, Message, Outgoing, Session, SubEntry, Subscription};
+
+/// Where a connection came from; passed down from the listener.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Peer address.
+    pub peer: SocketAddr,
+    /// Listener name.
+    pub listener: Arc<str>,
+}
+
+/// Why the connection loop ended.
+#[derive(Debug)]
+enum Exit {
+    /// The client sent DISCONNECT; `with_will` for v5 reason 0x04.
+    Disconnect { with_will: bool },
+    /// The peer closed the socket without DISCONNECT.
+    Closed,
+    /// No packet within 1.5 × keep alive.
+    KeepAliveTimeout,
+    /// The client broke the protocol.
+    Protocol { reason: u8, message: String },
+    /// Another connection or an administrator took the session.
+    Kicked {
+        reason: KickReason,
+        done: oneshot::Sender<()>,
+    },
+    /// The broker is shutting down.
+    Shutdown,
+    /// Reading or writing the socket failed.
+    Io(std::io::Error),
+}
+
+impl Exit {
+    fn protocol(reason: u8, message: impl Into<String>) -> Exit {
+        Exit::Protocol {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// The reason code of the DISCONNECT a v5 client is sent, if any.
+    fn disconnect_reason(&self) -> Option<u8> {
+        match self {
+            Exit::KeepAliveTimeout => Some(reason::KEEP_ALIVE_TIMEOUT),
+            Exit::Protocol { reason, .. } => Some(*reason),
+            Exit::Kicked {
+                reason: KickReason::TakenOver,
+                ..
+            } => Some(reason::SESSION_TAKEN_OVER),
+            Exit::Kicked {
+                reason: KickReason::Kicked,
+                ..
+            } => Some(reason::ADMINISTRATIVE_ACTION),
+            Exit::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            _ => None,
+        }
+    }
+
+    /// The disconnect reason as operators see it in logs (and presence events).
+    fn label(&self) -> &'static str {
+        match self {
+            Exit::Disconnect { .. } => "normal",
+            Exit::Closed => "tcp_closed",
+            Exit::KeepAliveTimeout => "keepalive_timeout",
+            Exit::Protocol { .. } => "protocol_error",
+            Exit::Kicked {
+                reason: KickReason::TakenOver,
+                ..
+            } => "takenover",
+            Exit::Kicked {
+                reason: KickReason::Kicked,
+                ..
+            } => "kicked",
+            Exit::Shutdown => "server_shutdown",
+            Exit::Io(_) => "io_error",
+        }
+    }
+}
+
+impl From<DecodeError> for Exit {
+    fn from(e: DecodeError) -> Exit {
+        Exit::protocol(e.reason_code(), e.to_string())
+    }
+}
+
+/// Serves one connection until it closes. Never panics on network input.
+pub async fn serve<S>(broker: Arc<Broker>, mut stream: S, info: ConnInfo)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut rbuf = BytesMut::with_capacity(4 * 1024);
+    let connect = match read_connect(&broker, &mut stream, &mut rbuf, &info).await {
+        Some(c) => c,
+        None => return,
+    };
+    let mut conn = match Connection::accept(&broker, &mut stream, connect, &info).await {
+        Some(c) => c,
+        None => return,
+    };
+    metrics::add(&broker.metrics.connections, 1);
+    let exit = conn.run(&mut stream, &mut rbuf).await;
+    conn.finish(&mut stream, exit).await;
+    metrics::sub(&broker.metrics.connections, 1);
+}
+
+/// Reads the first packet; it must be CONNECT ([MQTT-3.1.0-1]). Answers an unsupported protocol
+/// level with CONNACK 0x01 ([MQTT-3.1.2-2]).
+async fn read_connect<S>(
+    broker: &Broker,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    info: &ConnInfo,
+) -> Option<Box<Connect>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let max = broker.config.limits.max_packet_size;
+    let timeout = Duration::from_secs(broker.config.limits.connect_timeout);
+    let read = async {
+        loop {
+            if let Some(&b) = rbuf.first() {
+                if b >> 4 != 1 {
+                    return Err(format!(
+                        "[MQTT-3.1.0-1] first packet is of type {}, not CONNECT",
+                        b >> 4
+                    ));
+                }
+            }
+            match codec::decode(rbuf, None, max) {
+                Ok(Some(Packet::Connect(c))) => return Ok(c),
+                Ok(Some(p)) => {
+                    return Err(format!("[MQTT-3.1.0-1] first packet is {}", p.name()));
+                }
+                Ok(None) => {}
+                Err(DecodeError::UnsupportedProtocolLevel(level)) => {
+                    let mut out = BytesMut::new();
+                    let ack = Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        reason_code: reason::UNSUPPORTED_PROTOCOL_VERSION,
+                        properties: Properties::default(),
+                    });
+                    let version = if level == 5 {
+                        ProtocolVersion::V5
+                    } else {
+                        ProtocolVersion::V3_1_1
+                    };
+                    codec::encode(&ack, version, &mut out);
+                    let _ = stream.write_all(&out).await;
+                    return Err(DecodeError::UnsupportedProtocolLevel(level).to_string());
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+            match stream.read_buf(rbuf).await {
+                Ok(0) => return Err("closed before CONNECT".to_string()),
+                Ok(n) => metrics::add(&broker.metrics.bytes_received, n as u64),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(reason)) => {
+            tracing::info!(peer = %info.peer, listener = %info.listener, %reason, "connection refused");
+            None
+        }
+        Err(_) => {
+            tracing::info!(peer = %info.peer, listener = %info.listener, "no CONNECT within connect_timeout");
+            None
+        }
+    }
+}
+
+/// State of an attached connection. Owned by the connection's task.
+struct Connection {
+    broker: Arc<Broker>,
+    session: Arc<Session>,
+    generation: u64,
+    client_id: Arc<str>,
+    version: ProtocolVersion,
+    peer: SocketAddr,
+    keep_alive: Duration,
+    will: Option<crate::codec::LastWill>,
+    session_expiry: u32,
+    control_rx: mpsc::Receiver<Control>,
+    wbuf: BytesMut,
+    outgoing: std::collections::VecDeque<Outgoing>,
+    incoming_qos2: Vec<u16>,
+    last_packet_id: u16,
+    window: usize,
+    client_max_packet: usize,
+    topic_aliases: Vec<Option<TopicName>>,
+    problem_information: bool,
+    drained: Vec<Delivery>,
+}
+
+/// Encodes a CONNACK refusing the connection and writes it.
+async fn refuse<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    version: ProtocolVersion,
+    reason_code: u8,
+    info: &ConnInfo,
+    client_id: &str,
+    why: &str,
+) {
+    tracing::info!(peer = %info.peer, client_id = %client_id, reason_code, %why, "connection refused");
+    let mut out = BytesMut::new();
+    let mut properties = Properties::default();
+    if version.is_v5() {
+        properties.reason_string = Some(why.to_owned());
+    }
+    let ack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code,
+        properties,
+    });
+    codec::encode(&ack, version, &mut out);
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
+}
+
+fn assigned_client_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("auto-{nanos:x}-{n:x}")
+}
+
+impl Connection {
+    /// Validates CONNECT, attaches the session and answers CONNACK.
+    async fn accept<S>(
+        broker: &Arc<Broker>,
+        stream: &mut S,
+        connect: Box<Connect>,
+        info: &ConnInfo,
+    ) -> Option<Connection>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let limits = &broker.config.limits;
+        let version = connect.protocol;
+        let v5 = version.is_v5();
+        let mut assigned = None;
+        let client_id: Arc<str> = if connect.client_id.is_empty() {
+            // [MQTT-3.1.3-8]: 3.1.1 allows an empty id only with clean session; 3.1 never.
+            if version == ProtocolVersion::V3_1
+                || (version == ProtocolVersion::V3_1_1 && !connect.clean_start)
+            {
+                refuse(
+                    stream,
+                    version,
+                    reason::CLIENT_IDENTIFIER_NOT_VALID,
+                    info,
+                    "",
+                    "[MQTT-3.1.3-8] empty client identifier requires clean session",
+                )
+                .await;
+                return None;
+            }
+            let id = assigned_client_id();
+            assigned = Some(id.clone());
+            Arc::from(id)
+        } else {
+            Arc::from(connect.client_id.as_str())
+        };
+        if client_id.len() > limits.max_client_id_len {
+            refuse(
+                stream,
+                version,
+                reason::CLIENT_IDENTIFIER_NOT_VALID,
+                info,
+                &client_id,
+                "client identifier longer than limits.max_client_id_len",
+            )
+            .await;
+            return None;
+        }
+        if v5 && connect.properties.authentication_method.is_some() {
+            refuse(
+                stream,
+                version,
+                reason::BAD_AUTHENTICATION_METHOD,
+                info,
+                &client_id,
+                "enhanced authentication is not supported by any loaded plugin",
+            )
+            .await;
+            return None;
+        }
+        if !broker.config.auth.allow_anonymous {
+            refuse(
+                stream,
+                version,
+                reason::NOT_AUTHORIZED,
+                info,
+                &client_id,
+                "auth.allow_anonymous is false and no authentication plugin is loaded",
+            )
+            .await;
+            return None;
+        }
+
+        let max_expiry = broker.config.session.max_session_expiry_interval;
+        let requested_expiry = if v5 {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let session_expiry = requested_expiry.min(max_expiry);
+
+        let mut keep_alive = connect.keep_alive;
+        let mut server_keep_alive = None;
+        if v5
+            && limits.max_keep_alive > 0
+            && (keep_alive == 0 || keep_alive > limits.max_keep_alive)
+        {
+            keep_alive = limits.max_keep_alive;
+            server_keep_alive = Some(keep_alive);
+        }
+
+        let (control_tx, control_rx) = mpsc::channel(4);
+        let attached = broker
+            .attach(&client_id, connect.clean_start, control_tx)
+            .await;
+        attached
+            .session
+            .expiry_interval
+            .store(session_expiry as u64, std::sync::atomic::Ordering::Relaxed);
+
+        let mut properties = Properties::default();
+        if v5 {
+            if session_expiry != requested_expiry {
+                properties.session_expiry_interval = Some(session_expiry);
+            }
+            properties.receive_maximum = Some(limits.receive_maximum);
+            properties.maximum_packet_size = Some(limits.max_packet_size as u32);
+            if limits.topic_alias_maximum > 0 {
+                properties.topic_alias_maximum = Some(limits.topic_alias_maximum);
+            }
+            properties.assigned_client_identifier = assigned;
+            properties.server_keep_alive = server_keep_alive;
+        }
+        let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+        let mut conn = Connection {
+            broker: broker.clone(),
+            session: attached.session.clone(),
+            generation: attached.generation,
+            client_id: client_id.clone(),
+            version,
+            peer: info.peer,
+            keep_alive: Duration::from_millis(keep_alive as u64 * 1500),
+            will: connect.will.clone(),
+            session_expiry,
+            control_rx,
+            wbuf: BytesMut::with_capacity(8 * 1024),
+            outgoing: Default::default(),
+            incoming_qos2: Vec::new(),
+            last_packet_id: 0,
+            window: (limits.max_inflight.min(client_receive_max)) as usize,
+            client_max_packet: connect
+                .properties
+                .maximum_packet_size
+                .map_or(usize::MAX, |m| m as usize),
+            topic_aliases: vec![None; limits.topic_alias_maximum as usize],
+            problem_information: connect.properties.request_problem_information != Some(0),
+            drained: Vec::new(),
+        };
+        conn.push(&Packet::ConnAck(ConnAck {
+            session_present: attached.session_present,
+            reason_code: reason::SUCCESS,
+            properties,
+        }));
+        {
+            let mut parked = conn.session.parked.lock();
+            conn.outgoing = std::mem::take(&mut parked.outgoing);
+            conn.incoming_qos2 = std::mem::take(&mut parked.incoming_qos2);
+            conn.last_packet_id = parked.last_packet_id;
+        }
+        // Redeliver what the previous connection left unacknowledged, in order.
+        for i in 0..conn.outgoing.len() {
+            let o = conn.outgoing[i].clone();
+            if o.released {
+                conn.push(&Packet::PubRel(PubResp::new(o.packet_id)));
+            } else {
+                conn.write_publish(&o.delivery, Some(o.packet_id), true);
+            }
+        }
+        conn.session.set_online(true);
+        tracing::info!(
+            client_id = %client_id,
+            peer = %info.peer,
+            listener = %info.listener,
+            protocol = ?version,
+            keep_alive,
+            clean_start = connect.clean_start,
+            session_present = attached.session_present,
+            "client connected"
+        );
+        Some(conn)
+    }
+
+    /// Appends an encoded packet to the write buffer.
+    fn push(&mut self, packet: &Packet) {
+        codec::encode(packet, self.version, &mut self.wbuf);
+    }
+
+    /// Encodes one delivery as PUBLISH into the write buffer. Returns false if the client's
+    /// Maximum Packet Size forbids it ([MQTT-3.1.2-25]).
+    fn write_publish(&mut self, d: &Delivery, packet_id: Option<PacketId>, dup: bool) -> bool {
+        let msg = &d.message;
+        let mut extra;
+        let mut properties = &msg.properties;
+        if self.version.is_v5() {
+            let remaining = msg
+                .expires_at
+                .map(|t| t.saturating_duration_since(Instant::now()).as_secs() as u32);
+            if remaining.is_some() || !d.subscription_ids.is_empty() {
+                extra = msg.properties.clone();
+                extra.message_expiry_interval = remaining.map(|r| r.max(1));
+                extra.subscription_identifiers = d.subscription_ids.clone();
+                properties = &extra;
+            }
+        }
+        let size = codec::publish_len(
+            self.version,
+            packet_id.is_some(),
+            msg.topic.as_str(),
+            properties,
+            msg.payload.len(),
+        );
+        if size > self.client_max_packet {
+            return false;
+        }
+        codec::encode_publish(
+            &mut self.wbuf,
+            self.version,
+            PublishHeader {
+                dup,
+                qos: d.qos,
+                retain: d.retain,
+                packet_id,
+            },
+            msg.topic.as_str(),
+            properties,
+            &msg.payload,
+        );
+        true
+    }
+
+    fn next_packet_id(&mut self) -> PacketId {
+        loop {
+            self.last_packet_id = self.last_packet_id.wrapping_add(1);
+            if let Some(id) = PacketId::new(self.last_packet_id) {
+                if !self.outgoing.iter().any(|o| o.packet_id == id) {
+                    return id;
+                }
+            }
+        }
+    }
+
+    /// Moves deliveries from the session queue into the write buffer while the inflight window
+    /// has room.
+    fn drain_queue(&mut self) {
+        let room = self.window.saturating_sub(self.outgoing.len());
+        let mut batch = std::mem::take(&mut self.drained);
+        self.session.drain(&mut batch, room);
+        let now = Instant::now();
+        let mut sent = 0u64;
+        for d in batch.drain(..) {
+            if d.message.expires_at.is_some_and(|t| t <= now) {
+                metrics::add(&self.broker.metrics.messages_dropped, 1);
+                continue;
+            }
+            if d.qos == QoS::AtMostOnce {
+                if self.write_publish(&d, None, false) {
+                    sent += 1;
+                } else {
+                    metrics::add(&self.broker.metrics.messages_dropped, 1);
+                }
+                continue;
+            }
+            let packet_id = self.next_packet_id();
+            if self.write_publish(&d, Some(packet_id), false) {
+                sent += 1;
+                self.outgoing.push_back(Outgoing {
+                    packet_id,
+                    delivery: d,
+                    released: false,
+                });
+            } else {
+                metrics::add(&self.broker.metrics.messages_dropped, 1);
+            }
+        }
+        self.drained = batch;
+        if sent > 0 {
+            metrics::add(&self.broker.metrics.messages_sent, sent);
+        }
+    }
+
+    async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Result<(), Exit> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        stream.write_all(&self.wbuf).await.map_err(Exit::Io)?;
+        metrics::add(&self.broker.metrics.bytes_sent, self.wbuf.len() as u64);
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    async fn run<S>(&mut self, stream: &mut S, rbuf: &mut BytesMut) -> Exit
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut shutdown = self.broker.shutdown_signal();
+        let max_packet = self.broker.config.limits.max_packet_size;
+        let mut last_read = Instant::now();
+        let keep_alive = self.keep_alive;
+        let deadline = tokio::time::sleep(if keep_alive.is_zero() {
+            Duration::from_secs(86_400 * 365)
+        } else {
+            keep_alive
+        });
+        tokio::pin!(deadline);
+        // Packets that arrived together with CONNECT.
+        if let Err(exit) = self.decode_all(rbuf, max_packet) {
+            return exit;
+        }
+        loop {
+            self.drain_queue();
+            if let Err(exit) = self.flush(stream).await {
+                return exit;
+            }
+            let room = self.outgoing.len() < self.window;
+            tokio::select! {
+                biased;
+                ctrl = self.control_rx.recv() => match ctrl {
+                    Some(Control::Kick { reason, done }) => return Exit::Kicked { reason, done },
+                    // The session was taken by someone who dropped the sender: treat as takeover.
+                    None => {
+                        let (done, _) = oneshot::channel();
+                        return Exit::Kicked { reason: KickReason::TakenOver, done };
+                    }
+                },
+                _ = shutdown.wait_for(|s| *s) => return Exit::Shutdown,
+                read = stream.read_buf(rbuf) => match read {
+                    Ok(0) => return Exit::Closed,
+                    Ok(n) => {
+                        metrics::add(&self.broker.metrics.bytes_received, n as u64);
+                        last_read = Instant::now();
+                        if let Err(exit) = self.decode_all(rbuf, max_packet) {
+                            return exit;
+                        }
+                    }
+                    Err(e) => return Exit::Io(e),
+                },
+                _ = self.session.notified(), if room => {}
+                _ = &mut deadline, if !keep_alive.is_zero() => {
+                    let due = last_read + keep_alive;
+                    if Instant::now() >= due {
+                        return Exit::KeepAliveTimeout;
+                    }
+                    deadline.as_mut().reset(due);
+                }
+            }
+        }
+    }
+
+    fn decode_all(&mut self, rbuf: &mut BytesMut, max_packet: usize) -> Result<(), Exit> {
+        while let Some(packet) = codec::decode(rbuf, Some(self.version), max_packet)? {
+            self.handle(packet)?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(r) => {
+                if let Some(pos) = self
+                    .outgoing
+                    .iter()
+                    .position(|o| o.packet_id == r.packet_id && o.delivery.qos == QoS::AtLeastOnce)
+                {
+                    self.outgoing.remove(pos);
+                }
+                Ok(())
+            }
+            Packet::PubRec(r) => {
+                let pos = self
+                    .outgoing
+                    .iter()
+                    .position(|o| o.packet_id == r.packet_id && o.delivery.qos == QoS::ExactlyOnce);
+                match pos {
+                    // A failure reason ends the exchange (section 4.3.3).
+                    Some(pos) if r.reason_code >= 0x80 => {
+                        self.outgoing.remove(pos);
+                    }
+                    Some(pos) => {
+                        self.outgoing[pos].released = true;
+                        self.push(&Packet::PubRel(PubResp::new(r.packet_id)));
+                    }
+                    None => {
+                        let mut rel = PubResp::new(r.packet_id);
+                        rel.reason_code = reason::PACKET_IDENTIFIER_NOT_FOUND;
+                        self.push(&Packet::PubRel(rel));
+                    }
+                }
+                Ok(())
+            }
+            Packet::PubComp(r) => {
+                if let Some(pos) = self
+                    .outgoing
+                    .iter()
+                    .position(|o| o.packet_id == r.packet_id && o.released)
+                {
+                    self.outgoing.remove(pos);
+                }
+                Ok(())
+            }
+            Packet::PubRel(r) => {
+                let mut comp = PubResp::new(r.packet_id);
+                match self
+                    .incoming_qos2
+                    .iter()
+                    .position(|id| *id == r.packet_id.get())
+                {
+                    Some(pos) => {
+                        self.incoming_qos2.swap_remove(pos);
+                    }
+                    None => comp.reason_code = reason::PACKET_IDENTIFIER_NOT_FOUND,
+                }
+                self.push(&Packet::PubComp(comp));
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => {
+                self.on_unsubscribe(u);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.push(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => self.on_disconnect(d),
+            Packet::Connect(_) => Err(Exit::protocol(
+                reason::PROTOCOL_ERROR,
+                "[MQTT-3.1.0-2] second CONNECT on a connection",
+            )),
+            Packet::Auth(_) => Err(Exit::protocol(
+                reason::PROTOCOL_ERROR,
+                "[MQTT-4.12.0-1] AUTH without an authentication method",
+            )),
+            other => Err(Exit::protocol(
+                reason::PROTOCOL_ERROR,
+                format!("[MQTT-2.1.2] a client may not send {}", other.name()),
+            )),
+        }
+    }
+
+    /// Resolves the topic of an incoming PUBLISH, applying v5 topic aliases (section 3.3.2.3.4).
+    fn resolve_topic(&mut self, p: &Publish) -> Result<TopicName, Exit> {
+        match p.properties.topic_alias {
+            None => TopicName::new(&p.topic)
+                .map_err(|e| Exit::protocol(reason::TOPIC_NAME_INVALID, e.to_string())),
+            Some(alias) => {
+                let slot = (alias as usize)
+                    .checked_sub(1)
+                    .filter(|i| *i < self.topic_aliases.len())
+                    .ok_or_else(|| {
+                        Exit::protocol(
+                            reason::TOPIC_ALIAS_INVALID,
+                            format!("[MQTT-3.3.2-8] topic alias {alias} out of range"),
+                        )
+                    })?;
+                if p.topic.is_empty() {
+                    self.topic_aliases[slot].clone().ok_or_else(|| {
+                        Exit::protocol(
+                            reason::PROTOCOL_ERROR,
+                            format!(
+                                "topic alias {alias} used before it was set (section 3.3.2.3.4)"
+                            ),
+                        )
+                    })
+                } else {
+                    let topic = TopicName::new(&p.topic)
+                        .map_err(|e| Exit::protocol(reason::TOPIC_NAME_INVALID, e.to_string()))?;
+                    self.topic_aliases[slot] = Some(topic.clone());
+                    Ok(topic)
+                }
+            }
+        }
+    }
+
+    fn on_publish(&mut self, p: Publish) -> Result<(), Exit> {
+        metrics::add(&self.broker.metrics.messages_received, 1);
+        let topic = self.resolve_topic(&p)?;
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(Exit::protocol(
+                reason::PROTOCOL_ERROR,
+                "[MQTT-3.3.4-6] PUBLISH from a client carries a subscription identifier",
+            ));
+        }
+        if p.qos == QoS::ExactlyOnce {
+            let Some(id) = p.packet_id else {
+                return Err(Exit::protocol(
+                    reason::MALFORMED_PACKET,
+                    "QoS 2 without packet id",
+                ));
+            };
+            if self.incoming_qos2.contains(&id.get()) {
+                // A resend of a message already routed: acknowledge again, do not route twice.
+                self.push(&Packet::PubRec(PubResp::new(id)));
+                return Ok(());
+            }
+            if self.incoming_qos2.len() >= self.broker.config.limits.receive_maximum as usize {
+                return Err(Exit::protocol(
+                    reason::RECEIVE_MAXIMUM_EXCEEDED,
+                    "[MQTT-3.3.4-9] more unacknowledged QoS 2 PUBLISH than Receive Maximum",
+                ));
+            }
+        }
+        let mut properties = p.properties;
+        let expires_at = properties
+            .message_expiry_interval
+            .take()
+            .map(|s| Instant::now() + Duration::from_secs(s as u64));
+        properties.topic_alias = None;
+        let message = Arc::new(Message {
+            topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties,
+            publisher: Some(self.client_id.clone()),
+            expires_at,
+        });
+        let matched = self.broker.route(message);
+        let reason_code = if matched == 0 && self.version.is_v5() {
+            reason::NO_MATCHING_SUBSCRIBERS
+        } else {
+            reason::SUCCESS
+        };
+        match (p.qos, p.packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => {
+                let mut ack = PubResp::new(id);
+                ack.reason_code = reason_code;
+                self.push(&Packet::PubAck(ack));
+            }
+            (QoS::ExactlyOnce, Some(id)) => {
+                self.incoming_qos2.push(id.get());
+                let mut rec = PubResp::new(id);
+                rec.reason_code = reason_code;
+                self.push(&Packet::PubRec(rec));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Exit> {
+        let v5 = self.version.is_v5();
+        let id = s.properties.subscription_identifiers.first().copied();
+        let mut codes = Vec::with_capacity(s.filters.len());
+        for (raw, options) in s.filters {
+            let (group, filter) = match TopicFilter::parse(&raw) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    tracing::debug!(client_id = %self.client_id, filter = %raw, error = %e, "invalid topic filter");
+                    codes.push(reason::TOPIC_FILTER_INVALID);
+                    continue;
+                }
+            };
+            if v5 && group.is_some() && options.no_local {
+                return Err(Exit::protocol(
+                    reason::PROTOCOL_ERROR,
+                    "[MQTT-3.8.3-4] No Local on a shared subscription",
+                ));
+            }
+            let entry = SubEntry {
+                session: self.session.clone(),
+                options,
+                id,
+            };
+            self.broker
+                .router
+                .write()
+                .insert(group.as_ref(), &filter, self.session.id, entry);
+            self.session.subscriptions.lock().insert(
+                raw,
+                Subscription {
+                    group,
+                    filter,
+                    options,
+                    id,
+                },
+            );
+            codes.push(options.qos as u8);
+        }
+        self.push(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            properties: Properties::default(),
+            reason_codes: codes,
+        }));
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for raw in &u.filters {
+            let removed = self.session.subscriptions.lock().remove(raw);
+            match removed {
+                Some(sub) => {
+                    self.broker.router.write().remove(
+                        sub.group.as_ref(),
+                        &sub.filter,
+                        &self.session.id,
+                    );
+                    codes.push(reason::SUCCESS);
+                }
+                None => codes.push(reason::NO_SUBSCRIPTION_EXISTED),
+            }
+        }
+        self.push(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            properties: Properties::default(),
+            reason_codes: codes,
+        }));
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Exit> {
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            // [MQTT-3.14.2-2]: a session that expired at close may not be made persistent here.
+            if self.session_expiry == 0 && expiry != 0 {
+                return Err(Exit::protocol(
+                    reason::PROTOCOL_ERROR,
+                    "[MQTT-3.14.2-2] DISCONNECT sets a session expiry after CONNECT set 0",
+                ));
+            }
+            self.session_expiry =
+                expiry.min(self.broker.config.session.max_session_expiry_interval);
+        }
+        Err(Exit::Disconnect {
+            with_will: d.reason_code == reason::DISCONNECT_WITH_WILL,
+        })
+    }
+
+    /// Closes the connection: tells a v5 client why, parks the session, handles the will.
+    async fn finish<S: AsyncWrite + Unpin>(&mut self, stream: &mut S, exit: Exit) {
+        if self.version.is_v5() {
+            if let Some(reason_code) = exit.disconnect_reason() {
+                let mut properties = Properties::default();
+                if self.problem_information {
+                    if let Exit::Protocol { message, .. } = &exit {
+                        properties.reason_string = Some(message.clone());
+                    }
+                }
+                self.push(&Packet::Disconnect(Disconnect {
+                    reason_code,
+                    properties,
+                }));
+            }
+        }
+        // Best effort: a peer that stopped reading must not hold the task.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = self.flush(stream).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+
+        match &exit {
+            Exit::Protocol { message, .. } => {
+                tracing::info!(client_id = %self.client_id, peer = %self.peer, reason = %message, "protocol error, connection closed")
+            }
+            Exit::Io(e) => {
+                tracing::info!(client_id = %self.client_id, peer = %self.peer, error = %e, "connection error")
+            }
+            _ => {}
+        }
+        tracing::info!(client_id = %self.client_id, peer = %self.peer, reason = exit.label(), "client disconnected");
+
+        // Hand the state back to the session.
+        {
+            let mut parked = self.session.parked.lock();
+            parked.outgoing = std::mem::take(&mut self.outgoing);
+            parked.incoming_qos2 = std::mem::take(&mut self.incoming_qos2);
+            parked.last_packet_id = self.last_packet_id;
+        }
+        let still_ours = {
+            let mut control = self.session.control.lock();
+            let ours = self
+                .session
+                .generation
+                .load(std::sync::atomic::Ordering::Acquire)
+                == self.generation;
+            if ours {
+                *control = None;
+                self.session.set_online(false);
+            }
+            ours
+        };
+        self.session.expiry_interval.store(
+            self.session_expiry as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+
+        let publish_will = !matches!(exit, Exit::Disconnect { with_will: false });
+        let will = self.will.take().filter(|_| publish_will);
+        if let Some(will) = will {
+            let delay = will.properties.will_delay_interval.unwrap_or(0);
+            let mut properties = will.properties;
+            let expires_at = properties
+                .message_expiry_interval
+                .take()
+                .map(|s| Instant::now() + Duration::from_secs(s as u64));
+            properties.will_delay_interval = None;
+            match TopicName::new(&will.topic) {
+                Ok(topic) => {
+                    let message = Arc::new(Message {
+                        topic,
+                        payload: will.payload,
+                        qos: will.qos,
+                        retain: will.retain,
+                        properties,
+                        publisher: Some(self.client_id.clone()),
+                        expires_at,
+                    });
+                    if delay > 0 && self.session_expiry > 0 && still_ours {
+                        let delay = delay.min(self.session_expiry);
+                        self.broker.schedule_will(
+                            self.session.clone(),
+                            message,
+                            self.generation,
+                            Duration::from_secs(delay as u64),
+                        );
+                    } else {
+                        self.broker.route(message);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(client_id = %self.client_id, error = %e, "will topic invalid; will dropped")
+                }
+            }
+        }
+
+        if still_ours {
+            match self.session_expiry {
+                0 => self.broker.end_session(&self.session, self.generation),
+                u32::MAX => {}
+                secs => self.broker.schedule_expiry(
+                    self.session.clone(),
+                    self.generation,
+                    Duration::from_secs(secs as u64),
+                ),
+            }
+        }
+        if let Exit::Kicked { done, .. } = exit {
+            let _ = done.send(());
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Sessions: the state MQTT keeps per client identifier, and the task that serves a connection.
+//!
+//! A [`Session`] outlives connections: it is created by the first CONNECT of a client id, is
+//! attached to at most one connection at a time, and ends at disconnect (expiry interval 0), at
+//! expiry, or when a clean-start CONNECT replaces it. Its parts:
+//! * the **queue** of deliveries ([`Session::enqueue`]): filled by publishers (any task, under
+//!   the per-session lock only), drained in batches by the attached connection up to its inflight
+//!   window. Offline, it simply is not drained. It is bounded by `limits.max_queued_messages`;
+//!   when full, the *new* message is dropped and counted in `messages_dropped` (the oldest
+//!   messages are the ones the subscriber expects first, so they are kept);
+//! * the **parked** state ([`Parked`]): unacknowledged outgoing messages, QoS 2 packet ids
+//!   received but not yet released, and a delayed will. The connection owns these while attached
+//!   and hands them back when it ends, so a resumed session redelivers with DUP set;
+//! * its **subscriptions**, mirrored in the router's trie.
+//!
+//! [`connection::serve`] runs one network connection from CONNECT to close.
+//!
+//! Lock order: registry → router → session (`subscriptions`, `parked`, `queue`, `control`);
+//! none is held across `.await`.
+
+pub mod connection;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
+
+use crate::codec::{PacketId, Properties, QoS, SubscriptionOptions};
+use crate::router::{TopicFilter, TopicName};
+
+/// An application message being routed. Shared by every delivery (`Arc`): the payload is never
+/// copied per subscriber.
+#[derive(Debug)]
+pub struct Message {
+    /// Topic it was published to.
+    pub topic: TopicName,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: QoS,
+    /// RETAIN flag as published.
+    pub retain: bool,
+    /// v5 properties forwarded to subscribers (payload format, content type, response topic,
+    /// correlation data, user properties). Message expiry is kept in `expires_at` instead.
+    pub properties: Properties,
+    /// Client id of the publisher (None for messages the broker itself publishes).
+    pub publisher: Option<Arc<str>>,
+    /// When the message expires (v5 Message Expiry Interval).
+    pub expires_at: Option<Instant>,
+}
+
+/// One message on its way to one session, with what the matching subscriptions decided.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The shared message.
+    pub message: Arc<Message>,
+    /// QoS to deliver with: min(message QoS, subscription QoS).
+    pub qos: QoS,
+    /// RETAIN flag to set on delivery.
+    pub retain: bool,
+    /// v5 subscription identifiers of the matching subscriptions.
+    pub subscription_ids: Vec<u32>,
+}
+
+/// An outgoing QoS 1 / 2 message not yet completely acknowledged.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Packet id it was sent with.
+    pub packet_id: PacketId,
+    /// The delivery.
+    pub delivery: Delivery,
+    /// QoS 2 only: PUBREC received, PUBREL sent, waiting for PUBCOMP.
+    pub released: bool,
+}
+
+/// State that survives a connection and is restored when the session resumes.
+#[derive(Debug, Default)]
+pub struct Parked {
+    /// Outgoing messages awaiting acknowledgement, in send order.
+    pub outgoing: VecDeque<Outgoing>,
+    /// Incoming QoS 2 packet ids received but not yet released by PUBREL.
+    pub incoming_qos2: Vec<u16>,
+    /// The last packet id allocated.
+    pub last_packet_id: u16,
+    /// A will waiting for its delay interval, and the generation it belongs to.
+    pub pending_will: Option<(Arc<Message>, u64)>,
+}
+
+/// One subscription as the session records it.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// Share group for `$share/<group>/<filter>`.
+    pub group: Option<Arc<str>>,
+    /// The filter.
+    pub filter: TopicFilter,
+    /// Options.
+    pub options: SubscriptionOptions,
+    /// v5 subscription identifier.
+    pub id: Option<u32>,
+}
+
+/// What the router stores for each subscription.
+#[derive(Debug, Clone)]
+pub struct SubEntry {
+    /// The subscribing session.
+    pub session: Arc<Session>,
+    /// Subscription options.
+    pub options: SubscriptionOptions,
+    /// v5 subscription identifier.
+    pub id: Option<u32>,
+}
+
+/// Why a connection is being told to close by someone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickReason {
+    /// Another connection with the same client id.
+    TakenOver,
+    /// An administrator's request.
+    Kicked,
+}
+
+/// A request to the connection attached to a session.
+#[derive(Debug)]
+pub enum Control {
+    /// Close the connection; send `()` on `done` once the session state is handed back.
+    Kick {
+        /// Why.
+        reason: KickReason,
+        /// Acknowledges that the connection has parked its state.
+        done: oneshot::Sender<()>,
+    },
+}
+
+struct Queue {
+    items: VecDeque<Delivery>,
+}
+
+/// The shared part of a session.
+pub struct Session {
+    /// Unique id of this session object (never reused).
+    pub id: u64,
+    /// The client identifier.
+    pub client_id: Arc<str>,
+    /// Incremented each time a connection attaches; timers compare it to know whether the
+    /// session was resumed meanwhile.
+    pub generation: AtomicU64,
+    online: AtomicBool,
+    queue: Mutex<Queue>,
+    notify: Notify,
+    max_queued: usize,
+    queue_qos0_offline: bool,
+    /// Subscriptions by the filter string as the client sent it (`$share/…` included).
+    pub subscriptions: Mutex<HashMap<String, Subscription>>,
+    /// State parked while no connection is attached.
+    pub parked: Mutex<Parked>,
+    /// Control channel of the attached connection.
+    pub control: Mutex<Option<mpsc::Sender<Control>>>,
+    /// Session expiry interval in force, seconds.
+    pub expiry_interval: AtomicU64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Result of [`Session::enqueue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued for delivery.
+    Queued,
+    /// Dropped: the queue is full, or QoS 0 for an offline session that does not queue QoS 0.
+    Dropped,
+}
+
+impl Session {
+    /// A new, offline session.
+    pub fn new(id: u64, client_id: Arc<str>, max_queued: usize, queue_qos0_offline: bool) -> Self {
+        Session {
+            id,
+            client_id,
+            generation: AtomicU64::new(0),
+            online: AtomicBool::new(false),
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+            }),
+            notify: Notify::new(),
+            max_queued,
+            queue_qos0_offline,
+            subscriptions: Mutex::new(HashMap::new()),
+            parked: Mutex::new(Parked::default()),
+            control: Mutex::new(None),
+            expiry_interval: AtomicU64::new(0),
+        }
+    }
+
+    /// True while a connection is attached.
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Release);
+        if online {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Queues a delivery and wakes the attached connection if the queue was empty.
+    pub fn enqueue(&self, delivery: Delivery) -> Enqueued {
+        if delivery.qos == QoS::AtMostOnce && !self.queue_qos0_offline && !self.is_online() {
+            return Enqueued::Dropped;
+        }
+        let was_empty = {
+            let mut q = self.queue.lock();
+            if q.items.len() >= self.max_queued {
+                return Enqueued::Dropped;
+            }
+            q.items.push_back(delivery);
+            q.items.len() == 1
+        };
+        if was_empty {
+            self.notify.notify_one();
+        }
+        Enqueued::Queued
+    }
+
+    /// Moves up to `max_qos_gt0` QoS > 0 deliveries (and every QoS 0 delivery before the
+    /// window fills) from the queue into `out`, preserving order.
+    pub(crate) fn drain(&self, out: &mut Vec<Delivery>, max_qos_gt0: usize) {
+        let mut q = self.queue.lock();
+        let mut budget = max_qos_gt0;
+        while let Some(front) = q.items.front() {
+            if front.qos != QoS::AtMostOnce {
+                if budget == 0 {
+                    break;
+                }
+                budget -= 1;
+            }
+            if let Some(d) = q.items.pop_front() {
+                out.push(d);
+            }
+        }
+    }
+
+    /// True when deliveries are waiting.
+    pub fn has_queued(&self) -> bool {
+        !self.queue.lock().items.is_empty()
+    }
+
+    /// Number of queued deliveries.
+    pub fn queued_len(&self) -> usize {
+        self.queue.lock().items.len()
+    }
+
+    pub(crate) fn clear_queue(&self) {
+        self.queue.lock().items.clear();
+    }
+
+    pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+}
