@@ -1,1 +1,602 @@
-//! harness
+//! End-to-end test harness: starts the real `broker` binary and talks to it over real sockets.
+//!
+//! * [`Broker::start`] writes a config into a fresh temporary directory (listeners on
+//!   `127.0.0.1:0`, its own `data_dir`), starts the binary built by `cargo build --workspace`,
+//!   and waits for `data_dir/listeners.json` to learn the ports. Dropping it kills the process.
+//! * [`V4Client`] / [`V5Client`] wrap the rumqttc client crate (MQTT 3.1.1 / 5.0).
+//! * [`Wire`] is a raw-byte client for malformed input and byte-exact expectations.
+//!
+//! Every test starts its own broker, so tests run in parallel without sharing anything.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+pub use rumqttc;
+
+/// Default time to wait for anything the broker should do promptly.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Directory holding the workspace's built binaries (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("BROKER_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // The test executable lives in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary; panics with the command to run if it was not built.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace` before the tests (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// A running broker process with its own temporary directory.
+pub struct Broker {
+    child: Option<Child>,
+    /// Temporary directory holding config, data_dir and the log.
+    pub dir: tempfile::TempDir,
+    /// Address of the first listener.
+    pub addr: SocketAddr,
+}
+
+impl Broker {
+    /// Starts a broker with default settings.
+    pub fn start() -> Broker {
+        Broker::start_with("")
+    }
+
+    /// Starts a broker; `extra` is appended to the generated config (TOML tables such as
+    /// `[limits]`).
+    pub fn start_with(extra: &str) -> Broker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let config = format!(
+            "data_dir = {:?}\nplugin_dir = {:?}\n\n[[listener]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n{extra}\n",
+            data.display().to_string(),
+            bin_dir().display().to_string(),
+        );
+        Broker::start_config(dir, &config)
+    }
+
+    /// Starts a broker with exactly `config` as its configuration file.
+    pub fn start_config(dir: tempfile::TempDir, config: &str) -> Broker {
+        let config_path = dir.path().join("broker.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("broker.log")).expect("log file");
+        let child = Command::new(binary("broker"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", std::env::var("BROKER_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn broker");
+        let mut broker = Broker {
+            child: Some(child),
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let data_dir = config
+            .lines()
+            .find_map(|l| l.strip_prefix("data_dir = "))
+            .map(|v| PathBuf::from(v.trim_matches('"')))
+            .unwrap_or_else(|| broker.dir.path().join("data"));
+        let listeners = data_dir.join("listeners.json");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&listeners) {
+                if let Some(addr) = first_addr(&text) {
+                    broker.addr = addr;
+                    break;
+                }
+            }
+            if let Some(status) = broker.try_status() {
+                panic!("broker exited with {status} during start-up:\n{}", broker.log());
+            }
+            assert!(Instant::now() < deadline, "broker did not start:\n{}", broker.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        broker
+    }
+
+    /// Port of the first listener.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.path().join("broker.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Resident memory of the broker process in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.try_status().is_none()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("broker running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.try_status() {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "broker did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn first_addr(json: &str) -> Option<SocketAddr> {
+    let start = json.find("\"addr\"")?;
+    let rest = &json[start + 6..];
+    let open = rest.find('"')?;
+    let rest = &rest[open + 1..];
+    let close = rest.find('"')?;
+    rest[..close].parse().ok()
+}
+
+/// Waits until `cond` holds, polling; panics with `what` after [`WAIT`].
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---------------------------------------------------------------- rumqttc wrappers
+
+/// An MQTT 3.1.1 client (rumqttc) whose event loop runs in a task.
+pub struct V4Client {
+    /// The rumqttc client handle.
+    pub client: rumqttc::AsyncClient,
+    events: mpsc::UnboundedReceiver<Result<rumqttc::Event, String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Options for a V4 client.
+pub fn v4_options(port: u16, id: &str) -> rumqttc::MqttOptions {
+    let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
+    o
+}
+
+impl V4Client {
+    /// Connects with clean session and waits for CONNACK.
+    pub async fn connect(port: u16, id: &str) -> V4Client {
+        V4Client::connect_with(v4_options(port, id)).await.0
+    }
+
+    /// Connects with `options`; returns the client and CONNACK's session-present flag.
+    pub async fn connect_with(options: rumqttc::MqttOptions) -> (V4Client, bool) {
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10_000);
+        let (tx, events) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(ev) => {
+                        if tx.send(Ok(ev)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        break;
+                    }
+                }
+            }
+        });
+        let mut c = V4Client {
+            client,
+            events,
+            task,
+        };
+        let present = loop {
+            match c.next_event().await {
+                Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a)))) => {
+                    break a.session_present
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("connect failed: {e}"),
+                None => panic!("connect: no CONNACK within {WAIT:?}"),
+            }
+        };
+        (c, present)
+    }
+
+    /// The next event, or None after [`WAIT`].
+    pub async fn next_event(&mut self) -> Option<Result<rumqttc::Event, String>> {
+        tokio::time::timeout(WAIT, self.events.recv()).await.ok().flatten()
+    }
+
+    /// The next incoming PUBLISH within `within`; None if none arrives or the connection ends.
+    pub async fn recv_publish_within(&mut self, within: Duration) -> Option<rumqttc::Publish> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))))) => return Some(p),
+                Ok(Some(Ok(_))) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next incoming PUBLISH; panics after [`WAIT`].
+    pub async fn recv_publish(&mut self) -> rumqttc::Publish {
+        self.recv_publish_within(WAIT)
+            .await
+            .expect("expected a PUBLISH within the wait time")
+    }
+
+    /// Subscribes and waits for SUBACK; returns its return codes.
+    pub async fn subscribe(&mut self, filter: &str, qos: rumqttc::QoS) -> Vec<rumqttc::SubscribeReasonCode> {
+        self.client.subscribe(filter, qos).await.expect("subscribe request");
+        loop {
+            match self.next_event().await {
+                Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(a)))) => return a.return_codes,
+                Some(Ok(_)) => {}
+                other => panic!("no SUBACK: {other:?}"),
+            }
+        }
+    }
+
+    /// Waits until the outgoing request queue has been acknowledged (PUBACK / PUBCOMP of `n`
+    /// QoS > 0 publishes).
+    pub async fn wait_acks(&mut self, mut n: usize) {
+        while n > 0 {
+            match self.next_event().await {
+                Some(Ok(rumqttc::Event::Incoming(
+                    rumqttc::Packet::PubAck(_) | rumqttc::Packet::PubComp(_),
+                ))) => n -= 1,
+                Some(Ok(_)) => {}
+                other => panic!("waiting for acks: {other:?}"),
+            }
+        }
+    }
+
+    /// Sends DISCONNECT and waits for the event loop to finish.
+    pub async fn disconnect(mut self) {
+        let _ = self.client.disconnect().await;
+        while let Some(Ok(_)) = self.next_event().await {}
+        self.task.abort();
+    }
+
+    /// Drops the connection without DISCONNECT (an abnormal close).
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
+    /// Whether the broker closed the connection within `within`.
+    pub async fn closed_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_))) | Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// An MQTT 5.0 client (rumqttc v5) whose event loop runs in a task.
+pub struct V5Client {
+    /// The rumqttc client handle.
+    pub client: rumqttc::v5::AsyncClient,
+    events: mpsc::UnboundedReceiver<Result<rumqttc::v5::Event, String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Options for a v5 client.
+pub fn v5_options(port: u16, id: &str) -> rumqttc::v5::MqttOptions {
+    let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+/// rumqttc's v5 packet type.
+pub use rumqttc::v5::mqttbytes::v5::Packet as V5Packet;
+
+impl V5Client {
+    /// Connects and waits for CONNACK; returns it.
+    pub async fn connect_with(
+        options: rumqttc::v5::MqttOptions,
+    ) -> (V5Client, rumqttc::v5::mqttbytes::v5::ConnAck) {
+        let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 10_000);
+        let (tx, events) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(ev) => {
+                        if tx.send(Ok(ev)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("{e:?}")));
+                        break;
+                    }
+                }
+            }
+        });
+        let mut c = V5Client {
+            client,
+            events,
+            task,
+        };
+        let ack = loop {
+            match c.next_event().await {
+                Some(Ok(rumqttc::v5::Event::Incoming(V5Packet::ConnAck(a)))) => break a,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("connect failed: {e}"),
+                None => panic!("connect: no CONNACK within {WAIT:?}"),
+            }
+        };
+        (c, ack)
+    }
+
+    /// Connects with clean start and default options.
+    pub async fn connect(port: u16, id: &str) -> V5Client {
+        V5Client::connect_with(v5_options(port, id)).await.0
+    }
+
+    /// The next event, or None after [`WAIT`].
+    pub async fn next_event(&mut self) -> Option<Result<rumqttc::v5::Event, String>> {
+        tokio::time::timeout(WAIT, self.events.recv()).await.ok().flatten()
+    }
+
+    /// The next incoming packet matching `pick`, or None after `within`.
+    pub async fn recv_packet_within<T>(
+        &mut self,
+        within: Duration,
+        mut pick: impl FnMut(V5Packet) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(Ok(rumqttc::v5::Event::Incoming(p)))) => {
+                    if let Some(t) = pick(p) {
+                        return Some(t);
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next incoming PUBLISH; panics after [`WAIT`].
+    pub async fn recv_publish(&mut self) -> rumqttc::v5::mqttbytes::v5::Publish {
+        self.recv_packet_within(WAIT, |p| match p {
+            V5Packet::Publish(p) => Some(p),
+            _ => None,
+        })
+        .await
+        .expect("expected a PUBLISH within the wait time")
+    }
+
+    /// Sends DISCONNECT and waits for the event loop to finish.
+    pub async fn disconnect(mut self) {
+        let _ = self.client.disconnect().await;
+        while let Some(Ok(_)) = self.next_event().await {}
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------- raw bytes
+
+/// A raw-byte MQTT client for malformed input and exact wire expectations.
+pub struct Wire {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A packet read off the wire: first byte and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawPacket {
+    /// Fixed header byte 1 (type and flags).
+    pub byte1: u8,
+    /// Everything after the remaining length.
+    pub body: Vec<u8>,
+}
+
+impl RawPacket {
+    /// Packet type (high nibble).
+    pub fn kind(&self) -> u8 {
+        self.byte1 >> 4
+    }
+}
+
+/// Encodes a string with its two-byte length.
+pub fn mqtt_string(s: &str) -> Vec<u8> {
+    let mut v = (s.len() as u16).to_be_bytes().to_vec();
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+/// Encodes a remaining length.
+pub fn var_int(mut n: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        v.push(b);
+        if n == 0 {
+            return v;
+        }
+    }
+}
+
+/// A whole packet from its first byte and body.
+pub fn packet(byte1: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![byte1];
+    v.extend(var_int(body.len()));
+    v.extend_from_slice(body);
+    v
+}
+
+/// CONNECT bytes. `level` 3 uses protocol name `MQIsdp`; level 5 adds an empty property block.
+pub fn connect_packet(level: u8, client_id: &str, clean: bool, keep_alive: u16) -> Vec<u8> {
+    let mut body = mqtt_string(if level == 3 { "MQIsdp" } else { "MQTT" });
+    body.push(level);
+    body.push(if clean { 0x02 } else { 0x00 });
+    body.extend(keep_alive.to_be_bytes());
+    if level == 5 {
+        body.push(0);
+    }
+    body.extend(mqtt_string(client_id));
+    packet(0x10, &body)
+}
+
+impl Wire {
+    /// Opens a TCP connection.
+    pub async fn open(port: u16) -> Wire {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.expect("tcp connect");
+        Wire {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Opens a connection and completes CONNECT / CONNACK at `level` (3, 4 or 5).
+    pub async fn connected(port: u16, level: u8, client_id: &str) -> Wire {
+        let mut w = Wire::open(port).await;
+        w.send(&connect_packet(level, client_id, true, 60)).await;
+        let ack = w.recv().await.expect("CONNACK");
+        assert_eq!(ack.kind(), 2, "expected CONNACK, got {ack:?}");
+        w
+    }
+
+    /// Writes bytes (errors ignored: the broker may already have closed).
+    pub async fn send(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// Reads one packet; None if the connection closes or nothing arrives within [`WAIT`].
+    pub async fn recv(&mut self) -> Option<RawPacket> {
+        self.recv_within(WAIT).await
+    }
+
+    /// Reads one packet within `within`.
+    pub async fn recv_within(&mut self, within: Duration) -> Option<RawPacket> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(p) = self.take_packet() {
+                return Some(p);
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn take_packet(&mut self) -> Option<RawPacket> {
+        let mut len = 0usize;
+        let mut i = 1;
+        loop {
+            let b = *self.buf.get(i)?;
+            len |= ((b & 0x7F) as usize) << (7 * (i - 1));
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        if self.buf.len() < i + len {
+            return None;
+        }
+        let byte1 = self.buf[0];
+        let body = self.buf[i..i + len].to_vec();
+        self.buf.drain(..i + len);
+        Some(RawPacket { byte1, body })
+    }
+
+    /// True if the broker closes the connection within `within` (packets before the close are
+    /// skipped; `seen` collects them).
+    pub async fn closed_within(&mut self, within: Duration, seen: &mut Vec<RawPacket>) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            while let Some(p) = self.take_packet() {
+                seen.push(p);
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// Runs a command line tool (e.g. mosquitto_pub) if it is installed; None when it is not.
+pub fn tool_available(name: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}

@@ -95,7 +95,7 @@ fn kind_name(kind: u8) -> &'static str {
 }
 
 /// Whether property `id` may appear on packet `kind` (MQTT 5.0 table 2-4).
-fn allowed(id: u8, k: u8) -> bool {
+pub(crate) fn allowed(id: u8, k: u8) -> bool {
     use kind::*;
     match id {
         0x01 | 0x02 | 0x03 | 0x08 | 0x09 => k == PUBLISH || k == WILL,

@@ -360,10 +360,11 @@ mod tests {
                 if hash {
                     v.push("#".to_string());
                 }
-                if v.is_empty() {
+                let f = v.join("/");
+                if f.is_empty() {
                     None
                 } else {
-                    Some(v.join("/"))
+                    Some(f)
                 }
             })
     }

@@ -1,0 +1,229 @@
+//! Publish / subscribe through the real broker: every QoS, wildcards, `$` topics, overlapping
+//! and shared subscriptions, v5 options and property pass-through.
+
+use std::time::Duration;
+
+use broker_tests::rumqttc::v5::mqttbytes::v5::{Filter, PublishProperties, SubscribeProperties};
+use broker_tests::rumqttc::v5::mqttbytes::QoS as Q5;
+use broker_tests::rumqttc::QoS;
+use broker_tests::*;
+use broker_tests::rumqttc;
+
+const QUIET: Duration = Duration::from_millis(300);
+
+#[tokio::test]
+async fn every_qos_through_a_wildcard() {
+    let b = Broker::start();
+    let mut sub = V4Client::connect(b.port(), "sub").await;
+    sub.subscribe("sensors/+/temp", QoS::ExactlyOnce).await;
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let payload = format!("{qos:?}");
+        publisher
+            .client
+            .publish("sensors/1/temp", qos, false, payload.clone())
+            .await
+            .expect("publish");
+        let p = sub.recv_publish().await;
+        assert_eq!(p.topic, "sensors/1/temp");
+        assert_eq!(p.qos, qos, "delivered at min(published, granted)");
+        assert_eq!(&p.payload[..], payload.as_bytes());
+        assert!(!p.retain);
+    }
+}
+
+#[tokio::test]
+async fn qos_is_downgraded_to_the_subscription() {
+    let b = Broker::start();
+    let mut sub = V4Client::connect(b.port(), "sub").await;
+    sub.subscribe("t", QoS::AtLeastOnce).await;
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    publisher.client.publish("t", QoS::ExactlyOnce, false, "x").await.expect("publish");
+    assert_eq!(sub.recv_publish().await.qos, QoS::AtLeastOnce);
+}
+
+#[tokio::test]
+async fn dollar_topics_are_not_matched_by_leading_wildcards() {
+    let b = Broker::start();
+    let mut all = V4Client::connect(b.port(), "all").await;
+    all.subscribe("#", QoS::AtMostOnce).await;
+    all.subscribe("+/status", QoS::AtMostOnce).await;
+    let mut sys = V4Client::connect(b.port(), "sys").await;
+    sys.subscribe("$SYS/#", QoS::AtMostOnce).await;
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    publisher.client.publish("$SYS/status", QoS::AtMostOnce, false, "d").await.expect("publish");
+    publisher.client.publish("plain", QoS::AtMostOnce, false, "p").await.expect("publish");
+    assert_eq!(sys.recv_publish().await.topic, "$SYS/status");
+    assert_eq!(all.recv_publish().await.topic, "plain", "# must not match $SYS/status");
+    assert!(all.recv_publish_within(QUIET).await.is_none());
+}
+
+#[tokio::test]
+async fn overlapping_subscriptions_deliver_one_copy_at_the_highest_qos() {
+    let b = Broker::start();
+    let mut sub = V4Client::connect(b.port(), "sub").await;
+    sub.subscribe("a/#", QoS::AtMostOnce).await;
+    sub.subscribe("a/+", QoS::ExactlyOnce).await;
+    sub.subscribe("a/b", QoS::AtLeastOnce).await;
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    publisher.client.publish("a/b", QoS::ExactlyOnce, false, "x").await.expect("publish");
+    assert_eq!(sub.recv_publish().await.qos, QoS::ExactlyOnce);
+    assert!(sub.recv_publish_within(QUIET).await.is_none(), "only one copy");
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery() {
+    let b = Broker::start();
+    let mut sub = V4Client::connect(b.port(), "sub").await;
+    sub.subscribe("t/#", QoS::AtLeastOnce).await;
+    sub.client.unsubscribe("t/#").await.expect("unsubscribe");
+    loop {
+        match sub.next_event().await {
+            Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::UnsubAck(_)))) => break,
+            Some(Ok(_)) => {}
+            other => panic!("no UNSUBACK: {other:?}"),
+        }
+    }
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    publisher.client.publish("t/1", QoS::AtLeastOnce, false, "x").await.expect("publish");
+    assert!(sub.recv_publish_within(QUIET).await.is_none());
+}
+
+#[tokio::test]
+async fn live_delivery_clears_retain_for_v3_subscribers() {
+    let b = Broker::start();
+    let mut sub = V4Client::connect(b.port(), "sub").await;
+    sub.subscribe("r", QoS::AtMostOnce).await;
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    publisher.client.publish("r", QoS::AtMostOnce, true, "x").await.expect("publish");
+    assert!(!sub.recv_publish().await.retain, "[MQTT-3.3.1-9]");
+}
+
+#[tokio::test]
+async fn shared_subscription_splits_messages_between_members() {
+    let b = Broker::start();
+    let mut m1 = V4Client::connect(b.port(), "m1").await;
+    let mut m2 = V4Client::connect(b.port(), "m2").await;
+    m1.subscribe("$share/g/jobs/+", QoS::AtLeastOnce).await;
+    m2.subscribe("$share/g/jobs/+", QoS::AtLeastOnce).await;
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    for i in 0..10 {
+        publisher
+            .client
+            .publish(format!("jobs/{i}"), QoS::AtLeastOnce, false, "x")
+            .await
+            .expect("publish");
+    }
+    let mut got = (0, 0);
+    while got.0 + got.1 < 10 {
+        tokio::select! {
+            Some(_) = m1.recv_publish_within(WAIT) => got.0 += 1,
+            Some(_) = m2.recv_publish_within(WAIT) => got.1 += 1,
+            else => panic!("shared messages missing: {got:?}"),
+        }
+    }
+    assert!(got.0 > 0 && got.1 > 0, "both members served: {got:?}");
+    assert!(m1.recv_publish_within(QUIET).await.is_none());
+}
+
+#[tokio::test]
+async fn v5_properties_pass_through_to_subscribers() {
+    let b = Broker::start();
+    let mut sub = V5Client::connect(b.port(), "sub").await;
+    let props = SubscribeProperties {
+        id: Some(42),
+        user_properties: vec![],
+    };
+    sub.client
+        .subscribe_with_properties("req/#", Q5::AtLeastOnce, props)
+        .await
+        .expect("subscribe");
+    sub.recv_packet_within(WAIT, |p| matches!(p, V5Packet::SubAck(_)).then_some(()))
+        .await
+        .expect("SUBACK");
+    let publisher = V5Client::connect(b.port(), "pub").await;
+    let props = PublishProperties {
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(3600),
+        content_type: Some("application/json".into()),
+        response_topic: Some("resp/1".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"corr")),
+        user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+        ..Default::default()
+    };
+    publisher
+        .client
+        .publish_with_properties("req/1", Q5::AtLeastOnce, false, "{}", props)
+        .await
+        .expect("publish");
+    let p = sub.recv_publish().await;
+    let props = p.properties.expect("properties forwarded");
+    assert_eq!(props.payload_format_indicator, Some(1));
+    assert_eq!(props.content_type.as_deref(), Some("application/json"));
+    assert_eq!(props.response_topic.as_deref(), Some("resp/1"));
+    assert_eq!(props.correlation_data.as_deref(), Some(&b"corr"[..]));
+    assert_eq!(
+        props.user_properties,
+        vec![("k".to_string(), "v".to_string()), ("k".to_string(), "w".to_string())]
+    );
+    assert_eq!(props.subscription_identifiers, vec![42]);
+    let expiry = props.message_expiry_interval.expect("remaining expiry");
+    assert!(expiry > 3500 && expiry <= 3600, "{expiry}");
+}
+
+#[tokio::test]
+async fn v5_no_local_and_retain_as_published() {
+    let b = Broker::start();
+    let mut me = V5Client::connect(b.port(), "me").await;
+    let mut f = Filter::new("chat", Q5::AtMostOnce);
+    f.nolocal = true;
+    let mut g = Filter::new("keep", Q5::AtMostOnce);
+    g.preserve_retain = true;
+    me.client.subscribe_many(vec![f, g]).await.expect("subscribe");
+    me.recv_packet_within(WAIT, |p| matches!(p, V5Packet::SubAck(_)).then_some(()))
+        .await
+        .expect("SUBACK");
+    me.client.publish("chat", Q5::AtMostOnce, false, "own").await.expect("publish");
+    me.client.publish("keep", Q5::AtMostOnce, true, "kept").await.expect("publish");
+    let p = me.recv_publish().await;
+    assert_eq!(&p.topic[..], b"keep", "own message on a no-local subscription is not delivered");
+    assert!(p.retain, "retain as published keeps the flag");
+}
+
+#[tokio::test]
+async fn v5_puback_says_when_nobody_subscribed() {
+    let b = Broker::start();
+    let mut w = Wire::connected(b.port(), 5, "w").await;
+    // PUBLISH QoS 1, topic "nobody", packet id 1, no properties, payload "x".
+    let mut body = mqtt_string("nobody");
+    body.extend([0x00, 0x01, 0x00, b'x']);
+    w.send(&packet(0x32, &body)).await;
+    let ack = w.recv().await.expect("PUBACK");
+    assert_eq!(ack.kind(), 4);
+    assert_eq!(ack.body[..3], [0x00, 0x01, 0x10], "reason 0x10 no matching subscribers");
+}
+
+#[tokio::test]
+async fn v5_topic_alias_from_client() {
+    let b = Broker::start();
+    let mut sub = V4Client::connect(b.port(), "sub").await;
+    sub.subscribe("long/topic/name", QoS::AtMostOnce).await;
+    let mut w = Wire::connected(b.port(), 5, "w").await;
+    // First PUBLISH sets alias 1; the second uses it with an empty topic.
+    let mut first = mqtt_string("long/topic/name");
+    first.extend([0x03, 0x23, 0x00, 0x01, b'1']);
+    w.send(&packet(0x30, &first)).await;
+    let mut second = mqtt_string("");
+    second.extend([0x03, 0x23, 0x00, 0x01, b'2']);
+    w.send(&packet(0x30, &second)).await;
+    assert_eq!(&sub.recv_publish().await.payload[..], b"1");
+    let p = sub.recv_publish().await;
+    assert_eq!(p.topic, "long/topic/name");
+    assert_eq!(&p.payload[..], b"2");
+    // An alias beyond Topic Alias Maximum is a protocol error: DISCONNECT 0x94.
+    let mut bad = mqtt_string("x");
+    bad.extend([0x03, 0x23, 0xFF, 0xFF, b'3']);
+    w.send(&packet(0x30, &bad)).await;
+    let d = w.recv().await.expect("DISCONNECT");
+    assert_eq!((d.kind(), d.body[0]), (14, 0x94));
+}

@@ -1,0 +1,246 @@
+//! Sessions through the real broker: persistence across reconnects, redelivery with DUP,
+//! clean start, takeover, expiry, wills and keep-alive.
+
+use std::time::Duration;
+
+use broker_tests::rumqttc::{self, LastWill, QoS};
+use broker_tests::*;
+
+const QUIET: Duration = Duration::from_millis(300);
+
+fn persistent(port: u16, id: &str) -> rumqttc::MqttOptions {
+    let mut o = v4_options(port, id);
+    o.set_clean_session(false);
+    o
+}
+
+/// Acceptance: a persistent QoS 1 subscriber misses 1 000 messages and gets them all, in order.
+#[tokio::test]
+async fn persistent_session_receives_1000_queued_messages_in_order() {
+    let b = Broker::start();
+    let (mut sub, present) = V4Client::connect_with(persistent(b.port(), "durable")).await;
+    assert!(!present);
+    sub.subscribe("feed/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+
+    let mut publisher = V4Client::connect(b.port(), "pub").await;
+    for i in 0..1000u32 {
+        publisher
+            .client
+            .publish("feed/x", QoS::AtLeastOnce, false, i.to_be_bytes().to_vec())
+            .await
+            .expect("publish");
+    }
+    publisher.wait_acks(1000).await;
+
+    let (mut sub, present) = V4Client::connect_with(persistent(b.port(), "durable")).await;
+    assert!(present, "session present on resume");
+    for i in 0..1000u32 {
+        let p = sub.recv_publish().await;
+        assert_eq!(&p.payload[..], &i.to_be_bytes(), "message {i} in order");
+    }
+    assert!(sub.recv_publish_within(QUIET).await.is_none());
+}
+
+#[tokio::test]
+async fn clean_session_discards_the_previous_session() {
+    let b = Broker::start();
+    let (mut sub, _) = V4Client::connect_with(persistent(b.port(), "c")).await;
+    sub.subscribe("t", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    publisher.client.publish("t", QoS::AtLeastOnce, false, "x").await.expect("publish");
+    let (mut sub, present) = V4Client::connect_with(v4_options(b.port(), "c")).await;
+    assert!(!present);
+    assert!(sub.recv_publish_within(QUIET).await.is_none());
+}
+
+/// Unacknowledged QoS 1 messages are sent again with DUP set when the session resumes.
+#[tokio::test]
+async fn unacknowledged_message_is_redelivered_with_dup() {
+    let b = Broker::start();
+    let mut w = Wire::open(b.port()).await;
+    w.send(&connect_packet(4, "dupper", false, 60)).await;
+    assert_eq!(w.recv().await.expect("CONNACK").kind(), 2);
+    // SUBSCRIBE id 1 to "d" at QoS 1.
+    let mut body = vec![0x00, 0x01];
+    body.extend(mqtt_string("d"));
+    body.push(1);
+    w.send(&packet(0x82, &body)).await;
+    assert_eq!(w.recv().await.expect("SUBACK").body, [0x00, 0x01, 0x01]);
+
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    publisher.client.publish("d", QoS::AtLeastOnce, false, "once").await.expect("publish");
+    let first = w.recv().await.expect("PUBLISH");
+    assert_eq!(first.byte1, 0x32, "QoS 1, no DUP");
+    drop(w); // close without PUBACK
+
+    let mut w = Wire::open(b.port()).await;
+    w.send(&connect_packet(4, "dupper", false, 60)).await;
+    let ack = w.recv().await.expect("CONNACK");
+    assert_eq!(ack.body, [0x01, 0x00], "session present");
+    let again = w.recv().await.expect("redelivered PUBLISH");
+    assert_eq!(again.byte1, 0x3A, "QoS 1 with DUP");
+    assert_eq!(again.body, first.body, "same packet id, topic and payload");
+}
+
+#[tokio::test]
+async fn takeover_sends_v5_disconnect_0x8e_to_the_old_connection() {
+    let b = Broker::start();
+    let mut old = Wire::connected(b.port(), 5, "same").await;
+    let _new = V5Client::connect(b.port(), "same").await;
+    let d = old.recv().await.expect("old connection gets DISCONNECT");
+    assert_eq!((d.kind(), d.body[0]), (14, 0x8E), "session taken over");
+    let mut rest = Vec::new();
+    assert!(old.closed_within(WAIT, &mut rest).await);
+}
+
+#[tokio::test]
+async fn takeover_resumes_the_session_for_the_new_connection() {
+    let b = Broker::start();
+    let (mut first, _) = V4Client::connect_with(persistent(b.port(), "roam")).await;
+    first.subscribe("roam/t", QoS::AtLeastOnce).await;
+    let (mut second, present) = V4Client::connect_with(persistent(b.port(), "roam")).await;
+    assert!(present);
+    assert!(first.closed_within(WAIT).await, "old connection closed [MQTT-3.1.4-2]");
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    publisher.client.publish("roam/t", QoS::AtLeastOnce, false, "x").await.expect("publish");
+    assert_eq!(&second.recv_publish().await.payload[..], b"x");
+}
+
+#[tokio::test]
+async fn will_is_published_on_abnormal_close_only() {
+    let b = Broker::start();
+    let mut watcher = V4Client::connect(b.port(), "watcher").await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+
+    let mut o = v4_options(b.port(), "dies");
+    o.set_last_will(LastWill::new("wills/dies", "gone", QoS::AtLeastOnce, false));
+    let (c, _) = V4Client::connect_with(o).await;
+    c.kill();
+    let p = watcher.recv_publish().await;
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("wills/dies", &b"gone"[..]));
+
+    let mut o = v4_options(b.port(), "polite");
+    o.set_last_will(LastWill::new("wills/polite", "gone", QoS::AtLeastOnce, false));
+    let (c, _) = V4Client::connect_with(o).await;
+    c.disconnect().await;
+    assert!(watcher.recv_publish_within(QUIET).await.is_none(), "no will after DISCONNECT");
+}
+
+fn v5_connect_with_will(id: &str, will_delay: u32, session_expiry: u32) -> Vec<u8> {
+    let mut body = mqtt_string("MQTT");
+    body.push(5);
+    body.push(0x04 | (1 << 3)); // will flag, will QoS 1, clean start 0
+    body.extend(60u16.to_be_bytes());
+    body.extend([0x05, 0x11]); // properties: session expiry interval
+    body.extend(session_expiry.to_be_bytes());
+    body.extend(mqtt_string(id));
+    body.extend([0x05, 0x18]); // will properties: will delay interval
+    body.extend(will_delay.to_be_bytes());
+    body.extend(mqtt_string("wills/v5"));
+    body.extend(mqtt_string("bye"));
+    packet(0x10, &body)
+}
+
+#[tokio::test]
+async fn v5_will_delay_is_cancelled_by_reconnect() {
+    let b = Broker::start();
+    let mut watcher = V4Client::connect(b.port(), "watcher").await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    let mut w = Wire::open(b.port()).await;
+    w.send(&v5_connect_with_will("delayed", 2, 60)).await;
+    assert_eq!(w.recv().await.expect("CONNACK").kind(), 2);
+    drop(w);
+    let mut w = Wire::open(b.port()).await;
+    w.send(&connect_packet(5, "delayed", false, 60)).await;
+    assert_eq!(w.recv().await.expect("CONNACK").kind(), 2);
+    assert!(
+        watcher.recv_publish_within(Duration::from_secs(3)).await.is_none(),
+        "[MQTT-3.1.3-9] reconnect within the delay cancels the will"
+    );
+}
+
+#[tokio::test]
+async fn v5_will_is_published_after_its_delay() {
+    let b = Broker::start();
+    let mut watcher = V4Client::connect(b.port(), "watcher").await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    let mut w = Wire::open(b.port()).await;
+    w.send(&v5_connect_with_will("late", 1, 60)).await;
+    assert_eq!(w.recv().await.expect("CONNACK").kind(), 2);
+    let closed_at = std::time::Instant::now();
+    drop(w);
+    let p = watcher.recv_publish().await;
+    assert_eq!(&p.payload[..], b"bye");
+    assert!(closed_at.elapsed() >= Duration::from_millis(900), "published after the delay");
+}
+
+#[tokio::test]
+async fn v5_disconnect_with_will_message_publishes_the_will() {
+    let b = Broker::start();
+    let mut watcher = V4Client::connect(b.port(), "watcher").await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    let mut w = Wire::open(b.port()).await;
+    w.send(&v5_connect_with_will("asks", 0, 0)).await;
+    assert_eq!(w.recv().await.expect("CONNACK").kind(), 2);
+    w.send(&[0xE0, 0x01, 0x04]).await; // DISCONNECT, reason 0x04
+    assert_eq!(&watcher.recv_publish().await.payload[..], b"bye");
+}
+
+#[tokio::test]
+async fn keep_alive_expiry_closes_the_connection_and_fires_the_will() {
+    let b = Broker::start();
+    let mut watcher = V4Client::connect(b.port(), "watcher").await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    let mut w = Wire::open(b.port()).await;
+    let mut body = mqtt_string("MQTT");
+    body.extend([4, 0x02 | 0x04, 0x00, 0x01]); // level 4, clean + will, keep alive 1 s
+    body.extend(mqtt_string("silent"));
+    body.extend(mqtt_string("wills/silent"));
+    body.extend(mqtt_string("timeout"));
+    w.send(&packet(0x10, &body)).await;
+    assert_eq!(w.recv().await.expect("CONNACK").kind(), 2);
+    let start = std::time::Instant::now();
+    let mut seen = Vec::new();
+    assert!(w.closed_within(Duration::from_secs(5), &mut seen).await);
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(1400), "not before 1.5 × keep alive: {waited:?}");
+    assert_eq!(&watcher.recv_publish().await.payload[..], b"timeout");
+}
+
+#[tokio::test]
+async fn v5_session_expires_after_its_interval() {
+    let b = Broker::start();
+    let mut o = v5_options(b.port(), "brief");
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(1));
+    let (c, ack) = V5Client::connect_with(o.clone()).await;
+    assert!(!ack.session_present);
+    c.disconnect().await;
+    let (c, ack) = V5Client::connect_with(o.clone()).await;
+    assert!(ack.session_present, "resumed within the interval");
+    c.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_c, ack) = V5Client::connect_with(o).await;
+    assert!(!ack.session_present, "expired after 1 s");
+}
+
+#[tokio::test]
+async fn qos2_exactly_once_both_ways() {
+    let b = Broker::start();
+    let mut sub = V4Client::connect(b.port(), "sub").await;
+    sub.subscribe("q2", QoS::ExactlyOnce).await;
+    let mut w = Wire::connected(b.port(), 4, "pub").await;
+    // PUBLISH QoS 2 id 9, sent twice (the second as a DUP resend) before PUBREL.
+    let mut body = mqtt_string("q2");
+    body.extend([0x00, 0x09, b'x']);
+    w.send(&packet(0x34, &body)).await;
+    assert_eq!(w.recv().await.expect("PUBREC"), RawPacket { byte1: 0x50, body: vec![0, 9] });
+    w.send(&packet(0x3C, &body)).await;
+    assert_eq!(w.recv().await.expect("PUBREC again").byte1, 0x50);
+    w.send(&[0x62, 0x02, 0x00, 0x09]).await; // PUBREL
+    assert_eq!(w.recv().await.expect("PUBCOMP"), RawPacket { byte1: 0x70, body: vec![0, 9] });
+    assert_eq!(&sub.recv_publish().await.payload[..], b"x");
+    assert!(sub.recv_publish_within(QUIET).await.is_none(), "delivered exactly once");
+}
