@@ -1,0 +1,81 @@
+//! Standard command-line clients (Debian's mosquitto-clients) against the real broker, and
+//! graceful shutdown.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use broker_tests::*;
+
+fn require_mosquitto() {
+    assert!(
+        tool_available("mosquitto_pub") && tool_available("mosquitto_sub"),
+        "mosquitto_pub / mosquitto_sub not installed: run the README's test command (tests/run.sh installs mosquitto-clients)"
+    );
+}
+
+/// Acceptance: mosquitto_sub and mosquitto_pub exchange messages at QoS 0, 1 and 2 with
+/// MQTT 3.1, 3.1.1 and 5.0, through a wildcard subscription.
+#[test]
+fn mosquitto_clients_every_version_and_qos() {
+    require_mosquitto();
+    let b = Broker::start();
+    let port = b.port().to_string();
+    for version in ["mqttv31", "mqttv311", "mqttv5"] {
+        for qos in ["0", "1", "2"] {
+            let id = format!("sub-{version}-{qos}");
+            let sub = Command::new("mosquitto_sub")
+                .args(["-p", &port, "-V", version, "-q", qos, "-t", "home/+/temp", "-C", "1", "-W", "10", "-i", &id])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("mosquitto_sub");
+            // Publish until the subscriber has subscribed and received one message.
+            let payload = format!("{version} qos {qos}");
+            let deadline = std::time::Instant::now() + WAIT;
+            let mut sub = sub;
+            loop {
+                let status = Command::new("mosquitto_pub")
+                    .args(["-p", &port, "-V", version, "-q", qos, "-t", "home/kitchen/temp", "-m", &payload])
+                    .status()
+                    .expect("mosquitto_pub");
+                assert!(status.success(), "mosquitto_pub {version} qos {qos}");
+                if sub.try_wait().expect("wait").is_some() {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "no delivery for {version} qos {qos}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let out = sub.wait_with_output().expect("sub output");
+            assert!(out.status.success());
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), payload);
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_disconnects_v5_clients_with_0x8b_and_exits_0() {
+    let mut b = Broker::start();
+    let mut w = Wire::connected(b.port(), 5, "v5").await;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = b.terminate();
+        (s, b)
+    });
+    let d = w.recv().await.expect("DISCONNECT before close");
+    assert_eq!((d.kind(), d.body[0]), (14, 0x8B), "server shutting down");
+    let (status, b) = status.await.expect("join");
+    assert!(status.success(), "exit 0, got {status}:\n{}", b.log());
+}
+
+#[test]
+fn unknown_config_key_stops_startup_naming_key_and_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[limits]\nmax_packet_sise = 5\n").expect("write");
+    let out = Command::new(binary("broker"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run broker");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_packet_sise") && err.contains("bad.toml"), "{err}");
+}

@@ -1,0 +1,146 @@
+//! Limits through the real broker: packet size, connection counts, queue length, receive
+//! maximum, client receive maximum and maximum packet size.
+
+use std::time::Duration;
+
+use broker_tests::rumqttc::QoS;
+use broker_tests::*;
+
+const QUIET: Duration = Duration::from_millis(300);
+
+#[tokio::test]
+async fn packet_over_max_packet_size_closes_the_connection() {
+    let b = Broker::start_with("[limits]\nmax_packet_size = 1024\n");
+    let mut w = Wire::connected(b.port(), 4, "big").await;
+    let mut body = mqtt_string("t");
+    body.extend(vec![b'x'; 1100]);
+    w.send(&packet(0x30, &body)).await;
+    assert!(w.closed_within(WAIT, &mut Vec::new()).await);
+    // Just under the limit is fine.
+    let mut w = Wire::connected(b.port(), 4, "fits").await;
+    let mut body = mqtt_string("t");
+    body.extend(vec![b'x'; 1000]);
+    w.send(&packet(0x30, &body)).await;
+    w.send(&[0xC0, 0x00]).await;
+    assert_eq!(w.recv().await.expect("PINGRESP").kind(), 13);
+}
+
+#[tokio::test]
+async fn listener_connection_limit_refuses_the_extra_connection() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = format!(
+        "data_dir = {:?}\n[[listener]]\nname = \"tcp\"\nbind = \"127.0.0.1:0\"\nmax_connections = 3\n",
+        dir.path().join("data").display().to_string()
+    );
+    let b = Broker::start_config(dir, &config);
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.push(Wire::connected(b.port(), 4, &format!("c{i}")).await);
+    }
+    let mut extra = Wire::open(b.port()).await;
+    extra.send(&connect_packet(4, "extra", true, 60)).await;
+    let mut seen = Vec::new();
+    assert!(extra.closed_within(WAIT, &mut seen).await, "4th connection closed");
+    assert!(seen.is_empty(), "no CONNACK for the refused connection");
+    for w in &mut held {
+        w.send(&[0xC0, 0x00]).await;
+        assert_eq!(w.recv().await.expect("PINGRESP").kind(), 13, "others keep working");
+    }
+    drop(held);
+    // Slots free again once connections close.
+    let mut again = None;
+    for _ in 0..100 {
+        let mut w = Wire::open(b.port()).await;
+        w.send(&connect_packet(4, "later", true, 60)).await;
+        if let Some(ack) = w.recv_within(Duration::from_millis(200)).await {
+            again = Some(ack);
+            break;
+        }
+    }
+    assert_eq!(again.expect("slot released").kind(), 2);
+}
+
+#[tokio::test]
+async fn offline_queue_keeps_the_oldest_messages_up_to_its_limit() {
+    let b = Broker::start_with("[limits]\nmax_queued_messages = 5\n");
+    let mut o = v4_options(b.port(), "slow");
+    o.set_clean_session(false);
+    let (mut sub, _) = V4Client::connect_with(o.clone()).await;
+    sub.subscribe("q", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut publisher = V4Client::connect(b.port(), "pub").await;
+    for i in 0..10u8 {
+        publisher.client.publish("q", QoS::AtLeastOnce, false, vec![i]).await.expect("publish");
+    }
+    publisher.wait_acks(10).await;
+    let (mut sub, _) = V4Client::connect_with(o).await;
+    for i in 0..5u8 {
+        assert_eq!(sub.recv_publish().await.payload[..], [i]);
+    }
+    assert!(sub.recv_publish_within(QUIET).await.is_none(), "newer messages were dropped");
+}
+
+#[tokio::test]
+async fn v5_receive_maximum_exceeded_disconnects_0x93() {
+    let b = Broker::start_with("[limits]\nreceive_maximum = 2\n");
+    let mut w = Wire::connected(b.port(), 5, "eager").await;
+    for id in 1..=3u8 {
+        let mut body = mqtt_string("t");
+        body.extend([0x00, id, 0x00, b'x']);
+        w.send(&packet(0x34, &body)).await; // QoS 2, never released
+    }
+    let mut seen = Vec::new();
+    assert!(w.closed_within(WAIT, &mut seen).await);
+    let d = seen.iter().find(|p| p.kind() == 14).expect("DISCONNECT");
+    assert_eq!(d.body[0], 0x93);
+}
+
+#[tokio::test]
+async fn inflight_window_follows_the_client_receive_maximum() {
+    let b = Broker::start();
+    // v5 CONNECT with Receive Maximum 2.
+    let mut body = mqtt_string("MQTT");
+    body.extend([5, 0x02, 0x00, 0x3C, 0x03, 0x21, 0x00, 0x02]);
+    body.extend(mqtt_string("narrow"));
+    let mut w = Wire::open(b.port()).await;
+    w.send(&packet(0x10, &body)).await;
+    assert_eq!(w.recv().await.expect("CONNACK").kind(), 2);
+    let mut sub = mqtt_string("n");
+    sub.push(1);
+    w.send(&packet(0x82, &[&[0x00, 0x01, 0x00][..], &sub].concat())).await;
+    assert_eq!(w.recv().await.expect("SUBACK").kind(), 9);
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    for i in 0..5u8 {
+        publisher.client.publish("n", QoS::AtLeastOnce, false, vec![i]).await.expect("publish");
+    }
+    let first = w.recv().await.expect("1st");
+    let second = w.recv().await.expect("2nd");
+    assert!(w.recv_within(QUIET).await.is_none(), "window of 2 is full");
+    // PUBACK the first: exactly one more arrives.
+    w.send(&packet(0x40, &first.body[3..5])).await;
+    let third = w.recv().await.expect("3rd after an ack");
+    assert_eq!(*third.body.last().expect("payload"), 2);
+    assert!(w.recv_within(QUIET).await.is_none());
+    let _ = second;
+}
+
+#[tokio::test]
+async fn message_over_the_client_maximum_packet_size_is_not_sent() {
+    let b = Broker::start();
+    // v5 CONNECT with Maximum Packet Size 64.
+    let mut body = mqtt_string("MQTT");
+    body.extend([5, 0x02, 0x00, 0x3C, 0x05, 0x27, 0x00, 0x00, 0x00, 0x40]);
+    body.extend(mqtt_string("tiny"));
+    let mut w = Wire::open(b.port()).await;
+    w.send(&packet(0x10, &body)).await;
+    assert_eq!(w.recv().await.expect("CONNACK").kind(), 2);
+    let mut sub = mqtt_string("m");
+    sub.push(0);
+    w.send(&packet(0x82, &[&[0x00, 0x01, 0x00][..], &sub].concat())).await;
+    assert_eq!(w.recv().await.expect("SUBACK").kind(), 9);
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    publisher.client.publish("m", QoS::AtMostOnce, false, vec![b'x'; 200]).await.expect("publish");
+    publisher.client.publish("m", QoS::AtMostOnce, false, "small").await.expect("publish");
+    let p = w.recv().await.expect("the small one");
+    assert!(p.body.ends_with(b"small"), "[MQTT-3.1.2-25] the large message is skipped");
+}
