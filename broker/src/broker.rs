@@ -53,6 +53,27 @@ impl std::fmt::Debug for Broker {
     }
 }
 
+/// One matching subscription on the publish path, before per-session merging.
+struct Target {
+    session: Arc<Session>,
+    qos: QoS,
+    retain_as_published: bool,
+    id: Option<u32>,
+    shared: bool,
+}
+
+impl Target {
+    fn new(e: &SubEntry, shared: bool) -> Target {
+        Target {
+            session: e.session.clone(),
+            qos: e.options.qos,
+            retain_as_published: e.options.retain_as_published,
+            id: e.id,
+            shared,
+        }
+    }
+}
+
 /// Outcome of [`Broker::attach`].
 pub struct Attached {
     /// The session now bound to the connection.
@@ -114,7 +135,7 @@ impl Broker {
     /// Routes a message to every matching subscription. Returns the number of sessions it was
     /// queued for.
     pub fn route(&self, message: Arc<Message>) -> usize {
-        let mut targets: Vec<(Arc<Session>, QoS, bool, Option<u32>, bool)> = Vec::new();
+        let mut targets: Vec<Target> = Vec::new();
         {
             let router = self.router.read();
             let publisher = message.publisher.as_deref();
@@ -124,63 +145,51 @@ impl Broker {
                     if e.options.no_local && publisher == Some(&*e.session.client_id) {
                         return;
                     }
-                    targets.push((
-                        e.session.clone(),
-                        e.options.qos,
-                        e.options.retain_as_published,
-                        e.id,
-                        false,
-                    ));
+                    targets.push(Target::new(e, false));
                 }
                 Match::Shared(group) => {
                     if let Some((_, e)) = group.pick(|_, e| e.session.is_online()) {
-                        targets.push((
-                            e.session.clone(),
-                            e.options.qos,
-                            e.options.retain_as_published,
-                            e.id,
-                            true,
-                        ));
+                        targets.push(Target::new(e, true));
                     }
                 }
             });
         }
         if targets.len() > 1 {
             // Group plain subscriptions of the same session together; shared ones stay apart.
-            targets.sort_by_key(|t| (t.4, Arc::as_ptr(&t.0) as usize));
+            targets.sort_by_key(|t| (t.shared, Arc::as_ptr(&t.session) as usize));
         }
         let mut delivered = 0;
-        let mut i = 0;
-        while i < targets.len() {
-            let (session, mut qos, mut rap, id, shared) = targets[i].clone();
-            let mut ids: Vec<u32> = id.into_iter().collect();
-            let mut j = i + 1;
-            while !shared
-                && j < targets.len()
-                && !targets[j].4
-                && Arc::ptr_eq(&targets[j].0, &session)
-            {
-                qos = qos.max(targets[j].1);
-                rap |= targets[j].2;
-                ids.extend(targets[j].3);
-                j += 1;
+        let mut rest = &mut targets[..];
+        while let Some((first, tail)) = rest.split_first_mut() {
+            let mut ids: Vec<u32> = first.id.into_iter().collect();
+            let mut merged = 0;
+            if !first.shared {
+                for t in tail.iter() {
+                    if t.shared || !Arc::ptr_eq(&t.session, &first.session) {
+                        break;
+                    }
+                    first.qos = first.qos.max(t.qos);
+                    first.retain_as_published |= t.retain_as_published;
+                    ids.extend(t.id);
+                    merged += 1;
+                }
             }
-            i = j;
             let delivery = Delivery {
-                qos: qos.min(message.qos),
+                qos: first.qos.min(message.qos),
                 // [MQTT-3.3.1-12]/[MQTT-3.3.1-13]: live deliveries carry RETAIN only when the
                 // subscription asked for Retain As Published.
-                retain: rap && message.retain,
+                retain: first.retain_as_published && message.retain,
                 subscription_ids: ids,
                 message: message.clone(),
             };
-            match session.enqueue(delivery) {
+            match first.session.enqueue(delivery) {
                 Enqueued::Queued => delivered += 1,
                 Enqueued::Dropped => {
                     metrics::add(&self.metrics.messages_dropped, 1);
-                    tracing::debug!(client_id = %session.client_id, topic = %message.topic, "message dropped: session queue full");
+                    tracing::debug!(client_id = %first.session.client_id, topic = %message.topic, "message dropped: session queue full");
                 }
             }
+            rest = &mut tail[merged..];
         }
         delivered
     }
@@ -206,13 +215,12 @@ impl Broker {
                         reason: KickReason::TakenOver,
                         done: done_tx,
                     };
-                    if ctrl.send(kick).await.is_ok() {
-                        if tokio::time::timeout(TAKEOVER_TIMEOUT, done_rx)
+                    if ctrl.send(kick).await.is_ok()
+                        && tokio::time::timeout(TAKEOVER_TIMEOUT, done_rx)
                             .await
                             .is_err()
-                        {
-                            tracing::warn!(client_id = %client_id, "previous connection did not hand its session back in time");
-                        }
+                    {
+                        tracing::warn!(client_id = %client_id, "previous connection did not hand its session back in time");
                     }
                     continue;
                 }

@@ -83,7 +83,10 @@ impl Broker {
         let child = Command::new(binary("broker"))
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", std::env::var("BROKER_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("BROKER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -108,9 +111,16 @@ impl Broker {
                 }
             }
             if let Some(status) = broker.try_status() {
-                panic!("broker exited with {status} during start-up:\n{}", broker.log());
+                panic!(
+                    "broker exited with {status} during start-up:\n{}",
+                    broker.log()
+                );
             }
-            assert!(Instant::now() < deadline, "broker did not start:\n{}", broker.log());
+            assert!(
+                Instant::now() < deadline,
+                "broker did not start:\n{}",
+                broker.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         broker
@@ -137,7 +147,8 @@ impl Broker {
 
     /// Resident memory of the broker process in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -146,7 +157,9 @@ impl Broker {
     }
 
     fn try_status(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// True while the process runs.
@@ -167,7 +180,10 @@ impl Broker {
                 self.child = None;
                 return status;
             }
-            assert!(Instant::now() < deadline, "broker did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "broker did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -263,7 +279,10 @@ impl V4Client {
 
     /// The next event, or None after [`WAIT`].
     pub async fn next_event(&mut self) -> Option<Result<rumqttc::Event, String>> {
-        tokio::time::timeout(WAIT, self.events.recv()).await.ok().flatten()
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The next incoming PUBLISH within `within`; None if none arrives or the connection ends.
@@ -271,7 +290,9 @@ impl V4Client {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))))) => return Some(p),
+                Ok(Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))))) => {
+                    return Some(p)
+                }
                 Ok(Some(Ok(_))) => {}
                 _ => return None,
             }
@@ -286,11 +307,20 @@ impl V4Client {
     }
 
     /// Subscribes and waits for SUBACK; returns its return codes.
-    pub async fn subscribe(&mut self, filter: &str, qos: rumqttc::QoS) -> Vec<rumqttc::SubscribeReasonCode> {
-        self.client.subscribe(filter, qos).await.expect("subscribe request");
+    pub async fn subscribe(
+        &mut self,
+        filter: &str,
+        qos: rumqttc::QoS,
+    ) -> Vec<rumqttc::SubscribeReasonCode> {
+        self.client
+            .subscribe(filter, qos)
+            .await
+            .expect("subscribe request");
         loop {
             match self.next_event().await {
-                Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(a)))) => return a.return_codes,
+                Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(a)))) => {
+                    return a.return_codes
+                }
                 Some(Ok(_)) => {}
                 other => panic!("no SUBACK: {other:?}"),
             }
@@ -399,7 +429,10 @@ impl V5Client {
 
     /// The next event, or None after [`WAIT`].
     pub async fn next_event(&mut self) -> Option<Result<rumqttc::v5::Event, String>> {
-        tokio::time::timeout(WAIT, self.events.recv()).await.ok().flatten()
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The next incoming packet matching `pick`, or None after `within`.
@@ -511,7 +544,9 @@ pub fn connect_packet(level: u8, client_id: &str, clean: bool, keep_alive: u16) 
 impl Wire {
     /// Opens a TCP connection.
     pub async fn open(port: u16) -> Wire {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.expect("tcp connect");
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("tcp connect");
         Wire {
             stream,
             buf: Vec::new(),

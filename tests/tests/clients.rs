@@ -24,7 +24,22 @@ fn mosquitto_clients_every_version_and_qos() {
         for qos in ["0", "1", "2"] {
             let id = format!("sub-{version}-{qos}");
             let sub = Command::new("mosquitto_sub")
-                .args(["-p", &port, "-V", version, "-q", qos, "-t", "home/+/temp", "-C", "1", "-W", "10", "-i", &id])
+                .args([
+                    "-p",
+                    &port,
+                    "-V",
+                    version,
+                    "-q",
+                    qos,
+                    "-t",
+                    "home/+/temp",
+                    "-C",
+                    "1",
+                    "-W",
+                    "10",
+                    "-i",
+                    &id,
+                ])
                 .stdout(Stdio::piped())
                 .spawn()
                 .expect("mosquitto_sub");
@@ -34,14 +49,28 @@ fn mosquitto_clients_every_version_and_qos() {
             let mut sub = sub;
             loop {
                 let status = Command::new("mosquitto_pub")
-                    .args(["-p", &port, "-V", version, "-q", qos, "-t", "home/kitchen/temp", "-m", &payload])
+                    .args([
+                        "-p",
+                        &port,
+                        "-V",
+                        version,
+                        "-q",
+                        qos,
+                        "-t",
+                        "home/kitchen/temp",
+                        "-m",
+                        &payload,
+                    ])
                     .status()
                     .expect("mosquitto_pub");
                 assert!(status.success(), "mosquitto_pub {version} qos {qos}");
                 if sub.try_wait().expect("wait").is_some() {
                     break;
                 }
-                assert!(std::time::Instant::now() < deadline, "no delivery for {version} qos {qos}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no delivery for {version} qos {qos}"
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
             let out = sub.wait_with_output().expect("sub output");
@@ -77,5 +106,8 @@ fn unknown_config_key_stops_startup_naming_key_and_file() {
         .expect("run broker");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("max_packet_sise") && err.contains("bad.toml"), "{err}");
+    assert!(
+        err.contains("max_packet_sise") && err.contains("bad.toml"),
+        "{err}"
+    );
 }

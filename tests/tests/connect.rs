@@ -41,7 +41,9 @@ async fn unsupported_protocol_level_gets_connack_1() {
 
 #[tokio::test]
 async fn v5_connack_advertises_limits() {
-    let b = Broker::start_with("[limits]\nreceive_maximum = 7\nmax_packet_size = 5000\ntopic_alias_maximum = 3\n");
+    let b = Broker::start_with(
+        "[limits]\nreceive_maximum = 7\nmax_packet_size = 5000\ntopic_alias_maximum = 3\n",
+    );
     let (_c, ack) = V5Client::connect_with(v5_options(b.port(), "v5")).await;
     let p = ack.properties.expect("CONNACK properties");
     assert_eq!(p.receive_max, Some(7));
@@ -54,7 +56,10 @@ async fn connection_without_connect_is_closed_after_the_timeout() {
     let b = Broker::start_with("[limits]\nconnect_timeout = 1\n");
     let mut w = Wire::open(b.port()).await;
     let start = std::time::Instant::now();
-    assert!(w.closed_within(Duration::from_secs(5), &mut Vec::new()).await);
+    assert!(
+        w.closed_within(Duration::from_secs(5), &mut Vec::new())
+            .await
+    );
     assert!(start.elapsed() >= Duration::from_millis(900));
 }
 
@@ -63,7 +68,11 @@ async fn anonymous_refused_when_not_allowed() {
     let b = Broker::start_with("[auth]\nallow_anonymous = false\n");
     let mut w = Wire::open(b.port()).await;
     w.send(&connect_packet(4, "x", true, 60)).await;
-    assert_eq!(w.recv().await.expect("CONNACK").body, [0x00, 0x05], "not authorized");
+    assert_eq!(
+        w.recv().await.expect("CONNACK").body,
+        [0x00, 0x05],
+        "not authorized"
+    );
     let mut w = Wire::open(b.port()).await;
     w.send(&connect_packet(5, "x", true, 60)).await;
     let ack = w.recv().await.expect("CONNACK");

@@ -40,11 +40,18 @@ async fn listener_connection_limit_refuses_the_extra_connection() {
     let mut extra = Wire::open(b.port()).await;
     extra.send(&connect_packet(4, "extra", true, 60)).await;
     let mut seen = Vec::new();
-    assert!(extra.closed_within(WAIT, &mut seen).await, "4th connection closed");
+    assert!(
+        extra.closed_within(WAIT, &mut seen).await,
+        "4th connection closed"
+    );
     assert!(seen.is_empty(), "no CONNACK for the refused connection");
     for w in &mut held {
         w.send(&[0xC0, 0x00]).await;
-        assert_eq!(w.recv().await.expect("PINGRESP").kind(), 13, "others keep working");
+        assert_eq!(
+            w.recv().await.expect("PINGRESP").kind(),
+            13,
+            "others keep working"
+        );
     }
     drop(held);
     // Slots free again once connections close.
@@ -70,14 +77,21 @@ async fn offline_queue_keeps_the_oldest_messages_up_to_its_limit() {
     sub.disconnect().await;
     let mut publisher = V4Client::connect(b.port(), "pub").await;
     for i in 0..10u8 {
-        publisher.client.publish("q", QoS::AtLeastOnce, false, vec![i]).await.expect("publish");
+        publisher
+            .client
+            .publish("q", QoS::AtLeastOnce, false, vec![i])
+            .await
+            .expect("publish");
     }
     publisher.wait_acks(10).await;
     let (mut sub, _) = V4Client::connect_with(o).await;
     for i in 0..5u8 {
         assert_eq!(sub.recv_publish().await.payload[..], [i]);
     }
-    assert!(sub.recv_publish_within(QUIET).await.is_none(), "newer messages were dropped");
+    assert!(
+        sub.recv_publish_within(QUIET).await.is_none(),
+        "newer messages were dropped"
+    );
 }
 
 #[tokio::test]
@@ -107,11 +121,16 @@ async fn inflight_window_follows_the_client_receive_maximum() {
     assert_eq!(w.recv().await.expect("CONNACK").kind(), 2);
     let mut sub = mqtt_string("n");
     sub.push(1);
-    w.send(&packet(0x82, &[&[0x00, 0x01, 0x00][..], &sub].concat())).await;
+    w.send(&packet(0x82, &[&[0x00, 0x01, 0x00][..], &sub].concat()))
+        .await;
     assert_eq!(w.recv().await.expect("SUBACK").kind(), 9);
     let publisher = V4Client::connect(b.port(), "pub").await;
     for i in 0..5u8 {
-        publisher.client.publish("n", QoS::AtLeastOnce, false, vec![i]).await.expect("publish");
+        publisher
+            .client
+            .publish("n", QoS::AtLeastOnce, false, vec![i])
+            .await
+            .expect("publish");
     }
     let first = w.recv().await.expect("1st");
     let second = w.recv().await.expect("2nd");
@@ -136,11 +155,23 @@ async fn message_over_the_client_maximum_packet_size_is_not_sent() {
     assert_eq!(w.recv().await.expect("CONNACK").kind(), 2);
     let mut sub = mqtt_string("m");
     sub.push(0);
-    w.send(&packet(0x82, &[&[0x00, 0x01, 0x00][..], &sub].concat())).await;
+    w.send(&packet(0x82, &[&[0x00, 0x01, 0x00][..], &sub].concat()))
+        .await;
     assert_eq!(w.recv().await.expect("SUBACK").kind(), 9);
     let publisher = V4Client::connect(b.port(), "pub").await;
-    publisher.client.publish("m", QoS::AtMostOnce, false, vec![b'x'; 200]).await.expect("publish");
-    publisher.client.publish("m", QoS::AtMostOnce, false, "small").await.expect("publish");
+    publisher
+        .client
+        .publish("m", QoS::AtMostOnce, false, vec![b'x'; 200])
+        .await
+        .expect("publish");
+    publisher
+        .client
+        .publish("m", QoS::AtMostOnce, false, "small")
+        .await
+        .expect("publish");
     let p = w.recv().await.expect("the small one");
-    assert!(p.body.ends_with(b"small"), "[MQTT-3.1.2-25] the large message is skipped");
+    assert!(
+        p.body.ends_with(b"small"),
+        "[MQTT-3.1.2-25] the large message is skipped"
+    );
 }

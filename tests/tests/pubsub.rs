@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use broker_tests::rumqttc;
 use broker_tests::rumqttc::v5::mqttbytes::v5::{Filter, PublishProperties, SubscribeProperties};
 use broker_tests::rumqttc::v5::mqttbytes::QoS as Q5;
 use broker_tests::rumqttc::QoS;
 use broker_tests::*;
-use broker_tests::rumqttc;
 
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -38,7 +38,11 @@ async fn qos_is_downgraded_to_the_subscription() {
     let mut sub = V4Client::connect(b.port(), "sub").await;
     sub.subscribe("t", QoS::AtLeastOnce).await;
     let publisher = V4Client::connect(b.port(), "pub").await;
-    publisher.client.publish("t", QoS::ExactlyOnce, false, "x").await.expect("publish");
+    publisher
+        .client
+        .publish("t", QoS::ExactlyOnce, false, "x")
+        .await
+        .expect("publish");
     assert_eq!(sub.recv_publish().await.qos, QoS::AtLeastOnce);
 }
 
@@ -51,10 +55,22 @@ async fn dollar_topics_are_not_matched_by_leading_wildcards() {
     let mut sys = V4Client::connect(b.port(), "sys").await;
     sys.subscribe("$SYS/#", QoS::AtMostOnce).await;
     let publisher = V4Client::connect(b.port(), "pub").await;
-    publisher.client.publish("$SYS/status", QoS::AtMostOnce, false, "d").await.expect("publish");
-    publisher.client.publish("plain", QoS::AtMostOnce, false, "p").await.expect("publish");
+    publisher
+        .client
+        .publish("$SYS/status", QoS::AtMostOnce, false, "d")
+        .await
+        .expect("publish");
+    publisher
+        .client
+        .publish("plain", QoS::AtMostOnce, false, "p")
+        .await
+        .expect("publish");
     assert_eq!(sys.recv_publish().await.topic, "$SYS/status");
-    assert_eq!(all.recv_publish().await.topic, "plain", "# must not match $SYS/status");
+    assert_eq!(
+        all.recv_publish().await.topic,
+        "plain",
+        "# must not match $SYS/status"
+    );
     assert!(all.recv_publish_within(QUIET).await.is_none());
 }
 
@@ -66,9 +82,16 @@ async fn overlapping_subscriptions_deliver_one_copy_at_the_highest_qos() {
     sub.subscribe("a/+", QoS::ExactlyOnce).await;
     sub.subscribe("a/b", QoS::AtLeastOnce).await;
     let publisher = V4Client::connect(b.port(), "pub").await;
-    publisher.client.publish("a/b", QoS::ExactlyOnce, false, "x").await.expect("publish");
+    publisher
+        .client
+        .publish("a/b", QoS::ExactlyOnce, false, "x")
+        .await
+        .expect("publish");
     assert_eq!(sub.recv_publish().await.qos, QoS::ExactlyOnce);
-    assert!(sub.recv_publish_within(QUIET).await.is_none(), "only one copy");
+    assert!(
+        sub.recv_publish_within(QUIET).await.is_none(),
+        "only one copy"
+    );
 }
 
 #[tokio::test]
@@ -85,7 +108,11 @@ async fn unsubscribe_stops_delivery() {
         }
     }
     let publisher = V4Client::connect(b.port(), "pub").await;
-    publisher.client.publish("t/1", QoS::AtLeastOnce, false, "x").await.expect("publish");
+    publisher
+        .client
+        .publish("t/1", QoS::AtLeastOnce, false, "x")
+        .await
+        .expect("publish");
     assert!(sub.recv_publish_within(QUIET).await.is_none());
 }
 
@@ -95,7 +122,11 @@ async fn live_delivery_clears_retain_for_v3_subscribers() {
     let mut sub = V4Client::connect(b.port(), "sub").await;
     sub.subscribe("r", QoS::AtMostOnce).await;
     let publisher = V4Client::connect(b.port(), "pub").await;
-    publisher.client.publish("r", QoS::AtMostOnce, true, "x").await.expect("publish");
+    publisher
+        .client
+        .publish("r", QoS::AtMostOnce, true, "x")
+        .await
+        .expect("publish");
     assert!(!sub.recv_publish().await.retain, "[MQTT-3.3.1-9]");
 }
 
@@ -164,7 +195,10 @@ async fn v5_properties_pass_through_to_subscribers() {
     assert_eq!(props.correlation_data.as_deref(), Some(&b"corr"[..]));
     assert_eq!(
         props.user_properties,
-        vec![("k".to_string(), "v".to_string()), ("k".to_string(), "w".to_string())]
+        vec![
+            ("k".to_string(), "v".to_string()),
+            ("k".to_string(), "w".to_string())
+        ]
     );
     assert_eq!(props.subscription_identifiers, vec![42]);
     let expiry = props.message_expiry_interval.expect("remaining expiry");
@@ -179,14 +213,27 @@ async fn v5_no_local_and_retain_as_published() {
     f.nolocal = true;
     let mut g = Filter::new("keep", Q5::AtMostOnce);
     g.preserve_retain = true;
-    me.client.subscribe_many(vec![f, g]).await.expect("subscribe");
+    me.client
+        .subscribe_many(vec![f, g])
+        .await
+        .expect("subscribe");
     me.recv_packet_within(WAIT, |p| matches!(p, V5Packet::SubAck(_)).then_some(()))
         .await
         .expect("SUBACK");
-    me.client.publish("chat", Q5::AtMostOnce, false, "own").await.expect("publish");
-    me.client.publish("keep", Q5::AtMostOnce, true, "kept").await.expect("publish");
+    me.client
+        .publish("chat", Q5::AtMostOnce, false, "own")
+        .await
+        .expect("publish");
+    me.client
+        .publish("keep", Q5::AtMostOnce, true, "kept")
+        .await
+        .expect("publish");
     let p = me.recv_publish().await;
-    assert_eq!(&p.topic[..], b"keep", "own message on a no-local subscription is not delivered");
+    assert_eq!(
+        &p.topic[..],
+        b"keep",
+        "own message on a no-local subscription is not delivered"
+    );
     assert!(p.retain, "retain as published keeps the flag");
 }
 
@@ -200,7 +247,11 @@ async fn v5_puback_says_when_nobody_subscribed() {
     w.send(&packet(0x32, &body)).await;
     let ack = w.recv().await.expect("PUBACK");
     assert_eq!(ack.kind(), 4);
-    assert_eq!(ack.body[..3], [0x00, 0x01, 0x10], "reason 0x10 no matching subscribers");
+    assert_eq!(
+        ack.body[..3],
+        [0x00, 0x01, 0x10],
+        "reason 0x10 no matching subscribers"
+    );
 }
 
 #[tokio::test]

@@ -49,7 +49,11 @@ async fn clean_session_discards_the_previous_session() {
     sub.subscribe("t", QoS::AtLeastOnce).await;
     sub.disconnect().await;
     let publisher = V4Client::connect(b.port(), "pub").await;
-    publisher.client.publish("t", QoS::AtLeastOnce, false, "x").await.expect("publish");
+    publisher
+        .client
+        .publish("t", QoS::AtLeastOnce, false, "x")
+        .await
+        .expect("publish");
     let (mut sub, present) = V4Client::connect_with(v4_options(b.port(), "c")).await;
     assert!(!present);
     assert!(sub.recv_publish_within(QUIET).await.is_none());
@@ -70,7 +74,11 @@ async fn unacknowledged_message_is_redelivered_with_dup() {
     assert_eq!(w.recv().await.expect("SUBACK").body, [0x00, 0x01, 0x01]);
 
     let publisher = V4Client::connect(b.port(), "pub").await;
-    publisher.client.publish("d", QoS::AtLeastOnce, false, "once").await.expect("publish");
+    publisher
+        .client
+        .publish("d", QoS::AtLeastOnce, false, "once")
+        .await
+        .expect("publish");
     let first = w.recv().await.expect("PUBLISH");
     assert_eq!(first.byte1, 0x32, "QoS 1, no DUP");
     drop(w); // close without PUBACK
@@ -102,9 +110,16 @@ async fn takeover_resumes_the_session_for_the_new_connection() {
     first.subscribe("roam/t", QoS::AtLeastOnce).await;
     let (mut second, present) = V4Client::connect_with(persistent(b.port(), "roam")).await;
     assert!(present);
-    assert!(first.closed_within(WAIT).await, "old connection closed [MQTT-3.1.4-2]");
+    assert!(
+        first.closed_within(WAIT).await,
+        "old connection closed [MQTT-3.1.4-2]"
+    );
     let publisher = V4Client::connect(b.port(), "pub").await;
-    publisher.client.publish("roam/t", QoS::AtLeastOnce, false, "x").await.expect("publish");
+    publisher
+        .client
+        .publish("roam/t", QoS::AtLeastOnce, false, "x")
+        .await
+        .expect("publish");
     assert_eq!(&second.recv_publish().await.payload[..], b"x");
 }
 
@@ -119,13 +134,24 @@ async fn will_is_published_on_abnormal_close_only() {
     let (c, _) = V4Client::connect_with(o).await;
     c.kill();
     let p = watcher.recv_publish().await;
-    assert_eq!((p.topic.as_str(), &p.payload[..]), ("wills/dies", &b"gone"[..]));
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("wills/dies", &b"gone"[..])
+    );
 
     let mut o = v4_options(b.port(), "polite");
-    o.set_last_will(LastWill::new("wills/polite", "gone", QoS::AtLeastOnce, false));
+    o.set_last_will(LastWill::new(
+        "wills/polite",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
     let (c, _) = V4Client::connect_with(o).await;
     c.disconnect().await;
-    assert!(watcher.recv_publish_within(QUIET).await.is_none(), "no will after DISCONNECT");
+    assert!(
+        watcher.recv_publish_within(QUIET).await.is_none(),
+        "no will after DISCONNECT"
+    );
 }
 
 fn v5_connect_with_will(id: &str, will_delay: u32, session_expiry: u32) -> Vec<u8> {
@@ -156,7 +182,10 @@ async fn v5_will_delay_is_cancelled_by_reconnect() {
     w.send(&connect_packet(5, "delayed", false, 60)).await;
     assert_eq!(w.recv().await.expect("CONNACK").kind(), 2);
     assert!(
-        watcher.recv_publish_within(Duration::from_secs(3)).await.is_none(),
+        watcher
+            .recv_publish_within(Duration::from_secs(3))
+            .await
+            .is_none(),
         "[MQTT-3.1.3-9] reconnect within the delay cancels the will"
     );
 }
@@ -173,7 +202,10 @@ async fn v5_will_is_published_after_its_delay() {
     drop(w);
     let p = watcher.recv_publish().await;
     assert_eq!(&p.payload[..], b"bye");
-    assert!(closed_at.elapsed() >= Duration::from_millis(900), "published after the delay");
+    assert!(
+        closed_at.elapsed() >= Duration::from_millis(900),
+        "published after the delay"
+    );
 }
 
 #[tokio::test]
@@ -205,7 +237,10 @@ async fn keep_alive_expiry_closes_the_connection_and_fires_the_will() {
     let mut seen = Vec::new();
     assert!(w.closed_within(Duration::from_secs(5), &mut seen).await);
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_millis(1400), "not before 1.5 × keep alive: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "not before 1.5 × keep alive: {waited:?}"
+    );
     assert_eq!(&watcher.recv_publish().await.payload[..], b"timeout");
 }
 
@@ -236,11 +271,26 @@ async fn qos2_exactly_once_both_ways() {
     let mut body = mqtt_string("q2");
     body.extend([0x00, 0x09, b'x']);
     w.send(&packet(0x34, &body)).await;
-    assert_eq!(w.recv().await.expect("PUBREC"), RawPacket { byte1: 0x50, body: vec![0, 9] });
+    assert_eq!(
+        w.recv().await.expect("PUBREC"),
+        RawPacket {
+            byte1: 0x50,
+            body: vec![0, 9]
+        }
+    );
     w.send(&packet(0x3C, &body)).await;
     assert_eq!(w.recv().await.expect("PUBREC again").byte1, 0x50);
     w.send(&[0x62, 0x02, 0x00, 0x09]).await; // PUBREL
-    assert_eq!(w.recv().await.expect("PUBCOMP"), RawPacket { byte1: 0x70, body: vec![0, 9] });
+    assert_eq!(
+        w.recv().await.expect("PUBCOMP"),
+        RawPacket {
+            byte1: 0x70,
+            body: vec![0, 9]
+        }
+    );
     assert_eq!(&sub.recv_publish().await.payload[..], b"x");
-    assert!(sub.recv_publish_within(QUIET).await.is_none(), "delivered exactly once");
+    assert!(
+        sub.recv_publish_within(QUIET).await.is_none(),
+        "delivered exactly once"
+    );
 }

@@ -7,12 +7,18 @@ use proptest::prelude::*;
 use super::properties::{allowed, WILL};
 use super::*;
 
-fn decode_all(bytes: &[u8], version: Option<ProtocolVersion>) -> Result<Option<Packet>, DecodeError> {
+fn decode_all(
+    bytes: &[u8],
+    version: Option<ProtocolVersion>,
+) -> Result<Option<Packet>, DecodeError> {
     let mut buf = BytesMut::from(bytes);
     codec_decode(&mut buf, version)
 }
 
-fn codec_decode(buf: &mut BytesMut, version: Option<ProtocolVersion>) -> Result<Option<Packet>, DecodeError> {
+fn codec_decode(
+    buf: &mut BytesMut,
+    version: Option<ProtocolVersion>,
+) -> Result<Option<Packet>, DecodeError> {
     decode(buf, version, 1024 * 1024)
 }
 
@@ -95,7 +101,10 @@ fn incomplete_input_is_not_an_error() {
         assert_eq!(buf.len(), n, "nothing consumed");
     }
     let mut buf = BytesMut::from(&full[..]);
-    assert!(matches!(codec_decode(&mut buf, V4), Ok(Some(Packet::Publish(_)))));
+    assert!(matches!(
+        codec_decode(&mut buf, V4),
+        Ok(Some(Packet::Publish(_)))
+    ));
     assert!(buf.is_empty());
 }
 
@@ -130,8 +139,18 @@ fn malformed_packets() {
             V5,
             DecodeError::WildcardInTopicName("#".into()),
         ),
-        ("QoS 3", vec![0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01], V4, DecodeError::InvalidQoS),
-        ("DUP on QoS 0", vec![0x38, 0x03, 0x00, 0x01, b'a'], V4, DecodeError::DupOnQoS0),
+        (
+            "QoS 3",
+            vec![0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01],
+            V4,
+            DecodeError::InvalidQoS,
+        ),
+        (
+            "DUP on QoS 0",
+            vec![0x38, 0x03, 0x00, 0x01, b'a'],
+            V4,
+            DecodeError::DupOnQoS0,
+        ),
         (
             "invalid UTF-8 in topic",
             vec![0x30, 0x04, 0x00, 0x02, 0xC3, 0x28],
@@ -166,7 +185,10 @@ fn malformed_packets() {
             "SUBSCRIBE with flags 0000",
             vec![0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00],
             V4,
-            DecodeError::InvalidHeaderFlags { packet: "SUBSCRIBE", flags: 0 },
+            DecodeError::InvalidHeaderFlags {
+                packet: "SUBSCRIBE",
+                flags: 0,
+            },
         ),
         (
             "SUBSCRIBE without filters",
@@ -196,7 +218,10 @@ fn malformed_packets() {
             "PUBREL with flags 0000",
             vec![0x60, 0x02, 0x00, 0x01],
             V4,
-            DecodeError::InvalidHeaderFlags { packet: "PUBREL", flags: 0 },
+            DecodeError::InvalidHeaderFlags {
+                packet: "PUBREL",
+                flags: 0,
+            },
         ),
         (
             "PINGREQ with trailing bytes",
@@ -204,35 +229,55 @@ fn malformed_packets() {
             V4,
             DecodeError::TrailingBytes(1, "PINGREQ"),
         ),
-        ("packet type 0", vec![0x00, 0x00], V4, DecodeError::InvalidPacketType(0)),
-        ("AUTH on v3", vec![0xF0, 0x00], V4, DecodeError::InvalidPacketType(15)),
+        (
+            "packet type 0",
+            vec![0x00, 0x00],
+            V4,
+            DecodeError::InvalidPacketType(0),
+        ),
+        (
+            "AUTH on v3",
+            vec![0xF0, 0x00],
+            V4,
+            DecodeError::InvalidPacketType(15),
+        ),
         (
             "CONNECT reserved flag",
-            vec![0x10, 0x0D, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x03, 0, 0, 0, 1, b'x'],
+            vec![
+                0x10, 0x0D, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x03, 0, 0, 0, 1, b'x',
+            ],
             None,
             DecodeError::ConnectReservedFlag,
         ),
         (
             "CONNECT unknown protocol level",
-            vec![0x10, 0x0D, 0, 4, b'M', b'Q', b'T', b'T', 6, 0x02, 0, 0, 0, 1, b'x'],
+            vec![
+                0x10, 0x0D, 0, 4, b'M', b'Q', b'T', b'T', 6, 0x02, 0, 0, 0, 1, b'x',
+            ],
             None,
             DecodeError::UnsupportedProtocolLevel(6),
         ),
         (
             "CONNECT unknown protocol name",
-            vec![0x10, 0x0D, 0, 4, b'M', b'Q', b'T', b'X', 4, 0x02, 0, 0, 0, 1, b'x'],
+            vec![
+                0x10, 0x0D, 0, 4, b'M', b'Q', b'T', b'X', 4, 0x02, 0, 0, 0, 1, b'x',
+            ],
             None,
             DecodeError::InvalidProtocolName("MQTX".into()),
         ),
         (
             "CONNECT will QoS without will flag",
-            vec![0x10, 0x0D, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x0A, 0, 0, 0, 1, b'x'],
+            vec![
+                0x10, 0x0D, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x0A, 0, 0, 0, 1, b'x',
+            ],
             None,
             DecodeError::WillFlagsWithoutWill,
         ),
         (
             "CONNECT password without user name (3.1.1)",
-            vec![0x10, 0x10, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x42, 0, 0, 0, 1, b'x', 0, 1, b'p'],
+            vec![
+                0x10, 0x10, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x42, 0, 0, 0, 1, b'x', 0, 1, b'p',
+            ],
             None,
             DecodeError::PasswordWithoutUsername,
         ),
@@ -240,7 +285,10 @@ fn malformed_packets() {
             "v5 property not allowed on PUBACK",
             vec![0x40, 0x06, 0x00, 0x01, 0x00, 0x02, 0x23, 0x00],
             V5,
-            DecodeError::InvalidProperty { id: 0x23, packet: "PUBACK" },
+            DecodeError::InvalidProperty {
+                id: 0x23,
+                packet: "PUBACK",
+            },
         ),
         (
             "v5 duplicate property",
@@ -272,7 +320,10 @@ fn declared_size_over_maximum_is_rejected_before_buffering() {
     let mut buf = BytesMut::from(&[0x30, 0x80, 0x80, 0x80, 0x64][..]);
     let err = decode(&mut buf, V4, 1024 * 1024).expect_err("too large");
     assert!(matches!(err, DecodeError::PacketTooLarge { size, .. } if size > 200_000_000));
-    assert!(buf.capacity() < 1024 * 1024, "no allocation for the declared size");
+    assert!(
+        buf.capacity() < 1024 * 1024,
+        "no allocation for the declared size"
+    );
     assert_eq!(err.reason_code(), reason::PACKET_TOO_LARGE);
 }
 
@@ -300,7 +351,12 @@ fn v3_reason_codes_are_mapped() {
 
 fn text() -> impl Strategy<Value = String> {
     prop::collection::vec(
-        prop_oneof![prop::char::range('a', 'z'), Just('/'), Just('é'), Just('水')],
+        prop_oneof![
+            prop::char::range('a', 'z'),
+            Just('/'),
+            Just('é'),
+            Just('水')
+        ],
         0..12,
     )
     .prop_map(String::from_iter)
@@ -319,7 +375,11 @@ fn packet_id() -> impl Strategy<Value = PacketId> {
 }
 
 fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![Just(QoS::AtMostOnce), Just(QoS::AtLeastOnce), Just(QoS::ExactlyOnce)]
+    prop_oneof![
+        Just(QoS::AtMostOnce),
+        Just(QoS::AtLeastOnce),
+        Just(QoS::ExactlyOnce)
+    ]
 }
 
 fn flag() -> impl Strategy<Value = Option<u8>> {
@@ -449,7 +509,13 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
         any::<bool>(),
         any::<u16>(),
         text(),
-        prop::option::of((topic_name(), binary(), qos(), any::<bool>(), props_for(v, WILL))),
+        prop::option::of((
+            topic_name(),
+            binary(),
+            qos(),
+            any::<bool>(),
+            props_for(v, WILL),
+        )),
         prop::option::of(text()),
         prop::option::of(binary()),
         props_for(v, kind::CONNECT),
@@ -511,19 +577,20 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
             properties,
         })
     };
-    let sub_opts = (qos(), any::<bool>(), any::<bool>(), 0u8..3).prop_map(move |(q, nl, rap, rh)| {
-        SubscriptionOptions {
-            qos: q,
-            no_local: nl && v5,
-            retain_as_published: rap && v5,
-            retain_handling: match rh {
-                _ if !v5 => RetainHandling::SendAtSubscribe,
-                0 => RetainHandling::SendAtSubscribe,
-                1 => RetainHandling::SendIfNew,
-                _ => RetainHandling::DoNotSend,
-            },
-        }
-    });
+    let sub_opts =
+        (qos(), any::<bool>(), any::<bool>(), 0u8..3).prop_map(move |(q, nl, rap, rh)| {
+            SubscriptionOptions {
+                qos: q,
+                no_local: nl && v5,
+                retain_as_published: rap && v5,
+                retain_handling: match rh {
+                    _ if !v5 => RetainHandling::SendAtSubscribe,
+                    0 => RetainHandling::SendAtSubscribe,
+                    1 => RetainHandling::SendIfNew,
+                    _ => RetainHandling::DoNotSend,
+                },
+            }
+        });
     let subscribe = (
         packet_id(),
         props_for(v, kind::SUBSCRIBE),
@@ -537,7 +604,11 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
             })
         });
     let suback_codes = if v5 {
-        prop::collection::vec(prop_oneof![Just(0u8), Just(1), Just(2), Just(0x80), Just(0x8F)], 0..4).boxed()
+        prop::collection::vec(
+            prop_oneof![Just(0u8), Just(1), Just(2), Just(0x80), Just(0x8F)],
+            0..4,
+        )
+        .boxed()
     } else {
         prop::collection::vec(prop_oneof![Just(0u8), Just(1), Just(2), Just(0x80)], 0..4).boxed()
     };
@@ -576,12 +647,13 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
             })
         },
     );
-    let disconnect = (reason_for(v), props_for(v, kind::DISCONNECT)).prop_map(|(rc, properties)| {
-        Packet::Disconnect(Disconnect {
-            reason_code: rc,
-            properties,
-        })
-    });
+    let disconnect =
+        (reason_for(v), props_for(v, kind::DISCONNECT)).prop_map(|(rc, properties)| {
+            Packet::Disconnect(Disconnect {
+                reason_code: rc,
+                properties,
+            })
+        });
     let mut options: Vec<BoxedStrategy<Packet>> = vec![
         connect.boxed(),
         connack.boxed(),
@@ -599,7 +671,10 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
         disconnect.boxed(),
     ];
     if v5 {
-        let auth = (prop_oneof![Just(0u8), Just(0x18), Just(0x19)], properties(kind::AUTH))
+        let auth = (
+            prop_oneof![Just(0u8), Just(0x18), Just(0x19)],
+            properties(kind::AUTH),
+        )
             .prop_map(|(rc, properties)| {
                 Packet::Auth(Auth {
                     reason_code: rc,

@@ -1,1 +1,313 @@
-fn main() {}
+//! `mqtt-bench`: a small MQTT 3.1.1 load generator for whole-broker throughput.
+//!
+//! It speaks just enough MQTT over raw TCP (CONNECT, SUBSCRIBE, PUBLISH, PUBACK) to stay out of
+//! the measurement's way, so the same run can compare this broker with any other on the same
+//! machine (`tests/bench/compare.sh` runs it against this broker and Mosquitto).
+//!
+//! ```text
+//! mqtt-bench --port 1883 --mode fan-in  --qos 1 --clients 10 --messages 100000
+//! mqtt-bench --port 1883 --mode fan-out --qos 0 --clients 10 --messages 20000
+//! ```
+//! fan-in: `--clients` publishers share `--messages` among them, one subscriber on `bench/#`.
+//! fan-out: one publisher sends `--messages`, each of `--clients` subscribers receives all.
+//! Prints one line: mode, qos, expected and received deliveries, seconds, deliveries per second.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Args {
+    host: String,
+    port: u16,
+    mode: String,
+    qos: u8,
+    clients: usize,
+    messages: u64,
+    payload: usize,
+    window: usize,
+}
+
+fn parse() -> anyhow::Result<Args> {
+    let mut a = Args {
+        host: "127.0.0.1".into(),
+        port: 1883,
+        mode: "fan-in".into(),
+        qos: 0,
+        clients: 10,
+        messages: 100_000,
+        payload: 64,
+        window: 64,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let v = it.next().with_context(|| format!("{k} needs a value"))?;
+        match k.as_str() {
+            "--host" => a.host = v,
+            "--port" => a.port = v.parse()?,
+            "--mode" => a.mode = v,
+            "--qos" => a.qos = v.parse()?,
+            "--clients" => a.clients = v.parse()?,
+            "--messages" => a.messages = v.parse()?,
+            "--payload" => a.payload = v.parse()?,
+            "--window" => a.window = v.parse()?,
+            _ => bail!("unknown option {k}"),
+        }
+    }
+    if a.qos > 1 || !(a.mode == "fan-in" || a.mode == "fan-out") || a.clients == 0 {
+        bail!("--mode fan-in|fan-out, --qos 0|1, --clients >= 1");
+    }
+    Ok(a)
+}
+
+fn put_str(b: &mut BytesMut, s: &str) {
+    b.put_u16(s.len() as u16);
+    b.put_slice(s.as_bytes());
+}
+
+fn put_len(b: &mut BytesMut, mut n: usize) {
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        b.put_u8(byte);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Splits one complete packet (byte1, body) off the front of `buf`.
+fn take_packet(buf: &mut BytesMut) -> Option<(u8, BytesMut)> {
+    let mut len = 0usize;
+    let mut i = 1;
+    loop {
+        let b = *buf.get(i)?;
+        len |= ((b & 0x7F) as usize) << (7 * (i - 1));
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    if buf.len() < i + len {
+        return None;
+    }
+    let byte1 = buf[0];
+    buf.advance(i);
+    Some((byte1, buf.split_to(len)))
+}
+
+async fn connect(a: &Args, id: &str) -> anyhow::Result<(TcpStream, BytesMut)> {
+    let mut s = TcpStream::connect((a.host.as_str(), a.port)).await?;
+    s.set_nodelay(true)?;
+    let mut body = BytesMut::new();
+    put_str(&mut body, "MQTT");
+    body.put_slice(&[4, 0x02, 0, 60]);
+    put_str(&mut body, id);
+    let mut p = BytesMut::new();
+    p.put_u8(0x10);
+    put_len(&mut p, body.len());
+    p.put_slice(&body);
+    s.write_all(&p).await?;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        if let Some((b1, body)) = take_packet(&mut buf) {
+            if b1 != 0x20 || body.get(1) != Some(&0) {
+                bail!("connect refused: {b1:#x} {body:?}");
+            }
+            return Ok((s, buf));
+        }
+        if s.read_buf(&mut buf).await? == 0 {
+            bail!("closed during connect");
+        }
+    }
+}
+
+async fn subscribe(
+    s: &mut TcpStream,
+    buf: &mut BytesMut,
+    filter: &str,
+    qos: u8,
+) -> anyhow::Result<()> {
+    let mut body = BytesMut::new();
+    body.put_u16(1);
+    put_str(&mut body, filter);
+    body.put_u8(qos);
+    let mut p = BytesMut::new();
+    p.put_u8(0x82);
+    put_len(&mut p, body.len());
+    p.put_slice(&body);
+    s.write_all(&p).await?;
+    loop {
+        if let Some((b1, _)) = take_packet(buf) {
+            if b1 >> 4 == 9 {
+                return Ok(());
+            }
+            continue;
+        }
+        if s.read_buf(buf).await? == 0 {
+            bail!("closed during subscribe");
+        }
+    }
+}
+
+/// Reads PUBLISHes, acknowledging QoS 1, counting into `count` and stamping `last`.
+async fn subscriber(
+    mut s: TcpStream,
+    mut buf: BytesMut,
+    count: Arc<AtomicU64>,
+    last: Arc<AtomicU64>,
+    start: Instant,
+) -> anyhow::Result<()> {
+    let mut acks = BytesMut::new();
+    loop {
+        let mut n = 0;
+        while let Some((b1, mut body)) = take_packet(&mut buf) {
+            if b1 >> 4 != 3 {
+                continue;
+            }
+            n += 1;
+            if (b1 >> 1) & 3 == 1 {
+                let tlen = body.get_u16() as usize;
+                body.advance(tlen);
+                let id = body.get_u16();
+                acks.put_slice(&[0x40, 0x02]);
+                acks.put_u16(id);
+            }
+        }
+        if n > 0 {
+            count.fetch_add(n, Ordering::Relaxed);
+            last.store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        if !acks.is_empty() {
+            s.write_all(&acks).await?;
+            acks.clear();
+        }
+        if s.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Publishes `n` messages to `topic`, keeping at most `window` QoS 1 messages unacknowledged.
+async fn publisher(a: Arc<Args>, id: String, topic: String, n: u64) -> anyhow::Result<()> {
+    let (mut s, mut buf) = connect(&a, &id).await?;
+    let payload = vec![b'x'; a.payload];
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut sent = 0u64;
+    let mut acked = 0u64;
+    let mut packet_id: u16 = 0;
+    while acked < n || (a.qos == 0 && sent < n) {
+        let room = if a.qos == 0 {
+            256
+        } else {
+            a.window as u64 - (sent - acked)
+        };
+        let batch = room.min(n - sent);
+        for _ in 0..batch {
+            let rem = 2 + topic.len() + if a.qos == 1 { 2 } else { 0 } + payload.len();
+            out.put_u8(0x30 | (a.qos << 1));
+            put_len(&mut out, rem);
+            put_str(&mut out, &topic);
+            if a.qos == 1 {
+                packet_id = packet_id.wrapping_add(1).max(1);
+                out.put_u16(packet_id);
+            }
+            out.put_slice(&payload);
+        }
+        sent += batch;
+        if !out.is_empty() {
+            s.write_all(&out).await?;
+            out.clear();
+        }
+        if a.qos == 0 {
+            if sent >= n {
+                break;
+            }
+            continue;
+        }
+        if s.read_buf(&mut buf).await? == 0 {
+            bail!("publisher connection closed");
+        }
+        while let Some((b1, _)) = take_packet(&mut buf) {
+            if b1 >> 4 == 4 {
+                acked += 1;
+            }
+        }
+    }
+    // Send DISCONNECT only after the QoS 0 stream has been written.
+    s.write_all(&[0xE0, 0x00]).await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = Arc::new(parse()?);
+    let count = Arc::new(AtomicU64::new(0));
+    let last = Arc::new(AtomicU64::new(0));
+    let run = std::process::id();
+    let (subscribers, publishers, expected) = if a.mode == "fan-in" {
+        (1, a.clients, a.messages)
+    } else {
+        (a.clients, 1, a.messages * a.clients as u64)
+    };
+    let mut subs = Vec::new();
+    for i in 0..subscribers {
+        let (mut s, mut buf) = connect(&a, &format!("bench-sub-{run}-{i}")).await?;
+        subscribe(&mut s, &mut buf, "bench/#", a.qos).await?;
+        subs.push((s, buf));
+    }
+    let start = Instant::now();
+    for (s, buf) in subs {
+        tokio::spawn(subscriber(s, buf, count.clone(), last.clone(), start));
+    }
+    let per = a.messages / publishers as u64;
+    let mut pubs = Vec::new();
+    for i in 0..publishers {
+        let n = if i == 0 {
+            a.messages - per * (publishers as u64 - 1)
+        } else {
+            per
+        };
+        pubs.push(tokio::spawn(publisher(
+            a.clone(),
+            format!("bench-pub-{run}-{i}"),
+            format!("bench/{i}"),
+            n,
+        )));
+    }
+    for p in pubs {
+        p.await??;
+    }
+    // Wait for every delivery, or until nothing has arrived for two seconds.
+    let mut seen = 0;
+    let mut idle_since = Instant::now();
+    while count.load(Ordering::Relaxed) < expected {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let c = count.load(Ordering::Relaxed);
+        if c != seen {
+            seen = c;
+            idle_since = Instant::now();
+        } else if idle_since.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    let received = count.load(Ordering::Relaxed);
+    let secs = last.load(Ordering::Relaxed) as f64 / 1e6;
+    let rate = if secs > 0.0 {
+        received as f64 / secs
+    } else {
+        0.0
+    };
+    println!(
+        "mode={} qos={} clients={} payload={} expected={} received={} secs={:.3} rate={:.0}",
+        a.mode, a.qos, a.clients, a.payload, expected, received, secs, rate
+    );
+    Ok(())
+}

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Whole-broker throughput: this broker and Mosquitto, side by side, on this machine.
+#
+#   bash tests/bench/compare.sh            # 3 rounds per scenario, medians and ratios
+#   ROUNDS=5 MESSAGES=200000 bash tests/bench/compare.sh
+#
+# Needs mosquitto (apt-get install mosquitto); builds the release binaries itself.
+# The machine is shared and noisy: compare the ratio, not the absolute numbers.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROUNDS=${ROUNDS:-3}
+MESSAGES=${MESSAGES:-100000}
+CLIENTS=${CLIENTS:-10}
+command -v mosquitto >/dev/null || { echo "mosquitto not installed (apt-get install mosquitto)" >&2; exit 1; }
+cargo build --release -j2 -p broker -p broker-tests >/dev/null
+BIN=target/release
+work=$(mktemp -d)
+cleanup() { kill "$ours" "$theirs" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+ours_port=$(free_port)
+cat > "$work/broker.toml" <<TOML
+data_dir = "$work/data"
+[[listener]]
+name = "tcp"
+bind = "127.0.0.1:$ours_port"
+[log]
+level = "warn"
+TOML
+"$BIN/broker" --config "$work/broker.toml" 2>"$work/broker.log" &
+ours=$!
+
+theirs_port=$(free_port)
+cat > "$work/mosquitto.conf" <<CONF
+listener $theirs_port 127.0.0.1
+allow_anonymous true
+max_queued_messages 10000
+max_inflight_messages 32
+log_type error
+CONF
+mosquitto -c "$work/mosquitto.conf" 2>"$work/mosquitto.log" &
+theirs=$!
+sleep 0.5
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+printf '%-8s %-4s %12s %12s %7s\n' mode qos broker mosquitto ratio
+for mode in fan-in fan-out; do
+  for qos in 0 1; do
+    msgs=$MESSAGES
+    [ "$mode" = fan-out ] && msgs=$((MESSAGES / CLIENTS))
+    for who in ours theirs; do
+      port=$ours_port; [ "$who" = theirs ] && port=$theirs_port
+      for _ in $(seq "$ROUNDS"); do
+        "$BIN/mqtt-bench" --port "$port" --mode "$mode" --qos "$qos" --clients "$CLIENTS" --messages "$msgs" \
+          | tee -a "$work/$who.raw" | sed -n 's/.*rate=\([0-9]*\).*/\1/p'
+      done | median > "$work/$who.median"
+    done
+    o=$(cat "$work/ours.median"); t=$(cat "$work/theirs.median")
+    ratio=$(awk -v o="$o" -v t="$t" 'BEGIN { if (t > 0) printf "%.2f", o / t; else print "n/a" }')
+    printf '%-8s %-4s %12s %12s %7s\n' "$mode" "$qos" "$o" "$t" "$ratio"
+  done
+done
+echo
+echo "raw runs (this broker):"; cat "$work/ours.raw"
+echo "raw runs (mosquitto):"; cat "$work/theirs.raw"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README gives it: installs what the tests need (Debian packages,
+# when missing), builds the workspace once, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo=sudo; else
+    echo "tests/run.sh: need root (or sudo) to install: ${need[*]}" >&2; exit 1
+  fi
+  echo "tests/run.sh: installing ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo build -j2 --workspace
+cargo test -j2 --workspace
