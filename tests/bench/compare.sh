@@ -6,6 +6,8 @@
 #
 # Needs mosquitto (apt-get install mosquitto); builds the release binaries itself.
 # The machine is shared and noisy: compare the ratio, not the absolute numbers.
+# Both brokers get the same limits: 32 messages in flight per client and queues large enough
+# that nothing is dropped, so "rate" is deliveries per second with every message delivered.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
@@ -26,6 +28,9 @@ data_dir = "$work/data"
 [[listener]]
 name = "tcp"
 bind = "127.0.0.1:$ours_port"
+[limits]
+max_queued_messages = 1000000
+max_inflight = 32
 [log]
 level = "warn"
 TOML
@@ -36,7 +41,7 @@ theirs_port=$(free_port)
 cat > "$work/mosquitto.conf" <<CONF
 listener $theirs_port 127.0.0.1
 allow_anonymous true
-max_queued_messages 10000
+max_queued_messages 1000000
 max_inflight_messages 32
 log_type error
 CONF

@@ -34,6 +34,9 @@ use crate::router::{TopicFilter, TopicName};
 
 use super::{Control, Delivery, KickReason, Message, Outgoing, Session, SubEntry, Subscription};
 
+/// How long one write may wait for a peer that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where a connection came from; passed down from the listener.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -401,7 +404,14 @@ impl Connection {
                 .properties
                 .maximum_packet_size
                 .map_or(usize::MAX, |m| m as usize),
-            topic_aliases: vec![None; limits.topic_alias_maximum as usize],
+            topic_aliases: vec![
+                None;
+                if v5 {
+                    limits.topic_alias_maximum as usize
+                } else {
+                    0
+                }
+            ],
             problem_information: connect.properties.request_problem_information != Some(0),
             drained: Vec::new(),
         };
@@ -541,7 +551,17 @@ impl Connection {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        stream.write_all(&self.wbuf).await.map_err(Exit::Io)?;
+        // A peer that stops reading for WRITE_TIMEOUT is treated as gone: its task must not
+        // hang forever on a full socket buffer.
+        match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&self.wbuf)).await {
+            Ok(result) => result.map_err(Exit::Io)?,
+            Err(_) => {
+                return Err(Exit::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "peer did not read for 30 s",
+                )))
+            }
+        }
         metrics::add(&self.broker.metrics.bytes_sent, self.wbuf.len() as u64);
         self.wbuf.clear();
         Ok(())
@@ -918,13 +938,8 @@ impl Connection {
         }
         tracing::info!(client_id = %self.client_id, peer = %self.peer, reason = exit.label(), "client disconnected");
 
-        // Hand the state back to the session.
-        {
-            let mut parked = self.session.parked.lock();
-            parked.outgoing = std::mem::take(&mut self.outgoing);
-            parked.incoming_qos2 = std::mem::take(&mut self.incoming_qos2);
-            parked.last_packet_id = self.last_packet_id;
-        }
+        // Hand the state back to the session, unless a newer connection already holds it
+        // (possible only when this one was too slow to answer a takeover).
         let still_ours = {
             let mut control = self.session.control.lock();
             let ours = self
@@ -935,6 +950,10 @@ impl Connection {
             if ours {
                 *control = None;
                 self.session.set_online(false);
+                let mut parked = self.session.parked.lock();
+                parked.outgoing = std::mem::take(&mut self.outgoing);
+                parked.incoming_qos2 = std::mem::take(&mut self.incoming_qos2);
+                parked.last_packet_id = self.last_packet_id;
             }
             ours
         };

@@ -15,8 +15,8 @@
 //!
 //! [`connection::serve`] runs one network connection from CONNECT to close.
 //!
-//! Lock order: registry → router → session (`subscriptions`, `parked`, `queue`, `control`);
-//! none is held across `.await`.
+//! Lock order: registry → router → session locks; of a session's locks only `control` →
+//! `parked` are ever held together. None is held across `.await`.
 
 pub mod connection;
 
