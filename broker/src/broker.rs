@@ -21,11 +21,27 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
-use crate::codec::QoS;
+use crate::codec::{QoS, RetainHandling, SubscriptionOptions};
 use crate::config::Config;
+use crate::hooks::Hooks;
 use crate::metrics::{self, Metrics};
-use crate::router::{Match, Trie};
-use crate::session::{Control, Delivery, Enqueued, KickReason, Message, Session, SubEntry};
+use crate::plugin::PluginManager;
+use crate::router::{Match, TopicFilter, TopicName, Trie};
+use crate::session::{
+    Control, Delivery, Enqueued, KickReason, Message, Session, SubEntry, Subscription,
+};
+use plugin_api::{
+    ClientInfo, ClientView, EventView, HookPoint, MessageView, OutgoingMessage, SubOptions,
+    UserPropertyView,
+};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 /// How long a taking-over connection waits for the old one to hand its session back.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,6 +59,10 @@ pub struct Broker {
     shutdown_tx: watch::Sender<bool>,
     /// Permits for the global connection limit; all permits back = no connection left.
     pub connection_permits: Arc<Semaphore>,
+    /// Hook table and dispatch.
+    pub hooks: Hooks,
+    /// The plugin host.
+    pub plugins: PluginManager,
 }
 
 impl std::fmt::Debug for Broker {
@@ -82,14 +102,18 @@ pub struct Attached {
     pub session_present: bool,
     /// The generation this connection holds.
     pub generation: u64,
+    /// Whether an existing session was discarded (clean start).
+    pub discarded: bool,
 }
 
 impl Broker {
-    /// A broker with no sessions and no subscriptions.
-    pub fn new(config: Config) -> Arc<Broker> {
+    /// A broker with no sessions, no subscriptions and no plugins. `plugin_config_dir` holds
+    /// the plugins' `<name>.toml` files.
+    pub fn new(config: Config, plugin_config_dir: std::path::PathBuf) -> Arc<Broker> {
         let (shutdown_tx, _) = watch::channel(false);
         let permits = config.limits.max_connections;
-        Arc::new(Broker {
+        Arc::new_cyclic(|weak| Broker {
+            plugins: PluginManager::new(weak.clone(), &config, plugin_config_dir),
             config: Arc::new(config),
             router: RwLock::new(Trie::new()),
             sessions: Mutex::new(HashMap::new()),
@@ -97,7 +121,240 @@ impl Broker {
             next_session_id: AtomicU64::new(1),
             shutdown_tx,
             connection_permits: Arc::new(Semaphore::new(permits)),
+            hooks: Hooks::default(),
         })
+    }
+
+    /// Runs the `message.publish` chain on `message`, then routes it. `None` when a plugin
+    /// dropped it; otherwise the number of sessions it was queued for.
+    pub fn publish(
+        &self,
+        mut message: Message,
+        username: Option<&str>,
+        is_will: bool,
+    ) -> Option<usize> {
+        if self.hooks.enabled(HookPoint::MESSAGE_PUBLISH) {
+            let props = &message.properties;
+            let user_properties: Vec<UserPropertyView<'_>> = props
+                .user_properties
+                .iter()
+                .map(|(k, v)| UserPropertyView {
+                    key: k.as_str().into(),
+                    value: v.as_str().into(),
+                })
+                .collect();
+            let view = MessageView {
+                topic: message.topic.as_str().into(),
+                payload: message.payload.as_ref().into(),
+                qos: message.qos as u8,
+                retain: message.retain,
+                publisher: message.publisher.as_deref().map(Into::into).into(),
+                username: username.map(Into::into).into(),
+                is_will,
+                message_expiry_interval: message
+                    .expires_at
+                    .map(|t| {
+                        t.saturating_duration_since(tokio::time::Instant::now())
+                            .as_secs() as u32
+                    })
+                    .into(),
+                payload_format_indicator: props.payload_format_indicator.into(),
+                content_type: props.content_type.as_deref().map(Into::into).into(),
+                response_topic: props.response_topic.as_deref().map(Into::into).into(),
+                correlation_data: props.correlation_data.as_deref().map(Into::into).into(),
+                user_properties: user_properties.as_slice().into(),
+                timestamp_ms: now_ms(),
+            };
+            let decision = self.hooks.message_publish(&view);
+            drop(user_properties);
+            if decision.drop {
+                return None;
+            }
+            if let Some(topic) = decision.topic {
+                if let Ok(t) = TopicName::new(&topic) {
+                    message.topic = t;
+                }
+            }
+            if let Some(payload) = decision.payload {
+                message.payload = payload.into();
+            }
+        }
+        Some(self.route(Arc::new(message)))
+    }
+
+    /// Publishes a message on behalf of a plugin (host service).
+    pub fn publish_from_plugin(&self, m: OutgoingMessage) -> Result<usize, String> {
+        let topic = TopicName::new(m.topic.as_str()).map_err(|e| e.to_string())?;
+        let qos = QoS::from_u8(m.qos).ok_or_else(|| format!("invalid QoS {}", m.qos))?;
+        let mut properties = crate::codec::Properties::default();
+        properties.user_properties = m
+            .user_properties
+            .into_iter()
+            .map(|t| (t.0.into(), t.1.into()))
+            .collect();
+        let message = Message {
+            topic,
+            payload: Vec::from(m.payload).into(),
+            qos,
+            retain: m.retain,
+            properties,
+            publisher: None,
+            expires_at: None,
+        };
+        Ok(self.publish(message, None, false).unwrap_or(0))
+    }
+
+    /// Subscribes an existing session on behalf of a plugin (host service). Returns the
+    /// granted QoS.
+    pub fn subscribe_for_plugin(
+        &self,
+        client_id: &str,
+        raw: &str,
+        o: SubOptions,
+    ) -> Result<u8, String> {
+        let session = self
+            .session(client_id)
+            .ok_or_else(|| format!("no session for client {client_id:?}"))?;
+        let (group, filter) = TopicFilter::parse(raw).map_err(|e| e.to_string())?;
+        let qos = QoS::from_u8(o.qos).ok_or_else(|| format!("invalid QoS {}", o.qos))?;
+        let options = SubscriptionOptions {
+            qos,
+            no_local: o.no_local,
+            retain_as_published: o.retain_as_published,
+            retain_handling: match o.retain_handling {
+                1 => RetainHandling::SendIfNew,
+                2 => RetainHandling::DoNotSend,
+                _ => RetainHandling::SendAtSubscribe,
+            },
+        };
+        self.add_subscription(&session, raw.to_owned(), group, filter, options, None);
+        Ok(qos as u8)
+    }
+
+    /// Adds (or replaces) a subscription of `session`; returns true if it is new.
+    pub fn add_subscription(
+        &self,
+        session: &Arc<Session>,
+        raw: String,
+        group: Option<Arc<str>>,
+        filter: TopicFilter,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> bool {
+        let entry = SubEntry {
+            session: session.clone(),
+            options,
+            id,
+        };
+        let mut router = self.router.write();
+        router.insert(group.as_ref(), &filter, session.id, entry);
+        let previous = session.subscriptions.lock().insert(
+            raw,
+            Subscription {
+                group,
+                filter,
+                options,
+                id,
+            },
+        );
+        previous.is_none()
+    }
+
+    /// Connected clients, for the admin API.
+    pub fn client_summaries(&self) -> Vec<crate::admin::ClientSummary> {
+        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
+        let mut out: Vec<_> = sessions
+            .iter()
+            .filter_map(|s| {
+                let info = s.info.lock().clone()?;
+                Some(crate::admin::ClientSummary {
+                    client_id: info.client_id.into(),
+                    username: info.username.into_option().map(Into::into),
+                    peer: format!("{}:{}", info.peer_ip, info.peer_port),
+                    proto_ver: info.proto_ver,
+                    connected_at_ms: info.connected_at_ms,
+                    queued: s.queued_len(),
+                    subscriptions: s.subscriptions.lock().len(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        out
+    }
+
+    /// Disconnects a connected client (v5: DISCONNECT 0x98). Returns false if not connected.
+    pub async fn kick(&self, client_id: &str) -> bool {
+        let Some(session) = self.session(client_id) else {
+            return false;
+        };
+        let ctrl = session.control.lock().clone();
+        let Some(ctrl) = ctrl else {
+            return false;
+        };
+        let (done, wait) = oneshot::channel();
+        if ctrl
+            .send(Control::Kick {
+                reason: KickReason::Kicked,
+                done,
+            })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let _ = tokio::time::timeout(TAKEOVER_TIMEOUT, wait).await;
+        true
+    }
+
+    /// Empties the ACL cache of one client, or of all; returns how many sessions were touched.
+    pub fn clean_acl_cache(&self, client_id: Option<&str>) -> usize {
+        let sessions: Vec<Arc<Session>> = match client_id {
+            Some(id) => self.session(id).into_iter().collect(),
+            None => self.sessions.lock().values().cloned().collect(),
+        };
+        for s in &sessions {
+            s.acl_cache.lock().clear();
+        }
+        sessions.len()
+    }
+
+    /// Information about a connected client.
+    pub fn client_info(&self, client_id: &str) -> Option<ClientInfo> {
+        self.session(client_id).and_then(|s| s.info.lock().clone())
+    }
+
+    /// Fires a session-level notification that has only the client id to go on.
+    fn notify_session(&self, point: HookPoint, client_id: &str) {
+        if !self.hooks.enabled(point) {
+            return;
+        }
+        let client = ClientView {
+            client_id: client_id.into(),
+            username: None.into(),
+            peer_ip: "".into(),
+            peer_port: 0,
+            sock_port: 0,
+            listener: "".into(),
+            transport: "mqtt".into(),
+            proto_ver: 0,
+            proto_name: "".into(),
+            keep_alive: 0,
+            clean_start: false,
+            expiry_interval: 0,
+            connected_at_ms: 0,
+            cert_common_name: None.into(),
+            cert_subject: None.into(),
+            is_superuser: false,
+        };
+        self.hooks.notify(
+            point,
+            &EventView {
+                client,
+                reason: "".into(),
+                reason_code: 0,
+                subscription: None.into(),
+            },
+        );
     }
 
     /// A receiver that turns `true` when the broker is shutting down.
@@ -233,12 +490,14 @@ impl Broker {
                     continue;
                 }
             }
+            let mut discarded = false;
             let (session, present) = match current {
                 Some(old) if !clean_start => (old, true),
                 other => {
                     if let Some(old) = other {
                         sessions.remove(client_id);
                         self.discard_session(&old);
+                        discarded = true;
                     }
                     let s = Arc::new(Session::new(
                         self.next_session_id.fetch_add(1, Ordering::Relaxed),
@@ -260,6 +519,7 @@ impl Broker {
                 session,
                 session_present: present,
                 generation,
+                discarded,
             };
         }
     }
@@ -298,8 +558,9 @@ impl Broker {
         session.clear_queue();
         let will = session.parked.lock().pending_will.take();
         if let Some((will, _)) = will {
-            self.route(will);
+            self.publish(will, None, true);
         }
+        self.notify_session(HookPoint::SESSION_TERMINATED, &session.client_id);
         tracing::debug!(client_id = %session.client_id, "session ended");
     }
 
@@ -308,7 +569,7 @@ impl Broker {
     pub fn schedule_will(
         self: &Arc<Self>,
         session: Arc<Session>,
-        will: Arc<Message>,
+        will: Message,
         generation: u64,
         delay: Duration,
     ) {
@@ -324,7 +585,7 @@ impl Broker {
                 }
             };
             if let Some((will, _)) = will {
-                broker.route(will);
+                broker.publish(will, None, true);
             }
         });
     }

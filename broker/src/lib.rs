@@ -5,10 +5,13 @@
 //! [`router`] for fan-out) → subscribers' sessions. [`broker`] ties them together and owns the
 //! shared state; [`metrics`] counts what happens.
 
+pub mod admin;
 pub mod broker;
 pub mod codec;
 pub mod config;
+pub mod hooks;
 pub mod listener;
 pub mod metrics;
+pub mod plugin;
 pub mod router;
 pub mod session;

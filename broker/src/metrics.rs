@@ -13,7 +13,7 @@ macro_rules! metrics {
         }
 
         /// A point-in-time copy of [`Metrics`].
-        #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+        #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
         pub struct MetricsSnapshot {
             $($(#[$doc])* pub $name: u64,)*
         }

@@ -68,7 +68,7 @@ impl Broker {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         let config = format!(
-            "data_dir = {:?}\nplugin_dir = {:?}\n\n[[listener]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n{extra}\n",
+            "data_dir = {:?}\nplugin_dir = {:?}\n\n[[listener]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n{extra}\n",
             data.display().to_string(),
             bin_dir().display().to_string(),
         );

@@ -29,7 +29,7 @@ async fn packet_over_max_packet_size_closes_the_connection() {
 async fn listener_connection_limit_refuses_the_extra_connection() {
     let dir = tempfile::tempdir().expect("tmp");
     let config = format!(
-        "data_dir = {:?}\n[[listener]]\nname = \"tcp\"\nbind = \"127.0.0.1:0\"\nmax_connections = 3\n",
+        "data_dir = {:?}\n[[listener]]\nname = \"tcp\"\nbind = \"127.0.0.1:0\"\nmax_connections = 3\n[admin]\nbind = \"127.0.0.1:0\"\n",
         dir.path().join("data").display().to_string()
     );
     let b = Broker::start_config(dir, &config);

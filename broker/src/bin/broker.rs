@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use broker::broker::Broker;
 use broker::config::{Config, LogFormat};
-use broker::listener;
+use broker::{admin, listener};
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "usage: broker [--config <path>]   (default: etc/broker.toml)";
@@ -89,17 +89,46 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let bound = listener::bind_all(&config.listeners).await?;
-    listener::write_address_file(&config.data_dir, &bound)
-        .with_context(|| format!("cannot write {}/listeners.json", config.data_dir.display()))?;
     if config.auth.allow_anonymous && bound.iter().any(|b| !b.addr.ip().is_loopback()) {
-        tracing::warn!("auth.allow_anonymous is true and a listener is reachable beyond loopback: anyone can connect");
+        tracing::warn!("auth.allow_anonymous is true and a listener is reachable beyond loopback: anyone can connect unless an authentication plugin is loaded");
     }
     tracing::info!(config = %path.display(), node = %config.node_name, "broker starting");
-    let broker = Broker::new(config);
+    let data_dir = config.data_dir.clone();
+    let enabled = config.plugins.enabled.clone();
+    let plugin_config_dir = config.plugin_config_dir(&path);
+    let broker = Broker::new(config, plugin_config_dir);
+
+    let mut admin_addr = None;
+    if broker.config.admin.enabled {
+        let token_file = broker.config.admin_token_file();
+        let token = admin::ensure_token(&token_file).with_context(|| {
+            format!(
+                "cannot create the admin token file {}",
+                token_file.display()
+            )
+        })?;
+        let socket = admin::bind(broker.config.admin.bind)
+            .await
+            .with_context(|| {
+                format!("cannot bind the admin API on {}", broker.config.admin.bind)
+            })?;
+        let addr = socket.local_addr()?;
+        admin_addr = Some(addr);
+        tracing::info!(%addr, token_file = %token_file.display(), "admin API listening");
+        tokio::spawn(admin::serve(broker.clone(), socket, token));
+    }
+
+    // Plugins first, so authentication is in place before the first client is accepted.
+    broker.plugins.restore(&enabled).await;
+
     let mut accept_loops = Vec::new();
+    let addresses = listener::Addresses::of(&bound);
     for b in bound {
         accept_loops.push(tokio::spawn(listener::run(broker.clone(), b)));
     }
+    listener::write_address_file(&data_dir, &addresses, admin_addr)
+        .with_context(|| format!("cannot write {}/listeners.json", data_dir.display()))?;
+
     wait_for_signal().await?;
     tracing::info!("shutting down: closing listeners and connections");
     broker.begin_shutdown();
@@ -112,6 +141,7 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     {
         tracing::warn!("some connections did not close within 10 s");
     }
+    broker.plugins.shutdown_all().await;
     tracing::info!("broker stopped");
     Ok(())
 }

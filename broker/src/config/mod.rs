@@ -65,6 +65,118 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Plugin host.
+    pub plugins: PluginsConfig,
+    /// ACL defaults.
+    pub acl: AclConfig,
+    /// Admin API used by `brokerctl`.
+    pub admin: AdminConfig,
+}
+
+/// Plugin host settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Plugins loaded on the very first start; afterwards `<data_dir>/loaded_plugins`
+    /// (maintained by `brokerctl plugins load|unload`) decides.
+    pub enabled: Vec<String>,
+    /// Directory of the plugins' config files (`<name>.toml`). Empty = `plugins/` next to the
+    /// broker's config file.
+    pub config_dir: PathBuf,
+    /// Timeout of one async hook call (authentication, ACL), milliseconds, unless the plugin
+    /// sets its own.
+    pub hook_timeout_ms: u64,
+    /// Async hook calls in flight per plugin; further calls wait (within the timeout).
+    pub max_in_flight: usize,
+    /// How long an unload waits for in-flight calls, milliseconds.
+    pub drain_timeout_ms: u64,
+    /// Faults (panics, timeouts) that mark a plugin faulted …
+    pub fault_threshold: usize,
+    /// … within this many seconds.
+    pub fault_window_secs: u64,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            enabled: Vec::new(),
+            config_dir: PathBuf::new(),
+            hook_timeout_ms: 5000,
+            max_in_flight: 1024,
+            drain_timeout_ms: 5000,
+            fault_threshold: 5,
+            fault_window_secs: 60,
+        }
+    }
+}
+
+/// What to do when every ACL plugin said Ignore, and with denied publishes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AclConfig {
+    /// Decision when ACL plugins are loaded and all of them ignore the request.
+    pub no_match: Decision,
+    /// What a denied PUBLISH does to the connection: `ignore` (drop the message) or
+    /// `disconnect`.
+    pub deny_action: DenyAction,
+    /// ACL results cached per connection (FIFO eviction); 0 disables the cache.
+    pub cache_size: usize,
+    /// Seconds an ACL result stays cached.
+    pub cache_ttl_secs: u64,
+}
+
+impl Default for AclConfig {
+    fn default() -> Self {
+        AclConfig {
+            no_match: Decision::Allow,
+            deny_action: DenyAction::Ignore,
+            cache_size: 32,
+            cache_ttl_secs: 60,
+        }
+    }
+}
+
+/// allow / deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// Permit.
+    Allow,
+    /// Refuse.
+    Deny,
+}
+
+/// What a denied PUBLISH does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DenyAction {
+    /// Drop the message (QoS 1/2 still acknowledged; v5 with reason 0x87).
+    Ignore,
+    /// Close the connection (v5: DISCONNECT 0x87).
+    Disconnect,
+}
+
+/// Admin API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin API at all.
+    pub enabled: bool,
+    /// Address of the HTTP admin API; must be a loopback address.
+    pub bind: SocketAddr,
+    /// File holding the admin token; created (mode 0600) at first start. Empty =
+    /// `<data_dir>/admin.token`.
+    pub token_file: PathBuf,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            bind: SocketAddr::from(([127, 0, 0, 1], 18083)),
+            token_file: PathBuf::new(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -78,6 +190,9 @@ impl Default for Config {
             session: SessionConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
+            plugins: PluginsConfig::default(),
+            acl: AclConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -183,12 +298,15 @@ impl Default for SessionConfig {
 pub struct AuthConfig {
     /// Let clients connect when no authentication plugin is loaded.
     pub allow_anonymous: bool,
+    /// Decision when authentication plugins are loaded and all of them ignore the client.
+    pub no_match: Decision,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             allow_anonymous: true,
+            no_match: Decision::Deny,
         }
     }
 }
@@ -283,8 +401,49 @@ impl Config {
         if self.limits.max_client_id_len == 0 {
             return invalid("limits.max_client_id_len", "must be at least 1");
         }
+        if self.admin.enabled && !self.admin.bind.ip().is_loopback() {
+            return invalid(
+                "admin.bind",
+                "must be a loopback address (127.0.0.1 or ::1)",
+            );
+        }
+        for name in &self.plugins.enabled {
+            if !valid_plugin_name(name) {
+                return invalid("plugins.enabled", &format!("{name:?} is not a plugin name"));
+            }
+        }
         Ok(())
     }
+
+    /// Where the plugins' config files live.
+    pub fn plugin_config_dir(&self, config_path: &Path) -> PathBuf {
+        if self.plugins.config_dir.as_os_str().is_empty() {
+            config_path
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join("plugins")
+        } else {
+            self.plugins.config_dir.clone()
+        }
+    }
+
+    /// Where the admin token lives.
+    pub fn admin_token_file(&self) -> PathBuf {
+        if self.admin.token_file.as_os_str().is_empty() {
+            self.data_dir.join("admin.token")
+        } else {
+            self.admin.token_file.clone()
+        }
+    }
+}
+
+/// A plugin name: 1 to 64 characters of `a-z`, `0-9`, `_` and `-` (it becomes a file name).
+pub fn valid_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]

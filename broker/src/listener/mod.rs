@@ -69,18 +69,43 @@ pub async fn bind_all(configs: &[ListenerConfig]) -> Result<Vec<Bound>, BindErro
     Ok(bound)
 }
 
-/// Writes `<data_dir>/listeners.json`: one object per listener with name, kind and address.
-pub fn write_address_file(data_dir: &Path, bound: &[Bound]) -> std::io::Result<()> {
-    let list: Vec<serde_json::Value> = bound
+/// The bound addresses of the listeners, kept for `listeners.json`.
+#[derive(Debug, Clone)]
+pub struct Addresses(Vec<(String, &'static str, SocketAddr)>);
+
+impl Addresses {
+    /// Records name, kind and address of each bound listener.
+    pub fn of(bound: &[Bound]) -> Addresses {
+        Addresses(
+            bound
+                .iter()
+                .map(|b| {
+                    let kind = match b.config.kind {
+                        ListenerKind::Tcp => "tcp",
+                    };
+                    (b.config.name.clone(), kind, b.addr)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Writes `<data_dir>/listeners.json`: one object per listener with name, kind and address,
+/// then the admin API (`kind = "admin"`) if it is served. Written once everything accepts, so
+/// its presence means the broker is ready.
+pub fn write_address_file(
+    data_dir: &Path,
+    addresses: &Addresses,
+    admin: Option<SocketAddr>,
+) -> std::io::Result<()> {
+    let mut list: Vec<serde_json::Value> = addresses
+        .0
         .iter()
-        .map(|b| {
-            serde_json::json!({
-                "name": b.config.name,
-                "kind": match b.config.kind { ListenerKind::Tcp => "tcp" },
-                "addr": b.addr.to_string(),
-            })
-        })
+        .map(|(name, kind, addr)| serde_json::json!({"name": name, "kind": kind, "addr": addr.to_string()}))
         .collect();
+    if let Some(addr) = admin {
+        list.push(serde_json::json!({"name": "admin", "kind": "admin", "addr": addr.to_string()}));
+    }
     let text = serde_json::to_string_pretty(&list).map_err(std::io::Error::other)?;
     let tmp = data_dir.join("listeners.json.tmp");
     std::fs::write(&tmp, text)?;
@@ -126,6 +151,8 @@ pub async fn run(broker: Arc<Broker>, bound: Bound) {
         let info = ConnInfo {
             peer,
             listener: name.clone(),
+            local_port: bound.addr.port(),
+            transport: "mqtt",
         };
         let broker = broker.clone();
         tokio::spawn(async move {

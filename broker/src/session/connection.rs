@@ -29,10 +29,16 @@ use crate::codec::{
     ProtocolVersion, PubResp, Publish, PublishHeader, QoS, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
 };
+use crate::config::{Decision, DenyAction};
+use crate::hooks::{AclDecision, AuthDecision};
 use crate::metrics;
 use crate::router::{TopicFilter, TopicName};
+use plugin_api::{
+    Access, AclRequest, AuthRequest, ClientView, DenyReason, EventView, HookPoint,
+    MessageEventView, MessageView, SubOptions, SubscribeView, SubscriptionView,
+};
 
-use super::{Control, Delivery, KickReason, Message, Outgoing, Session, SubEntry, Subscription};
+use super::{Control, Delivery, KickReason, Message, Outgoing, Session};
 
 /// How long one write may wait for a peer that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,6 +50,10 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Listener name.
     pub listener: Arc<str>,
+    /// Local (listener) port.
+    pub local_port: u16,
+    /// `mqtt` or `mqtt-ws`.
+    pub transport: &'static str,
 }
 
 /// Why the connection loop ended.
@@ -229,6 +239,88 @@ struct Connection {
     topic_aliases: Vec<Option<TopicName>>,
     problem_information: bool,
     drained: Vec<Delivery>,
+    identity: Identity,
+}
+
+/// Who the client is, as plugins see it; fixed at CONNECT.
+struct Identity {
+    username: Option<String>,
+    peer_ip: String,
+    peer_port: u16,
+    sock_port: u16,
+    listener: Arc<str>,
+    transport: &'static str,
+    proto_ver: u8,
+    proto_name: &'static str,
+    keep_alive: u16,
+    clean_start: bool,
+    expiry_interval: u32,
+    connected_at_ms: u64,
+    superuser: bool,
+}
+
+impl Identity {
+    fn view<'a>(&'a self, client_id: &'a str) -> ClientView<'a> {
+        ClientView {
+            client_id: client_id.into(),
+            username: self.username.as_deref().map(Into::into).into(),
+            peer_ip: self.peer_ip.as_str().into(),
+            peer_port: self.peer_port,
+            sock_port: self.sock_port,
+            listener: (*self.listener).into(),
+            transport: self.transport.into(),
+            proto_ver: self.proto_ver,
+            proto_name: self.proto_name.into(),
+            keep_alive: self.keep_alive,
+            clean_start: self.clean_start,
+            expiry_interval: self.expiry_interval,
+            connected_at_ms: self.connected_at_ms,
+            cert_common_name: None.into(),
+            cert_subject: None.into(),
+            is_superuser: self.superuser,
+        }
+    }
+}
+
+fn event<'a>(client: ClientView<'a>, reason: &'a str, reason_code: u8) -> EventView<'a> {
+    EventView {
+        client,
+        reason: reason.into(),
+        reason_code,
+        subscription: None.into(),
+    }
+}
+
+fn sub_options(o: &crate::codec::SubscriptionOptions) -> SubOptions {
+    SubOptions {
+        qos: o.qos as u8,
+        no_local: o.no_local,
+        retain_as_published: o.retain_as_published,
+        retain_handling: o.retain_handling as u8,
+    }
+}
+
+fn message_view<'a>(
+    m: &'a Message,
+    user_properties: &'a [plugin_api::UserPropertyView<'a>],
+) -> MessageView<'a> {
+    let p = &m.properties;
+    MessageView {
+        topic: m.topic.as_str().into(),
+        payload: m.payload.as_ref().into(),
+        qos: m.qos as u8,
+        retain: m.retain,
+        publisher: m.publisher.as_deref().map(Into::into).into(),
+        username: None.into(),
+        is_will: false,
+        message_expiry_interval: None.into(),
+        payload_format_indicator: p.payload_format_indicator.into(),
+        content_type: p.content_type.as_deref().map(Into::into).into(),
+        response_topic: p.response_topic.as_deref().map(Into::into).into(),
+        correlation_data: p.correlation_data.as_deref().map(Into::into).into(),
+        user_properties: user_properties.into(),
+        timestamp_ms: 0,
+    }
 }
 
 /// Encodes a CONNACK refusing the connection and writes it.
@@ -265,6 +357,50 @@ fn assigned_client_id() -> String {
         .unwrap_or(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("auto-{nanos:x}-{n:x}")
+}
+
+/// Runs the authentication chain for a CONNECT. `Ok(superuser)` lets the client in;
+/// `Err((v5 reason code, why))` refuses it.
+async fn authenticate(
+    broker: &Broker,
+    identity: &Identity,
+    client_id: &str,
+    connect: &Connect,
+) -> Result<bool, (u8, &'static str)> {
+    let auth = &broker.config.auth;
+    let decision = if broker.hooks.enabled(HookPoint::CLIENT_AUTHENTICATE) {
+        let request = AuthRequest {
+            client: identity.view(client_id).to_owned_info(),
+            password: connect.password.as_ref().map(|p| p.to_vec().into()).into(),
+        };
+        broker.hooks.authenticate(&request).await
+    } else {
+        AuthDecision::NoPlugin
+    };
+    match decision {
+        AuthDecision::Allow { superuser } => Ok(superuser),
+        AuthDecision::NoPlugin if auth.allow_anonymous => Ok(false),
+        AuthDecision::NoPlugin => Err((
+            reason::NOT_AUTHORIZED,
+            "auth.allow_anonymous is false and no authentication plugin is loaded",
+        )),
+        AuthDecision::NoMatch if auth.no_match == Decision::Allow => Ok(false),
+        AuthDecision::NoMatch => Err((
+            reason::NOT_AUTHORIZED,
+            "no authentication plugin accepted the client (auth.no_match = deny)",
+        )),
+        AuthDecision::Deny(DenyReason::BadCredentials) => Err((
+            reason::BAD_USER_NAME_OR_PASSWORD,
+            "bad user name or password",
+        )),
+        AuthDecision::Deny(DenyReason::NotAuthorized) => {
+            Err((reason::NOT_AUTHORIZED, "not authorized"))
+        }
+        AuthDecision::Deny(DenyReason::ServerUnavailable) => Err((
+            reason::SERVER_UNAVAILABLE,
+            "authentication backend unavailable",
+        )),
+    }
 }
 
 impl Connection {
@@ -328,19 +464,6 @@ impl Connection {
             .await;
             return None;
         }
-        if !broker.config.auth.allow_anonymous {
-            refuse(
-                stream,
-                version,
-                reason::NOT_AUTHORIZED,
-                info,
-                &client_id,
-                "auth.allow_anonymous is false and no authentication plugin is loaded",
-            )
-            .await;
-            return None;
-        }
-
         let max_expiry = broker.config.session.max_session_expiry_interval;
         let requested_expiry = if v5 {
             connect.properties.session_expiry_interval.unwrap_or(0)
@@ -359,6 +482,44 @@ impl Connection {
         {
             keep_alive = limits.max_keep_alive;
             server_keep_alive = Some(keep_alive);
+        }
+
+        let mut identity = Identity {
+            username: connect.username.clone(),
+            peer_ip: info.peer.ip().to_string(),
+            peer_port: info.peer.port(),
+            sock_port: info.local_port,
+            listener: info.listener.clone(),
+            transport: info.transport,
+            proto_ver: version.level(),
+            proto_name: version.protocol_name(),
+            keep_alive,
+            clean_start: connect.clean_start,
+            expiry_interval: session_expiry,
+            connected_at_ms: 0,
+            superuser: false,
+        };
+        let hooks = &broker.hooks;
+        hooks.notify(
+            HookPoint::CLIENT_CONNECT,
+            &event(identity.view(&client_id), "", 0),
+        );
+
+        // Authentication chain (PLUGINS.md, "Access control core").
+        let refusal = match authenticate(broker, &identity, &client_id, &connect).await {
+            Ok(superuser) => {
+                identity.superuser = superuser;
+                None
+            }
+            Err(refusal) => Some(refusal),
+        };
+        if let Some((code, why)) = refusal {
+            hooks.notify(
+                HookPoint::CLIENT_CONNACK,
+                &event(identity.view(&client_id), "", code),
+            );
+            refuse(stream, version, code, info, &client_id, why).await;
+            return None;
         }
 
         let (control_tx, control_rx) = mpsc::channel(4);
@@ -414,6 +575,7 @@ impl Connection {
             ],
             problem_information: connect.properties.request_problem_information != Some(0),
             drained: Vec::new(),
+            identity,
         };
         conn.push(&Packet::ConnAck(ConnAck {
             session_present: attached.session_present,
@@ -435,7 +597,22 @@ impl Connection {
                 conn.write_publish(&o.delivery, Some(o.packet_id), true);
             }
         }
+        conn.identity.connected_at_ms = crate::broker::now_ms();
+        conn.session.acl_cache.lock().clear();
+        *conn.session.info.lock() = Some(conn.identity.view(&client_id).to_owned_info());
         conn.session.set_online(true);
+        let view = conn.identity.view(&client_id);
+        if attached.discarded {
+            hooks.notify(HookPoint::SESSION_DISCARDED, &event(view, "", 0));
+        }
+        let created = if attached.session_present {
+            HookPoint::SESSION_RESUMED
+        } else {
+            HookPoint::SESSION_CREATED
+        };
+        hooks.notify(created, &event(view, "", 0));
+        hooks.notify(HookPoint::CLIENT_CONNACK, &event(view, "", reason::SUCCESS));
+        hooks.notify(HookPoint::CLIENT_CONNECTED, &event(view, "", 0));
         tracing::info!(
             client_id = %client_id,
             peer = %info.peer,
@@ -518,33 +695,63 @@ impl Connection {
         let mut sent = 0u64;
         for d in batch.drain(..) {
             if d.message.expires_at.is_some_and(|t| t <= now) {
-                metrics::add(&self.broker.metrics.messages_dropped, 1);
+                self.dropped(&d, "expired");
                 continue;
             }
             if d.qos == QoS::AtMostOnce {
                 if self.write_publish(&d, None, false) {
                     sent += 1;
+                    self.message_event(HookPoint::MESSAGE_DELIVERED, &d, "");
                 } else {
-                    metrics::add(&self.broker.metrics.messages_dropped, 1);
+                    self.dropped(&d, "too_large");
                 }
                 continue;
             }
             let packet_id = self.next_packet_id();
             if self.write_publish(&d, Some(packet_id), false) {
                 sent += 1;
+                self.message_event(HookPoint::MESSAGE_DELIVERED, &d, "");
                 self.outgoing.push_back(Outgoing {
                     packet_id,
                     delivery: d,
                     released: false,
                 });
             } else {
-                metrics::add(&self.broker.metrics.messages_dropped, 1);
+                self.dropped(&d, "too_large");
             }
         }
         self.drained = batch;
         if sent > 0 {
             metrics::add(&self.broker.metrics.messages_sent, sent);
         }
+    }
+
+    fn dropped(&self, d: &Delivery, why: &str) {
+        metrics::add(&self.broker.metrics.messages_dropped, 1);
+        self.message_event(HookPoint::MESSAGE_DROPPED, d, why);
+    }
+
+    /// Fires `message.delivered` / `message.acked` / `message.dropped` if any plugin listens.
+    fn message_event(&self, point: HookPoint, d: &Delivery, why: &str) {
+        if !self.broker.hooks.enabled(point) {
+            return;
+        }
+        let ups: Vec<plugin_api::UserPropertyView<'_>> = d
+            .message
+            .properties
+            .user_properties
+            .iter()
+            .map(|(k, v)| plugin_api::UserPropertyView {
+                key: k.as_str().into(),
+                value: v.as_str().into(),
+            })
+            .collect();
+        let view = MessageEventView {
+            client_id: (*self.client_id).into(),
+            message: message_view(&d.message, &ups),
+            reason: why.into(),
+        };
+        self.broker.hooks.message_event(point, &view);
     }
 
     async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Result<(), Exit> {
@@ -582,7 +789,7 @@ impl Connection {
         });
         tokio::pin!(deadline);
         // Packets that arrived together with CONNECT.
-        if let Err(exit) = self.decode_all(rbuf, max_packet) {
+        if let Err(exit) = self.decode_all(rbuf, max_packet).await {
             return exit;
         }
         loop {
@@ -601,13 +808,14 @@ impl Connection {
                         return Exit::Kicked { reason: KickReason::TakenOver, done };
                     }
                 },
-                _ = shutdown.wait_for(|s| *s) => return Exit::Shutdown,
+                // The guard `wait_for` returns is not Send: drop it inside the branch future.
+                _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => return Exit::Shutdown,
                 read = stream.read_buf(rbuf) => match read {
                     Ok(0) => return Exit::Closed,
                     Ok(n) => {
                         metrics::add(&self.broker.metrics.bytes_received, n as u64);
                         last_read = Instant::now();
-                        if let Err(exit) = self.decode_all(rbuf, max_packet) {
+                        if let Err(exit) = self.decode_all(rbuf, max_packet).await {
                             return exit;
                         }
                     }
@@ -625,23 +833,25 @@ impl Connection {
         }
     }
 
-    fn decode_all(&mut self, rbuf: &mut BytesMut, max_packet: usize) -> Result<(), Exit> {
+    async fn decode_all(&mut self, rbuf: &mut BytesMut, max_packet: usize) -> Result<(), Exit> {
         while let Some(packet) = codec::decode(rbuf, Some(self.version), max_packet)? {
-            self.handle(packet)?;
+            self.handle(packet).await?;
         }
         Ok(())
     }
 
-    fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
+    async fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
         match packet {
-            Packet::Publish(p) => self.on_publish(p),
+            Packet::Publish(p) => self.on_publish(p).await,
             Packet::PubAck(r) => {
                 if let Some(pos) = self
                     .outgoing
                     .iter()
                     .position(|o| o.packet_id == r.packet_id && o.delivery.qos == QoS::AtLeastOnce)
                 {
-                    self.outgoing.remove(pos);
+                    if let Some(o) = self.outgoing.remove(pos) {
+                        self.message_event(HookPoint::MESSAGE_ACKED, &o.delivery, "");
+                    }
                 }
                 Ok(())
             }
@@ -673,7 +883,9 @@ impl Connection {
                     .iter()
                     .position(|o| o.packet_id == r.packet_id && o.released)
                 {
-                    self.outgoing.remove(pos);
+                    if let Some(o) = self.outgoing.remove(pos) {
+                        self.message_event(HookPoint::MESSAGE_ACKED, &o.delivery, "");
+                    }
                 }
                 Ok(())
             }
@@ -692,7 +904,7 @@ impl Connection {
                 self.push(&Packet::PubComp(comp));
                 Ok(())
             }
-            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Subscribe(s) => self.on_subscribe(s).await,
             Packet::Unsubscribe(u) => {
                 self.on_unsubscribe(u);
                 Ok(())
@@ -751,7 +963,39 @@ impl Connection {
         }
     }
 
-    fn on_publish(&mut self, p: Publish) -> Result<(), Exit> {
+    /// Runs the ACL chain (through the per-connection cache) for `topic`; true = allowed.
+    /// Superusers and brokers without ACL plugins skip it.
+    async fn acl_allows(&self, access: Access, topic: &str) -> bool {
+        let hooks = &self.broker.hooks;
+        if self.identity.superuser || !hooks.enabled(HookPoint::CLIENT_CHECK_ACL) {
+            return true;
+        }
+        let acl = &self.broker.config.acl;
+        let ttl = Duration::from_secs(acl.cache_ttl_secs);
+        if let Some(hit) = self.session.acl_cache.lock().get(access, topic, ttl) {
+            return hit;
+        }
+        let request = AclRequest {
+            client: self.identity.view(&self.client_id).to_owned_info(),
+            access,
+            topic: topic.into(),
+        };
+        let allowed = match hooks.check_acl(&request).await {
+            AclDecision::Allow | AclDecision::NoPlugin => true,
+            AclDecision::Deny => false,
+            AclDecision::NoMatch => acl.no_match == Decision::Allow,
+        };
+        self.session
+            .acl_cache
+            .lock()
+            .put(access, topic, allowed, acl.cache_size);
+        if !allowed {
+            tracing::info!(client_id = %self.client_id, ?access, topic, "denied by ACL");
+        }
+        allowed
+    }
+
+    async fn on_publish(&mut self, p: Publish) -> Result<(), Exit> {
         metrics::add(&self.broker.metrics.messages_received, 1);
         let topic = self.resolve_topic(&p)?;
         if !p.properties.subscription_identifiers.is_empty() {
@@ -779,26 +1023,44 @@ impl Connection {
                 ));
             }
         }
-        let mut properties = p.properties;
-        let expires_at = properties
-            .message_expiry_interval
-            .take()
-            .map(|s| Instant::now() + Duration::from_secs(s as u64));
-        properties.topic_alias = None;
-        let message = Arc::new(Message {
-            topic,
-            payload: p.payload,
-            qos: p.qos,
-            retain: p.retain,
-            properties,
-            publisher: Some(self.client_id.clone()),
-            expires_at,
-        });
-        let matched = self.broker.route(message);
-        let reason_code = if matched == 0 && self.version.is_v5() {
-            reason::NO_MATCHING_SUBSCRIBERS
+        let reason_code = if !self.acl_allows(Access::Publish, topic.as_str()).await {
+            if self.broker.config.acl.deny_action == DenyAction::Disconnect {
+                return Err(Exit::protocol(
+                    reason::NOT_AUTHORIZED,
+                    format!("publish to {topic} denied by ACL"),
+                ));
+            }
+            // v3 has no way to say so: the message is dropped and acknowledged as usual.
+            if self.version.is_v5() {
+                reason::NOT_AUTHORIZED
+            } else {
+                reason::SUCCESS
+            }
         } else {
-            reason::SUCCESS
+            let mut properties = p.properties;
+            let expires_at = properties
+                .message_expiry_interval
+                .take()
+                .map(|s| Instant::now() + Duration::from_secs(s as u64));
+            properties.topic_alias = None;
+            let message = Message {
+                topic,
+                payload: p.payload,
+                qos: p.qos,
+                retain: p.retain,
+                properties,
+                publisher: Some(self.client_id.clone()),
+                expires_at,
+            };
+            let matched = self
+                .broker
+                .publish(message, self.identity.username.as_deref(), false)
+                .unwrap_or(0);
+            if matched == 0 && self.version.is_v5() {
+                reason::NO_MATCHING_SUBSCRIBERS
+            } else {
+                reason::SUCCESS
+            }
         };
         match (p.qos, p.packet_id) {
             (QoS::AtLeastOnce, Some(id)) => {
@@ -807,7 +1069,9 @@ impl Connection {
                 self.push(&Packet::PubAck(ack));
             }
             (QoS::ExactlyOnce, Some(id)) => {
-                self.incoming_qos2.push(id.get());
+                if reason_code < 0x80 {
+                    self.incoming_qos2.push(id.get());
+                }
                 let mut rec = PubResp::new(id);
                 rec.reason_code = reason_code;
                 self.push(&Packet::PubRec(rec));
@@ -817,10 +1081,39 @@ impl Connection {
         Ok(())
     }
 
-    fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Exit> {
+    /// Applies the `client.subscribe` / `client.unsubscribe` fold to a filter; returns the
+    /// effective filter string (with its `$share/<group>/` prefix, if any).
+    fn rewrite_filter(
+        &self,
+        point: HookPoint,
+        raw: &str,
+        group: Option<&Arc<str>>,
+        filter: &TopicFilter,
+        options: SubOptions,
+    ) -> String {
+        if !self.broker.hooks.enabled(point) {
+            return raw.to_owned();
+        }
+        let view = SubscribeView {
+            client: self.identity.view(&self.client_id),
+            filter: filter.as_str().into(),
+            share_group: group.map(|g| (**g).into()).into(),
+            options,
+        };
+        match self.broker.hooks.subscribe_filter(point, &view) {
+            None => raw.to_owned(),
+            Some(new) => match group {
+                Some(g) => format!("$share/{g}/{new}"),
+                None => new,
+            },
+        }
+    }
+
+    async fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Exit> {
         let v5 = self.version.is_v5();
         let id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
+        let mut added = Vec::new();
         for (raw, options) in s.filters {
             let (group, filter) = match TopicFilter::parse(&raw) {
                 Ok(parsed) => parsed,
@@ -836,24 +1129,42 @@ impl Connection {
                     "[MQTT-3.8.3-4] No Local on a shared subscription",
                 ));
             }
-            let entry = SubEntry {
-                session: self.session.clone(),
+            // ACL sees the filter as the client sent it, before any rewrite.
+            if !self.acl_allows(Access::Subscribe, &raw).await {
+                codes.push(reason::NOT_AUTHORIZED);
+                continue;
+            }
+            let effective = self.rewrite_filter(
+                HookPoint::CLIENT_SUBSCRIBE,
+                &raw,
+                group.as_ref(),
+                &filter,
+                sub_options(&options),
+            );
+            let (group, filter) = if effective == raw {
+                (group, filter)
+            } else {
+                match TopicFilter::parse(&effective) {
+                    Ok(parsed) => parsed,
+                    Err(e) => {
+                        tracing::warn!(client_id = %self.client_id, filter = %effective, error = %e, "client.subscribe returned an invalid filter; keeping the original");
+                        (group, filter)
+                    }
+                }
+            };
+            let key = match &group {
+                Some(g) => format!("$share/{g}/{filter}"),
+                None => filter.to_string(),
+            };
+            let is_new = self.broker.add_subscription(
+                &self.session,
+                key,
+                group.clone(),
+                filter.clone(),
                 options,
                 id,
-            };
-            self.broker
-                .router
-                .write()
-                .insert(group.as_ref(), &filter, self.session.id, entry);
-            self.session.subscriptions.lock().insert(
-                raw,
-                Subscription {
-                    group,
-                    filter,
-                    options,
-                    id,
-                },
             );
+            added.push((group, filter, options, is_new));
             codes.push(options.qos as u8);
         }
         self.push(&Packet::SubAck(SubAck {
@@ -861,13 +1172,37 @@ impl Connection {
             properties: Properties::default(),
             reason_codes: codes,
         }));
+        if self.broker.hooks.enabled(HookPoint::SESSION_SUBSCRIBED) {
+            for (group, filter, options, is_new) in &added {
+                let sub = SubscriptionView {
+                    filter: filter.as_str().into(),
+                    share_group: group.as_deref().map(Into::into).into(),
+                    options: sub_options(options),
+                    is_new: *is_new,
+                    subscription_id: id.unwrap_or(0),
+                };
+                let mut ev = event(self.identity.view(&self.client_id), "", 0);
+                ev.subscription = Some(sub).into();
+                self.broker.hooks.notify(HookPoint::SESSION_SUBSCRIBED, &ev);
+            }
+        }
         Ok(())
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
         let mut codes = Vec::with_capacity(u.filters.len());
         for raw in &u.filters {
-            let removed = self.session.subscriptions.lock().remove(raw);
+            let key = match TopicFilter::parse(raw) {
+                Ok((group, filter)) => self.rewrite_filter(
+                    HookPoint::CLIENT_UNSUBSCRIBE,
+                    raw,
+                    group.as_ref(),
+                    &filter,
+                    SubOptions::default(),
+                ),
+                Err(_) => raw.clone(),
+            };
+            let removed = self.session.subscriptions.lock().remove(&key);
             match removed {
                 Some(sub) => {
                     self.broker.router.write().remove(
@@ -876,6 +1211,20 @@ impl Connection {
                         &self.session.id,
                     );
                     codes.push(reason::SUCCESS);
+                    if self.broker.hooks.enabled(HookPoint::SESSION_UNSUBSCRIBED) {
+                        let view = SubscriptionView {
+                            filter: sub.filter.as_str().into(),
+                            share_group: sub.group.as_deref().map(Into::into).into(),
+                            options: sub_options(&sub.options),
+                            is_new: false,
+                            subscription_id: sub.id.unwrap_or(0),
+                        };
+                        let mut ev = event(self.identity.view(&self.client_id), "", 0);
+                        ev.subscription = Some(view).into();
+                        self.broker
+                            .hooks
+                            .notify(HookPoint::SESSION_UNSUBSCRIBED, &ev);
+                    }
                 }
                 None => codes.push(reason::NO_SUBSCRIPTION_EXISTED),
             }
@@ -937,6 +1286,21 @@ impl Connection {
             _ => {}
         }
         tracing::info!(client_id = %self.client_id, peer = %self.peer, reason = exit.label(), "client disconnected");
+        let hooks = &self.broker.hooks;
+        let view = self.identity.view(&self.client_id);
+        if matches!(
+            exit,
+            Exit::Kicked {
+                reason: KickReason::TakenOver,
+                ..
+            }
+        ) {
+            hooks.notify(HookPoint::SESSION_TAKENOVER, &event(view, "", 0));
+        }
+        hooks.notify(
+            HookPoint::CLIENT_DISCONNECTED,
+            &event(view, exit.label(), 0),
+        );
 
         // Hand the state back to the session, unless a newer connection already holds it
         // (possible only when this one was too slow to answer a takeover).
@@ -950,6 +1314,7 @@ impl Connection {
             if ours {
                 *control = None;
                 self.session.set_online(false);
+                *self.session.info.lock() = None;
                 let mut parked = self.session.parked.lock();
                 parked.outgoing = std::mem::take(&mut self.outgoing);
                 parked.incoming_qos2 = std::mem::take(&mut self.incoming_qos2);
@@ -974,7 +1339,7 @@ impl Connection {
             properties.will_delay_interval = None;
             match TopicName::new(&will.topic) {
                 Ok(topic) => {
-                    let message = Arc::new(Message {
+                    let message = Message {
                         topic,
                         payload: will.payload,
                         qos: will.qos,
@@ -982,7 +1347,7 @@ impl Connection {
                         properties,
                         publisher: Some(self.client_id.clone()),
                         expires_at,
-                    });
+                    };
                     if delay > 0 && self.session_expiry > 0 && still_ours {
                         let delay = delay.min(self.session_expiry);
                         self.broker.schedule_will(
@@ -992,7 +1357,8 @@ impl Connection {
                             Duration::from_secs(delay as u64),
                         );
                     } else {
-                        self.broker.route(message);
+                        self.broker
+                            .publish(message, self.identity.username.as_deref(), true);
                     }
                 }
                 Err(e) => {

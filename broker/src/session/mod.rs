@@ -87,7 +87,7 @@ pub struct Parked {
     /// The last packet id allocated.
     pub last_packet_id: u16,
     /// A will waiting for its delay interval, and the generation it belongs to.
-    pub pending_will: Option<(Arc<Message>, u64)>,
+    pub pending_will: Option<(Message, u64)>,
 }
 
 /// One subscription as the session records it.
@@ -161,6 +161,60 @@ pub struct Session {
     pub control: Mutex<Option<mpsc::Sender<Control>>>,
     /// Session expiry interval in force, seconds.
     pub expiry_interval: AtomicU64,
+    /// The connected client as plugins see it (None while offline).
+    pub info: Mutex<Option<plugin_api::ClientInfo>>,
+    /// ACL results of the current connection.
+    pub acl_cache: Mutex<AclCache>,
+}
+
+/// Per-connection cache of ACL decisions: key (access, topic), FIFO eviction, TTL.
+#[derive(Debug, Default)]
+pub struct AclCache {
+    entries: VecDeque<(plugin_api::Access, String, bool, Instant)>,
+}
+
+impl AclCache {
+    /// The cached decision (true = allowed) if present and fresh.
+    pub fn get(
+        &self,
+        access: plugin_api::Access,
+        topic: &str,
+        ttl: std::time::Duration,
+    ) -> Option<bool> {
+        self.entries
+            .iter()
+            .find(|(a, t, _, at)| *a == access && t == topic && at.elapsed() < ttl)
+            .map(|e| e.2)
+    }
+
+    /// Records a decision, evicting the oldest entry beyond `capacity`.
+    pub fn put(&mut self, access: plugin_api::Access, topic: &str, allowed: bool, capacity: usize) {
+        if capacity == 0 {
+            return;
+        }
+        self.entries
+            .retain(|(a, t, _, _)| !(*a == access && t == topic));
+        while self.entries.len() >= capacity {
+            self.entries.pop_front();
+        }
+        self.entries
+            .push_back((access, topic.to_owned(), allowed, Instant::now()));
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -199,6 +253,8 @@ impl Session {
             parked: Mutex::new(Parked::default()),
             control: Mutex::new(None),
             expiry_interval: AtomicU64::new(0),
+            info: Mutex::new(None),
+            acl_cache: Mutex::new(AclCache::default()),
         }
     }
 

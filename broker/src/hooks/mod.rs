@@ -1,0 +1,590 @@
+//! Hook points, the hook table, and dispatch.
+//!
+//! Plugins register hooks with a priority; [`Hooks`] keeps, per hook point, the plugins to call
+//! in chain order — **higher priority first, ties by plugin name** — in an immutable
+//! [`HookTable`] behind an `ArcSwap`. Loading or unloading a plugin builds a new table and swaps
+//! it in atomically; a call in progress keeps the table it started with. A bitmask of the hook
+//! points that have any plugin is kept beside it, so a hook point with no plugin costs one
+//! relaxed atomic load.
+//!
+//! Chain semantics:
+//! * notifications (`client.connected` …) call every plugin; a failing callback is logged,
+//!   counted and skipped;
+//! * folds (`message.publish`, `client.subscribe`, `client.unsubscribe`) pass the value along;
+//!   `Continue` / `ContinueWith` go on, `Stop` / `StopWith` end the chain;
+//! * `client.authenticate` and `client.check_acl` are async chains: the first `Allow` or `Deny`
+//!   wins, `Ignore` asks the next plugin. An error, panic or timeout (per-plugin timeout,
+//!   per-plugin in-flight limit) follows the plugin's `on_error` policy: `deny` fails closed,
+//!   `ignore` asks the next plugin.
+//!
+//! A plugin that faults (panics, errors on async hooks, timeouts) `fault_threshold` times within
+//! `fault_window` is marked faulted and no longer called.
+
+pub mod stats;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::{RResult, RString, RVec};
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use plugin_api::{
+    AclRequest, AclResult, AuthRequest, AuthResult, DenyReason, ErrorKind, EventView, Flow,
+    HookPoint, MessageEdit, MessageEventView, MessageView, OnError, PluginBox, PluginError,
+    SubscribeView,
+};
+use tokio::sync::Semaphore;
+
+pub use stats::{PluginStats, StatsSnapshot};
+
+/// Lifecycle state of a loaded plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginState {
+    /// Hooks are called.
+    Active,
+    /// Being unloaded: no new calls, in-flight calls finishing.
+    Draining,
+    /// Unloaded.
+    Stopped,
+    /// Too many faults: no longer called until reloaded.
+    Faulted,
+}
+
+impl PluginState {
+    fn from_u8(v: u8) -> PluginState {
+        match v {
+            0 => PluginState::Active,
+            1 => PluginState::Draining,
+            2 => PluginState::Stopped,
+            _ => PluginState::Faulted,
+        }
+    }
+}
+
+/// Host-side limits applied to every plugin's calls.
+#[derive(Debug, Clone)]
+pub struct CallLimits {
+    /// Default timeout of an async hook call.
+    pub timeout: Duration,
+    /// Async calls in flight per plugin.
+    pub max_in_flight: usize,
+    /// Faults that mark a plugin faulted…
+    pub fault_threshold: usize,
+    /// …within this window.
+    pub fault_window: Duration,
+}
+
+/// One loaded plugin, as the dispatcher calls it.
+pub struct PluginHandle {
+    /// Plugin name.
+    pub name: Arc<str>,
+    /// The plugin's own version.
+    pub version: String,
+    /// Its one-line description.
+    pub description: String,
+    instance: PluginBox,
+    /// Hook points and priorities it registered.
+    pub hooks: Vec<(HookPoint, i32)>,
+    /// Commands it registered: (name, usage).
+    pub commands: Vec<(String, String)>,
+    /// Failure policy for auth / ACL.
+    pub on_error: OnError,
+    timeout: Duration,
+    state: AtomicU8,
+    /// Counters.
+    pub stats: PluginStats,
+    faults: Mutex<VecDeque<Instant>>,
+    fault_threshold: usize,
+    fault_window: Duration,
+    async_permits: Semaphore,
+    /// Why it was marked faulted.
+    pub fault_reason: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for PluginHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHandle")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginHandle {
+    /// Wraps a created plugin; reads its registration once.
+    pub fn new(
+        name: &str,
+        version: String,
+        description: String,
+        instance: PluginBox,
+        limits: &CallLimits,
+    ) -> Result<PluginHandle, PluginError> {
+        let registration = match instance.registration() {
+            RResult::ROk(r) => r,
+            RResult::RErr(e) => return Err(e),
+        };
+        let timeout = if registration.timeout_ms > 0 {
+            Duration::from_millis(registration.timeout_ms as u64)
+        } else {
+            limits.timeout
+        };
+        let mut hooks = Vec::new();
+        for spec in registration.hooks.iter() {
+            if spec.point.name().is_none() {
+                return Err(PluginError::new(
+                    ErrorKind::INVALID,
+                    format!("registers unknown hook point {}", spec.point.0),
+                ));
+            }
+            hooks.push((spec.point, spec.priority));
+        }
+        Ok(PluginHandle {
+            name: Arc::from(name),
+            version,
+            description,
+            instance,
+            hooks,
+            commands: registration
+                .commands
+                .iter()
+                .map(|c| (c.name.to_string(), c.usage.to_string()))
+                .collect(),
+            on_error: registration.on_error,
+            timeout,
+            state: AtomicU8::new(PluginState::Active as u8),
+            stats: PluginStats::default(),
+            faults: Mutex::new(VecDeque::new()),
+            fault_threshold: limits.fault_threshold.max(1),
+            fault_window: limits.fault_window,
+            async_permits: Semaphore::new(limits.max_in_flight.max(1)),
+            fault_reason: Mutex::new(None),
+        })
+    }
+
+    /// Current state.
+    pub fn state(&self) -> PluginState {
+        PluginState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Sets the state.
+    pub fn set_state(&self, state: PluginState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    fn is_active(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == PluginState::Active as u8
+    }
+
+    /// Calls the plugin's shutdown. Blocking: run it on a blocking thread.
+    pub fn shutdown(&self) -> Result<(), PluginError> {
+        match self.instance.shutdown() {
+            RResult::ROk(()) => Ok(()),
+            RResult::RErr(e) => Err(e),
+        }
+    }
+
+    /// Counts a failed call, logs it, and marks the plugin faulted past the threshold.
+    fn fault(&self, point: HookPoint, what: &str, kind: ErrorKind) {
+        let point_name = point.name().unwrap_or("?");
+        if kind == ErrorKind::PANICKED {
+            self.stats.panics.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::warn!(plugin = %self.name, hook = point_name, error = %what, "plugin hook failed");
+        // Plain errors of async hooks (a backend down) are not faults of the plugin itself;
+        // panics and timeouts are.
+        if kind == ErrorKind::BACKEND {
+            return;
+        }
+        let now = Instant::now();
+        let mut faults = self.faults.lock();
+        faults.push_back(now);
+        while faults
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.fault_window)
+        {
+            faults.pop_front();
+        }
+        if faults.len() >= self.fault_threshold && self.is_active() {
+            self.set_state(PluginState::Faulted);
+            let reason = format!(
+                "{} faults within {:?}; last: {point_name}: {what}",
+                faults.len(),
+                self.fault_window
+            );
+            tracing::error!(plugin = %self.name, reason = %reason, "plugin faulted: no longer called (reload it to retry)");
+            *self.fault_reason.lock() = Some(reason);
+        }
+    }
+
+    fn failed(&self, point: HookPoint, e: &PluginError) {
+        self.fault(point, e.message.as_str(), e.kind);
+    }
+
+    /// Counts a call; every 16th sync call is timed.
+    #[inline]
+    fn begin(&self) -> Option<Instant> {
+        let n = self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        (n % 16 == 0).then(Instant::now)
+    }
+
+    #[inline]
+    fn end(&self, started: Option<Instant>) {
+        if let Some(t) = started {
+            self.stats.record(t.elapsed());
+        }
+    }
+}
+
+/// The plugins to call per hook point, in chain order. Immutable once built.
+#[derive(Default)]
+pub struct HookTable {
+    points: Vec<Vec<Arc<PluginHandle>>>,
+    mask: u64,
+}
+
+impl HookTable {
+    /// Builds the table from the active plugins.
+    pub fn build(plugins: &[Arc<PluginHandle>]) -> HookTable {
+        let mut points: Vec<Vec<(i32, Arc<PluginHandle>)>> = vec![Vec::new(); HookPoint::ALL.len()];
+        for p in plugins {
+            for (point, priority) in &p.hooks {
+                if let Some(slot) = points.get_mut(point.0 as usize) {
+                    slot.push((*priority, p.clone()));
+                }
+            }
+        }
+        let mut mask = 0u64;
+        let points = points
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut v)| {
+                // Higher priority first; ties ordered by plugin name (deterministic).
+                v.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.name.cmp(&b.1.name)));
+                if !v.is_empty() {
+                    mask |= 1 << i;
+                }
+                v.into_iter().map(|(_, p)| p).collect()
+            })
+            .collect();
+        HookTable { points, mask }
+    }
+
+    fn at(&self, point: HookPoint) -> &[Arc<PluginHandle>] {
+        self.points.get(point.0 as usize).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// What the `message.publish` chain decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PublishDecision {
+    /// Replacement topic.
+    pub topic: Option<String>,
+    /// Replacement payload.
+    pub payload: Option<Vec<u8>>,
+    /// Do not route the message.
+    pub drop: bool,
+}
+
+/// What the authentication chain decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthDecision {
+    /// No plugin handles authentication: `auth.allow_anonymous` decides.
+    NoPlugin,
+    /// Every plugin said Ignore: `auth.no_match` decides.
+    NoMatch,
+    /// Let the client in.
+    Allow {
+        /// Superuser: skips ACL.
+        superuser: bool,
+    },
+    /// Refuse it.
+    Deny(DenyReason),
+}
+
+/// What the ACL chain decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclDecision {
+    /// No plugin handles ACL: allowed.
+    NoPlugin,
+    /// Every plugin said Ignore: `acl.no_match` decides.
+    NoMatch,
+    /// Permitted.
+    Allow,
+    /// Refused.
+    Deny,
+}
+
+/// The hook registry of one broker.
+pub struct Hooks {
+    table: ArcSwap<HookTable>,
+    mask: AtomicU64,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            table: ArcSwap::from_pointee(HookTable::default()),
+            mask: AtomicU64::new(0),
+        }
+    }
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("mask", &self.mask.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Hooks {
+    /// Installs a new table built from `active` (the active plugins).
+    pub fn install(&self, active: &[Arc<PluginHandle>]) {
+        let table = HookTable::build(active);
+        let mask = table.mask;
+        self.table.store(Arc::new(table));
+        self.mask.store(mask, Ordering::Release);
+    }
+
+    /// True when some plugin hooks `point`. One relaxed load.
+    #[inline]
+    pub fn enabled(&self, point: HookPoint) -> bool {
+        self.mask.load(Ordering::Relaxed) & (1 << point.0) != 0
+    }
+
+    /// Calls a notification hook on every plugin that registered it.
+    pub fn notify(&self, point: HookPoint, event: &EventView<'_>) {
+        if !self.enabled(point) {
+            return;
+        }
+        let table = self.table.load();
+        for p in table.at(point) {
+            if !p.is_active() {
+                continue;
+            }
+            let t = p.begin();
+            let r = p.instance.on_event(point, event);
+            p.end(t);
+            if let RResult::RErr(e) = r {
+                p.failed(point, &e);
+            }
+        }
+    }
+
+    /// Calls `message.delivered` / `message.acked` / `message.dropped`.
+    pub fn message_event(&self, point: HookPoint, event: &MessageEventView<'_>) {
+        if !self.enabled(point) {
+            return;
+        }
+        let table = self.table.load();
+        for p in table.at(point) {
+            if !p.is_active() {
+                continue;
+            }
+            let t = p.begin();
+            let r = p.instance.on_message_event(point, event);
+            p.end(t);
+            if let RResult::RErr(e) = r {
+                p.failed(point, &e);
+            }
+        }
+    }
+
+    /// Runs the `message.publish` fold. `view` describes the message as received; each plugin
+    /// sees the topic and payload as changed by the plugins before it.
+    pub fn message_publish(&self, view: &MessageView<'_>) -> PublishDecision {
+        let mut decision = PublishDecision::default();
+        if !self.enabled(HookPoint::MESSAGE_PUBLISH) {
+            return decision;
+        }
+        let table = self.table.load();
+        for p in table.at(HookPoint::MESSAGE_PUBLISH) {
+            if !p.is_active() {
+                continue;
+            }
+            let mut current = *view;
+            if let Some(t) = &decision.topic {
+                current.topic = t.as_str().into();
+            }
+            if let Some(b) = &decision.payload {
+                current.payload = b.as_slice().into();
+            }
+            let t = p.begin();
+            let r = p.instance.on_message_publish(&current);
+            p.end(t);
+            let (edit, stop) = match r {
+                RResult::ROk(Flow::Continue) => (None, false),
+                RResult::ROk(Flow::ContinueWith(e)) => (Some(e), false),
+                RResult::ROk(Flow::Stop) => (None, true),
+                RResult::ROk(Flow::StopWith(e)) => (Some(e), true),
+                RResult::RErr(e) => {
+                    p.failed(HookPoint::MESSAGE_PUBLISH, &e);
+                    (None, false)
+                }
+            };
+            if let Some(edit) = edit {
+                apply_edit(&mut decision, edit, &p.name);
+            }
+            if stop || decision.drop {
+                break;
+            }
+        }
+        decision
+    }
+
+    /// Runs a `client.subscribe` / `client.unsubscribe` fold for one filter; returns the
+    /// replacement filter, if any plugin changed it.
+    pub fn subscribe_filter(&self, point: HookPoint, view: &SubscribeView<'_>) -> Option<String> {
+        if !self.enabled(point) {
+            return None;
+        }
+        let mut filter: Option<String> = None;
+        let table = self.table.load();
+        for p in table.at(point) {
+            if !p.is_active() {
+                continue;
+            }
+            let mut current = *view;
+            if let Some(f) = &filter {
+                current.filter = f.as_str().into();
+            }
+            let t = p.begin();
+            let r = p.instance.on_subscribe(point, &current);
+            p.end(t);
+            match r {
+                RResult::ROk(Flow::Continue) => {}
+                RResult::ROk(Flow::ContinueWith(f)) => filter = Some(f.into()),
+                RResult::ROk(Flow::Stop) => break,
+                RResult::ROk(Flow::StopWith(f)) => {
+                    filter = Some(f.into());
+                    break;
+                }
+                RResult::RErr(e) => p.failed(point, &e),
+            }
+        }
+        filter
+    }
+
+    /// Runs the authentication chain.
+    pub async fn authenticate(&self, request: &AuthRequest) -> AuthDecision {
+        if !self.enabled(HookPoint::CLIENT_AUTHENTICATE) {
+            return AuthDecision::NoPlugin;
+        }
+        let table = self.table.load_full();
+        let point = HookPoint::CLIENT_AUTHENTICATE;
+        for p in table.at(point) {
+            if !p.is_active() {
+                continue;
+            }
+            let outcome = call_async(p, point, p.instance.authenticate(request.clone())).await;
+            match outcome {
+                Some(AuthResult::Allow { superuser }) => return AuthDecision::Allow { superuser },
+                Some(AuthResult::Deny(reason)) => return AuthDecision::Deny(reason),
+                Some(AuthResult::Ignore) => {}
+                None if p.on_error == OnError::Deny => {
+                    return AuthDecision::Deny(DenyReason::ServerUnavailable)
+                }
+                None => {}
+            }
+        }
+        AuthDecision::NoMatch
+    }
+
+    /// Runs the ACL chain.
+    pub async fn check_acl(&self, request: &AclRequest) -> AclDecision {
+        if !self.enabled(HookPoint::CLIENT_CHECK_ACL) {
+            return AclDecision::NoPlugin;
+        }
+        let table = self.table.load_full();
+        let point = HookPoint::CLIENT_CHECK_ACL;
+        for p in table.at(point) {
+            if !p.is_active() {
+                continue;
+            }
+            let outcome = call_async(p, point, p.instance.check_acl(request.clone())).await;
+            match outcome {
+                Some(AclResult::Allow) => return AclDecision::Allow,
+                Some(AclResult::Deny) => return AclDecision::Deny,
+                Some(AclResult::Ignore) => {}
+                None if p.on_error == OnError::Deny => return AclDecision::Deny,
+                None => {}
+            }
+        }
+        AclDecision::NoMatch
+    }
+
+    /// Runs a plugin-registered `brokerctl` command.
+    pub async fn command(
+        &self,
+        plugin: &Arc<PluginHandle>,
+        args: Vec<String>,
+    ) -> Result<String, String> {
+        if !plugin.is_active() {
+            return Err(format!("plugin {} is {:?}", plugin.name, plugin.state()));
+        }
+        let args: RVec<RString> = args.into_iter().map(RString::from).collect();
+        let fut = plugin.instance.command(args);
+        plugin.stats.calls.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(plugin.timeout.max(Duration::from_secs(30)), fut).await {
+            Ok(RResult::ROk(s)) => Ok(s.into()),
+            Ok(RResult::RErr(e)) => Err(e.message.into()),
+            Err(_) => Err(format!("plugin {} did not answer in time", plugin.name)),
+        }
+    }
+}
+
+/// Awaits one async hook call with the plugin's timeout and in-flight limit. `None` when the
+/// call failed (error, panic, timeout), after counting it.
+async fn call_async<T>(
+    p: &PluginHandle,
+    point: HookPoint,
+    future: async_ffi::FfiFuture<RResult<T, PluginError>>,
+) -> Option<T> {
+    p.stats.calls.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(p.timeout, async {
+        let _permit = p.async_permits.acquire().await;
+        future.await
+    })
+    .await;
+    p.stats.record(started.elapsed());
+    match outcome {
+        Ok(RResult::ROk(v)) => Some(v),
+        Ok(RResult::RErr(e)) => {
+            p.failed(point, &e);
+            None
+        }
+        Err(_) => {
+            p.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            p.fault(
+                point,
+                &format!("timed out after {:?}", p.timeout),
+                ErrorKind::OTHER,
+            );
+            // fault() counted it as an error; a timeout is counted as such only.
+            p.stats.errors.fetch_sub(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+fn apply_edit(decision: &mut PublishDecision, edit: MessageEdit, plugin: &str) {
+    if let Some(topic) = edit.topic.into_option() {
+        match crate::router::TopicName::new(topic.as_str()) {
+            Ok(_) => decision.topic = Some(topic.into()),
+            Err(e) => {
+                tracing::warn!(plugin, topic = %topic, error = %e, "message.publish returned an invalid topic; keeping the original")
+            }
+        }
+    }
+    if let Some(payload) = edit.payload.into_option() {
+        decision.payload = Some(payload.into());
+    }
+    decision.drop |= edit.drop;
+}

@@ -1,0 +1,89 @@
+//! The services the broker gives plugins ([`plugin_api::Host`]).
+//!
+//! One [`BrokerHost`] per plugin instance; it holds a weak reference to the broker so a plugin
+//! that outlives a shutting-down broker cannot keep it alive, and the plugin's name so its log
+//! records are tagged with it. Every method is non-blocking and callable from any thread.
+
+use std::sync::{Arc, Weak};
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RArc, ROption, RResult, RStr, RString};
+use plugin_api::{ClientInfo, Host, HostRef, Host_TO, LogRecord, OutgoingMessage, SubOptions};
+
+use crate::broker::Broker;
+
+/// Host services bound to one plugin.
+#[derive(Clone)]
+pub struct BrokerHost {
+    broker: Weak<Broker>,
+    plugin: Arc<str>,
+}
+
+impl BrokerHost {
+    /// A host object for plugin `plugin`, as the FFI trait object.
+    pub fn new_ref(broker: Weak<Broker>, plugin: &str) -> HostRef {
+        let host = BrokerHost {
+            broker,
+            plugin: Arc::from(plugin),
+        };
+        Host_TO::from_ptr(RArc::new(host), TD_Opaque)
+    }
+}
+
+impl Host for BrokerHost {
+    fn log(&self, record: LogRecord<'_>) {
+        let plugin = &*self.plugin;
+        let target = record.target.as_str();
+        let message = record.message.as_str();
+        match record.level {
+            1 => tracing::error!(plugin, target, "{message}"),
+            2 => tracing::warn!(plugin, target, "{message}"),
+            3 => tracing::info!(plugin, target, "{message}"),
+            4 => tracing::debug!(plugin, target, "{message}"),
+            _ => tracing::trace!(plugin, target, "{message}"),
+        }
+    }
+
+    fn publish(&self, message: OutgoingMessage) -> RResult<u32, RString> {
+        let Some(broker) = self.broker.upgrade() else {
+            return RResult::RErr("broker is shutting down".into());
+        };
+        match broker.publish_from_plugin(message) {
+            Ok(n) => RResult::ROk(n as u32),
+            Err(e) => RResult::RErr(e.into()),
+        }
+    }
+
+    fn subscribe(
+        &self,
+        client_id: RStr<'_>,
+        filter: RStr<'_>,
+        options: SubOptions,
+    ) -> RResult<u8, RString> {
+        let Some(broker) = self.broker.upgrade() else {
+            return RResult::RErr("broker is shutting down".into());
+        };
+        match broker.subscribe_for_plugin(client_id.as_str(), filter.as_str(), options) {
+            Ok(q) => RResult::ROk(q),
+            Err(e) => RResult::RErr(e.into()),
+        }
+    }
+
+    fn client_info(&self, client_id: RStr<'_>) -> ROption<ClientInfo> {
+        self.broker
+            .upgrade()
+            .and_then(|b| b.client_info(client_id.as_str()))
+            .into()
+    }
+
+    fn now_ms(&self) -> u64 {
+        crate::broker::now_ms()
+    }
+
+    fn node_name(&self) -> RString {
+        self.broker
+            .upgrade()
+            .map(|b| RString::from(b.config.node_name.as_str()))
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,233 @@
+//! Opening a plugin library and checking it before anything of it runs.
+//!
+//! [`open`] copies the library to a content-addressed path (`<cache>/<name>-<sha256>.so`) and
+//! opens that copy, so a library rebuilt at its install path is really picked up (the dynamic
+//! loader would otherwise hand back the old mapping of the same path) and overwriting the
+//! installed file can never touch a mapped one. Libraries are never unmapped: code of an
+//! unloaded plugin may still be on a stack somewhere, and abi_stable leaks them by design.
+//!
+//! The checks, each failing with one line that names the fix: the file is a loadable library,
+//! it exports a plugin root module, its `plugin-api` crate version is compatible, its type
+//! layouts match this broker's, its API version is not newer than the broker's, and it was
+//! built with `panic = "unwind"`.
+
+use std::path::{Path, PathBuf};
+
+use abi_stable::library::{lib_header_from_path, LibraryError};
+use plugin_api::{PluginModRef, API_VERSION};
+use sha2::{Digest, Sha256};
+
+/// Why a plugin library cannot be used. Each variant displays as one actionable line.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// No library for that name in the plugin directory.
+    #[error("plugin {name} not found: no {}", path.display())]
+    NotFound {
+        /// Plugin name.
+        name: String,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// Reading or copying the file failed.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not a loadable shared library.
+    #[error("{} is not a loadable plugin library: {detail}", path.display())]
+    NotALibrary {
+        /// The file.
+        path: PathBuf,
+        /// What the dynamic loader said.
+        detail: String,
+    },
+    /// The library has no plugin root module.
+    #[error("{} exports no broker plugin: add `plugin_api::export_plugin!(YourPlugin);` to the crate root and build it as a cdylib", path.display())]
+    MissingExport {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Built against an incompatible `plugin-api` crate version.
+    #[error("ABI mismatch: plugin built against plugin-api {plugin}, this broker uses plugin-api {broker}; rebuild the plugin against plugin-api {broker}")]
+    VersionMismatch {
+        /// Version the plugin was built with.
+        plugin: String,
+        /// Version the broker uses.
+        broker: String,
+    },
+    /// A shared type's layout differs.
+    #[error("ABI mismatch: type layout differs from this broker's plugin-api ({summary}); rebuild the plugin against the broker's plugin-api")]
+    LayoutMismatch {
+        /// The last lines of abi_stable's report.
+        summary: String,
+    },
+    /// The plugin speaks a newer plugin API than the broker.
+    #[error("plugin built for plugin API v{plugin}, this broker speaks v{broker}; upgrade the broker or build the plugin against an older plugin-api")]
+    NewerApi {
+        /// Plugin's API version.
+        plugin: u32,
+        /// Broker's API version.
+        broker: u32,
+    },
+    /// Built with `panic = "abort"`.
+    #[error("plugin was built with panic = \"abort\"; a panic in it would abort the broker: remove `panic = \"abort\"` from its Cargo profile and rebuild")]
+    PanicAbort,
+    /// The library's plugin name is not the requested one.
+    #[error("{} declares plugin name {declared:?}, not {requested:?}", path.display())]
+    NameMismatch {
+        /// The file.
+        path: PathBuf,
+        /// Its declared name.
+        declared: String,
+        /// The requested name.
+        requested: String,
+    },
+    /// Anything else abi_stable reports.
+    #[error("cannot load plugin library: {0}")]
+    Other(String),
+}
+
+/// The library file name for a plugin on this platform.
+pub fn library_file_name(name: &str) -> String {
+    if cfg!(target_os = "windows") {
+        format!("{name}.dll")
+    } else if cfg!(target_os = "macos") {
+        format!("lib{name}.dylib")
+    } else {
+        format!("lib{name}.so")
+    }
+}
+
+/// A checked, opened plugin library.
+pub struct Opened {
+    /// Its root module.
+    pub module: PluginModRef,
+    /// The content-addressed copy that was opened.
+    pub cache_path: PathBuf,
+    /// sha256 of the file, hex.
+    pub sha256: String,
+}
+
+/// Opens and checks the library at `path` through a copy in `cache_dir`. Blocking.
+pub fn open(name: &str, path: &Path, cache_dir: &Path) -> Result<Opened, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            LoadError::NotFound {
+                name: name.to_owned(),
+                path: path.to_owned(),
+            }
+        } else {
+            LoadError::Io {
+                path: path.to_owned(),
+                source,
+            }
+        }
+    })?;
+    let sha256 = hex(&Sha256::digest(&bytes));
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("so");
+    let cache_path = cache_dir.join(format!("{name}-{}.{ext}", &sha256[..16]));
+    if !cache_path.exists() {
+        let io = |source| LoadError::Io {
+            path: cache_path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(cache_dir).map_err(io)?;
+        let tmp = cache_dir.join(format!(".{name}-{}.tmp", std::process::id()));
+        std::fs::write(&tmp, &bytes).map_err(io)?;
+        std::fs::rename(&tmp, &cache_path).map_err(io)?;
+    }
+    let header = lib_header_from_path(&cache_path).map_err(|e| classify(e, path))?;
+    let module = header
+        .init_root_module::<PluginModRef>()
+        .map_err(|e| classify(e, path))?;
+    let api_version = module.api_version();
+    if api_version > API_VERSION {
+        return Err(LoadError::NewerApi {
+            plugin: api_version,
+            broker: API_VERSION,
+        });
+    }
+    if !module.panic_unwind() {
+        return Err(LoadError::PanicAbort);
+    }
+    Ok(Opened {
+        module,
+        cache_path,
+        sha256,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Turns abi_stable's (often very long) errors into one line each.
+fn classify(e: LibraryError, path: &Path) -> LoadError {
+    let full = e.to_string();
+    tracing::debug!(path = %path.display(), report = %full, "plugin library check failed");
+    match e {
+        LibraryError::OpenError { err, .. } => LoadError::NotALibrary {
+            path: path.to_owned(),
+            detail: err.to_string(),
+        },
+        LibraryError::GetSymbolError { .. } => LoadError::MissingExport {
+            path: path.to_owned(),
+        },
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => LoadError::VersionMismatch {
+            plugin: actual_version.to_string(),
+            broker: expected_version.to_string(),
+        },
+        LibraryError::AbiInstability(_)
+        | LibraryError::InvalidAbiHeader(_)
+        | LibraryError::InvalidCAbi { .. } => LoadError::LayoutMismatch {
+            summary: summarize_layout_error(&full),
+        },
+        LibraryError::Many(list) => match list.into_iter().next() {
+            Some(first) => classify(first, path),
+            None => LoadError::Other(full),
+        },
+        _ => LoadError::Other(one_line(&full)),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Keeps the last "Expected … Found …" pair of abi_stable's layout report, on one line.
+fn summarize_layout_error(full: &str) -> String {
+    let lines: Vec<&str> = full
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mismatch = lines
+        .iter()
+        .rposition(|l| l.to_lowercase().contains("mismatch") || l.starts_with("Error"));
+    let mut picked: Vec<&str> = Vec::new();
+    if let Some(i) = mismatch {
+        picked.push(lines[i]);
+        for l in &lines[i + 1..] {
+            if picked.len() >= 3 {
+                break;
+            }
+            picked.push(l);
+        }
+    }
+    if picked.is_empty() {
+        picked = lines.iter().rev().take(3).rev().copied().collect();
+    }
+    let mut s = one_line(&picked.join(" "));
+    if s.len() > 300 {
+        s.truncate(300);
+        s.push('…');
+    }
+    s
+}

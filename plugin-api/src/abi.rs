@@ -1,0 +1,633 @@
+//! The types that cross the boundary between the broker and a plugin library.
+//!
+//! Everything here is `#[repr(C)]` and derives [`StableAbi`], so the broker checks at load time
+//! that the plugin was compiled against a layout-identical copy of this crate. Identifiers that
+//! may grow (hook points, error kinds) are integer newtypes with associated constants rather
+//! than enums: a plugin built against an older API never sees a value it cannot represent.
+//!
+//! Ownership: `*View<'a>` types are **borrowed** from the broker for the duration of one call
+//! (the plugin copies what it wants to keep); `AuthRequest` / `AclRequest` are **owned** by the
+//! plugin because they travel into asynchronous work; results are owned by the broker once
+//! returned.
+
+use abi_stable::std_types::{ROption, RSlice, RStr, RString, RVec};
+use abi_stable::StableAbi;
+
+/// The plugin API version this crate defines. A plugin built for a newer version than the
+/// broker speaks is refused at load time; see `CHANGELOG.md`.
+///
+/// Since API 1.
+pub const API_VERSION: u32 = 1;
+
+/// A hook point, identified by a stable number; [`HookPoint::name`] gives EMQX's string.
+///
+/// Since API 1.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HookPoint(pub u32);
+
+macro_rules! hook_points {
+    ($($(#[$doc:meta])* $konst:ident = $n:literal, $name:literal;)*) => {
+        impl HookPoint {
+            $($(#[$doc])* pub const $konst: HookPoint = HookPoint($n);)*
+
+            /// Every hook point this API version defines, in number order.
+            pub const ALL: &'static [HookPoint] = &[$(HookPoint::$konst),*];
+
+            /// EMQX's name for the hook point (`"client.connected"` …), or `None` for a number
+            /// this API version does not define.
+            pub fn name(self) -> Option<&'static str> {
+                match self.0 {
+                    $($n => Some($name),)*
+                    _ => None,
+                }
+            }
+
+            /// The hook point with EMQX's name `name`.
+            pub fn from_name(name: &str) -> Option<HookPoint> {
+                match name {
+                    $($name => Some(HookPoint::$konst),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+hook_points! {
+    /// A CONNECT was received, before authentication. Notification ([`crate::Plugin::on_event`]).
+    CLIENT_CONNECT = 0, "client.connect";
+    /// A CONNACK is about to be sent; [`EventView::reason_code`] holds its v5 reason code.
+    CLIENT_CONNACK = 1, "client.connack";
+    /// A client is connected (after CONNACK 0). Notification.
+    CLIENT_CONNECTED = 2, "client.connected";
+    /// A connected client's connection ended; [`EventView::reason`] says why. Notification.
+    CLIENT_DISCONNECTED = 3, "client.disconnected";
+    /// Authentication chain (async): [`crate::Plugin::authenticate`].
+    CLIENT_AUTHENTICATE = 4, "client.authenticate";
+    /// ACL chain (async): [`crate::Plugin::check_acl`].
+    CLIENT_CHECK_ACL = 5, "client.check_acl";
+    /// Fold over each filter of a SUBSCRIBE: [`crate::Plugin::on_subscribe`].
+    CLIENT_SUBSCRIBE = 6, "client.subscribe";
+    /// Fold over each filter of an UNSUBSCRIBE: [`crate::Plugin::on_subscribe`].
+    CLIENT_UNSUBSCRIBE = 7, "client.unsubscribe";
+    /// A new session was created. Notification.
+    SESSION_CREATED = 8, "session.created";
+    /// An existing session was resumed. Notification.
+    SESSION_RESUMED = 9, "session.resumed";
+    /// A subscription was added; [`EventView::subscription`] describes it. Notification.
+    SESSION_SUBSCRIBED = 10, "session.subscribed";
+    /// A subscription was removed. Notification.
+    SESSION_UNSUBSCRIBED = 11, "session.unsubscribed";
+    /// A session was taken over by a new connection. Notification.
+    SESSION_TAKENOVER = 12, "session.takenover";
+    /// A session was discarded by a clean-start connection. Notification.
+    SESSION_DISCARDED = 13, "session.discarded";
+    /// A session ended (expiry or disconnect with expiry 0). Notification.
+    SESSION_TERMINATED = 14, "session.terminated";
+    /// Fold over a message about to be routed: [`crate::Plugin::on_message_publish`].
+    MESSAGE_PUBLISH = 15, "message.publish";
+    /// A message was written to a subscriber. Notification ([`crate::Plugin::on_message_event`]).
+    MESSAGE_DELIVERED = 16, "message.delivered";
+    /// A subscriber acknowledged a QoS 1 / 2 message. Notification.
+    MESSAGE_ACKED = 17, "message.acked";
+    /// A message was dropped (queue full, expired, too large). Notification.
+    MESSAGE_DROPPED = 18, "message.dropped";
+}
+
+/// Named priorities (EMQX order): higher runs first; ties are ordered by plugin name.
+///
+/// Since API 1.
+pub mod priority {
+    /// Topic rewriting runs before everything that looks at topics.
+    pub const REWRITE: i32 = 980;
+    /// Authentication plugins.
+    pub const AUTHENTICATION: i32 = 970;
+    /// ACL plugins.
+    pub const ACL: i32 = 960;
+    /// The retainer.
+    pub const RETAINER: i32 = 930;
+    /// Auto-subscribe.
+    pub const AUTO_SUBSCRIBE: i32 = 920;
+    /// Presence events.
+    pub const PRESENCE: i32 = 900;
+    /// Anything that does not care.
+    pub const LOWEST: i32 = 0;
+}
+
+/// The class of a [`PluginError`].
+///
+/// Since API 1.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ErrorKind(pub u32);
+
+impl ErrorKind {
+    /// The plugin's configuration is invalid; the message has the exact error.
+    pub const CONFIG: ErrorKind = ErrorKind(1);
+    /// A backend (database, HTTP service) failed.
+    pub const BACKEND: ErrorKind = ErrorKind(2);
+    /// The plugin panicked; the SDK caught it at the boundary.
+    pub const PANICKED: ErrorKind = ErrorKind(3);
+    /// Bad input to a command or hook.
+    pub const INVALID: ErrorKind = ErrorKind(4);
+    /// Anything else.
+    pub const OTHER: ErrorKind = ErrorKind(5);
+
+    /// A short lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::CONFIG => "config",
+            ErrorKind::BACKEND => "backend",
+            ErrorKind::PANICKED => "panicked",
+            ErrorKind::INVALID => "invalid",
+            _ => "other",
+        }
+    }
+}
+
+/// An error returned by a plugin.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct PluginError {
+    /// Its class.
+    pub kind: ErrorKind,
+    /// Human-readable detail; never contains a password.
+    pub message: RString,
+}
+
+impl PluginError {
+    /// A new error.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        PluginError {
+            kind,
+            message: RString::from(message.into()),
+        }
+    }
+
+    /// A configuration error.
+    pub fn config(message: impl Into<String>) -> Self {
+        PluginError::new(ErrorKind::CONFIG, message)
+    }
+
+    /// A backend error.
+    pub fn backend(message: impl Into<String>) -> Self {
+        PluginError::new(ErrorKind::BACKEND, message)
+    }
+}
+
+impl std::fmt::Display for PluginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} error: {}", self.kind.name(), self.message)
+    }
+}
+
+impl std::error::Error for PluginError {}
+
+/// What a plugin says about itself, before it is created.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct PluginDescription {
+    /// Plugin name (the library's base name, e.g. `auth_http`).
+    pub name: RString,
+    /// The plugin's own version (its crate version).
+    pub version: RString,
+    /// One line describing it.
+    pub description: RString,
+}
+
+/// One hook the plugin wants called, and where in the chain.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HookSpec {
+    /// The hook point.
+    pub point: HookPoint,
+    /// Priority: higher runs first (see [`priority`]).
+    pub priority: i32,
+}
+
+/// What the broker does when an auth or ACL call fails (error, panic, timeout).
+///
+/// Since API 1.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// Fail closed: the connection or action is denied.
+    #[default]
+    Deny = 0,
+    /// Ask the next plugin in the chain.
+    Ignore = 1,
+}
+
+/// A `brokerctl` sub-command the plugin answers (`brokerctl <name> …`).
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct CommandSpec {
+    /// The sub-command's name (`retainer`).
+    pub name: RString,
+    /// One usage line per form (`retainer topics [--filter F]`).
+    pub usage: RString,
+}
+
+/// Everything a created plugin registers with the broker, read once per load.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Default)]
+pub struct Registration {
+    /// Hooks to call.
+    pub hooks: RVec<HookSpec>,
+    /// `brokerctl` commands the plugin answers.
+    pub commands: RVec<CommandSpec>,
+    /// Failure policy for its auth and ACL hooks.
+    pub on_error: OnError,
+    /// Per-call timeout for its async hooks in milliseconds; 0 = the broker's default.
+    pub timeout_ms: u32,
+}
+
+/// A client as plugins see it. Borrowed for one call.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct ClientView<'a> {
+    /// Client identifier.
+    pub client_id: RStr<'a>,
+    /// User name, if the client sent one.
+    pub username: ROption<RStr<'a>>,
+    /// Peer IP address (no port).
+    pub peer_ip: RStr<'a>,
+    /// Peer port.
+    pub peer_port: u16,
+    /// Local port of the listener.
+    pub sock_port: u16,
+    /// Listener name.
+    pub listener: RStr<'a>,
+    /// `mqtt` or `mqtt-ws` (as `%r` in auth_http).
+    pub transport: RStr<'a>,
+    /// Protocol level: 3, 4 or 5.
+    pub proto_ver: u8,
+    /// `MQTT` or `MQIsdp`.
+    pub proto_name: RStr<'a>,
+    /// Keep alive in seconds.
+    pub keep_alive: u16,
+    /// Clean session / clean start.
+    pub clean_start: bool,
+    /// Session expiry interval in seconds.
+    pub expiry_interval: u32,
+    /// Connection time, epoch milliseconds (0 before CONNACK).
+    pub connected_at_ms: u64,
+    /// TLS client certificate common name.
+    pub cert_common_name: ROption<RStr<'a>>,
+    /// TLS client certificate subject.
+    pub cert_subject: ROption<RStr<'a>>,
+    /// Whether authentication made this client a superuser.
+    pub is_superuser: bool,
+}
+
+/// A client, owned: the same fields as [`ClientView`], for async requests.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Default)]
+pub struct ClientInfo {
+    /// Client identifier.
+    pub client_id: RString,
+    /// User name.
+    pub username: ROption<RString>,
+    /// Peer IP address.
+    pub peer_ip: RString,
+    /// Peer port.
+    pub peer_port: u16,
+    /// Listener port.
+    pub sock_port: u16,
+    /// Listener name.
+    pub listener: RString,
+    /// `mqtt` or `mqtt-ws`.
+    pub transport: RString,
+    /// Protocol level.
+    pub proto_ver: u8,
+    /// Protocol name.
+    pub proto_name: RString,
+    /// Keep alive.
+    pub keep_alive: u16,
+    /// Clean start.
+    pub clean_start: bool,
+    /// Session expiry interval.
+    pub expiry_interval: u32,
+    /// Connection time, epoch ms.
+    pub connected_at_ms: u64,
+    /// TLS certificate CN.
+    pub cert_common_name: ROption<RString>,
+    /// TLS certificate subject.
+    pub cert_subject: ROption<RString>,
+    /// Superuser flag.
+    pub is_superuser: bool,
+}
+
+impl ClientView<'_> {
+    /// An owned copy.
+    pub fn to_owned_info(&self) -> ClientInfo {
+        ClientInfo {
+            client_id: self.client_id.into(),
+            username: self.username.map(RString::from),
+            peer_ip: self.peer_ip.into(),
+            peer_port: self.peer_port,
+            sock_port: self.sock_port,
+            listener: self.listener.into(),
+            transport: self.transport.into(),
+            proto_ver: self.proto_ver,
+            proto_name: self.proto_name.into(),
+            keep_alive: self.keep_alive,
+            clean_start: self.clean_start,
+            expiry_interval: self.expiry_interval,
+            connected_at_ms: self.connected_at_ms,
+            cert_common_name: self.cert_common_name.map(RString::from),
+            cert_subject: self.cert_subject.map(RString::from),
+            is_superuser: self.is_superuser,
+        }
+    }
+}
+
+/// Subscription options as plugins see them.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SubOptions {
+    /// Maximum QoS.
+    pub qos: u8,
+    /// v5 No Local.
+    pub no_local: bool,
+    /// v5 Retain As Published.
+    pub retain_as_published: bool,
+    /// v5 Retain Handling (0, 1, 2).
+    pub retain_handling: u8,
+}
+
+/// A subscription, borrowed.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct SubscriptionView<'a> {
+    /// The filter without any `$share/<group>/` prefix.
+    pub filter: RStr<'a>,
+    /// Share group for shared subscriptions.
+    pub share_group: ROption<RStr<'a>>,
+    /// Options.
+    pub options: SubOptions,
+    /// True if the subscription did not exist before (for retain handling 1).
+    pub is_new: bool,
+    /// v5 subscription identifier (0 = none).
+    pub subscription_id: u32,
+}
+
+/// A notification event, borrowed for one call of [`crate::Plugin::on_event`].
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct EventView<'a> {
+    /// The client concerned.
+    pub client: ClientView<'a>,
+    /// For `client.disconnected`: the reason (`normal`, `tcp_closed`, `keepalive_timeout`,
+    /// `kicked`, `takenover`, `protocol_error`, `server_shutdown`, `io_error`). Else empty.
+    pub reason: RStr<'a>,
+    /// For `client.connack`: the v5 reason code.
+    pub reason_code: u8,
+    /// For `session.subscribed` / `session.unsubscribed`.
+    pub subscription: ROption<SubscriptionView<'a>>,
+}
+
+/// A user property pair, borrowed.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct UserPropertyView<'a> {
+    /// Key.
+    pub key: RStr<'a>,
+    /// Value.
+    pub value: RStr<'a>,
+}
+
+/// An application message, borrowed for one hook call.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct MessageView<'a> {
+    /// Topic (after any rewrite by a higher-priority plugin).
+    pub topic: RStr<'a>,
+    /// Payload.
+    pub payload: RSlice<'a, u8>,
+    /// QoS.
+    pub qos: u8,
+    /// RETAIN flag as published.
+    pub retain: bool,
+    /// Publisher's client id (None for messages the broker or a plugin publishes).
+    pub publisher: ROption<RStr<'a>>,
+    /// Publisher's user name.
+    pub username: ROption<RStr<'a>>,
+    /// True for a will message.
+    pub is_will: bool,
+    /// v5 Message Expiry Interval remaining, seconds.
+    pub message_expiry_interval: ROption<u32>,
+    /// v5 Payload Format Indicator.
+    pub payload_format_indicator: ROption<u8>,
+    /// v5 Content Type.
+    pub content_type: ROption<RStr<'a>>,
+    /// v5 Response Topic.
+    pub response_topic: ROption<RStr<'a>>,
+    /// v5 Correlation Data.
+    pub correlation_data: ROption<RSlice<'a, u8>>,
+    /// v5 User Properties.
+    pub user_properties: RSlice<'a, UserPropertyView<'a>>,
+    /// Epoch milliseconds when the broker received it.
+    pub timestamp_ms: u64,
+}
+
+/// A message event (`message.delivered`, `message.acked`, `message.dropped`), borrowed.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct MessageEventView<'a> {
+    /// The receiving client's id.
+    pub client_id: RStr<'a>,
+    /// The message.
+    pub message: MessageView<'a>,
+    /// For `message.dropped`: why (`queue_full`, `expired`, `too_large`).
+    pub reason: RStr<'a>,
+}
+
+/// What a fold hook decided. `ContinueWith` / `StopWith` carry a replacement.
+///
+/// Since API 1.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub enum Flow<T> {
+    /// Pass the value on unchanged to the next plugin.
+    Continue,
+    /// Pass this replacement on to the next plugin.
+    ContinueWith(T),
+    /// Stop the chain; the value as it was is final.
+    Stop,
+    /// Stop the chain with this replacement as final.
+    StopWith(T),
+}
+
+/// Changes a `message.publish` hook makes to a message.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq, Default)]
+pub struct MessageEdit {
+    /// New topic (must be a valid topic name, else the broker keeps the old one and logs).
+    pub topic: ROption<RString>,
+    /// New payload.
+    pub payload: ROption<RVec<u8>>,
+    /// Drop the message: it is not routed (QoS 1 / 2 publishers are still acknowledged).
+    pub drop: bool,
+}
+
+/// One filter of a SUBSCRIBE or UNSUBSCRIBE, borrowed, for `client.subscribe` /
+/// `client.unsubscribe`.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct SubscribeView<'a> {
+    /// The client.
+    pub client: ClientView<'a>,
+    /// The filter without any `$share/<group>/` prefix (after earlier rewrites).
+    pub filter: RStr<'a>,
+    /// Share group, if shared.
+    pub share_group: ROption<RStr<'a>>,
+    /// Options (zero for UNSUBSCRIBE).
+    pub options: SubOptions,
+}
+
+/// An authentication request. Owned by the plugin.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct AuthRequest {
+    /// The connecting client.
+    pub client: ClientInfo,
+    /// The password, if sent. Never log it.
+    pub password: ROption<RVec<u8>>,
+}
+
+/// An authentication answer.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub enum AuthResult {
+    /// Let the client in.
+    Allow {
+        /// Superusers skip ACL checks.
+        superuser: bool,
+    },
+    /// Refuse the client.
+    Deny(DenyReason),
+    /// No opinion: ask the next plugin.
+    Ignore,
+}
+
+/// Why authentication refused a client; decides the CONNACK code.
+///
+/// Since API 1.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// v3 4 / v5 0x86.
+    BadCredentials = 0,
+    /// v3 5 / v5 0x87.
+    NotAuthorized = 1,
+    /// v3 3 / v5 0x88: the backend is unavailable.
+    ServerUnavailable = 2,
+}
+
+/// Publish or subscribe, as `%A` in auth_http: 1 subscribe, 2 publish.
+///
+/// Since API 1.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// SUBSCRIBE.
+    Subscribe = 1,
+    /// PUBLISH.
+    Publish = 2,
+}
+
+/// An ACL request. Owned by the plugin.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct AclRequest {
+    /// The client.
+    pub client: ClientInfo,
+    /// Publish or subscribe.
+    pub access: Access,
+    /// The topic or filter as the client sent it (before rewrite).
+    pub topic: RString,
+}
+
+/// An ACL answer.
+///
+/// Since API 1.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclResult {
+    /// Permit.
+    Allow = 0,
+    /// Refuse.
+    Deny = 1,
+    /// No opinion: ask the next plugin.
+    Ignore = 2,
+}
+
+/// A message a plugin asks the broker to publish.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Default)]
+pub struct OutgoingMessage {
+    /// Topic name.
+    pub topic: RString,
+    /// Payload.
+    pub payload: RVec<u8>,
+    /// QoS 0..2.
+    pub qos: u8,
+    /// RETAIN flag (stored by a retainer plugin, if loaded).
+    pub retain: bool,
+    /// v5 user properties.
+    pub user_properties: RVec<abi_stable::std_types::Tuple2<RString, RString>>,
+}
+
+/// A log record forwarded from a plugin to the broker's log.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct LogRecord<'a> {
+    /// 1 error, 2 warn, 3 info, 4 debug, 5 trace.
+    pub level: u8,
+    /// The event's target (module path).
+    pub target: RStr<'a>,
+    /// The formatted message and fields.
+    pub message: RStr<'a>,
+}

@@ -1,0 +1,141 @@
+//! The two trait objects of the boundary, and the root module a plugin library exports.
+//!
+//! * [`Host`] — services the broker offers a plugin. Implemented by the broker, called by the
+//!   plugin on any of its own threads; every method is non-blocking.
+//! * [`PluginInstance`] — a created plugin. Implemented by the SDK's adapter (never by hand),
+//!   called by the broker. Synchronous methods run on a broker thread and must not block;
+//!   asynchronous ones return an [`FfiFuture`] whose work runs on the plugin's own runtime.
+//! * [`PluginMod`] — the root module: what the broker reads first to check versions and create
+//!   the plugin.
+//!
+//! All three only grow by appending methods/fields after the `last_prefix_field`, each with a
+//! default, so a broker can load plugins built against an older API of the same major version.
+
+#![allow(non_local_definitions)] // emitted by the #[sabi_trait] expansion, not by this code
+
+use abi_stable::library::RootModule;
+use abi_stable::sabi_trait;
+use abi_stable::std_types::{RArc, RBox, ROption, RResult, RStr, RString, RVec};
+use abi_stable::{package_version_strings, StableAbi};
+use async_ffi::FfiFuture;
+
+use crate::abi::*;
+
+/// Services the broker offers to a plugin.
+///
+/// Caller: the plugin, on any thread. Owner: the broker; the plugin holds a clone ([`HostRef`])
+/// for as long as it lives. Every method returns quickly and never blocks.
+///
+/// Since API 1.
+#[sabi_trait]
+pub trait Host: Send + Sync + Clone {
+    /// Writes a record to the broker's log, tagged with the plugin's name.
+    fn log(&self, record: LogRecord<'_>);
+
+    /// Publishes a message as the broker (no publisher client id). It goes through the
+    /// `message.publish` chain like any other message. Returns how many sessions it was
+    /// queued for.
+    fn publish(&self, message: OutgoingMessage) -> RResult<u32, RString>;
+
+    /// Subscribes an existing session to `filter` as if the client had sent SUBSCRIBE
+    /// (auto-subscribe). Returns the granted QoS.
+    fn subscribe(
+        &self,
+        client_id: RStr<'_>,
+        filter: RStr<'_>,
+        options: SubOptions,
+    ) -> RResult<u8, RString>;
+
+    /// Information about a connected client.
+    fn client_info(&self, client_id: RStr<'_>) -> ROption<ClientInfo>;
+
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+
+    /// The broker's node name.
+    #[sabi(last_prefix_field)]
+    fn node_name(&self) -> RString;
+}
+
+/// The host object handed to a plugin at creation. Cheap to clone.
+pub type HostRef = Host_TO<'static, RArc<()>>;
+
+/// A created plugin, as the broker calls it.
+///
+/// Implemented by the SDK adapter around a [`crate::Plugin`]; every method catches panics and
+/// reports them as [`ErrorKind::PANICKED`]. Caller: the broker. Synchronous methods are called
+/// on broker threads, concurrently, and must not block.
+///
+/// Since API 1.
+#[sabi_trait]
+pub trait PluginInstance: Send + Sync {
+    /// What to register: hooks, commands, error policy. Called once after `create`.
+    fn registration(&self) -> RResult<Registration, PluginError>;
+
+    /// Notification hooks (`client.*` and `session.*` except the folds).
+    fn on_event(&self, point: HookPoint, event: &EventView<'_>) -> RResult<(), PluginError>;
+
+    /// `message.publish`.
+    fn on_message_publish(
+        &self,
+        message: &MessageView<'_>,
+    ) -> RResult<Flow<MessageEdit>, PluginError>;
+
+    /// `message.delivered`, `message.acked`, `message.dropped`.
+    fn on_message_event(
+        &self,
+        point: HookPoint,
+        event: &MessageEventView<'_>,
+    ) -> RResult<(), PluginError>;
+
+    /// `client.subscribe` / `client.unsubscribe`, per filter; a replacement is a new filter.
+    fn on_subscribe(
+        &self,
+        point: HookPoint,
+        request: &SubscribeView<'_>,
+    ) -> RResult<Flow<RString>, PluginError>;
+
+    /// `client.authenticate`.
+    fn authenticate(&self, request: AuthRequest) -> FfiFuture<RResult<AuthResult, PluginError>>;
+
+    /// `client.check_acl`.
+    fn check_acl(&self, request: AclRequest) -> FfiFuture<RResult<AclResult, PluginError>>;
+
+    /// A `brokerctl` command this plugin registered; `args[0]` is the command name.
+    fn command(&self, args: RVec<RString>) -> FfiFuture<RResult<RString, PluginError>>;
+
+    /// Stops the plugin: flush, close connections, stop its runtime. Called once, on a
+    /// blocking-capable broker thread, after no other call is in flight.
+    #[sabi(last_prefix_field)]
+    fn shutdown(&self) -> RResult<(), PluginError>;
+}
+
+/// A created plugin, owned by the broker.
+pub type PluginBox = PluginInstance_TO<'static, RBox<()>>;
+
+/// The root module every plugin library exports (through [`crate::export_plugin!`]).
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
+#[sabi(missing_field(panic))]
+pub struct PluginMod {
+    /// The [`API_VERSION`] the plugin was built against.
+    pub api_version: u32,
+    /// Whether the plugin was built with `panic = "unwind"` (required: with `abort`, a panic in
+    /// the plugin would abort the broker).
+    pub panic_unwind: bool,
+    /// Name, version and description, without creating the plugin.
+    pub describe: extern "C" fn() -> PluginDescription,
+    /// Creates the plugin from the text of `etc/plugins/<name>.toml` (empty if absent).
+    #[sabi(last_prefix_field)]
+    pub create: extern "C" fn(host: HostRef, config: RStr<'_>) -> RResult<PluginBox, PluginError>,
+}
+
+impl RootModule for PluginModRef {
+    abi_stable::declare_root_module_statics! {PluginModRef}
+    const BASE_NAME: &'static str = "broker_plugin";
+    const NAME: &'static str = "broker_plugin";
+    const VERSION_STRINGS: abi_stable::sabi_types::VersionStrings = package_version_strings!();
+}

@@ -1,0 +1,463 @@
+//! The plugin author's side: the [`Plugin`] trait, the [`Context`] a plugin is created with,
+//! and the adapter that [`crate::export_plugin!`] puts between them and the broker.
+//!
+//! The adapter guarantees what the boundary needs and authors should not have to think about:
+//! * **no panic crosses the boundary**: every call into the plugin runs under `catch_unwind`,
+//!   and a panic becomes `PluginError { kind: PANICKED }` (the broker counts it, and after too
+//!   many marks the plugin faulted);
+//! * **async work runs on the plugin's own tokio runtime** (threads `plg-<name>-N`): the broker
+//!   only awaits a handle to it, and dropping that handle (timeout, unload) aborts the task;
+//! * synchronous hooks run inside the runtime's context, so `tokio::spawn` works in them;
+//! * the plugin's `tracing` events are forwarded to the broker's log, tagged with its name.
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Once, RwLock};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RStr, RString, RVec};
+use async_ffi::{FfiFuture, FutureExt};
+
+use crate::abi::*;
+use crate::ffi::{HostRef, PluginBox, PluginInstance, PluginInstance_TO, PluginMod, PluginModRef};
+
+/// A broker plugin. Implement this, then export the type with [`crate::export_plugin!`].
+///
+/// Every hook has a default that does nothing (notifications) or passes (folds: `Continue`,
+/// auth / ACL: `Ignore`), so a plugin implements only the hooks it lists in
+/// [`Plugin::registration`]. Hooks are called concurrently from broker threads: keep state in
+/// `Arc`s / atomics / locks, never block in a synchronous hook (hand slow work to
+/// [`Context::spawn`]), and keep no global state that would survive an unload.
+///
+/// Since API 1.
+pub trait Plugin: Send + Sync + Sized + 'static {
+    /// The plugin's name: its library is `lib<NAME>.so`, its config `etc/plugins/<NAME>.toml`.
+    const NAME: &'static str;
+    /// One line describing the plugin (`brokerctl plugins list`).
+    const DESCRIPTION: &'static str;
+
+    /// Creates the plugin from the text of its config file (empty when there is none).
+    /// Return [`PluginError::config`] with the parser's message for a bad config.
+    /// Called on a broker thread that may block; the runtime in `ctx` is already running.
+    fn create(ctx: Context, config: &str) -> Result<Self, PluginError>;
+
+    /// The hooks to call, the `brokerctl` commands to route here, the error policy.
+    fn registration(&self) -> Registration;
+
+    /// Notification hooks: `client.connect`, `client.connack`, `client.connected`,
+    /// `client.disconnected`, `session.*`. Called on a broker thread; must not block.
+    fn on_event(&self, point: HookPoint, event: &EventView<'_>) {
+        let _ = (point, event);
+    }
+
+    /// `message.publish`: inspect, change or stop a message before it is routed. Called on the
+    /// publisher's connection task; must not block.
+    fn on_message_publish(&self, message: &MessageView<'_>) -> Flow<MessageEdit> {
+        let _ = message;
+        Flow::Continue
+    }
+
+    /// `message.delivered` / `message.acked` / `message.dropped`. Must not block.
+    fn on_message_event(&self, point: HookPoint, event: &MessageEventView<'_>) {
+        let _ = (point, event);
+    }
+
+    /// `client.subscribe` / `client.unsubscribe`, once per filter; `ContinueWith(filter)`
+    /// replaces the filter. Must not block.
+    fn on_subscribe(&self, point: HookPoint, request: &SubscribeView<'_>) -> Flow<RString> {
+        let _ = (point, request);
+        Flow::Continue
+    }
+
+    /// `client.authenticate`. The returned future runs on the plugin's runtime.
+    fn authenticate(
+        &self,
+        request: AuthRequest,
+    ) -> impl Future<Output = Result<AuthResult, PluginError>> + Send + 'static {
+        let _ = request;
+        async { Ok(AuthResult::Ignore) }
+    }
+
+    /// `client.check_acl`. The returned future runs on the plugin's runtime.
+    fn check_acl(
+        &self,
+        request: AclRequest,
+    ) -> impl Future<Output = Result<AclResult, PluginError>> + Send + 'static {
+        let _ = request;
+        async { Ok(AclResult::Ignore) }
+    }
+
+    /// A `brokerctl` command from [`Registration::commands`]; `args[0]` is its name. The text
+    /// returned is printed by `brokerctl`. Runs on the plugin's runtime.
+    fn command(
+        &self,
+        args: Vec<String>,
+    ) -> impl Future<Output = Result<String, PluginError>> + Send + 'static {
+        async move {
+            Err(PluginError::new(
+                ErrorKind::INVALID,
+                format!("unknown command {:?}", args.first()),
+            ))
+        }
+    }
+
+    /// Stops the plugin (unload, reload, broker shutdown). Called on a thread that may block,
+    /// after no hook call is in flight; flush what must not be lost here. The runtime is shut
+    /// down after this returns.
+    fn shutdown(&self) {}
+}
+
+/// What a plugin is created with.
+///
+/// Since API 1.
+#[derive(Clone)]
+pub struct Context {
+    host: HostRef,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Context {
+    /// The broker's services.
+    pub fn host(&self) -> &HostRef {
+        &self.host
+    }
+
+    /// A handle to the plugin's own runtime.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
+    /// Spawns work on the plugin's runtime.
+    pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime.spawn(future)
+    }
+}
+
+/// The adapter the export macro creates: a [`Plugin`] behind the FFI trait.
+struct Adapter<P: Plugin> {
+    plugin: Arc<P>,
+    handle: tokio::runtime::Handle,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+}
+
+fn panicked(payload: Box<dyn std::any::Any + Send>, what: &str) -> PluginError {
+    let detail = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_string());
+    PluginError::new(ErrorKind::PANICKED, format!("panicked in {what}: {detail}"))
+}
+
+fn guard<T>(what: &str, f: impl FnOnce() -> T) -> RResult<T, PluginError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => RResult::ROk(v),
+        Err(payload) => RResult::RErr(panicked(payload, what)),
+    }
+}
+
+/// A task handle that aborts the task when dropped (timeout or unload on the broker side).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<P: Plugin> Adapter<P> {
+    /// Runs `made` (the plugin's future, or the panic that building it raised) on the plugin's
+    /// runtime; the returned FFI future awaits it.
+    fn run_async<T, F>(
+        &self,
+        what: &'static str,
+        made: std::thread::Result<F>,
+    ) -> FfiFuture<RResult<T, PluginError>>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, PluginError>> + Send + 'static,
+    {
+        let future = match made {
+            Ok(f) => f,
+            Err(payload) => {
+                let err = panicked(payload, what);
+                return async move { RResult::RErr(err) }.into_ffi();
+            }
+        };
+        let task = AbortOnDrop(self.handle.spawn(future));
+        async move {
+            match task.await {
+                Ok(Ok(v)) => RResult::ROk(v),
+                Ok(Err(e)) => RResult::RErr(e),
+                Err(join) if join.is_panic() => RResult::RErr(panicked(join.into_panic(), what)),
+                Err(_) => RResult::RErr(PluginError::new(
+                    ErrorKind::OTHER,
+                    format!("{what} cancelled"),
+                )),
+            }
+        }
+        .into_ffi()
+    }
+}
+
+impl<P: Plugin> PluginInstance for Adapter<P> {
+    fn registration(&self) -> RResult<Registration, PluginError> {
+        guard("registration", || self.plugin.registration())
+    }
+
+    fn on_event(&self, point: HookPoint, event: &EventView<'_>) -> RResult<(), PluginError> {
+        let _enter = self.handle.enter();
+        guard("on_event", || self.plugin.on_event(point, event))
+    }
+
+    fn on_message_publish(
+        &self,
+        message: &MessageView<'_>,
+    ) -> RResult<Flow<MessageEdit>, PluginError> {
+        let _enter = self.handle.enter();
+        guard("on_message_publish", || {
+            self.plugin.on_message_publish(message)
+        })
+    }
+
+    fn on_message_event(
+        &self,
+        point: HookPoint,
+        event: &MessageEventView<'_>,
+    ) -> RResult<(), PluginError> {
+        let _enter = self.handle.enter();
+        guard("on_message_event", || {
+            self.plugin.on_message_event(point, event)
+        })
+    }
+
+    fn on_subscribe(
+        &self,
+        point: HookPoint,
+        request: &SubscribeView<'_>,
+    ) -> RResult<Flow<RString>, PluginError> {
+        let _enter = self.handle.enter();
+        guard("on_subscribe", || self.plugin.on_subscribe(point, request))
+    }
+
+    fn authenticate(&self, request: AuthRequest) -> FfiFuture<RResult<AuthResult, PluginError>> {
+        let made = catch_unwind(AssertUnwindSafe(|| self.plugin.authenticate(request)));
+        self.run_async("authenticate", made)
+    }
+
+    fn check_acl(&self, request: AclRequest) -> FfiFuture<RResult<AclResult, PluginError>> {
+        let made = catch_unwind(AssertUnwindSafe(|| self.plugin.check_acl(request)));
+        self.run_async("check_acl", made)
+    }
+
+    fn command(&self, args: RVec<RString>) -> FfiFuture<RResult<RString, PluginError>> {
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        let made = catch_unwind(AssertUnwindSafe(|| self.plugin.command(args)));
+        let f = self.run_async("command", made);
+        async move { f.await.map(RString::from) }.into_ffi()
+    }
+
+    fn shutdown(&self) -> RResult<(), PluginError> {
+        let result = {
+            let _enter = self.handle.enter();
+            guard("shutdown", || self.plugin.shutdown())
+        };
+        let runtime = self.runtime.lock().ok().and_then(|mut r| r.take());
+        if let Some(rt) = runtime {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+        result
+    }
+}
+
+// ------------------------------------------------------------------ log forwarding
+
+/// The host the plugin's log events go to; replaced at every create (a reload of an unchanged
+/// library reuses this library's statics).
+static LOG_HOST: RwLock<Option<HostRef>> = RwLock::new(None);
+static LOG_INIT: Once = Once::new();
+
+struct Forward;
+
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let sep = if self.0.is_empty() { "" } else { " " };
+            let _ = write!(self.0, "{sep}{}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Forward {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => 1,
+            tracing::Level::WARN => 2,
+            tracing::Level::INFO => 3,
+            tracing::Level::DEBUG => 4,
+            tracing::Level::TRACE => 5,
+        };
+        let mut fields = Fields(String::new());
+        event.record(&mut fields);
+        if let Ok(host) = LOG_HOST.read() {
+            if let Some(host) = host.as_ref() {
+                host.log(LogRecord {
+                    level,
+                    target: RStr::from_str(event.metadata().target()),
+                    message: RStr::from_str(&fields.0),
+                });
+            }
+        }
+    }
+}
+
+fn install_log_forwarding(host: &HostRef) {
+    if let Ok(mut slot) = LOG_HOST.write() {
+        *slot = Some(host.clone());
+    }
+    LOG_INIT.call_once(|| {
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry().with(Forward);
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+}
+
+// ------------------------------------------------------------------ root module
+
+/// Worker threads of each plugin's runtime.
+const RUNTIME_THREADS: usize = 2;
+
+extern "C" fn create<P: Plugin>(
+    host: HostRef,
+    config: RStr<'_>,
+) -> RResult<PluginBox, PluginError> {
+    let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<PluginBox, PluginError> {
+        install_log_forwarding(&host);
+        let counter = Arc::new(AtomicUsize::new(0));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RUNTIME_THREADS)
+            .thread_name_fn(move || {
+                format!(
+                    "plg-{}-{}",
+                    P::NAME,
+                    counter.fetch_add(1, Ordering::Relaxed)
+                )
+            })
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                PluginError::new(ErrorKind::OTHER, format!("cannot start runtime: {e}"))
+            })?;
+        let handle = runtime.handle().clone();
+        let ctx = Context {
+            host,
+            runtime: handle.clone(),
+        };
+        let plugin = P::create(ctx, config.as_str());
+        let plugin = match plugin {
+            Ok(p) => p,
+            Err(e) => {
+                runtime.shutdown_background();
+                return Err(e);
+            }
+        };
+        let adapter = Adapter {
+            plugin: Arc::new(plugin),
+            handle,
+            runtime: Mutex::new(Some(runtime)),
+        };
+        Ok(PluginInstance_TO::from_value(adapter, TD_Opaque))
+    }));
+    match outcome {
+        Ok(Ok(b)) => RResult::ROk(b),
+        Ok(Err(e)) => RResult::RErr(e),
+        Err(payload) => RResult::RErr(panicked(payload, "create")),
+    }
+}
+
+/// Describes `P`; used by [`crate::export_plugin!`].
+#[doc(hidden)]
+pub fn describe<P: Plugin>(version: &'static str) -> PluginDescription {
+    PluginDescription {
+        name: P::NAME.into(),
+        version: version.into(),
+        description: P::DESCRIPTION.into(),
+    }
+}
+
+/// Builds the root module for `P`; used by [`crate::export_plugin!`].
+#[doc(hidden)]
+pub fn root_module<P: Plugin>(
+    panic_unwind: bool,
+    describe: extern "C" fn() -> PluginDescription,
+) -> PluginModRef {
+    PluginMod {
+        api_version: API_VERSION,
+        panic_unwind,
+        describe,
+        create: create::<P>,
+    }
+    .leak_into_prefix()
+}
+
+/// Exports a [`Plugin`] type as this library's root module.
+///
+/// Use it once, at the crate root of a `cdylib` crate that depends on `plugin-api` and
+/// `abi_stable = "0.11"` (the export attribute refers to `abi_stable` by name):
+///
+/// ```ignore
+/// plugin_api::export_plugin!(MyPlugin);
+/// ```
+///
+/// It records the crate version (`CARGO_PKG_VERSION`) as the plugin version and whether the
+/// crate was built with `panic = "unwind"`.
+///
+/// Since API 1.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        #[doc(hidden)]
+        extern "C" fn __broker_plugin_describe() -> $crate::PluginDescription {
+            $crate::sdk::describe::<$plugin>(env!("CARGO_PKG_VERSION"))
+        }
+
+        /// The root module the broker loads.
+        #[$crate::export_root_module]
+        pub fn __broker_plugin_root_module() -> $crate::PluginModRef {
+            $crate::sdk::root_module::<$plugin>(cfg!(panic = "unwind"), __broker_plugin_describe)
+        }
+    };
+}
