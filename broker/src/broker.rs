@@ -186,12 +186,14 @@ impl Broker {
     pub fn publish_from_plugin(&self, m: OutgoingMessage) -> Result<usize, String> {
         let topic = TopicName::new(m.topic.as_str()).map_err(|e| e.to_string())?;
         let qos = QoS::from_u8(m.qos).ok_or_else(|| format!("invalid QoS {}", m.qos))?;
-        let mut properties = crate::codec::Properties::default();
-        properties.user_properties = m
-            .user_properties
-            .into_iter()
-            .map(|t| (t.0.into(), t.1.into()))
-            .collect();
+        let properties = crate::codec::Properties {
+            user_properties: m
+                .user_properties
+                .into_iter()
+                .map(|t| (t.0.into(), t.1.into()))
+                .collect(),
+            ..Default::default()
+        };
         let message = Message {
             topic,
             payload: Vec::from(m.payload).into(),

@@ -54,6 +54,19 @@ pub struct Broker {
     pub dir: tempfile::TempDir,
     /// Address of the first listener.
     pub addr: SocketAddr,
+    config_path: PathBuf,
+    data_dir: PathBuf,
+}
+
+/// What `brokerctl` printed.
+#[derive(Debug)]
+pub struct CtlOutput {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
 }
 
 impl Broker {
@@ -65,12 +78,17 @@ impl Broker {
     /// Starts a broker; `extra` is appended to the generated config (TOML tables such as
     /// `[limits]`).
     pub fn start_with(extra: &str) -> Broker {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Broker::start_in(tempfile::tempdir().expect("temp dir"), &bin_dir(), extra)
+    }
+
+    /// Starts a broker in `dir` loading plugins from `plugin_dir`; plugin configs written into
+    /// `dir/plugins/` before the start are seen by it.
+    pub fn start_in(dir: tempfile::TempDir, plugin_dir: &Path, extra: &str) -> Broker {
         let data = dir.path().join("data");
         let config = format!(
             "data_dir = {:?}\nplugin_dir = {:?}\n\n[[listener]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n{extra}\n",
             data.display().to_string(),
-            bin_dir().display().to_string(),
+            plugin_dir.display().to_string(),
         );
         Broker::start_config(dir, &config)
     }
@@ -91,39 +109,104 @@ impl Broker {
             .stderr(log)
             .spawn()
             .expect("spawn broker");
-        let mut broker = Broker {
-            child: Some(child),
-            dir,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
         let data_dir = config
             .lines()
             .find_map(|l| l.strip_prefix("data_dir = "))
             .map(|v| PathBuf::from(v.trim_matches('"')))
-            .unwrap_or_else(|| broker.dir.path().join("data"));
-        let listeners = data_dir.join("listeners.json");
+            .unwrap_or_else(|| dir.path().join("data"));
+        let mut broker = Broker {
+            child: Some(child),
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            config_path,
+            data_dir,
+        };
+        broker.wait_ready();
+        broker
+    }
+
+    /// Waits for `listeners.json` (written once the broker accepts) and reads the address.
+    fn wait_ready(&mut self) {
+        let listeners = self.data_dir.join("listeners.json");
         let deadline = Instant::now() + WAIT;
         loop {
             if let Ok(text) = std::fs::read_to_string(&listeners) {
                 if let Some(addr) = first_addr(&text) {
-                    broker.addr = addr;
+                    self.addr = addr;
                     break;
                 }
             }
-            if let Some(status) = broker.try_status() {
+            if let Some(status) = self.try_status() {
                 panic!(
                     "broker exited with {status} during start-up:\n{}",
-                    broker.log()
+                    self.log()
                 );
             }
             assert!(
                 Instant::now() < deadline,
                 "broker did not start:\n{}",
-                broker.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        broker
+    }
+
+    /// Stops the broker (SIGTERM) and starts it again with the same config and data_dir.
+    pub fn restart(&mut self) {
+        let status = self.terminate();
+        assert!(status.success(), "exit status {status}");
+        let _ = std::fs::remove_file(self.data_dir.join("listeners.json"));
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("broker.log"))
+            .expect("log file");
+        let child = Command::new(binary("broker"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("BROKER_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn broker");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Writes `plugins/<name>.toml` next to the broker's config.
+    pub fn plugin_config(&self, name: &str, text: &str) {
+        let dir = self.dir.path().join("plugins");
+        std::fs::create_dir_all(&dir).expect("plugins dir");
+        std::fs::write(dir.join(format!("{name}.toml")), text).expect("plugin config");
+    }
+
+    /// Runs `brokerctl --config <this broker's config> args…`.
+    pub fn ctl(&self, args: &[&str]) -> CtlOutput {
+        let out = Command::new(binary("brokerctl"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .output()
+            .expect("run brokerctl");
+        CtlOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs brokerctl and asserts it succeeded; returns its standard output.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert_eq!(
+            out.code,
+            0,
+            "brokerctl {args:?} failed: {out:?}\nbroker log:\n{}",
+            self.log()
+        );
+        out.stdout
     }
 
     /// Port of the first listener.

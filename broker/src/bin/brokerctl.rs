@@ -121,11 +121,17 @@ fn main() -> ExitCode {
     let (method, path, body) = match args.as_slice() {
         ["status"] => ("GET", "/api/v1/status".to_owned(), String::new()),
         ["plugins", "list"] | ["plugins"] => ("GET", "/api/v1/plugins".to_owned(), String::new()),
-        ["plugins", action @ ("load" | "unload" | "reload"), name] => (
-            "POST",
-            format!("/api/v1/plugins/{name}/{action}"),
-            String::new(),
-        ),
+        ["plugins", action @ ("load" | "unload" | "reload"), name] => {
+            if !broker::config::valid_plugin_name(name) {
+                eprintln!("invalid plugin name {name:?}: use a-z, 0-9, '_' and '-'");
+                return ExitCode::from(1);
+            }
+            (
+                "POST",
+                format!("/api/v1/plugins/{name}/{action}"),
+                String::new(),
+            )
+        }
         ["clients", "list"] | ["clients"] => ("GET", "/api/v1/clients".to_owned(), String::new()),
         ["clients", "kick", id] => ("POST", format!("/api/v1/clients/{id}/kick"), String::new()),
         ["acl-cache", "clean"] => ("POST", "/api/v1/acl-cache/clean".to_owned(), String::new()),
