@@ -718,3 +718,127 @@ pub fn tool_available(name: &str) -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+// ---------------------------------------------------------------- fixture builds
+
+/// Turns a workspace member's manifest into a standalone one: `x.workspace = true` entries are
+/// replaced by the root manifest's `[workspace.package]` / `[workspace.dependencies]` values.
+fn standalone_manifest(member: &Path, root: &toml::Table) -> toml::Table {
+    let text = std::fs::read_to_string(member.join("Cargo.toml")).expect("member manifest");
+    let mut m: toml::Table = text.parse().expect("member manifest parses");
+    let ws = root.get("workspace").and_then(|w| w.as_table()).expect("[workspace]");
+    let ws_pkg = ws.get("package").and_then(|p| p.as_table()).cloned().unwrap_or_default();
+    let ws_deps = ws.get("dependencies").and_then(|p| p.as_table()).cloned().unwrap_or_default();
+    m.remove("lints");
+    if let Some(pkg) = m.get_mut("package").and_then(|p| p.as_table_mut()) {
+        let keys: Vec<String> = pkg.keys().cloned().collect();
+        for k in keys {
+            let inherited = pkg[&k].as_table().is_some_and(|t| t.get("workspace").is_some());
+            if inherited {
+                match ws_pkg.get(&k) {
+                    Some(v) => {
+                        pkg.insert(k, v.clone());
+                    }
+                    None => {
+                        pkg.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(deps) = m.get_mut("dependencies").and_then(|d| d.as_table_mut()) {
+        let keys: Vec<String> = deps.keys().cloned().collect();
+        for k in keys {
+            let Some(local) = deps[&k].as_table().cloned() else { continue };
+            if local.get("workspace").is_none() {
+                continue;
+            }
+            let mut merged = match ws_deps.get(&k) {
+                Some(toml::Value::String(v)) => {
+                    let mut t = toml::Table::new();
+                    t.insert("version".into(), toml::Value::String(v.clone()));
+                    t
+                }
+                Some(toml::Value::Table(t)) => t.clone(),
+                _ => toml::Table::new(),
+            };
+            if let Some(extra) = local.get("features").and_then(|f| f.as_array()) {
+                let mut features = merged.get("features").and_then(|f| f.as_array()).cloned().unwrap_or_default();
+                features.extend(extra.iter().cloned());
+                merged.insert("features".into(), toml::Value::Array(features));
+            }
+            deps.insert(k, toml::Value::Table(merged));
+        }
+    }
+    m
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// The workspace root (where the top-level Cargo.toml is).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// Builds the `blocker` fixture plugin against a *copy* of `plugin-api` changed by `mutate`
+/// (which gets the copy's directory), in a throw-away workspace outside this one, offline, with
+/// `panic_abort` selecting `panic = "abort"`. Returns the built library's bytes.
+///
+/// This is how a plugin built against another version of the API really comes about: another
+/// copy of the crate, compiled separately.
+pub fn build_blocker_variant(label: &str, panic_abort: bool, mutate: impl Fn(&Path)) -> Vec<u8> {
+    let root_dir = workspace_root();
+    let root: toml::Table = std::fs::read_to_string(root_dir.join("Cargo.toml"))
+        .expect("root manifest")
+        .parse()
+        .expect("root manifest parses");
+    let ws = tempfile::tempdir().expect("tmp");
+    let api = ws.path().join("plugin-api");
+    copy_dir(&root_dir.join("plugin-api/src"), &api.join("src"));
+    let api_manifest = standalone_manifest(&root_dir.join("plugin-api"), &root);
+    std::fs::write(api.join("Cargo.toml"), toml::to_string(&api_manifest).expect("toml")).expect("write");
+    let blocker = ws.path().join("blocker");
+    copy_dir(&root_dir.join("tests/fixtures/blocker/src"), &blocker.join("src"));
+    let mut blocker_manifest = standalone_manifest(&root_dir.join("tests/fixtures/blocker"), &root);
+    if let Some(deps) = blocker_manifest.get_mut("dependencies").and_then(|d| d.as_table_mut()) {
+        let mut path = toml::Table::new();
+        path.insert("path".into(), toml::Value::String("../plugin-api".into()));
+        deps.insert("plugin-api".into(), toml::Value::Table(path));
+    }
+    std::fs::write(blocker.join("Cargo.toml"), toml::to_string(&blocker_manifest).expect("toml")).expect("write");
+    let mut ws_manifest = String::from("[workspace]\nresolver = \"2\"\nmembers = [\"plugin-api\", \"blocker\"]\n");
+    if panic_abort {
+        ws_manifest.push_str("\n[profile.dev]\npanic = \"abort\"\n");
+    }
+    std::fs::write(ws.path().join("Cargo.toml"), ws_manifest).expect("write");
+    std::fs::copy(root_dir.join("Cargo.lock"), ws.path().join("Cargo.lock")).expect("lock file");
+    mutate(&api);
+    let target = bin_dir().parent().expect("target dir").join("fixture-build").join(label);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "--offline", "--quiet", "-p", "blocker", "--manifest-path"])
+        .arg(ws.path().join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .env_remove("RUSTFLAGS")
+        .env("CARGO_TERM_COLOR", "never")
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "building the {label} fixture failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(target.join("debug").join("libblocker.so")).expect("built library")
+}

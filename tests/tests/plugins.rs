@@ -518,3 +518,58 @@ async fn plugin_churn_under_load_loses_nothing() {
         "publishers made progress during the churn ({total})"
     );
 }
+
+/// Replaces `from` with `to` in `file` under `dir`, insisting that it was there.
+fn edit(dir: &Path, file: &str, from: &str, to: &str) {
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).expect("read");
+    assert!(text.contains(from), "{from:?} not in {file}");
+    std::fs::write(&path, text.replacen(from, to, 1)).expect("write");
+}
+
+/// Plugins built against an incompatible plugin-api are refused with one line naming the fix,
+/// and the broker keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abi_mismatches_are_refused_with_one_clear_line() {
+    let plugins = tempfile::tempdir().expect("tmp");
+    let variants: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "otherversion",
+            build_blocker_variant("otherversion", false, |api| {
+                edit(api, "Cargo.toml", "version = \"0.1.0\"", "version = \"0.2.0\"");
+            }),
+            "plugin built against plugin-api 0.2.0, this broker uses plugin-api 0.1.0; rebuild the plugin against plugin-api 0.1.0",
+        ),
+        (
+            "drifted",
+            build_blocker_variant("drifted", false, |api| {
+                edit(api, "src/abi.rs", "    /// 1 error, 2 warn, 3 info, 4 debug, 5 trace.\n    pub level: u8,", "    /// 1 error, 2 warn, 3 info, 4 debug, 5 trace.\n    pub level: u16,");
+            }),
+            "ABI mismatch: type layout differs from this broker's plugin-api",
+        ),
+        (
+            "newerapi",
+            build_blocker_variant("newerapi", false, |api| {
+                edit(api, "src/abi.rs", "pub const API_VERSION: u32 = 1;", "pub const API_VERSION: u32 = 2;");
+            }),
+            "plugin built for plugin API v2, this broker speaks v1",
+        ),
+        (
+            "abortive",
+            build_blocker_variant("abortive", true, |_| {}),
+            "plugin was built with panic = \"abort\"",
+        ),
+    ];
+    for (name, bytes, _) in &variants {
+        std::fs::write(plugins.path().join(format!("lib{name}.so")), bytes).expect("install");
+    }
+    let b = Broker::start_in(tempfile::tempdir().expect("tmp"), plugins.path(), "");
+    for (name, _, expected) in &variants {
+        let out = b.ctl(&["plugins", "load", name]);
+        assert_eq!(out.code, 1, "{name}: {out:?}");
+        assert!(out.stderr.contains(expected), "{name}: expected {expected:?} in {:?}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{name}: one line: {:?}", out.stderr);
+    }
+    let c = V4Client::connect(b.port(), "unharmed").await;
+    c.disconnect().await;
+}

@@ -186,9 +186,19 @@ fn classify(e: LibraryError, path: &Path) -> LoadError {
         },
         LibraryError::AbiInstability(_)
         | LibraryError::InvalidAbiHeader(_)
-        | LibraryError::InvalidCAbi { .. } => LoadError::LayoutMismatch {
-            summary: summarize_layout_error(&full),
-        },
+        | LibraryError::InvalidCAbi { .. } => {
+            let report = LayoutReport::parse(&full);
+            if report.error.contains("incompatible package versions") {
+                LoadError::VersionMismatch {
+                    plugin: report.found,
+                    broker: report.expected,
+                }
+            } else {
+                LoadError::LayoutMismatch {
+                    summary: report.summary(),
+                }
+            }
+        }
         LibraryError::Many(list) => match list.into_iter().next() {
             Some(first) => classify(first, path),
             None => LoadError::Other(full),
@@ -201,33 +211,64 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Keeps the last "Expected … Found …" pair of abi_stable's layout report, on one line.
-fn summarize_layout_error(full: &str) -> String {
-    let lines: Vec<&str> = full
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let mismatch = lines
-        .iter()
-        .rposition(|l| l.to_lowercase().contains("mismatch") || l.starts_with("Error"));
-    let mut picked: Vec<&str> = Vec::new();
-    if let Some(i) = mismatch {
-        picked.push(lines[i]);
-        for l in &lines[i + 1..] {
-            if picked.len() >= 3 {
-                break;
+/// The essentials of abi_stable's (thousands of lines long) layout report: the last error,
+/// what was expected and found, and the field where they differ.
+#[derive(Debug, Default)]
+struct LayoutReport {
+    error: String,
+    expected: String,
+    found: String,
+    place: Option<String>,
+}
+
+impl LayoutReport {
+    fn parse(full: &str) -> LayoutReport {
+        let lines: Vec<&str> = full.lines().map(str::trim).collect();
+        let mut r = LayoutReport::default();
+        let Some(at) = lines.iter().rposition(|l| l.starts_with("Error:")) else {
+            r.error = one_line(full);
+            return r;
+        };
+        r.error = lines[at].trim_start_matches("Error:").trim().to_owned();
+        let value_after = |label: &str| {
+            lines[at..]
+                .iter()
+                .position(|l| *l == label)
+                .and_then(|i| lines[at + i + 1..].iter().find(|l| !l.is_empty()))
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        };
+        r.expected = value_after("Expected:");
+        r.found = value_after("Found:");
+        // The field path leading to the difference: the last (field_name, type) pairs before
+        // "Layout of expected type:".
+        let end = lines[..at]
+            .iter()
+            .rposition(|l| l.starts_with("Layout of expected type"))
+            .unwrap_or(at);
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        let mut field: Option<&str> = None;
+        for l in &lines[..end] {
+            if let Some(f) = l.strip_prefix("field_name:") {
+                field = Some(f);
+            } else if let (Some(t), Some(f)) = (l.strip_prefix("type:"), field.take()) {
+                pairs.push((f, t));
             }
-            picked.push(l);
         }
+        if let [.., (_, parent), (name, _)] = pairs.as_slice() {
+            r.place = Some(format!("{parent}.{name}"));
+        }
+        r
     }
-    if picked.is_empty() {
-        picked = lines.iter().rev().take(3).rev().copied().collect();
+
+    fn summary(&self) -> String {
+        let mut s = self.error.clone();
+        if let Some(place) = &self.place {
+            s.push_str(&format!(" in {place}"));
+        }
+        if !self.expected.is_empty() || !self.found.is_empty() {
+            s.push_str(&format!(": broker has {}, plugin has {}", self.expected, self.found));
+        }
+        s
     }
-    let mut s = one_line(&picked.join(" "));
-    if s.len() > 300 {
-        s.truncate(300);
-        s.push('…');
-    }
-    s
 }
