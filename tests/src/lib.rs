@@ -726,14 +726,27 @@ pub fn tool_available(name: &str) -> bool {
 fn standalone_manifest(member: &Path, root: &toml::Table) -> toml::Table {
     let text = std::fs::read_to_string(member.join("Cargo.toml")).expect("member manifest");
     let mut m: toml::Table = text.parse().expect("member manifest parses");
-    let ws = root.get("workspace").and_then(|w| w.as_table()).expect("[workspace]");
-    let ws_pkg = ws.get("package").and_then(|p| p.as_table()).cloned().unwrap_or_default();
-    let ws_deps = ws.get("dependencies").and_then(|p| p.as_table()).cloned().unwrap_or_default();
+    let ws = root
+        .get("workspace")
+        .and_then(|w| w.as_table())
+        .expect("[workspace]");
+    let ws_pkg = ws
+        .get("package")
+        .and_then(|p| p.as_table())
+        .cloned()
+        .unwrap_or_default();
+    let ws_deps = ws
+        .get("dependencies")
+        .and_then(|p| p.as_table())
+        .cloned()
+        .unwrap_or_default();
     m.remove("lints");
     if let Some(pkg) = m.get_mut("package").and_then(|p| p.as_table_mut()) {
         let keys: Vec<String> = pkg.keys().cloned().collect();
         for k in keys {
-            let inherited = pkg[&k].as_table().is_some_and(|t| t.get("workspace").is_some());
+            let inherited = pkg[&k]
+                .as_table()
+                .is_some_and(|t| t.get("workspace").is_some());
             if inherited {
                 match ws_pkg.get(&k) {
                     Some(v) => {
@@ -749,7 +762,9 @@ fn standalone_manifest(member: &Path, root: &toml::Table) -> toml::Table {
     if let Some(deps) = m.get_mut("dependencies").and_then(|d| d.as_table_mut()) {
         let keys: Vec<String> = deps.keys().cloned().collect();
         for k in keys {
-            let Some(local) = deps[&k].as_table().cloned() else { continue };
+            let Some(local) = deps[&k].as_table().cloned() else {
+                continue;
+            };
             if local.get("workspace").is_none() {
                 continue;
             }
@@ -763,7 +778,11 @@ fn standalone_manifest(member: &Path, root: &toml::Table) -> toml::Table {
                 _ => toml::Table::new(),
             };
             if let Some(extra) = local.get("features").and_then(|f| f.as_array()) {
-                let mut features = merged.get("features").and_then(|f| f.as_array()).cloned().unwrap_or_default();
+                let mut features = merged
+                    .get("features")
+                    .and_then(|f| f.as_array())
+                    .cloned()
+                    .unwrap_or_default();
                 features.extend(extra.iter().cloned());
                 merged.insert("features".into(), toml::Value::Array(features));
             }
@@ -788,7 +807,10 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// The workspace root (where the top-level Cargo.toml is).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// Builds the `blocker` fixture plugin against a *copy* of `plugin-api` changed by `mutate`
@@ -807,27 +829,53 @@ pub fn build_blocker_variant(label: &str, panic_abort: bool, mutate: impl Fn(&Pa
     let api = ws.path().join("plugin-api");
     copy_dir(&root_dir.join("plugin-api/src"), &api.join("src"));
     let api_manifest = standalone_manifest(&root_dir.join("plugin-api"), &root);
-    std::fs::write(api.join("Cargo.toml"), toml::to_string(&api_manifest).expect("toml")).expect("write");
+    std::fs::write(
+        api.join("Cargo.toml"),
+        toml::to_string(&api_manifest).expect("toml"),
+    )
+    .expect("write");
     let blocker = ws.path().join("blocker");
-    copy_dir(&root_dir.join("tests/fixtures/blocker/src"), &blocker.join("src"));
+    copy_dir(
+        &root_dir.join("tests/fixtures/blocker/src"),
+        &blocker.join("src"),
+    );
     let mut blocker_manifest = standalone_manifest(&root_dir.join("tests/fixtures/blocker"), &root);
-    if let Some(deps) = blocker_manifest.get_mut("dependencies").and_then(|d| d.as_table_mut()) {
+    if let Some(deps) = blocker_manifest
+        .get_mut("dependencies")
+        .and_then(|d| d.as_table_mut())
+    {
         let mut path = toml::Table::new();
         path.insert("path".into(), toml::Value::String("../plugin-api".into()));
         deps.insert("plugin-api".into(), toml::Value::Table(path));
     }
-    std::fs::write(blocker.join("Cargo.toml"), toml::to_string(&blocker_manifest).expect("toml")).expect("write");
-    let mut ws_manifest = String::from("[workspace]\nresolver = \"2\"\nmembers = [\"plugin-api\", \"blocker\"]\n");
+    std::fs::write(
+        blocker.join("Cargo.toml"),
+        toml::to_string(&blocker_manifest).expect("toml"),
+    )
+    .expect("write");
+    let mut ws_manifest =
+        String::from("[workspace]\nresolver = \"2\"\nmembers = [\"plugin-api\", \"blocker\"]\n");
     if panic_abort {
         ws_manifest.push_str("\n[profile.dev]\npanic = \"abort\"\n");
     }
     std::fs::write(ws.path().join("Cargo.toml"), ws_manifest).expect("write");
     std::fs::copy(root_dir.join("Cargo.lock"), ws.path().join("Cargo.lock")).expect("lock file");
     mutate(&api);
-    let target = bin_dir().parent().expect("target dir").join("fixture-build").join(label);
+    let target = bin_dir()
+        .parent()
+        .expect("target dir")
+        .join("fixture-build")
+        .join(label);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["build", "--offline", "--quiet", "-p", "blocker", "--manifest-path"])
+        .args([
+            "build",
+            "--offline",
+            "--quiet",
+            "-p",
+            "blocker",
+            "--manifest-path",
+        ])
         .arg(ws.path().join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target)

@@ -567,8 +567,17 @@ async fn abi_mismatches_are_refused_with_one_clear_line() {
     for (name, _, expected) in &variants {
         let out = b.ctl(&["plugins", "load", name]);
         assert_eq!(out.code, 1, "{name}: {out:?}");
-        assert!(out.stderr.contains(expected), "{name}: expected {expected:?} in {:?}", out.stderr);
-        assert_eq!(out.stderr.trim().lines().count(), 1, "{name}: one line: {:?}", out.stderr);
+        assert!(
+            out.stderr.contains(expected),
+            "{name}: expected {expected:?} in {:?}",
+            out.stderr
+        );
+        assert_eq!(
+            out.stderr.trim().lines().count(),
+            1,
+            "{name}: one line: {:?}",
+            out.stderr
+        );
     }
     let c = V4Client::connect(b.port(), "unharmed").await;
     c.disconnect().await;

@@ -51,6 +51,28 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit: every connection is a descriptor, and
+/// the usual soft default (1024) is far below what a broker holds.
+fn raise_fd_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return None;
+            }
+        }
+    }
+    Some(limit.rlim_cur)
+}
+
 fn main() -> ExitCode {
     let path = match parse_args() {
         Ok(p) => p,
@@ -67,6 +89,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
+    if let Some(n) = raise_fd_limit() {
+        tracing::debug!(open_files = n, "file descriptor limit");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("broker")

@@ -44,17 +44,31 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
+/// Accept backlog: large enough that a burst of connections (thousands of devices coming back
+/// after an outage) waits in the kernel's queue instead of being dropped and retried a second
+/// later. The kernel caps it at `net.core.somaxconn`.
+const BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Binds every configured listener.
 pub async fn bind_all(configs: &[ListenerConfig]) -> Result<Vec<Bound>, BindError> {
     let mut bound = Vec::with_capacity(configs.len());
     for config in configs {
-        let socket = TcpListener::bind(config.bind)
-            .await
-            .map_err(|source| BindError {
-                name: config.name.clone(),
-                addr: config.bind,
-                source,
-            })?;
+        let socket = listen(config.bind).map_err(|source| BindError {
+            name: config.name.clone(),
+            addr: config.bind,
+            source,
+        })?;
         let addr = socket.local_addr().map_err(|source| BindError {
             name: config.name.clone(),
             addr: config.bind,

@@ -267,7 +267,10 @@ impl LayoutReport {
             s.push_str(&format!(" in {place}"));
         }
         if !self.expected.is_empty() || !self.found.is_empty() {
-            s.push_str(&format!(": broker has {}, plugin has {}", self.expected, self.found));
+            s.push_str(&format!(
+                ": broker has {}, plugin has {}",
+                self.expected, self.found
+            ));
         }
         s
     }

@@ -11,6 +11,10 @@
 //! fan-in: `--clients` publishers share `--messages` among them, one subscriber on `bench/#`.
 //! fan-out: one publisher sends `--messages`, each of `--clients` subscribers receives all.
 //! Prints one line: mode, qos, expected and received deliveries, seconds, deliveries per second.
+//!
+//! connect-storm: `--clients` connections send CONNECT at once (e.g. against a slow
+//! authentication plugin) while an already-connected client keeps measuring its publish →
+//! receive round trip; prints how long the storm took and the round trips before and during it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -58,8 +62,11 @@ fn parse() -> anyhow::Result<Args> {
             _ => bail!("unknown option {k}"),
         }
     }
-    if a.qos > 1 || !(a.mode == "fan-in" || a.mode == "fan-out") || a.clients == 0 {
-        bail!("--mode fan-in|fan-out, --qos 0|1, --clients >= 1");
+    if a.qos > 1
+        || !["fan-in", "fan-out", "connect-storm"].contains(&a.mode.as_str())
+        || a.clients == 0
+    {
+        bail!("--mode fan-in|fan-out|connect-storm, --qos 0|1, --clients >= 1");
     }
     Ok(a)
 }
@@ -246,9 +253,130 @@ async fn publisher(a: Arc<Args>, id: String, topic: String, n: u64) -> anyhow::R
     Ok(())
 }
 
+/// Raises the open-files soft limit to the hard limit (a storm needs a descriptor per client).
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Publishes QoS 0 to its own subscription every 10 ms until `stop`; returns round trips in ms.
+async fn measure_rtt(
+    a: Arc<Args>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Vec<f64>> {
+    let topic = format!("bench/rtt/{}", std::process::id());
+    let (mut s, mut buf) = connect(&a, &format!("bench-rtt-{}", std::process::id())).await?;
+    subscribe(&mut s, &mut buf, &topic, 0).await?;
+    let mut rtts = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let mut p = BytesMut::new();
+        p.put_u8(0x30);
+        put_len(&mut p, 2 + topic.len() + 1);
+        put_str(&mut p, &topic);
+        p.put_u8(b'r');
+        let sent = Instant::now();
+        s.write_all(&p).await?;
+        loop {
+            if let Some((b1, _)) = take_packet(&mut buf) {
+                if b1 >> 4 == 3 {
+                    break;
+                }
+                continue;
+            }
+            if s.read_buf(&mut buf).await? == 0 {
+                bail!("rtt connection closed");
+            }
+        }
+        rtts.push(sent.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(rtts)
+}
+
+async fn connect_storm(a: Arc<Args>) -> anyhow::Result<()> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let baseline_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let baseline = tokio::spawn(measure_rtt(a.clone(), baseline_stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    baseline_stop.store(true, Ordering::Relaxed);
+    let mut before = baseline.await??;
+    let during_task = tokio::spawn(measure_rtt(a.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let start = Instant::now();
+    let mut storm = Vec::new();
+    for i in 0..a.clients {
+        let a = a.clone();
+        storm.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let conn = connect(&a, &format!("bench-storm-{}-{i}", std::process::id())).await;
+            conn.map(|c| (t.elapsed().as_secs_f64() * 1000.0, c))
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut held = Vec::new();
+    let mut failed = 0;
+    for t in storm {
+        match t.await? {
+            Ok((ms, c)) => {
+                latencies.push(ms);
+                held.push(c);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    let total = start.elapsed().as_secs_f64() * 1000.0;
+    stop.store(true, Ordering::Relaxed);
+    let mut during = during_task.await??;
+    for v in [&mut latencies, &mut before, &mut during] {
+        v.sort_by(|x, y| x.total_cmp(y));
+    }
+    println!(
+        "mode=connect-storm clients={} connected={} failed={} storm_ms={:.0} connect_p50_ms={:.1} connect_p99_ms={:.1}",
+        a.clients,
+        latencies.len(),
+        failed,
+        total,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99)
+    );
+    println!(
+        "rtt_before_p50_ms={:.2} rtt_before_p99_ms={:.2} rtt_during_p50_ms={:.2} rtt_during_p99_ms={:.2} rtt_during_max_ms={:.2} samples_during={}",
+        percentile(&before, 0.5),
+        percentile(&before, 0.99),
+        percentile(&during, 0.5),
+        percentile(&during, 0.99),
+        during.last().copied().unwrap_or(0.0),
+        during.len()
+    );
+    drop(held);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    raise_fd_limit();
     let a = Arc::new(parse()?);
+    if a.mode == "connect-storm" {
+        return connect_storm(a).await;
+    }
     let count = Arc::new(AtomicU64::new(0));
     let last = Arc::new(AtomicU64::new(0));
     let run = std::process::id();
