@@ -31,8 +31,7 @@ use crate::session::{
     Control, Delivery, Enqueued, KickReason, Message, Session, SubEntry, Subscription,
 };
 use plugin_api::{
-    ClientInfo, ClientView, EventView, HookPoint, MessageView, OutgoingMessage, SubOptions,
-    UserPropertyView,
+    ClientInfo, ClientView, EventView, HookPoint, OutgoingMessage, SubOptions, UserPropertyView,
 };
 
 /// Milliseconds since the Unix epoch.
@@ -143,28 +142,10 @@ impl Broker {
                     value: v.as_str().into(),
                 })
                 .collect();
-            let view = MessageView {
-                topic: message.topic.as_str().into(),
-                payload: message.payload.as_ref().into(),
-                qos: message.qos as u8,
-                retain: message.retain,
-                publisher: message.publisher.as_deref().map(Into::into).into(),
-                username: username.map(Into::into).into(),
-                is_will,
-                message_expiry_interval: message
-                    .expires_at
-                    .map(|t| {
-                        t.saturating_duration_since(tokio::time::Instant::now())
-                            .as_secs() as u32
-                    })
-                    .into(),
-                payload_format_indicator: props.payload_format_indicator.into(),
-                content_type: props.content_type.as_deref().map(Into::into).into(),
-                response_topic: props.response_topic.as_deref().map(Into::into).into(),
-                correlation_data: props.correlation_data.as_deref().map(Into::into).into(),
-                user_properties: user_properties.as_slice().into(),
-                timestamp_ms: now_ms(),
-            };
+            let mut view = message.view(&user_properties);
+            view.username = username.map(Into::into).into();
+            view.is_will = is_will;
+            view.timestamp_ms = now_ms();
             let decision = self.hooks.message_publish(&view);
             drop(user_properties);
             if decision.drop {
@@ -325,6 +306,28 @@ impl Broker {
         self.session(client_id).and_then(|s| s.info.lock().clone())
     }
 
+    /// Fires `message.dropped` for a message a session's queue refused.
+    fn notify_dropped(&self, client_id: &str, message: &Message, why: &str) {
+        if !self.hooks.enabled(HookPoint::MESSAGE_DROPPED) {
+            return;
+        }
+        let ups: Vec<UserPropertyView<'_>> = message
+            .properties
+            .user_properties
+            .iter()
+            .map(|(k, v)| UserPropertyView {
+                key: k.as_str().into(),
+                value: v.as_str().into(),
+            })
+            .collect();
+        let view = plugin_api::MessageEventView {
+            client_id: client_id.into(),
+            message: message.view(&ups),
+            reason: why.into(),
+        };
+        self.hooks.message_event(HookPoint::MESSAGE_DROPPED, &view);
+    }
+
     /// Fires a session-level notification that has only the client id to go on.
     fn notify_session(&self, point: HookPoint, client_id: &str) {
         if !self.hooks.enabled(point) {
@@ -446,6 +449,7 @@ impl Broker {
                 Enqueued::Dropped => {
                     metrics::add(&self.metrics.messages_dropped, 1);
                     tracing::debug!(client_id = %first.session.client_id, topic = %message.topic, "message dropped: session queue full");
+                    self.notify_dropped(&first.session.client_id, &message, "queue_full");
                 }
             }
             rest = &mut tail[merged..];

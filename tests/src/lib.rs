@@ -820,6 +820,17 @@ pub fn workspace_root() -> PathBuf {
 /// This is how a plugin built against another version of the API really comes about: another
 /// copy of the crate, compiled separately.
 pub fn build_blocker_variant(label: &str, panic_abort: bool, mutate: impl Fn(&Path)) -> Vec<u8> {
+    build_fixture_variant(label, panic_abort, mutate, |_| {})
+}
+
+/// Like [`build_blocker_variant`], and `mutate_plugin` also gets the copied blocker crate's
+/// directory (to change its version or its code: a rebuilt plugin).
+pub fn build_fixture_variant(
+    label: &str,
+    panic_abort: bool,
+    mutate: impl Fn(&Path),
+    mutate_plugin: impl Fn(&Path),
+) -> Vec<u8> {
     let root_dir = workspace_root();
     let root: toml::Table = std::fs::read_to_string(root_dir.join("Cargo.toml"))
         .expect("root manifest")
@@ -861,11 +872,19 @@ pub fn build_blocker_variant(label: &str, panic_abort: bool, mutate: impl Fn(&Pa
     std::fs::write(ws.path().join("Cargo.toml"), ws_manifest).expect("write");
     std::fs::copy(root_dir.join("Cargo.lock"), ws.path().join("Cargo.lock")).expect("lock file");
     mutate(&api);
+    mutate_plugin(&blocker);
+    // One target directory for every variant: shared dependencies are built once, and the
+    // variants' own crates differ in source path or flags, so their artifacts do not collide.
+    // Cargo's lock serialises concurrent builds; each caller reads its library right away.
     let target = bin_dir()
         .parent()
         .expect("target dir")
-        .join("fixture-build")
-        .join(label);
+        .join("fixture-build");
+    std::fs::create_dir_all(&target).expect("fixture target dir");
+    // Concurrent fixture builds (tests run in parallel, in several test binaries) would race on
+    // the uplifted target/debug/libblocker.so: hold a file lock over build and read.
+    let lock = std::fs::File::create(target.join(".fixture.lock")).expect("lock file");
+    lock.lock().expect("lock fixture builds");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .args([

@@ -582,3 +582,124 @@ async fn abi_mismatches_are_refused_with_one_clear_line() {
     let c = V4Client::connect(b.port(), "unharmed").await;
     c.disconnect().await;
 }
+
+/// Acceptance: a plugin rebuilt with a new version (and new behaviour) at its install path is
+/// picked up by `reload` without a broker restart, and `list` shows the new version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilt_plugin_with_a_new_version_runs_after_reload() {
+    let build = |version: &'static str, prefix: &'static str| {
+        build_fixture_variant(
+            &format!("blocker {version}"),
+            false,
+            |_| {},
+            move |plugin| {
+                edit(
+                    plugin,
+                    "Cargo.toml",
+                    "version = \"1.0.0\"",
+                    &format!("version = \"{version}\""),
+                );
+                edit(
+                    plugin,
+                    "src/lib.rs",
+                    "starts_with(\"blocked/\")",
+                    &format!("starts_with(\"{prefix}\")"),
+                );
+            },
+        )
+    };
+    let v1 = build("1.1.0", "blocked/");
+    let v2 = build("2.0.0", "barred/");
+    let plugins = tempfile::tempdir().expect("tmp");
+    let installed = plugins.path().join("libblocker.so");
+    std::fs::write(&installed, &v1).expect("install v1");
+    let b = Broker::start_in(tempfile::tempdir().expect("tmp"), plugins.path(), "");
+    b.ctl_ok(&["plugins", "load", "blocker"]);
+    let list = b.ctl_ok(&["plugins", "list"]);
+    assert!(list.contains("Plugin(blocker, version=1.1.0"), "{list}");
+    let mut sub = V4Client::connect(b.port(), "sub").await;
+    sub.subscribe("#", QoS::AtLeastOnce).await;
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    publisher
+        .client
+        .publish("barred/x", QoS::AtLeastOnce, false, "v1 lets it through")
+        .await
+        .expect("publish");
+    assert_eq!(sub.recv_publish().await.topic, "barred/x");
+
+    // "cargo build" of the new version replaces the file at the install path.
+    let tmp = plugins.path().join(".libblocker.so.new");
+    std::fs::write(&tmp, &v2).expect("write v2");
+    std::fs::rename(&tmp, &installed).expect("install v2");
+    assert_eq!(
+        b.ctl_ok(&["plugins", "reload", "blocker"]).trim(),
+        "Plugin blocker reloaded successfully."
+    );
+    assert!(b
+        .ctl_ok(&["plugins", "list"])
+        .contains("Plugin(blocker, version=2.0.0"));
+    publisher
+        .client
+        .publish("barred/y", QoS::AtLeastOnce, false, "v2 drops it")
+        .await
+        .expect("publish");
+    publisher
+        .client
+        .publish("blocked/z", QoS::AtLeastOnce, false, "v2 lets it through")
+        .await
+        .expect("publish");
+    assert_eq!(
+        sub.recv_publish().await.topic,
+        "blocked/z",
+        "the new code runs"
+    );
+}
+
+#[tokio::test]
+async fn acl_cache_holds_decisions_until_cleaned() {
+    let b = Broker::start();
+    b.plugin_config("probe", "acl_deny_prefix = \"secret/\"\n");
+    b.ctl_ok(&["plugins", "load", "probe"]);
+    let mut w = Wire::connected(b.port(), 5, "pub5").await;
+    let publish = |id: u8| {
+        let mut body = mqtt_string("secret/x");
+        body.extend([0x00, id, 0x00, b'x']);
+        packet(0x32, &body)
+    };
+    w.send(&publish(1)).await;
+    assert_eq!(w.recv().await.expect("PUBACK").body[2], 0x87);
+    // The plugin stops denying; the cached decision still applies …
+    b.plugin_config("probe", "acl = \"allow\"\n");
+    b.ctl_ok(&["plugins", "reload", "probe"]);
+    w.send(&publish(2)).await;
+    assert_eq!(w.recv().await.expect("PUBACK").body[2], 0x87, "cached deny");
+    // … until the cache is cleaned.
+    assert_eq!(
+        b.ctl_ok(&["acl-cache", "clean", "pub5"]).trim(),
+        "ACL cache cleaned for 1 client(s)."
+    );
+    w.send(&publish(3)).await;
+    let ack = w.recv().await.expect("PUBACK");
+    assert!(
+        ack.body.len() == 2 || ack.body[2] < 0x80,
+        "allowed after cleaning: {ack:?}"
+    );
+}
+
+#[tokio::test]
+async fn timed_out_authentication_follows_on_error_and_is_counted() {
+    let b = Broker::start_with("[plugins]\nhook_timeout_ms = 200\n");
+    b.plugin_config("probe", "auth = \"allow\"\nauth_delay_ms = 3000\n");
+    b.ctl_ok(&["plugins", "load", "probe"]);
+    let started = Instant::now();
+    let mut w = Wire::open(b.port()).await;
+    w.send(&connect_packet(4, "patient", true, 60)).await;
+    // probe's on_error is ignore → next plugin → none → auth.no_match = deny.
+    assert_eq!(w.recv().await.expect("CONNACK").body, [0, 5]);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered at the timeout, not the backend's pace"
+    );
+    let list = b.ctl_ok(&["plugins", "list"]);
+    assert!(list.contains("timeouts=1"), "{list}");
+}

@@ -481,7 +481,7 @@ impl PluginManager {
                 .strip_prefix(prefix.as_str())
                 .and_then(|r| r.strip_suffix(suffix.as_str()))
             {
-                if valid_plugin_name(n) && !n.starts_with("broker") {
+                if valid_plugin_name(n) {
                     names.insert(n.to_owned());
                 }
             }

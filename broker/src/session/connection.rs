@@ -35,7 +35,7 @@ use crate::metrics;
 use crate::router::{TopicFilter, TopicName};
 use plugin_api::{
     Access, AclRequest, AuthRequest, ClientView, DenyReason, EventView, HookPoint,
-    MessageEventView, MessageView, SubOptions, SubscribeView, SubscriptionView,
+    MessageEventView, SubOptions, SubscribeView, SubscriptionView,
 };
 
 use super::{Control, Delivery, KickReason, Message, Outgoing, Session};
@@ -297,29 +297,6 @@ fn sub_options(o: &crate::codec::SubscriptionOptions) -> SubOptions {
         no_local: o.no_local,
         retain_as_published: o.retain_as_published,
         retain_handling: o.retain_handling as u8,
-    }
-}
-
-fn message_view<'a>(
-    m: &'a Message,
-    user_properties: &'a [plugin_api::UserPropertyView<'a>],
-) -> MessageView<'a> {
-    let p = &m.properties;
-    MessageView {
-        topic: m.topic.as_str().into(),
-        payload: m.payload.as_ref().into(),
-        qos: m.qos as u8,
-        retain: m.retain,
-        publisher: m.publisher.as_deref().map(Into::into).into(),
-        username: None.into(),
-        is_will: false,
-        message_expiry_interval: None.into(),
-        payload_format_indicator: p.payload_format_indicator.into(),
-        content_type: p.content_type.as_deref().map(Into::into).into(),
-        response_topic: p.response_topic.as_deref().map(Into::into).into(),
-        correlation_data: p.correlation_data.as_deref().map(Into::into).into(),
-        user_properties: user_properties.into(),
-        timestamp_ms: 0,
     }
 }
 
@@ -748,7 +725,7 @@ impl Connection {
             .collect();
         let view = MessageEventView {
             client_id: (*self.client_id).into(),
-            message: message_view(&d.message, &ups),
+            message: d.message.view(&ups),
             reason: why.into(),
         };
         self.broker.hooks.message_event(point, &view);

@@ -53,6 +53,36 @@ pub struct Message {
     pub expires_at: Option<Instant>,
 }
 
+impl Message {
+    /// The message as plugins see it, borrowed; `user_properties` must hold views of
+    /// `self.properties.user_properties`.
+    pub fn view<'a>(
+        &'a self,
+        user_properties: &'a [plugin_api::UserPropertyView<'a>],
+    ) -> plugin_api::MessageView<'a> {
+        let p = &self.properties;
+        plugin_api::MessageView {
+            topic: self.topic.as_str().into(),
+            payload: self.payload.as_ref().into(),
+            qos: self.qos as u8,
+            retain: self.retain,
+            publisher: self.publisher.as_deref().map(Into::into).into(),
+            username: None.into(),
+            is_will: false,
+            message_expiry_interval: self
+                .expires_at
+                .map(|t| t.saturating_duration_since(Instant::now()).as_secs() as u32)
+                .into(),
+            payload_format_indicator: p.payload_format_indicator.into(),
+            content_type: p.content_type.as_deref().map(Into::into).into(),
+            response_topic: p.response_topic.as_deref().map(Into::into).into(),
+            correlation_data: p.correlation_data.as_deref().map(Into::into).into(),
+            user_properties: user_properties.into(),
+            timestamp_ms: 0,
+        }
+    }
+}
+
 /// One message on its way to one session, with what the matching subscriptions decided.
 #[derive(Debug, Clone)]
 pub struct Delivery {
