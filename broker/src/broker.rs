@@ -30,9 +30,7 @@ use crate::router::{Match, TopicFilter, TopicName, Trie};
 use crate::session::{
     Control, Delivery, Enqueued, KickReason, Message, Session, SubEntry, Subscription,
 };
-use plugin_api::{
-    ClientInfo, ClientView, EventView, HookPoint, OutgoingMessage, SubOptions, UserPropertyView,
-};
+use plugin_api::{ClientInfo, ClientView, EventView, HookPoint, OutgoingMessage, SubOptions};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -133,15 +131,7 @@ impl Broker {
         is_will: bool,
     ) -> Option<usize> {
         if self.hooks.enabled(HookPoint::MESSAGE_PUBLISH) {
-            let props = &message.properties;
-            let user_properties: Vec<UserPropertyView<'_>> = props
-                .user_properties
-                .iter()
-                .map(|(k, v)| UserPropertyView {
-                    key: k.as_str().into(),
-                    value: v.as_str().into(),
-                })
-                .collect();
+            let user_properties = message.user_property_views();
             let mut view = message.view(&user_properties);
             view.username = username.map(Into::into).into();
             view.is_will = is_will;
@@ -311,15 +301,7 @@ impl Broker {
         if !self.hooks.enabled(HookPoint::MESSAGE_DROPPED) {
             return;
         }
-        let ups: Vec<UserPropertyView<'_>> = message
-            .properties
-            .user_properties
-            .iter()
-            .map(|(k, v)| UserPropertyView {
-                key: k.as_str().into(),
-                value: v.as_str().into(),
-            })
-            .collect();
+        let ups = message.user_property_views();
         let view = plugin_api::MessageEventView {
             client_id: client_id.into(),
             message: message.view(&ups),

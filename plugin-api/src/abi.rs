@@ -631,3 +631,50 @@ pub struct LogRecord<'a> {
     /// The formatted message and fields.
     pub message: RStr<'a>,
 }
+
+impl<'a> MessageView<'a> {
+    /// A QoS 0 message with no properties: the starting point for tests of
+    /// [`crate::Plugin::on_message_publish`].
+    ///
+    /// Since API 1.
+    pub fn new(topic: &'a str, payload: &'a [u8]) -> MessageView<'a> {
+        MessageView {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos: 0,
+            retain: false,
+            publisher: ROption::RNone,
+            username: ROption::RNone,
+            is_will: false,
+            message_expiry_interval: ROption::RNone,
+            payload_format_indicator: ROption::RNone,
+            content_type: ROption::RNone,
+            response_topic: ROption::RNone,
+            correlation_data: ROption::RNone,
+            user_properties: RSlice::from_slice(&[]),
+            timestamp_ms: 0,
+        }
+    }
+}
+
+/// Does topic filter `filter` match topic name `topic` (MQTT section 4.7)? `+` matches one
+/// level, a trailing `#` any number (including none: `a/#` matches `a`), and a topic starting
+/// with `$` is not matched by a filter starting with a wildcard.
+///
+/// Since API 1.
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}

@@ -46,6 +46,7 @@
 pub mod abi;
 pub mod ffi;
 pub mod sdk;
+pub mod testing;
 
 pub use abi::*;
 pub use ffi::{Host, HostRef, Host_TO, PluginBox, PluginInstance, PluginMod, PluginModRef};

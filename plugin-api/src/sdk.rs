@@ -122,6 +122,12 @@ pub struct Context {
 }
 
 impl Context {
+    /// A context from parts. The broker builds the real one; tests build one with
+    /// [`crate::testing::TestHost`].
+    pub fn new(host: HostRef, runtime: tokio::runtime::Handle) -> Context {
+        Context { host, runtime }
+    }
+
     /// The broker's services.
     pub fn host(&self) -> &HostRef {
         &self.host

@@ -805,6 +805,28 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Runs `cargo <args> --offline --quiet --target-dir <target>` in `dir`; panics with cargo's
+/// output if it fails.
+pub fn run_cargo(dir: &Path, args: &[&str], target: &Path) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(args)
+        .args(["--offline", "--quiet", "--target-dir"])
+        .arg(target)
+        .current_dir(dir)
+        .env_remove("RUSTFLAGS")
+        .env("CARGO_TERM_COLOR", "never")
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "cargo {args:?} in {} failed:\n{}\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The workspace root (where the top-level Cargo.toml is).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -819,14 +841,13 @@ pub fn workspace_root() -> PathBuf {
 ///
 /// This is how a plugin built against another version of the API really comes about: another
 /// copy of the crate, compiled separately.
-pub fn build_blocker_variant(label: &str, panic_abort: bool, mutate: impl Fn(&Path)) -> Vec<u8> {
-    build_fixture_variant(label, panic_abort, mutate, |_| {})
+pub fn build_blocker_variant(panic_abort: bool, mutate: impl Fn(&Path)) -> Vec<u8> {
+    build_fixture_variant(panic_abort, mutate, |_| {})
 }
 
 /// Like [`build_blocker_variant`], and `mutate_plugin` also gets the copied blocker crate's
 /// directory (to change its version or its code: a rebuilt plugin).
 pub fn build_fixture_variant(
-    label: &str,
     panic_abort: bool,
     mutate: impl Fn(&Path),
     mutate_plugin: impl Fn(&Path),
@@ -837,7 +858,17 @@ pub fn build_fixture_variant(
         .parse()
         .expect("root manifest parses");
     let ws = tempfile::tempdir().expect("tmp");
-    let api = ws.path().join("plugin-api");
+    // Cargo hashes workspace members by their path relative to the workspace root; a unique
+    // directory per build keeps variants from sharing (stale) artifacts in the shared target.
+    let unique = format!(
+        "v{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let api = ws.path().join(&unique).join("plugin-api");
     copy_dir(&root_dir.join("plugin-api/src"), &api.join("src"));
     let api_manifest = standalone_manifest(&root_dir.join("plugin-api"), &root);
     std::fs::write(
@@ -845,7 +876,7 @@ pub fn build_fixture_variant(
         toml::to_string(&api_manifest).expect("toml"),
     )
     .expect("write");
-    let blocker = ws.path().join("blocker");
+    let blocker = ws.path().join(&unique).join("blocker");
     copy_dir(
         &root_dir.join("tests/fixtures/blocker/src"),
         &blocker.join("src"),
@@ -865,7 +896,7 @@ pub fn build_fixture_variant(
     )
     .expect("write");
     let mut ws_manifest =
-        String::from("[workspace]\nresolver = \"2\"\nmembers = [\"plugin-api\", \"blocker\"]\n");
+        format!("[workspace]\nresolver = \"2\"\nmembers = [\"{unique}/plugin-api\", \"{unique}/blocker\"]\n");
     if panic_abort {
         ws_manifest.push_str("\n[profile.dev]\npanic = \"abort\"\n");
     }
@@ -885,27 +916,6 @@ pub fn build_fixture_variant(
     // the uplifted target/debug/libblocker.so: hold a file lock over build and read.
     let lock = std::fs::File::create(target.join(".fixture.lock")).expect("lock file");
     lock.lock().expect("lock fixture builds");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args([
-            "build",
-            "--offline",
-            "--quiet",
-            "-p",
-            "blocker",
-            "--manifest-path",
-        ])
-        .arg(ws.path().join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .env_remove("RUSTFLAGS")
-        .env("CARGO_TERM_COLOR", "never")
-        .output()
-        .expect("run cargo");
-    assert!(
-        out.status.success(),
-        "building the {label} fixture failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_cargo(ws.path(), &["build", "-p", "blocker"], &target);
     std::fs::read(target.join("debug").join("libblocker.so")).expect("built library")
 }

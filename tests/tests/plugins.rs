@@ -535,28 +535,28 @@ async fn abi_mismatches_are_refused_with_one_clear_line() {
     let variants: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "otherversion",
-            build_blocker_variant("otherversion", false, |api| {
+            build_blocker_variant(false, |api| {
                 edit(api, "Cargo.toml", "version = \"0.1.0\"", "version = \"0.2.0\"");
             }),
             "plugin built against plugin-api 0.2.0, this broker uses plugin-api 0.1.0; rebuild the plugin against plugin-api 0.1.0",
         ),
         (
             "drifted",
-            build_blocker_variant("drifted", false, |api| {
-                edit(api, "src/abi.rs", "    /// 1 error, 2 warn, 3 info, 4 debug, 5 trace.\n    pub level: u8,", "    /// 1 error, 2 warn, 3 info, 4 debug, 5 trace.\n    pub level: u16,");
+            build_blocker_variant(false, |api| {
+                edit(api, "src/abi.rs", "    /// v5 Retain Handling (0, 1, 2).\n    pub retain_handling: u8,", "    /// v5 Retain Handling (0, 1, 2).\n    pub retain_handling: u16,");
             }),
-            "ABI mismatch: type layout differs from this broker's plugin-api",
+            "ABI mismatch: type layout differs from this broker's plugin-api (mismatched type in SubOptions.retain_handling: broker has u8, plugin has u16)",
         ),
         (
             "newerapi",
-            build_blocker_variant("newerapi", false, |api| {
+            build_blocker_variant(false, |api| {
                 edit(api, "src/abi.rs", "pub const API_VERSION: u32 = 1;", "pub const API_VERSION: u32 = 2;");
             }),
             "plugin built for plugin API v2, this broker speaks v1",
         ),
         (
             "abortive",
-            build_blocker_variant("abortive", true, |_| {}),
+            build_blocker_variant(true, |_| {}),
             "plugin was built with panic = \"abort\"",
         ),
     ];
@@ -589,7 +589,6 @@ async fn abi_mismatches_are_refused_with_one_clear_line() {
 async fn rebuilt_plugin_with_a_new_version_runs_after_reload() {
     let build = |version: &'static str, prefix: &'static str| {
         build_fixture_variant(
-            &format!("blocker {version}"),
             false,
             |_| {},
             move |plugin| {

@@ -31,6 +31,8 @@ commands:
   status                               broker status and counters
   plugins list                         every plugin found, loaded or not
   plugins load|unload|reload <name>    manage a plugin while the broker runs
+  plugins new <name> [--dir D] [--api-path P | --api-git URL]
+                                       write a new plugin crate (no broker needed)
   clients list                         connected clients
   clients kick <client_id>             disconnect a client
   acl-cache clean [client_id]          forget cached ACL decisions
@@ -90,6 +92,50 @@ fn admin_addr(config: &Config) -> SocketAddr {
         .unwrap_or(config.admin.bind)
 }
 
+/// `brokerctl plugins new <name> [--dir D] [--api-path P | --api-git URL]`.
+fn new_plugin(args: &[String]) -> ExitCode {
+    use broker::plugin::template::{default_api_path, generate, ApiSource};
+    let mut name = None;
+    let mut dir = None;
+    let mut api = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--dir" => dir = it.next().map(PathBuf::from),
+            "--api-path" => api = it.next().map(|p| ApiSource::Path(PathBuf::from(p))),
+            "--api-git" => api = it.next().map(|u| ApiSource::Git(u.clone())),
+            other if name.is_none() && !other.starts_with('-') => name = Some(other.to_owned()),
+            other => {
+                eprintln!("unexpected argument {other:?}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(name) = name else {
+        eprintln!("plugins new needs a name\n{USAGE}");
+        return ExitCode::from(2);
+    };
+    let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+    let Some(api) = api.or_else(|| default_api_path().map(ApiSource::Path)) else {
+        eprintln!("cannot find the plugin-api crate this brokerctl was built from: pass --api-path <dir> or --api-git <url>");
+        return ExitCode::from(2);
+    };
+    match generate(&name, &dir, &api) {
+        Ok(files) => {
+            println!("Plugin crate {name} created in {}:", dir.display());
+            for f in files {
+                println!("  {}", f.display());
+            }
+            println!("Build it with `cargo build --release` there, copy target/release/lib{name}.so to the broker's plugin_dir and {name}.toml to etc/plugins/, then `brokerctl plugins load {name}`.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let o = match parse_args() {
         Ok(o) => o,
@@ -98,6 +144,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if o.args.len() >= 2 && o.args[0] == "plugins" && o.args[1] == "new" {
+        return new_plugin(&o.args[2..]);
+    }
     let config = match Config::load(&o.config) {
         Ok(c) => c,
         Err(e) => {

@@ -20,6 +20,7 @@
 
 pub mod host;
 pub mod loader;
+pub mod template;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};

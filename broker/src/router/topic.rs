@@ -114,27 +114,9 @@ impl fmt::Display for TopicFilter {
     }
 }
 
-/// The reference matcher: does `filter` match `topic` (section 4.7)? Used by the trie's tests as
-/// the model, and by code that checks one filter against one topic.
-///
-/// A topic starting with `$` is not matched by a filter starting with a wildcard
-/// ([MQTT-4.7.2-1]); `a/#` also matches `a` ([MQTT-4.7.1-2]).
-pub fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
+/// The reference matcher: does `filter` match `topic` (section 4.7)? The trie's tests use it
+/// as the model. It lives in `plugin-api` so plugins match topics exactly as the broker does.
+pub use plugin_api::topic_matches as matches;
 
 #[cfg(test)]
 mod tests {

@@ -713,16 +713,7 @@ impl Connection {
         if !self.broker.hooks.enabled(point) {
             return;
         }
-        let ups: Vec<plugin_api::UserPropertyView<'_>> = d
-            .message
-            .properties
-            .user_properties
-            .iter()
-            .map(|(k, v)| plugin_api::UserPropertyView {
-                key: k.as_str().into(),
-                value: v.as_str().into(),
-            })
-            .collect();
+        let ups = d.message.user_property_views();
         let view = MessageEventView {
             client_id: (*self.client_id).into(),
             message: d.message.view(&ups),

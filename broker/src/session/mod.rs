@@ -54,6 +54,18 @@ pub struct Message {
 }
 
 impl Message {
+    /// Views of the user properties, for [`Message::view`].
+    pub fn user_property_views(&self) -> Vec<plugin_api::UserPropertyView<'_>> {
+        self.properties
+            .user_properties
+            .iter()
+            .map(|(k, v)| plugin_api::UserPropertyView {
+                key: k.as_str().into(),
+                value: v.as_str().into(),
+            })
+            .collect()
+    }
+
     /// The message as plugins see it, borrowed; `user_properties` must hold views of
     /// `self.properties.user_properties`.
     pub fn view<'a>(
