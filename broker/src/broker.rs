@@ -153,8 +153,8 @@ impl Broker {
         Some(self.route(Arc::new(message)))
     }
 
-    /// Publishes a message on behalf of a plugin (host service).
-    pub fn publish_from_plugin(&self, m: OutgoingMessage) -> Result<usize, String> {
+    /// Builds a broker message from a plugin's.
+    fn message_from_plugin(m: OutgoingMessage) -> Result<Message, String> {
         let topic = TopicName::new(m.topic.as_str()).map_err(|e| e.to_string())?;
         let qos = QoS::from_u8(m.qos).ok_or_else(|| format!("invalid QoS {}", m.qos))?;
         let properties = crate::codec::Properties {
@@ -163,18 +163,62 @@ impl Broker {
                 .into_iter()
                 .map(|t| (t.0.into(), t.1.into()))
                 .collect(),
+            payload_format_indicator: m.payload_format_indicator.into_option(),
+            content_type: m.content_type.into_option().map(Into::into),
+            response_topic: m.response_topic.into_option().map(Into::into),
+            correlation_data: m
+                .correlation_data
+                .into_option()
+                .map(|c| Vec::from(c).into()),
             ..Default::default()
         };
-        let message = Message {
+        Ok(Message {
             topic,
             payload: Vec::from(m.payload).into(),
             qos,
             retain: m.retain,
             properties,
             publisher: None,
-            expires_at: None,
-        };
+            expires_at: m
+                .message_expiry_interval
+                .into_option()
+                .map(|s| tokio::time::Instant::now() + Duration::from_secs(s as u64)),
+        })
+    }
+
+    /// Publishes a message on behalf of a plugin (host service).
+    pub fn publish_from_plugin(&self, m: OutgoingMessage) -> Result<usize, String> {
+        let message = Self::message_from_plugin(m)?;
         Ok(self.publish(message, None, false).unwrap_or(0))
+    }
+
+    /// Queues a message for one client only (host service `deliver`).
+    pub fn deliver_from_plugin(
+        &self,
+        client_id: &str,
+        m: OutgoingMessage,
+        subscription_id: u32,
+    ) -> Result<(), String> {
+        let session = self
+            .session(client_id)
+            .ok_or_else(|| format!("no session for client {client_id:?}"))?;
+        let message = Self::message_from_plugin(m)?;
+        let delivery = Delivery {
+            qos: message.qos,
+            retain: message.retain,
+            subscription_ids: (subscription_id > 0)
+                .then_some(subscription_id)
+                .into_iter()
+                .collect(),
+            message: Arc::new(message),
+        };
+        match session.enqueue(delivery) {
+            Enqueued::Queued => Ok(()),
+            Enqueued::Dropped => {
+                metrics::add(&self.metrics.messages_dropped, 1);
+                Err(format!("queue of {client_id:?} is full"))
+            }
+        }
     }
 
     /// Subscribes an existing session on behalf of a plugin (host service). Returns the
@@ -200,7 +244,37 @@ impl Broker {
                 _ => RetainHandling::SendAtSubscribe,
             },
         };
-        self.add_subscription(&session, raw.to_owned(), group, filter, options, None);
+        let is_new = self.add_subscription(
+            &session,
+            raw.to_owned(),
+            group.clone(),
+            filter.clone(),
+            options,
+            None,
+        );
+        // Plugins (a retainer) learn of it as of any subscription.
+        if self.hooks.enabled(HookPoint::SESSION_SUBSCRIBED) {
+            // Clone first: the info lock must not be held while plugins run.
+            let info = session.info.lock().clone();
+            if let Some(info) = info {
+                let subscription = plugin_api::SubscriptionView {
+                    filter: filter.as_str().into(),
+                    share_group: group.as_deref().map(Into::into).into(),
+                    options: o,
+                    is_new,
+                    subscription_id: 0,
+                };
+                self.hooks.notify(
+                    HookPoint::SESSION_SUBSCRIBED,
+                    &EventView {
+                        client: info.view(),
+                        reason: "".into(),
+                        reason_code: 0,
+                        subscription: Some(subscription).into(),
+                    },
+                );
+            }
+        }
         Ok(qos as u8)
     }
 

@@ -333,6 +333,32 @@ pub struct ClientInfo {
     pub is_superuser: bool,
 }
 
+impl ClientInfo {
+    /// A borrowed view of this client.
+    ///
+    /// Since API 1.
+    pub fn view(&self) -> ClientView<'_> {
+        ClientView {
+            client_id: self.client_id.as_rstr(),
+            username: self.username.as_ref().map(|u| u.as_rstr()),
+            peer_ip: self.peer_ip.as_rstr(),
+            peer_port: self.peer_port,
+            sock_port: self.sock_port,
+            listener: self.listener.as_rstr(),
+            transport: self.transport.as_rstr(),
+            proto_ver: self.proto_ver,
+            proto_name: self.proto_name.as_rstr(),
+            keep_alive: self.keep_alive,
+            clean_start: self.clean_start,
+            expiry_interval: self.expiry_interval,
+            connected_at_ms: self.connected_at_ms,
+            cert_common_name: self.cert_common_name.as_ref().map(|c| c.as_rstr()),
+            cert_subject: self.cert_subject.as_ref().map(|c| c.as_rstr()),
+            is_superuser: self.is_superuser,
+        }
+    }
+}
+
 impl ClientView<'_> {
     /// An owned copy.
     pub fn to_owned_info(&self) -> ClientInfo {
@@ -616,6 +642,16 @@ pub struct OutgoingMessage {
     pub retain: bool,
     /// v5 user properties.
     pub user_properties: RVec<abi_stable::std_types::Tuple2<RString, RString>>,
+    /// v5 Message Expiry Interval, seconds.
+    pub message_expiry_interval: ROption<u32>,
+    /// v5 Payload Format Indicator.
+    pub payload_format_indicator: ROption<u8>,
+    /// v5 Content Type.
+    pub content_type: ROption<RString>,
+    /// v5 Response Topic.
+    pub response_topic: ROption<RString>,
+    /// v5 Correlation Data.
+    pub correlation_data: ROption<RVec<u8>>,
 }
 
 /// A log record forwarded from a plugin to the broker's log.

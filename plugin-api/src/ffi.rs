@@ -55,6 +55,20 @@ pub trait Host: Send + Sync + Clone {
     /// The broker's node name.
     #[sabi(last_prefix_field)]
     fn node_name(&self) -> RString;
+
+    /// Delivers `message` to one client's session only, with the RETAIN flag as given, at the
+    /// message's QoS (the caller applies min(stored, granted)), tagged with
+    /// `subscription_id` (0 = none). For a retainer replaying retained messages on subscribe;
+    /// it bypasses routing and the `message.publish` chain.
+    fn deliver(
+        &self,
+        client_id: RStr<'_>,
+        message: OutgoingMessage,
+        subscription_id: u32,
+    ) -> RResult<(), RString> {
+        let _ = (client_id, message, subscription_id);
+        RResult::RErr("this broker does not support deliver".into())
+    }
 }
 
 /// The host object handed to a plugin at creation. Cheap to clone.

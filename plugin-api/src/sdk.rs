@@ -460,9 +460,10 @@ macro_rules! export_plugin {
             $crate::sdk::describe::<$plugin>(env!("CARGO_PKG_VERSION"))
         }
 
-        /// The root module the broker loads.
+        // Private on purpose: the exported (#[no_mangle]) header static takes this visibility,
+        // and a public item would need docs in the plugin crate.
         #[$crate::export_root_module]
-        pub fn __broker_plugin_root_module() -> $crate::PluginModRef {
+        fn __broker_plugin_root_module() -> $crate::PluginModRef {
             $crate::sdk::root_module::<$plugin>(cfg!(panic = "unwind"), __broker_plugin_describe)
         }
     };

@@ -28,6 +28,7 @@ use crate::sdk::Context;
 pub struct TestHost {
     published: Arc<Mutex<Vec<OutgoingMessage>>>,
     subscribed: Arc<Mutex<Vec<(String, String)>>>,
+    delivered: Arc<Mutex<Vec<(String, OutgoingMessage)>>>,
     logs: Arc<Mutex<Vec<(u8, String)>>>,
 }
 
@@ -43,6 +44,11 @@ impl TestHost {
             .lock()
             .map(|v| v.clone())
             .unwrap_or_default()
+    }
+
+    /// (client id, message) pairs the plugin delivered to single clients.
+    pub fn delivered(&self) -> Vec<(String, OutgoingMessage)> {
+        self.delivered.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
     /// (level, message) log records the plugin wrote.
@@ -90,6 +96,18 @@ impl Host for TestHost {
 
     fn node_name(&self) -> RString {
         "test@localhost".into()
+    }
+
+    fn deliver(
+        &self,
+        client_id: RStr<'_>,
+        message: OutgoingMessage,
+        _subscription_id: u32,
+    ) -> RResult<(), RString> {
+        if let Ok(mut d) = self.delivered.lock() {
+            d.push((client_id.to_string(), message));
+        }
+        RResult::ROk(())
     }
 }
 

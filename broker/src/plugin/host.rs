@@ -80,6 +80,21 @@ impl Host for BrokerHost {
         crate::broker::now_ms()
     }
 
+    fn deliver(
+        &self,
+        client_id: RStr<'_>,
+        message: OutgoingMessage,
+        subscription_id: u32,
+    ) -> RResult<(), RString> {
+        let Some(broker) = self.broker.upgrade() else {
+            return RResult::RErr("broker is shutting down".into());
+        };
+        match broker.deliver_from_plugin(client_id.as_str(), message, subscription_id) {
+            Ok(()) => RResult::ROk(()),
+            Err(e) => RResult::RErr(e.into()),
+        }
+    }
+
     fn node_name(&self) -> RString {
         self.broker
             .upgrade()

@@ -1,0 +1,255 @@
+//! The shipped plugins (presence, rewrite, subscription) through the real broker, their real
+//! `.so` files and real MQTT clients.
+
+use std::time::Duration;
+
+use broker_tests::rumqttc;
+use broker_tests::rumqttc::QoS;
+use broker_tests::*;
+
+const QUIET: Duration = Duration::from_millis(300);
+
+fn json(p: &rumqttc::Publish) -> serde_json::Value {
+    serde_json::from_slice(&p.payload).unwrap_or_else(|e| panic!("{}: not JSON: {e}", p.topic))
+}
+
+#[tokio::test]
+async fn presence_publishes_connected_and_disconnected_documents() {
+    let b = Broker::start();
+    b.plugin_config("presence", "qos = 1\n");
+    b.ctl_ok(&["plugins", "load", "presence"]);
+    let mut watcher = V4Client::connect(b.port(), "watcher").await;
+    watcher
+        .subscribe("$SYS/brokers/+/clients/+/+", QoS::AtLeastOnce)
+        .await;
+
+    let mut o = v4_options(b.port(), "dev1");
+    o.set_credentials("alice", "pw");
+    let (c, _) = V4Client::connect_with(o).await;
+    let p = watcher.recv_publish().await;
+    assert!(
+        p.topic.starts_with("$SYS/brokers/") && p.topic.ends_with("/clients/dev1/connected"),
+        "{}",
+        p.topic
+    );
+    assert!(!p.retain);
+    assert_eq!(p.qos, QoS::AtLeastOnce);
+    let doc = json(&p);
+    for field in [
+        "clientid",
+        "username",
+        "ipaddress",
+        "sockport",
+        "proto_name",
+        "proto_ver",
+        "keepalive",
+        "clean_start",
+        "expiry_interval",
+        "connected_at",
+        "ts",
+    ] {
+        assert!(doc.get(field).is_some(), "connected lacks {field}: {doc}");
+    }
+    assert_eq!(
+        (
+            doc["clientid"].as_str(),
+            doc["username"].as_str(),
+            doc["proto_ver"].as_u64()
+        ),
+        (Some("dev1"), Some("alice"), Some(4))
+    );
+    assert_eq!(doc["sockport"].as_u64(), Some(b.port() as u64));
+    let connected_at = doc["connected_at"].as_u64().expect("epoch ms");
+    assert!(
+        connected_at > 1_600_000_000_000,
+        "epoch milliseconds: {connected_at}"
+    );
+
+    c.disconnect().await;
+    let p = watcher.recv_publish().await;
+    assert!(p.topic.ends_with("/clients/dev1/disconnected"));
+    let doc = json(&p);
+    for field in [
+        "clientid",
+        "username",
+        "reason",
+        "ipaddress",
+        "connected_at",
+        "disconnected_at",
+        "ts",
+    ] {
+        assert!(
+            doc.get(field).is_some(),
+            "disconnected lacks {field}: {doc}"
+        );
+    }
+    assert_eq!(doc["reason"], "normal");
+    assert_eq!(doc["connected_at"].as_u64(), Some(connected_at));
+
+    // Kick and takeover are disconnections too, with their reasons.
+    let _k = V4Client::connect(b.port(), "kicked").await;
+    watcher.recv_publish().await;
+    assert_eq!(
+        b.ctl_ok(&["clients", "kick", "kicked"]).trim(),
+        "Client kicked kicked."
+    );
+    assert_eq!(json(&watcher.recv_publish().await)["reason"], "kicked");
+    let _first = V4Client::connect(b.port(), "twin").await;
+    watcher.recv_publish().await;
+    let _second = V4Client::connect(b.port(), "twin").await;
+    let mut reasons = Vec::new();
+    for _ in 0..2 {
+        let p = watcher.recv_publish().await;
+        if p.topic.ends_with("/disconnected") {
+            reasons.push(json(&p)["reason"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    assert_eq!(reasons, vec!["takenover".to_string()]);
+
+    // A refused CONNECT produces nothing.
+    let mut w = Wire::open(b.port()).await;
+    w.send(&connect_packet(4, "", false, 60)).await;
+    assert_eq!(w.recv().await.expect("CONNACK").body, [0, 2]);
+    assert!(watcher.recv_publish_within(QUIET).await.is_none());
+}
+
+const REWRITE: &str = "[[rules]]\naction = \"all\"\nsource_topic = \"x/#\"\nre = \"^x/y/(.+)$\"\ndest_topic = \"z/y/$1\"\n";
+
+#[tokio::test]
+async fn rewrite_rules_apply_to_publish_and_subscribe() {
+    let b = Broker::start();
+    b.plugin_config("rewrite", REWRITE);
+    b.ctl_ok(&["plugins", "load", "rewrite"]);
+    let mut sub = V4Client::connect(b.port(), "sub").await;
+    sub.subscribe("z/y/#", QoS::AtLeastOnce).await;
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    publisher
+        .client
+        .publish("x/y/1", QoS::AtLeastOnce, false, "moved")
+        .await
+        .expect("publish");
+    let p = sub.recv_publish().await;
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("z/y/1", &b"moved"[..]));
+    let out = b.ctl_ok(&["rewrite", "test", "x/y/1"]);
+    assert_eq!(out.trim(), "z/y/1 (rule 1: all x/# ^x/y/(.+)$ z/y/$1)");
+    assert_eq!(
+        b.ctl_ok(&["rewrite", "test", "x/q"]).trim(),
+        "x/q (unchanged: the regex of rule 1: all x/# ^x/y/(.+)$ z/y/$1 did not match)"
+    );
+
+    // SUBSCRIBE x/y/# becomes z/y/#, shared subscriptions keep their prefix; UNSUBSCRIBE too.
+    let mut s2 = V4Client::connect(b.port(), "s2").await;
+    s2.subscribe("x/y/#", QoS::AtLeastOnce).await;
+    let mut s3 = V4Client::connect(b.port(), "s3").await;
+    s3.subscribe("$share/g/x/y/#", QoS::AtLeastOnce).await;
+    publisher
+        .client
+        .publish("z/y/direct", QoS::AtLeastOnce, false, "d")
+        .await
+        .expect("publish");
+    assert_eq!(s2.recv_publish().await.topic, "z/y/direct");
+    assert_eq!(s3.recv_publish().await.topic, "z/y/direct");
+    s2.client.unsubscribe("x/y/#").await.expect("unsubscribe");
+    tokio::time::sleep(QUIET).await;
+    publisher
+        .client
+        .publish("z/y/again", QoS::AtLeastOnce, false, "a")
+        .await
+        .expect("publish");
+    assert!(
+        s2.recv_publish_within(QUIET).await.is_none(),
+        "unsubscribed through the rewritten filter"
+    );
+
+    // Reload with a changed rule: the next publish uses it.
+    b.plugin_config("rewrite", &REWRITE.replace("z/y/$1", "z/y/new/$1"));
+    b.ctl_ok(&["plugins", "reload", "rewrite"]);
+    publisher
+        .client
+        .publish("x/y/2", QoS::AtLeastOnce, false, "v2")
+        .await
+        .expect("publish");
+    let mut topics = Vec::new();
+    while let Some(p) = sub.recv_publish_within(QUIET).await {
+        topics.push(p.topic);
+    }
+    assert!(topics.contains(&"z/y/new/2".to_string()), "{topics:?}");
+
+    // An invalid rule fails the reload naming the rule; the running rules stay.
+    b.plugin_config("rewrite", &format!("{REWRITE}\n[[rules]]\naction = \"publish\"\nsource_topic = \"a/#\"\nre = \"(\"\ndest_topic = \"b\"\n"));
+    let bad = b.ctl(&["plugins", "reload", "rewrite"]);
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("rule 2: invalid regex"), "{bad:?}");
+
+    // Unload: topics stay as published.
+    b.ctl_ok(&["plugins", "unload", "rewrite"]);
+    let mut raw = V4Client::connect(b.port(), "raw").await;
+    raw.subscribe("x/#", QoS::AtLeastOnce).await;
+    publisher
+        .client
+        .publish("x/y/3", QoS::AtLeastOnce, false, "plain")
+        .await
+        .expect("publish");
+    assert_eq!(raw.recv_publish().await.topic, "x/y/3");
+}
+
+#[tokio::test]
+async fn rewrite_applies_to_wills() {
+    let b = Broker::start();
+    b.plugin_config("rewrite", REWRITE);
+    b.ctl_ok(&["plugins", "load", "rewrite"]);
+    let mut sub = V4Client::connect(b.port(), "sub").await;
+    sub.subscribe("z/#", QoS::AtLeastOnce).await;
+    let mut o = v4_options(b.port(), "mortal");
+    o.set_last_will(rumqttc::LastWill::new(
+        "x/y/will",
+        "bye",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let (c, _) = V4Client::connect_with(o).await;
+    c.kill();
+    assert_eq!(sub.recv_publish().await.topic, "z/y/will");
+}
+
+#[tokio::test]
+async fn auto_subscribe_on_connect() {
+    let b = Broker::start();
+    b.plugin_config(
+        "subscription",
+        "[[topics]]\ntopic = \"devices/%c/cmd\"\nqos = 1\n\n[[topics]]\ntopic = \"users/%u/inbox\"\nqos = 0\n",
+    );
+    b.ctl_ok(&["plugins", "load", "subscription"]);
+    let mut o = v4_options(b.port(), "dev7");
+    o.set_credentials("carol", "pw");
+    let (mut dev, _) = V4Client::connect_with(o).await;
+    let (mut anon, _) = V4Client::connect_with(v4_options(b.port(), "anon")).await;
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    publisher
+        .client
+        .publish("devices/dev7/cmd", QoS::AtLeastOnce, false, "reboot")
+        .await
+        .expect("publish");
+    publisher
+        .client
+        .publish("users/carol/inbox", QoS::AtLeastOnce, false, "hi")
+        .await
+        .expect("publish");
+    publisher
+        .client
+        .publish("devices/anon/cmd", QoS::AtLeastOnce, false, "x")
+        .await
+        .expect("publish");
+    let p = dev.recv_publish().await;
+    assert_eq!(
+        (p.topic.as_str(), p.qos),
+        ("devices/dev7/cmd", QoS::AtLeastOnce)
+    );
+    assert_eq!(dev.recv_publish().await.topic, "users/carol/inbox");
+    assert_eq!(anon.recv_publish().await.topic, "devices/anon/cmd");
+    assert!(anon.recv_publish_within(QUIET).await.is_none());
+    assert!(
+        b.log().contains("auto-subscription skipped"),
+        "the %u topic is skipped for anon with a warning"
+    );
+}
