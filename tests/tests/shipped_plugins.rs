@@ -253,3 +253,288 @@ async fn auto_subscribe_on_connect() {
         "the %u topic is skipped for anon with a warning"
     );
 }
+
+fn retainer_broker(config: &str) -> Broker {
+    let b = Broker::start();
+    b.plugin_config("retainer", config);
+    b.ctl_ok(&["plugins", "load", "retainer"]);
+    b
+}
+
+#[tokio::test]
+async fn retained_messages_are_replayed_with_the_retain_flag() {
+    let b = retainer_broker("");
+    let mut publisher = V4Client::connect(b.port(), "pub").await;
+    publisher
+        .client
+        .publish("sensors/2/temp", QoS::AtMostOnce, true, "19")
+        .await
+        .expect("publish");
+    publisher
+        .client
+        .publish("sensors/1/temp", QoS::AtLeastOnce, true, "21")
+        .await
+        .expect("publish");
+    publisher
+        .client
+        .publish("sensors/3/temp", QoS::AtLeastOnce, false, "not retained")
+        .await
+        .expect("publish");
+    publisher.wait_acks(2).await;
+    wait_until("two retained topics", || {
+        b.ctl_ok(&["retainer", "topics"])
+            .contains("2 retained message(s)")
+    })
+    .await;
+    let mut sub = V4Client::connect(b.port(), "sub").await;
+    sub.subscribe("sensors/+/temp", QoS::AtLeastOnce).await;
+    // Replayed in publish order.
+    let first = sub.recv_publish().await;
+    let second = sub.recv_publish().await;
+    assert_eq!(
+        (first.topic.as_str(), first.retain, first.qos),
+        ("sensors/2/temp", true, QoS::AtMostOnce),
+        "QoS = min(stored, granted)"
+    );
+    assert_eq!(
+        (
+            second.topic.as_str(),
+            &second.payload[..],
+            second.retain,
+            second.qos
+        ),
+        ("sensors/1/temp", &b"21"[..], true, QoS::AtLeastOnce)
+    );
+    let extra = sub.recv_publish_within(QUIET).await;
+    assert!(extra.is_none(), "unexpected {extra:?}");
+
+    // An empty retained payload deletes the topic (and is still forwarded).
+    publisher
+        .client
+        .publish("sensors/1/temp", QoS::AtLeastOnce, true, Vec::<u8>::new())
+        .await
+        .expect("publish");
+    let fwd = sub.recv_publish().await;
+    assert!(fwd.payload.is_empty());
+    let topics = b.ctl_ok(&["retainer", "topics"]);
+    assert_eq!(topics.trim(), "sensors/2/temp\n1 retained message(s)");
+    assert_eq!(
+        b.ctl_ok(&["retainer", "topics", "--filter", "other/#"])
+            .trim(),
+        "0 retained message(s)"
+    );
+    assert!(b.ctl_ok(&["retainer", "info"]).contains("messages: 1"));
+    assert_eq!(
+        b.ctl_ok(&["retainer", "clean"]).trim(),
+        "Removed 1 retained message(s)."
+    );
+    let mut late = V4Client::connect(b.port(), "late").await;
+    late.subscribe("sensors/#", QoS::AtLeastOnce).await;
+    assert!(late.recv_publish_within(QUIET).await.is_none());
+}
+
+#[tokio::test]
+async fn retain_handling_shared_subscriptions_and_dollar_topics() {
+    let b = retainer_broker("");
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    publisher
+        .client
+        .publish("r/a", QoS::AtLeastOnce, true, "a")
+        .await
+        .expect("publish");
+    publisher
+        .client
+        .publish("$SYS/r", QoS::AtLeastOnce, true, "sys")
+        .await
+        .expect("publish");
+    wait_until("retained", || {
+        b.ctl_ok(&["retainer", "topics"]).contains("2 retained")
+    })
+    .await;
+    use broker_tests::rumqttc::v5::mqttbytes::v5::{Filter, RetainForwardRule};
+    use broker_tests::rumqttc::v5::mqttbytes::QoS as Q5;
+    let mut v5 = V5Client::connect(b.port(), "v5").await;
+    let sub = |f: &str, rh: RetainForwardRule| {
+        let mut filter = Filter::new(f, Q5::AtLeastOnce);
+        filter.retain_forward_rule = rh;
+        filter
+    };
+    // rh = 2: never; rh = 1: only for a new subscription; rh = 0: every time.
+    v5.client
+        .subscribe_many(vec![sub("r/#", RetainForwardRule::Never)])
+        .await
+        .expect("subscribe");
+    assert!(v5
+        .recv_packet_within(QUIET, |p| matches!(p, V5Packet::Publish(_)).then_some(()))
+        .await
+        .is_none());
+    v5.client
+        .subscribe_many(vec![sub("r/+", RetainForwardRule::OnNewSubscribe)])
+        .await
+        .expect("subscribe");
+    let p = v5.recv_publish().await;
+    assert!(p.retain && &p.topic[..] == b"r/a");
+    v5.client
+        .subscribe_many(vec![sub("r/+", RetainForwardRule::OnNewSubscribe)])
+        .await
+        .expect("subscribe");
+    assert!(
+        v5.recv_packet_within(QUIET, |p| matches!(p, V5Packet::Publish(_)).then_some(()))
+            .await
+            .is_none(),
+        "not new"
+    );
+    v5.client
+        .subscribe_many(vec![sub("r/+", RetainForwardRule::OnEverySubscribe)])
+        .await
+        .expect("subscribe");
+    assert!(v5.recv_publish().await.retain);
+    // Shared subscriptions get nothing; "#" does not see $SYS/r, "$SYS/#" does.
+    let mut shared = V4Client::connect(b.port(), "shared").await;
+    shared.subscribe("$share/g/r/#", QoS::AtLeastOnce).await;
+    assert!(shared.recv_publish_within(QUIET).await.is_none());
+    let mut all = V4Client::connect(b.port(), "all").await;
+    all.subscribe("#", QoS::AtLeastOnce).await;
+    assert_eq!(all.recv_publish().await.topic, "r/a");
+    assert!(all.recv_publish_within(QUIET).await.is_none());
+    all.subscribe("$SYS/#", QoS::AtLeastOnce).await;
+    assert_eq!(all.recv_publish().await.topic, "$SYS/r");
+}
+
+#[tokio::test]
+async fn retainer_limits_and_expiry() {
+    let b = retainer_broker("max_retained_messages = 1\nmax_payload_size = 8\n");
+    let mut publisher = V4Client::connect(b.port(), "pub").await;
+    publisher
+        .client
+        .publish("l/1", QoS::AtLeastOnce, true, "one")
+        .await
+        .expect("publish");
+    publisher
+        .client
+        .publish("l/2", QoS::AtLeastOnce, true, "two")
+        .await
+        .expect("publish");
+    publisher
+        .client
+        .publish("l/1", QoS::AtLeastOnce, true, "uno")
+        .await
+        .expect("publish");
+    publisher
+        .client
+        .publish("l/1", QoS::AtLeastOnce, true, "far too long")
+        .await
+        .expect("publish");
+    publisher.wait_acks(4).await;
+    let mut sub = V4Client::connect(b.port(), "sub").await;
+    sub.subscribe("l/#", QoS::AtLeastOnce).await;
+    let p = sub.recv_publish().await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("l/1", &b"uno"[..]),
+        "full: new topic refused, replacement allowed, oversize ignored"
+    );
+    assert!(sub.recv_publish_within(QUIET).await.is_none());
+
+    // v5 Message Expiry Interval.
+    let b = retainer_broker("");
+    let mut w = Wire::connected(b.port(), 5, "exp").await;
+    let mut body = mqtt_string("e/1");
+    body.extend([0x05, 0x02, 0x00, 0x00, 0x00, 0x01, b'x']); // properties: expiry 1 s; payload
+    w.send(&packet(0x31, &body)).await; // QoS 0, RETAIN
+    wait_until("stored", || {
+        b.ctl_ok(&["retainer", "topics"]).contains("1 retained")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut sub = V4Client::connect(b.port(), "sub").await;
+    sub.subscribe("e/#", QoS::AtLeastOnce).await;
+    assert!(sub.recv_publish_within(QUIET).await.is_none(), "expired");
+}
+
+/// Acceptance: with disc storage a retained message survives a broker restart and a reload,
+/// and switching a running retainer from ram to disc keeps working.
+#[tokio::test]
+async fn disc_storage_survives_restart_and_reload() {
+    let mut b = Broker::start();
+    let db = b.dir.path().join("retained.redb");
+    let disc = format!(
+        "storage = \"disc\"\npath = {:?}\n",
+        db.display().to_string()
+    );
+    b.plugin_config("retainer", "storage = \"ram\"\n");
+    b.ctl_ok(&["plugins", "load", "retainer"]);
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    publisher
+        .client
+        .publish("ram/1", QoS::AtLeastOnce, true, "volatile")
+        .await
+        .expect("publish");
+    wait_until("stored", || {
+        b.ctl_ok(&["retainer", "topics"]).contains("1 retained")
+    })
+    .await;
+    // ram → disc: the new instance starts from the (empty) database and keeps working.
+    b.plugin_config("retainer", &disc);
+    b.ctl_ok(&["plugins", "reload", "retainer"]);
+    assert!(b.ctl_ok(&["retainer", "info"]).contains("storage: disc"));
+    publisher
+        .client
+        .publish("sensors/1/temp", QoS::AtLeastOnce, true, "21")
+        .await
+        .expect("publish");
+    wait_until("stored on disc", || {
+        b.ctl_ok(&["retainer", "topics"]).contains("sensors/1/temp")
+    })
+    .await;
+    b.ctl_ok(&["plugins", "reload", "retainer"]);
+    assert!(
+        b.ctl_ok(&["retainer", "topics"]).contains("sensors/1/temp"),
+        "survives a reload"
+    );
+    drop(publisher);
+    b.restart();
+    let mut sub = V4Client::connect(b.port(), "after-restart").await;
+    sub.subscribe("sensors/+/temp", QoS::AtLeastOnce).await;
+    let p = sub.recv_publish().await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..], p.retain),
+        ("sensors/1/temp", &b"21"[..], true)
+    );
+}
+
+/// Acceptance with Debian's clients: `mosquitto_pub -r` then `mosquitto_sub` receives the
+/// message with the retain flag.
+#[test]
+fn mosquitto_retained_round_trip() {
+    assert!(
+        tool_available("mosquitto_pub"),
+        "mosquitto-clients not installed: run tests/run.sh"
+    );
+    let b = retainer_broker("");
+    let port = b.port().to_string();
+    let ok = std::process::Command::new("mosquitto_pub")
+        .args(["-p", &port, "-r", "-t", "sensors/1/temp", "-m", "21"])
+        .status()
+        .expect("mosquitto_pub");
+    assert!(ok.success());
+    let out = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-p",
+            &port,
+            "-t",
+            "sensors/+/temp",
+            "-C",
+            "1",
+            "-W",
+            "10",
+            "-F",
+            "%t %r %p",
+        ])
+        .output()
+        .expect("mosquitto_sub");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "sensors/1/temp 1 21"
+    );
+}

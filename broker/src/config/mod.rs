@@ -455,6 +455,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/broker.toml");
         let c = Config::load(&path).expect("shipped etc/broker.toml is valid");
         assert_eq!(c.listeners[0].bind.port(), 1883);
+        assert_eq!(c.plugins.enabled, ["retainer", "presence"]);
     }
 
     #[test]

@@ -81,9 +81,14 @@ impl Message {
             publisher: self.publisher.as_deref().map(Into::into).into(),
             username: None.into(),
             is_will: false,
+            // Rounded up: 0.9 s left is 1 s, not "0 = never" to a plugin storing it.
             message_expiry_interval: self
                 .expires_at
-                .map(|t| t.saturating_duration_since(Instant::now()).as_secs() as u32)
+                .map(|t| {
+                    t.saturating_duration_since(Instant::now())
+                        .as_millis()
+                        .div_ceil(1000) as u32
+                })
                 .into(),
             payload_format_indicator: p.payload_format_indicator.into(),
             content_type: p.content_type.as_deref().map(Into::into).into(),

@@ -1,0 +1,703 @@
+//! retainer: retained messages, in RAM or on disc, replayed on subscribe (PLUGINS.md,
+//! "retainer").
+//!
+//! * **Store** on `message.publish` (priority 930: after rewrite): a retained message replaces
+//!   the topic's previous one; an empty payload deletes it (and is still forwarded). Over
+//!   `max_payload_size`, or over `max_retained_messages` for a new topic, the message is not
+//!   stored (logged) but still forwarded. Expiry: the v5 Message Expiry Interval of the message,
+//!   else `expiry_interval`.
+//! * **Replay** on `session.subscribed` through the broker's `deliver` service: wildcard filters
+//!   are looked up in a topic trie (no scan of all messages), results in publish order, QoS =
+//!   min(stored, granted), RETAIN set, v5 retain handling 0 / 1 / 2 honoured, never for shared
+//!   subscriptions, `$` topics not matched by a leading wildcard.
+//! * **Disc** (`storage = "disc"`): the index lives in RAM and every change is also written to a
+//!   redb database by a writer task on the plugin's runtime, fed by a channel — the publish path
+//!   never waits for the disc. `shutdown` (unload, reload, broker stop) waits until every change
+//!   is committed, so a clean shutdown loses no acknowledged retained message. At creation the
+//!   database is read back into the index.
+//! * `brokerctl retainer info | topics [--filter F] | clean [topic]`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use abi_stable::std_types::Tuple2;
+use plugin_api::*;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+
+/// Where retained messages live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// Memory only: lost at unload and restart.
+    Ram,
+    /// Memory plus a redb database at `path`.
+    Disc,
+}
+
+/// etc/plugins/retainer.toml.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `ram` or `disc`.
+    pub storage: Storage,
+    /// Database file for `disc`.
+    pub path: PathBuf,
+    /// Maximum number of retained messages; 0 = unlimited.
+    pub max_retained_messages: usize,
+    /// Largest payload stored, bytes.
+    pub max_payload_size: usize,
+    /// Seconds a retained message lives unless the message says otherwise; 0 = forever.
+    pub expiry_interval: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            storage: Storage::Ram,
+            path: PathBuf::from("data/retainer.redb"),
+            max_retained_messages: 0,
+            max_payload_size: 1024 * 1024,
+            expiry_interval: 0,
+        }
+    }
+}
+
+/// The stored form of a retained message (everything but the payload, as JSON; the payload
+/// follows it raw in the database value).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Meta {
+    topic: String,
+    qos: u8,
+    seq: u64,
+    stored_at_ms: u64,
+    /// 0 = never.
+    expires_at_ms: u64,
+    payload_format_indicator: Option<u8>,
+    content_type: Option<String>,
+    response_topic: Option<String>,
+    correlation_data: Option<Vec<u8>>,
+    user_properties: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Retained {
+    meta: Meta,
+    payload: Vec<u8>,
+}
+
+impl Retained {
+    fn encode(&self) -> Vec<u8> {
+        let meta = serde_json::to_vec(&self.meta).unwrap_or_default();
+        let mut out = Vec::with_capacity(4 + meta.len() + self.payload.len());
+        out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+        out.extend_from_slice(&meta);
+        out.extend_from_slice(&self.payload);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Retained> {
+        let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        let meta = serde_json::from_slice(bytes.get(4..4 + len)?).ok()?;
+        Some(Retained {
+            meta,
+            payload: bytes.get(4 + len..)?.to_vec(),
+        })
+    }
+
+    fn expired(&self, now_ms: u64) -> bool {
+        self.meta.expires_at_ms != 0 && self.meta.expires_at_ms <= now_ms
+    }
+}
+
+/// Retained messages by topic, in a trie of topic levels.
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<String, Node>,
+    message: Option<Arc<Retained>>,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    root: Node,
+    count: usize,
+    bytes: usize,
+}
+
+impl Index {
+    fn get(&self, topic: &str) -> Option<&Arc<Retained>> {
+        let mut node = &self.root;
+        for level in topic.split('/') {
+            node = node.children.get(level)?;
+        }
+        node.message.as_ref()
+    }
+
+    fn insert(&mut self, r: Arc<Retained>) {
+        let mut node = &mut self.root;
+        for level in r.meta.topic.split('/') {
+            node = node.children.entry(level.to_owned()).or_default();
+        }
+        self.bytes += r.payload.len();
+        match node.message.replace(r) {
+            Some(old) => self.bytes -= old.payload.len(),
+            None => self.count += 1,
+        }
+    }
+
+    fn remove(&mut self, topic: &str) -> Option<Arc<Retained>> {
+        fn walk(node: &mut Node, levels: &[&str]) -> Option<Arc<Retained>> {
+            let Some((first, rest)) = levels.split_first() else {
+                return node.message.take();
+            };
+            let child = node.children.get_mut(*first)?;
+            let removed = walk(child, rest);
+            if child.message.is_none() && child.children.is_empty() {
+                node.children.remove(*first);
+            }
+            removed
+        }
+        let levels: Vec<&str> = topic.split('/').collect();
+        let removed = walk(&mut self.root, &levels)?;
+        self.count -= 1;
+        self.bytes -= removed.payload.len();
+        Some(removed)
+    }
+
+    /// Every stored message whose topic `filter` matches, walking only matching branches.
+    fn matching(&self, filter: &str) -> Vec<Arc<Retained>> {
+        fn walk(node: &Node, levels: &[&str], first: bool, out: &mut Vec<Arc<Retained>>) {
+            let Some((level, rest)) = levels.split_first() else {
+                out.extend(node.message.iter().cloned());
+                return;
+            };
+            match *level {
+                "#" => {
+                    // "a/#" matches "a" too; a leading wildcard never matches "$" topics.
+                    if !first {
+                        out.extend(node.message.iter().cloned());
+                    }
+                    for (name, c) in &node.children {
+                        if !(first && name.starts_with('$')) {
+                            collect_all(c, out);
+                        }
+                    }
+                }
+                "+" => {
+                    for (name, c) in &node.children {
+                        if !(first && name.starts_with('$')) {
+                            walk(c, rest, false, out);
+                        }
+                    }
+                }
+                literal => {
+                    if let Some(c) = node.children.get(literal) {
+                        walk(c, rest, false, out);
+                    }
+                }
+            }
+        }
+        let levels: Vec<&str> = filter.split('/').collect();
+        let mut out = Vec::new();
+        walk(&self.root, &levels, true, &mut out);
+        out.sort_by_key(|r| r.meta.seq);
+        out
+    }
+
+    /// Every stored message, `$` topics included, in publish order.
+    fn all(&self) -> Vec<Arc<Retained>> {
+        let mut out = Vec::new();
+        collect_all(&self.root, &mut out);
+        out.sort_by_key(|r| r.meta.seq);
+        out
+    }
+}
+
+fn collect_all(node: &Node, out: &mut Vec<Arc<Retained>>) {
+    out.extend(node.message.iter().cloned());
+    for c in node.children.values() {
+        collect_all(c, out);
+    }
+}
+
+/// A change for the disc writer.
+enum Op {
+    Put(String, Vec<u8>),
+    Delete(String),
+    Clear,
+    /// Acknowledged once everything before it is committed.
+    Flush(std_mpsc::Sender<()>),
+}
+
+/// The plugin.
+pub struct Retainer {
+    config: Config,
+    index: Arc<Mutex<Index>>,
+    seq: AtomicU64,
+    host: HostRef,
+    disc: Option<mpsc::UnboundedSender<Op>>,
+}
+
+fn open_db(path: &PathBuf) -> Result<redb::Database, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let db =
+        redb::Database::create(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    txn.open_table(TABLE).map_err(|e| e.to_string())?;
+    txn.commit().map_err(|e| e.to_string())?;
+    Ok(db)
+}
+
+fn load(db: &redb::Database, now_ms: u64) -> Result<(Vec<Retained>, Vec<String>), String> {
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let table = txn.open_table(TABLE).map_err(|e| e.to_string())?;
+    let mut live = Vec::new();
+    let mut expired = Vec::new();
+    for item in table.iter().map_err(|e| e.to_string())? {
+        let (k, v) = item.map_err(|e| e.to_string())?;
+        match Retained::decode(v.value()) {
+            Some(r) if !r.expired(now_ms) => live.push(r),
+            _ => expired.push(k.value().to_owned()),
+        }
+    }
+    Ok((live, expired))
+}
+
+/// Applies changes to the database in batches until the channel closes.
+async fn writer(db: redb::Database, mut rx: mpsc::UnboundedReceiver<Op>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        let mut acks = Vec::new();
+        let result = (|| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(TABLE)?;
+                for op in batch.drain(..) {
+                    match op {
+                        Op::Put(k, v) => {
+                            table.insert(k.as_str(), v.as_slice())?;
+                        }
+                        Op::Delete(k) => {
+                            table.remove(k.as_str())?;
+                        }
+                        Op::Clear => {
+                            table.retain(|_, _| false)?;
+                        }
+                        Op::Flush(ack) => acks.push(ack),
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "retained messages could not be written to disc");
+            batch.clear();
+        }
+        for ack in acks {
+            let _ = ack.send(());
+        }
+    }
+}
+
+impl Retainer {
+    fn now(&self) -> u64 {
+        self.host.now_ms()
+    }
+
+    fn persist(&self, op: Op) {
+        if let Some(tx) = &self.disc {
+            if tx.send(op).is_err() {
+                tracing::error!("retainer disc writer has stopped; change kept in memory only");
+            }
+        }
+    }
+
+    fn store(&self, m: &MessageView<'_>) {
+        let topic = m.topic.as_str();
+        if m.payload.is_empty() {
+            let removed = self
+                .index
+                .lock()
+                .map(|mut i| i.remove(topic))
+                .ok()
+                .flatten();
+            if removed.is_some() {
+                self.persist(Op::Delete(topic.to_owned()));
+            }
+            return;
+        }
+        if m.payload.len() > self.config.max_payload_size {
+            tracing::warn!(
+                topic,
+                size = m.payload.len(),
+                max = self.config.max_payload_size,
+                "retained message not stored: payload over max_payload_size"
+            );
+            return;
+        }
+        let now = self.now();
+        let expires_at_ms = match m.message_expiry_interval {
+            // The message's own expiry wins; 0 seconds left means already expired.
+            ROption::RSome(s) => now + s as u64 * 1000,
+            ROption::RNone if self.config.expiry_interval > 0 => {
+                now + self.config.expiry_interval * 1000
+            }
+            ROption::RNone => 0,
+        };
+        let retained = Arc::new(Retained {
+            meta: Meta {
+                topic: topic.to_owned(),
+                qos: m.qos,
+                seq: self.seq.fetch_add(1, Ordering::Relaxed),
+                stored_at_ms: now,
+                expires_at_ms,
+                payload_format_indicator: m.payload_format_indicator.into_option(),
+                content_type: m.content_type.map(|s| s.to_string()).into_option(),
+                response_topic: m.response_topic.map(|s| s.to_string()).into_option(),
+                correlation_data: m.correlation_data.map(|s| s.to_vec()).into_option(),
+                user_properties: m
+                    .user_properties
+                    .iter()
+                    .map(|p| (p.key.to_string(), p.value.to_string()))
+                    .collect(),
+            },
+            payload: m.payload.to_vec(),
+        });
+        let encoded = self.disc.as_ref().map(|_| retained.encode());
+        {
+            let Ok(mut index) = self.index.lock() else {
+                return;
+            };
+            let max = self.config.max_retained_messages;
+            if max > 0 && index.count >= max && index.get(topic).is_none() {
+                tracing::warn!(
+                    topic,
+                    max,
+                    "retained message not stored: max_retained_messages reached"
+                );
+                return;
+            }
+            index.insert(retained);
+        }
+        if let Some(bytes) = encoded {
+            self.persist(Op::Put(topic.to_owned(), bytes));
+        }
+    }
+
+    fn replay(&self, client_id: &str, sub: &SubscriptionView<'_>) {
+        if sub.share_group.is_some() {
+            return; // never to shared subscriptions
+        }
+        match sub.options.retain_handling {
+            2 => return,
+            1 if !sub.is_new => return,
+            _ => {}
+        }
+        let now = self.now();
+        let matches = match self.index.lock() {
+            Ok(i) => i.matching(sub.filter.as_str()),
+            Err(_) => return,
+        };
+        for r in matches.iter().filter(|r| !r.expired(now)) {
+            let meta = &r.meta;
+            let message = OutgoingMessage {
+                topic: meta.topic.as_str().into(),
+                payload: r.payload.clone().into(),
+                qos: meta.qos.min(sub.options.qos),
+                retain: true,
+                user_properties: meta
+                    .user_properties
+                    .iter()
+                    .map(|(k, v)| Tuple2(k.as_str().into(), v.as_str().into()))
+                    .collect(),
+                message_expiry_interval: match meta.expires_at_ms {
+                    0 => ROption::RNone,
+                    at => ROption::RSome(((at.saturating_sub(now)) / 1000).max(1) as u32),
+                },
+                payload_format_indicator: meta.payload_format_indicator.into(),
+                content_type: meta.content_type.as_deref().map(RString::from).into(),
+                response_topic: meta.response_topic.as_deref().map(RString::from).into(),
+                correlation_data: meta.correlation_data.clone().map(RVec::from).into(),
+            };
+            if let RResult::RErr(e) =
+                self.host
+                    .deliver(client_id.into(), message, sub.subscription_id)
+            {
+                tracing::warn!(client_id, topic = %meta.topic, error = %e, "retained message not delivered");
+            }
+        }
+    }
+
+    fn answer(&self, args: &[String]) -> Result<String, PluginError> {
+        let usage = || {
+            PluginError::new(
+                ErrorKind::INVALID,
+                "usage: retainer info | retainer topics [--filter F] | retainer clean [topic]",
+            )
+        };
+        let lock = || {
+            self.index
+                .lock()
+                .map_err(|_| PluginError::new(ErrorKind::OTHER, "index poisoned"))
+        };
+        match args.get(1).map(String::as_str) {
+            Some("info") => {
+                let i = lock()?;
+                let storage = match self.config.storage {
+                    Storage::Ram => "ram".to_owned(),
+                    Storage::Disc => format!("disc ({})", self.config.path.display()),
+                };
+                Ok(format!(
+                    "storage: {storage}\nmessages: {}\npayload bytes: {}\nmax_retained_messages: {}\nmax_payload_size: {}\nexpiry_interval: {}",
+                    i.count, i.bytes, self.config.max_retained_messages, self.config.max_payload_size, self.config.expiry_interval
+                ))
+            }
+            Some("topics") => {
+                let filter = match (args.get(2).map(String::as_str), args.get(3)) {
+                    (None, _) => None,
+                    (Some("--filter"), Some(f)) => Some(f.clone()),
+                    _ => return Err(usage()),
+                };
+                let now = self.now();
+                let i = lock()?;
+                let list = match &filter {
+                    Some(f) => i.matching(f),
+                    None => i.all(),
+                };
+                let mut topics: Vec<&str> = list
+                    .iter()
+                    .filter(|r| !r.expired(now))
+                    .map(|r| r.meta.topic.as_str())
+                    .collect();
+                topics.sort_unstable();
+                let mut out = topics.join("\n");
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(&format!("{} retained message(s)", topics.len()));
+                Ok(out)
+            }
+            Some("clean") => {
+                let removed = match args.get(2) {
+                    Some(topic) => {
+                        let r = lock()?.remove(topic).map_or(0, |_| 1);
+                        if r > 0 {
+                            self.persist(Op::Delete(topic.clone()));
+                        }
+                        r
+                    }
+                    None => {
+                        let mut i = lock()?;
+                        let n = i.count;
+                        *i = Index::default();
+                        self.persist(Op::Clear);
+                        n
+                    }
+                };
+                Ok(format!("Removed {removed} retained message(s)."))
+            }
+            _ => Err(usage()),
+        }
+    }
+}
+
+impl Plugin for Retainer {
+    const NAME: &'static str = "retainer";
+    const DESCRIPTION: &'static str = "retained messages in RAM or on disc";
+
+    fn create(ctx: Context, config: &str) -> Result<Self, PluginError> {
+        let config: Config =
+            toml::from_str(config).map_err(|e| PluginError::config(e.to_string()))?;
+        let host = ctx.host().clone();
+        let mut index = Index::default();
+        let mut seq = 0;
+        let mut disc = None;
+        if config.storage == Storage::Disc {
+            let db = open_db(&config.path).map_err(PluginError::backend)?;
+            let (mut live, expired) = load(&db, host.now_ms()).map_err(PluginError::backend)?;
+            live.sort_by_key(|r| r.meta.seq);
+            for r in live {
+                seq = seq.max(r.meta.seq + 1);
+                index.insert(Arc::new(r));
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            for topic in expired {
+                let _ = tx.send(Op::Delete(topic));
+            }
+            ctx.spawn(writer(db, rx));
+            disc = Some(tx);
+            tracing::info!(path = %config.path.display(), messages = index.count, "retained messages loaded from disc");
+        }
+        let index = Arc::new(Mutex::new(index));
+        // Expired messages are skipped at once and removed by this sweep.
+        let sweep_index = Arc::downgrade(&index);
+        let sweep_host = host.clone();
+        let sweep_disc = disc.clone();
+        ctx.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(index) = sweep_index.upgrade() else {
+                    return;
+                };
+                let now = sweep_host.now_ms();
+                let Ok(mut i) = index.lock() else { return };
+                let expired: Vec<String> = i
+                    .all()
+                    .iter()
+                    .filter(|r| r.expired(now))
+                    .map(|r| r.meta.topic.clone())
+                    .collect();
+                for t in expired {
+                    i.remove(&t);
+                    if let Some(tx) = &sweep_disc {
+                        let _ = tx.send(Op::Delete(t));
+                    }
+                }
+            }
+        });
+        Ok(Retainer {
+            config,
+            index,
+            seq: AtomicU64::new(seq),
+            host,
+            disc,
+        })
+    }
+
+    fn registration(&self) -> Registration {
+        Registration {
+            hooks: vec![
+                HookSpec {
+                    point: HookPoint::MESSAGE_PUBLISH,
+                    priority: priority::RETAINER,
+                },
+                HookSpec {
+                    point: HookPoint::SESSION_SUBSCRIBED,
+                    priority: priority::RETAINER,
+                },
+            ]
+            .into(),
+            commands: vec![CommandSpec {
+                name: "retainer".into(),
+                usage: "retainer info | retainer topics [--filter F] | retainer clean [topic]"
+                    .into(),
+            }]
+            .into(),
+            ..Registration::default()
+        }
+    }
+
+    fn on_message_publish(&self, message: &MessageView<'_>) -> Flow<MessageEdit> {
+        if message.retain {
+            self.store(message);
+        }
+        Flow::Continue
+    }
+
+    fn on_event(&self, point: HookPoint, event: &EventView<'_>) {
+        if point != HookPoint::SESSION_SUBSCRIBED {
+            return;
+        }
+        if let ROption::RSome(sub) = &event.subscription {
+            self.replay(event.client.client_id.as_str(), sub);
+        }
+    }
+
+    fn command(
+        &self,
+        args: Vec<String>,
+    ) -> impl std::future::Future<Output = Result<String, PluginError>> + Send + 'static {
+        let answer = self.answer(&args);
+        async move { answer }
+    }
+
+    fn shutdown(&self) {
+        // Wait until every change so far is on disc: nothing acknowledged is lost.
+        if let Some(tx) = &self.disc {
+            let (ack, done) = std_mpsc::channel();
+            if tx.send(Op::Flush(ack)).is_ok()
+                && done.recv_timeout(Duration::from_secs(10)).is_err()
+            {
+                tracing::error!(
+                    "retained messages may not all be on disc: the writer did not finish in 10 s"
+                );
+            }
+        }
+    }
+}
+
+plugin_api::export_plugin!(Retainer);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retained(topic: &str, seq: u64) -> Arc<Retained> {
+        Arc::new(Retained {
+            meta: Meta {
+                topic: topic.into(),
+                qos: 1,
+                seq,
+                stored_at_ms: 0,
+                expires_at_ms: 0,
+                payload_format_indicator: None,
+                content_type: None,
+                response_topic: None,
+                correlation_data: None,
+                user_properties: vec![],
+            },
+            payload: b"p".to_vec(),
+        })
+    }
+
+    #[test]
+    fn index_matches_like_mqtt_filters() {
+        let mut i = Index::default();
+        for (n, t) in ["a/b", "a/c", "a", "a/b/c", "$SYS/x", "b"]
+            .iter()
+            .enumerate()
+        {
+            i.insert(retained(t, n as u64));
+        }
+        let topics = |i: &Index, f: &str| {
+            i.matching(f)
+                .iter()
+                .map(|r| r.meta.topic.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(topics(&i, "a/+"), ["a/b", "a/c"]);
+        assert_eq!(
+            topics(&i, "a/#"),
+            ["a/b", "a/c", "a", "a/b/c"],
+            "publish order, a/# matches a"
+        );
+        assert_eq!(
+            topics(&i, "#"),
+            ["a/b", "a/c", "a", "a/b/c", "b"],
+            "no $ topics"
+        );
+        assert_eq!(topics(&i, "$SYS/#"), ["$SYS/x"]);
+        assert_eq!(topics(&i, "+/b"), ["a/b"]);
+        assert_eq!(i.count, 6);
+        i.remove("a/b");
+        assert_eq!(topics(&i, "a/+"), ["a/c"]);
+        assert_eq!(i.count, 5);
+    }
+
+    #[test]
+    fn record_round_trip() {
+        let r = retained("t/1", 9);
+        assert_eq!(Retained::decode(&r.encode()).as_ref(), Some(&*r));
+    }
+}
