@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo=sudo; else
     echo "tests/run.sh: need root (or sudo) to install: ${need[*]}" >&2; exit 1
@@ -14,6 +15,9 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+# MQTT.js for the WebSocket tests (from the npm registry).
+(cd tests/js && npm install --no-audit --no-fund --loglevel=error)
 
 cargo build -j2 --workspace
 cargo test -j2 --workspace

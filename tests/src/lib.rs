@@ -209,6 +209,11 @@ impl Broker {
         out.stdout
     }
 
+    /// The broker's data_dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// Port of the first listener.
     pub fn port(&self) -> u16 {
         self.addr.port()
@@ -918,4 +923,113 @@ pub fn build_fixture_variant(
     lock.lock().expect("lock fixture builds");
     run_cargo(ws.path(), &["build", "-p", "blocker"], &target);
     std::fs::read(target.join("debug").join("libblocker.so")).expect("built library")
+}
+
+// ---------------------------------------------------------------- TLS and WebSocket
+
+/// A test PKI made with rcgen: a CA, a server certificate for localhost / 127.0.0.1 and a
+/// client certificate, written as PEM files into `dir`.
+pub struct TestPki {
+    /// CA certificate (PEM file).
+    pub ca: PathBuf,
+    /// Server certificate chain (PEM file).
+    pub server_cert: PathBuf,
+    /// Server key (PEM file).
+    pub server_key: PathBuf,
+    /// Client certificate (PEM file), CN = the `client_cn` given.
+    pub client_cert: PathBuf,
+    /// Client key (PEM file).
+    pub client_key: PathBuf,
+}
+
+impl TestPki {
+    /// Generates the PKI into `dir`.
+    pub fn generate(dir: &Path, client_cn: &str) -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "broker test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let server_key = KeyPair::generate().expect("server key");
+        let mut sp = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("server params");
+        sp.distinguished_name.push(DnType::CommonName, "localhost");
+        let server_cert = sp.signed_by(&server_key, &issuer).expect("server cert");
+        let client_key = KeyPair::generate().expect("client key");
+        let mut cp = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        cp.distinguished_name.push(DnType::CommonName, client_cn);
+        cp.distinguished_name
+            .push(DnType::OrganizationName, "Test Devices");
+        let client_cert = cp.signed_by(&client_key, &issuer).expect("client cert");
+        let write = |name: &str, text: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).expect("write PEM");
+            p
+        };
+        TestPki {
+            ca: write("ca.pem", ca_cert.pem()),
+            server_cert: write("server.pem", server_cert.pem()),
+            server_key: write("server.key", server_key.serialize_pem()),
+            client_cert: write("client.pem", client_cert.pem()),
+            client_key: write("client.key", client_key.serialize_pem()),
+        }
+    }
+
+    /// A `[listener.tls]`-ready listener table for the config.
+    pub fn listener(&self, name: &str, kind: &str, verify: &str) -> String {
+        format!(
+            "[[listener]]\nname = {name:?}\nkind = {kind:?}\nbind = \"127.0.0.1:0\"\n[listener.tls]\ncert_file = {:?}\nkey_file = {:?}\nca_file = {:?}\nverify = {verify:?}\n",
+            self.server_cert.display().to_string(),
+            self.server_key.display().to_string(),
+            self.ca.display().to_string()
+        )
+    }
+}
+
+/// A rustls client config trusting `ca`, optionally presenting a client certificate.
+pub fn tls_client_config(
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(c.expect("CA cert")).expect("add CA");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .expect("cert")
+                .map(|c| c.expect("cert"))
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(key).expect("key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    std::sync::Arc::new(config)
+}
+
+/// Addresses of every listener, by name, from the broker's listeners.json.
+pub fn listener_addr(b: &Broker, name: &str) -> SocketAddr {
+    let text =
+        std::fs::read_to_string(b.data_dir().join("listeners.json")).expect("listeners.json");
+    let list: Vec<serde_json::Value> = serde_json::from_str(&text).expect("json");
+    list.iter()
+        .find(|v| v["name"] == name)
+        .and_then(|v| v["addr"].as_str())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no listener {name} in {text}"))
 }

@@ -203,6 +203,63 @@ impl Default for Config {
 pub enum ListenerKind {
     /// Plain MQTT over TCP.
     Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl ListenerKind {
+    /// The kind as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+        }
+    }
+
+    /// True for tls and wss.
+    pub fn uses_tls(self) -> bool {
+        matches!(self, ListenerKind::Tls | ListenerKind::Wss)
+    }
+
+    /// True for ws and wss.
+    pub fn uses_websocket(self) -> bool {
+        matches!(self, ListenerKind::Ws | ListenerKind::Wss)
+    }
+}
+
+/// Client certificate policy of a TLS listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Verify {
+    /// No client certificate is asked for.
+    #[default]
+    None,
+    /// A client certificate is asked for and checked if sent.
+    Optional,
+    /// A valid client certificate is required.
+    Required,
+}
+
+/// TLS settings of a tls / wss listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM file with the private key.
+    pub key_file: PathBuf,
+    /// PEM file with the CA certificates that client certificates must chain to.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificates: none, optional or required.
+    #[serde(default)]
+    pub verify: Verify,
 }
 
 /// One listener.
@@ -217,6 +274,12 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     /// Maximum concurrent connections on this listener.
     pub max_connections: usize,
+    /// TLS settings (tls and wss listeners).
+    pub tls: Option<TlsConfig>,
+    /// WebSocket path (ws and wss listeners).
+    pub ws_path: String,
+    /// Take the client address from `X-Forwarded-For` (ws / wss behind a proxy).
+    pub proxy_forwarded_for: bool,
 }
 
 impl Default for ListenerConfig {
@@ -226,6 +289,9 @@ impl Default for ListenerConfig {
             kind: ListenerKind::Tcp,
             bind: SocketAddr::from(([0, 0, 0, 0], 1883)),
             max_connections: 1_000_000,
+            tls: None,
+            ws_path: "/mqtt".into(),
+            proxy_forwarded_for: false,
         }
     }
 }
@@ -379,6 +445,29 @@ impl Config {
             if l.max_connections == 0 {
                 return invalid("listener.max_connections", "must be at least 1");
             }
+            if l.kind.uses_tls() && l.tls.is_none() {
+                return invalid(
+                    "listener.tls",
+                    &format!("listener {:?} of kind {} needs a [listener.tls] table with cert_file and key_file", l.name, l.kind.name()),
+                );
+            }
+            if let Some(tls) = &l.tls {
+                if !l.kind.uses_tls() {
+                    return invalid(
+                        "listener.tls",
+                        &format!("listener {:?} is {}, not tls or wss", l.name, l.kind.name()),
+                    );
+                }
+                if tls.verify != Verify::None && tls.ca_file.is_none() {
+                    return invalid(
+                        "listener.tls.ca_file",
+                        "is needed when verify is optional or required",
+                    );
+                }
+            }
+            if l.kind.uses_websocket() && !l.ws_path.starts_with('/') {
+                return invalid("listener.ws_path", "must start with '/'");
+            }
         }
         if !(64..=268_435_460).contains(&self.limits.max_packet_size) {
             return invalid(
@@ -455,6 +544,10 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/broker.toml");
         let c = Config::load(&path).expect("shipped etc/broker.toml is valid");
         assert_eq!(c.listeners[0].bind.port(), 1883);
+        assert_eq!(
+            (c.listeners[1].kind, c.listeners[1].bind.port()),
+            (ListenerKind::Ws, 8083)
+        );
         assert_eq!(c.plugins.enabled, ["retainer", "presence"]);
     }
 

@@ -17,31 +17,57 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+pub mod tls;
+pub mod ws;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
+
 use crate::broker::Broker;
 use crate::config::{ListenerConfig, ListenerKind};
 use crate::metrics;
 use crate::session::connection::{serve, ConnInfo};
 
 /// A listener whose socket is bound.
-#[derive(Debug)]
 pub struct Bound {
     /// Its configuration.
     pub config: ListenerConfig,
     /// The address actually bound.
     pub addr: SocketAddr,
     socket: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound")
+            .field("name", &self.config.name)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a listener could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot bind listener {name:?} on {addr}: {source}")]
-pub struct BindError {
-    /// Listener name.
-    pub name: String,
-    /// Configured address.
-    pub addr: SocketAddr,
-    /// The OS error.
-    pub source: std::io::Error,
+pub enum BindError {
+    /// The socket could not be bound.
+    #[error("cannot bind listener {name:?} on {addr}: {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Its TLS files are missing or invalid.
+    #[error("listener {name:?}: {source}")]
+    Tls {
+        /// Listener name.
+        name: String,
+        /// What is wrong, naming the file.
+        source: tls::TlsError,
+    },
 }
 
 /// Accept backlog: large enough that a burst of connections (thousands of devices coming back
@@ -64,20 +90,25 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn bind_all(configs: &[ListenerConfig]) -> Result<Vec<Bound>, BindError> {
     let mut bound = Vec::with_capacity(configs.len());
     for config in configs {
-        let socket = listen(config.bind).map_err(|source| BindError {
+        let tls = match (&config.tls, config.kind.uses_tls()) {
+            (Some(t), true) => Some(tls::acceptor(t).map_err(|source| BindError::Tls {
+                name: config.name.clone(),
+                source,
+            })?),
+            _ => None,
+        };
+        let bind_err = |source| BindError::Bind {
             name: config.name.clone(),
             addr: config.bind,
             source,
-        })?;
-        let addr = socket.local_addr().map_err(|source| BindError {
-            name: config.name.clone(),
-            addr: config.bind,
-            source,
-        })?;
+        };
+        let socket = listen(config.bind).map_err(bind_err)?;
+        let addr = socket.local_addr().map_err(bind_err)?;
         bound.push(Bound {
             config: config.clone(),
             addr,
             socket,
+            tls,
         });
     }
     Ok(bound)
@@ -93,12 +124,7 @@ impl Addresses {
         Addresses(
             bound
                 .iter()
-                .map(|b| {
-                    let kind = match b.config.kind {
-                        ListenerKind::Tcp => "tcp",
-                    };
-                    (b.config.name.clone(), kind, b.addr)
-                })
+                .map(|b| (b.config.name.clone(), b.config.kind.name(), b.addr))
                 .collect(),
         )
     }
@@ -166,14 +192,91 @@ pub async fn run(broker: Arc<Broker>, bound: Bound) {
             peer,
             listener: name.clone(),
             local_port: bound.addr.port(),
-            transport: "mqtt",
+            transport: if bound.config.kind.uses_websocket() {
+                "mqtt-ws"
+            } else {
+                "mqtt"
+            },
+            cert_common_name: None,
+            cert_subject: None,
         };
         let broker = broker.clone();
+        let kind = bound.config.kind;
+        let tls = bound.tls.clone();
+        let ws_path = bound.config.ws_path.clone();
+        let forwarded = bound.config.proxy_forwarded_for;
         tokio::spawn(async move {
-            serve(broker, stream, info).await;
+            let timeout = Duration::from_secs(broker.config.limits.connect_timeout);
+            handshake_and_serve(broker, stream, info, kind, tls, ws_path, forwarded, timeout).await;
             drop(local);
             drop(global);
         });
     }
     tracing::info!(listener = %name, "listener stopped");
+}
+
+/// Runs the transport handshakes of a listener's kind (TLS, WebSocket upgrade) within the
+/// connect timeout, then serves MQTT on the resulting stream.
+#[allow(clippy::too_many_arguments)]
+async fn handshake_and_serve(
+    broker: Arc<Broker>,
+    stream: tokio::net::TcpStream,
+    mut info: ConnInfo,
+    kind: ListenerKind,
+    tls: Option<TlsAcceptor>,
+    ws_path: String,
+    forwarded: bool,
+    timeout: Duration,
+) {
+    async fn over_ws<S>(
+        broker: Arc<Broker>,
+        stream: S,
+        mut info: ConnInfo,
+        path: &str,
+        forwarded: bool,
+        timeout: Duration,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        match tokio::time::timeout(timeout, ws::accept(stream, path, forwarded)).await {
+            Ok(Ok((ws, ip))) => {
+                info.peer = ws::effective_peer(info.peer, ip);
+                serve(broker, ws, info).await
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %info.peer, listener = %info.listener, error = %e, "WebSocket handshake failed")
+            }
+            Err(_) => {
+                tracing::debug!(peer = %info.peer, listener = %info.listener, "WebSocket handshake timed out")
+            }
+        }
+    }
+    match (kind, tls) {
+        (ListenerKind::Tcp, _) => serve(broker, stream, info).await,
+        (ListenerKind::Ws, _) => over_ws(broker, stream, info, &ws_path, forwarded, timeout).await,
+        (ListenerKind::Tls | ListenerKind::Wss, Some(acceptor)) => {
+            let tls_stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(peer = %info.peer, listener = %info.listener, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(peer = %info.peer, listener = %info.listener, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let (cn, subject) = tls::client_identity(tls_stream.get_ref().1);
+            info.cert_common_name = cn;
+            info.cert_subject = subject;
+            if kind == ListenerKind::Wss {
+                over_ws(broker, tls_stream, info, &ws_path, forwarded, timeout).await
+            } else {
+                serve(broker, tls_stream, info).await
+            }
+        }
+        (_, None) => {
+            tracing::error!(listener = %info.listener, "TLS listener without TLS settings")
+        }
+    }
 }

@@ -54,6 +54,10 @@ pub struct ConnInfo {
     pub local_port: u16,
     /// `mqtt` or `mqtt-ws`.
     pub transport: &'static str,
+    /// TLS client certificate common name.
+    pub cert_common_name: Option<String>,
+    /// TLS client certificate subject.
+    pub cert_subject: Option<String>,
 }
 
 /// Why the connection loop ended.
@@ -194,6 +198,7 @@ where
                     };
                     codec::encode(&ack, version, &mut out);
                     let _ = stream.write_all(&out).await;
+                    let _ = stream.flush().await;
                     return Err(DecodeError::UnsupportedProtocolLevel(level).to_string());
                 }
                 Err(e) => return Err(e.to_string()),
@@ -257,6 +262,8 @@ struct Identity {
     expiry_interval: u32,
     connected_at_ms: u64,
     superuser: bool,
+    cert_common_name: Option<String>,
+    cert_subject: Option<String>,
 }
 
 impl Identity {
@@ -275,8 +282,8 @@ impl Identity {
             clean_start: self.clean_start,
             expiry_interval: self.expiry_interval,
             connected_at_ms: self.connected_at_ms,
-            cert_common_name: None.into(),
-            cert_subject: None.into(),
+            cert_common_name: self.cert_common_name.as_deref().map(Into::into).into(),
+            cert_subject: self.cert_subject.as_deref().map(Into::into).into(),
             is_superuser: self.superuser,
         }
     }
@@ -475,6 +482,8 @@ impl Connection {
             expiry_interval: session_expiry,
             connected_at_ms: 0,
             superuser: false,
+            cert_common_name: info.cert_common_name.clone(),
+            cert_subject: info.cert_subject.clone(),
         };
         let hooks = &broker.hooks;
         hooks.notify(
@@ -729,7 +738,11 @@ impl Connection {
         // A peer that stops reading for WRITE_TIMEOUT is treated as gone: its task must not
         // hang forever on a full socket buffer.
         match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&self.wbuf)).await {
-            Ok(result) => result.map_err(Exit::Io)?,
+            Ok(result) => {
+                result.map_err(Exit::Io)?;
+                // TLS and WebSocket streams buffer: push the batch out now.
+                stream.flush().await.map_err(Exit::Io)?;
+            }
             Err(_) => {
                 return Err(Exit::Io(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
