@@ -14,5 +14,6 @@ client.on("connect", () => {
 });
 client.on("message", (t, payload) => {
   console.log(t + " " + payload.toString());
-  client.end(false, () => process.exit(0));
+  // The test has its answer: leave without waiting for the close handshake.
+  process.exit(0);
 });
