@@ -1,0 +1,606 @@
+//! auth_http: authentication, superuser and ACL checks against an HTTP service (PLUGINS.md,
+//! "auth_http").
+//!
+//! Three requests, each optional (absent = that check is not made): `auth_req`, `super_req`,
+//! `acl_req`, each with a `url`, a `method` (get | post | put), `headers`, `params` (name →
+//! template) and, for POST / PUT, `content_type` (`form` or `json`). GET sends the params as a
+//! query string. Templates: `%u` user name, `%c` client id, `%a` peer IP, `%p` listener port,
+//! `%P` password (auth only), `%t` topic and `%A` access (ACL only: 1 subscribe, 2 publish),
+//! `%r` protocol (`mqtt` / `mqtt-ws`), `%C` / `%d` TLS client certificate CN / subject; the
+//! `${username}`-style names work too. Values are URL-encoded where they go into a URL or a
+//! form body.
+//!
+//! Answers: a JSON body with `result` = `allow | deny | ignore` (plus `is_superuser`, and `acl`:
+//! a list of `{permission, action, topic}` rules that pre-authorise this client, so no per-topic
+//! request is needed); otherwise the status: 200 / 204 allow (200 with the body `ignore` →
+//! ignore), 401 / 400 → bad user name or password, 403 and other 4xx → not authorised; 5xx, a
+//! timeout or a refused connection → the `on_error` policy (`deny` fails closed with "server
+//! unavailable", `ignore` asks the next plugin). Network I/O runs on the plugin's runtime:
+//! a slow or dead backend never stalls other clients.
+//!
+//! Optional auth-result cache (`cache_ttl_secs`, 0 = off): keyed by user name, client id and a
+//! sha256 of the password. Passwords are never logged.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use plugin_api::*;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// HTTP method of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Params in the query string.
+    Get,
+    /// Params in the body.
+    #[default]
+    Post,
+    /// Params in the body.
+    Put,
+}
+
+/// Body encoding for POST / PUT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentType {
+    /// application/x-www-form-urlencoded.
+    #[default]
+    Form,
+    /// application/json.
+    Json,
+}
+
+/// One request (`[auth_req]`, `[super_req]`, `[acl_req]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestConfig {
+    /// URL (http:// or https://); templates allowed.
+    pub url: String,
+    /// get | post | put (default post).
+    #[serde(default)]
+    pub method: Method,
+    /// form | json (default form).
+    #[serde(default)]
+    pub content_type: ContentType,
+    /// Extra headers.
+    #[serde(default)]
+    pub headers: HashMap<String, String>,
+    /// Parameters: name → template (sent in name order).
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, String>,
+}
+
+/// What happens when the service cannot be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnErrorConfig {
+    /// Refuse (CONNACK "server unavailable"; ACL deny).
+    #[default]
+    Deny,
+    /// Ask the next plugin.
+    Ignore,
+}
+
+/// etc/plugins/auth_http.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Authentication request.
+    pub auth_req: Option<RequestConfig>,
+    /// Superuser request (made after a successful authentication).
+    pub super_req: Option<RequestConfig>,
+    /// ACL request.
+    pub acl_req: Option<RequestConfig>,
+    /// Timeout of one request, milliseconds.
+    pub timeout_ms: u64,
+    /// deny | ignore.
+    pub on_error: OnErrorConfig,
+    /// Idle keep-alive connections kept per host.
+    pub pool_max_idle: usize,
+    /// PEM file of CA certificates for https:// URLs (empty = none; https then fails closed).
+    pub ca_file: String,
+    /// Seconds an authentication result is cached; 0 = no cache.
+    pub cache_ttl_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            auth_req: None,
+            super_req: None,
+            acl_req: None,
+            timeout_ms: 5000,
+            on_error: OnErrorConfig::Deny,
+            pool_max_idle: 32,
+            ca_file: String::new(),
+            cache_ttl_secs: 0,
+        }
+    }
+}
+
+/// The fields templates draw from.
+#[derive(Debug, Default, Clone)]
+pub struct Vars<'a> {
+    /// %u
+    pub username: &'a str,
+    /// %c
+    pub client_id: &'a str,
+    /// %a
+    pub peer_ip: &'a str,
+    /// %p
+    pub sock_port: u16,
+    /// %P
+    pub password: &'a str,
+    /// %t
+    pub topic: &'a str,
+    /// %A
+    pub access: &'a str,
+    /// %r
+    pub protocol: &'a str,
+    /// %C
+    pub cert_cn: &'a str,
+    /// %d
+    pub cert_subject: &'a str,
+}
+
+/// Substitutes every placeholder of `template`; `encode` URL-encodes substituted values.
+pub fn fill(template: &str, v: &Vars<'_>, encode: bool) -> String {
+    let port = v.sock_port.to_string();
+    let table: [(&str, &str, &str); 10] = [
+        ("%u", "${username}", v.username),
+        ("%c", "${clientid}", v.client_id),
+        ("%a", "${peerhost}", v.peer_ip),
+        ("%p", "${sockport}", &port),
+        ("%P", "${password}", v.password),
+        ("%t", "${topic}", v.topic),
+        ("%A", "${access}", v.access),
+        ("%r", "${protocol}", v.protocol),
+        ("%C", "${cert_common_name}", v.cert_cn),
+        ("%d", "${cert_subject}", v.cert_subject),
+    ];
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    'outer: while !rest.is_empty() {
+        for (short, long, value) in &table {
+            for pat in [*long, *short] {
+                if let Some(after) = rest.strip_prefix(pat) {
+                    if encode {
+                        out.push_str(&url_encode(value));
+                    } else {
+                        out.push_str(value);
+                    }
+                    rest = after;
+                    continue 'outer;
+                }
+            }
+        }
+        let c = rest.chars().next().unwrap_or(' ');
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// What the service answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Allowed (superuser flag, pre-authorised ACL rules).
+    Allow(bool, Vec<AclRule>),
+    /// Denied, with the reason for CONNACK.
+    Deny(DenyReason),
+    /// No opinion.
+    Ignore,
+}
+
+/// A pre-authorised ACL rule from a JSON answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AclRule {
+    /// allow | deny.
+    pub permission: String,
+    /// publish | subscribe | all.
+    pub action: String,
+    /// Topic filter.
+    pub topic: String,
+}
+
+#[derive(Deserialize)]
+struct JsonAnswer {
+    result: String,
+    #[serde(default)]
+    is_superuser: bool,
+    #[serde(default)]
+    acl: Vec<AclRule>,
+}
+
+/// Interprets a status and body (PLUGINS.md's answer rules). `None` = backend failure.
+pub fn interpret(status: u16, body: &str) -> Option<Answer> {
+    if let Ok(j) = serde_json::from_str::<JsonAnswer>(body) {
+        return Some(match j.result.as_str() {
+            "allow" => Answer::Allow(j.is_superuser, j.acl),
+            "deny" => Answer::Deny(DenyReason::NotAuthorized),
+            _ => Answer::Ignore,
+        });
+    }
+    match status {
+        200 if body.trim() == "ignore" => Some(Answer::Ignore),
+        200 | 204 => Some(Answer::Allow(false, Vec::new())),
+        400 | 401 => Some(Answer::Deny(DenyReason::BadCredentials)),
+        400..=499 => Some(Answer::Deny(DenyReason::NotAuthorized)),
+        _ => None,
+    }
+}
+
+struct Shared {
+    config: Config,
+    client: reqwest::Client,
+    /// Pre-authorised ACL rules per client id, from JSON auth answers.
+    acls: Mutex<HashMap<String, Vec<AclRule>>>,
+    /// Auth result cache: key → (answer, stored at).
+    cache: Mutex<HashMap<[u8; 32], (AuthResult, Instant)>>,
+}
+
+impl Shared {
+    /// Sends one request; `None` on a transport error, timeout or 5xx.
+    async fn ask(&self, req: &RequestConfig, vars: &Vars<'_>) -> Option<Answer> {
+        let url = fill(&req.url, vars, true);
+        let params: Vec<(String, String)> = req
+            .params
+            .iter()
+            .map(|(k, t)| (k.clone(), fill(t, vars, false)))
+            .collect();
+        let mut builder = match req.method {
+            Method::Get => {
+                let query: Vec<String> = params
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v)))
+                    .collect();
+                let sep = if url.contains('?') { '&' } else { '?' };
+                let full = if query.is_empty() {
+                    url.clone()
+                } else {
+                    format!("{url}{sep}{}", query.join("&"))
+                };
+                self.client.get(full)
+            }
+            Method::Post | Method::Put => {
+                let b = if req.method == Method::Post {
+                    self.client.post(&url)
+                } else {
+                    self.client.put(&url)
+                };
+                match req.content_type {
+                    ContentType::Json => {
+                        let map: serde_json::Map<String, serde_json::Value> = params
+                            .iter()
+                            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                            .collect();
+                        b.json(&map)
+                    }
+                    ContentType::Form => {
+                        let body: Vec<String> = params
+                            .iter()
+                            .map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v)))
+                            .collect();
+                        b.header("content-type", "application/x-www-form-urlencoded")
+                            .body(body.join("&"))
+                    }
+                }
+            }
+        };
+        for (k, v) in &req.headers {
+            builder = builder.header(k, fill(v, vars, false));
+        }
+        let response = match builder.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(url = %req.url, error = %e, "auth_http request failed");
+                return None;
+            }
+        };
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        let answer = interpret(status, &body);
+        if answer.is_none() {
+            tracing::warn!(url = %req.url, status, "auth_http service error");
+        }
+        answer
+    }
+}
+
+fn cache_key(c: &ClientInfo, password: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(c.username.as_ref().map_or("", |u| u.as_str()).as_bytes());
+    h.update([0]);
+    h.update(c.client_id.as_bytes());
+    h.update([0]);
+    h.update(password);
+    h.finalize().into()
+}
+
+fn vars<'a>(c: &'a ClientInfo, password: &'a str, topic: &'a str, access: &'a str) -> Vars<'a> {
+    Vars {
+        username: c.username.as_ref().map_or("", |u| u.as_str()),
+        client_id: c.client_id.as_str(),
+        peer_ip: c.peer_ip.as_str(),
+        sock_port: c.sock_port,
+        password,
+        topic,
+        access,
+        protocol: c.transport.as_str(),
+        cert_cn: c.cert_common_name.as_ref().map_or("", |v| v.as_str()),
+        cert_subject: c.cert_subject.as_ref().map_or("", |v| v.as_str()),
+    }
+}
+
+/// The plugin.
+pub struct AuthHttp {
+    shared: Arc<Shared>,
+}
+
+fn build_client(config: &Config) -> Result<reqwest::Client, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    if !config.ca_file.is_empty() {
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(&config.ca_file)
+            .map_err(|e| format!("ca_file {}: {e}", config.ca_file))?;
+        for c in certs {
+            let c = c.map_err(|e| format!("ca_file {}: {e}", config.ca_file))?;
+            roots
+                .add(c)
+                .map_err(|e| format!("ca_file {}: {e}", config.ca_file))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_millis(config.timeout_ms))
+        .pool_max_idle_per_host(config.pool_max_idle)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+impl Plugin for AuthHttp {
+    const NAME: &'static str = "auth_http";
+    const DESCRIPTION: &'static str = "authentication and ACL over HTTP";
+
+    fn create(_ctx: Context, config: &str) -> Result<Self, PluginError> {
+        let config: Config =
+            toml::from_str(config).map_err(|e| PluginError::config(e.to_string()))?;
+        for (name, r) in [
+            ("auth_req", &config.auth_req),
+            ("super_req", &config.super_req),
+            ("acl_req", &config.acl_req),
+        ] {
+            if let Some(r) = r {
+                if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
+                    return Err(PluginError::config(format!(
+                        "{name}.url {:?} is not an http:// or https:// URL",
+                        r.url
+                    )));
+                }
+            }
+        }
+        let client = build_client(&config).map_err(PluginError::config)?;
+        Ok(AuthHttp {
+            shared: Arc::new(Shared {
+                config,
+                client,
+                acls: Mutex::new(HashMap::new()),
+                cache: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    fn registration(&self) -> Registration {
+        let c = &self.shared.config;
+        let mut hooks = vec![HookSpec {
+            point: HookPoint::CLIENT_DISCONNECTED,
+            priority: priority::AUTHENTICATION,
+        }];
+        if c.auth_req.is_some() {
+            hooks.push(HookSpec {
+                point: HookPoint::CLIENT_AUTHENTICATE,
+                priority: priority::AUTHENTICATION,
+            });
+        }
+        if c.acl_req.is_some() || c.auth_req.is_some() {
+            hooks.push(HookSpec {
+                point: HookPoint::CLIENT_CHECK_ACL,
+                priority: priority::ACL,
+            });
+        }
+        Registration {
+            hooks: hooks.into(),
+            on_error: match c.on_error {
+                OnErrorConfig::Deny => OnError::Deny,
+                OnErrorConfig::Ignore => OnError::Ignore,
+            },
+            // The plugin's own request timeout, plus a margin for the bridge.
+            timeout_ms: (c.timeout_ms + 500).min(u32::MAX as u64) as u32,
+            ..Registration::default()
+        }
+    }
+
+    fn on_event(&self, point: HookPoint, event: &EventView<'_>) {
+        if point == HookPoint::CLIENT_DISCONNECTED {
+            if let Ok(mut acls) = self.shared.acls.lock() {
+                acls.remove(event.client.client_id.as_str());
+            }
+        }
+    }
+
+    fn authenticate(
+        &self,
+        request: AuthRequest,
+    ) -> impl std::future::Future<Output = Result<AuthResult, PluginError>> + Send + 'static {
+        let shared = self.shared.clone();
+        async move {
+            let Some(auth) = shared.config.auth_req.clone() else {
+                return Ok(AuthResult::Ignore);
+            };
+            let password_bytes: Vec<u8> = request
+                .password
+                .as_ref()
+                .map(|p| p.to_vec())
+                .into_option()
+                .unwrap_or_default();
+            let key = cache_key(&request.client, &password_bytes);
+            let ttl = Duration::from_secs(shared.config.cache_ttl_secs);
+            if !ttl.is_zero() {
+                if let Some((r, at)) = shared.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+                    if at.elapsed() < ttl {
+                        return Ok(r);
+                    }
+                }
+            }
+            let password = String::from_utf8_lossy(&password_bytes).into_owned();
+            let v = vars(&request.client, &password, "", "");
+            let result = match shared.ask(&auth, &v).await {
+                None => return Err(PluginError::backend("authentication service unavailable")),
+                Some(Answer::Ignore) => AuthResult::Ignore,
+                Some(Answer::Deny(r)) => AuthResult::Deny(r),
+                Some(Answer::Allow(mut superuser, acl)) => {
+                    if !acl.is_empty() {
+                        if let Ok(mut acls) = shared.acls.lock() {
+                            acls.insert(request.client.client_id.to_string(), acl);
+                        }
+                    }
+                    if let (false, Some(sup)) = (superuser, shared.config.super_req.clone()) {
+                        superuser = matches!(shared.ask(&sup, &v).await, Some(Answer::Allow(..)));
+                    }
+                    AuthResult::Allow { superuser }
+                }
+            };
+            if !ttl.is_zero() && !matches!(result, AuthResult::Ignore) {
+                if let Ok(mut c) = shared.cache.lock() {
+                    c.insert(key, (result.clone(), Instant::now()));
+                }
+            }
+            Ok(result)
+        }
+    }
+
+    fn check_acl(
+        &self,
+        request: AclRequest,
+    ) -> impl std::future::Future<Output = Result<AclResult, PluginError>> + Send + 'static {
+        let shared = self.shared.clone();
+        async move {
+            let action = match request.access {
+                Access::Subscribe => "subscribe",
+                Access::Publish => "publish",
+            };
+            let pre = shared
+                .acls
+                .lock()
+                .ok()
+                .and_then(|a| a.get(request.client.client_id.as_str()).cloned())
+                .unwrap_or_default();
+            // Pre-authorised rules from the auth answer: first match decides.
+            for rule in &pre {
+                if (rule.action == action || rule.action == "all")
+                    && topic_matches(&rule.topic, request.topic.as_str())
+                {
+                    return Ok(if rule.permission == "allow" {
+                        AclResult::Allow
+                    } else {
+                        AclResult::Deny
+                    });
+                }
+            }
+            let Some(acl) = shared.config.acl_req.clone() else {
+                return Ok(AclResult::Ignore);
+            };
+            let access = match request.access {
+                Access::Subscribe => "1",
+                Access::Publish => "2",
+            };
+            let v = vars(&request.client, "", request.topic.as_str(), access);
+            match shared.ask(&acl, &v).await {
+                None => Err(PluginError::backend("ACL service unavailable")),
+                Some(Answer::Allow(..)) => Ok(AclResult::Allow),
+                Some(Answer::Deny(_)) => Ok(AclResult::Deny),
+                Some(Answer::Ignore) => Ok(AclResult::Ignore),
+            }
+        }
+    }
+}
+
+plugin_api::export_plugin!(AuthHttp);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_and_encoding() {
+        let v = Vars {
+            username: "a b",
+            client_id: "c/1",
+            password: "p&=",
+            topic: "t/+",
+            access: "2",
+            sock_port: 1883,
+            ..Vars::default()
+        };
+        assert_eq!(
+            fill("u=%u c=${clientid} P=%P p=%p A=%A t=%t", &v, false),
+            "u=a b c=c/1 P=p&= p=1883 A=2 t=t/+"
+        );
+        assert_eq!(
+            fill("http://h/x/%c?u=%u", &v, true),
+            "http://h/x/c%2F1?u=a%20b"
+        );
+    }
+
+    #[test]
+    fn answers() {
+        assert_eq!(interpret(200, ""), Some(Answer::Allow(false, vec![])));
+        assert_eq!(interpret(204, ""), Some(Answer::Allow(false, vec![])));
+        assert_eq!(interpret(200, "ignore"), Some(Answer::Ignore));
+        assert_eq!(
+            interpret(401, ""),
+            Some(Answer::Deny(DenyReason::BadCredentials))
+        );
+        assert_eq!(
+            interpret(403, ""),
+            Some(Answer::Deny(DenyReason::NotAuthorized))
+        );
+        assert_eq!(interpret(503, ""), None);
+        assert_eq!(
+            interpret(200, r#"{"result":"deny"}"#),
+            Some(Answer::Deny(DenyReason::NotAuthorized))
+        );
+        assert_eq!(
+            interpret(200, r#"{"result":"allow","is_superuser":true}"#),
+            Some(Answer::Allow(true, vec![]))
+        );
+        assert_eq!(
+            interpret(200, r#"{"result":"ignore"}"#),
+            Some(Answer::Ignore)
+        );
+    }
+}
