@@ -7,7 +7,9 @@
 //!   many marks the plugin faulted);
 //! * **async work runs on the plugin's own tokio runtime** (threads `plg-<name>-N`): the broker
 //!   only awaits a handle to it, and dropping that handle (timeout, unload) aborts the task;
-//! * synchronous hooks run inside the runtime's context, so `tokio::spawn` works in them;
+//! * synchronous hooks run on broker threads *outside* the plugin's runtime (entering it on
+//!   every call would cost a contended reference count per message): hand work to the runtime
+//!   with [`Context::spawn`] / [`Context::runtime`], not `tokio::spawn`;
 //! * the plugin's `tracing` events are forwarded to the broker's log, tagged with its name.
 
 use std::future::Future;
@@ -228,7 +230,6 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
     }
 
     fn on_event(&self, point: HookPoint, event: &EventView<'_>) -> RResult<(), PluginError> {
-        let _enter = self.handle.enter();
         guard("on_event", || self.plugin.on_event(point, event))
     }
 

@@ -229,8 +229,10 @@ impl PluginHandle {
     /// Counts a call; every 16th sync call is timed.
     #[inline]
     fn begin(&self) -> Option<Instant> {
-        let n = self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        n.is_multiple_of(16).then(Instant::now)
+        self.stats
+            .count_call()
+            .is_multiple_of(16)
+            .then(Instant::now)
     }
 
     #[inline]
@@ -530,7 +532,7 @@ impl Hooks {
         }
         let args: RVec<RString> = args.into_iter().map(RString::from).collect();
         let fut = plugin.instance.command(args);
-        plugin.stats.calls.fetch_add(1, Ordering::Relaxed);
+        plugin.stats.count_call();
         match tokio::time::timeout(plugin.timeout.max(Duration::from_secs(30)), fut).await {
             Ok(RResult::ROk(s)) => Ok(s.into()),
             Ok(RResult::RErr(e)) => Err(e.message.into()),
@@ -546,7 +548,7 @@ async fn call_async<T>(
     point: HookPoint,
     future: async_ffi::FfiFuture<RResult<T, PluginError>>,
 ) -> Option<T> {
-    p.stats.calls.fetch_add(1, Ordering::Relaxed);
+    p.stats.count_call();
     let started = Instant::now();
     let outcome = tokio::time::timeout(p.timeout, async {
         let _permit = p.async_permits.acquire().await;
