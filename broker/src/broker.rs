@@ -130,7 +130,10 @@ impl Broker {
         username: Option<&str>,
         is_will: bool,
     ) -> Option<usize> {
-        if self.hooks.enabled(HookPoint::MESSAGE_PUBLISH) {
+        if self
+            .hooks
+            .wants_publish(message.topic.as_str(), message.retain)
+        {
             let user_properties = message.user_property_views();
             let mut view = message.view(&user_properties);
             view.username = username.map(Into::into).into();

@@ -251,6 +251,30 @@ pub struct Registration {
     pub on_error: OnError,
     /// Per-call timeout for its async hooks in milliseconds; 0 = the broker's default.
     pub timeout_ms: u32,
+    /// Which messages its `message.publish` hook wants; the broker does not call it for the
+    /// others (at all: not even to build the message view). Default: every message.
+    pub publish_filter: PublishFilter,
+}
+
+/// Narrows the messages a `message.publish` hook is called for.
+///
+/// Since API 1.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishFilter {
+    /// Only messages published with the RETAIN flag (a retainer).
+    pub retained_only: bool,
+    /// Only messages whose topic matches one of these filters; empty = every topic.
+    pub topics: RVec<RString>,
+}
+
+impl PublishFilter {
+    /// Whether a message with this topic and RETAIN flag passes the filter.
+    pub fn wants(&self, topic: &str, retain: bool) -> bool {
+        (!self.retained_only || retain)
+            && (self.topics.is_empty()
+                || self.topics.iter().any(|f| topic_matches(f.as_str(), topic)))
+    }
 }
 
 /// A client as plugins see it. Borrowed for one call.

@@ -92,6 +92,8 @@ pub struct PluginHandle {
     pub commands: Vec<(String, String)>,
     /// Failure policy for auth / ACL.
     pub on_error: OnError,
+    /// Which messages its `message.publish` hook wants.
+    pub publish_filter: plugin_api::PublishFilter,
     timeout: Duration,
     state: AtomicU8,
     /// Counters.
@@ -154,6 +156,7 @@ impl PluginHandle {
                 .map(|c| (c.name.to_string(), c.usage.to_string()))
                 .collect(),
             on_error: registration.on_error,
+            publish_filter: registration.publish_filter.clone(),
             timeout,
             state: AtomicU8::new(PluginState::Active as u8),
             stats: PluginStats::default(),
@@ -398,8 +401,22 @@ impl Hooks {
         }
     }
 
+    /// Whether any active plugin's `message.publish` hook wants a message with this topic and
+    /// RETAIN flag (its [`plugin_api::PublishFilter`]). Checked before a message view is built.
+    pub fn wants_publish(&self, topic: &str, retain: bool) -> bool {
+        if !self.enabled(HookPoint::MESSAGE_PUBLISH) {
+            return false;
+        }
+        let table = self.table.load();
+        table
+            .at(HookPoint::MESSAGE_PUBLISH)
+            .iter()
+            .any(|p| p.is_active() && p.publish_filter.wants(topic, retain))
+    }
+
     /// Runs the `message.publish` fold. `view` describes the message as received; each plugin
-    /// sees the topic and payload as changed by the plugins before it.
+    /// sees the topic and payload as changed by the plugins before it, and is skipped when its
+    /// publish filter does not want the message.
     pub fn message_publish(&self, view: &MessageView<'_>) -> PublishDecision {
         let mut decision = PublishDecision::default();
         if !self.enabled(HookPoint::MESSAGE_PUBLISH) {
@@ -408,6 +425,10 @@ impl Hooks {
         let table = self.table.load();
         for p in table.at(HookPoint::MESSAGE_PUBLISH) {
             if !p.is_active() {
+                continue;
+            }
+            let topic = decision.topic.as_deref().unwrap_or(view.topic.as_str());
+            if !p.publish_filter.wants(topic, view.retain) {
                 continue;
             }
             let mut current = *view;
