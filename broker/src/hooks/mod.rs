@@ -363,8 +363,13 @@ impl Hooks {
         self.mask.load(Ordering::Relaxed) & (1 << point.0) != 0
     }
 
-    /// Calls a notification hook on every plugin that registered it.
-    pub fn notify(&self, point: HookPoint, event: &EventView<'_>) {
+    /// Calls `call` for every active plugin registered at `point`, counting, timing and
+    /// logging failures: the shape of every notification hook.
+    fn notify_each(
+        &self,
+        point: HookPoint,
+        call: impl Fn(&PluginHandle) -> RResult<(), PluginError>,
+    ) {
         if !self.enabled(point) {
             return;
         }
@@ -374,7 +379,7 @@ impl Hooks {
                 continue;
             }
             let t = p.begin();
-            let r = p.instance.on_event(point, event);
+            let r = call(p);
             p.end(t);
             if let RResult::RErr(e) = r {
                 p.failed(point, &e);
@@ -382,23 +387,14 @@ impl Hooks {
         }
     }
 
+    /// Calls a notification hook on every plugin that registered it.
+    pub fn notify(&self, point: HookPoint, event: &EventView<'_>) {
+        self.notify_each(point, |p| p.instance.on_event(point, event));
+    }
+
     /// Calls `message.delivered` / `message.acked` / `message.dropped`.
     pub fn message_event(&self, point: HookPoint, event: &MessageEventView<'_>) {
-        if !self.enabled(point) {
-            return;
-        }
-        let table = self.table.load();
-        for p in table.at(point) {
-            if !p.is_active() {
-                continue;
-            }
-            let t = p.begin();
-            let r = p.instance.on_message_event(point, event);
-            p.end(t);
-            if let RResult::RErr(e) = r {
-                p.failed(point, &e);
-            }
-        }
+        self.notify_each(point, |p| p.instance.on_message_event(point, event));
     }
 
     /// Whether any active plugin's `message.publish` hook wants a message with this topic and
