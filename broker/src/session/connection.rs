@@ -33,8 +33,9 @@ use crate::config::{Decision, DenyAction};
 use crate::hooks::{AclDecision, AuthDecision};
 use crate::metrics;
 use crate::router::{TopicFilter, TopicName};
+use abi_stable::std_types::RString;
 use plugin_api::{
-    Access, AclRequest, AuthRequest, ClientView, DenyReason, EventView, HookPoint,
+    Access, AclRequest, AuthRequest, ClientInfo, ClientView, DenyReason, EventView, HookPoint,
     MessageEventView, SubOptions, SubscribeView, SubscriptionView,
 };
 
@@ -244,49 +245,8 @@ struct Connection {
     topic_aliases: Vec<Option<TopicName>>,
     problem_information: bool,
     drained: Vec<Delivery>,
-    identity: Identity,
-}
-
-/// Who the client is, as plugins see it; fixed at CONNECT.
-struct Identity {
-    username: Option<String>,
-    peer_ip: String,
-    peer_port: u16,
-    sock_port: u16,
-    listener: Arc<str>,
-    transport: &'static str,
-    proto_ver: u8,
-    proto_name: &'static str,
-    keep_alive: u16,
-    clean_start: bool,
-    expiry_interval: u32,
-    connected_at_ms: u64,
-    superuser: bool,
-    cert_common_name: Option<String>,
-    cert_subject: Option<String>,
-}
-
-impl Identity {
-    fn view<'a>(&'a self, client_id: &'a str) -> ClientView<'a> {
-        ClientView {
-            client_id: client_id.into(),
-            username: self.username.as_deref().map(Into::into).into(),
-            peer_ip: self.peer_ip.as_str().into(),
-            peer_port: self.peer_port,
-            sock_port: self.sock_port,
-            listener: (*self.listener).into(),
-            transport: self.transport.into(),
-            proto_ver: self.proto_ver,
-            proto_name: self.proto_name.into(),
-            keep_alive: self.keep_alive,
-            clean_start: self.clean_start,
-            expiry_interval: self.expiry_interval,
-            connected_at_ms: self.connected_at_ms,
-            cert_common_name: self.cert_common_name.as_deref().map(Into::into).into(),
-            cert_subject: self.cert_subject.as_deref().map(Into::into).into(),
-            is_superuser: self.superuser,
-        }
-    }
+    /// Who the client is, as plugins see it; fixed at CONNECT.
+    identity: ClientInfo,
 }
 
 fn event<'a>(client: ClientView<'a>, reason: &'a str, reason_code: u8) -> EventView<'a> {
@@ -347,14 +307,13 @@ fn assigned_client_id() -> String {
 /// `Err((v5 reason code, why))` refuses it.
 async fn authenticate(
     broker: &Broker,
-    identity: &Identity,
-    client_id: &str,
+    identity: &ClientInfo,
     connect: &Connect,
 ) -> Result<bool, (u8, &'static str)> {
     let auth = &broker.config.auth;
     let decision = if broker.hooks.enabled(HookPoint::CLIENT_AUTHENTICATE) {
         let request = AuthRequest {
-            client: identity.view(client_id).to_owned_info(),
+            client: identity.clone(),
             password: connect.password.as_ref().map(|p| p.to_vec().into()).into(),
         };
         broker.hooks.authenticate(&request).await
@@ -468,42 +427,37 @@ impl Connection {
             server_keep_alive = Some(keep_alive);
         }
 
-        let mut identity = Identity {
-            username: connect.username.clone(),
-            peer_ip: info.peer.ip().to_string(),
+        let mut identity = ClientInfo {
+            client_id: (*client_id).into(),
+            username: connect.username.as_deref().map(RString::from).into(),
+            peer_ip: info.peer.ip().to_string().into(),
             peer_port: info.peer.port(),
             sock_port: info.local_port,
-            listener: info.listener.clone(),
-            transport: info.transport,
+            listener: (*info.listener).into(),
+            transport: info.transport.into(),
             proto_ver: version.level(),
-            proto_name: version.protocol_name(),
+            proto_name: version.protocol_name().into(),
             keep_alive,
             clean_start: connect.clean_start,
             expiry_interval: session_expiry,
             connected_at_ms: 0,
-            superuser: false,
-            cert_common_name: info.cert_common_name.clone(),
-            cert_subject: info.cert_subject.clone(),
+            cert_common_name: info.cert_common_name.as_deref().map(RString::from).into(),
+            cert_subject: info.cert_subject.as_deref().map(RString::from).into(),
+            is_superuser: false,
         };
         let hooks = &broker.hooks;
-        hooks.notify(
-            HookPoint::CLIENT_CONNECT,
-            &event(identity.view(&client_id), "", 0),
-        );
+        hooks.notify(HookPoint::CLIENT_CONNECT, &event(identity.view(), "", 0));
 
         // Authentication chain (PLUGINS.md, "Access control core").
-        let refusal = match authenticate(broker, &identity, &client_id, &connect).await {
+        let refusal = match authenticate(broker, &identity, &connect).await {
             Ok(superuser) => {
-                identity.superuser = superuser;
+                identity.is_superuser = superuser;
                 None
             }
             Err(refusal) => Some(refusal),
         };
         if let Some((code, why)) = refusal {
-            hooks.notify(
-                HookPoint::CLIENT_CONNACK,
-                &event(identity.view(&client_id), "", code),
-            );
+            hooks.notify(HookPoint::CLIENT_CONNACK, &event(identity.view(), "", code));
             refuse(stream, version, code, info, &client_id, why).await;
             return None;
         }
@@ -585,9 +539,9 @@ impl Connection {
         }
         conn.identity.connected_at_ms = crate::broker::now_ms();
         conn.session.acl_cache.lock().clear();
-        *conn.session.info.lock() = Some(conn.identity.view(&client_id).to_owned_info());
+        *conn.session.info.lock() = Some(conn.identity.clone());
         conn.session.set_online(true);
-        let view = conn.identity.view(&client_id);
+        let view = conn.identity.view();
         if attached.discarded {
             hooks.notify(HookPoint::SESSION_DISCARDED, &event(view, "", 0));
         }
@@ -948,7 +902,7 @@ impl Connection {
     /// Superusers and brokers without ACL plugins skip it.
     async fn acl_allows(&self, access: Access, topic: &str) -> bool {
         let hooks = &self.broker.hooks;
-        if self.identity.superuser || !hooks.enabled(HookPoint::CLIENT_CHECK_ACL) {
+        if self.identity.is_superuser || !hooks.enabled(HookPoint::CLIENT_CHECK_ACL) {
             return true;
         }
         let acl = &self.broker.config.acl;
@@ -957,7 +911,7 @@ impl Connection {
             return hit;
         }
         let request = AclRequest {
-            client: self.identity.view(&self.client_id).to_owned_info(),
+            client: self.identity.clone(),
             access,
             topic: topic.into(),
         };
@@ -1035,7 +989,15 @@ impl Connection {
             };
             let matched = self
                 .broker
-                .publish(message, self.identity.username.as_deref(), false)
+                .publish(
+                    message,
+                    self.identity
+                        .username
+                        .as_ref()
+                        .map(|u| u.as_str())
+                        .into_option(),
+                    false,
+                )
                 .unwrap_or(0);
             if matched == 0 && self.version.is_v5() {
                 reason::NO_MATCHING_SUBSCRIBERS
@@ -1076,7 +1038,7 @@ impl Connection {
             return raw.to_owned();
         }
         let view = SubscribeView {
-            client: self.identity.view(&self.client_id),
+            client: self.identity.view(),
             filter: filter.as_str().into(),
             share_group: group.map(|g| (**g).into()).into(),
             options,
@@ -1162,7 +1124,7 @@ impl Connection {
                     is_new: *is_new,
                     subscription_id: id.unwrap_or(0),
                 };
-                let mut ev = event(self.identity.view(&self.client_id), "", 0);
+                let mut ev = event(self.identity.view(), "", 0);
                 ev.subscription = Some(sub).into();
                 self.broker.hooks.notify(HookPoint::SESSION_SUBSCRIBED, &ev);
             }
@@ -1200,7 +1162,7 @@ impl Connection {
                             is_new: false,
                             subscription_id: sub.id.unwrap_or(0),
                         };
-                        let mut ev = event(self.identity.view(&self.client_id), "", 0);
+                        let mut ev = event(self.identity.view(), "", 0);
                         ev.subscription = Some(view).into();
                         self.broker
                             .hooks
@@ -1268,7 +1230,7 @@ impl Connection {
         }
         tracing::info!(client_id = %self.client_id, peer = %self.peer, reason = exit.label(), "client disconnected");
         let hooks = &self.broker.hooks;
-        let view = self.identity.view(&self.client_id);
+        let view = self.identity.view();
         if matches!(
             exit,
             Exit::Kicked {
@@ -1338,8 +1300,15 @@ impl Connection {
                             Duration::from_secs(delay as u64),
                         );
                     } else {
-                        self.broker
-                            .publish(message, self.identity.username.as_deref(), true);
+                        self.broker.publish(
+                            message,
+                            self.identity
+                                .username
+                                .as_ref()
+                                .map(|u| u.as_str())
+                                .into_option(),
+                            true,
+                        );
                     }
                 }
                 Err(e) => {
