@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+# A private MariaDB server per auth_mysql test (mariadb-install-db + mariadbd, not a service).
+{ command -v mariadbd || [ -x /usr/sbin/mariadbd ]; } >/dev/null 2>&1 || need+=(mariadb-server)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo=sudo; else
     echo "tests/run.sh: need root (or sudo) to install: ${need[*]}" >&2; exit 1

@@ -18,6 +18,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+pub mod http;
+pub mod mariadb;
+
+pub use http::HttpServer;
+pub use mariadb::MariaDb;
 pub use rumqttc;
 
 /// Default time to wait for anything the broker should do promptly.
@@ -562,6 +567,24 @@ impl V5Client {
 }
 
 // ---------------------------------------------------------------- raw bytes
+
+/// A v3.1.1 CONNECT (clean session, keep-alive 60 s) with a user name and password.
+pub fn connect_with_password(id: &str, user: &str, password: &str) -> Vec<u8> {
+    let mut body = mqtt_string("MQTT");
+    body.extend([4, 0xC2, 0, 60]);
+    body.extend(mqtt_string(id));
+    body.extend(mqtt_string(user));
+    body.extend(mqtt_string(password));
+    packet(0x10, &body)
+}
+
+/// Connects with a user name and password (MQTT 3.1.1) and returns the CONNACK return code
+/// (0 accepted, 3 server unavailable, 4 bad user name or password, 5 not authorised).
+pub async fn connack_code(port: u16, id: &str, user: &str, password: &str) -> u8 {
+    let mut w = Wire::open(port).await;
+    w.send(&connect_with_password(id, user, password)).await;
+    w.recv().await.expect("CONNACK").body[1]
+}
 
 /// A raw-byte MQTT client for malformed input and exact wire expectations.
 pub struct Wire {

@@ -104,6 +104,9 @@ pub struct Config {
     pub ca_file: String,
     /// Seconds an authentication result is cached; 0 = no cache.
     pub cache_ttl_secs: u64,
+    /// Position in the auth and ACL chains (higher first). Default: the broker's
+    /// AUTHENTICATION (970) and ACL (960) priorities.
+    pub priority: Option<i32>,
 }
 
 impl Default for Config {
@@ -117,6 +120,7 @@ impl Default for Config {
             pool_max_idle: 32,
             ca_file: String::new(),
             cache_ttl_secs: 0,
+            priority: None,
         }
     }
 }
@@ -423,13 +427,13 @@ impl Plugin for AuthHttp {
         if c.auth_req.is_some() {
             hooks.push(HookSpec {
                 point: HookPoint::CLIENT_AUTHENTICATE,
-                priority: priority::AUTHENTICATION,
+                priority: c.priority.unwrap_or(priority::AUTHENTICATION),
             });
         }
         if c.acl_req.is_some() || c.auth_req.is_some() {
             hooks.push(HookSpec {
                 point: HookPoint::CLIENT_CHECK_ACL,
-                priority: priority::ACL,
+                priority: c.priority.unwrap_or(priority::ACL),
             });
         }
         Registration {

@@ -1,0 +1,531 @@
+//! The auth_mysql plugin against a private MariaDB server started by each test (see
+//! `broker_tests::mariadb`), loaded as a real `.so` into the real broker.
+
+use std::time::{Duration, Instant};
+
+use broker_tests::rumqttc::QoS;
+use broker_tests::rumqttc::SubscribeReasonCode as Sub;
+use broker_tests::*;
+
+/// bcrypt of "bcrypt-pw" (cost 6), made by Python's `bcrypt.hashpw` — another implementation
+/// than the plugin's.
+const BCRYPT_OF_PW: &str = "$2b$06$5ma20jfGZjONmwHY6hakC.oeQSX41oavdEARERHZDY9apgIBfipne";
+/// `hashlib.pbkdf2_hmac('sha256', b'pbkdf2-pw', b'NaCl42', 1000, 32).hex()` (Python).
+const PBKDF2_OF_PW: &str = "0f5d97eaed61c0c854a23315e624cea2db94699869a4cf13a8d4a7b3fe9ea3df";
+
+/// A SQL string literal for `s` (quotes doubled, backslashes escaped).
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Inserts a user whose stored password is the SQL expression `stored`.
+fn add_user(db: &MariaDb, name: &str, stored: &str, salt: &str, superuser: bool) {
+    db.sql(&format!(
+        "insert into mqtt_user (username, password, salt, is_superuser) values ({}, {stored}, {}, {})",
+        lit(name),
+        lit(salt),
+        u8::from(superuser)
+    ));
+}
+
+/// An ACL row: allow, ipaddr, username, clientid, access, topic (`None` is NULL).
+type AclSpec<'a> = (
+    u8,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    u8,
+    &'a str,
+);
+
+/// Inserts an ACL row.
+fn add_acl(db: &MariaDb, (allow, ipaddr, username, clientid, access, topic): AclSpec<'_>) {
+    let v = |o: Option<&str>| o.map_or("NULL".to_owned(), lit);
+    db.sql(&format!(
+        "insert into mqtt_acl (allow, ipaddr, username, clientid, access, topic) values ({allow}, {}, {}, {}, {access}, {})",
+        v(ipaddr),
+        v(username),
+        v(clientid),
+        lit(topic)
+    ));
+}
+
+/// A broker (with `broker_extra` in its config) that has auth_mysql loaded with `plugin`.
+fn broker_with(db: &MariaDb, plugin: &str, broker_extra: &str) -> Broker {
+    let b = Broker::start_with(broker_extra);
+    b.plugin_config("auth_mysql", &db.plugin_config(plugin));
+    b.ctl_ok(&["plugins", "load", "auth_mysql"]);
+    b
+}
+
+async fn v4_login(b: &Broker, id: &str, user: &str, password: &str) -> V4Client {
+    let mut o = v4_options(b.port(), id);
+    o.set_credentials(user, password);
+    let (c, _) = V4Client::connect_with(o).await;
+    c
+}
+
+#[tokio::test]
+async fn every_password_hash_checks_right_and_wrong_passwords() {
+    let Some(db) = MariaDb::start(&[]) else {
+        return;
+    };
+    // Stored values are computed by MariaDB itself (md5(), sha1(), sha2()) or by Python.
+    let cases = [
+        ("plain", "u-plain", "'pw-plain'", "", "pw-plain"),
+        ("md5", "u-md5", "md5('pw-md5')", "", "pw-md5"),
+        ("sha", "u-sha", "sha1('pw-sha')", "", "pw-sha"),
+        ("sha256", "u-256", "sha2('pw-256', 256)", "", "pw-256"),
+        ("sha512", "u-512", "sha2('pw-512', 512)", "", "pw-512"),
+        (
+            "salt,sha256",
+            "u-pre",
+            "sha2(concat('s4lt', 'pw-pre'), 256)",
+            "s4lt",
+            "pw-pre",
+        ),
+        (
+            "sha256,salt",
+            "u-suf",
+            "sha2(concat('pw-suf', 's4lt'), 256)",
+            "s4lt",
+            "pw-suf",
+        ),
+        (
+            "salt,md5",
+            "u-md5pre",
+            "md5(concat('x', 'pw-m'))",
+            "x",
+            "pw-m",
+        ),
+        ("bcrypt", "u-bcrypt", &lit(BCRYPT_OF_PW), "", "bcrypt-pw"),
+        (
+            "pbkdf2,sha256,1000,32",
+            "u-pbkdf2",
+            &lit(PBKDF2_OF_PW),
+            "NaCl42",
+            "pbkdf2-pw",
+        ),
+    ];
+    for (_, user, stored, salt, _) in &cases {
+        add_user(&db, user, stored, salt, false);
+    }
+    let b = Broker::start();
+    for (i, (hash, user, _, _, password)) in cases.iter().enumerate() {
+        b.plugin_config(
+            "auth_mysql",
+            &db.plugin_config(&format!("password_hash = {hash:?}")),
+        );
+        let verb = if i == 0 { "load" } else { "reload" };
+        b.ctl_ok(&["plugins", verb, "auth_mysql"]);
+        assert_eq!(
+            connack_code(b.port(), "c", user, password).await,
+            0,
+            "{hash}: right password"
+        );
+        assert_eq!(
+            connack_code(b.port(), "c", user, &format!("{password}x")).await,
+            4,
+            "{hash}: wrong password → bad user name or password"
+        );
+        assert_eq!(
+            connack_code(b.port(), "c", user, "").await,
+            4,
+            "{hash}: empty password"
+        );
+    }
+    assert_eq!(
+        connack_code(b.port(), "c", "no-such-user", "pw").await,
+        5,
+        "no row → ignore → auth.no_match (deny) → not authorised"
+    );
+    assert!(!b.log().contains("pw-256"), "passwords are never logged");
+}
+
+#[tokio::test]
+async fn bad_queries_and_hashes_are_refused_at_load_naming_the_key() {
+    let b = Broker::start();
+    b.plugin_config(
+        "auth_mysql",
+        "auth_query = \"select password from mqtt_user where username = %u\"\n",
+    );
+    let out = b.ctl(&["plugins", "load", "auth_mysql"]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("auth_query") && out.stderr.contains("'%u'"),
+        "{}",
+        out.stderr
+    );
+    b.plugin_config("auth_mysql", "password_hash = \"sha3\"\n");
+    let out = b.ctl(&["plugins", "load", "auth_mysql"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("password_hash"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn sql_metacharacters_in_user_names_are_bound_not_spliced() {
+    let Some(db) = MariaDb::start(&[]) else {
+        return;
+    };
+    let odd = [
+        "o'brien",
+        "back\\slash",
+        "%u",
+        "\"; drop table mqtt_user; --",
+        "名前",
+    ];
+    for name in odd {
+        add_user(&db, name, "sha2('pw', 256)", "", false);
+    }
+    let b = broker_with(&db, "", "");
+    for name in odd {
+        assert_eq!(connack_code(b.port(), "c", name, "pw").await, 0, "{name}");
+        assert_eq!(connack_code(b.port(), "c", name, "no").await, 4, "{name}");
+    }
+    // Spliced into the query, these would return a row (→ 4, or 0 for the union); bound as
+    // values they match no user name (→ no row → ignore → not authorised).
+    for attack in [
+        "nobody' or '1'='1",
+        "nobody' union select sha2('x', 256), '' -- ",
+    ] {
+        assert_eq!(
+            connack_code(b.port(), "c", attack, "x").await,
+            5,
+            "{attack}"
+        );
+    }
+    assert_eq!(db.sql("select count(*) from mqtt_user").trim(), "5");
+}
+
+#[tokio::test]
+async fn acl_rows_first_match_in_order() {
+    let Some(db) = MariaDb::start(&[]) else {
+        return;
+    };
+    add_user(&db, "alice", "sha2('a', 256)", "", false);
+    add_user(&db, "root", "sha2('r', 256)", "", true);
+    add_user(&db, "$bridge", "sha2('b', 256)", "", false);
+    let rows: [AclSpec<'_>; 10] = [
+        (0, None, Some("$all"), None, 1, "secret/#"),
+        (1, None, Some("$all"), None, 3, "users/%u/#"),
+        (1, None, None, Some("dev-special"), 1, "special/#"),
+        (1, Some("127.0.0.0/8"), Some("alice"), None, 2, "local/#"),
+        (1, Some("10.0.0.0/8"), Some("alice"), None, 1, "remote/#"),
+        (1, None, Some("$all"), None, 1, "eq stats/#"),
+        (0, None, Some("alice"), None, 1, "dup/#"),
+        (1, None, Some("alice"), None, 1, "dup/#"),
+        (1, Some("127.0.0.1"), None, None, 1, "byip/#"),
+        (1, Some("127.0.0.0/24"), None, None, 1, "bycidr/#"),
+    ];
+    for row in rows {
+        add_acl(&db, row);
+    }
+    let b = broker_with(&db, "", "[acl]\nno_match = \"deny\"\n");
+    let mut alice = v4_login(&b, "dev-alice", "alice", "a").await;
+    let q = QoS::AtMostOnce;
+    for (filter, expected) in [
+        ("secret/x", false),
+        ("users/alice/x", true),
+        ("users/bob/x", false),
+        ("special/x", false),
+        ("remote/x", false),
+        ("stats/#", true),
+        ("stats/cpu", false),
+        ("dup/x", false),
+        ("byip/x", true),
+        ("bycidr/x", true),
+        ("local/x", false),
+    ] {
+        let want = if expected {
+            Sub::Success(q)
+        } else {
+            Sub::Failure
+        };
+        assert_eq!(
+            alice.subscribe(filter, q).await,
+            vec![want],
+            "alice subscribing {filter}"
+        );
+    }
+    let mut special = v4_login(&b, "dev-special", "alice", "a").await;
+    assert_eq!(
+        special.subscribe("special/x", q).await,
+        vec![Sub::Success(q)]
+    );
+
+    // Publish: v5 PUBACK carries the verdict.
+    let mut o = v5_options(b.port(), "alice-v5");
+    o.set_credentials("alice", "a");
+    let (mut v5, ack) = V5Client::connect_with(o).await;
+    assert_eq!(
+        ack.code,
+        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success
+    );
+    for (topic, allowed) in [
+        ("local/x", true),
+        ("users/alice/y", true),
+        ("secret/x", false),
+    ] {
+        v5.client
+            .publish(topic, rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, "m")
+            .await
+            .expect("publish");
+        let reason = v5
+            .recv_packet_within(WAIT, |p| match p {
+                V5Packet::PubAck(a) => Some(a.reason),
+                _ => None,
+            })
+            .await
+            .expect("PUBACK");
+        use rumqttc::v5::mqttbytes::v5::PubAckReason;
+        // Allowed with nobody subscribed: 0x10 "no matching subscribers".
+        let expected = if allowed {
+            PubAckReason::NoMatchingSubscribers
+        } else {
+            PubAckReason::NotAuthorized
+        };
+        assert_eq!(reason, expected, "alice publishing {topic}");
+    }
+
+    let mut root = v4_login(&b, "admin", "root", "r").await;
+    assert_eq!(
+        root.subscribe("secret/x", q).await,
+        vec![Sub::Success(q)],
+        "superusers skip ACL"
+    );
+    // User names starting with '$' are not looked up: row 2 would allow this.
+    let mut bridge = v4_login(&b, "bridge", "$bridge", "b").await;
+    assert_eq!(
+        bridge.subscribe("users/$bridge/x", q).await,
+        vec![Sub::Failure]
+    );
+}
+
+#[tokio::test]
+async fn mariadb_stopped_and_restarted_under_a_connected_broker() {
+    let Some(mut db) = MariaDb::start(&[]) else {
+        return;
+    };
+    add_user(&db, "alice", "sha2('a', 256)", "", false);
+    add_acl(&db, (1, None, Some("$all"), None, 3, "users/%u/#"));
+    let b = broker_with(
+        &db,
+        "query_timeout_ms = 1000",
+        "[acl]\nno_match = \"deny\"\n",
+    );
+    let mut alice = v4_login(&b, "alice", "alice", "a").await;
+    let q = QoS::AtLeastOnce;
+    assert_eq!(
+        alice.subscribe("users/alice/#", q).await,
+        vec![Sub::Success(q)]
+    );
+    let round_trip = |c: &mut V4Client, payload: &'static str| {
+        let client = c.client.clone();
+        async move {
+            client
+                .publish("users/alice/t", QoS::AtLeastOnce, false, payload)
+                .await
+                .expect("publish");
+        }
+    };
+    round_trip(&mut alice, "before").await;
+    assert_eq!(&alice.recv_publish().await.payload[..], b"before");
+
+    db.stop();
+    let started = Instant::now();
+    assert_eq!(
+        connack_code(b.port(), "late", "alice", "a").await,
+        3,
+        "database down + on_error deny → server unavailable"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded by the query timeout"
+    );
+    // The connected client stays connected; decisions it already has (ACL cache) still work,
+    // new ones fail closed.
+    round_trip(&mut alice, "during").await;
+    assert_eq!(&alice.recv_publish().await.payload[..], b"during");
+    assert_eq!(
+        alice.subscribe("users/alice/new", q).await,
+        vec![Sub::Failure]
+    );
+
+    db.start_again();
+    assert_eq!(
+        connack_code(b.port(), "after", "alice", "a").await,
+        0,
+        "the pool reconnects without a reload"
+    );
+    assert_eq!(
+        alice.subscribe("users/alice/other", q).await,
+        vec![Sub::Success(q)]
+    );
+    round_trip(&mut alice, "after").await;
+    assert_eq!(&alice.recv_publish().await.payload[..], b"after");
+}
+
+#[tokio::test]
+async fn idle_connections_closed_by_the_server_do_not_fail_logins() {
+    let Some(db) = MariaDb::start(&["--wait-timeout=1"]) else {
+        return;
+    };
+    add_user(&db, "alice", "sha2('a', 256)", "", false);
+    let b = broker_with(&db, "", "");
+    for round in 0..3 {
+        assert_eq!(
+            connack_code(b.port(), "c", "alice", "a").await,
+            0,
+            "login {round}"
+        );
+        // wait_timeout = 1 s: the server closes the pool's idle connections.
+        wait_until("the server to close idle connections", || {
+            db.broker_connections() == 0
+        })
+        .await;
+    }
+    assert_eq!(connack_code(b.port(), "c", "alice", "a").await, 0);
+}
+
+#[tokio::test]
+async fn slow_queries_hit_the_query_timeout() {
+    let Some(db) = MariaDb::start(&[]) else {
+        return;
+    };
+    add_user(&db, "alice", "sha2('a', 256)", "", false);
+    let slow = "auth_query = \"select password, salt from mqtt_user where username = '%u' and sleep(3) = 0\"";
+    let b = broker_with(&db, &format!("query_timeout_ms = 300\n{slow}"), "");
+    let started = Instant::now();
+    assert_eq!(connack_code(b.port(), "c", "alice", "a").await, 3);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    b.plugin_config(
+        "auth_mysql",
+        &db.plugin_config(&format!(
+            "query_timeout_ms = 300\non_error = \"ignore\"\n{slow}"
+        )),
+    );
+    b.ctl_ok(&["plugins", "reload", "auth_mysql"]);
+    assert_eq!(
+        connack_code(b.port(), "c", "alice", "a").await,
+        5,
+        "on_error ignore → next plugin → none → auth.no_match"
+    );
+}
+
+/// auth_http and auth_mysql together: the higher priority asks first, Ignore falls through,
+/// all Ignore → auth.no_match.
+#[tokio::test]
+async fn chain_with_auth_http_by_priority() {
+    let Some(db) = MariaDb::start(&[]) else {
+        return;
+    };
+    add_user(&db, "dbuser", "sha2('db', 256)", "", false);
+    add_user(&db, "both", "sha2('db', 256)", "", false);
+    let http = HttpServer::start(|r| {
+        if r.body.contains("username=httpuser") || r.body.contains("username=both") {
+            (200, String::new(), 0)
+        } else {
+            (200, "ignore".into(), 0)
+        }
+    })
+    .await;
+    let http_config = |priority: i32| {
+        format!(
+            "priority = {priority}\n[auth_req]\nurl = \"http://127.0.0.1:{}/auth\"\nparams = {{ username = \"%u\", password = \"%P\" }}\n",
+            http.port
+        )
+    };
+    let b = Broker::start();
+    b.plugin_config("auth_http", &http_config(980));
+    b.plugin_config("auth_mysql", &db.plugin_config("priority = 970"));
+    b.ctl_ok(&["plugins", "load", "auth_http"]);
+    b.ctl_ok(&["plugins", "load", "auth_mysql"]);
+
+    assert_eq!(
+        connack_code(b.port(), "1", "httpuser", "any").await,
+        0,
+        "HTTP allows"
+    );
+    assert_eq!(
+        connack_code(b.port(), "2", "dbuser", "db").await,
+        0,
+        "HTTP ignores, MySQL allows"
+    );
+    assert_eq!(
+        connack_code(b.port(), "3", "dbuser", "no").await,
+        4,
+        "HTTP ignores, MySQL denies"
+    );
+    assert_eq!(
+        connack_code(b.port(), "4", "nobody", "x").await,
+        5,
+        "all ignore → no_match"
+    );
+    assert_eq!(
+        connack_code(b.port(), "5", "both", "wrong").await,
+        0,
+        "auth_http (980) answers before auth_mysql (970)"
+    );
+    // Swap the order: auth_mysql above auth_http now denies the wrong password first.
+    b.plugin_config("auth_http", &http_config(960));
+    b.ctl_ok(&["plugins", "reload", "auth_http"]);
+    assert_eq!(connack_code(b.port(), "6", "both", "wrong").await, 4);
+    assert_eq!(
+        connack_code(b.port(), "7", "httpuser", "any").await,
+        0,
+        "MySQL has no row → HTTP"
+    );
+}
+
+/// Acceptance, as a new user would try it: a sha256+salt user with mosquitto_pub, and an ACL
+/// row denying `secret/#`.
+#[tokio::test]
+async fn mosquitto_clients_with_a_salted_sha256_user() {
+    let Some(db) = MariaDb::start(&[]) else {
+        return;
+    };
+    assert!(
+        tool_available("mosquitto_pub"),
+        "mosquitto_pub not installed: run the README's test command (tests/run.sh installs mosquitto-clients)"
+    );
+    add_user(
+        &db,
+        "meter",
+        "sha2(concat('pepper', 'right'), 256)",
+        "pepper",
+        false,
+    );
+    add_acl(&db, (0, None, Some("$all"), None, 1, "secret/#"));
+    let b = broker_with(&db, "password_hash = \"salt,sha256\"", "");
+    let pub_with = |password: &str| {
+        std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &b.port().to_string()])
+            .args([
+                "-u", "meter", "-P", password, "-t", "meters/1", "-m", "42", "-q", "1",
+            ])
+            .output()
+            .expect("run mosquitto_pub")
+    };
+    let ok = pub_with("right");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = pub_with("wrong");
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr).to_lowercase();
+    assert!(
+        stderr.contains("bad user name or password") || stderr.contains("not authori"),
+        "{stderr}"
+    );
+    let mut meter = v4_login(&b, "meter-sub", "meter", "right").await;
+    assert_eq!(
+        meter.subscribe("secret/#", QoS::AtMostOnce).await,
+        vec![Sub::Failure]
+    );
+}
