@@ -78,9 +78,14 @@ impl MariaDb {
         };
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
+        // A private tmpdir too: servers clean stale temporary tables out of theirs at start,
+        // which would break another server's bootstrap sharing /tmp.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).expect("tmpdir");
         let mut cmd = Command::new(&install);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
             .args(SMALL)
             .stdout(Stdio::null())
@@ -131,6 +136,10 @@ impl MariaDb {
         let mut cmd = Command::new(&self.server);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", self.data_dir().display()))
+            .arg(format!(
+                "--tmpdir={}",
+                self.dir.path().join("tmp").display()
+            ))
             .arg(format!("--port={}", self.port))
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--socket={}", self.socket().display()))

@@ -15,6 +15,7 @@
 //! connect-storm: `--clients` connections send CONNECT at once (e.g. against a slow
 //! authentication plugin) while an already-connected client keeps measuring its publish →
 //! receive round trip; prints how long the storm took and the round trips before and during it.
+//! `--username` / `--password` are sent by every connection.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,6 +35,8 @@ struct Args {
     messages: u64,
     payload: usize,
     window: usize,
+    username: Option<String>,
+    password: Option<String>,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -46,6 +49,8 @@ fn parse() -> anyhow::Result<Args> {
         messages: 100_000,
         payload: 64,
         window: 64,
+        username: None,
+        password: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -59,6 +64,8 @@ fn parse() -> anyhow::Result<Args> {
             "--messages" => a.messages = v.parse()?,
             "--payload" => a.payload = v.parse()?,
             "--window" => a.window = v.parse()?,
+            "--username" => a.username = Some(v),
+            "--password" => a.password = Some(v),
             _ => bail!("unknown option {k}"),
         }
     }
@@ -115,8 +122,18 @@ async fn connect(a: &Args, id: &str) -> anyhow::Result<(TcpStream, BytesMut)> {
     s.set_nodelay(true)?;
     let mut body = BytesMut::new();
     put_str(&mut body, "MQTT");
-    body.put_slice(&[4, 0x02, 0, 60]);
+    let mut flags = 0x02;
+    if a.username.is_some() {
+        flags |= 0x80;
+    }
+    if a.password.is_some() {
+        flags |= 0x40;
+    }
+    body.put_slice(&[4, flags, 0, 60]);
     put_str(&mut body, id);
+    for v in [&a.username, &a.password].into_iter().flatten() {
+        put_str(&mut body, v);
+    }
     let mut p = BytesMut::new();
     p.put_u8(0x10);
     put_len(&mut p, body.len());
