@@ -22,7 +22,8 @@
 //! `query_timeout_ms` in all (waiting for a connection, connecting, querying); past it, or
 //! with the server down, the `on_error` policy decides (`deny`: CONNACK "server unavailable",
 //! ACL deny; `ignore`: ask the next plugin). All I/O runs on the plugin's own runtime; bcrypt
-//! and pbkdf2 run on its blocking threads. Passwords are never logged.
+//! and pbkdf2 run on its blocking threads, at most `hash_threads` at once (default half the
+//! cores) so that a login storm leaves CPU to message routing. Passwords are never logged.
 //!
 //! The connection to the database is plain TCP or a Unix socket (no TLS: keep the database on
 //! the broker's host or a private network).
@@ -79,6 +80,9 @@ pub struct Config {
     pub priority: Option<i32>,
     /// How stored passwords are hashed.
     pub password_hash: String,
+    /// Most bcrypt / pbkdf2 checks computed at once (0 = half the CPU cores, at least 1), so a
+    /// login storm cannot take every core from message routing.
+    pub hash_threads: usize,
     /// Authentication query ("" = no authentication).
     pub auth_query: String,
     /// Superuser query ("" = nobody is a superuser through this plugin).
@@ -111,6 +115,7 @@ impl Default for Config {
             on_error: OnErrorConfig::Deny,
             priority: None,
             password_hash: "sha256".into(),
+            hash_threads: 0,
             auth_query: DEFAULT_AUTH_QUERY.into(),
             super_query: DEFAULT_SUPER_QUERY.into(),
             acl_query: DEFAULT_ACL_QUERY.into(),
@@ -262,6 +267,8 @@ fn named(row: &Row, name: &str) -> Option<Value> {
 struct Shared {
     settings: Settings,
     pool: Pool,
+    /// Permits for slow hash computations.
+    hashing: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -330,6 +337,11 @@ impl Shared {
         let ok = match hash {
             PasswordHash::Digest(..) => hash.verify(&password, &stored, &salt),
             PasswordHash::Bcrypt | PasswordHash::Pbkdf2 { .. } => {
+                let _permit = self
+                    .hashing
+                    .acquire()
+                    .await
+                    .map_err(|e| PluginError::backend(format!("password check failed: {e}")))?;
                 tokio::task::spawn_blocking(move || hash.verify(&password, &stored, &salt))
                     .await
                     .map_err(|e| PluginError::backend(format!("password check failed: {e}")))?
@@ -438,7 +450,17 @@ impl Plugin for AuthMysql {
     fn create(ctx: Context, config: &str) -> Result<Self, PluginError> {
         let settings = Settings::parse(config).map_err(PluginError::config)?;
         let pool = settings.pool();
-        let shared = Arc::new(Shared { settings, pool });
+        let threads = match settings.config.hash_threads {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get().div_ceil(2))
+                .max(1),
+            n => n,
+        };
+        let shared = Arc::new(Shared {
+            settings,
+            pool,
+            hashing: tokio::sync::Semaphore::new(threads),
+        });
         let probe = shared.clone();
         ctx.spawn(async move { probe.probe().await });
         Ok(AuthMysql {
