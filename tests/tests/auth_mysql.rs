@@ -205,7 +205,7 @@ async fn acl_rows_first_match_in_order() {
     add_user(&db, "alice", "sha2('a', 256)", "", false);
     add_user(&db, "root", "sha2('r', 256)", "", true);
     add_user(&db, "$bridge", "sha2('b', 256)", "", false);
-    let rows: [AclSpec<'_>; 10] = [
+    let rows: [AclSpec<'_>; 11] = [
         (0, None, Some("$all"), None, 1, "secret/#"),
         (1, None, Some("$all"), None, 3, "users/%u/#"),
         (1, None, None, Some("dev-special"), 1, "special/#"),
@@ -216,6 +216,7 @@ async fn acl_rows_first_match_in_order() {
         (1, None, Some("alice"), None, 1, "dup/#"),
         (1, Some("127.0.0.1"), None, None, 1, "byip/#"),
         (1, Some("127.0.0.0/24"), None, None, 1, "bycidr/#"),
+        (1, None, Some("$all"), None, 1, "clients/%c/#"),
     ];
     for row in rows {
         add_acl(&db, row);
@@ -235,6 +236,8 @@ async fn acl_rows_first_match_in_order() {
         ("byip/x", true),
         ("bycidr/x", true),
         ("local/x", false),
+        ("clients/dev-alice/x", true),
+        ("clients/dev-special/x", false),
     ] {
         let want = if expected {
             Sub::Success(q)
