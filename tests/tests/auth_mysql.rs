@@ -532,3 +532,49 @@ async fn mosquitto_clients_with_a_salted_sha256_user() {
         vec![Sub::Failure]
     );
 }
+
+/// TLS to the database: the account requires it; the server certificate is checked against
+/// the configured CA.
+#[tokio::test]
+async fn tls_to_the_database_verified_against_ca_file() {
+    let pki_dir = tempfile::tempdir().expect("temp dir");
+    let pki = TestPki::generate(pki_dir.path(), "unused");
+    let args = [
+        format!("--ssl-ca={}", pki.ca.display()),
+        format!("--ssl-cert={}", pki.server_cert.display()),
+        format!("--ssl-key={}", pki.server_key.display()),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let Some(db) = MariaDb::start(&args) else {
+        return;
+    };
+    db.sql("alter user 'broker'@'%' require ssl");
+    add_user(&db, "alice", "sha2('a', 256)", "", false);
+    let b = broker_with(&db, "", "");
+    assert_eq!(
+        connack_code(b.port(), "c", "alice", "a").await,
+        3,
+        "plain TCP: the server refuses the account → server unavailable"
+    );
+    let ca = format!("tls = true\nca_file = {:?}", pki.ca.display().to_string());
+    b.plugin_config("auth_mysql", &db.plugin_config(&ca));
+    b.ctl_ok(&["plugins", "reload", "auth_mysql"]);
+    assert_eq!(connack_code(b.port(), "c", "alice", "a").await, 0, "TLS");
+    b.plugin_config("auth_mysql", &db.plugin_config("tls = true"));
+    b.ctl_ok(&["plugins", "reload", "auth_mysql"]);
+    assert_eq!(
+        connack_code(b.port(), "c", "alice", "a").await,
+        3,
+        "the public roots do not trust the test CA"
+    );
+    b.plugin_config(
+        "auth_mysql",
+        &db.plugin_config("tls = true\nca_file = \"/nonexistent/ca.pem\""),
+    );
+    let out = b.ctl(&["plugins", "reload", "auth_mysql"]);
+    assert!(
+        out.code != 0 && out.stderr.contains("ca_file"),
+        "{}",
+        out.stderr
+    );
+}

@@ -25,8 +25,9 @@
 //! and pbkdf2 run on its blocking threads, at most `hash_threads` at once (default half the
 //! cores) so that a login storm leaves CPU to message routing. Passwords are never logged.
 //!
-//! The connection to the database is plain TCP or a Unix socket (no TLS: keep the database on
-//! the broker's host or a private network).
+//! The connection to the database is TCP, optionally TLS (`tls`, rustls; the server certificate
+//! is verified against `ca_file` or the public web roots, and its name against `server`), or a
+//! Unix socket.
 
 pub mod acl;
 pub mod hash;
@@ -69,6 +70,10 @@ pub struct Config {
     pub password: String,
     /// Database name.
     pub database: String,
+    /// TLS to the server (TCP only; a Unix socket is never encrypted).
+    pub tls: bool,
+    /// PEM file of the CA certificates trusted for the server ("" = the public web roots).
+    pub ca_file: String,
     /// Most connections kept open.
     pub pool_size: usize,
     /// Bound on one check (waiting for a connection, connecting, querying), milliseconds.
@@ -110,6 +115,8 @@ impl Default for Config {
             username: "root".into(),
             password: String::new(),
             database: "mqtt".into(),
+            tls: false,
+            ca_file: String::new(),
             pool_size: 8,
             query_timeout_ms: 5000,
             on_error: OnErrorConfig::Deny,
@@ -153,6 +160,10 @@ impl Settings {
         if config.query_timeout_ms == 0 {
             return Err("query_timeout_ms must be at least 1".into());
         }
+        if !config.ca_file.is_empty() {
+            std::fs::metadata(&config.ca_file)
+                .map_err(|e| format!("ca_file {:?}: {e}", config.ca_file))?;
+        }
         if config.socket.is_empty() {
             let port_ok = config
                 .server
@@ -189,6 +200,15 @@ impl Settings {
                     )
                     .with_inactive_connection_ttl(Duration::from_secs(60)),
             );
+        if c.tls {
+            let mut ssl = mysql_async::SslOpts::default();
+            if !c.ca_file.is_empty() {
+                ssl = ssl
+                    .with_root_certs(vec![std::path::PathBuf::from(&c.ca_file).into()])
+                    .with_disable_built_in_roots(true);
+            }
+            opts = opts.ssl_opts(ssl);
+        }
         if c.socket.is_empty() {
             let (host, port) = c.server.rsplit_once(':').unwrap_or((&c.server, "3306"));
             opts = opts
