@@ -60,6 +60,8 @@ pub struct Broker {
     pub hooks: Hooks,
     /// The plugin host.
     pub plugins: PluginManager,
+    /// When this broker was created (uptime).
+    pub started: std::time::Instant,
 }
 
 impl std::fmt::Debug for Broker {
@@ -119,6 +121,7 @@ impl Broker {
             shutdown_tx,
             connection_permits: Arc::new(Semaphore::new(permits)),
             hooks: Hooks::default(),
+            started: std::time::Instant::now(),
         })
     }
 

@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod plugin;
 pub mod router;
 pub mod session;
+pub mod sys;

@@ -1,21 +1,22 @@
 //! Broker-wide counters: relaxed atomics, incremented on the message path without locks.
 //!
-//! Read them with [`Metrics::snapshot`]; the admin API and `$SYS` publish that snapshot.
+//! Read them with [`Metrics::snapshot`]; the admin API (`/api/v1/status`, `/metrics`) and the
+//! `$SYS` topics publish that snapshot (see [`crate::sys`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! metrics {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])+ $kind:ident $name:ident),* $(,)?) => {
         /// Counters and gauges of one broker.
         #[derive(Debug, Default)]
         pub struct Metrics {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $($(#[doc = $doc])+ pub $name: AtomicU64,)*
         }
 
         /// A point-in-time copy of [`Metrics`].
         #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
         pub struct MetricsSnapshot {
-            $($(#[$doc])* pub $name: u64,)*
+            $($(#[doc = $doc])+ pub $name: u64,)*
         }
 
         impl Metrics {
@@ -26,28 +27,62 @@ macro_rules! metrics {
                 }
             }
         }
+
+        impl MetricsSnapshot {
+            /// Every value with its name, kind and description, in declaration order.
+            pub fn entries(&self) -> Vec<MetricEntry> {
+                vec![$(MetricEntry {
+                    name: stringify!($name),
+                    kind: MetricKind::$kind,
+                    help: concat!($($doc),+),
+                    value: self.$name,
+                },)*]
+            }
+        }
     };
+}
+
+/// Whether a metric only grows or goes up and down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only grows (since start).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+/// One metric's value and description (see [`MetricsSnapshot::entries`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricEntry {
+    /// Field name, e.g. `messages_received`.
+    pub name: &'static str,
+    /// Counter or gauge.
+    pub kind: MetricKind,
+    /// The field's doc comment (with a leading space).
+    pub help: &'static str,
+    /// The value.
+    pub value: u64,
 }
 
 metrics! {
     /// Connections currently open (after CONNACK).
-    connections,
+    Gauge connections,
     /// Connections accepted since start.
-    connections_accepted,
+    Counter connections_accepted,
     /// Connections refused because a connection limit was reached.
-    connections_refused,
+    Counter connections_refused,
     /// Sessions currently held (online and offline).
-    sessions,
+    Gauge sessions,
     /// PUBLISH packets received from clients.
-    messages_received,
+    Counter messages_received,
     /// PUBLISH packets sent to clients.
-    messages_sent,
+    Counter messages_sent,
     /// Messages dropped: queue full, expired, or too large for the receiver.
-    messages_dropped,
+    Counter messages_dropped,
     /// Bytes read from clients.
-    bytes_received,
+    Counter bytes_received,
     /// Bytes written to clients.
-    bytes_sent,
+    Counter bytes_sent,
 }
 
 /// Adds `n` to a counter.

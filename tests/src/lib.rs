@@ -88,10 +88,17 @@ impl Broker {
 
     /// Starts a broker in `dir` loading plugins from `plugin_dir`; plugin configs written into
     /// `dir/plugins/` before the start are seen by it.
+    /// The `$SYS` metrics topics are off unless `extra` has a `[sys]` table, so that tests
+    /// subscribing to `$SYS/#` see only what they publish.
     pub fn start_in(dir: tempfile::TempDir, plugin_dir: &Path, extra: &str) -> Broker {
         let data = dir.path().join("data");
+        let sys = if extra.contains("[sys]") {
+            ""
+        } else {
+            "[sys]\ninterval_secs = 0\n"
+        };
         let config = format!(
-            "data_dir = {:?}\nplugin_dir = {:?}\n\n[[listener]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n{extra}\n",
+            "data_dir = {:?}\nplugin_dir = {:?}\n\n[[listener]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n{sys}{extra}\n",
             data.display().to_string(),
             plugin_dir.display().to_string(),
         );

@@ -6,7 +6,7 @@
 //! small and one per connection (`Connection: close`); headers and body are capped at 64 KiB
 //! and must arrive within 10 seconds.
 //!
-//! Endpoints (all JSON):
+//! Endpoints (JSON unless noted):
 //! * `GET  /api/v1/status`
 //! * `GET  /api/v1/plugins` — [`crate::plugin::PluginList`]
 //! * `POST /api/v1/plugins/<name>/load|unload|reload`
@@ -14,6 +14,7 @@
 //! * `POST /api/v1/command` — body: JSON array of arguments, forwarded to the owning plugin
 //! * `GET  /api/v1/clients`, `POST /api/v1/clients/<id>/kick`
 //! * `POST /api/v1/acl-cache/clean` — body: optional client id
+//! * `GET  /metrics` — Prometheus text format ([`crate::sys::prometheus`])
 //!
 //! Errors come back as a non-2xx status with `{"error": "<one line>"}`.
 
@@ -138,7 +139,6 @@ pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves the admin API until the broker shuts down.
 pub async fn serve(broker: Arc<Broker>, listener: TcpListener, token: String) {
     let token = Arc::new(token);
-    let started = std::time::Instant::now();
     let mut shutdown = broker.shutdown_signal();
     loop {
         let accepted = tokio::select! {
@@ -152,7 +152,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, token: String) {
         let broker = broker.clone();
         let token = token.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(broker, stream, &token, started).await {
+            if let Err(e) = handle(broker, stream, &token).await {
                 tracing::debug!(error = %e, "admin request failed");
             }
         });
@@ -227,7 +227,19 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Content type of the Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 async fn respond(stream: &mut TcpStream, status: u16, body: String) -> std::io::Result<()> {
+    respond_with(stream, status, "application/json", body).await
+}
+
+async fn respond_with(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: String,
+) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -238,7 +250,7 @@ async fn respond(stream: &mut TcpStream, status: u16, body: String) -> std::io::
         _ => "Error",
     };
     let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
@@ -271,12 +283,7 @@ fn op_error(e: PluginOpError) -> (u16, String) {
     error(status, e.to_string())
 }
 
-async fn handle(
-    broker: Arc<Broker>,
-    mut stream: TcpStream,
-    token: &str,
-    started: std::time::Instant,
-) -> std::io::Result<()> {
+async fn handle(broker: Arc<Broker>, mut stream: TcpStream, token: &str) -> std::io::Result<()> {
     let request =
         match tokio::time::timeout(Duration::from_secs(10), read_request(&mut stream)).await {
             Ok(Ok(r)) => r,
@@ -295,11 +302,15 @@ async fn handle(
         let (s, b) = error(401, "missing or wrong admin token");
         return respond(&mut stream, s, b).await;
     }
-    let (status, body) = route(&broker, &request, started).await;
+    if request.method == "GET" && request.path == "/metrics" {
+        let body = crate::sys::prometheus(&broker);
+        return respond_with(&mut stream, 200, PROMETHEUS_TEXT, body).await;
+    }
+    let (status, body) = route(&broker, &request).await;
     respond(&mut stream, status, body).await
 }
 
-async fn route(broker: &Arc<Broker>, r: &Request, started: std::time::Instant) -> (u16, String) {
+async fn route(broker: &Arc<Broker>, r: &Request) -> (u16, String) {
     let parts: Vec<&str> = r.path.trim_start_matches("/api/v1/").split('/').collect();
     match (r.method.as_str(), parts.as_slice()) {
         ("GET", ["status"]) => (
@@ -307,7 +318,7 @@ async fn route(broker: &Arc<Broker>, r: &Request, started: std::time::Instant) -
             json(&Status {
                 node: broker.config.node_name.clone(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
-                uptime_secs: started.elapsed().as_secs(),
+                uptime_secs: broker.started.elapsed().as_secs(),
                 sessions: broker.session_count(),
                 subscriptions: broker.router.read().len(),
                 metrics: broker.metrics.snapshot(),

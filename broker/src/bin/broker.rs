@@ -149,6 +149,13 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     // Plugins first, so authentication is in place before the first client is accepted.
     broker.plugins.restore(&enabled).await;
 
+    // $SYS values exist (and are retained, with the retainer loaded) before the first client.
+    if broker.config.sys.interval_secs > 0 {
+        broker::sys::publish_sys(&broker);
+        let every = Duration::from_secs(broker.config.sys.interval_secs);
+        tokio::spawn(broker::sys::run(broker.clone(), every));
+    }
+
     let mut accept_loops = Vec::new();
     let addresses = listener::Addresses::of(&bound);
     for b in bound {

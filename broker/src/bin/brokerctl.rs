@@ -36,6 +36,7 @@ commands:
   clients list                         connected clients
   clients kick <client_id>             disconnect a client
   acl-cache clean [client_id]          forget cached ACL decisions
+  metrics                              metrics in the Prometheus text format
   <plugin command> [args…]             a command registered by a loaded plugin";
 
 struct Options {
@@ -188,6 +189,7 @@ fn main() -> ExitCode {
             ("POST", "/api/v1/acl-cache/clean".to_owned(), id.to_string())
         }
         ["commands"] => ("GET", "/api/v1/commands".to_owned(), String::new()),
+        ["metrics"] => ("GET", "/metrics".to_owned(), String::new()),
         ["plugins", ..] | ["clients", ..] | ["acl-cache", ..] => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -216,6 +218,11 @@ fn main() -> ExitCode {
             eprintln!("{line}");
         }
         return ExitCode::from(1);
+    }
+    if args == ["metrics"] {
+        // Prometheus text, with or without --json.
+        print!("{reply}");
+        return ExitCode::SUCCESS;
     }
     if o.json {
         println!("{reply}");

@@ -71,6 +71,22 @@ pub struct Config {
     pub acl: AclConfig,
     /// Admin API used by `brokerctl`.
     pub admin: AdminConfig,
+    /// `$SYS` topics.
+    pub sys: SysConfig,
+}
+
+/// `$SYS` topics (see [`crate::sys`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysConfig {
+    /// Seconds between two publications of the `$SYS` metrics topics; 0 = never.
+    pub interval_secs: u64,
+}
+
+impl Default for SysConfig {
+    fn default() -> Self {
+        SysConfig { interval_secs: 10 }
+    }
 }
 
 /// Plugin host settings.
@@ -193,6 +209,7 @@ impl Default for Config {
             plugins: PluginsConfig::default(),
             acl: AclConfig::default(),
             admin: AdminConfig::default(),
+            sys: SysConfig::default(),
         }
     }
 }
