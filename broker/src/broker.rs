@@ -567,12 +567,7 @@ impl Broker {
                         self.discard_session(&old);
                         discarded = true;
                     }
-                    let s = Arc::new(Session::new(
-                        self.next_session_id.fetch_add(1, Ordering::Relaxed),
-                        client_id.clone(),
-                        self.config.limits.max_queued_messages,
-                        self.config.session.queue_qos0_messages,
-                    ));
+                    let s = self.new_session(client_id.clone());
                     sessions.insert(client_id.clone(), s.clone());
                     metrics::add(&self.metrics.sessions, 1);
                     (s, false)
@@ -589,6 +584,33 @@ impl Broker {
                 generation,
                 discarded,
             };
+        }
+    }
+
+    /// Every registered session.
+    pub fn all_sessions(&self) -> Vec<Arc<Session>> {
+        self.sessions.lock().values().cloned().collect()
+    }
+
+    /// A new offline session for `client_id`, not registered yet.
+    pub fn new_session(&self, client_id: Arc<str>) -> Arc<Session> {
+        Arc::new(Session::new(
+            self.next_session_id.fetch_add(1, Ordering::Relaxed),
+            client_id,
+            self.config.limits.max_queued_messages,
+            self.config.session.queue_qos0_messages,
+        ))
+    }
+
+    /// Registers a session read back from disc ([`crate::session::persist`]), replacing none:
+    /// it runs before the first connection.
+    pub fn register_restored(&self, session: Arc<Session>) {
+        let mut sessions = self.sessions.lock();
+        if sessions
+            .insert(session.client_id.clone(), session)
+            .is_none()
+        {
+            metrics::add(&self.metrics.sessions, 1);
         }
     }
 
@@ -642,6 +664,7 @@ impl Broker {
         delay: Duration,
     ) {
         session.parked.lock().pending_will = Some((will, generation));
+        *session.will_due.lock() = Some(tokio::time::Instant::now() + delay);
         let broker = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;

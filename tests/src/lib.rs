@@ -167,6 +167,12 @@ impl Broker {
     pub fn restart(&mut self) {
         let status = self.terminate();
         assert!(status.success(), "exit status {status}");
+        self.restart_stopped();
+    }
+
+    /// Starts a broker stopped by [`Broker::terminate`] again, same config and data_dir.
+    pub fn restart_stopped(&mut self) {
+        assert!(self.child.is_none(), "the broker is still running");
         let _ = std::fs::remove_file(self.data_dir.join("listeners.json"));
         let log = std::fs::OpenOptions::new()
             .append(true)

@@ -294,3 +294,163 @@ async fn qos2_exactly_once_both_ways() {
         "delivered exactly once"
     );
 }
+
+/// A graceful restart keeps persistent sessions: subscriptions (shared too), queued messages
+/// with their properties, an unacknowledged message (resent with DUP and its packet id).
+#[tokio::test]
+async fn persistent_sessions_survive_a_graceful_restart() {
+    let mut b = Broker::start();
+    // A raw v3.1.1 client that receives one QoS 1 message and closes without PUBACK.
+    let mut w = Wire::open(b.port()).await;
+    w.send(&connect_packet(4, "keeper", false, 60)).await;
+    assert_eq!(w.recv().await.expect("CONNACK").kind(), 2);
+    let mut body = vec![0x00, 0x01];
+    body.extend(mqtt_string("keep/#"));
+    body.push(1);
+    body.extend(mqtt_string("$share/g/shared/#"));
+    body.push(1);
+    w.send(&packet(0x82, &body)).await;
+    assert_eq!(
+        w.recv().await.expect("SUBACK").body,
+        [0x00, 0x01, 0x01, 0x01]
+    );
+    let mut publisher = V4Client::connect(b.port(), "pub").await;
+    publisher
+        .client
+        .publish("keep/1", QoS::AtLeastOnce, false, "unacked")
+        .await
+        .expect("publish");
+    let first = w.recv().await.expect("PUBLISH");
+    assert_eq!(first.byte1, 0x32, "QoS 1, no DUP");
+    drop(w);
+    // Queued while offline.
+    for (topic, payload) in [("keep/2", "queued-1"), ("keep/3", "queued-2")] {
+        publisher
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .expect("publish");
+    }
+    publisher.wait_acks(3).await;
+    publisher.disconnect().await;
+
+    b.restart();
+    assert!(
+        b.log().contains("sessions saved") && b.log().contains("sessions restored"),
+        "{}",
+        b.log()
+    );
+    assert!(
+        !b.data_dir().join("sessions.jsonl").exists(),
+        "the file is consumed at start"
+    );
+    // Published after the restart: the restored subscriptions route it.
+    let publisher = V4Client::connect(b.port(), "pub2").await;
+    for (topic, payload) in [("keep/4", "after"), ("shared/x", "shared")] {
+        publisher
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .expect("publish");
+    }
+    let mut w = Wire::open(b.port()).await;
+    w.send(&connect_packet(4, "keeper", false, 60)).await;
+    assert_eq!(
+        w.recv().await.expect("CONNACK").body,
+        [0x01, 0x00],
+        "session present"
+    );
+    let again = w.recv().await.expect("redelivered PUBLISH");
+    assert_eq!(again.byte1, 0x3A, "QoS 1 with DUP");
+    assert_eq!(again.body, first.body, "same packet id, topic and payload");
+    let mut payloads = Vec::new();
+    for _ in 0..4 {
+        let p = w.recv().await.expect("PUBLISH");
+        assert_eq!(p.kind(), 3);
+        // topic length (2) + topic + packet id (2), then the payload
+        let topic_len = u16::from_be_bytes([p.body[0], p.body[1]]) as usize;
+        payloads.push(String::from_utf8_lossy(&p.body[2 + topic_len + 2..]).into_owned());
+    }
+    assert_eq!(payloads[..2], ["queued-1", "queued-2"], "queued, in order");
+    payloads[2..].sort();
+    assert_eq!(payloads[2..], ["after", "shared"]);
+}
+
+/// v5: the session expiry keeps counting while the broker is stopped; message properties and
+/// a clean-start session are handled as before.
+#[tokio::test]
+async fn v5_session_expiry_counts_across_a_restart() {
+    use broker_tests::rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use broker_tests::rumqttc::v5::mqttbytes::QoS as Q5;
+    let mut b = Broker::start();
+    let options = |port: u16, id: &str, expiry: u32| {
+        let mut o = v5_options(port, id);
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(expiry));
+        o
+    };
+    for o in [
+        options(b.port(), "long", 3600),
+        options(b.port(), "short", 2),
+    ] {
+        let (c, _) = V5Client::connect_with(o).await;
+        c.client
+            .subscribe("v5/t", Q5::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        c.disconnect().await;
+    }
+    let publisher = V5Client::connect(b.port(), "pub").await;
+    let props = PublishProperties {
+        content_type: Some("text/plain".into()),
+        user_properties: vec![("k".into(), "v".into())],
+        ..Default::default()
+    };
+    let mut publisher = publisher;
+    publisher
+        .client
+        .publish_with_properties("v5/t", Q5::AtLeastOnce, false, "hello", props)
+        .await
+        .expect("publish");
+    // PUBACK comes after routing: the message is queued for both sessions by then.
+    publisher
+        .recv_packet_within(WAIT, |p| matches!(p, V5Packet::PubAck(_)).then_some(()))
+        .await
+        .expect("PUBACK");
+    publisher.disconnect().await;
+
+    b.terminate();
+    // "short" (2 s) expires while the broker is stopped.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    b.restart_stopped();
+    assert!(b.log().contains("restored=1 expired=1"), "{}", b.log());
+    let (_s, ack) = V5Client::connect_with(options(b.port(), "short", 2)).await;
+    assert!(!ack.session_present, "expired while stopped");
+    let (mut c, ack) = V5Client::connect_with(options(b.port(), "long", 3600)).await;
+    assert!(ack.session_present);
+    let p = c.recv_publish().await;
+    assert_eq!(&p.payload[..], b"hello");
+    let props = p.properties.expect("properties kept");
+    assert_eq!(props.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(
+        props.user_properties,
+        vec![("k".to_owned(), "v".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn unreadable_saved_sessions_are_kept_aside_and_the_broker_starts() {
+    let mut b = Broker::start();
+    b.terminate();
+    std::fs::write(b.data_dir().join("sessions.jsonl"), "{not json\n").expect("write");
+    b.restart_stopped();
+    let kept: Vec<_> = std::fs::read_dir(b.data_dir())
+        .expect("data dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("sessions.jsonl.bad-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "moved aside, not deleted");
+    assert!(b.log().contains("saved sessions unreadable"), "{}", b.log());
+    V4Client::connect(b.port(), "still-works").await;
+}

@@ -149,6 +149,11 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     // Plugins first, so authentication is in place before the first client is accepted.
     broker.plugins.restore(&enabled).await;
 
+    let sessions_file = data_dir.join(broker::session::persist::FILE);
+    if broker.config.session.persist {
+        broker::session::persist::restore(&broker, &sessions_file);
+    }
+
     // $SYS values exist (and are retained, with the retainer loaded) before the first client.
     if broker.config.sys.interval_secs > 0 {
         broker::sys::publish_sys(&broker);
@@ -175,6 +180,16 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         .await
     {
         tracing::warn!("some connections did not close within 10 s");
+    }
+    if broker.config.session.persist {
+        match broker::session::persist::save(&broker, &sessions_file) {
+            Ok(n) => {
+                tracing::info!(sessions = n, file = %sessions_file.display(), "sessions saved")
+            }
+            Err(e) => {
+                tracing::error!(file = %sessions_file.display(), error = %e, "cannot save sessions")
+            }
+        }
     }
     broker.plugins.shutdown_all().await;
     tracing::info!("broker stopped");

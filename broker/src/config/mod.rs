@@ -364,6 +364,8 @@ pub struct SessionConfig {
     pub max_session_expiry_interval: u32,
     /// Whether QoS 0 messages are queued for offline persistent sessions.
     pub queue_qos0_messages: bool,
+    /// Keep sessions across a graceful restart (`<data_dir>/sessions.jsonl`).
+    pub persist: bool,
 }
 
 impl Default for SessionConfig {
@@ -371,6 +373,7 @@ impl Default for SessionConfig {
         SessionConfig {
             max_session_expiry_interval: u32::MAX,
             queue_qos0_messages: true,
+            persist: true,
         }
     }
 }

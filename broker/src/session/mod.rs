@@ -19,6 +19,7 @@
 //! `parked` are ever held together. None is held across `.await`.
 
 pub mod connection;
+pub mod persist;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -212,6 +213,10 @@ pub struct Session {
     pub info: Mutex<Option<plugin_api::ClientInfo>>,
     /// ACL results of the current connection.
     pub acl_cache: Mutex<AclCache>,
+    /// When the last connection detached (None while online): the start of session expiry.
+    pub offline_since: Mutex<Option<std::time::SystemTime>>,
+    /// When a will waiting in [`Parked::pending_will`] is due.
+    pub will_due: Mutex<Option<Instant>>,
 }
 
 /// Per-connection cache of ACL decisions: key (access, topic), FIFO eviction, TTL.
@@ -302,6 +307,8 @@ impl Session {
             expiry_interval: AtomicU64::new(0),
             info: Mutex::new(None),
             acl_cache: Mutex::new(AclCache::default()),
+            offline_since: Mutex::new(None),
+            will_due: Mutex::new(None),
         }
     }
 
@@ -312,6 +319,7 @@ impl Session {
 
     pub(crate) fn set_online(&self, online: bool) {
         self.online.store(online, Ordering::Release);
+        *self.offline_since.lock() = (!online).then(std::time::SystemTime::now);
         if online {
             self.notify.notify_one();
         }
@@ -357,6 +365,11 @@ impl Session {
     /// True when deliveries are waiting.
     pub fn has_queued(&self) -> bool {
         !self.queue.lock().items.is_empty()
+    }
+
+    /// A copy of the queued deliveries, in order.
+    pub fn queued_snapshot(&self) -> Vec<Delivery> {
+        self.queue.lock().items.iter().cloned().collect()
     }
 
     /// Number of queued deliveries.
