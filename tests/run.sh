@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+# Eclipse Paho for Python (the interoperability test runs it against the broker).
+/usr/bin/python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 || need+=(python3 python3-paho-mqtt)
 # A private MariaDB server per auth_mysql test (mariadb-install-db + mariadbd, not a service).
 { command -v mariadbd || [ -x /usr/sbin/mariadbd ]; } >/dev/null 2>&1 || need+=(mariadb-server)
 if [ ${#need[@]} -gt 0 ]; then

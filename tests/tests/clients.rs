@@ -1,5 +1,5 @@
-//! Standard command-line clients (Debian's mosquitto-clients) against the real broker, and
-//! graceful shutdown.
+//! Standard clients against the real broker — Debian's mosquitto-clients and Eclipse Paho
+//! (paho-mqtt for Python, over TCP and WebSocket) — and graceful shutdown.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -110,4 +110,48 @@ fn unknown_config_key_stops_startup_naming_key_and_file() {
         err.contains("max_packet_sise") && err.contains("bad.toml"),
         "{err}"
     );
+}
+
+/// A Python interpreter that has paho-mqtt (Debian's python3-paho-mqtt, which tests/run.sh
+/// installs), preferring the system one over a PATH shim.
+fn python_with_paho() -> String {
+    ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|py| {
+            Command::new(py)
+                .args(["-c", "import paho.mqtt.client"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(str::to_owned)
+        .expect("python3 with paho-mqtt not found: run the README's test command (tests/run.sh installs python3-paho-mqtt)")
+}
+
+/// Eclipse Paho: MQTT 3.1.1 and 5.0 over TCP, 5.0 over WebSocket, QoS 0/1/2 and v5 properties
+/// (tests/py/paho_interop.py).
+#[tokio::test]
+async fn paho_python_client_over_tcp_and_websocket() {
+    let python = python_with_paho();
+    let b =
+        Broker::start_with("[[listener]]\nname = \"ws\"\nkind = \"ws\"\nbind = \"127.0.0.1:0\"\n");
+    let ws = listener_addr(&b, "ws").port();
+    let script = workspace_root().join("tests/py/paho_interop.py");
+    // The broker is another process: blocking this test's thread while the script runs is fine.
+    let out = Command::new(python)
+        .arg(script)
+        .arg(b.port().to_string())
+        .arg(ws.to_string())
+        .output()
+        .expect("run paho_interop.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for round in ["ok v311-tcp", "ok v5-tcp", "ok v5-ws"] {
+        assert!(stdout.contains(round), "{stdout}");
+    }
 }
