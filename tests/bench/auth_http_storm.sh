@@ -9,12 +9,7 @@ cd "$(dirname "$0")/../.."
 CLIENTS=${CLIENTS:-500}
 DELAY_S=${DELAY_S:-2}
 cargo build --release -j2 -p broker -p broker-tests -p auth_http >/dev/null
-BIN=$PWD/target/release
-work=$(mktemp -d)
-pids=""
-cleanup() { [ -n "$pids" ] && kill $pids 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. tests/bench/common.sh
 
 http_port=$(free_port)
 cat > "$work/slow.py" <<PY

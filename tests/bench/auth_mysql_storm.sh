@@ -11,12 +11,7 @@ cd "$(dirname "$0")/../.."
 CLIENTS=${CLIENTS:-1000}
 BCRYPT_CLIENTS=${BCRYPT_CLIENTS:-200}
 cargo build --release -j2 -p broker -p broker-tests -p auth_mysql >/dev/null
-BIN=$PWD/target/release
-work=$(mktemp -d)
-pids=""
-cleanup() { [ -n "$pids" ] && kill $pids 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. tests/bench/common.sh
 
 # A private MariaDB.
 small="--innodb-log-file-size=4M --innodb-data-file-path=ibdata1:4M:autoextend --innodb-buffer-pool-size=64M --performance-schema=OFF --skip-name-resolve"

@@ -10,12 +10,7 @@ cd "$(dirname "$0")/../.."
 CLIENTS=${CLIENTS:-1000}
 AUTH_DELAY_MS=${AUTH_DELAY_MS:-100}
 cargo build --release -j2 -p broker -p broker-tests -p probe >/dev/null
-BIN=$PWD/target/release
-work=$(mktemp -d)
-pid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. tests/bench/common.sh
 
 run() { # $1 = label, $2 = enabled plugins (TOML array)
   local port; port=$(free_port)
@@ -35,11 +30,11 @@ enabled = $2
 level = "warn"
 TOML
   "$BIN/broker" --config "$work/broker.toml" 2>"$work/broker.log" &
-  pid=$!
+  pid=$!; pids=$pid
   for _ in $(seq 100); do [ -f "$work/data/listeners.json" ] && break; sleep 0.05; done
   echo "== $1"
   "$BIN/mqtt-bench" --port "$port" --mode connect-storm --clients "$CLIENTS"
-  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+  kill "$pid"; wait "$pid" 2>/dev/null || true; pids=""
 }
 run "no authentication plugin" '[]'
 run "probe plugin, ${AUTH_DELAY_MS} ms per authentication" '["probe"]'

@@ -15,12 +15,7 @@ MESSAGES=${MESSAGES:-100000}
 CLIENTS=${CLIENTS:-10}
 command -v mosquitto >/dev/null || { echo "mosquitto not installed (apt-get install mosquitto)" >&2; exit 1; }
 cargo build --release -j2 -p broker -p broker-tests >/dev/null
-BIN=target/release
-work=$(mktemp -d)
-cleanup() { kill "$ours" "$theirs" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. tests/bench/common.sh
 
 ours_port=$(free_port)
 cat > "$work/broker.toml" <<TOML
@@ -35,7 +30,7 @@ max_inflight = 32
 level = "warn"
 TOML
 "$BIN/broker" --config "$work/broker.toml" 2>"$work/broker.log" &
-ours=$!
+ours=$!; pids="$pids $ours"
 
 theirs_port=$(free_port)
 cat > "$work/mosquitto.conf" <<CONF
@@ -46,7 +41,7 @@ max_inflight_messages 32
 log_type error
 CONF
 mosquitto -c "$work/mosquitto.conf" 2>"$work/mosquitto.log" &
-theirs=$!
+theirs=$!; pids="$pids $theirs"
 sleep 0.5
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

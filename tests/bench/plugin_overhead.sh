@@ -9,10 +9,7 @@ cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-5}
 MESSAGES=${MESSAGES:-200000}
 cargo build --release -j2 -p broker -p broker-tests -p retainer -p presence -p rewrite >/dev/null
-BIN=$PWD/target/release
-work=$(mktemp -d)
-trap 'cleanup' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. tests/bench/common.sh
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 mkdir -p "$work/plugins"
@@ -42,8 +39,6 @@ TOML
   pids="$pids $!"
   for _ in $(seq 100); do [ -f "$work/$1/data/listeners.json" ] && break; sleep 0.05; done
 }
-pids=""
-cleanup() { [ -n "$pids" ] && kill $pids 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
 start base '[]'; base_port=$port
 start with '["retainer", "presence", "rewrite"]'; with_port=$port
 rate() { "$BIN/mqtt-bench" --port "$1" --mode fan-in --qos "$2" --clients 10 --messages "$MESSAGES" | sed -n 's/.*rate=\([0-9]*\).*/\1/p'; }
