@@ -4,10 +4,12 @@
 # the rules untouched) but is evaluated for every message.
 #
 #   bash tests/bench/plugin_overhead.sh        ROUNDS=5 MESSAGES=200000 bash tests/bench/plugin_overhead.sh
+#   PLUGINS='["presence"]' bash tests/bench/plugin_overhead.sh     (another set of plugins)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-5}
 MESSAGES=${MESSAGES:-200000}
+PLUGINS=${PLUGINS:-'["retainer", "presence", "rewrite"]'}
 cargo build --release -j2 -p broker -p broker-tests -p retainer -p presence -p rewrite >/dev/null
 . tests/bench/common.sh
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -40,11 +42,11 @@ TOML
   for _ in $(seq 100); do [ -f "$work/$1/data/listeners.json" ] && break; sleep 0.05; done
 }
 start base '[]'; base_port=$port
-start with '["retainer", "presence", "rewrite"]'; with_port=$port
+start with "$PLUGINS"; with_port=$port
 rate() { "$BIN/mqtt-bench" --port "$1" --mode fan-in --qos "$2" --clients 10 --messages "$MESSAGES" | sed -n 's/.*rate=\([0-9]*\).*/\1/p'; }
 
 # Rounds alternate between the two brokers so that drift in the machine's load hits both.
-printf '%-4s %14s %26s %7s\n' qos "no plugins" "retainer+presence+rewrite" ratio
+printf '%-4s %14s %26s %7s\n' qos "no plugins" "$PLUGINS" ratio
 for qos in 0 1; do
   : > "$work/base.$qos"; : > "$work/with.$qos"
   for _ in $(seq "$ROUNDS"); do
