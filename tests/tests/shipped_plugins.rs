@@ -538,3 +538,57 @@ fn mosquitto_retained_round_trip() {
         "sensors/1/temp 1 21"
     );
 }
+
+/// Hook calls a loaded plugin has received (`brokerctl plugins list --json`).
+fn hook_calls(b: &Broker, plugin: &str) -> u64 {
+    let list: serde_json::Value =
+        serde_json::from_str(&b.ctl_ok(&["--json", "plugins", "list"])).expect("json");
+    list["plugins"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == plugin))
+        .and_then(|p| p["stats"]["calls"].as_u64())
+        .unwrap_or_else(|| panic!("no stats for {plugin}: {list}"))
+}
+
+/// Ordinary traffic skips the retainer (retained messages only) and rewrite (only topics its
+/// publish rules select): their publish filters keep the hook off the message path.
+#[tokio::test]
+async fn publish_filters_keep_ordinary_traffic_off_retainer_and_rewrite() {
+    let b = Broker::start();
+    b.plugin_config("rewrite", REWRITE);
+    b.ctl_ok(&["plugins", "load", "rewrite"]);
+    b.ctl_ok(&["plugins", "load", "retainer"]);
+    let mut c = V4Client::connect(b.port(), "filtered").await;
+    c.subscribe("#", QoS::AtLeastOnce).await;
+    let (rewrite0, retainer0) = (hook_calls(&b, "rewrite"), hook_calls(&b, "retainer"));
+    for i in 0..5 {
+        c.client
+            .publish(format!("plain/{i}"), QoS::AtLeastOnce, false, "p")
+            .await
+            .expect("publish");
+        c.recv_publish().await;
+    }
+    assert_eq!(
+        hook_calls(&b, "rewrite"),
+        rewrite0,
+        "no rule selects plain/…"
+    );
+    assert_eq!(hook_calls(&b, "retainer"), retainer0, "not retained");
+    c.client
+        .publish("x/y/1", QoS::AtLeastOnce, false, "r")
+        .await
+        .expect("publish");
+    assert_eq!(&c.recv_publish().await.topic, "z/y/1", "rewritten");
+    assert_eq!(hook_calls(&b, "rewrite"), rewrite0 + 1);
+    c.client
+        .publish("plain/kept", QoS::AtLeastOnce, true, "k")
+        .await
+        .expect("publish");
+    c.recv_publish().await;
+    assert_eq!(
+        hook_calls(&b, "retainer"),
+        retainer0 + 1,
+        "retained → stored"
+    );
+    assert_eq!(hook_calls(&b, "rewrite"), rewrite0 + 1);
+}

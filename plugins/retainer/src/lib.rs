@@ -594,6 +594,11 @@ impl Plugin for Retainer {
                     .into(),
             }]
             .into(),
+            // Only retained messages reach the publish hook: ordinary traffic skips it.
+            publish_filter: PublishFilter {
+                retained_only: true,
+                topics: Default::default(),
+            },
             ..Registration::default()
         }
     }

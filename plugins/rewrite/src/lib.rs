@@ -144,6 +144,16 @@ impl Rules {
         })
     }
 
+    /// The source filters of the rules that apply to PUBLISH: a topic matching none of them is
+    /// never rewritten (the plugin's `message.publish` filter).
+    pub fn publish_filters(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .filter(|r| r.applies_to(Action::Publish))
+            .map(|r| r.config.source_topic.clone())
+            .collect()
+    }
+
     /// Applies the rules to `topic` for `action`.
     pub fn apply(
         &self,
@@ -225,12 +235,16 @@ impl Plugin for Rewrite {
     }
 
     fn registration(&self) -> Registration {
+        // Only messages a publish rule could rewrite reach the hook; without publish rules the
+        // hook is not registered at all.
+        let publish_filters = self.rules.publish_filters();
         let hooks = [
             HookPoint::MESSAGE_PUBLISH,
             HookPoint::CLIENT_SUBSCRIBE,
             HookPoint::CLIENT_UNSUBSCRIBE,
         ]
         .into_iter()
+        .filter(|p| *p != HookPoint::MESSAGE_PUBLISH || !publish_filters.is_empty())
         .map(|point| HookSpec {
             point,
             priority: priority::REWRITE,
@@ -238,6 +252,10 @@ impl Plugin for Rewrite {
         .collect::<Vec<_>>();
         Registration {
             hooks: hooks.into(),
+            publish_filter: PublishFilter {
+                retained_only: false,
+                topics: publish_filters.into_iter().map(Into::into).collect(),
+            },
             commands: vec![CommandSpec {
                 name: "rewrite".into(),
                 usage: "rewrite test <topic> [--client-id ID] [--username U] [--action publish|subscribe] | rewrite rules".into(),
