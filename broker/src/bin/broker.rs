@@ -73,6 +73,13 @@ fn raise_fd_limit() -> Option<u64> {
     Some(limit.rlim_cur)
 }
 
+/// mimalloc instead of glibc malloc: in an A/B on a 2-core machine, 7–13 % more throughput on
+/// fan-out, 11–38 % on QoS 0 fan-in, QoS 1 fan-in unchanged within noise, and about 20 % less
+/// peak memory. Plugins keep their own allocator: abi_stable types that
+/// cross the boundary are freed by the library that allocated them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let path = match parse_args() {
         Ok(p) => p,
