@@ -28,7 +28,7 @@ use crate::metrics::{self, Metrics};
 use crate::plugin::PluginManager;
 use crate::router::{Match, TopicFilter, TopicName, Trie};
 use crate::session::{
-    Control, Delivery, Enqueued, KickReason, Message, Session, SubEntry, Subscription,
+    Control, Delivery, Enqueued, KickReason, Message, PendingWill, Session, SubEntry, Subscription,
 };
 use plugin_api::{ClientInfo, ClientView, EventView, HookPoint, OutgoingMessage, SubOptions};
 
@@ -647,8 +647,8 @@ impl Broker {
         }
         session.clear_queue();
         let will = session.parked.lock().pending_will.take();
-        if let Some((will, _)) = will {
-            self.publish(will, None, true);
+        if let Some(will) = will {
+            self.publish(will.message, None, true);
         }
         self.notify_session(HookPoint::SESSION_TERMINATED, &session.client_id);
         tracing::debug!(client_id = %session.client_id, "session ended");
@@ -663,20 +663,23 @@ impl Broker {
         generation: u64,
         delay: Duration,
     ) {
-        session.parked.lock().pending_will = Some((will, generation));
-        *session.will_due.lock() = Some(tokio::time::Instant::now() + delay);
+        session.parked.lock().pending_will = Some(PendingWill {
+            message: will,
+            generation,
+            due: tokio::time::Instant::now() + delay,
+        });
         let broker = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let will = {
                 let mut parked = session.parked.lock();
                 match &parked.pending_will {
-                    Some((_, g)) if *g == generation => parked.pending_will.take(),
+                    Some(w) if w.generation == generation => parked.pending_will.take(),
                     _ => None,
                 }
             };
-            if let Some((will, _)) = will {
-                broker.publish(will, None, true);
+            if let Some(will) = will {
+                broker.publish(will.message, None, true);
             }
         });
     }

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod broker;
 pub mod codec;
 pub mod config;
+pub mod hex;
 pub mod hooks;
 pub mod listener;
 pub mod metrics;

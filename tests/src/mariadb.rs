@@ -7,7 +7,7 @@
 //! database `mqtt` with the shipped schema (`etc/plugins/auth_mysql.sql`) and a user `broker`
 //! (password [`MariaDb::PASSWORD`]) that the plugin logs in as.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -235,11 +235,6 @@ impl MariaDb {
             self.port,
             MariaDb::PASSWORD
         )
-    }
-
-    /// The data directory's parent (logs live there).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 

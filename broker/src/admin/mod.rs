@@ -105,7 +105,7 @@ pub fn ensure_token(path: &Path) -> std::io::Result<String> {
     }
     let mut raw = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact_sync(&mut raw)?;
-    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let token = crate::hex::encode(&raw);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -126,7 +126,7 @@ pub fn open(name: &str, path: &Path, cache_dir: &Path) -> Result<Opened, LoadErr
             }
         }
     })?;
-    let sha256 = hex(&Sha256::digest(&bytes));
+    let sha256 = crate::hex::encode(&Sha256::digest(&bytes));
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("so");
     let cache_path = cache_dir.join(format!("{name}-{}.{ext}", &sha256[..16]));
     if !cache_path.exists() {
@@ -158,10 +158,6 @@ pub fn open(name: &str, path: &Path, cache_dir: &Path) -> Result<Opened, LoadErr
         cache_path,
         sha256,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Turns abi_stable's (often very long) errors into one line each.

@@ -134,8 +134,19 @@ pub struct Parked {
     pub incoming_qos2: Vec<u16>,
     /// The last packet id allocated.
     pub last_packet_id: u16,
-    /// A will waiting for its delay interval, and the generation it belongs to.
-    pub pending_will: Option<(Message, u64)>,
+    /// A will waiting for its delay interval.
+    pub pending_will: Option<PendingWill>,
+}
+
+/// A will waiting for its delay interval (or the end of the session, whichever comes first).
+#[derive(Debug)]
+pub struct PendingWill {
+    /// The will message.
+    pub message: Message,
+    /// The connection generation it belongs to; a reconnect cancels it.
+    pub generation: u64,
+    /// When it is due.
+    pub due: Instant,
 }
 
 /// One subscription as the session records it.
@@ -215,8 +226,6 @@ pub struct Session {
     pub acl_cache: Mutex<AclCache>,
     /// When the last connection detached (None while online): the start of session expiry.
     pub offline_since: Mutex<Option<std::time::SystemTime>>,
-    /// When a will waiting in [`Parked::pending_will`] is due.
-    pub will_due: Mutex<Option<Instant>>,
 }
 
 /// Per-connection cache of ACL decisions: key (access, topic), FIFO eviction, TTL.
@@ -308,7 +317,6 @@ impl Session {
             info: Mutex::new(None),
             acl_cache: Mutex::new(AclCache::default()),
             offline_since: Mutex::new(None),
-            will_due: Mutex::new(None),
         }
     }
 

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use super::{Delivery, Message, Outgoing, Session};
 use crate::broker::Broker;
 use crate::codec::{PacketId, Properties, QoS, RetainHandling, SubscriptionOptions};
+use crate::hex;
 use crate::router::{TopicFilter, TopicName};
 
 /// The file name under `data_dir`.
@@ -117,36 +118,12 @@ fn left_until(deadline_ms: u64, wall_now: u64) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
-
-fn unhex(s: &str) -> Result<Vec<u8>, String> {
-    if !s.len().is_multiple_of(2) {
-        return Err("odd-length hex".into());
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| {
-            s.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad hex at {i}"))
-        })
-        .collect()
-}
-
 impl MessageRecord {
     fn of(m: &Message, now: Instant, wall_now: u64) -> MessageRecord {
         let p = &m.properties;
         MessageRecord {
             topic: m.topic.as_str().to_owned(),
-            payload: hex(&m.payload),
+            payload: hex::encode(&m.payload),
             qos: m.qos as u8,
             retain: m.retain,
             publisher: m.publisher.as_deref().map(str::to_owned),
@@ -154,7 +131,7 @@ impl MessageRecord {
             payload_format_indicator: p.payload_format_indicator,
             content_type: p.content_type.clone(),
             response_topic: p.response_topic.clone(),
-            correlation_data: p.correlation_data.as_deref().map(hex),
+            correlation_data: p.correlation_data.as_deref().map(hex::encode),
             user_properties: p.user_properties.clone(),
         }
     }
@@ -174,14 +151,14 @@ impl MessageRecord {
             response_topic: self.response_topic,
             correlation_data: self
                 .correlation_data
-                .map(|h| unhex(&h).map(Bytes::from))
+                .map(|h| hex::decode(&h).map(Bytes::from))
                 .transpose()?,
             user_properties: self.user_properties,
             ..Properties::default()
         };
         Ok(Some(Message {
             topic: TopicName::new(&self.topic).map_err(|e| e.to_string())?,
-            payload: Bytes::from(unhex(&self.payload)?),
+            payload: Bytes::from(hex::decode(&self.payload)?),
             qos: QoS::from_u8(self.qos).ok_or("bad QoS")?,
             retain: self.retain,
             properties,
@@ -243,12 +220,11 @@ fn record_of(s: &Session, now: Instant, wall_now: u64) -> SessionRecord {
             delivery: DeliveryRecord::of(&o.delivery, now, wall_now),
         })
         .collect();
-    let will = parked.pending_will.as_ref().map(|(m, _)| {
-        let due = s
-            .will_due
-            .lock()
-            .map_or(wall_now, |t| wall_ms_of(t, now, wall_now));
-        (MessageRecord::of(m, now, wall_now), due)
+    let will = parked.pending_will.as_ref().map(|w| {
+        (
+            MessageRecord::of(&w.message, now, wall_now),
+            wall_ms_of(w.due, now, wall_now),
+        )
     });
     SessionRecord {
         client_id: s.client_id.to_string(),
@@ -461,14 +437,6 @@ fn aside_path(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_round_trip() {
-        let data = [0u8, 1, 0x7f, 0x80, 0xff];
-        assert_eq!(unhex(&hex(&data)), Ok(data.to_vec()));
-        assert!(unhex("abc").is_err());
-        assert!(unhex("zz").is_err());
-    }
 
     #[test]
     fn deadlines_count_wall_time() {
