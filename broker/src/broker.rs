@@ -28,7 +28,8 @@ use crate::metrics::{self, Metrics};
 use crate::plugin::PluginManager;
 use crate::router::{Match, TopicFilter, TopicName, Trie};
 use crate::session::{
-    Control, Delivery, Enqueued, KickReason, Message, PendingWill, Session, SubEntry, Subscription,
+    Control, Delivery, Enqueued, KickReason, Message, PendingWill, QueueLimits, Session, SubEntry,
+    Subscription,
 };
 use plugin_api::{ClientInfo, ClientView, EventView, HookPoint, OutgoingMessage, SubOptions};
 
@@ -62,6 +63,8 @@ pub struct Broker {
     pub plugins: PluginManager,
     /// When this broker was created (uptime).
     pub started: std::time::Instant,
+    /// Limits of every session queue, and the bytes queued broker-wide.
+    pub queue_limits: Arc<QueueLimits>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -111,9 +114,10 @@ impl Broker {
     pub fn new(config: Config, plugin_config_dir: std::path::PathBuf) -> Arc<Broker> {
         let (shutdown_tx, _) = watch::channel(false);
         let permits = config.limits.max_connections;
+        let config = Arc::new(config);
         Arc::new_cyclic(|weak| Broker {
             plugins: PluginManager::new(weak.clone(), &config, plugin_config_dir),
-            config: Arc::new(config),
+            config: config.clone(),
             router: RwLock::new(Trie::new()),
             sessions: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
@@ -122,6 +126,11 @@ impl Broker {
             connection_permits: Arc::new(Semaphore::new(permits)),
             hooks: Hooks::default(),
             started: std::time::Instant::now(),
+            queue_limits: Arc::new(QueueLimits::new(
+                config.limits.max_queued_messages,
+                config.limits.max_queued_bytes,
+                config.session.queue_qos0_messages,
+            )),
         })
     }
 
@@ -446,6 +455,26 @@ impl Broker {
         }
     }
 
+    /// Every counter and gauge, with `queued_bytes` read from the queues.
+    pub fn metrics_snapshot(&self) -> metrics::MetricsSnapshot {
+        let mut snapshot = self.metrics.snapshot();
+        snapshot.queued_bytes = self.queue_limits.total() as u64;
+        snapshot
+    }
+
+    /// True while the bytes queued broker-wide are at or above `limits.memory_high_watermark`:
+    /// connections stop reading from clients that publish.
+    pub fn over_high_watermark(&self) -> bool {
+        let mark = self.config.limits.memory_high_watermark;
+        mark > 0 && self.queue_limits.total() >= mark
+    }
+
+    /// True once the bytes queued broker-wide are below 90 % of the high-water mark again.
+    pub fn below_low_watermark(&self) -> bool {
+        let mark = self.config.limits.memory_high_watermark;
+        mark == 0 || self.queue_limits.total() < mark / 10 * 9
+    }
+
     /// Number of sessions held.
     pub fn session_count(&self) -> usize {
         self.sessions.lock().len()
@@ -597,8 +626,7 @@ impl Broker {
         Arc::new(Session::new(
             self.next_session_id.fetch_add(1, Ordering::Relaxed),
             client_id,
-            self.config.limits.max_queued_messages,
-            self.config.session.queue_qos0_messages,
+            self.queue_limits.clone(),
         ))
     }
 

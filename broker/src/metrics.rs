@@ -83,6 +83,15 @@ metrics! {
     Counter bytes_received,
     /// Bytes written to clients.
     Counter bytes_sent,
+    /// Bytes of messages waiting in session queues (limits.max_queued_bytes per session,
+    /// limits.memory_high_watermark in all).
+    Gauge queued_bytes,
+    /// Times a publisher was paused because queued_bytes reached limits.memory_high_watermark.
+    Counter publishers_paused,
+    /// Clients disconnected for leaving the broker's output unread (limits.slow_consumer_timeout).
+    Counter slow_consumers_disconnected,
+    /// Connections closed for breaking the protocol or a limit.
+    Counter protocol_errors,
 }
 
 /// Adds `n` to a counter.

@@ -41,7 +41,7 @@ pub fn sys_values(broker: &Broker) -> Vec<(String, String)> {
             broker.router.read().len().to_string(),
         ),
     ];
-    for e in broker.metrics.snapshot().entries() {
+    for e in broker.metrics_snapshot().entries() {
         out.push((format!("metrics/{}", e.name), e.value.to_string()));
     }
     out
@@ -132,7 +132,7 @@ pub fn prometheus(broker: &Broker) -> String {
         "Subscriptions currently held.",
     );
     let _ = writeln!(out, "broker_subscriptions {}", broker.router.read().len());
-    for e in broker.metrics.snapshot().entries() {
+    for e in broker.metrics_snapshot().entries() {
         let (name, kind) = match e.kind {
             MetricKind::Counter => (format!("broker_{}_total", e.name), "counter"),
             MetricKind::Gauge => (format!("broker_{}", e.name), "gauge"),

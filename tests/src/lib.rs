@@ -665,6 +665,50 @@ pub fn connect_packet(level: u8, client_id: &str, clean: bool, keep_alive: u16) 
     packet(0x10, &body)
 }
 
+/// SUBSCRIBE bytes for one filter; `level` 5 adds an empty property block.
+pub fn subscribe_packet(level: u8, packet_id: u16, filter: &str, qos: u8) -> Vec<u8> {
+    let mut body = packet_id.to_be_bytes().to_vec();
+    if level == 5 {
+        body.push(0);
+    }
+    body.extend(mqtt_string(filter));
+    body.push(qos);
+    packet(0x82, &body)
+}
+
+/// UNSUBSCRIBE bytes for one filter; `level` 5 adds an empty property block.
+pub fn unsubscribe_packet(level: u8, packet_id: u16, filter: &str) -> Vec<u8> {
+    let mut body = packet_id.to_be_bytes().to_vec();
+    if level == 5 {
+        body.push(0);
+    }
+    body.extend(mqtt_string(filter));
+    packet(0xA2, &body)
+}
+
+/// PUBLISH bytes; `packet_id` is used for QoS > 0; `level` 5 adds an empty property block.
+pub fn publish_packet(
+    level: u8,
+    topic: &str,
+    qos: u8,
+    packet_id: u16,
+    retain: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut body = mqtt_string(topic);
+    if qos > 0 {
+        body.extend(packet_id.to_be_bytes());
+    }
+    if level == 5 {
+        body.push(0);
+    }
+    body.extend_from_slice(payload);
+    packet(0x30 | (qos << 1) | u8::from(retain), &body)
+}
+
+/// PINGREQ bytes.
+pub const PINGREQ: [u8; 2] = [0xC0, 0x00];
+
 impl Wire {
     /// Opens a TCP connection.
     pub async fn open(port: u16) -> Wire {
@@ -684,6 +728,18 @@ impl Wire {
         let ack = w.recv().await.expect("CONNACK");
         assert_eq!(ack.kind(), 2, "expected CONNACK, got {ack:?}");
         w
+    }
+
+    /// Sends PINGREQ and waits for PINGRESP: the broker is serving this connection.
+    pub async fn ping(&mut self) -> bool {
+        self.send(&PINGREQ).await;
+        loop {
+            match self.recv().await {
+                Some(p) if p.kind() == 13 => return true,
+                Some(_) => continue,
+                None => return false,
+            }
+        }
     }
 
     /// Writes bytes (errors ignored: the broker may already have closed).

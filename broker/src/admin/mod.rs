@@ -96,9 +96,15 @@ pub struct ClientSummary {
 }
 
 /// Reads the admin token, creating the file (mode 0600) with a fresh random token if absent.
+///
+/// An existing file that other users may read or write is refused, as sshd refuses a private
+/// key with loose permissions: whoever reads the token controls the broker.
 pub fn ensure_token(path: &Path) -> std::io::Result<String> {
     match std::fs::read_to_string(path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(t) if !t.trim().is_empty() => {
+            check_private(path)?;
+            return Ok(t.trim().to_owned());
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
@@ -119,6 +125,30 @@ pub fn ensure_token(path: &Path) -> std::io::Result<String> {
     let mut f = options.open(path)?;
     std::io::Write::write_all(&mut f, token.as_bytes())?;
     Ok(token)
+}
+
+/// Fails when `path` is readable or writable by anyone but its owner.
+#[cfg(unix)]
+pub fn check_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} has mode {mode:04o}: other users could read the admin token; run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Permissions are not checked on systems without Unix modes.
+#[cfg(not(unix))]
+pub fn check_private(_path: &Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 trait ReadExactSync {
@@ -321,7 +351,7 @@ async fn route(broker: &Arc<Broker>, r: &Request) -> (u16, String) {
                 uptime_secs: broker.started.elapsed().as_secs(),
                 sessions: broker.session_count(),
                 subscriptions: broker.router.read().len(),
-                metrics: broker.metrics.snapshot(),
+                metrics: broker.metrics_snapshot(),
             }),
         ),
         ("GET", ["plugins"]) => (200, json(&broker.plugins.list())),

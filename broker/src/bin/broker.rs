@@ -96,6 +96,13 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
+    // Everything the broker and its plugins create (sessions, retained messages, the admin
+    // token, plugin copies) is for the broker's user only.
+    #[cfg(unix)]
+    // SAFETY: umask only sets the process's file mode creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     if let Some(n) = raise_fd_limit() {
         tracing::debug!(open_files = n, "file descriptor limit");
     }
@@ -138,7 +145,7 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         let token_file = broker.config.admin_token_file();
         let token = admin::ensure_token(&token_file).with_context(|| {
             format!(
-                "cannot create the admin token file {}",
+                "cannot use the admin token file {}",
                 token_file.display()
             )
         })?;

@@ -138,6 +138,13 @@ fn new_plugin(args: &[String]) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // `brokerctl … | head`: a closed pipe ends brokerctl quietly, as it ends `cat`, instead of
+    // a panic in println!.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let o = match parse_args() {
         Ok(o) => o,
         Err(msg) => {

@@ -46,6 +46,9 @@ pub fn read_fixed_header(buf: &[u8]) -> Result<Option<FixedHeader>, DecodeError>
     Err(DecodeError::MalformedVarInt)
 }
 
+/// The most [`decode`] reserves in one go for the rest of an incomplete packet.
+pub const RESERVE_AHEAD: usize = 64 * 1024;
+
 /// Decodes one packet from the front of `buf`.
 ///
 /// `version` is the connection's protocol version, `None` before CONNECT (then only CONNECT is
@@ -69,7 +72,10 @@ pub fn decode(
         });
     }
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // Room for the rest, but never more than RESERVE_AHEAD at a time: a client that
+        // announces a large packet and sends it slowly gets memory as its bytes arrive, not
+        // max_packet_size up front.
+        buf.reserve((total - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     let mut frame = buf.split_to(total).freeze();

@@ -132,6 +132,8 @@ impl Default for PluginsConfig {
 pub struct AclConfig {
     /// Decision when ACL plugins are loaded and all of them ignore the request.
     pub no_match: Decision,
+    /// Let clients publish to `$SYS` topics (the broker's own); plugins always may.
+    pub client_publish_sys: bool,
     /// What a denied PUBLISH does to the connection: `ignore` (drop the message) or
     /// `disconnect`.
     pub deny_action: DenyAction,
@@ -145,6 +147,7 @@ impl Default for AclConfig {
     fn default() -> Self {
         AclConfig {
             no_match: Decision::Allow,
+            client_publish_sys: false,
             deny_action: DenyAction::Ignore,
             cache_size: 32,
             cache_ttl_secs: 60,
@@ -337,6 +340,16 @@ pub struct Limits {
     pub max_queued_messages: usize,
     /// Topic aliases a v5 client may use towards the broker (Topic Alias Maximum); 0 = none.
     pub topic_alias_maximum: u16,
+    /// Most levels a topic name or filter may have; deeper ones are refused.
+    pub max_topic_levels: usize,
+    /// Bytes of messages queued per session (payload, topic and properties, plus a fixed
+    /// per-message overhead); further messages for that session are dropped.
+    pub max_queued_bytes: usize,
+    /// Bytes queued over all sessions above which the broker stops reading from clients that
+    /// publish, until the total falls below 90 % of it; 0 = no mark.
+    pub memory_high_watermark: usize,
+    /// Seconds a client may leave the broker's output to it unread before it is disconnected.
+    pub slow_consumer_timeout: u64,
 }
 
 impl Default for Limits {
@@ -351,6 +364,10 @@ impl Default for Limits {
             max_inflight: 32,
             max_queued_messages: 10_000,
             topic_alias_maximum: 64,
+            max_topic_levels: 128,
+            max_queued_bytes: 16 * 1024 * 1024,
+            memory_high_watermark: 1024 * 1024 * 1024,
+            slow_consumer_timeout: 30,
         }
     }
 }
@@ -507,6 +524,18 @@ impl Config {
         if self.limits.connect_timeout == 0 {
             return invalid("limits.connect_timeout", "must be at least 1 second");
         }
+        if self.limits.max_topic_levels == 0 {
+            return invalid("limits.max_topic_levels", "must be at least 1");
+        }
+        if self.limits.max_queued_bytes == 0 {
+            return invalid("limits.max_queued_bytes", "must be at least 1");
+        }
+        if self.limits.slow_consumer_timeout == 0 {
+            return invalid("limits.slow_consumer_timeout", "must be at least 1 second");
+        }
+        if let Err(message) = validate_log_level(&self.log.level) {
+            return invalid("log.level", &message);
+        }
         if self.limits.max_client_id_len == 0 {
             return invalid("limits.max_client_id_len", "must be at least 1");
         }
@@ -544,6 +573,34 @@ impl Config {
             self.admin.token_file.clone()
         }
     }
+}
+
+/// The level names a log filter may use.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a tracing filter (`info`, `broker=debug,warn`): every directive must name a level.
+/// A bare word that is not a level is a target with no level — almost always a typo of a level
+/// (`inof`) that would silently leave the broker logging nothing, so it is refused.
+pub fn validate_log_level(filter: &str) -> Result<(), String> {
+    let is_level = |s: &str| LOG_LEVELS.contains(&s.trim().to_ascii_lowercase().as_str());
+    if filter.trim().is_empty() {
+        return Err(format!("must name a level: one of {}", LOG_LEVELS.join(", ")));
+    }
+    for directive in filter.split(',') {
+        let level = match directive.rsplit_once('=') {
+            Some((_, level)) => level,
+            None => directive,
+        };
+        if !is_level(level) {
+            return Err(format!(
+                "{:?} is not a log level (directive {:?}): use one of {}, or target=level",
+                level.trim(),
+                directive.trim(),
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A plugin name: 1 to 64 characters of `a-z`, `0-9`, `_` and `-` (it becomes a file name).
@@ -586,6 +643,20 @@ mod tests {
         let err = Config::parse("[limits]\nmax_packet_size = 1\n", Path::new("x.toml"))
             .expect_err("range");
         assert!(err.to_string().contains("limits.max_packet_size"));
+    }
+
+    #[test]
+    fn log_level_typos_are_refused() {
+        for ok in ["info", "broker=debug,info", "WARN", "broker::session=trace, error", "off"] {
+            assert!(validate_log_level(ok).is_ok(), "{ok}");
+        }
+        for bad in ["inof", "", "broker=verbose", "debug,inof"] {
+            assert!(validate_log_level(bad).is_err(), "{bad}");
+        }
+        let err = Config::parse("[log]\nlevel = \"inof\"\n", Path::new("x.toml"))
+            .expect_err("typo refused");
+        assert!(err.to_string().contains("log.level"), "{err}");
+        assert!(err.to_string().contains("inof"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! installed file can never touch a mapped one. Libraries are never unmapped: code of an
 //! unloaded plugin may still be on a stack somewhere, and abi_stable leaks them by design.
 //!
-//! The checks, each failing with one line that names the fix: the file is a loadable library,
+//! The checks, each failing with one line that names the fix: the file is a well-formed shared
+//! library for this machine whose every segment and section lies inside the file
+//! ([`check_library`]: a truncated copy would otherwise be mapped past its end and kill the
+//! broker with SIGBUS on first touch), the dynamic loader accepts it,
 //! it exports a plugin root module, its `plugin-api` crate version is compatible, its type
 //! layouts match this broker's, its API version is not newer than the broker's, and it was
 //! built with `panic = "unwind"`.
@@ -126,6 +129,10 @@ pub fn open(name: &str, path: &Path, cache_dir: &Path) -> Result<Opened, LoadErr
             }
         }
     })?;
+    check_library(&bytes).map_err(|detail| LoadError::NotALibrary {
+        path: path.to_owned(),
+        detail,
+    })?;
     let sha256 = crate::hex::encode(&Sha256::digest(&bytes));
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("so");
     let cache_path = cache_dir.join(format!("{name}-{}.{ext}", &sha256[..16]));
@@ -158,6 +165,52 @@ pub fn open(name: &str, path: &Path, cache_dir: &Path) -> Result<Opened, LoadErr
         cache_path,
         sha256,
     })
+}
+
+/// Checks that `bytes` are a complete shared library for this machine before the dynamic
+/// loader maps them: the headers parse, the file is a dynamic library, it is built for this
+/// architecture, and every segment and section it declares lies within the file.
+pub fn check_library(bytes: &[u8]) -> Result<(), String> {
+    use object::{Object, ObjectKind, ObjectSection, ObjectSegment};
+    let file = object::File::parse(bytes)
+        .map_err(|e| format!("truncated or damaged, or not a shared library ({e})"))?;
+    if file.kind() != ObjectKind::Dynamic {
+        return Err(format!(
+            "not a shared library (a {:?} object): build the plugin with crate-type = [\"cdylib\"]",
+            file.kind()
+        ));
+    }
+    let host = match std::env::consts::ARCH {
+        "x86_64" => Some(object::Architecture::X86_64),
+        "aarch64" => Some(object::Architecture::Aarch64),
+        "x86" => Some(object::Architecture::I386),
+        _ => None,
+    };
+    if host.is_some_and(|h| h != file.architecture()) {
+        return Err(format!(
+            "built for {:?}, this broker runs on {}",
+            file.architecture(),
+            std::env::consts::ARCH
+        ));
+    }
+    let len = bytes.len() as u64;
+    let beyond = |(offset, size): (u64, u64)| offset.checked_add(size).is_none_or(|end| end > len);
+    for segment in file.segments() {
+        if beyond(segment.file_range()) {
+            return Err(format!(
+                "truncated or damaged: a segment ends past the end of the file ({len} bytes)"
+            ));
+        }
+    }
+    for section in file.sections() {
+        if section.file_range().is_some_and(beyond) {
+            return Err(format!(
+                "truncated or damaged: section {:?} ends past the end of the file ({len} bytes)",
+                section.name().unwrap_or("?")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Turns abi_stable's (often very long) errors into one line each.

@@ -7,6 +7,11 @@
 //! a second SUBSCRIBE to the same filter replaces the first, [MQTT-3.8.4-3]) and shared ones by
 //! group. Empty nodes are pruned on removal so the trie does not grow with churn.
 //!
+//! **No recursion over topic depth.** Levels come from clients, so every walk over them —
+//! insert, remove, match, and dropping nodes — is a loop with an explicit stack: a filter of
+//! 100 000 levels costs heap, never stack (the unit tests prove it on a small thread stack).
+//! `limits.max_topic_levels` keeps such filters out of the broker in the first place.
+//!
 //! The maps use foldhash with a per-process random seed: several times faster than std's
 //! SipHash on short topic levels, and still seeded, so clients cannot precompute colliding
 //! levels.
@@ -15,6 +20,8 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use super::topic::TopicFilter;
 
@@ -77,6 +84,59 @@ impl<K, V> Node<K, V> {
             && self.hash.is_none()
             && self.subs.is_empty()
             && self.shared.is_empty()
+    }
+
+    /// Moves this node's children onto `stack` (so they are dropped by the caller's loop).
+    fn take_children(&mut self, stack: &mut Vec<Node<K, V>>) {
+        stack.extend(self.children.drain().map(|(_, c)| c));
+        stack.extend(self.plus.take().map(|b| *b));
+        stack.extend(self.hash.take().map(|b| *b));
+    }
+
+    /// How many child nodes this node has.
+    fn child_count(&self) -> usize {
+        self.children.len() + usize::from(self.plus.is_some()) + usize::from(self.hash.is_some())
+    }
+
+    fn child(&self, level: &str) -> Option<&Node<K, V>> {
+        match level {
+            "+" => self.plus.as_deref(),
+            "#" => self.hash.as_deref(),
+            _ => self.children.get(level),
+        }
+    }
+
+    fn child_mut(&mut self, level: &str) -> Option<&mut Node<K, V>> {
+        match level {
+            "+" => self.plus.as_deref_mut(),
+            "#" => self.hash.as_deref_mut(),
+            _ => self.children.get_mut(level),
+        }
+    }
+
+    /// Detaches the child at `level`; the caller drops it.
+    fn remove_child(&mut self, level: &str) -> Option<Node<K, V>> {
+        match level {
+            "+" => self.plus.take().map(|b| *b),
+            "#" => self.hash.take().map(|b| *b),
+            _ => self.children.remove(level),
+        }
+    }
+}
+
+/// Dropping a node drops its subtree without recursing: a chain of 100 000 levels would
+/// otherwise overflow the stack in the compiler-generated drop glue.
+impl<K, V> Drop for Node<K, V> {
+    fn drop(&mut self) {
+        if self.child_count() == 0 {
+            return;
+        }
+        let mut stack = Vec::new();
+        self.take_children(&mut stack);
+        while let Some(mut node) = stack.pop() {
+            node.take_children(&mut stack);
+            // `node` now has no children: its own drop returns at once.
+        }
     }
 }
 
@@ -164,67 +224,86 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
         old
     }
 
-    /// Removes `key`'s subscription to `filter`; returns it if it existed.
+    /// Removes `key`'s subscription to `filter`; returns it if it existed. Nodes left empty
+    /// are pruned.
     pub fn remove(&mut self, group: Option<&Arc<str>>, filter: &TopicFilter, key: &K) -> Option<V> {
-        let levels: Vec<&str> = filter.as_str().split('/').collect();
-        let removed = Self::remove_at(&mut self.root, &levels, group, key);
-        if removed.is_some() {
-            self.count -= 1;
-        }
-        removed
-    }
-
-    fn remove_at(
-        node: &mut Node<K, V>,
-        levels: &[&str],
-        group: Option<&Arc<str>>,
-        key: &K,
-    ) -> Option<V> {
-        let Some((first, rest)) = levels.split_first() else {
-            return match group {
-                None => node.subs.remove(key),
-                Some(g) => {
-                    let grp = node.shared.get_mut(g)?;
-                    let pos = grp.members.iter().position(|(k, _)| k == key)?;
-                    let (_, v) = grp.members.remove(pos);
-                    if grp.members.is_empty() {
-                        node.shared.remove(g);
-                    }
-                    Some(v)
-                }
-            };
-        };
-        match *first {
-            "+" | "#" => {
-                let slot = if *first == "+" {
-                    &mut node.plus
-                } else {
-                    &mut node.hash
-                };
-                let child = slot.as_deref_mut()?;
-                let removed = Self::remove_at(child, rest, group, key);
-                if child.is_empty() {
-                    *slot = None;
-                }
-                removed
+        // Down to the filter's node; on the way, remember the deepest node that must stay
+        // whatever happens below it (the root, or one with subscriptions or other children):
+        // if the filter's node ends up empty, the chain below that node goes.
+        let mut keep_depth = 0;
+        let mut node = &self.root;
+        for (depth, level) in filter.as_str().split('/').enumerate() {
+            if depth > 0 && (node.child_count() > 1 || !node.subs.is_empty() || !node.shared.is_empty()) {
+                keep_depth = depth;
             }
-            level => {
-                let child = node.children.get_mut(level)?;
-                let removed = Self::remove_at(child, rest, group, key);
-                if child.is_empty() {
-                    node.children.remove(level);
+            node = node.child(level)?;
+        }
+        let mut node = &mut self.root;
+        for level in filter.as_str().split('/') {
+            node = node.child_mut(level)?;
+        }
+        let removed = match group {
+            None => node.subs.remove(key),
+            Some(g) => {
+                let grp = node.shared.get_mut(g)?;
+                let pos = grp.members.iter().position(|(k, _)| k == key)?;
+                let (_, v) = grp.members.remove(pos);
+                if grp.members.is_empty() {
+                    node.shared.remove(g);
                 }
-                removed
+                Some(v)
+            }
+        }?;
+        self.count -= 1;
+        if node.is_empty() {
+            let mut levels = filter.as_str().split('/');
+            let mut parent = &mut self.root;
+            for level in levels.by_ref().take(keep_depth) {
+                parent = parent.child_mut(level)?;
+            }
+            if let Some(level) = levels.next() {
+                // Dropped without recursion (see `Drop for Node`).
+                drop(parent.remove_child(level));
             }
         }
+        Some(removed)
     }
 
     /// Calls `visit` for every subscription whose filter matches `topic` (a valid topic name).
     ///
     /// Topics starting with `$` are not matched by a leading `+` or `#` ([MQTT-4.7.2-1]).
+    /// Depth-first with an explicit stack (inline for the first levels, so an ordinary match
+    /// does not allocate).
     pub fn for_each_match<'a>(&'a self, topic: &str, mut visit: impl FnMut(Match<'a, K, V>)) {
         let dollar = topic.starts_with('$');
-        Self::walk(&self.root, topic, true, dollar, &mut visit);
+        // (node, the unmatched rest of the topic, whether `node` is the root)
+        let mut stack: SmallVec<[(&'a Node<K, V>, &str, bool); 16]> = SmallVec::new();
+        stack.push((&self.root, topic, true));
+        while let Some((node, rest, first)) = stack.pop() {
+            let (level, tail) = match rest.split_once('/') {
+                Some((l, t)) => (l, Some(t)),
+                None => (rest, None),
+            };
+            let wildcards = !(first && dollar);
+            if wildcards {
+                if let Some(h) = &node.hash {
+                    Self::emit(h, &mut visit);
+                }
+            }
+            let plus = node.plus.as_deref().filter(|_| wildcards);
+            for child in plus.into_iter().chain(node.children.get(level)) {
+                match tail {
+                    Some(t) => stack.push((child, t, false)),
+                    None => {
+                        Self::emit(child, &mut visit);
+                        // "a/#" also matches "a" ([MQTT-4.7.1-2]).
+                        if let Some(h) = &child.hash {
+                            Self::emit(h, &mut visit);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn emit<'a>(node: &'a Node<K, V>, visit: &mut impl FnMut(Match<'a, K, V>)) {
@@ -235,44 +314,6 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
             visit(Match::Shared(g));
         }
     }
-
-    /// `rest` is the unmatched remainder of the topic; `None` once every level is consumed.
-    fn walk<'a>(
-        node: &'a Node<K, V>,
-        rest: &str,
-        first: bool,
-        dollar: bool,
-        visit: &mut impl FnMut(Match<'a, K, V>),
-    ) {
-        let (level, tail) = match rest.split_once('/') {
-            Some((l, t)) => (l, Some(t)),
-            None => (rest, None),
-        };
-        let wildcards = !(first && dollar);
-        if wildcards {
-            if let Some(h) = &node.hash {
-                Self::emit(h, visit);
-            }
-        }
-        let mut step = |child: &'a Node<K, V>| match tail {
-            Some(t) => Self::walk(child, t, false, dollar, visit),
-            None => {
-                Self::emit(child, visit);
-                // "a/#" also matches "a" ([MQTT-4.7.1-2]).
-                if let Some(h) = &child.hash {
-                    Self::emit(h, visit);
-                }
-            }
-        };
-        if wildcards {
-            if let Some(p) = &node.plus {
-                step(p);
-            }
-        }
-        if let Some(c) = node.children.get(level) {
-            step(c);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -280,6 +321,7 @@ mod tests {
     use super::*;
     use crate::router::topic::matches;
     use proptest::prelude::*;
+    use std::ops::Add;
 
     fn collect(trie: &Trie<u32, String>, topic: &str) -> Vec<String> {
         let mut out = Vec::new();
@@ -340,6 +382,67 @@ mod tests {
         t.insert(None, &filter("a/b/c/#"), 1, ());
         t.remove(None, &filter("a/b/c/#"), &1);
         assert!(t.root.is_empty());
+        // A branch shared with another filter stays; a node with its own subscription too.
+        t.insert(None, &filter("a/b/c"), 1, ());
+        t.insert(None, &filter("a/b/d/e"), 2, ());
+        t.insert(None, &filter("a"), 3, ());
+        t.remove(None, &filter("a/b/d/e"), &2);
+        assert_eq!(t.len(), 2);
+        let b = &t.root.children["a"].children["b"];
+        assert!(b.children.contains_key("c") && !b.children.contains_key("d"));
+        t.remove(None, &filter("a/b/c"), &1);
+        let a = &t.root.children["a"];
+        assert!(a.children.is_empty() && a.subs.len() == 1);
+        t.remove(None, &filter("a"), &3);
+        assert!(t.root.is_empty());
+    }
+
+    /// Runs `f` on a thread with a 256 KiB stack: a walk that recursed once per level would
+    /// overflow it long before 100 000 levels.
+    fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(f)
+            .expect("spawn")
+            .join()
+            .expect("no stack overflow");
+    }
+
+    fn deep(levels: usize, last: &str) -> String {
+        let mut s = "a/".repeat(levels - 1);
+        s.push_str(last);
+        s
+    }
+
+    // postmortem: a SUBSCRIBE of ~10 000 levels followed by a matching PUBLISH overflowed the
+    // broker's stack (recursive match); removing it or dropping the trie did too.
+    #[test]
+    fn deep_filters_use_no_stack_per_level() {
+        on_small_stack(|| {
+            const LEVELS: usize = 100_000;
+            let exact = filter(&deep(LEVELS, "b"));
+            let plus = filter(&"+/".repeat(LEVELS - 1).to_string().add("#"));
+            let g: Arc<str> = Arc::from("g");
+            let mut t: Trie<u32, String> = Trie::new();
+            t.insert(None, &exact, 1, "exact".into());
+            t.insert(None, &plus, 2, "plus".into());
+            t.insert(Some(&g), &exact, 3, "shared".into());
+            t.insert(None, &filter("a/#"), 4, "short".into());
+            let topic = deep(LEVELS, "b");
+            assert_eq!(collect(&t, &topic), ["exact", "plus", "shared", "short"]);
+            assert_eq!(collect(&t, &deep(LEVELS, "c")), ["plus", "short"]);
+            assert_eq!(t.remove(Some(&g), &exact, &3).as_deref(), Some("shared"));
+            assert_eq!(t.remove(None, &exact, &1).as_deref(), Some("exact"));
+            assert_eq!(collect(&t, &topic), ["plus", "short"]);
+            assert_eq!(t.remove(None, &plus, &2).as_deref(), Some("plus"));
+            assert_eq!(t.len(), 1);
+            assert_eq!(collect(&t, &topic), ["short"]);
+            // Only the short filter's nodes are left.
+            assert_eq!(t.root.children.get("a").map(|n| n.child_count()), Some(1));
+            // Dropped with a deep chain still in place.
+            t.insert(None, &exact, 1, "exact".into());
+            drop(t);
+        });
     }
 
     fn level() -> impl Strategy<Value = String> {
@@ -404,6 +507,10 @@ mod tests {
                 expected.sort();
                 prop_assert_eq!(collect(&t, topic), expected, "topic {}", topic);
             }
+            for (k, f) in live {
+                prop_assert!(t.remove(None, &filter(&f), &k).is_some());
+            }
+            prop_assert!(t.root.is_empty(), "every node pruned");
         }
     }
 }

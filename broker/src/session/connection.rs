@@ -4,11 +4,25 @@
 //! to a session through [`Broker::attach`], answers CONNACK, restores the session's parked state
 //! (redelivering unacknowledged messages with DUP set, [MQTT-4.4.0-1]) and then loops:
 //!
-//! * read whatever the socket has, decode every complete packet and act on it;
-//! * drain the session queue up to the inflight window, encoding into the write buffer;
-//! * write the buffer in one call — every packet produced by one wake-up goes out together;
-//! * wait for the socket, the session queue, a control request (takeover, kick), shutdown, or
-//!   the keep-alive deadline (1.5 × keep alive, [MQTT-3.1.2-24]).
+//! * decode every complete packet that has arrived and act on it;
+//! * drain the session queue up to the inflight window into the write buffer;
+//! * wait for the socket (readable, or writable while the buffer holds data — the buffer is
+//!   written without blocking, so a client that stops reading never stalls the loop), the
+//!   session queue, a control request (takeover, kick), shutdown, or the next deadline.
+//!
+//! Bounds, so that no client can make the broker grow or stall:
+//! * at most [`WRITE_BUFFER_HIGH`] (plus one message) waits in the write buffer: above it the
+//!   session queue is not drained into it (messages wait there, bounded by the queue limits)
+//!   and the client is not read (its requests would only add answers). A client that leaves
+//!   the buffer unread for `limits.slow_consumer_timeout` is disconnected (`slow_consumer`);
+//! * keep-alive (1.5 × keep alive, [MQTT-3.1.2-24]) is enforced whatever the write side does;
+//! * back-pressure: a connection that publishes while the broker-wide queued bytes are over
+//!   `limits.memory_high_watermark` is not read from again until they fall below 90 % of it.
+//!   Connections that only subscribe and acknowledge keep being read, so queues drain;
+//! * payloads under [`COPY_PAYLOAD_BELOW`] are copied out of the read buffer, so a queued
+//!   message holds its own bytes and not the whole buffer it arrived in;
+//! * topics and filters deeper than `limits.max_topic_levels` are refused before they reach
+//!   the router or a plugin.
 //!
 //! When the loop ends it tells a v5 client why (DISCONNECT with a reason code), hands the
 //! session state back, publishes or schedules the will unless the client disconnected normally
@@ -18,7 +32,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::task::Poll;
+
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -41,8 +59,22 @@ use plugin_api::{
 
 use super::{Control, Delivery, KickReason, Message, Outgoing, Session};
 
-/// How long one write may wait for a peer that does not read.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Above this many bytes waiting to be written, the session queue is not drained into the
+/// write buffer and the client is not read (see the module docs).
+pub const WRITE_BUFFER_HIGH: usize = 64 * 1024;
+
+/// Payloads shorter than this are copied out of the read buffer into an allocation of their
+/// own (see the module docs). Longer ones fill most of the buffer they arrived in anyway.
+pub const COPY_PAYLOAD_BELOW: usize = 64 * 1024;
+
+/// How often a connection paused by the memory high-water mark looks whether to resume.
+const BACKPRESSURE_RECHECK: Duration = Duration::from_millis(50);
+
+/// How long closing a connection waits to hand the client its last packets.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A deadline so far away that it never fires (keep alive 0).
+const NEVER: Duration = Duration::from_secs(86_400 * 365);
 
 /// Where a connection came from; passed down from the listener.
 #[derive(Debug, Clone)]
@@ -70,6 +102,8 @@ enum Exit {
     Closed,
     /// No packet within 1.5 × keep alive.
     KeepAliveTimeout,
+    /// The client left the broker's output unread for `limits.slow_consumer_timeout`.
+    SlowConsumer,
     /// The client broke the protocol.
     Protocol { reason: u8, message: String },
     /// Another connection or an administrator took the session.
@@ -115,6 +149,7 @@ impl Exit {
             Exit::Disconnect { .. } => "normal",
             Exit::Closed => "tcp_closed",
             Exit::KeepAliveTimeout => "keepalive_timeout",
+            Exit::SlowConsumer => "slow_consumer",
             Exit::Protocol { .. } => "protocol_error",
             Exit::Kicked {
                 reason: KickReason::TakenOver,
@@ -247,6 +282,10 @@ struct Connection {
     drained: Vec<Delivery>,
     /// Who the client is, as plugins see it; fixed at CONNECT.
     identity: ClientInfo,
+    /// Bytes were written since the last flush (TLS and WebSocket streams buffer).
+    need_flush: bool,
+    /// Not reading: this client published while the broker was over its high-water mark.
+    paused: bool,
 }
 
 fn event<'a>(client: ClientView<'a>, reason: &'a str, reason_code: u8) -> EventView<'a> {
@@ -407,6 +446,30 @@ impl Connection {
             .await;
             return None;
         }
+        if let Some(will) = &connect.will {
+            let refusal = if !within_levels(&will.topic, limits.max_topic_levels) {
+                Some((
+                    reason::TOPIC_NAME_INVALID,
+                    "will topic has more than limits.max_topic_levels levels",
+                ))
+            } else if is_sys_topic(&will.topic) && !broker.config.acl.client_publish_sys {
+                Some((
+                    reason::NOT_AUTHORIZED,
+                    "will topic is a $SYS topic (acl.client_publish_sys = false)",
+                ))
+            } else {
+                None
+            };
+            if let Some((code, why)) = refusal {
+                if v5 || code == reason::NOT_AUTHORIZED {
+                    refuse(stream, version, code, info, &client_id, why).await;
+                } else {
+                    // MQTT 3 has no return code for a bad topic: close without CONNACK.
+                    tracing::info!(peer = %info.peer, client_id = %client_id, why, "connection refused");
+                }
+                return None;
+            }
+        }
         let max_expiry = broker.config.session.max_session_expiry_interval;
         let requested_expiry = if v5 {
             connect.properties.session_expiry_interval.unwrap_or(0)
@@ -516,6 +579,8 @@ impl Connection {
             problem_information: connect.properties.request_problem_information != Some(0),
             drained: Vec::new(),
             identity,
+            need_flush: false,
+            paused: false,
         };
         conn.push(&Packet::ConnAck(ConnAck {
             session_present: attached.session_present,
@@ -630,7 +695,8 @@ impl Connection {
     fn drain_queue(&mut self) {
         let room = self.window.saturating_sub(self.outgoing.len());
         let mut batch = std::mem::take(&mut self.drained);
-        self.session.drain(&mut batch, room);
+        let space = WRITE_BUFFER_HIGH.saturating_sub(self.wbuf.len());
+        self.session.drain(&mut batch, room, space);
         let now = Instant::now();
         let mut sent = 0u64;
         for d in batch.drain(..) {
@@ -685,28 +751,12 @@ impl Connection {
         self.broker.hooks.message_event(point, &view);
     }
 
-    async fn flush<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Result<(), Exit> {
-        if self.wbuf.is_empty() {
-            return Ok(());
-        }
-        // A peer that stops reading for WRITE_TIMEOUT is treated as gone: its task must not
-        // hang forever on a full socket buffer.
-        match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&self.wbuf)).await {
-            Ok(result) => {
-                result.map_err(Exit::Io)?;
-                // TLS and WebSocket streams buffer: push the batch out now.
-                stream.flush().await.map_err(Exit::Io)?;
-            }
-            Err(_) => {
-                return Err(Exit::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "peer did not read for 30 s",
-                )))
-            }
-        }
+    /// Writes the whole buffer, waiting as long as it takes: only for closing, under a timeout.
+    async fn flush_all<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> std::io::Result<()> {
+        stream.write_all(&self.wbuf).await?;
         metrics::add(&self.broker.metrics.bytes_sent, self.wbuf.len() as u64);
         self.wbuf.clear();
-        Ok(())
+        stream.flush().await
     }
 
     async fn run<S>(&mut self, stream: &mut S, rbuf: &mut BytesMut) -> Exit
@@ -714,25 +764,55 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut shutdown = self.broker.shutdown_signal();
-        let max_packet = self.broker.config.limits.max_packet_size;
-        let mut last_read = Instant::now();
+        let limits = &self.broker.config.limits;
+        let max_packet = limits.max_packet_size;
+        let stall_limit = Duration::from_secs(limits.slow_consumer_timeout);
         let keep_alive = self.keep_alive;
+        let mut last_read = Instant::now();
+        // Since when the write buffer has held data without the client taking any of it.
+        let mut write_waiting_since: Option<Instant> = None;
         let deadline = tokio::time::sleep(if keep_alive.is_zero() {
-            Duration::from_secs(86_400 * 365)
+            NEVER
         } else {
             keep_alive
         });
         tokio::pin!(deadline);
-        // Packets that arrived together with CONNECT.
-        if let Err(exit) = self.decode_all(rbuf, max_packet).await {
-            return exit;
-        }
+        // Packets that arrived together with CONNECT are waiting in `rbuf`.
+        let mut input_pending = true;
         loop {
-            self.drain_queue();
-            if let Err(exit) = self.flush(stream).await {
-                return exit;
+            if self.paused && self.broker.below_low_watermark() {
+                self.paused = false;
             }
-            let room = self.outgoing.len() < self.window;
+            if input_pending && !self.paused {
+                match self.decode_all(rbuf, max_packet).await {
+                    Ok(done) => input_pending = !done,
+                    Err(exit) => return exit,
+                }
+            }
+            if self.wbuf.len() < WRITE_BUFFER_HIGH {
+                self.drain_queue();
+            }
+            if self.wbuf.is_empty() {
+                write_waiting_since = None;
+            } else if write_waiting_since.is_none() {
+                write_waiting_since = Some(Instant::now());
+            }
+            let below_high = self.wbuf.len() < WRITE_BUFFER_HIGH;
+            let reading = below_high && !self.paused && !input_pending;
+            let room = below_high && self.outgoing.len() < self.window;
+            // Wake up early enough for whichever limit comes first.
+            let mut due = (!keep_alive.is_zero()).then(|| last_read + keep_alive);
+            if let Some(since) = write_waiting_since {
+                due = Some(due.map_or(since + stall_limit, |d| d.min(since + stall_limit)));
+            }
+            if self.paused {
+                let recheck = Instant::now() + BACKPRESSURE_RECHECK;
+                due = Some(due.map_or(recheck, |d| d.min(recheck)));
+            }
+            if let Some(due) = due.filter(|d| *d < deadline.deadline()) {
+                deadline.as_mut().reset(due);
+            }
+            let io = poll_io(stream, &mut self.wbuf, &mut self.need_flush, rbuf, reading);
             tokio::select! {
                 biased;
                 ctrl = self.control_rx.recv() => match ctrl {
@@ -745,34 +825,54 @@ impl Connection {
                 },
                 // The guard `wait_for` returns is not Send: drop it inside the branch future.
                 _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => return Exit::Shutdown,
-                read = stream.read_buf(rbuf) => match read {
-                    Ok(0) => return Exit::Closed,
-                    Ok(n) => {
-                        metrics::add(&self.broker.metrics.bytes_received, n as u64);
-                        last_read = Instant::now();
-                        if let Err(exit) = self.decode_all(rbuf, max_packet).await {
-                            return exit;
+                event = io => match event {
+                    Ok(IoEvent { read, written }) => {
+                        if written > 0 {
+                            metrics::add(&self.broker.metrics.bytes_sent, written as u64);
+                            write_waiting_since = None;
+                        }
+                        match read {
+                            Some(0) => return Exit::Closed,
+                            Some(n) => {
+                                metrics::add(&self.broker.metrics.bytes_received, n as u64);
+                                last_read = Instant::now();
+                                input_pending = true;
+                            }
+                            None => {}
                         }
                     }
                     Err(e) => return Exit::Io(e),
                 },
                 _ = self.session.notified(), if room => {}
-                _ = &mut deadline, if !keep_alive.is_zero() => {
-                    let due = last_read + keep_alive;
-                    if Instant::now() >= due {
+                _ = &mut deadline => {
+                    let now = Instant::now();
+                    if self.paused || input_pending {
+                        // Not reading is the broker's choice: it is not the client's silence.
+                        last_read = now;
+                    }
+                    if !keep_alive.is_zero() && now >= last_read + keep_alive {
                         return Exit::KeepAliveTimeout;
                     }
-                    deadline.as_mut().reset(due);
+                    if write_waiting_since.is_some_and(|since| now >= since + stall_limit) {
+                        return Exit::SlowConsumer;
+                    }
+                    let next = if keep_alive.is_zero() { now + NEVER } else { last_read + keep_alive };
+                    deadline.as_mut().reset(next);
                 }
             }
         }
     }
 
-    async fn decode_all(&mut self, rbuf: &mut BytesMut, max_packet: usize) -> Result<(), Exit> {
-        while let Some(packet) = codec::decode(rbuf, Some(self.version), max_packet)? {
-            self.handle(packet).await?;
+    /// Decodes and handles the complete packets in `rbuf`. `Ok(true)` when none is left,
+    /// `Ok(false)` when it stopped early because the connection was paused (back-pressure).
+    async fn decode_all(&mut self, rbuf: &mut BytesMut, max_packet: usize) -> Result<bool, Exit> {
+        while !self.paused {
+            match codec::decode(rbuf, Some(self.version), max_packet)? {
+                Some(packet) => self.handle(packet).await?,
+                None => return Ok(true),
+            }
         }
-        Ok(())
+        Ok(false)
     }
 
     async fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
@@ -840,10 +940,7 @@ impl Connection {
                 Ok(())
             }
             Packet::Subscribe(s) => self.on_subscribe(s).await,
-            Packet::Unsubscribe(u) => {
-                self.on_unsubscribe(u);
-                Ok(())
-            }
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
             Packet::PingReq => {
                 self.push(&Packet::PingResp);
                 Ok(())
@@ -933,6 +1030,13 @@ impl Connection {
     async fn on_publish(&mut self, p: Publish) -> Result<(), Exit> {
         metrics::add(&self.broker.metrics.messages_received, 1);
         let topic = self.resolve_topic(&p)?;
+        let max_levels = self.broker.config.limits.max_topic_levels;
+        if !within_levels(topic.as_str(), max_levels) {
+            return Err(Exit::protocol(
+                reason::TOPIC_NAME_INVALID,
+                format!("topic name has more than limits.max_topic_levels ({max_levels}) levels"),
+            ));
+        }
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(Exit::protocol(
                 reason::PROTOCOL_ERROR,
@@ -958,7 +1062,11 @@ impl Connection {
                 ));
             }
         }
-        let reason_code = if !self.acl_allows(Access::Publish, topic.as_str()).await {
+        let reserved = is_sys_topic(topic.as_str()) && !self.broker.config.acl.client_publish_sys;
+        if reserved {
+            tracing::info!(client_id = %self.client_id, topic = %topic, "publish to $SYS refused (acl.client_publish_sys = false)");
+        }
+        let reason_code = if reserved || !self.acl_allows(Access::Publish, topic.as_str()).await {
             if self.broker.config.acl.deny_action == DenyAction::Disconnect {
                 return Err(Exit::protocol(
                     reason::NOT_AUTHORIZED,
@@ -980,7 +1088,7 @@ impl Connection {
             properties.topic_alias = None;
             let message = Message {
                 topic,
-                payload: p.payload,
+                payload: own_bytes(p.payload),
                 qos: p.qos,
                 retain: p.retain,
                 properties,
@@ -999,6 +1107,13 @@ impl Connection {
                     false,
                 )
                 .unwrap_or(0);
+            if self.broker.over_high_watermark() {
+                if !self.paused {
+                    tracing::debug!(client_id = %self.client_id, queued_bytes = self.broker.queue_limits.total(), "memory high-water mark reached: pausing reads from this publisher");
+                    metrics::add(&self.broker.metrics.publishers_paused, 1);
+                }
+                self.paused = true;
+            }
             if matched == 0 && self.version.is_v5() {
                 reason::NO_MATCHING_SUBSCRIBERS
             } else {
@@ -1057,7 +1172,19 @@ impl Connection {
         let id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut added = Vec::new();
+        let max_levels = self.broker.config.limits.max_topic_levels;
         for (raw, options) in s.filters {
+            if raw.is_empty() {
+                return Err(Exit::protocol(
+                    reason::PROTOCOL_ERROR,
+                    "[MQTT-4.7.3-1] empty topic filter in SUBSCRIBE",
+                ));
+            }
+            if !within_levels(&raw, max_levels) {
+                tracing::info!(client_id = %self.client_id, max_levels, "topic filter refused: more than limits.max_topic_levels levels");
+                codes.push(reason::TOPIC_FILTER_INVALID);
+                continue;
+            }
             let (group, filter) = match TopicFilter::parse(&raw) {
                 Ok(parsed) => parsed,
                 Err(e) => {
@@ -1132,7 +1259,13 @@ impl Connection {
         Ok(())
     }
 
-    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+    fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Exit> {
+        if u.filters.iter().any(|f| f.is_empty()) {
+            return Err(Exit::protocol(
+                reason::PROTOCOL_ERROR,
+                "[MQTT-4.7.3-1] empty topic filter in UNSUBSCRIBE",
+            ));
+        }
         let mut codes = Vec::with_capacity(u.filters.len());
         for raw in &u.filters {
             let key = match TopicFilter::parse(raw) {
@@ -1177,6 +1310,7 @@ impl Connection {
             properties: Properties::default(),
             reason_codes: codes,
         }));
+        Ok(())
     }
 
     fn on_disconnect(&mut self, d: Disconnect) -> Result<(), Exit> {
@@ -1213,12 +1347,19 @@ impl Connection {
             }
         }
         // Best effort: a peer that stopped reading must not hold the task.
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let _ = self.flush(stream).await;
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
+            let _ = self.flush_all(stream).await;
             let _ = stream.shutdown().await;
         })
         .await;
 
+        match &exit {
+            Exit::Protocol { .. } => metrics::add(&self.broker.metrics.protocol_errors, 1),
+            Exit::SlowConsumer => {
+                metrics::add(&self.broker.metrics.slow_consumers_disconnected, 1)
+            }
+            _ => {}
+        }
         match &exit {
             Exit::Protocol { message, .. } => {
                 tracing::info!(client_id = %self.client_id, peer = %self.peer, reason = %message, "protocol error, connection closed")
@@ -1284,7 +1425,7 @@ impl Connection {
                 Ok(topic) => {
                     let message = Message {
                         topic,
-                        payload: will.payload,
+                        payload: own_bytes(will.payload),
                         qos: will.qos,
                         retain: will.retain,
                         properties,
@@ -1332,4 +1473,89 @@ impl Connection {
             let _ = done.send(());
         }
     }
+}
+
+/// True when `topic` (a name or a filter) has at most `max` levels. Counts separators, so
+/// it costs one pass over the bytes and no allocation.
+fn within_levels(topic: &str, max: usize) -> bool {
+    topic.bytes().filter(|b| *b == b'/').count() < max
+}
+
+/// True for the broker's own topics, `$SYS` and `$SYS/…`.
+fn is_sys_topic(topic: &str) -> bool {
+    topic
+        .strip_prefix("$SYS")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// `payload` in an allocation of its own when it is short (see [`COPY_PAYLOAD_BELOW`]).
+fn own_bytes(payload: Bytes) -> Bytes {
+    if payload.len() < COPY_PAYLOAD_BELOW {
+        Bytes::copy_from_slice(&payload)
+    } else {
+        payload
+    }
+}
+
+/// What one wake-up of [`poll_io`] did.
+struct IoEvent {
+    /// Bytes read into the read buffer (`Some(0)`: the peer closed), if it read.
+    read: Option<usize>,
+    /// Bytes written from the write buffer.
+    written: usize,
+}
+
+/// Writes as much of `wbuf` as the socket takes (then flushes), and reads if `reading`: one
+/// future that borrows the stream once, so reading and writing proceed together and neither
+/// waits for the other. Ready when something was read or written.
+fn poll_io<'a, S>(
+    stream: &'a mut S,
+    wbuf: &'a mut BytesMut,
+    need_flush: &'a mut bool,
+    rbuf: &'a mut BytesMut,
+    reading: bool,
+) -> impl Future<Output = std::io::Result<IoEvent>> + 'a
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    std::future::poll_fn(move |cx| {
+        let mut written = 0;
+        while !wbuf.is_empty() {
+            match Pin::new(&mut *stream).poll_write(cx, wbuf) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    wbuf.advance(n);
+                    written += n;
+                    *need_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        if wbuf.is_empty() && *need_flush {
+            match Pin::new(&mut *stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => *need_flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if reading {
+            if let Poll::Ready(result) = pin!(stream.read_buf(&mut *rbuf)).poll(cx) {
+                return Poll::Ready(result.map(|n| IoEvent {
+                    read: Some(n),
+                    written,
+                }));
+            }
+        }
+        if written > 0 {
+            Poll::Ready(Ok(IoEvent {
+                read: None,
+                written,
+            }))
+        } else {
+            Poll::Pending
+        }
+    })
 }

@@ -5,9 +5,12 @@
 //! expiry, or when a clean-start CONNECT replaces it. Its parts:
 //! * the **queue** of deliveries ([`Session::enqueue`]): filled by publishers (any task, under
 //!   the per-session lock only), drained in batches by the attached connection up to its inflight
-//!   window. Offline, it simply is not drained. It is bounded by `limits.max_queued_messages`;
-//!   when full, the *new* message is dropped and counted in `messages_dropped` (the oldest
-//!   messages are the ones the subscriber expects first, so they are kept);
+//!   window. Offline, it simply is not drained. It is bounded by `limits.max_queued_messages`
+//!   and, in bytes, by `limits.max_queued_bytes` ([`Delivery::size`]); when either is reached
+//!   the *new* message is dropped and counted in `messages_dropped` (the oldest messages are
+//!   the ones the subscriber expects first, so they are kept). Every queued byte is also
+//!   counted broker-wide in [`QueueLimits::total_bytes`], which the connections compare with
+//!   `limits.memory_high_watermark` to stop reading from publishers (back-pressure);
 //! * the **parked** state ([`Parked`]): unacknowledged outgoing messages, QoS 2 packet ids
 //!   received but not yet released, and a delayed will. The connection owns these while attached
 //!   and hands them back when it ends, so a resumed session redelivers with DUP set;
@@ -22,7 +25,7 @@ pub mod connection;
 pub mod persist;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -114,6 +117,63 @@ pub struct Delivery {
     pub subscription_ids: Vec<u32>,
 }
 
+/// What one queued delivery is charged against the queue limits beyond its payload, topic and
+/// properties: the message record (with its reference counts), the topic's allocation header
+/// and the queue slot. About 530 bytes on 64-bit targets.
+pub const DELIVERY_OVERHEAD: usize =
+    std::mem::size_of::<Message>() + std::mem::size_of::<Delivery>() + 48;
+
+impl Delivery {
+    /// The bytes this delivery is charged in its session's queue (and the broker-wide total).
+    /// A message shared by many sessions is charged to each: the bound stays conservative.
+    pub fn size(&self) -> usize {
+        let m = &self.message;
+        let p = &m.properties;
+        DELIVERY_OVERHEAD
+            + m.payload.len()
+            + m.topic.as_str().len()
+            + p.content_type.as_ref().map_or(0, |s| s.len())
+            + p.response_topic.as_ref().map_or(0, |s| s.len())
+            + p.correlation_data.as_ref().map_or(0, |s| s.len())
+            + p.user_properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 16)
+                .sum::<usize>()
+            + self.subscription_ids.len() * 4
+    }
+}
+
+/// The limits every session queue obeys, and the broker-wide count of queued bytes. One per
+/// broker, shared by its sessions.
+#[derive(Debug)]
+pub struct QueueLimits {
+    /// `limits.max_queued_messages`.
+    pub max_messages: usize,
+    /// `limits.max_queued_bytes`.
+    pub max_bytes: usize,
+    /// `session.queue_qos0_messages`.
+    pub queue_qos0_offline: bool,
+    /// Bytes queued over all sessions right now.
+    pub total_bytes: AtomicUsize,
+}
+
+impl QueueLimits {
+    /// Limits from the configuration, nothing queued yet.
+    pub fn new(max_messages: usize, max_bytes: usize, queue_qos0_offline: bool) -> Self {
+        QueueLimits {
+            max_messages,
+            max_bytes,
+            queue_qos0_offline,
+            total_bytes: AtomicUsize::new(0),
+        }
+    }
+
+    /// Bytes queued over all sessions.
+    pub fn total(&self) -> usize {
+        self.total_bytes.load(Ordering::Relaxed)
+    }
+}
+
 /// An outgoing QoS 1 / 2 message not yet completely acknowledged.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -196,6 +256,8 @@ pub enum Control {
 
 struct Queue {
     items: VecDeque<Delivery>,
+    /// Sum of the items' [`Delivery::size`].
+    bytes: usize,
 }
 
 /// The shared part of a session.
@@ -210,8 +272,7 @@ pub struct Session {
     online: AtomicBool,
     queue: Mutex<Queue>,
     notify: Notify,
-    max_queued: usize,
-    queue_qos0_offline: bool,
+    limits: Arc<QueueLimits>,
     /// Subscriptions by the filter string as the client sent it (`$share/…` included).
     pub subscriptions: Mutex<HashMap<String, Subscription>>,
     /// State parked while no connection is attached.
@@ -298,7 +359,7 @@ pub enum Enqueued {
 
 impl Session {
     /// A new, offline session.
-    pub fn new(id: u64, client_id: Arc<str>, max_queued: usize, queue_qos0_offline: bool) -> Self {
+    pub fn new(id: u64, client_id: Arc<str>, limits: Arc<QueueLimits>) -> Self {
         Session {
             id,
             client_id,
@@ -306,10 +367,10 @@ impl Session {
             online: AtomicBool::new(false),
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
+                bytes: 0,
             }),
             notify: Notify::new(),
-            max_queued,
-            queue_qos0_offline,
+            limits,
             subscriptions: Mutex::new(HashMap::new()),
             parked: Mutex::new(Parked::default()),
             control: Mutex::new(None),
@@ -335,38 +396,55 @@ impl Session {
 
     /// Queues a delivery and wakes the attached connection if the queue was empty.
     pub fn enqueue(&self, delivery: Delivery) -> Enqueued {
-        if delivery.qos == QoS::AtMostOnce && !self.queue_qos0_offline && !self.is_online() {
+        let limits = &*self.limits;
+        if delivery.qos == QoS::AtMostOnce && !limits.queue_qos0_offline && !self.is_online() {
             return Enqueued::Dropped;
         }
+        let size = delivery.size();
         let was_empty = {
             let mut q = self.queue.lock();
-            if q.items.len() >= self.max_queued {
+            if q.items.len() >= limits.max_messages || q.bytes + size > limits.max_bytes {
                 return Enqueued::Dropped;
             }
             q.items.push_back(delivery);
+            q.bytes += size;
             q.items.len() == 1
         };
+        limits.total_bytes.fetch_add(size, Ordering::Relaxed);
         if was_empty {
             self.notify.notify_one();
         }
         Enqueued::Queued
     }
 
-    /// Moves up to `max_qos_gt0` QoS > 0 deliveries (and every QoS 0 delivery before the
-    /// window fills) from the queue into `out`, preserving order.
-    pub(crate) fn drain(&self, out: &mut Vec<Delivery>, max_qos_gt0: usize) {
-        let mut q = self.queue.lock();
-        let mut budget = max_qos_gt0;
-        while let Some(front) = q.items.front() {
-            if front.qos != QoS::AtMostOnce {
-                if budget == 0 {
+    /// Moves deliveries from the queue into `out`, preserving order: at most `max_qos_gt0` of
+    /// QoS > 0 (the inflight window's room), and — once at least one is taken — no more than
+    /// `max_bytes` in all, so a slow reader's write buffer stays bounded.
+    pub(crate) fn drain(&self, out: &mut Vec<Delivery>, max_qos_gt0: usize, max_bytes: usize) {
+        let mut taken = 0;
+        {
+            let mut q = self.queue.lock();
+            let mut budget = max_qos_gt0;
+            while let Some(front) = q.items.front() {
+                if front.qos != QoS::AtMostOnce {
+                    if budget == 0 {
+                        break;
+                    }
+                    budget -= 1;
+                }
+                let size = front.size();
+                if taken > 0 && taken + size > max_bytes {
                     break;
                 }
-                budget -= 1;
+                if let Some(d) = q.items.pop_front() {
+                    taken += size;
+                    out.push(d);
+                }
             }
-            if let Some(d) = q.items.pop_front() {
-                out.push(d);
-            }
+            q.bytes -= taken;
+        }
+        if taken > 0 {
+            self.limits.total_bytes.fetch_sub(taken, Ordering::Relaxed);
         }
     }
 
@@ -385,8 +463,18 @@ impl Session {
         self.queue.lock().items.len()
     }
 
+    /// Bytes queued (the sum of [`Delivery::size`]).
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.lock().bytes
+    }
+
     pub(crate) fn clear_queue(&self) {
-        self.queue.lock().items.clear();
+        let freed = {
+            let mut q = self.queue.lock();
+            q.items.clear();
+            std::mem::take(&mut q.bytes)
+        };
+        self.limits.total_bytes.fetch_sub(freed, Ordering::Relaxed);
     }
 
     pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {

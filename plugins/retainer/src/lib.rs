@@ -117,10 +117,28 @@ impl Retained {
 }
 
 /// Retained messages by topic, in a trie of topic levels.
+///
+/// Topics come from clients, so no walk over their levels recurses: lookups, removal,
+/// wildcard matching and dropping nodes all loop with an explicit stack. A store holding a
+/// topic of 100 000 levels loads, matches and clears without touching more stack than a
+/// short one.
 #[derive(Debug, Default)]
 struct Node {
     children: HashMap<String, Node>,
     message: Option<Arc<Retained>>,
+}
+
+/// Drops a subtree without recursing (the derived drop glue would recurse once per level).
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.children.is_empty() {
+            return;
+        }
+        let mut stack: Vec<Node> = self.children.drain().map(|(_, c)| c).collect();
+        while let Some(mut node) = stack.pop() {
+            stack.extend(node.children.drain().map(|(_, c)| c));
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -152,19 +170,31 @@ impl Index {
     }
 
     fn remove(&mut self, topic: &str) -> Option<Arc<Retained>> {
-        fn walk(node: &mut Node, levels: &[&str]) -> Option<Arc<Retained>> {
-            let Some((first, rest)) = levels.split_first() else {
-                return node.message.take();
-            };
-            let child = node.children.get_mut(*first)?;
-            let removed = walk(child, rest);
-            if child.message.is_none() && child.children.is_empty() {
-                node.children.remove(*first);
+        // The deepest node on the path that stays whatever happens below it (the root, or a
+        // node with a message or other children): the chain below it goes if it ends empty.
+        let mut keep_depth = 0;
+        let mut node = &self.root;
+        for (depth, level) in topic.split('/').enumerate() {
+            if depth > 0 && (node.children.len() > 1 || node.message.is_some()) {
+                keep_depth = depth;
             }
-            removed
+            node = node.children.get(level)?;
         }
-        let levels: Vec<&str> = topic.split('/').collect();
-        let removed = walk(&mut self.root, &levels)?;
+        let mut node = &mut self.root;
+        for level in topic.split('/') {
+            node = node.children.get_mut(level)?;
+        }
+        let removed = node.message.take()?;
+        if node.children.is_empty() {
+            let mut levels = topic.split('/');
+            let mut parent = &mut self.root;
+            for level in levels.by_ref().take(keep_depth) {
+                parent = parent.children.get_mut(level)?;
+            }
+            if let Some(level) = levels.next() {
+                parent.children.remove(level);
+            }
+        }
         self.count -= 1;
         self.bytes -= removed.payload.len();
         Some(removed)
@@ -172,40 +202,46 @@ impl Index {
 
     /// Every stored message whose topic `filter` matches, walking only matching branches.
     fn matching(&self, filter: &str) -> Vec<Arc<Retained>> {
-        fn walk(node: &Node, levels: &[&str], first: bool, out: &mut Vec<Arc<Retained>>) {
-            let Some((level, rest)) = levels.split_first() else {
+        let mut out = Vec::new();
+        // (node, the unmatched rest of the filter or None once it is used up, at the root)
+        let mut stack: Vec<(&Node, Option<&str>, bool)> = vec![(&self.root, Some(filter), true)];
+        while let Some((node, rest, first)) = stack.pop() {
+            let Some(rest) = rest else {
                 out.extend(node.message.iter().cloned());
-                return;
+                continue;
             };
-            match *level {
+            let (level, tail) = match rest.split_once('/') {
+                Some((l, t)) => (l, Some(t)),
+                None => (rest, None),
+            };
+            // A leading wildcard never matches a "$" topic ([MQTT-4.7.2-1]).
+            let visible = |name: &str| !(first && name.starts_with('$'));
+            match level {
                 "#" => {
-                    // "a/#" matches "a" too; a leading wildcard never matches "$" topics.
+                    // "a/#" matches "a" too.
                     if !first {
                         out.extend(node.message.iter().cloned());
                     }
                     for (name, c) in &node.children {
-                        if !(first && name.starts_with('$')) {
-                            collect_all(c, out);
+                        if visible(name) {
+                            collect_all(c, &mut out);
                         }
                     }
                 }
                 "+" => {
                     for (name, c) in &node.children {
-                        if !(first && name.starts_with('$')) {
-                            walk(c, rest, false, out);
+                        if visible(name) {
+                            stack.push((c, tail, false));
                         }
                     }
                 }
                 literal => {
                     if let Some(c) = node.children.get(literal) {
-                        walk(c, rest, false, out);
+                        stack.push((c, tail, false));
                     }
                 }
             }
         }
-        let levels: Vec<&str> = filter.split('/').collect();
-        let mut out = Vec::new();
-        walk(&self.root, &levels, true, &mut out);
         out.sort_by_key(|r| r.meta.seq);
         out
     }
@@ -219,10 +255,12 @@ impl Index {
     }
 }
 
+/// Appends every message in the subtree under `node` (in no particular order).
 fn collect_all(node: &Node, out: &mut Vec<Arc<Retained>>) {
-    out.extend(node.message.iter().cloned());
-    for c in node.children.values() {
-        collect_all(c, out);
+    let mut stack = vec![node];
+    while let Some(node) = stack.pop() {
+        out.extend(node.message.iter().cloned());
+        stack.extend(node.children.values());
     }
 }
 
@@ -698,6 +736,40 @@ mod tests {
         i.remove("a/b");
         assert_eq!(topics(&i, "a/+"), ["a/c"]);
         assert_eq!(i.count, 5);
+    }
+
+    // postmortem: a retained message on a 10 000-level topic, once stored, crashed the broker
+    // on every later clean, delete or deep wildcard subscribe (recursive walks), across
+    // restarts.
+    #[test]
+    fn deep_topics_use_no_stack_per_level() {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                const LEVELS: usize = 100_000;
+                let topic = "a/".repeat(LEVELS - 1) + "b";
+                let mut i = Index::default();
+                i.insert(retained(&topic, 1));
+                i.insert(retained("a/c", 2));
+                let plus = "+/".repeat(LEVELS - 1) + "b";
+                let topics = |i: &Index, f: &str| i.matching(f).len();
+                assert_eq!(topics(&i, &plus), 1);
+                assert_eq!(topics(&i, &topic), 1);
+                assert_eq!(topics(&i, "#"), 2);
+                assert_eq!(topics(&i, "a/#"), 2);
+                assert_eq!(i.all().len(), 2);
+                assert!(i.remove(&topic).is_some());
+                assert_eq!(i.root.children["a"].children.len(), 1, "deep chain pruned");
+                i.insert(retained(&topic, 3));
+                // `clean` replaces the whole index; the old one is dropped.
+                i = Index::default();
+                assert_eq!(i.count, 0);
+                i.insert(retained(&topic, 4));
+                drop(i);
+            })
+            .expect("spawn")
+            .join()
+            .expect("no stack overflow");
     }
 
     #[test]

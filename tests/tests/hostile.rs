@@ -1,0 +1,569 @@
+//! Hostile input from one client must not take the broker down, grow it without bound, or
+//! starve other clients: deep topics, empty filters, reserved topics, a subscriber that stops
+//! reading, a flood into an offline session, slow and half-open connections.
+
+use std::time::{Duration, Instant};
+
+use broker_tests::*;
+
+/// A topic (or filter) of `levels` levels: `a/a/…/a/<last>`.
+fn deep(levels: usize, last: &str) -> String {
+    let mut s = "a/".repeat(levels - 1);
+    s.push_str(last);
+    s
+}
+
+/// Reads until the connection closes; returns the reason code of a DISCONNECT seen first.
+async fn disconnect_reason(w: &mut Wire) -> Option<u8> {
+    let mut seen = Vec::new();
+    assert!(w.closed_within(WAIT, &mut seen).await, "connection closed");
+    seen.iter()
+        .find(|p| p.kind() == 14)
+        .and_then(|p| p.body.first().copied())
+}
+
+// postmortem: a SUBSCRIBE of ~10 000 levels and a matching PUBLISH overflowed the broker's
+// stack and aborted it, dropping every client.
+#[tokio::test]
+async fn deep_topics_are_refused_and_the_broker_keeps_serving() {
+    let b = Broker::start();
+    let mut bystander = Wire::connected(b.port(), 4, "bystander").await;
+    let base = b.rss_kib();
+    for levels in [1_000, 10_000, 32_000] {
+        let filter = deep(levels, "#");
+        let topic = deep(levels, "b");
+
+        let mut w = Wire::connected(b.port(), 4, "deep4").await;
+        w.send(&subscribe_packet(4, 1, &filter, 1)).await;
+        let ack = w.recv().await.expect("SUBACK");
+        assert_eq!((ack.kind(), ack.body.clone()), (9, vec![0, 1, 0x80]));
+        assert!(w.ping().await, "the subscriber stays connected");
+        w.send(&publish_packet(4, &topic, 0, 0, false, b"x")).await;
+        assert_eq!(disconnect_reason(&mut w).await, None, "v3.1.1: closed");
+
+        let mut w = Wire::connected(b.port(), 5, "deep5").await;
+        w.send(&subscribe_packet(5, 1, &filter, 1)).await;
+        let ack = w.recv().await.expect("SUBACK");
+        assert_eq!((ack.kind(), ack.body.clone()), (9, vec![0, 1, 0, 0x8F]));
+        w.send(&publish_packet(5, &topic, 1, 2, false, b"x")).await;
+        assert_eq!(disconnect_reason(&mut w).await, Some(0x90));
+    }
+    // 65 535 slashes: 65 536 empty levels.
+    let mut w = Wire::connected(b.port(), 5, "slashes").await;
+    w.send(&publish_packet(5, &"/".repeat(65_535), 0, 0, false, b"x"))
+        .await;
+    assert_eq!(disconnect_reason(&mut w).await, Some(0x90));
+    // A 65 535-byte topic of one level is an ordinary topic.
+    let long = "x".repeat(65_535);
+    let mut sub = Wire::connected(b.port(), 4, "long-sub").await;
+    sub.send(&subscribe_packet(4, 1, "#", 0)).await;
+    assert_eq!(sub.recv().await.expect("SUBACK").body, vec![0, 1, 0]);
+    let mut w = Wire::connected(b.port(), 4, "long-pub").await;
+    w.send(&publish_packet(4, &long, 0, 0, false, b"long")).await;
+    let got = sub.recv().await.expect("the long topic is delivered");
+    assert_eq!(got.kind(), 3);
+    assert_eq!(&got.body[2..2 + long.len()], long.as_bytes());
+
+    assert!(bystander.ping().await, "other clients were never dropped");
+    let log = b.log();
+    assert!(
+        log.contains("limits.max_topic_levels"),
+        "the refusal is logged"
+    );
+    let grown = b.rss_kib().saturating_sub(base);
+    assert!(grown < 16 * 1024, "RSS grew by {grown} KiB");
+}
+
+/// Even with the topic-level limit lifted, deep filters and topics are handled without
+/// recursion: subscribe, match, unsubscribe, session end, and the retainer's disc store.
+#[tokio::test]
+async fn deep_topics_within_a_raised_limit_do_not_crash_anything() {
+    let mut b = Broker::start_with("[limits]\nmax_topic_levels = 70000\n");
+    let db = b.dir.path().join("retained.redb");
+    b.plugin_config(
+        "retainer",
+        &format!("storage = \"disc\"\npath = {:?}\n", db.display().to_string()),
+    );
+    b.ctl_ok(&["plugins", "load", "retainer"]);
+    let base = b.rss_kib();
+
+    let mut publisher = Wire::connected(b.port(), 4, "pub").await;
+    let topic = deep(32_000, "b");
+    let mut sub = Wire::connected(b.port(), 4, "sub").await;
+    sub.send(&subscribe_packet(4, 1, &topic, 0)).await;
+    assert_eq!(sub.recv().await.expect("SUBACK").body, vec![0, 1, 0]);
+    let plus = format!("{}#", "+/".repeat(9_999));
+    sub.send(&subscribe_packet(4, 2, &plus, 0)).await;
+    assert_eq!(sub.recv().await.expect("SUBACK").body, vec![0, 2, 0]);
+    publisher
+        .send(&publish_packet(4, &topic, 0, 0, false, b"deep"))
+        .await;
+    let got = sub.recv().await.expect("deep publish delivered once");
+    assert_eq!(got.kind(), 3);
+    assert!(got.body.ends_with(b"deep"));
+    sub.send(&unsubscribe_packet(4, 3, &topic)).await;
+    assert_eq!(sub.recv().await.expect("UNSUBACK").kind(), 11);
+    // A 6 000-level filter left behind when the client goes: removed with the session.
+    sub.send(&subscribe_packet(4, 4, &deep(6_000, "c"), 0)).await;
+    assert_eq!(sub.recv().await.expect("SUBACK").body, vec![0, 4, 0]);
+    drop(sub);
+
+    // Retained on a 10 000-level topic, on disc.
+    let retained = deep(10_000, "r");
+    publisher
+        .send(&publish_packet(4, &retained, 0, 0, true, b"kept"))
+        .await;
+    wait_until("stored", || {
+        b.ctl_ok(&["retainer", "info"]).contains("messages: 1")
+    })
+    .await;
+    let mut wild = Wire::connected(b.port(), 4, "wild").await;
+    wild.send(&subscribe_packet(4, 1, &format!("{}#", "+/".repeat(9_999)), 0))
+        .await;
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        kinds.push(wild.recv().await.expect("SUBACK and the retained message").kind());
+    }
+    kinds.sort();
+    assert_eq!(kinds, [3, 9]);
+    // An empty retained publish deletes it; store it again, then clean with brokerctl.
+    publisher
+        .send(&publish_packet(4, &retained, 0, 0, true, b""))
+        .await;
+    wait_until("deleted", || {
+        b.ctl_ok(&["retainer", "info"]).contains("messages: 0")
+    })
+    .await;
+    publisher
+        .send(&publish_packet(4, &retained, 0, 0, true, b"again"))
+        .await;
+    wait_until("stored again", || {
+        b.ctl_ok(&["retainer", "info"]).contains("messages: 1")
+    })
+    .await;
+    drop((publisher, wild));
+    // The store holding the deep entry loads again after a restart.
+    b.restart();
+    assert!(b.ctl_ok(&["retainer", "info"]).contains("messages: 1"));
+    let mut all = Wire::connected(b.port(), 4, "all").await;
+    all.send(&subscribe_packet(4, 1, "#", 0)).await;
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        kinds.push(all.recv().await.expect("SUBACK and the retained message").kind());
+    }
+    kinds.sort();
+    assert_eq!(kinds, [3, 9]);
+    assert!(b.ctl_ok(&["retainer", "clean"]).contains("Removed 1"));
+    assert!(all.ping().await);
+    assert!(b.is_running());
+    drop(all);
+    let _ = base;
+}
+
+#[tokio::test]
+async fn empty_topic_filters_are_a_protocol_error() {
+    let b = Broker::start();
+    for (level, expected) in [(4, None), (5, Some(0x82))] {
+        let mut w = Wire::connected(b.port(), level, "empty-sub").await;
+        w.send(&subscribe_packet(level, 1, "", 0)).await;
+        let mut seen = Vec::new();
+        assert!(w.closed_within(WAIT, &mut seen).await, "[MQTT-4.7.3-1]");
+        assert!(seen.iter().all(|p| p.kind() != 9), "no SUBACK: {seen:?}");
+        let reason = seen.iter().find(|p| p.kind() == 14).map(|p| p.body[0]);
+        assert_eq!(reason, expected);
+
+        let mut w = Wire::connected(b.port(), level, "empty-unsub").await;
+        w.send(&unsubscribe_packet(level, 1, "")).await;
+        assert_eq!(disconnect_reason(&mut w).await, expected);
+    }
+}
+
+#[tokio::test]
+async fn clients_may_not_publish_to_sys_unless_allowed() {
+    let b = Broker::start();
+    let mut sub = Wire::connected(b.port(), 4, "watcher").await;
+    sub.send(&subscribe_packet(4, 1, "$SYS/#", 0)).await;
+    assert_eq!(sub.recv().await.expect("SUBACK").kind(), 9);
+    let mut v5 = Wire::connected(b.port(), 5, "faker5").await;
+    v5.send(&publish_packet(5, "$SYS/brokers/fake", 1, 7, false, b"x"))
+        .await;
+    let ack = v5.recv().await.expect("PUBACK");
+    assert_eq!((ack.kind(), ack.body[2]), (4, 0x87), "not authorized");
+    let mut v4 = Wire::connected(b.port(), 4, "faker4").await;
+    v4.send(&publish_packet(4, "$SYS", 1, 8, false, b"x")).await;
+    assert_eq!(v4.recv().await.expect("PUBACK").kind(), 4);
+    // `$SYSTEM/x` is not the broker's.
+    v4.send(&publish_packet(4, "$SYSTEM/x", 0, 0, false, b"x"))
+        .await;
+    assert!(
+        sub.recv_within(Duration::from_millis(300)).await.is_none(),
+        "nothing reached $SYS"
+    );
+    // A will on $SYS refuses the CONNECT (v3.1.1: 5, not authorised).
+    let mut body = mqtt_string("MQTT");
+    body.extend([4, 0x02 | 0x04, 0, 60]);
+    body.extend(mqtt_string("willer"));
+    body.extend(mqtt_string("$SYS/will"));
+    body.extend(mqtt_string("bye"));
+    let mut w = Wire::open(b.port()).await;
+    w.send(&packet(0x10, &body)).await;
+    let ack = w.recv().await.expect("CONNACK");
+    assert_eq!((ack.kind(), ack.body[1]), (2, 5));
+
+    let allowed = Broker::start_with("[acl]\nclient_publish_sys = true\n");
+    let mut sub = Wire::connected(allowed.port(), 4, "watcher").await;
+    sub.send(&subscribe_packet(4, 1, "$SYS/#", 0)).await;
+    assert_eq!(sub.recv().await.expect("SUBACK").kind(), 9);
+    let mut p = Wire::connected(allowed.port(), 4, "publisher").await;
+    p.send(&publish_packet(4, "$SYS/custom", 0, 0, false, b"ok"))
+        .await;
+    assert_eq!(sub.recv().await.expect("delivered").kind(), 3);
+}
+
+/// Acceptance: an offline session offered 20 000 QoS 1 messages of 1 KiB keeps what fits in
+/// `max_queued_bytes`, in order, and the broker grows by about that much.
+#[tokio::test]
+async fn offline_queue_is_bounded_in_bytes() {
+    const MAX: usize = 4 * 1024 * 1024;
+    let b = Broker::start_with(&format!("[limits]\nmax_queued_bytes = {MAX}\n"));
+    let mut sub = Wire::open(b.port()).await;
+    sub.send(&connect_packet(4, "offline", false, 60)).await;
+    assert_eq!(sub.recv().await.expect("CONNACK").kind(), 2);
+    sub.send(&subscribe_packet(4, 1, "q", 1)).await;
+    assert_eq!(sub.recv().await.expect("SUBACK").body, vec![0, 1, 1]);
+    drop(sub);
+    let base = b.rss_kib();
+    let mut publisher = Wire::connected(b.port(), 4, "flood").await;
+    let payload = vec![b'p'; 1024];
+    let mut acked = 0;
+    for chunk in 0..20u16 {
+        let mut batch = Vec::new();
+        for i in 0..1000u16 {
+            let id = chunk * 1000 + i + 1;
+            let mut p = payload.clone();
+            p[..2].copy_from_slice(&id.to_be_bytes());
+            batch.extend(publish_packet(4, "q", 1, id, false, &p));
+        }
+        publisher.send(&batch).await;
+        while acked < (chunk as usize + 1) * 1000 {
+            assert_eq!(publisher.recv().await.expect("PUBACK").kind(), 4);
+            acked += 1;
+        }
+    }
+    let grown = b.rss_kib().saturating_sub(base);
+    let metrics = b.ctl_ok(&["metrics"]);
+    let queued: usize = metric(&metrics, "queued_bytes");
+    assert!(queued <= MAX, "queued_bytes {queued}");
+    assert!(metric::<u64>(&metrics, "messages_dropped") > 10_000);
+    // RSS: the queue's bytes plus a constant for buffers and allocator slack (measured: about
+    // 4 MiB over the queue).
+    assert!(
+        grown < (MAX / 1024 + 8 * 1024) as u64,
+        "RSS grew by {grown} KiB for a {MAX}-byte queue"
+    );
+    drop(publisher);
+
+    // The session receives what was kept, oldest first.
+    let mut sub = Wire::open(b.port()).await;
+    sub.send(&connect_packet(4, "offline", false, 60)).await;
+    assert_eq!(sub.recv().await.expect("CONNACK").body, vec![1, 0]);
+    let mut next = 1u16;
+    while let Some(p) = sub.recv_within(Duration::from_secs(2)).await {
+        assert_eq!(p.kind(), 3);
+        let id = u16::from_be_bytes([p.body[3], p.body[4]]);
+        let seq = u16::from_be_bytes([p.body[5], p.body[6]]);
+        assert_eq!(seq, next, "in order, none missing before the limit");
+        next += 1;
+        sub.send(&packet(0x40, &id.to_be_bytes())).await;
+    }
+    let kept = (next - 1) as usize;
+    // Each is charged its payload and topic plus ~520 bytes of record (DELIVERY_OVERHEAD).
+    let (lightest, heaviest) = (1024 + 1 + 400, 1024 + 1 + 700);
+    assert!(
+        (MAX / heaviest..=MAX / lightest).contains(&kept),
+        "kept {kept} messages"
+    );
+}
+
+fn metric<T: std::str::FromStr>(text: &str, name: &str) -> T {
+    text.lines()
+        .find_map(|l| {
+            let rest = l
+                .strip_prefix(&format!("broker_{name} "))
+                .or_else(|| l.strip_prefix(&format!("broker_{name}_total ")))?;
+            rest.trim().parse().ok()
+        })
+        .unwrap_or_else(|| panic!("metric {name} not in:\n{text}"))
+}
+
+/// A subscriber that stops reading holds at most its queue; it is disconnected after
+/// `slow_consumer_timeout`, keep-alive is still enforced on others, and memory comes back.
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_bounded_and_disconnected() {
+    let b = Broker::start_with("[limits]\nslow_consumer_timeout = 2\n");
+    let base = b.rss_kib();
+    let mut stalled = Wire::connected(b.port(), 4, "stalled").await;
+    stalled.send(&subscribe_packet(4, 1, "big", 0)).await;
+    assert_eq!(stalled.recv().await.expect("SUBACK").kind(), 9);
+    let mut watcher = Wire::connected(b.port(), 4, "watcher").await;
+    let mut publisher = Wire::connected(b.port(), 4, "publisher").await;
+    let payload = vec![b'x'; 100 * 1024];
+    let started = Instant::now();
+    let mut peak = 0;
+    for _ in 0..1000 {
+        publisher
+            .send(&publish_packet(4, "big", 0, 0, false, &payload))
+            .await;
+        peak = peak.max(b.rss_kib());
+    }
+    assert!(publisher.ping().await, "the publisher is served meanwhile");
+    assert!(watcher.ping().await, "so are others");
+    // 100 MB were published for it: it holds at most its queue (16 MiB) and ~64 KiB.
+    let grown = peak.saturating_sub(base);
+    assert!(grown < 40 * 1024, "RSS grew by {grown} KiB");
+    // Without reading a byte of it (reading would make it a consumer again).
+    wait_until("disconnected as a slow consumer", || {
+        metric::<u64>(&b.ctl_ok(&["metrics"]), "slow_consumers_disconnected") == 1
+    })
+    .await;
+    assert!(started.elapsed() < WAIT + Duration::from_secs(10));
+    assert!(b.log().contains("slow_consumer"));
+    let mut seen = Vec::new();
+    assert!(stalled.closed_within(WAIT, &mut seen).await, "closed");
+    wait_until("queued bytes released", || {
+        metric::<u64>(&b.ctl_ok(&["metrics"]), "queued_bytes") == 0
+    })
+    .await;
+}
+
+/// Keep-alive is enforced even while the broker cannot write to the client.
+#[tokio::test]
+async fn keep_alive_is_enforced_while_writes_are_blocked() {
+    let b = Broker::start_with("[limits]\nslow_consumer_timeout = 3600\n");
+    let mut stalled = Wire::open(b.port()).await;
+    stalled.send(&connect_packet(4, "stalled", true, 2)).await;
+    assert_eq!(stalled.recv().await.expect("CONNACK").kind(), 2);
+    stalled.send(&subscribe_packet(4, 1, "big", 0)).await;
+    assert_eq!(stalled.recv().await.expect("SUBACK").kind(), 9);
+    let mut publisher = Wire::connected(b.port(), 4, "publisher").await;
+    let payload = vec![b'x'; 64 * 1024];
+    for _ in 0..200 {
+        publisher
+            .send(&publish_packet(4, "big", 0, 0, false, &payload))
+            .await;
+    }
+    assert!(publisher.ping().await);
+    let started = Instant::now();
+    wait_until("keep-alive timeout logged", || {
+        b.log().contains("keepalive_timeout")
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(8));
+}
+
+/// Back-pressure: past the memory high-water mark, publishers are no longer read until the
+/// queues drain; subscribers keep being served.
+#[tokio::test]
+async fn publishers_pause_at_the_memory_high_water_mark() {
+    let b = Broker::start_with("[limits]\nmemory_high_watermark = 2097152\n");
+    let mut sub = Wire::open(b.port()).await;
+    sub.send(&connect_packet(4, "offline", false, 60)).await;
+    assert_eq!(sub.recv().await.expect("CONNACK").kind(), 2);
+    sub.send(&subscribe_packet(4, 1, "q", 1)).await;
+    assert_eq!(sub.recv().await.expect("SUBACK").kind(), 9);
+    drop(sub);
+
+    let mut publisher = Wire::connected(b.port(), 4, "flood").await;
+    let payload = vec![b'p'; 10 * 1024];
+    let mut batch = Vec::new();
+    for id in 1..=400u16 {
+        batch.extend(publish_packet(4, "q", 1, id, false, &payload));
+    }
+    publisher.send(&batch).await;
+    let mut acks = 0;
+    while publisher
+        .recv_within(Duration::from_millis(500))
+        .await
+        .is_some()
+    {
+        acks += 1;
+    }
+    assert!(acks < 400, "paused before all 400 were taken ({acks})");
+    let metrics = b.ctl_ok(&["metrics"]);
+    assert!(metric::<u64>(&metrics, "publishers_paused") >= 1);
+    let queued: u64 = metric(&metrics, "queued_bytes");
+    assert!(
+        (2_097_152..2_097_152 + 512 * 1024).contains(&queued),
+        "stopped near the mark: {queued}"
+    );
+    // Others are still served, and the subscriber drains the queue...
+    let mut other = Wire::connected(b.port(), 4, "other").await;
+    assert!(other.ping().await);
+    let mut sub = Wire::open(b.port()).await;
+    sub.send(&connect_packet(4, "offline", false, 60)).await;
+    assert_eq!(sub.recv().await.expect("CONNACK").kind(), 2);
+    // ... after which the publisher is read again and all 400 arrive.
+    let mut received = 0;
+    while received < 400 {
+        let p = sub.recv().await.expect("queued and resumed messages");
+        assert_eq!(p.kind(), 3);
+        sub.send(&packet(0x40, &p.body[3..5])).await;
+        received += 1;
+    }
+    while acks < 400 {
+        assert_eq!(publisher.recv().await.expect("PUBACK").kind(), 4);
+        acks += 1;
+    }
+}
+
+#[tokio::test]
+async fn a_connect_sent_one_byte_at_a_time_is_cut_by_connect_timeout() {
+    let b = Broker::start_with("[limits]\nconnect_timeout = 2\n");
+    let connect = connect_packet(4, "trickle", true, 60);
+    let mut w = Wire::open(b.port()).await;
+    let started = Instant::now();
+    let mut closed = false;
+    for byte in connect.iter().take(connect.len() - 1) {
+        w.send(&[*byte]).await;
+        if w.closed_within(Duration::from_millis(500), &mut Vec::new())
+            .await
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "closed before the CONNECT was complete");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+/// 10 000 connections that never send CONNECT do not keep a real client out.
+#[tokio::test]
+async fn half_open_connections_do_not_block_new_clients() {
+    raise_open_files(12_000);
+    let b = Broker::start_with("[limits]\nconnect_timeout = 60\n");
+    let mut idle = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", b.port()))
+                .await
+                .expect("connect"),
+        );
+    }
+    let started = Instant::now();
+    let mut w = Wire::connected(b.port(), 4, "real").await;
+    assert!(w.ping().await);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(idle);
+}
+
+fn raise_open_files(want: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < want {
+            limit.rlim_cur = want.min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+// postmortem: `brokerctl plugins load` of a truncated copy of a real plugin killed the broker
+// with SIGBUS (the loader mapped past the end of the file), logging nothing.
+#[tokio::test]
+async fn a_truncated_plugin_library_is_refused_in_one_line() {
+    let plugins = tempfile::tempdir().expect("tmp");
+    let real = std::fs::read(bin_dir().join("libpresence.so")).expect("libpresence.so built");
+    std::fs::write(
+        plugins.path().join("libtruncated.so"),
+        &real[..real.len() / 2],
+    )
+    .expect("write");
+    let b = Broker::start_in(tempfile::tempdir().expect("tmp"), plugins.path(), "");
+    let out = b.ctl(&["plugins", "load", "truncated"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("truncated or damaged"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    let mut w = Wire::connected(b.port(), 4, "still-here").await;
+    assert!(w.ping().await, "the broker is still serving");
+}
+
+#[tokio::test]
+async fn files_with_secrets_and_data_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let mut b = Broker::start();
+    let token = b.data_dir().join("admin.token");
+    assert_eq!(mode(&token), 0o600);
+    assert_eq!(mode(&b.data_dir().join("listeners.json")), 0o600);
+    // A persistent session, so that sessions.jsonl is written at shutdown.
+    let mut w = Wire::open(b.port()).await;
+    w.send(&connect_packet(4, "keeper", false, 60)).await;
+    assert_eq!(w.recv().await.expect("CONNACK").kind(), 2);
+    drop(w);
+    let status = b.terminate();
+    assert!(status.success());
+    assert_eq!(mode(&b.data_dir().join("sessions.jsonl")), 0o600);
+    // A token file loosened to 0644 stops the broker from starting, with the fix in the message.
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = std::process::Command::new(binary("broker"))
+        .arg("--config")
+        .arg(b.dir.path().join("broker.toml"))
+        .output()
+        .expect("run broker");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn brokerctl_into_a_closed_pipe_ends_quietly() {
+    let b = Broker::start();
+    let config = b.dir.path().join("broker.toml");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{:?} --config {:?} metrics | true",
+            binary("brokerctl"),
+            config
+        ))
+        .output()
+        .expect("sh");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_misspelt_log_level_stops_the_broker_at_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        "[log]\nlevel = \"inof\"\n[[listener]]\nbind = \"127.0.0.1:0\"\n",
+    )
+    .expect("config");
+    let out = std::process::Command::new(binary("broker"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run broker");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("log.level") && err.contains("inof"), "{err}");
+}
