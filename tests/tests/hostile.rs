@@ -59,7 +59,8 @@ async fn deep_topics_are_refused_and_the_broker_keeps_serving() {
     sub.send(&subscribe_packet(4, 1, "#", 0)).await;
     assert_eq!(sub.recv().await.expect("SUBACK").body, vec![0, 1, 0]);
     let mut w = Wire::connected(b.port(), 4, "long-pub").await;
-    w.send(&publish_packet(4, &long, 0, 0, false, b"long")).await;
+    w.send(&publish_packet(4, &long, 0, 0, false, b"long"))
+        .await;
     let got = sub.recv().await.expect("the long topic is delivered");
     assert_eq!(got.kind(), 3);
     assert_eq!(&got.body[2..2 + long.len()], long.as_bytes());
@@ -82,7 +83,10 @@ async fn deep_topics_within_a_raised_limit_do_not_crash_anything() {
     let db = b.dir.path().join("retained.redb");
     b.plugin_config(
         "retainer",
-        &format!("storage = \"disc\"\npath = {:?}\n", db.display().to_string()),
+        &format!(
+            "storage = \"disc\"\npath = {:?}\n",
+            db.display().to_string()
+        ),
     );
     b.ctl_ok(&["plugins", "load", "retainer"]);
     let base = b.rss_kib();
@@ -104,7 +108,8 @@ async fn deep_topics_within_a_raised_limit_do_not_crash_anything() {
     sub.send(&unsubscribe_packet(4, 3, &topic)).await;
     assert_eq!(sub.recv().await.expect("UNSUBACK").kind(), 11);
     // A 6 000-level filter left behind when the client goes: removed with the session.
-    sub.send(&subscribe_packet(4, 4, &deep(6_000, "c"), 0)).await;
+    sub.send(&subscribe_packet(4, 4, &deep(6_000, "c"), 0))
+        .await;
     assert_eq!(sub.recv().await.expect("SUBACK").body, vec![0, 4, 0]);
     drop(sub);
 
@@ -118,11 +123,21 @@ async fn deep_topics_within_a_raised_limit_do_not_crash_anything() {
     })
     .await;
     let mut wild = Wire::connected(b.port(), 4, "wild").await;
-    wild.send(&subscribe_packet(4, 1, &format!("{}#", "+/".repeat(9_999)), 0))
-        .await;
+    wild.send(&subscribe_packet(
+        4,
+        1,
+        &format!("{}#", "+/".repeat(9_999)),
+        0,
+    ))
+    .await;
     let mut kinds = Vec::new();
     for _ in 0..2 {
-        kinds.push(wild.recv().await.expect("SUBACK and the retained message").kind());
+        kinds.push(
+            wild.recv()
+                .await
+                .expect("SUBACK and the retained message")
+                .kind(),
+        );
     }
     kinds.sort();
     assert_eq!(kinds, [3, 9]);
@@ -149,7 +164,12 @@ async fn deep_topics_within_a_raised_limit_do_not_crash_anything() {
     all.send(&subscribe_packet(4, 1, "#", 0)).await;
     let mut kinds = Vec::new();
     for _ in 0..2 {
-        kinds.push(all.recv().await.expect("SUBACK and the retained message").kind());
+        kinds.push(
+            all.recv()
+                .await
+                .expect("SUBACK and the retained message")
+                .kind(),
+        );
     }
     kinds.sort();
     assert_eq!(kinds, [3, 9]);

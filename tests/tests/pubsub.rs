@@ -53,11 +53,11 @@ async fn dollar_topics_are_not_matched_by_leading_wildcards() {
     all.subscribe("#", QoS::AtMostOnce).await;
     all.subscribe("+/status", QoS::AtMostOnce).await;
     let mut sys = V4Client::connect(b.port(), "sys").await;
-    sys.subscribe("$SYS/#", QoS::AtMostOnce).await;
+    sys.subscribe("$app/#", QoS::AtMostOnce).await;
     let publisher = V4Client::connect(b.port(), "pub").await;
     publisher
         .client
-        .publish("$SYS/status", QoS::AtMostOnce, false, "d")
+        .publish("$app/status", QoS::AtMostOnce, false, "d")
         .await
         .expect("publish");
     publisher
@@ -65,11 +65,11 @@ async fn dollar_topics_are_not_matched_by_leading_wildcards() {
         .publish("plain", QoS::AtMostOnce, false, "p")
         .await
         .expect("publish");
-    assert_eq!(sys.recv_publish().await.topic, "$SYS/status");
+    assert_eq!(sys.recv_publish().await.topic, "$app/status");
     assert_eq!(
         all.recv_publish().await.topic,
         "plain",
-        "# must not match $SYS/status"
+        "# must not match $app/status"
     );
     assert!(all.recv_publish_within(QUIET).await.is_none());
 }

@@ -344,7 +344,7 @@ async fn retain_handling_shared_subscriptions_and_dollar_topics() {
         .expect("publish");
     publisher
         .client
-        .publish("$SYS/r", QoS::AtLeastOnce, true, "sys")
+        .publish("$app/r", QoS::AtLeastOnce, true, "sys")
         .await
         .expect("publish");
     wait_until("retained", || {
@@ -389,7 +389,7 @@ async fn retain_handling_shared_subscriptions_and_dollar_topics() {
         .await
         .expect("subscribe");
     assert!(v5.recv_publish().await.retain);
-    // Shared subscriptions get nothing; "#" does not see $SYS/r, "$SYS/#" does.
+    // Shared subscriptions get nothing; "#" does not see $app/r, "$app/#" does.
     let mut shared = V4Client::connect(b.port(), "shared").await;
     shared.subscribe("$share/g/r/#", QoS::AtLeastOnce).await;
     assert!(shared.recv_publish_within(QUIET).await.is_none());
@@ -397,8 +397,8 @@ async fn retain_handling_shared_subscriptions_and_dollar_topics() {
     all.subscribe("#", QoS::AtLeastOnce).await;
     assert_eq!(all.recv_publish().await.topic, "r/a");
     assert!(all.recv_publish_within(QUIET).await.is_none());
-    all.subscribe("$SYS/#", QoS::AtLeastOnce).await;
-    assert_eq!(all.recv_publish().await.topic, "$SYS/r");
+    all.subscribe("$app/#", QoS::AtLeastOnce).await;
+    assert_eq!(all.recv_publish().await.topic, "$app/r");
 }
 
 #[tokio::test]

@@ -143,12 +143,8 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let mut admin_addr = None;
     if broker.config.admin.enabled {
         let token_file = broker.config.admin_token_file();
-        let token = admin::ensure_token(&token_file).with_context(|| {
-            format!(
-                "cannot use the admin token file {}",
-                token_file.display()
-            )
-        })?;
+        let token = admin::ensure_token(&token_file)
+            .with_context(|| format!("cannot use the admin token file {}", token_file.display()))?;
         let socket = admin::bind(broker.config.admin.bind)
             .await
             .with_context(|| {

@@ -135,6 +135,13 @@ impl Properties {
         *self == Properties::default()
     }
 
+    /// Decodes a property block (its length prefix included) for packet kind `k` (the fixed
+    /// header's type, 1 = CONNECT … 15 = AUTH) from the front of `bytes`. The decoder uses this
+    /// inside packets; it is public for the fuzz targets and tools.
+    pub fn decode_block(bytes: Bytes, k: u8) -> Result<Properties, DecodeError> {
+        Properties::decode(&mut Reader::new(bytes), k)
+    }
+
     /// Decodes a property block (length prefix included) for packet kind `k`.
     pub(crate) fn decode(r: &mut Reader, k: u8) -> Result<Properties, DecodeError> {
         let len = r.var_int()? as usize;
@@ -283,6 +290,12 @@ impl Properties {
     pub(crate) fn encoded_len(&self) -> usize {
         let body = self.body_len();
         var_int_len(body) + body
+    }
+
+    /// Writes the block as [`Properties::decode_block`] reads it: length prefix and every set
+    /// property. Public for the fuzz targets and tools.
+    pub fn encode_block(&self, out: &mut BytesMut) {
+        self.encode(out);
     }
 
     /// Writes the length prefix and every set property.

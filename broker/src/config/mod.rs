@@ -584,7 +584,10 @@ const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"]
 pub fn validate_log_level(filter: &str) -> Result<(), String> {
     let is_level = |s: &str| LOG_LEVELS.contains(&s.trim().to_ascii_lowercase().as_str());
     if filter.trim().is_empty() {
-        return Err(format!("must name a level: one of {}", LOG_LEVELS.join(", ")));
+        return Err(format!(
+            "must name a level: one of {}",
+            LOG_LEVELS.join(", ")
+        ));
     }
     for directive in filter.split(',') {
         let level = match directive.rsplit_once('=') {
@@ -647,7 +650,13 @@ mod tests {
 
     #[test]
     fn log_level_typos_are_refused() {
-        for ok in ["info", "broker=debug,info", "WARN", "broker::session=trace, error", "off"] {
+        for ok in [
+            "info",
+            "broker=debug,info",
+            "WARN",
+            "broker::session=trace, error",
+            "off",
+        ] {
             assert!(validate_log_level(ok).is_ok(), "{ok}");
         }
         for bad in ["inof", "", "broker=verbose", "debug,inof"] {

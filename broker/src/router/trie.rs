@@ -140,6 +140,10 @@ impl<K, V> Drop for Node<K, V> {
     }
 }
 
+/// A step of [`Trie::for_each_match`]: a node, the unmatched rest of the topic, and whether
+/// the node is the root.
+type Frame<'a, 't, K, V> = (&'a Node<K, V>, &'t str, bool);
+
 /// One matching subscription, as visited by [`Trie::for_each_match`].
 pub enum Match<'a, K, V> {
     /// A plain subscription.
@@ -233,7 +237,9 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
         let mut keep_depth = 0;
         let mut node = &self.root;
         for (depth, level) in filter.as_str().split('/').enumerate() {
-            if depth > 0 && (node.child_count() > 1 || !node.subs.is_empty() || !node.shared.is_empty()) {
+            if depth > 0
+                && (node.child_count() > 1 || !node.subs.is_empty() || !node.shared.is_empty())
+            {
                 keep_depth = depth;
             }
             node = node.child(level)?;
@@ -276,8 +282,7 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
     /// does not allocate).
     pub fn for_each_match<'a>(&'a self, topic: &str, mut visit: impl FnMut(Match<'a, K, V>)) {
         let dollar = topic.starts_with('$');
-        // (node, the unmatched rest of the topic, whether `node` is the root)
-        let mut stack: SmallVec<[(&'a Node<K, V>, &str, bool); 16]> = SmallVec::new();
+        let mut stack: SmallVec<[Frame<'a, '_, K, V>; 16]> = SmallVec::new();
         stack.push((&self.root, topic, true));
         while let Some((node, rest, first)) = stack.pop() {
             let (level, tail) = match rest.split_once('/') {

@@ -1355,9 +1355,7 @@ impl Connection {
 
         match &exit {
             Exit::Protocol { .. } => metrics::add(&self.broker.metrics.protocol_errors, 1),
-            Exit::SlowConsumer => {
-                metrics::add(&self.broker.metrics.slow_consumers_disconnected, 1)
-            }
+            Exit::SlowConsumer => metrics::add(&self.broker.metrics.slow_consumers_disconnected, 1),
             _ => {}
         }
         match &exit {

@@ -16,6 +16,10 @@
 //! authentication plugin) while an already-connected client keeps measuring its publish →
 //! receive round trip; prints how long the storm took and the round trips before and during it.
 //! `--username` / `--password` are sent by every connection.
+//!
+//! flood-ping / flood-subscribe: `--clients` connections send PINGREQ (or SUBSCRIBE and
+//! UNSUBSCRIBE pairs) as fast as the broker takes them for `--messages` milliseconds, while
+//! another client measures its publish → receive round trip before and during the flood.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -70,10 +74,17 @@ fn parse() -> anyhow::Result<Args> {
         }
     }
     if a.qos > 1
-        || !["fan-in", "fan-out", "connect-storm"].contains(&a.mode.as_str())
+        || ![
+            "fan-in",
+            "fan-out",
+            "connect-storm",
+            "flood-ping",
+            "flood-subscribe",
+        ]
+        .contains(&a.mode.as_str())
         || a.clients == 0
     {
-        bail!("--mode fan-in|fan-out|connect-storm, --qos 0|1, --clients >= 1");
+        bail!("--mode fan-in|fan-out|connect-storm|flood-ping|flood-subscribe, --qos 0|1, --clients >= 1");
     }
     Ok(a)
 }
@@ -387,12 +398,100 @@ async fn connect_storm(a: Arc<Args>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One flooding connection: writes batches of PINGREQ (or SUBSCRIBE + UNSUBSCRIBE pairs) and
+/// reads the answers, until `stop`. Returns how many requests it sent.
+async fn flooder(
+    a: Arc<Args>,
+    i: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<u64> {
+    let (s, _) = connect(&a, &format!("bench-flood-{}-{i}", std::process::id())).await?;
+    let (mut r, mut w) = s.into_split();
+    let mut batch = BytesMut::new();
+    let per_batch: u64 = 100;
+    for n in 0..per_batch {
+        if a.mode == "flood-ping" {
+            batch.put_slice(&[0xC0, 0x00]);
+        } else {
+            let filter = format!("flood/{i}/{}/+", n % 10);
+            for (byte1, qos) in [(0x82u8, Some(1u8)), (0xA2, None)] {
+                let mut body = BytesMut::new();
+                body.put_u16(n as u16 + 1);
+                put_str(&mut body, &filter);
+                body.extend(qos);
+                batch.put_u8(byte1);
+                put_len(&mut batch, body.len());
+                batch.put_slice(&body);
+            }
+        }
+    }
+    // Answers are read and thrown away so that the broker is never held back by this side.
+    let reader = tokio::spawn(async move {
+        let mut sink = vec![0u8; 64 * 1024];
+        while matches!(r.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    let mut sent = 0;
+    while !stop.load(Ordering::Relaxed) {
+        w.write_all(&batch).await?;
+        sent += per_batch;
+    }
+    drop(w);
+    reader.abort();
+    Ok(sent)
+}
+
+async fn flood(a: Arc<Args>) -> anyhow::Result<()> {
+    let baseline_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let baseline = tokio::spawn(measure_rtt(a.clone(), baseline_stop.clone()));
+    tokio::time::sleep(Duration::from_millis(a.messages)).await;
+    baseline_stop.store(true, Ordering::Relaxed);
+    let mut before = baseline.await??;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flooders = Vec::new();
+    for i in 0..a.clients {
+        flooders.push(tokio::spawn(flooder(a.clone(), i, stop.clone())));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let during_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let during_task = tokio::spawn(measure_rtt(a.clone(), during_stop.clone()));
+    tokio::time::sleep(Duration::from_millis(a.messages)).await;
+    during_stop.store(true, Ordering::Relaxed);
+    let mut during = during_task.await??;
+    stop.store(true, Ordering::Relaxed);
+    let mut requests = 0;
+    for f in flooders {
+        requests += f.await??;
+    }
+    for v in [&mut before, &mut during] {
+        v.sort_by(|x, y| x.total_cmp(y));
+    }
+    let seconds = (a.messages as f64 + 200.0) / 1000.0;
+    println!(
+        "mode={} flooders={} requests_per_s={:.0} rtt_before_p50_ms={:.3} rtt_before_p99_ms={:.3} rtt_during_p50_ms={:.3} rtt_during_p99_ms={:.3} p50_ratio={:.2} p99_ratio={:.2} samples={}/{}",
+        a.mode,
+        a.clients,
+        requests as f64 / seconds,
+        percentile(&before, 0.5),
+        percentile(&before, 0.99),
+        percentile(&during, 0.5),
+        percentile(&during, 0.99),
+        percentile(&during, 0.5) / percentile(&before, 0.5).max(1e-9),
+        percentile(&during, 0.99) / percentile(&before, 0.99).max(1e-9),
+        before.len(),
+        during.len()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     raise_fd_limit();
     let a = Arc::new(parse()?);
     if a.mode == "connect-storm" {
         return connect_storm(a).await;
+    }
+    if a.mode.starts_with("flood-") {
+        return flood(a).await;
     }
     let count = Arc::new(AtomicU64::new(0));
     let last = Arc::new(AtomicU64::new(0));
