@@ -19,8 +19,10 @@
 //! * back-pressure: a connection that publishes while the broker-wide queued bytes are over
 //!   `limits.memory_high_watermark` is not read from again until they fall below 90 % of it.
 //!   Connections that only subscribe and acknowledge keep being read, so queues drain;
-//! * payloads under [`COPY_PAYLOAD_BELOW`] are copied out of the read buffer, so a queued
-//!   message holds its own bytes and not the whole buffer it arrived in;
+//! * payloads are copied out of the read buffer ([`own_bytes`]), so a queued message holds
+//!   its own bytes and not the whole buffer it arrived in (a 10-byte message could otherwise
+//!   pin a 64 KiB read buffer, and a 100 KiB one a 256 KiB buffer, beyond what the queue
+//!   limits count);
 //! * topics and filters deeper than `limits.max_topic_levels` are refused before they reach
 //!   the router or a plugin.
 //!
@@ -62,10 +64,6 @@ use super::{Control, Delivery, KickReason, Message, Outgoing, Session};
 /// Above this many bytes waiting to be written, the session queue is not drained into the
 /// write buffer and the client is not read (see the module docs).
 pub const WRITE_BUFFER_HIGH: usize = 64 * 1024;
-
-/// Payloads shorter than this are copied out of the read buffer into an allocation of their
-/// own (see the module docs). Longer ones fill most of the buffer they arrived in anyway.
-pub const COPY_PAYLOAD_BELOW: usize = 64 * 1024;
 
 /// How often a connection paused by the memory high-water mark looks whether to resume.
 const BACKPRESSURE_RECHECK: Duration = Duration::from_millis(50);
@@ -1486,13 +1484,10 @@ fn is_sys_topic(topic: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-/// `payload` in an allocation of its own when it is short (see [`COPY_PAYLOAD_BELOW`]).
+/// `payload` in an allocation of exactly its size, not a slice of the read buffer it was
+/// decoded from (see the module docs). One copy per PUBLISH, shared by every subscriber.
 fn own_bytes(payload: Bytes) -> Bytes {
-    if payload.len() < COPY_PAYLOAD_BELOW {
-        Bytes::copy_from_slice(&payload)
-    } else {
-        payload
-    }
+    Bytes::copy_from_slice(&payload)
 }
 
 /// What one wake-up of [`poll_io`] did.
