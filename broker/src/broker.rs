@@ -23,10 +23,12 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::codec::{QoS, RetainHandling, SubscriptionOptions};
 use crate::config::Config;
+use crate::config::Durability;
 use crate::hooks::Hooks;
 use crate::metrics::{self, Metrics};
 use crate::plugin::PluginManager;
 use crate::router::{Match, TopicFilter, TopicName, Trie};
+use crate::session::store::{Op, Store, StoreError};
 use crate::session::{
     Control, Delivery, Enqueued, KickReason, Message, PendingWill, QueueLimits, Session, SubEntry,
     Subscription,
@@ -65,6 +67,8 @@ pub struct Broker {
     pub started: std::time::Instant,
     /// Limits of every session queue, and the bytes queued broker-wide.
     pub queue_limits: Arc<QueueLimits>,
+    /// The session store (`durability = "graceful"` or `"ack"`), once opened.
+    pub store: std::sync::OnceLock<Arc<Store>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -131,6 +135,7 @@ impl Broker {
                 config.limits.max_queued_bytes,
                 config.session.queue_qos0_messages,
             )),
+            store: std::sync::OnceLock::new(),
         })
     }
 
@@ -226,6 +231,7 @@ impl Broker {
                 .into_iter()
                 .collect(),
             message: Arc::new(message),
+            seq: 0,
         };
         match session.enqueue(delivery) {
             Enqueued::Queued => Ok(()),
@@ -267,6 +273,7 @@ impl Broker {
             options,
             None,
         );
+        self.store_session(&session);
         // Plugins (a retainer) learn of it as of any subscription.
         if self.hooks.enabled(HookPoint::SESSION_SUBSCRIBED) {
             // Clone first: the info lock must not be held while plugins run.
@@ -455,10 +462,51 @@ impl Broker {
         }
     }
 
+    /// Uses `store` for sessions: read back at start, written at a graceful stop, and with
+    /// `durability = "ack"` written as sessions change.
+    pub fn attach_store(&self, store: Arc<Store>) {
+        if self.config.session.durability == Durability::Ack {
+            let _ = self.queue_limits.live_store.set(store.clone());
+        }
+        let _ = self.store.set(store);
+    }
+
+    /// Submits a change to the live store, if there is one.
+    pub fn store_op(&self, op: Op) {
+        if let Some(store) = self.queue_limits.live_store.get() {
+            store.submit(op);
+        }
+    }
+
+    /// Writes the record of `session` (expiry, subscriptions, will) to the live store, if
+    /// there is one and the session is persistent.
+    pub fn store_session(&self, session: &Session) {
+        if let Some(store) = session.live_store() {
+            store.submit(Op::PutSession {
+                client_id: session.client_id.clone(),
+                record: crate::session::persist::session_record(session),
+            });
+        }
+    }
+
+    /// Waits until everything submitted to the live store so far is on disc (immediately
+    /// when there is no live store or nothing is pending).
+    pub async fn store_committed(&self) -> Result<(), StoreError> {
+        match self.queue_limits.live_store.get() {
+            Some(store) => store.wait_committed(store.submitted()).await,
+            None => Ok(()),
+        }
+    }
+
     /// Every counter and gauge, with `queued_bytes` read from the queues.
     pub fn metrics_snapshot(&self) -> metrics::MetricsSnapshot {
         let mut snapshot = self.metrics.snapshot();
         snapshot.queued_bytes = self.queue_limits.total() as u64;
+        if let Some(store) = self.store.get() {
+            snapshot.store_bytes = store.file_size();
+            snapshot.store_commits = store.stats.commits.load(Ordering::Relaxed);
+            snapshot.store_pending = store.pending();
+        }
         snapshot
     }
 
@@ -534,6 +582,7 @@ impl Broker {
                 retain: first.retain_as_published && message.retain,
                 subscription_ids: ids,
                 message: message.clone(),
+                seq: 0,
             };
             match first.session.enqueue(delivery) {
                 Enqueued::Queued => delivered += 1,
@@ -666,6 +715,9 @@ impl Broker {
     /// already taken it out of the registry.
     fn discard_session(&self, session: &Arc<Session>) {
         metrics::sub(&self.metrics.sessions, 1);
+        self.store_op(Op::DeleteSession {
+            client_id: session.client_id.clone(),
+        });
         let subs: Vec<_> = session.subscriptions.lock().drain().collect();
         {
             let mut router = self.router.write();

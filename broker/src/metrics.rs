@@ -92,6 +92,12 @@ metrics! {
     Counter slow_consumers_disconnected,
     /// Connections closed for breaking the protocol or a limit.
     Counter protocol_errors,
+    /// Size of the session store file in bytes (0 with durability = "none").
+    Gauge store_bytes,
+    /// Session store commits (each one fsync) since start.
+    Counter store_commits,
+    /// Changes submitted to the session store and not yet committed.
+    Gauge store_pending,
 }
 
 /// Adds `n` to a counter.

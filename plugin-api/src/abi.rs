@@ -721,6 +721,8 @@ impl<'a> MessageView<'a> {
 /// level, a trailing `#` any number (including none: `a/#` matches `a`), and a topic starting
 /// with `$` is not matched by a filter starting with a wildcard.
 ///
+/// One pass over both strings, no recursion and no allocation: safe on topics of any depth.
+///
 /// Since API 1.
 pub fn topic_matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && filter.starts_with(['+', '#']) {
@@ -736,5 +738,27 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
             (None, None) => return true,
             _ => return false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topic_matches;
+
+    /// A matcher that recursed once per level would overflow this thread's 256 KiB stack.
+    #[test]
+    fn deep_topics_use_no_stack_per_level() {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                let topic = "a/".repeat(99_999) + "b";
+                assert!(topic_matches(&topic, &topic));
+                assert!(topic_matches(&("+/".repeat(99_999) + "b"), &topic));
+                assert!(topic_matches(&("+/".repeat(50_000) + "#"), &topic));
+                assert!(!topic_matches(&("+/".repeat(99_999) + "c"), &topic));
+            })
+            .expect("spawn")
+            .join()
+            .expect("no stack overflow");
     }
 }

@@ -274,6 +274,20 @@ impl Broker {
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its status.
+    /// Kills the broker with SIGKILL (a crash: nothing runs at exit) and waits for it.
+    pub fn kill_hard(&mut self) {
+        let mut child = self.child.take().expect("broker running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Kills the broker with SIGKILL and starts it again with the same config and data_dir.
+    pub fn crash_and_restart(&mut self) {
+        self.kill_hard();
+        self.restart_stopped();
+    }
+
+    /// Stops the broker with SIGTERM and waits for it to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let child = self.child.as_mut().expect("broker running");
         let _ = Command::new("kill")

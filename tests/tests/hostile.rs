@@ -531,14 +531,14 @@ async fn files_with_secrets_and_data_are_owner_only() {
     let token = b.data_dir().join("admin.token");
     assert_eq!(mode(&token), 0o600);
     assert_eq!(mode(&b.data_dir().join("listeners.json")), 0o600);
-    // A persistent session, so that sessions.jsonl is written at shutdown.
+    // A persistent session, so that the session store is written.
     let mut w = Wire::open(b.port()).await;
     w.send(&connect_packet(4, "keeper", false, 60)).await;
     assert_eq!(w.recv().await.expect("CONNACK").kind(), 2);
     drop(w);
     let status = b.terminate();
     assert!(status.success());
-    assert_eq!(mode(&b.data_dir().join("sessions.jsonl")), 0o600);
+    assert_eq!(mode(&b.data_dir().join("sessions.redb")), 0o600);
     // A token file loosened to 0644 stops the broker from starting, with the fix in the message.
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let out = std::process::Command::new(binary("broker"))

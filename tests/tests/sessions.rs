@@ -299,7 +299,17 @@ async fn qos2_exactly_once_both_ways() {
 /// with their properties, an unacknowledged message (resent with DUP and its packet id).
 #[tokio::test]
 async fn persistent_sessions_survive_a_graceful_restart() {
-    let mut b = Broker::start();
+    survives_a_graceful_restart("[session]\ndurability = \"graceful\"\n").await;
+}
+
+/// The same with every change on disc as it happens (the default).
+#[tokio::test]
+async fn persistent_sessions_survive_a_graceful_restart_with_durability_ack() {
+    survives_a_graceful_restart("").await;
+}
+
+async fn survives_a_graceful_restart(config: &str) {
+    let mut b = Broker::start_with(config);
     // A raw v3.1.1 client that receives one QoS 1 message and closes without PUBACK.
     let mut w = Wire::open(b.port()).await;
     w.send(&connect_packet(4, "keeper", false, 60)).await;
@@ -339,10 +349,6 @@ async fn persistent_sessions_survive_a_graceful_restart() {
         b.log().contains("sessions saved") && b.log().contains("sessions restored"),
         "{}",
         b.log()
-    );
-    assert!(
-        !b.data_dir().join("sessions.jsonl").exists(),
-        "the file is consumed at start"
     );
     // Published after the restart: the restored subscriptions route it.
     let publisher = V4Client::connect(b.port(), "pub2").await;
@@ -438,19 +444,31 @@ async fn v5_session_expiry_counts_across_a_restart() {
     );
 }
 
+/// A damaged store — random bytes, or a real store cut in half — is moved aside and reported;
+/// the broker starts and serves.
 #[tokio::test]
-async fn unreadable_saved_sessions_are_kept_aside_and_the_broker_starts() {
-    let mut b = Broker::start();
-    b.terminate();
-    std::fs::write(b.data_dir().join("sessions.jsonl"), "{not json\n").expect("write");
-    b.restart_stopped();
-    let kept: Vec<_> = std::fs::read_dir(b.data_dir())
-        .expect("data dir")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("sessions.jsonl.bad-"))
-        .collect();
-    assert_eq!(kept.len(), 1, "moved aside, not deleted");
-    assert!(b.log().contains("saved sessions unreadable"), "{}", b.log());
-    V4Client::connect(b.port(), "still-works").await;
+async fn a_damaged_session_store_is_kept_aside_and_the_broker_starts() {
+    for damage in ["junk", "truncated"] {
+        let mut b = Broker::start();
+        let (c, _) = V4Client::connect_with(persistent(b.port(), "keeps")).await;
+        c.disconnect().await;
+        b.terminate();
+        let store = b.data_dir().join("sessions.redb");
+        let bytes = std::fs::read(&store).expect("the store exists");
+        let damaged = match damage {
+            "junk" => vec![0x5A; bytes.len()],
+            _ => bytes[..bytes.len() / 2].to_vec(),
+        };
+        std::fs::write(&store, damaged).expect("write");
+        b.restart_stopped();
+        let kept: Vec<_> = std::fs::read_dir(b.data_dir())
+            .expect("data dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("sessions.redb.bad-"))
+            .collect();
+        assert_eq!(kept.len(), 1, "{damage}: moved aside, not deleted");
+        assert!(b.log().contains("session store unreadable"), "{}", b.log());
+        V4Client::connect(b.port(), "still-works").await;
+    }
 }

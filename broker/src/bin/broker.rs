@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use broker::broker::Broker;
-use broker::config::{Config, LogFormat};
+use broker::config::{Config, Durability, LogFormat};
+use broker::session::persist;
+use broker::session::store::{self, Store};
 use broker::{admin, listener};
 use tracing_subscriber::EnvFilter;
 
@@ -159,9 +161,21 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     // Plugins first, so authentication is in place before the first client is accepted.
     broker.plugins.restore(&enabled).await;
 
-    let sessions_file = data_dir.join(broker::session::persist::FILE);
-    if broker.config.session.persist {
-        broker::session::persist::restore(&broker, &sessions_file);
+    // Sessions from the store, before the first client.
+    let durability = broker.config.session.durability;
+    if durability != Durability::None {
+        let path = data_dir.join(store::FILE);
+        let store = Store::open(&path)?;
+        broker.attach_store(store.clone());
+        persist::restore(&broker, &store);
+        if durability == Durability::Graceful {
+            // What was read is in memory now; a crash must not bring this state back later.
+            store.replace_all(Vec::new())?;
+        }
+    }
+    let legacy = data_dir.join("sessions.jsonl");
+    if legacy.exists() {
+        tracing::warn!(file = %legacy.display(), "sessions saved by an older version are not read (the session store replaced this file); remove it");
     }
 
     // $SYS values exist (and are retained, with the retainer loaded) before the first client.
@@ -191,15 +205,16 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     {
         tracing::warn!("some connections did not close within 10 s");
     }
-    if broker.config.session.persist {
-        match broker::session::persist::save(&broker, &sessions_file) {
-            Ok(n) => {
-                tracing::info!(sessions = n, file = %sessions_file.display(), "sessions saved")
+    if let Some(store) = broker.store.get() {
+        let snapshot = persist::snapshot(&broker);
+        let n = snapshot.len();
+        match store.replace_all(snapshot) {
+            Ok(()) => {
+                tracing::info!(sessions = n, file = %store.path().display(), "sessions saved")
             }
-            Err(e) => {
-                tracing::error!(file = %sessions_file.display(), error = %e, "cannot save sessions")
-            }
+            Err(e) => tracing::error!(error = %e, "cannot save sessions"),
         }
+        store.close();
     }
     broker.plugins.shutdown_all().await;
     tracing::info!("broker stopped");

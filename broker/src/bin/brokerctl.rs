@@ -261,6 +261,12 @@ fn print_human(args: &[&str], reply: &str) -> Result<(), serde_json::Error> {
                 s.metrics.messages_sent,
                 s.metrics.messages_dropped
             );
+            if s.metrics.store_bytes > 0 {
+                println!(
+                    "session store {} bytes  commits {}  pending {}",
+                    s.metrics.store_bytes, s.metrics.store_commits, s.metrics.store_pending
+                );
+            }
         }
         ["plugins", "list"] | ["plugins"] => {
             let l: PluginList = serde_json::from_str(reply)?;

@@ -381,8 +381,20 @@ pub struct SessionConfig {
     pub max_session_expiry_interval: u32,
     /// Whether QoS 0 messages are queued for offline persistent sessions.
     pub queue_qos0_messages: bool,
-    /// Keep sessions across a graceful restart (`<data_dir>/sessions.jsonl`).
-    pub persist: bool,
+    /// What survives a restart and a crash (see [`Durability`]).
+    pub durability: Durability,
+}
+
+/// `[session] durability`: what of the persistent sessions is on disc, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Nothing: a restart loses every session.
+    None,
+    /// Written at a graceful stop, read back at start; a crash loses what changed meanwhile.
+    Graceful,
+    /// Written as it changes; PUBACK / PUBREC / SUBACK / UNSUBACK only once on disc.
+    Ack,
 }
 
 impl Default for SessionConfig {
@@ -390,7 +402,7 @@ impl Default for SessionConfig {
         SessionConfig {
             max_session_expiry_interval: u32::MAX,
             queue_qos0_messages: true,
-            persist: true,
+            durability: Durability::Ack,
         }
     }
 }

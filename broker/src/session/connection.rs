@@ -102,6 +102,8 @@ enum Exit {
     KeepAliveTimeout,
     /// The client left the broker's output unread for `limits.slow_consumer_timeout`.
     SlowConsumer,
+    /// The session store failed: what this connection was about to acknowledge is not durable.
+    StoreFailed(String),
     /// The client broke the protocol.
     Protocol { reason: u8, message: String },
     /// Another connection or an administrator took the session.
@@ -137,6 +139,7 @@ impl Exit {
                 ..
             } => Some(reason::ADMINISTRATIVE_ACTION),
             Exit::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            Exit::StoreFailed(_) => Some(reason::UNSPECIFIED_ERROR),
             _ => None,
         }
     }
@@ -148,6 +151,7 @@ impl Exit {
             Exit::Closed => "tcp_closed",
             Exit::KeepAliveTimeout => "keepalive_timeout",
             Exit::SlowConsumer => "slow_consumer",
+            Exit::StoreFailed(_) => "store_failed",
             Exit::Protocol { .. } => "protocol_error",
             Exit::Kicked {
                 reason: KickReason::TakenOver,
@@ -284,6 +288,9 @@ struct Connection {
     need_flush: bool,
     /// Not reading: this client published while the broker was over its high-water mark.
     paused: bool,
+    /// Answers in the write buffer promise changes submitted to the live session store: wait
+    /// for their commit before the buffer may be written.
+    needs_commit: bool,
 }
 
 fn event<'a>(client: ClientView<'a>, reason: &'a str, reason_code: u8) -> EventView<'a> {
@@ -579,6 +586,7 @@ impl Connection {
             identity,
             need_flush: false,
             paused: false,
+            needs_commit: false,
         };
         conn.push(&Packet::ConnAck(ConnAck {
             session_present: attached.session_present,
@@ -604,6 +612,7 @@ impl Connection {
         conn.session.acl_cache.lock().clear();
         *conn.session.info.lock() = Some(conn.identity.clone());
         conn.session.set_online(true);
+        broker.store_session(&conn.session);
         let view = conn.identity.view();
         if attached.discarded {
             hooks.notify(HookPoint::SESSION_DISCARDED, &event(view, "", 0));
@@ -702,6 +711,7 @@ impl Connection {
                 self.dropped(&d, "expired");
                 continue;
             }
+            let seq = d.seq;
             if d.qos == QoS::AtMostOnce {
                 if self.write_publish(&d, None, false) {
                     sent += 1;
@@ -715,6 +725,14 @@ impl Connection {
             if self.write_publish(&d, Some(packet_id), false) {
                 sent += 1;
                 self.message_event(HookPoint::MESSAGE_DELIVERED, &d, "");
+                if seq > 0 {
+                    self.store(super::store::Op::SetInflight {
+                        client_id: self.client_id.clone(),
+                        seq,
+                        packet_id: packet_id.get(),
+                        released: false,
+                    });
+                }
                 self.outgoing.push_back(Outgoing {
                     packet_id,
                     delivery: d,
@@ -732,7 +750,18 @@ impl Connection {
 
     fn dropped(&self, d: &Delivery, why: &str) {
         metrics::add(&self.broker.metrics.messages_dropped, 1);
+        self.forget(d);
         self.message_event(HookPoint::MESSAGE_DROPPED, d, why);
+    }
+
+    /// Removes a delivery from the live store once it is acknowledged or dropped.
+    fn forget(&self, d: &Delivery) {
+        if d.seq > 0 {
+            self.store(super::store::Op::DeleteMessage {
+                client_id: self.client_id.clone(),
+                seq: d.seq,
+            });
+        }
     }
 
     /// Fires `message.delivered` / `message.acked` / `message.dropped` if any plugin listens.
@@ -863,14 +892,37 @@ impl Connection {
 
     /// Decodes and handles the complete packets in `rbuf`. `Ok(true)` when none is left,
     /// `Ok(false)` when it stopped early because the connection was paused (back-pressure).
+    ///
+    /// With `durability = "ack"`, answers that promise durability (PUBACK, PUBREC, SUBACK,
+    /// UNSUBACK for a persistent session) wait in the write buffer until the session store has
+    /// committed what they acknowledge: one wait per batch of packets, not per packet, and on
+    /// every way out — a protocol error later in the batch must not flush them early.
     async fn decode_all(&mut self, rbuf: &mut BytesMut, max_packet: usize) -> Result<bool, Exit> {
-        while !self.paused {
-            match codec::decode(rbuf, Some(self.version), max_packet)? {
-                Some(packet) => self.handle(packet).await?,
-                None => return Ok(true),
+        let result = async {
+            while !self.paused {
+                match codec::decode(rbuf, Some(self.version), max_packet)? {
+                    Some(packet) => self.handle(packet).await?,
+                    None => return Ok(true),
+                }
+            }
+            Ok(false)
+        }
+        .await;
+        if std::mem::take(&mut self.needs_commit) {
+            if let Err(e) = self.broker.store_committed().await {
+                // Nothing that promised durability may go out.
+                self.wbuf.clear();
+                return Err(Exit::StoreFailed(e.to_string()));
             }
         }
-        Ok(false)
+        result
+    }
+
+    /// Submits a change of this session to the live store (persistent sessions only).
+    fn store(&self, op: super::store::Op) {
+        if let Some(store) = self.session.live_store() {
+            store.submit(op);
+        }
     }
 
     async fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
@@ -883,6 +935,7 @@ impl Connection {
                     .position(|o| o.packet_id == r.packet_id && o.delivery.qos == QoS::AtLeastOnce)
                 {
                     if let Some(o) = self.outgoing.remove(pos) {
+                        self.forget(&o.delivery);
                         self.message_event(HookPoint::MESSAGE_ACKED, &o.delivery, "");
                     }
                 }
@@ -896,10 +949,21 @@ impl Connection {
                 match pos {
                     // A failure reason ends the exchange (section 4.3.3).
                     Some(pos) if r.reason_code >= 0x80 => {
-                        self.outgoing.remove(pos);
+                        if let Some(o) = self.outgoing.remove(pos) {
+                            self.forget(&o.delivery);
+                        }
                     }
                     Some(pos) => {
                         self.outgoing[pos].released = true;
+                        let seq = self.outgoing[pos].delivery.seq;
+                        if seq > 0 {
+                            self.store(super::store::Op::SetInflight {
+                                client_id: self.client_id.clone(),
+                                seq,
+                                packet_id: r.packet_id.get(),
+                                released: true,
+                            });
+                        }
                         self.push(&Packet::PubRel(PubResp::new(r.packet_id)));
                     }
                     None => {
@@ -917,6 +981,7 @@ impl Connection {
                     .position(|o| o.packet_id == r.packet_id && o.released)
                 {
                     if let Some(o) = self.outgoing.remove(pos) {
+                        self.forget(&o.delivery);
                         self.message_event(HookPoint::MESSAGE_ACKED, &o.delivery, "");
                     }
                 }
@@ -931,6 +996,10 @@ impl Connection {
                 {
                     Some(pos) => {
                         self.incoming_qos2.swap_remove(pos);
+                        self.store(super::store::Op::DeleteQos2 {
+                            client_id: self.client_id.clone(),
+                            packet_id: r.packet_id.get(),
+                        });
                     }
                     None => comp.reason_code = reason::PACKET_IDENTIFIER_NOT_FOUND,
                 }
@@ -1118,6 +1187,9 @@ impl Connection {
                 reason::SUCCESS
             }
         };
+        // With a live store, the answer waits for what routing submitted (see decode_all).
+        self.needs_commit |=
+            p.qos != QoS::AtMostOnce && self.broker.queue_limits.live_store.get().is_some();
         match (p.qos, p.packet_id) {
             (QoS::AtLeastOnce, Some(id)) => {
                 let mut ack = PubResp::new(id);
@@ -1127,6 +1199,10 @@ impl Connection {
             (QoS::ExactlyOnce, Some(id)) => {
                 if reason_code < 0x80 {
                     self.incoming_qos2.push(id.get());
+                    self.store(super::store::Op::PutQos2 {
+                        client_id: self.client_id.clone(),
+                        packet_id: id.get(),
+                    });
                 }
                 let mut rec = PubResp::new(id);
                 rec.reason_code = reason_code;
@@ -1235,6 +1311,10 @@ impl Connection {
             added.push((group, filter, options, is_new));
             codes.push(options.qos as u8);
         }
+        if !added.is_empty() && self.session.live_store().is_some() {
+            self.broker.store_session(&self.session);
+            self.needs_commit = true;
+        }
         self.push(&Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             properties: Properties::default(),
@@ -1303,6 +1383,10 @@ impl Connection {
                 None => codes.push(reason::NO_SUBSCRIPTION_EXISTED),
             }
         }
+        if self.session.live_store().is_some() {
+            self.broker.store_session(&self.session);
+            self.needs_commit = true;
+        }
         self.push(&Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             properties: Properties::default(),
@@ -1362,6 +1446,9 @@ impl Connection {
             }
             Exit::Io(e) => {
                 tracing::info!(client_id = %self.client_id, peer = %self.peer, error = %e, "connection error")
+            }
+            Exit::StoreFailed(e) => {
+                tracing::error!(client_id = %self.client_id, peer = %self.peer, error = %e, "session store failed: connection closed without acknowledging")
             }
             _ => {}
         }
@@ -1454,6 +1541,9 @@ impl Connection {
             }
         }
 
+        if still_ours && self.session_expiry > 0 {
+            self.broker.store_session(&self.session);
+        }
         if still_ours {
             match self.session_expiry {
                 0 => self.broker.end_session(&self.session, self.generation),

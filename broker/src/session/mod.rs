@@ -23,6 +23,7 @@
 
 pub mod connection;
 pub mod persist;
+pub mod store;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -115,6 +116,8 @@ pub struct Delivery {
     pub retain: bool,
     /// v5 subscription identifiers of the matching subscriptions.
     pub subscription_ids: Vec<u32>,
+    /// Its key in the session store (`durability = "ack"`); 0 when it is not stored.
+    pub seq: u64,
 }
 
 /// What one queued delivery is charged against the queue limits beyond its payload, topic and
@@ -155,6 +158,8 @@ pub struct QueueLimits {
     pub queue_qos0_offline: bool,
     /// Bytes queued over all sessions right now.
     pub total_bytes: AtomicUsize,
+    /// The session store, when every change is written as it happens (`durability = "ack"`).
+    pub live_store: std::sync::OnceLock<Arc<store::Store>>,
 }
 
 impl QueueLimits {
@@ -165,6 +170,7 @@ impl QueueLimits {
             max_bytes,
             queue_qos0_offline,
             total_bytes: AtomicUsize::new(0),
+            live_store: std::sync::OnceLock::new(),
         }
     }
 
@@ -287,6 +293,8 @@ pub struct Session {
     pub acl_cache: Mutex<AclCache>,
     /// When the last connection detached (None while online): the start of session expiry.
     pub offline_since: Mutex<Option<std::time::SystemTime>>,
+    /// The last sequence number given to a stored delivery.
+    next_seq: AtomicU64,
 }
 
 /// Per-connection cache of ACL decisions: key (access, topic), FIFO eviction, TTL.
@@ -378,6 +386,7 @@ impl Session {
             info: Mutex::new(None),
             acl_cache: Mutex::new(AclCache::default()),
             offline_since: Mutex::new(None),
+            next_seq: AtomicU64::new(0),
         }
     }
 
@@ -394,17 +403,44 @@ impl Session {
         }
     }
 
-    /// Queues a delivery and wakes the attached connection if the queue was empty.
-    pub fn enqueue(&self, delivery: Delivery) -> Enqueued {
+    /// True when the session outlives its connection (session expiry > 0).
+    pub fn is_persistent(&self) -> bool {
+        self.expiry_interval.load(Ordering::Relaxed) > 0
+    }
+
+    /// The live session store, if this session's changes are written as they happen.
+    pub fn live_store(&self) -> Option<&Arc<store::Store>> {
+        self.limits
+            .live_store
+            .get()
+            .filter(|_| self.is_persistent())
+    }
+
+    /// Queues a delivery and wakes the attached connection if the queue was empty. With a live
+    /// store a QoS 1 / 2 delivery for a persistent session is also submitted to it (under the
+    /// queue lock, so that its removal can never be submitted before it).
+    pub fn enqueue(&self, mut delivery: Delivery) -> Enqueued {
         let limits = &*self.limits;
         if delivery.qos == QoS::AtMostOnce && !limits.queue_qos0_offline && !self.is_online() {
             return Enqueued::Dropped;
         }
         let size = delivery.size();
+        let store = self
+            .live_store()
+            .filter(|_| delivery.qos != QoS::AtMostOnce);
+        let encoded = store.map(|_| persist::encode_delivery(&delivery));
         let was_empty = {
             let mut q = self.queue.lock();
             if q.items.len() >= limits.max_messages || q.bytes + size > limits.max_bytes {
                 return Enqueued::Dropped;
+            }
+            if let (Some(store), Some(value)) = (store, encoded) {
+                delivery.seq = self.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
+                store.submit(store::Op::PutMessage {
+                    client_id: self.client_id.clone(),
+                    seq: delivery.seq,
+                    value,
+                });
             }
             q.items.push_back(delivery);
             q.bytes += size;
@@ -415,6 +451,20 @@ impl Session {
             self.notify.notify_one();
         }
         Enqueued::Queued
+    }
+
+    /// Queues a delivery read back from the store, as it is (no limit, no store write).
+    pub(crate) fn restore_queued(&self, delivery: Delivery) {
+        let size = delivery.size();
+        let mut q = self.queue.lock();
+        q.items.push_back(delivery);
+        q.bytes += size;
+        self.limits.total_bytes.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// Continues numbering stored deliveries after `last`.
+    pub(crate) fn restore_seq(&self, last: u64) {
+        self.next_seq.fetch_max(last, Ordering::Relaxed);
     }
 
     /// Moves deliveries from the queue into `out`, preserving order: at most `max_qos_gt0` of

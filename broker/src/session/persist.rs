@@ -1,55 +1,53 @@
-//! Sessions across a graceful restart (`[session] persist`, on by default).
+//! Sessions on disc: how a session and its messages are encoded for the [`super::store`], what
+//! each `[session] durability` setting writes, and how sessions are rebuilt at start.
 //!
-//! At a graceful stop (SIGTERM / Ctrl-C), once every connection has closed and handed its state
-//! back, the broker writes each session that outlives its connection (session expiry > 0: v5
-//! expiry intervals, v3 clean session = 0) to `<data_dir>/sessions.jsonl`, one JSON object per
-//! line. At the next start, before the first client is accepted, it reads them back and deletes
-//! the file; the sessions then resume as if the broker had not stopped:
-//! * their subscriptions (shared ones included) are in the router again, so messages published
-//!   after the restart are queued for them;
-//! * queued messages, and outgoing QoS 1 / 2 messages not yet acknowledged — the latter resent
-//!   with DUP and their packet ids when the client reconnects — with their properties;
-//! * QoS 2 packet ids received but not yet released, the last packet id;
-//! * the remaining session expiry and message expiry: time spent stopped counts (wall clock);
-//!   what expired meanwhile is not restored;
-//! * a will waiting for its delay, with the delay that was left.
+//! * `"none"`: nothing is written; a restart loses every session.
+//! * `"graceful"`: at a graceful stop (SIGTERM / Ctrl-C), once every connection has closed and
+//!   handed its state back, [`snapshot`] writes each session that outlives its connection
+//!   (session expiry > 0: v5 expiry intervals, v3 clean session = 0) in one transaction. A
+//!   crash loses what changed since the last start.
+//! * `"ack"`: the store follows the sessions as they change — session records at connect,
+//!   subscribe, unsubscribe and disconnect; every QoS 1 / 2 message queued for a persistent
+//!   session; in-flight state (packet id, PUBREC received) as messages are sent; incoming QoS 2
+//!   packet ids until PUBREL — and the broker answers PUBACK / PUBREC / SUBACK / UNSUBACK only
+//!   once what the packet changed is committed (see the connection). A graceful stop also
+//!   writes the complete snapshot, so queued QoS 0 messages survive it (not a crash).
 //!
-//! A file that cannot be read is moved aside to `sessions.jsonl.bad-<unix time>` with an error
-//! in the log naming the line, and the broker starts without those sessions: nothing is
-//! deleted. A crash (SIGKILL, power loss) skips the write: sessions are then lost, as before.
+//! At start, before the first client is accepted, [`restore`] rebuilds every stored session:
+//! subscriptions (shared ones included) back in the router, queued messages in order,
+//! unacknowledged outgoing messages (resent with DUP and their packet ids when the client
+//! reconnects, [MQTT-4.4.0-1]), incoming QoS 2 packet ids, the delayed will, the remaining
+//! session and message expiry — time spent stopped counts (wall clock), and what expired meanwhile
+//! is dropped. A session online at a crash is counted as offline from the restart. A record
+//! that cannot be decoded is skipped with an error naming the client; the rest load.
+//!
+//! Formats: the session record is JSON; a delivery is a big-endian u32 length, a JSON header
+//! (QoS, flags, subscription ids, the message's topic and properties) and the raw payload.
 
-use std::io::{BufRead, BufWriter, Write};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::store::{Store, StoredSession};
 use super::{Delivery, Message, Outgoing, Session};
 use crate::broker::Broker;
 use crate::codec::{PacketId, Properties, QoS, RetainHandling, SubscriptionOptions};
 use crate::hex;
 use crate::router::{TopicFilter, TopicName};
 
-/// The file name under `data_dir`.
-pub const FILE: &str = "sessions.jsonl";
-
 #[derive(Debug, Serialize, Deserialize)]
 struct SessionRecord {
-    client_id: String,
     expiry_interval: u32,
-    /// Unix time (ms) at which the session expires; None = never.
-    expires_at_ms: Option<u64>,
+    /// Unix time (ms) the session went offline; None while it was online.
+    offline_since_ms: Option<u64>,
     last_packet_id: u16,
-    incoming_qos2: Vec<u16>,
     subscriptions: Vec<SubscriptionRecord>,
-    outgoing: Vec<OutgoingRecord>,
-    queued: Vec<DeliveryRecord>,
-    /// A delayed will and the Unix time (ms) it is due.
-    will: Option<(MessageRecord, u64)>,
+    /// A delayed will (payload in hex) and the Unix time (ms) it is due.
+    will: Option<(MessageMeta, String, u64)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -64,25 +62,17 @@ struct SubscriptionRecord {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct OutgoingRecord {
-    packet_id: u16,
-    released: bool,
-    delivery: DeliveryRecord,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct DeliveryRecord {
+struct DeliveryHeader {
     qos: u8,
     retain: bool,
     subscription_ids: Vec<u32>,
-    message: MessageRecord,
+    message: MessageMeta,
 }
 
+/// A message without its payload.
 #[derive(Debug, Serialize, Deserialize)]
-struct MessageRecord {
+struct MessageMeta {
     topic: String,
-    /// Hex.
-    payload: String,
     qos: u8,
     retain: bool,
     publisher: Option<String>,
@@ -118,12 +108,11 @@ fn left_until(deadline_ms: u64, wall_now: u64) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-impl MessageRecord {
-    fn of(m: &Message, now: Instant, wall_now: u64) -> MessageRecord {
+impl MessageMeta {
+    fn of(m: &Message, now: Instant, wall_now: u64) -> MessageMeta {
         let p = &m.properties;
-        MessageRecord {
+        MessageMeta {
             topic: m.topic.as_str().to_owned(),
-            payload: hex::encode(&m.payload),
             qos: m.qos as u8,
             retain: m.retain,
             publisher: m.publisher.as_deref().map(str::to_owned),
@@ -137,7 +126,12 @@ impl MessageRecord {
     }
 
     /// The message, `Ok(None)` when it expired meanwhile.
-    fn into_message(self, now: Instant, wall_now: u64) -> Result<Option<Message>, String> {
+    fn into_message(
+        self,
+        payload: Bytes,
+        now: Instant,
+        wall_now: u64,
+    ) -> Result<Option<Message>, String> {
         let expires_at = match self.expires_at_ms {
             None => None,
             Some(ms) => match left_until(ms, wall_now) {
@@ -158,7 +152,7 @@ impl MessageRecord {
         };
         Ok(Some(Message {
             topic: TopicName::new(&self.topic).map_err(|e| e.to_string())?,
-            payload: Bytes::from(hex::decode(&self.payload)?),
+            payload,
             qos: QoS::from_u8(self.qos).ok_or("bad QoS")?,
             retain: self.retain,
             properties,
@@ -168,35 +162,61 @@ impl MessageRecord {
     }
 }
 
-impl DeliveryRecord {
-    fn of(d: &Delivery, now: Instant, wall_now: u64) -> DeliveryRecord {
-        DeliveryRecord {
-            qos: d.qos as u8,
-            retain: d.retain,
-            subscription_ids: d.subscription_ids.clone(),
-            message: MessageRecord::of(&d.message, now, wall_now),
-        }
-    }
-
-    fn into_delivery(self, now: Instant, wall_now: u64) -> Result<Option<Delivery>, String> {
-        let qos = QoS::from_u8(self.qos).ok_or("bad QoS")?;
-        Ok(self.message.into_message(now, wall_now)?.map(|m| Delivery {
-            message: Arc::new(m),
-            qos,
-            retain: self.retain,
-            subscription_ids: self.subscription_ids,
-        }))
-    }
+/// Encodes a delivery for the store (see the module docs for the format).
+pub fn encode_delivery(d: &Delivery) -> Bytes {
+    let header = DeliveryHeader {
+        qos: d.qos as u8,
+        retain: d.retain,
+        subscription_ids: d.subscription_ids.clone(),
+        message: MessageMeta::of(&d.message, Instant::now(), unix_ms(SystemTime::now())),
+    };
+    let json = serde_json::to_vec(&header).unwrap_or_default();
+    let mut out = BytesMut::with_capacity(4 + json.len() + d.message.payload.len());
+    out.put_u32(json.len() as u32);
+    out.put_slice(&json);
+    out.put_slice(&d.message.payload);
+    out.freeze()
 }
 
-fn record_of(s: &Session, now: Instant, wall_now: u64) -> SessionRecord {
+/// Decodes a stored delivery; `Ok(None)` when its message expired meanwhile.
+fn decode_delivery(
+    bytes: &[u8],
+    seq: u64,
+    now: Instant,
+    wall_now: u64,
+) -> Result<Option<Delivery>, String> {
+    let len = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes)
+        .ok_or("delivery shorter than its header length")? as usize;
+    let json = bytes
+        .get(4..4 + len)
+        .ok_or("delivery shorter than its header")?;
+    let header: DeliveryHeader = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let payload = Bytes::copy_from_slice(&bytes[4 + len..]);
+    let qos = QoS::from_u8(header.qos).ok_or("bad QoS")?;
+    Ok(header
+        .message
+        .into_message(payload, now, wall_now)?
+        .map(|m| Delivery {
+            message: Arc::new(m),
+            qos,
+            retain: header.retain,
+            subscription_ids: header.subscription_ids,
+            seq,
+        }))
+}
+
+/// Encodes the session record of `s` (expiry, subscriptions, delayed will, last packet id).
+pub fn session_record(s: &Session) -> Vec<u8> {
+    let now = Instant::now();
+    let wall_now = unix_ms(SystemTime::now());
     let expiry_interval = s
         .expiry_interval
         .load(Ordering::Relaxed)
         .min(u32::MAX as u64) as u32;
-    let offline_since = s.offline_since.lock().unwrap_or_else(SystemTime::now);
-    let expires_at_ms = (expiry_interval != u32::MAX)
-        .then(|| unix_ms(offline_since) + expiry_interval as u64 * 1000);
+    let offline_since_ms = s.offline_since.lock().map(unix_ms);
     let subscriptions = s
         .subscriptions
         .lock()
@@ -211,58 +231,57 @@ fn record_of(s: &Session, now: Instant, wall_now: u64) -> SessionRecord {
         })
         .collect();
     let parked = s.parked.lock();
-    let outgoing = parked
-        .outgoing
-        .iter()
-        .map(|o| OutgoingRecord {
-            packet_id: o.packet_id.get(),
-            released: o.released,
-            delivery: DeliveryRecord::of(&o.delivery, now, wall_now),
-        })
-        .collect();
     let will = parked.pending_will.as_ref().map(|w| {
         (
-            MessageRecord::of(&w.message, now, wall_now),
+            MessageMeta::of(&w.message, now, wall_now),
+            hex::encode(&w.message.payload),
             wall_ms_of(w.due, now, wall_now),
         )
     });
-    SessionRecord {
-        client_id: s.client_id.to_string(),
+    let record = SessionRecord {
         expiry_interval,
-        expires_at_ms,
+        offline_since_ms,
         last_packet_id: parked.last_packet_id,
-        incoming_qos2: parked.incoming_qos2.clone(),
         subscriptions,
-        outgoing,
-        queued: s
-            .queued_snapshot()
-            .iter()
-            .map(|d| DeliveryRecord::of(d, now, wall_now))
-            .collect(),
         will,
-    }
+    };
+    serde_json::to_vec(&record).unwrap_or_default()
 }
 
-/// Writes every session with a non-zero expiry to `path` (atomically: a temporary file renamed
-/// over it). Returns how many were written.
-pub fn save(broker: &Broker, path: &Path) -> std::io::Result<usize> {
-    let now = Instant::now();
-    let wall_now = unix_ms(SystemTime::now());
-    let tmp = path.with_extension("jsonl.tmp");
-    let mut out = BufWriter::new(std::fs::File::create(&tmp)?);
-    let mut written = 0;
+/// Everything a graceful stop writes: each session with a non-zero expiry, its unacknowledged
+/// outgoing messages and its whole queue (QoS 0 included), renumbered in order.
+pub fn snapshot(broker: &Broker) -> Vec<(Arc<str>, StoredSession)> {
+    let mut out = Vec::new();
     for s in broker.all_sessions() {
         if s.expiry_interval.load(Ordering::Relaxed) == 0 {
             continue;
         }
-        let record = record_of(&s, now, wall_now);
-        serde_json::to_writer(&mut out, &record).map_err(std::io::Error::other)?;
-        out.write_all(b"\n")?;
-        written += 1;
+        let mut stored = StoredSession {
+            record: session_record(&s),
+            ..StoredSession::default()
+        };
+        let mut seq = 0;
+        {
+            let parked = s.parked.lock();
+            for o in &parked.outgoing {
+                seq += 1;
+                stored.messages.push((
+                    seq,
+                    encode_delivery(&o.delivery).to_vec(),
+                    Some((o.packet_id.get(), o.released)),
+                ));
+            }
+            stored.incoming_qos2 = parked.incoming_qos2.clone();
+        }
+        for d in s.queued_snapshot() {
+            seq += 1;
+            stored
+                .messages
+                .push((seq, encode_delivery(&d).to_vec(), None));
+        }
+        out.push((s.client_id.clone(), stored));
     }
-    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(written)
+    out
 }
 
 /// A subscription read back: the filter as sent, its parts, options and id.
@@ -285,27 +304,26 @@ struct Restored {
 /// Rebuilds one session; `None` when it expired while the broker was stopped.
 fn rebuild(
     broker: &Arc<Broker>,
-    r: SessionRecord,
+    client_id: &str,
+    stored: StoredSession,
     now: Instant,
     wall_now: u64,
 ) -> Result<Option<Restored>, String> {
-    let expiry_left = match r.expires_at_ms {
-        None => None,
-        Some(ms) => match left_until(ms, wall_now) {
+    let r: SessionRecord = serde_json::from_slice(&stored.record).map_err(|e| e.to_string())?;
+    // A session that was online at a crash is offline from now on.
+    let offline_since_ms = r.offline_since_ms.unwrap_or(wall_now);
+    let expiry_left = match r.expiry_interval {
+        u32::MAX => None,
+        secs => match left_until(offline_since_ms + secs as u64 * 1000, wall_now) {
             None => return Ok(None),
             left => left,
         },
     };
-    let session = broker.new_session(Arc::from(r.client_id.as_str()));
+    let session = broker.new_session(Arc::from(client_id));
     session
         .expiry_interval
         .store(r.expiry_interval as u64, Ordering::Relaxed);
-    *session.offline_since.lock() = Some(match r.expires_at_ms {
-        Some(ms) => {
-            UNIX_EPOCH + Duration::from_millis(ms.saturating_sub(r.expiry_interval as u64 * 1000))
-        }
-        None => SystemTime::now(),
-    });
+    *session.offline_since.lock() = Some(UNIX_EPOCH + Duration::from_millis(offline_since_ms));
     let mut subscriptions = Vec::with_capacity(r.subscriptions.len());
     for sub in r.subscriptions {
         let (group, filter) = TopicFilter::parse(&sub.filter).map_err(|e| e.to_string())?;
@@ -327,29 +345,38 @@ fn rebuild(
             id: sub.id,
         });
     }
+    let mut last_seq = 0;
+    let mut queued = Vec::new();
     {
         let mut parked = session.parked.lock();
         parked.last_packet_id = r.last_packet_id;
-        parked.incoming_qos2 = r.incoming_qos2;
-        for o in r.outgoing {
-            let packet_id = PacketId::new(o.packet_id).ok_or("packet id 0")?;
-            if let Some(delivery) = o.delivery.into_delivery(now, wall_now)? {
-                parked.outgoing.push_back(Outgoing {
-                    packet_id,
-                    delivery,
-                    released: o.released,
+        parked.incoming_qos2 = stored.incoming_qos2;
+        for (seq, bytes, state) in stored.messages {
+            last_seq = last_seq.max(seq);
+            let Some(delivery) = decode_delivery(&bytes, seq, now, wall_now)? else {
+                broker.store_op(super::store::Op::DeleteMessage {
+                    client_id: session.client_id.clone(),
+                    seq,
                 });
+                continue;
+            };
+            match state {
+                Some((packet_id, released)) => parked.outgoing.push_back(Outgoing {
+                    packet_id: PacketId::new(packet_id).ok_or("packet id 0")?,
+                    delivery,
+                    released,
+                }),
+                None => queued.push(delivery),
             }
         }
     }
-    for d in r.queued {
-        if let Some(delivery) = d.into_delivery(now, wall_now)? {
-            session.enqueue(delivery);
-        }
+    session.restore_seq(last_seq);
+    for delivery in queued {
+        session.restore_queued(delivery);
     }
     let will = match r.will {
-        Some((will, due_ms)) => will
-            .into_message(now, wall_now)?
+        Some((meta, payload, due_ms)) => meta
+            .into_message(Bytes::from(hex::decode(&payload)?), now, wall_now)?
             .map(|m| (m, left_until(due_ms, wall_now).unwrap_or_default())),
         None => None,
     };
@@ -361,45 +388,37 @@ fn rebuild(
     }))
 }
 
-/// Reads `path` back (if present) and registers its sessions; returns how many were restored.
-/// A file that cannot be read is moved aside (see the module docs) rather than deleted.
-pub fn restore(broker: &Arc<Broker>, path: &Path) -> usize {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+/// Rebuilds and registers every session in `store`; returns how many were restored. Sessions
+/// that expired while the broker was down are removed from the store.
+pub fn restore(broker: &Arc<Broker>, store: &Store) -> usize {
+    let loaded = match store.load() {
+        Ok(l) => l,
         Err(e) => {
-            tracing::error!(file = %path.display(), error = %e, "cannot read saved sessions");
+            tracing::error!(error = %e, "cannot read the session store: starting without its sessions");
             return 0;
         }
     };
     let now = Instant::now();
     let wall_now = unix_ms(SystemTime::now());
-    let mut rebuilt = Vec::new();
+    let mut restored = 0;
     let mut expired = 0;
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let parsed = line
-            .map_err(|e| e.to_string())
-            .and_then(|l| serde_json::from_str::<SessionRecord>(&l).map_err(|e| e.to_string()))
-            .and_then(|r| rebuild(broker, r, now, wall_now));
-        match parsed {
-            Ok(Some(s)) => rebuilt.push(s),
-            Ok(None) => expired += 1,
-            Err(e) => {
-                let aside = aside_path(path);
-                tracing::error!(
-                    file = %path.display(),
-                    line = i + 1,
-                    error = %e,
-                    moved_to = %aside.display(),
-                    "saved sessions unreadable: starting without them; the file is kept"
-                );
-                let _ = std::fs::rename(path, &aside);
-                return 0;
+    for (client_id, stored) in loaded {
+        let r = match rebuild(broker, &client_id, stored, now, wall_now) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                expired += 1;
+                store.submit(super::store::Op::DeleteSession {
+                    client_id: Arc::from(client_id.as_str()),
+                });
+                continue;
             }
-        }
-    }
-    let restored = rebuilt.len();
-    for r in rebuilt {
+            Err(e) => {
+                tracing::error!(client_id = %client_id, error = %e,
+                    "stored session unreadable: skipped (the other sessions load)");
+                continue;
+            }
+        };
+        restored += 1;
         broker.register_restored(r.session.clone());
         for sub in r.subscriptions {
             broker.add_subscription(
@@ -418,20 +437,8 @@ pub fn restore(broker: &Arc<Broker>, path: &Path) -> usize {
             broker.schedule_expiry(r.session, 0, left);
         }
     }
-    if let Err(e) = std::fs::remove_file(path) {
-        tracing::warn!(file = %path.display(), error = %e, "cannot remove the saved sessions file");
-    }
-    tracing::info!(restored, expired, "sessions restored");
+    tracing::info!(restored, expired, file = %store.path().display(), "sessions restored");
     restored
-}
-
-fn aside_path(path: &Path) -> PathBuf {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".bad-{secs}"));
-    PathBuf::from(name)
 }
 
 #[cfg(test)]
@@ -448,5 +455,41 @@ mod tests {
         );
         assert_eq!(left_until(1_002_000, wall), Some(Duration::from_secs(2)));
         assert_eq!(left_until(999_000, wall), None, "expired while stopped");
+    }
+
+    #[test]
+    fn deliveries_round_trip() {
+        let message = Message {
+            topic: TopicName::new("a/b").expect("topic"),
+            payload: Bytes::from_static(b"\x00\xffpayload"),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            properties: Properties {
+                content_type: Some("text/plain".into()),
+                correlation_data: Some(Bytes::from_static(b"c")),
+                user_properties: vec![("k".into(), "v".into())],
+                ..Properties::default()
+            },
+            publisher: Some(Arc::from("pub")),
+            expires_at: None,
+        };
+        let d = Delivery {
+            message: Arc::new(message),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![3, 4],
+            seq: 9,
+        };
+        let bytes = encode_delivery(&d);
+        let back = decode_delivery(&bytes, 9, Instant::now(), unix_ms(SystemTime::now()))
+            .expect("decodes")
+            .expect("not expired");
+        assert_eq!(back.seq, 9);
+        assert_eq!(back.qos, QoS::AtLeastOnce);
+        assert_eq!(back.subscription_ids, vec![3, 4]);
+        assert_eq!(back.message.payload, d.message.payload);
+        assert_eq!(back.message.properties, d.message.properties);
+        assert_eq!(back.message.publisher.as_deref(), Some("pub"));
+        assert!(decode_delivery(&bytes[..3], 1, Instant::now(), 0).is_err());
     }
 }

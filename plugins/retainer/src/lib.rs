@@ -280,6 +280,8 @@ pub struct Retainer {
     seq: AtomicU64,
     host: HostRef,
     disc: Option<mpsc::UnboundedSender<Op>>,
+    /// Changes sent to the disc writer and not yet committed.
+    pending: Arc<AtomicU64>,
 }
 
 fn open_db(path: &PathBuf) -> Result<redb::Database, String> {
@@ -310,10 +312,12 @@ fn load(db: &redb::Database, now_ms: u64) -> Result<(Vec<Retained>, Vec<String>)
     Ok((live, expired))
 }
 
-/// Applies changes to the database in batches until the channel closes.
-async fn writer(db: redb::Database, mut rx: mpsc::UnboundedReceiver<Op>) {
+/// Applies changes to the database in batches until the channel closes; `pending` counts the
+/// changes sent and not yet committed.
+async fn writer(db: redb::Database, mut rx: mpsc::UnboundedReceiver<Op>, pending: Arc<AtomicU64>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 1024).await > 0 {
+        let n = batch.len() as u64;
         let mut acks = Vec::new();
         let result = (|| -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
@@ -341,6 +345,7 @@ async fn writer(db: redb::Database, mut rx: mpsc::UnboundedReceiver<Op>) {
             tracing::error!(error = %e, "retained messages could not be written to disc");
             batch.clear();
         }
+        pending.fetch_sub(n, Ordering::Relaxed);
         for ack in acks {
             let _ = ack.send(());
         }
@@ -354,6 +359,7 @@ impl Retainer {
 
     fn persist(&self, op: Op) {
         if let Some(tx) = &self.disc {
+            self.pending.fetch_add(1, Ordering::Relaxed);
             if tx.send(op).is_err() {
                 tracing::error!("retainer disc writer has stopped; change kept in memory only");
             }
@@ -493,7 +499,11 @@ impl Retainer {
                 let i = lock()?;
                 let storage = match self.config.storage {
                     Storage::Ram => "ram".to_owned(),
-                    Storage::Disc => format!("disc ({})", self.config.path.display()),
+                    Storage::Disc => format!(
+                        "disc ({}, {} change(s) not yet written)",
+                        self.config.path.display(),
+                        self.pending.load(Ordering::Relaxed)
+                    ),
                 };
                 Ok(format!(
                     "storage: {storage}\nmessages: {}\npayload bytes: {}\nmax_retained_messages: {}\nmax_payload_size: {}\nexpiry_interval: {}",
@@ -560,6 +570,7 @@ impl Plugin for Retainer {
         let mut index = Index::default();
         let mut seq = 0;
         let mut disc = None;
+        let pending = Arc::new(AtomicU64::new(0));
         if config.storage == Storage::Disc {
             let db = open_db(&config.path).map_err(PluginError::backend)?;
             let (mut live, expired) = load(&db, host.now_ms()).map_err(PluginError::backend)?;
@@ -570,9 +581,10 @@ impl Plugin for Retainer {
             }
             let (tx, rx) = mpsc::unbounded_channel();
             for topic in expired {
+                pending.fetch_add(1, Ordering::Relaxed);
                 let _ = tx.send(Op::Delete(topic));
             }
-            ctx.spawn(writer(db, rx));
+            ctx.spawn(writer(db, rx, pending.clone()));
             disc = Some(tx);
             tracing::info!(path = %config.path.display(), messages = index.count, "retained messages loaded from disc");
         }
@@ -581,6 +593,7 @@ impl Plugin for Retainer {
         let sweep_index = Arc::downgrade(&index);
         let sweep_host = host.clone();
         let sweep_disc = disc.clone();
+        let sweep_pending = pending.clone();
         ctx.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -599,6 +612,7 @@ impl Plugin for Retainer {
                 for t in expired {
                     i.remove(&t);
                     if let Some(tx) = &sweep_disc {
+                        sweep_pending.fetch_add(1, Ordering::Relaxed);
                         let _ = tx.send(Op::Delete(t));
                     }
                 }
@@ -610,6 +624,7 @@ impl Plugin for Retainer {
             seq: AtomicU64::new(seq),
             host,
             disc,
+            pending,
         })
     }
 
