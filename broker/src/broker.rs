@@ -351,6 +351,65 @@ impl Broker {
         out
     }
 
+    /// Sessions, online and offline, by client id (one, when `only` names it).
+    pub fn session_summaries(&self, only: Option<&str>) -> Vec<crate::admin::SessionSummary> {
+        let sessions: Vec<Arc<Session>> = match only {
+            Some(id) => self.session(id).into_iter().collect(),
+            None => self.all_sessions(),
+        };
+        let mut out: Vec<_> = sessions
+            .iter()
+            .map(|s| {
+                let mut subscriptions: Vec<(String, u8)> = s
+                    .subscriptions
+                    .lock()
+                    .iter()
+                    .map(|(raw, sub)| (raw.clone(), sub.options.qos as u8))
+                    .collect();
+                subscriptions.sort();
+                crate::admin::SessionSummary {
+                    client_id: s.client_id.to_string(),
+                    online: s.is_online(),
+                    expiry_interval: s.expiry_interval.load(Ordering::Relaxed),
+                    offline_since_ms: s.offline_since.lock().map(|t| {
+                        t.duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64)
+                    }),
+                    queued: s.queued_len(),
+                    queued_bytes: s.queued_bytes(),
+                    inflight: s.parked.lock().outgoing.len(),
+                    subscriptions,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        out
+    }
+
+    /// Ends a session now, online or offline: a connected client is kicked first (v5:
+    /// DISCONNECT 0x98), then the session, its subscriptions and its queue are discarded, in
+    /// the store too. Returns false when there is no such session.
+    pub async fn drop_session(&self, client_id: &str) -> bool {
+        if self.session(client_id).is_none() {
+            return false;
+        }
+        self.kick(client_id).await;
+        let removed = {
+            let mut sessions = self.sessions.lock();
+            match sessions.get(client_id) {
+                Some(s) if s.control.lock().is_none() => sessions.remove(client_id),
+                _ => None,
+            }
+        };
+        match removed {
+            Some(session) => {
+                self.discard_session(&session);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Disconnects a connected client (v5: DISCONNECT 0x98). Returns false if not connected.
     pub async fn kick(&self, client_id: &str) -> bool {
         let Some(session) = self.session(client_id) else {

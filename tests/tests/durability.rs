@@ -302,3 +302,43 @@ async fn retained_messages_on_disc_survive_kill_9() {
     assert_eq!(kinds, [3, 9]);
     assert_eq!(payload, b"state");
 }
+
+/// `brokerctl sessions list | show | drop` read the live state; `status` shows the store.
+#[tokio::test]
+async fn brokerctl_lists_shows_and_drops_sessions() {
+    let b = Broker::start();
+    let (mut off, _) = persistent_wire(b.port(), "sleeper").await;
+    off.send(&subscribe_packet(4, 1, "z/#", 1)).await;
+    assert_eq!(off.recv().await.expect("SUBACK").kind(), 9);
+    drop(off);
+    let (_on, _) = persistent_wire(b.port(), "awake").await;
+    let mut publisher = Wire::connected(b.port(), 4, "pub").await;
+    publisher
+        .send(&publish_packet(4, "z/1", 1, 1, false, b"queued"))
+        .await;
+    assert_eq!(publisher.recv().await.expect("PUBACK").kind(), 4);
+
+    wait_until("sleeper offline", || {
+        b.ctl_ok(&["sessions", "list", "--offline"])
+            .contains("Session(sleeper, offline")
+    })
+    .await;
+    let all = b.ctl_ok(&["sessions", "list"]);
+    assert!(all.contains("Session(awake, online"), "{all}");
+    let offline = b.ctl_ok(&["sessions", "list", "--offline"]);
+    assert!(!offline.contains("awake"), "{offline}");
+    let show = b.ctl_ok(&["sessions", "show", "sleeper"]);
+    assert!(show.contains("queued=1"), "{show}");
+    assert!(show.contains("subscription z/# qos 1"), "{show}");
+    let status = b.ctl_ok(&["status"]);
+    assert!(status.contains("session store"), "{status}");
+
+    assert!(b
+        .ctl_ok(&["sessions", "drop", "sleeper"])
+        .contains("Session sleeper dropped."));
+    assert_eq!(b.ctl(&["sessions", "show", "sleeper"]).code, 1);
+    let (_w, present) = persistent_wire(b.port(), "sleeper").await;
+    assert!(!present, "the dropped session is gone");
+    // Dropping an online session kicks its client.
+    assert!(b.ctl_ok(&["sessions", "drop", "awake"]).contains("dropped"));
+}

@@ -95,6 +95,27 @@ pub struct ClientSummary {
     pub subscriptions: usize,
 }
 
+/// A session, online or offline (`GET /api/v1/sessions`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionSummary {
+    /// Client id.
+    pub client_id: String,
+    /// A connection is attached.
+    pub online: bool,
+    /// Session expiry interval in force, seconds (4294967295 = never).
+    pub expiry_interval: u64,
+    /// When it went offline, epoch ms (None while online).
+    pub offline_since_ms: Option<u64>,
+    /// Messages queued.
+    pub queued: usize,
+    /// Bytes queued (as the queue limits count them).
+    pub queued_bytes: usize,
+    /// Unacknowledged outgoing messages kept while offline.
+    pub inflight: usize,
+    /// Its subscriptions: filter as sent and granted QoS.
+    pub subscriptions: Vec<(String, u8)>,
+}
+
 /// Reads the admin token, creating the file (mode 0600) with a fresh random token if absent.
 ///
 /// An existing file that other users may read or write is refused, as sshd refuses a private
@@ -405,6 +426,23 @@ async fn route(broker: &Arc<Broker>, r: &Request) -> (u16, String) {
             }
         }
         ("GET", ["clients"]) => (200, json(&broker.client_summaries())),
+        ("GET", ["sessions"]) => (200, json(&broker.session_summaries(None))),
+        ("GET", ["sessions", id]) => match broker.session_summaries(Some(id)).pop() {
+            Some(s) => (200, json(&s)),
+            None => error(404, format!("no session for client {id}")),
+        },
+        ("DELETE", ["sessions", id]) => {
+            if broker.drop_session(id).await {
+                (
+                    200,
+                    json(&MessageReply {
+                        message: format!("Session {id} dropped."),
+                    }),
+                )
+            } else {
+                error(404, format!("no session for client {id}"))
+            }
+        }
         ("POST", ["clients", id, "kick"]) => {
             if broker.kick(id).await {
                 (

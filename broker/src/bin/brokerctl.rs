@@ -21,7 +21,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use broker::admin::{client, ClientSummary, CommandInfo, ErrorReply, MessageReply, Status};
+use broker::admin::{
+    client, ClientSummary, CommandInfo, ErrorReply, MessageReply, SessionSummary, Status,
+};
 use broker::config::Config;
 use broker::plugin::PluginList;
 
@@ -35,6 +37,9 @@ commands:
                                        write a new plugin crate (no broker needed)
   clients list                         connected clients
   clients kick <client_id>             disconnect a client
+  sessions list [--offline]            sessions, online and offline
+  sessions show <client_id>            one session: expiry, queue, subscriptions
+  sessions drop <client_id>            end a session now (kicking its client), in the store too
   acl-cache clean [client_id]          forget cached ACL decisions
   metrics                              metrics in the Prometheus text format
   <plugin command> [args…]             a command registered by a loaded plugin";
@@ -191,13 +196,18 @@ fn main() -> ExitCode {
         }
         ["clients", "list"] | ["clients"] => ("GET", "/api/v1/clients".to_owned(), String::new()),
         ["clients", "kick", id] => ("POST", format!("/api/v1/clients/{id}/kick"), String::new()),
+        ["sessions", "list"] | ["sessions"] | ["sessions", "list", "--offline"] => {
+            ("GET", "/api/v1/sessions".to_owned(), String::new())
+        }
+        ["sessions", "show", id] => ("GET", format!("/api/v1/sessions/{id}"), String::new()),
+        ["sessions", "drop", id] => ("DELETE", format!("/api/v1/sessions/{id}"), String::new()),
         ["acl-cache", "clean"] => ("POST", "/api/v1/acl-cache/clean".to_owned(), String::new()),
         ["acl-cache", "clean", id] => {
             ("POST", "/api/v1/acl-cache/clean".to_owned(), id.to_string())
         }
         ["commands"] => ("GET", "/api/v1/commands".to_owned(), String::new()),
         ["metrics"] => ("GET", "/metrics".to_owned(), String::new()),
-        ["plugins", ..] | ["clients", ..] | ["acl-cache", ..] => {
+        ["plugins", ..] | ["clients", ..] | ["sessions", ..] | ["acl-cache", ..] => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
         }
@@ -242,6 +252,23 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn print_session(s: &SessionSummary) {
+    let expiry = match s.expiry_interval {
+        4_294_967_295 => "never".to_owned(),
+        secs => format!("{secs}s"),
+    };
+    println!(
+        "Session({}, {}, expiry={}, subscriptions={}, queued={} ({} bytes), inflight={})",
+        s.client_id,
+        if s.online { "online" } else { "offline" },
+        expiry,
+        s.subscriptions.len(),
+        s.queued,
+        s.queued_bytes,
+        s.inflight
+    );
 }
 
 fn print_human(args: &[&str], reply: &str) -> Result<(), serde_json::Error> {
@@ -314,6 +341,22 @@ fn print_human(args: &[&str], reply: &str) -> Result<(), serde_json::Error> {
                 );
             }
             println!("{} client(s)", list.len());
+        }
+        ["sessions", "show", _] => {
+            let s: SessionSummary = serde_json::from_str(reply)?;
+            print_session(&s);
+            for (filter, qos) in &s.subscriptions {
+                println!("  subscription {filter} qos {qos}");
+            }
+        }
+        ["sessions", ..] if args.get(1) != Some(&"drop") => {
+            let offline_only = args.contains(&"--offline");
+            let list: Vec<SessionSummary> = serde_json::from_str(reply)?;
+            let shown: Vec<_> = list.iter().filter(|s| !offline_only || !s.online).collect();
+            for s in &shown {
+                print_session(s);
+            }
+            println!("{} session(s)", shown.len());
         }
         ["commands"] => {
             let list: Vec<CommandInfo> = serde_json::from_str(reply)?;
