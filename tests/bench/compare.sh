@@ -25,6 +25,8 @@ name = "tcp"
 bind = "127.0.0.1:$ours_port"
 [limits]
 max_queued_messages = 1000000
+max_queued_bytes = 4294967296
+memory_high_watermark = 0
 max_inflight = 32
 [log]
 level = "warn"

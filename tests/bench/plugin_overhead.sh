@@ -35,6 +35,8 @@ bind = "127.0.0.1:$port"
 bind = "127.0.0.1:0"
 [limits]
 max_queued_messages = 1000000
+max_queued_bytes = 4294967296
+memory_high_watermark = 0
 [log]
 level = "warn"
 TOML

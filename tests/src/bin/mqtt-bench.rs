@@ -41,6 +41,8 @@ struct Args {
     window: usize,
     username: Option<String>,
     password: Option<String>,
+    /// Subscribers keep persistent sessions (clean session = 0).
+    persistent: bool,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -55,6 +57,7 @@ fn parse() -> anyhow::Result<Args> {
         window: 64,
         username: None,
         password: None,
+        persistent: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -70,6 +73,7 @@ fn parse() -> anyhow::Result<Args> {
             "--window" => a.window = v.parse()?,
             "--username" => a.username = Some(v),
             "--password" => a.password = Some(v),
+            "--persistent" => a.persistent = v.parse()?,
             _ => bail!("unknown option {k}"),
         }
     }
@@ -129,11 +133,15 @@ fn take_packet(buf: &mut BytesMut) -> Option<(u8, BytesMut)> {
 }
 
 async fn connect(a: &Args, id: &str) -> anyhow::Result<(TcpStream, BytesMut)> {
+    connect_with(a, id, true).await
+}
+
+async fn connect_with(a: &Args, id: &str, clean: bool) -> anyhow::Result<(TcpStream, BytesMut)> {
     let mut s = TcpStream::connect((a.host.as_str(), a.port)).await?;
     s.set_nodelay(true)?;
     let mut body = BytesMut::new();
     put_str(&mut body, "MQTT");
-    let mut flags = 0x02;
+    let mut flags = if clean { 0x02 } else { 0x00 };
     if a.username.is_some() {
         flags |= 0x80;
     }
@@ -231,7 +239,10 @@ async fn subscriber(
 }
 
 /// Publishes `n` messages to `topic`, keeping at most `window` QoS 1 messages unacknowledged.
-async fn publisher(a: Arc<Args>, id: String, topic: String, n: u64) -> anyhow::Result<()> {
+/// Returns the PUBACK latency of every QoS 1 message, in milliseconds.
+async fn publisher(a: Arc<Args>, id: String, topic: String, n: u64) -> anyhow::Result<Vec<f64>> {
+    let mut sent_at = std::collections::VecDeque::new();
+    let mut latencies = Vec::new();
     let (mut s, mut buf) = connect(&a, &id).await?;
     let payload = vec![b'x'; a.payload];
     let mut out = BytesMut::with_capacity(64 * 1024);
@@ -256,6 +267,10 @@ async fn publisher(a: Arc<Args>, id: String, topic: String, n: u64) -> anyhow::R
             }
             out.put_slice(&payload);
         }
+        let now = Instant::now();
+        if a.qos == 1 {
+            sent_at.extend(std::iter::repeat_n(now, batch as usize));
+        }
         sent += batch;
         if !out.is_empty() {
             s.write_all(&out).await?;
@@ -273,12 +288,16 @@ async fn publisher(a: Arc<Args>, id: String, topic: String, n: u64) -> anyhow::R
         while let Some((b1, _)) = take_packet(&mut buf) {
             if b1 >> 4 == 4 {
                 acked += 1;
+                // PUBACKs come in PUBLISH order ([MQTT-4.6.0-2]).
+                if let Some(t) = sent_at.pop_front() {
+                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
             }
         }
     }
     // Send DISCONNECT only after the QoS 0 stream has been written.
     s.write_all(&[0xE0, 0x00]).await?;
-    Ok(())
+    Ok(latencies)
 }
 
 /// Raises the open-files soft limit to the hard limit (a storm needs a descriptor per client).
@@ -503,7 +522,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut subs = Vec::new();
     for i in 0..subscribers {
-        let (mut s, mut buf) = connect(&a, &format!("bench-sub-{run}-{i}")).await?;
+        let (mut s, mut buf) =
+            connect_with(&a, &format!("bench-sub-{run}-{i}"), !a.persistent).await?;
         subscribe(&mut s, &mut buf, "bench/#", a.qos).await?;
         subs.push((s, buf));
     }
@@ -526,9 +546,11 @@ async fn main() -> anyhow::Result<()> {
             n,
         )));
     }
+    let mut puback = Vec::new();
     for p in pubs {
-        p.await??;
+        puback.extend(p.await??);
     }
+    puback.sort_by(|x, y| x.total_cmp(y));
     // Wait for every delivery, or until nothing has arrived for two seconds.
     let mut seen = 0;
     let mut idle_since = Instant::now();
@@ -549,8 +571,24 @@ async fn main() -> anyhow::Result<()> {
     } else {
         0.0
     };
+    if a.persistent {
+        // Discard the persistent sessions, so that the next run does not queue for them.
+        for i in 0..subscribers {
+            let (mut s, _) = connect_with(&a, &format!("bench-sub-{run}-{i}"), true).await?;
+            s.write_all(&[0xE0, 0x00]).await?;
+        }
+    }
+    let puback_ms = if puback.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " puback_p50_ms={:.3} puback_p99_ms={:.3}",
+            percentile(&puback, 0.5),
+            percentile(&puback, 0.99)
+        )
+    };
     println!(
-        "mode={} qos={} clients={} payload={} expected={} received={} secs={:.3} rate={:.0}",
+        "mode={} qos={} clients={} payload={} expected={} received={} secs={:.3} rate={:.0}{puback_ms}",
         a.mode, a.qos, a.clients, a.payload, expected, received, secs, rate
     );
     Ok(())
