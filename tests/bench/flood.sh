@@ -33,7 +33,7 @@ for mode in flood-ping flood-subscribe; do
   for _ in $(seq "$ROUNDS"); do
     "$BIN/mqtt-bench" --port "$port" --mode "$mode" --clients "$FLOODERS" --messages $((SECONDS_EACH * 1000))
   done | tee "$work/$mode.txt"
-  for key in p50_ratio p99_ratio requests_per_s; do
+  for key in p50_ratio p99_ratio requests_written_per_s; do
     printf '%s median: ' "$key"
     grep -o "$key=[0-9.]*" "$work/$mode.txt" | cut -d= -f2 | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
   done

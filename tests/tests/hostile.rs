@@ -586,3 +586,24 @@ fn a_misspelt_log_level_stops_the_broker_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("log.level") && err.contains("inof"), "{err}");
 }
+
+/// A client flooding PINGREQ is read at `max_control_rate` packets per second: every ping is
+/// answered, over as many seconds as the budget needs, and other clients are served meanwhile.
+#[tokio::test]
+async fn control_packet_floods_are_read_at_the_configured_rate() {
+    let b = Broker::start_with("[limits]\nmax_control_rate = 100\n");
+    let mut flooder = Wire::connected(b.port(), 4, "flooder").await;
+    let started = Instant::now();
+    flooder.send(&PINGREQ.repeat(250)).await;
+    let mut other = Wire::connected(b.port(), 4, "other").await;
+    assert!(other.ping().await, "served during the flood");
+    for _ in 0..250 {
+        assert_eq!(flooder.recv().await.expect("PINGRESP").kind(), 13);
+    }
+    // 100 in the first second, 100 in the second, the rest in the third.
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}

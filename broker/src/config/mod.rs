@@ -350,6 +350,9 @@ pub struct Limits {
     pub memory_high_watermark: usize,
     /// Seconds a client may leave the broker's output to it unread before it is disconnected.
     pub slow_consumer_timeout: u64,
+    /// PINGREQ, SUBSCRIBE and UNSUBSCRIBE packets read per connection per second; beyond it
+    /// the connection is not read until the next second. 0 = no limit.
+    pub max_control_rate: u32,
 }
 
 impl Default for Limits {
@@ -368,6 +371,7 @@ impl Default for Limits {
             max_queued_bytes: 16 * 1024 * 1024,
             memory_high_watermark: 1024 * 1024 * 1024,
             slow_consumer_timeout: 30,
+            max_control_rate: 1000,
         }
     }
 }

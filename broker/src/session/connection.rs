@@ -16,6 +16,9 @@
 //!   and the client is not read (its requests would only add answers). A client that leaves
 //!   the buffer unread for `limits.slow_consumer_timeout` is disconnected (`slow_consumer`);
 //! * keep-alive (1.5 × keep alive, [MQTT-3.1.2-24]) is enforced whatever the write side does;
+//! * control packets (PINGREQ, SUBSCRIBE, UNSUBSCRIBE) beyond `limits.max_control_rate` per
+//!   second are not read until the next second: a client flooding them costs the broker a
+//!   bounded amount of work, and others keep their latency ([`ControlRate`]);
 //! * back-pressure: a connection that publishes while the broker-wide queued bytes are over
 //!   `limits.memory_high_watermark` is not read from again until they fall below 90 % of it.
 //!   Connections that only subscribe and acknowledge keep being read, so queues drain;
@@ -70,6 +73,51 @@ const BACKPRESSURE_RECHECK: Duration = Duration::from_millis(50);
 
 /// How long closing a connection waits to hand the client its last packets.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Per-connection budget of control packets (PINGREQ, SUBSCRIBE, UNSUBSCRIBE): `limit` per
+/// one-second window; once spent, the connection is not read until the window ends.
+#[derive(Debug)]
+struct ControlRate {
+    limit: u32,
+    left: u32,
+    window_end: Instant,
+}
+
+impl ControlRate {
+    fn new(limit: u32) -> Self {
+        ControlRate {
+            limit,
+            left: limit,
+            window_end: Instant::now() + Duration::from_secs(1),
+        }
+    }
+
+    /// Spends one packet's worth of this window's budget.
+    fn spend(&mut self) {
+        if self.limit == 0 {
+            return;
+        }
+        let now = Instant::now();
+        if now >= self.window_end {
+            self.left = self.limit;
+            self.window_end = now + Duration::from_secs(1);
+        }
+        self.left = self.left.saturating_sub(1);
+    }
+
+    /// When reading may resume, if the budget is spent.
+    fn blocked_until(&self) -> Option<Instant> {
+        (self.limit > 0 && self.left == 0).then_some(self.window_end)
+    }
+
+    /// Refills the budget once its window has ended.
+    fn refresh(&mut self, now: Instant) {
+        if self.left == 0 && now >= self.window_end {
+            self.left = self.limit;
+            self.window_end = now + Duration::from_secs(1);
+        }
+    }
+}
 
 /// A deadline so far away that it never fires (keep alive 0).
 const NEVER: Duration = Duration::from_secs(86_400 * 365);
@@ -288,6 +336,8 @@ struct Connection {
     need_flush: bool,
     /// Not reading: this client published while the broker was over its high-water mark.
     paused: bool,
+    /// Control packets left in this second.
+    control_rate: ControlRate,
     /// Answers in the write buffer promise changes submitted to the live session store: wait
     /// for their commit before the buffer may be written.
     needs_commit: bool,
@@ -586,6 +636,7 @@ impl Connection {
             identity,
             need_flush: false,
             paused: false,
+            control_rate: ControlRate::new(limits.max_control_rate),
             needs_commit: false,
         };
         conn.push(&Packet::ConnAck(ConnAck {
@@ -810,7 +861,10 @@ impl Connection {
             if self.paused && self.broker.below_low_watermark() {
                 self.paused = false;
             }
-            if input_pending && !self.paused {
+            let now = Instant::now();
+            self.control_rate.refresh(now);
+            let throttled = self.control_rate.blocked_until();
+            if input_pending && !self.paused && throttled.is_none() {
                 match self.decode_all(rbuf, max_packet).await {
                     Ok(done) => input_pending = !done,
                     Err(exit) => return exit,
@@ -825,7 +879,7 @@ impl Connection {
                 write_waiting_since = Some(Instant::now());
             }
             let below_high = self.wbuf.len() < WRITE_BUFFER_HIGH;
-            let reading = below_high && !self.paused && !input_pending;
+            let reading = below_high && !self.paused && !input_pending && throttled.is_none();
             let room = below_high && self.outgoing.len() < self.window;
             // Wake up early enough for whichever limit comes first.
             let mut due = (!keep_alive.is_zero()).then(|| last_read + keep_alive);
@@ -833,8 +887,11 @@ impl Connection {
                 due = Some(due.map_or(since + stall_limit, |d| d.min(since + stall_limit)));
             }
             if self.paused {
-                let recheck = Instant::now() + BACKPRESSURE_RECHECK;
+                let recheck = now + BACKPRESSURE_RECHECK;
                 due = Some(due.map_or(recheck, |d| d.min(recheck)));
+            }
+            if let Some(until) = throttled {
+                due = Some(due.map_or(until, |d| d.min(until)));
             }
             if let Some(due) = due.filter(|d| *d < deadline.deadline()) {
                 deadline.as_mut().reset(due);
@@ -873,7 +930,7 @@ impl Connection {
                 _ = self.session.notified(), if room => {}
                 _ = &mut deadline => {
                     let now = Instant::now();
-                    if self.paused || input_pending {
+                    if self.paused || input_pending || self.control_rate.blocked_until().is_some() {
                         // Not reading is the broker's choice: it is not the client's silence.
                         last_read = now;
                     }
@@ -899,7 +956,7 @@ impl Connection {
     /// every way out — a protocol error later in the batch must not flush them early.
     async fn decode_all(&mut self, rbuf: &mut BytesMut, max_packet: usize) -> Result<bool, Exit> {
         let result = async {
-            while !self.paused {
+            while !self.paused && self.control_rate.blocked_until().is_none() {
                 match codec::decode(rbuf, Some(self.version), max_packet)? {
                     Some(packet) => self.handle(packet).await?,
                     None => return Ok(true),
@@ -1006,9 +1063,16 @@ impl Connection {
                 self.push(&Packet::PubComp(comp));
                 Ok(())
             }
-            Packet::Subscribe(s) => self.on_subscribe(s).await,
-            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::Subscribe(s) => {
+                self.control_rate.spend();
+                self.on_subscribe(s).await
+            }
+            Packet::Unsubscribe(u) => {
+                self.control_rate.spend();
+                self.on_unsubscribe(u)
+            }
             Packet::PingReq => {
+                self.control_rate.spend();
                 self.push(&Packet::PingResp);
                 Ok(())
             }
