@@ -819,6 +819,8 @@ impl Broker {
             };
             if let Some(will) = will {
                 broker.publish(will.message, None, true);
+                // The stored record must not bring back a will already published.
+                broker.store_session(&session);
             }
         });
     }

@@ -32,7 +32,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::store::{Store, StoredSession};
+use super::store::{Store, StoredMessage, StoredSession};
 use super::{Delivery, Message, Outgoing, Session};
 use crate::broker::Broker;
 use crate::codec::{PacketId, Properties, QoS, RetainHandling, SubscriptionOptions};
@@ -265,19 +265,21 @@ pub fn snapshot(broker: &Broker) -> Vec<(Arc<str>, StoredSession)> {
             let parked = s.parked.lock();
             for o in &parked.outgoing {
                 seq += 1;
-                stored.messages.push((
+                stored.messages.push(StoredMessage {
                     seq,
-                    encode_delivery(&o.delivery).to_vec(),
-                    Some((o.packet_id.get(), o.released)),
-                ));
+                    value: encode_delivery(&o.delivery).to_vec(),
+                    inflight: Some((o.packet_id.get(), o.released)),
+                });
             }
             stored.incoming_qos2 = parked.incoming_qos2.clone();
         }
         for d in s.queued_snapshot() {
             seq += 1;
-            stored
-                .messages
-                .push((seq, encode_delivery(&d).to_vec(), None));
+            stored.messages.push(StoredMessage {
+                seq,
+                value: encode_delivery(&d).to_vec(),
+                inflight: None,
+            });
         }
         out.push((s.client_id.clone(), stored));
     }
@@ -351,16 +353,21 @@ fn rebuild(
         let mut parked = session.parked.lock();
         parked.last_packet_id = r.last_packet_id;
         parked.incoming_qos2 = stored.incoming_qos2;
-        for (seq, bytes, state) in stored.messages {
+        for StoredMessage {
+            seq,
+            value,
+            inflight,
+        } in stored.messages
+        {
             last_seq = last_seq.max(seq);
-            let Some(delivery) = decode_delivery(&bytes, seq, now, wall_now)? else {
+            let Some(delivery) = decode_delivery(&value, seq, now, wall_now)? else {
                 broker.store_op(super::store::Op::DeleteMessage {
                     client_id: session.client_id.clone(),
                     seq,
                 });
                 continue;
             };
-            match state {
+            match inflight {
                 Some((packet_id, released)) => parked.outgoing.push_back(Outgoing {
                     packet_id: PacketId::new(packet_id).ok_or("packet id 0")?,
                     delivery,

@@ -126,14 +126,24 @@ pub enum Op {
     },
 }
 
+/// One delivery as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Its place in the session's order.
+    pub seq: u64,
+    /// The encoded delivery.
+    pub value: Vec<u8>,
+    /// Set while in flight: the packet id it was sent with, and whether PUBREC arrived.
+    pub inflight: Option<(u16, bool)>,
+}
+
 /// One session as read back from the store.
 #[derive(Debug, Default)]
 pub struct StoredSession {
     /// The encoded session record.
     pub record: Vec<u8>,
-    /// Its deliveries in order: (sequence number, encoded delivery, in-flight state as
-    /// (packet id, released)).
-    pub messages: Vec<(u64, Vec<u8>, Option<(u16, bool)>)>,
+    /// Its deliveries, in order.
+    pub messages: Vec<StoredMessage>,
     /// Incoming QoS 2 packet ids not yet released.
     pub incoming_qos2: Vec<u16>,
 }
@@ -383,7 +393,11 @@ impl Store {
                         let f = f.value();
                         ((f & 0xFFFF) as u16, f & RELEASED != 0)
                     });
-                s.messages.push((seq, v.value().to_vec(), state));
+                s.messages.push(StoredMessage {
+                    seq,
+                    value: v.value().to_vec(),
+                    inflight: state,
+                });
             }
             for row in qos2
                 .range((id.as_str(), 0)..=(id.as_str(), u16::MAX))
@@ -419,12 +433,12 @@ impl Store {
                 let id = &**id;
                 st.insert(id, s.record.as_slice())
                     .map_err(|x| e(x.into()))?;
-                for (seq, value, state) in &s.messages {
-                    mt.insert((id, *seq), value.as_slice())
+                for m in &s.messages {
+                    mt.insert((id, m.seq), m.value.as_slice())
                         .map_err(|x| e(x.into()))?;
-                    if let Some((packet_id, released)) = state {
-                        let v = u32::from(*packet_id) | if *released { RELEASED } else { 0 };
-                        it.insert((id, *seq), v).map_err(|x| e(x.into()))?;
+                    if let Some((packet_id, released)) = m.inflight {
+                        let v = u32::from(packet_id) | if released { RELEASED } else { 0 };
+                        it.insert((id, m.seq), v).map_err(|x| e(x.into()))?;
                     }
                 }
                 for packet_id in &s.incoming_qos2 {
@@ -521,9 +535,14 @@ mod tests {
         let (cid, c) = &loaded[0];
         assert_eq!(cid, "c");
         assert_eq!(c.record, b"rec");
+        let message = |seq: u64, inflight| StoredMessage {
+            seq,
+            value: vec![seq as u8],
+            inflight,
+        };
         assert_eq!(
             c.messages,
-            vec![(1, vec![1], Some((7, true))), (3, vec![3], None)]
+            vec![message(1, Some((7, true))), message(3, None)]
         );
         assert_eq!(c.incoming_qos2, vec![9]);
         let n = store.submit(Op::DeleteSession { client_id: id("c") });
