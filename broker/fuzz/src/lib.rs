@@ -58,7 +58,7 @@ fn config() -> Config {
         d
     });
     let text = format!(
-        "data_dir = {:?}\n[session]\npersist = false\n[admin]\nenabled = false\n[sys]\ninterval_secs = 0\n[limits]\nmax_packet_size = 65536\nmax_queued_messages = 100\nslow_consumer_timeout = 5\n",
+        "data_dir = {:?}\n[session]\ndurability = \"none\"\n[admin]\nenabled = false\n[sys]\ninterval_secs = 0\n[limits]\nmax_packet_size = 65536\nmax_queued_messages = 100\nslow_consumer_timeout = 5\n",
         dir.display().to_string()
     );
     Config::parse(&text, std::path::Path::new("fuzz.toml")).expect("fuzz config")
