@@ -270,10 +270,11 @@ async fn offline_queue_is_bounded_in_bytes() {
     let queued: usize = metric(&metrics, "queued_bytes");
     assert!(queued <= MAX, "queued_bytes {queued}");
     assert!(metric::<u64>(&metrics, "messages_dropped") > 10_000);
-    // RSS: the queue's bytes plus a constant for buffers and allocator slack (measured: about
-    // 4 MiB over the queue).
+    // RSS: the queue's bytes plus a constant for buffers, allocator slack and the session
+    // store (durability = "ack": its page cache is capped at 8 MiB). Measured: about 4 MiB
+    // over the queue with durability = "none", 10 MiB with "ack".
     assert!(
-        grown < (MAX / 1024 + 8 * 1024) as u64,
+        grown < (MAX / 1024 + 16 * 1024) as u64,
         "RSS grew by {grown} KiB for a {MAX}-byte queue"
     );
     drop(publisher);

@@ -42,6 +42,10 @@ const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mess
 const INFLIGHT: TableDefinition<(&str, u64), u32> = TableDefinition::new("inflight");
 const INCOMING_QOS2: TableDefinition<(&str, u16), ()> = TableDefinition::new("incoming_qos2");
 
+/// Memory redb may use to cache the database's pages (its default is 1 GiB, which a broker
+/// bounding its memory per client cannot afford). Writes go to disc at each commit anyway.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
+
 /// Bit of an `inflight` value set once PUBREC was received (QoS 2, PUBREL sent).
 const RELEASED: u32 = 1 << 16;
 
@@ -193,7 +197,12 @@ impl Store {
     /// Opens (or creates) the database at `path` and starts the writer thread. A damaged file
     /// is moved aside and a new one created (the error is logged).
     pub fn open(path: &Path) -> Result<Arc<Store>, StoreError> {
-        let db = match redb::Database::create(path) {
+        let create = |path: &Path| {
+            redb::Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create(path)
+        };
+        let db = match create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StoreError::InUse {
@@ -205,7 +214,7 @@ impl Store {
                 tracing::error!(file = %path.display(), error = %e, moved_to = %aside.display(),
                     "session store unreadable: starting without its sessions; the file is kept");
                 std::fs::rename(path, &aside).map_err(|e| db_error(path, e))?;
-                redb::Database::create(path).map_err(|e| db_error(path, e))?
+                create(path).map_err(|e| db_error(path, e))?
             }
         };
         let txn = db.begin_write().map_err(|e| db_error(path, e))?;
