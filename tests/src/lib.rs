@@ -200,6 +200,20 @@ impl Broker {
         std::fs::write(dir.join(format!("{name}.toml")), text).expect("plugin config");
     }
 
+    /// Loads the retainer plugin with `storage = "disc"`, its database in this broker's
+    /// directory.
+    pub fn load_retainer_on_disc(&self) {
+        let db = self.dir.path().join("retained.redb");
+        self.plugin_config(
+            "retainer",
+            &format!(
+                "storage = \"disc\"\npath = {:?}\n",
+                db.display().to_string()
+            ),
+        );
+        self.ctl_ok(&["plugins", "load", "retainer"]);
+    }
+
     /// Runs `brokerctl --config <this broker's config> args…`.
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
         let out = Command::new(binary("brokerctl"))

@@ -267,15 +267,7 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
 #[tokio::test]
 async fn retained_messages_on_disc_survive_kill_9() {
     let mut b = Broker::start();
-    let db = b.dir.path().join("retained.redb");
-    b.plugin_config(
-        "retainer",
-        &format!(
-            "storage = \"disc\"\npath = {:?}\n",
-            db.display().to_string()
-        ),
-    );
-    b.ctl_ok(&["plugins", "load", "retainer"]);
+    b.load_retainer_on_disc();
     let mut publisher = Wire::connected(b.port(), 4, "pub").await;
     publisher
         .send(&publish_packet(4, "r/kept", 1, 1, true, b"state"))

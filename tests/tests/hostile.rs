@@ -96,15 +96,7 @@ async fn deep_topics_are_refused_and_the_broker_keeps_serving() {
 #[tokio::test]
 async fn deep_topics_within_a_raised_limit_do_not_crash_anything() {
     let mut b = Broker::start_with("[limits]\nmax_topic_levels = 70000\n");
-    let db = b.dir.path().join("retained.redb");
-    b.plugin_config(
-        "retainer",
-        &format!(
-            "storage = \"disc\"\npath = {:?}\n",
-            db.display().to_string()
-        ),
-    );
-    b.ctl_ok(&["plugins", "load", "retainer"]);
+    b.load_retainer_on_disc();
 
     let mut publisher = Wire::connected(b.port(), 4, "pub").await;
     let topic = deep(32_000, "b");
