@@ -197,7 +197,7 @@ impl Broker {
             payload: Vec::from(m.payload).into(),
             qos,
             retain: m.retain,
-            properties,
+            properties: properties.into(),
             publisher: None,
             expires_at: m
                 .message_expiry_interval
@@ -541,6 +541,7 @@ impl Broker {
     /// there is one and the session is persistent.
     pub fn store_session(&self, session: &Session) {
         if let Some(store) = session.live_store() {
+            session.in_store.store(true, Ordering::Relaxed);
             store.submit(Op::PutSession {
                 client_id: session.client_id.clone(),
                 record: crate::session::persist::session_record(session),
@@ -774,9 +775,12 @@ impl Broker {
     /// already taken it out of the registry.
     fn discard_session(&self, session: &Arc<Session>) {
         metrics::sub(&self.metrics.sessions, 1);
-        self.store_op(Op::DeleteSession {
-            client_id: session.client_id.clone(),
-        });
+        // Only sessions that were written: a clean session's end costs the store nothing.
+        if session.in_store.swap(false, Ordering::Relaxed) {
+            self.store_op(Op::DeleteSession {
+                client_id: session.client_id.clone(),
+            });
+        }
         let subs: Vec<_> = session.subscriptions.lock().drain().collect();
         {
             let mut router = self.router.write();

@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::broker::Broker;
-use crate::codec::{Properties, QoS};
+use crate::codec::QoS;
 use crate::metrics::MetricKind;
 use crate::router::TopicName;
 use crate::session::Message;
@@ -61,7 +61,7 @@ pub fn publish_sys(broker: &Broker) -> usize {
             payload: Bytes::from(value),
             qos: QoS::AtMostOnce,
             retain: true,
-            properties: Properties::default(),
+            properties: Default::default(),
             publisher: None,
             expires_at: None,
         };

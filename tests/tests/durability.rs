@@ -334,3 +334,30 @@ async fn brokerctl_lists_shows_and_drops_sessions() {
     // Dropping an online session kicks its client.
     assert!(b.ctl_ok(&["sessions", "drop", "awake"]).contains("dropped"));
 }
+
+/// Clean sessions never touch the store: connecting and leaving costs no commit.
+#[tokio::test]
+async fn clean_sessions_cost_the_store_nothing() {
+    let b = Broker::start();
+    let commits = || -> u64 {
+        b.ctl_ok(&["metrics"])
+            .lines()
+            .find_map(|l| l.strip_prefix("broker_store_commits_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("broker_store_commits_total")
+    };
+    let before = commits();
+    for i in 0..5 {
+        let mut w = Wire::connected(b.port(), 4, &format!("clean{i}")).await;
+        w.send(&subscribe_packet(4, 1, "c/#", 1)).await;
+        assert_eq!(w.recv().await.expect("SUBACK").kind(), 9);
+        w.send(&[0xE0, 0x00]).await;
+        let mut seen = Vec::new();
+        assert!(w.closed_within(WAIT, &mut seen).await);
+    }
+    wait_until("sessions ended", || {
+        b.ctl_ok(&["sessions", "list"]).contains("0 session(s)")
+    })
+    .await;
+    assert_eq!(commits(), before, "no store write for clean sessions");
+}

@@ -699,13 +699,13 @@ impl Connection {
     fn write_publish(&mut self, d: &Delivery, packet_id: Option<PacketId>, dup: bool) -> bool {
         let msg = &d.message;
         let mut extra;
-        let mut properties = &msg.properties;
+        let mut properties: &Properties = &msg.properties;
         if self.version.is_v5() {
             let remaining = msg
                 .expires_at
                 .map(|t| t.saturating_duration_since(Instant::now()).as_secs() as u32);
             if remaining.is_some() || !d.subscription_ids.is_empty() {
-                extra = msg.properties.clone();
+                extra = Properties::clone(&msg.properties);
                 extra.message_expiry_interval = remaining.map(|r| r.max(1));
                 extra.subscription_identifiers = d.subscription_ids.clone();
                 properties = &extra;
@@ -1222,7 +1222,7 @@ impl Connection {
                 payload: own_bytes(p.payload),
                 qos: p.qos,
                 retain: p.retain,
-                properties,
+                properties: properties.into(),
                 publisher: Some(self.client_id.clone()),
                 expires_at,
             };
@@ -1575,7 +1575,7 @@ impl Connection {
                         payload: own_bytes(will.payload),
                         qos: will.qos,
                         retain: will.retain,
-                        properties,
+                        properties: properties.into(),
                         publisher: Some(self.client_id.clone()),
                         expires_at,
                     };

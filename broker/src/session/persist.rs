@@ -155,7 +155,7 @@ impl MessageMeta {
             payload,
             qos: QoS::from_u8(self.qos).ok_or("bad QoS")?,
             retain: self.retain,
-            properties,
+            properties: properties.into(),
             publisher: self.publisher.map(Arc::from),
             expires_at,
         }))
@@ -476,7 +476,8 @@ mod tests {
                 correlation_data: Some(Bytes::from_static(b"c")),
                 user_properties: vec![("k".into(), "v".into())],
                 ..Properties::default()
-            },
+            }
+            .into(),
             publisher: Some(Arc::from("pub")),
             expires_at: None,
         };
