@@ -405,7 +405,8 @@ async fn publishers_pause_at_the_memory_high_water_mark() {
     assert!(metric::<u64>(&metrics, "publishers_paused") >= 1);
     let queued: u64 = metric(&metrics, "queued_bytes");
     assert!(
-        (2_097_152..2_097_152 + 512 * 1024).contains(&queued),
+        // The mark is looked at every 64 routed messages: at most 64 x 10 KiB past it.
+        (2_097_152..2_097_152 + 64 * 11 * 1024).contains(&queued),
         "stopped near the mark: {queued}"
     );
     // Others are still served, and the subscriber drains the queue...

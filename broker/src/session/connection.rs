@@ -338,6 +338,8 @@ struct Connection {
     paused: bool,
     /// Control packets left in this second.
     control_rate: ControlRate,
+    /// A message was routed since the high-water mark was last looked at.
+    published: bool,
     /// Answers in the write buffer promise changes submitted to the live session store: wait
     /// for their commit before the buffer may be written.
     needs_commit: bool,
@@ -637,6 +639,7 @@ impl Connection {
             need_flush: false,
             paused: false,
             control_rate: ControlRate::new(limits.max_control_rate),
+            published: false,
             needs_commit: false,
         };
         conn.push(&Packet::ConnAck(ConnAck {
@@ -880,7 +883,10 @@ impl Connection {
             }
             let below_high = self.wbuf.len() < WRITE_BUFFER_HIGH;
             let reading = below_high && !self.paused && !input_pending && throttled.is_none();
-            let room = below_high && self.outgoing.len() < self.window;
+            // New deliveries are taken when the buffer is empty: while the socket is full, the
+            // queue fills up and the next drain takes a large batch, instead of waking up for
+            // every message.
+            let room = self.wbuf.is_empty() && self.outgoing.len() < self.window;
             // Wake up early enough for whichever limit comes first.
             let mut due = (!keep_alive.is_zero()).then(|| last_read + keep_alive);
             if let Some(since) = write_waiting_since {
@@ -955,16 +961,31 @@ impl Connection {
     /// committed what they acknowledge: one wait per batch of packets, not per packet, and on
     /// every way out — a protocol error later in the batch must not flush them early.
     async fn decode_all(&mut self, rbuf: &mut BytesMut, max_packet: usize) -> Result<bool, Exit> {
+        // The high-water mark is looked at every BACKPRESSURE_BATCH routed messages (reading the
+        // broker-wide total costs a sum over its shards), so a batch may overshoot it by that.
+        const BACKPRESSURE_BATCH: u32 = 64;
+        let mut routed = 0;
         let result = async {
             while !self.paused && self.control_rate.blocked_until().is_none() {
                 match codec::decode(rbuf, Some(self.version), max_packet)? {
-                    Some(packet) => self.handle(packet).await?,
+                    Some(packet) => {
+                        self.handle(packet).await?;
+                        if std::mem::take(&mut self.published) {
+                            routed += 1;
+                            if routed % BACKPRESSURE_BATCH == 0 {
+                                self.check_high_watermark();
+                            }
+                        }
+                    }
                     None => return Ok(true),
                 }
             }
             Ok(false)
         }
         .await;
+        if routed % BACKPRESSURE_BATCH != 0 {
+            self.check_high_watermark();
+        }
         if std::mem::take(&mut self.needs_commit) {
             if let Err(e) = self.broker.store_committed().await {
                 // Nothing that promised durability may go out.
@@ -973,6 +994,17 @@ impl Connection {
             }
         }
         result
+    }
+
+    /// Pauses reading from this publisher while the broker is over its high-water mark.
+    fn check_high_watermark(&mut self) {
+        if self.broker.over_high_watermark() {
+            if !self.paused {
+                tracing::debug!(client_id = %self.client_id, queued_bytes = self.broker.queue_limits.total(), "memory high-water mark reached: pausing reads from this publisher");
+                metrics::add(&self.broker.metrics.publishers_paused, 1);
+            }
+            self.paused = true;
+        }
     }
 
     /// Submits a change of this session to the live store (persistent sessions only).
@@ -1238,13 +1270,7 @@ impl Connection {
                     false,
                 )
                 .unwrap_or(0);
-            if self.broker.over_high_watermark() {
-                if !self.paused {
-                    tracing::debug!(client_id = %self.client_id, queued_bytes = self.broker.queue_limits.total(), "memory high-water mark reached: pausing reads from this publisher");
-                    metrics::add(&self.broker.metrics.publishers_paused, 1);
-                }
-                self.paused = true;
-            }
+            self.published = true;
             if matched == 0 && self.version.is_v5() {
                 reason::NO_MATCHING_SUBSCRIBERS
             } else {

@@ -178,6 +178,58 @@ impl Delivery {
     }
 }
 
+/// A gauge updated from many threads at message rate: one cache line per shard, each thread
+/// writing its own, so publishers and subscribers on different cores do not bounce one line
+/// between them. Reading sums the shards (rarely: once per batch of packets, for metrics).
+#[derive(Debug)]
+pub struct ShardedGauge {
+    shards: [Shard; GAUGE_SHARDS],
+}
+
+const GAUGE_SHARDS: usize = 16;
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard(std::sync::atomic::AtomicIsize);
+
+impl Default for ShardedGauge {
+    fn default() -> Self {
+        ShardedGauge {
+            shards: std::array::from_fn(|_| Shard::default()),
+        }
+    }
+}
+
+impl ShardedGauge {
+    fn shard(&self) -> &std::sync::atomic::AtomicIsize {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % GAUGE_SHARDS;
+        }
+        &self.shards[INDEX.with(|i| *i)].0
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, n: usize) {
+        self.shard().fetch_add(n as isize, Ordering::Relaxed);
+    }
+
+    /// Subtracts `n` (a shard may go negative: only the sum means anything).
+    pub fn sub(&self, n: usize) {
+        self.shard().fetch_sub(n as isize, Ordering::Relaxed);
+    }
+
+    /// The current total.
+    pub fn sum(&self) -> usize {
+        let total: isize = self
+            .shards
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum();
+        total.max(0) as usize
+    }
+}
+
 /// The limits every session queue obeys, and the broker-wide count of queued bytes. One per
 /// broker, shared by its sessions.
 #[derive(Debug)]
@@ -189,7 +241,7 @@ pub struct QueueLimits {
     /// `session.queue_qos0_messages`.
     pub queue_qos0_offline: bool,
     /// Bytes queued over all sessions right now.
-    pub total_bytes: AtomicUsize,
+    pub total_bytes: ShardedGauge,
     /// The session store, when every change is written as it happens (`durability = "ack"`).
     pub live_store: std::sync::OnceLock<Arc<store::Store>>,
 }
@@ -201,14 +253,14 @@ impl QueueLimits {
             max_messages,
             max_bytes,
             queue_qos0_offline,
-            total_bytes: AtomicUsize::new(0),
+            total_bytes: ShardedGauge::default(),
             live_store: std::sync::OnceLock::new(),
         }
     }
 
     /// Bytes queued over all sessions.
     pub fn total(&self) -> usize {
-        self.total_bytes.load(Ordering::Relaxed)
+        self.total_bytes.sum()
     }
 }
 
@@ -293,7 +345,8 @@ pub enum Control {
 }
 
 struct Queue {
-    items: VecDeque<Delivery>,
+    /// Deliveries with their [`Delivery::size`], computed once.
+    items: VecDeque<(Delivery, usize)>,
     /// Sum of the items' [`Delivery::size`].
     bytes: usize,
 }
@@ -477,11 +530,11 @@ impl Session {
                     value,
                 });
             }
-            q.items.push_back(delivery);
+            q.items.push_back((delivery, size));
             q.bytes += size;
             q.items.len() == 1
         };
-        limits.total_bytes.fetch_add(size, Ordering::Relaxed);
+        limits.total_bytes.add(size);
         if was_empty {
             self.notify.notify_one();
         }
@@ -492,9 +545,9 @@ impl Session {
     pub(crate) fn restore_queued(&self, delivery: Delivery) {
         let size = delivery.size();
         let mut q = self.queue.lock();
-        q.items.push_back(delivery);
+        q.items.push_back((delivery, size));
         q.bytes += size;
-        self.limits.total_bytes.fetch_add(size, Ordering::Relaxed);
+        self.limits.total_bytes.add(size);
     }
 
     /// Continues numbering stored deliveries after `last`; the session is in the store.
@@ -511,18 +564,17 @@ impl Session {
         {
             let mut q = self.queue.lock();
             let mut budget = max_qos_gt0;
-            while let Some(front) = q.items.front() {
+            while let Some((front, size)) = q.items.front() {
                 if front.qos != QoS::AtMostOnce {
                     if budget == 0 {
                         break;
                     }
                     budget -= 1;
                 }
-                let size = front.size();
                 if taken > 0 && taken + size > max_bytes {
                     break;
                 }
-                if let Some(d) = q.items.pop_front() {
+                if let Some((d, size)) = q.items.pop_front() {
                     taken += size;
                     out.push(d);
                 }
@@ -530,7 +582,7 @@ impl Session {
             q.bytes -= taken;
         }
         if taken > 0 {
-            self.limits.total_bytes.fetch_sub(taken, Ordering::Relaxed);
+            self.limits.total_bytes.sub(taken);
         }
     }
 
@@ -541,7 +593,12 @@ impl Session {
 
     /// A copy of the queued deliveries, in order.
     pub fn queued_snapshot(&self) -> Vec<Delivery> {
-        self.queue.lock().items.iter().cloned().collect()
+        self.queue
+            .lock()
+            .items
+            .iter()
+            .map(|(d, _)| d.clone())
+            .collect()
     }
 
     /// Number of queued deliveries.
@@ -560,7 +617,7 @@ impl Session {
             q.items.clear();
             std::mem::take(&mut q.bytes)
         };
-        self.limits.total_bytes.fetch_sub(freed, Ordering::Relaxed);
+        self.limits.total_bytes.sub(freed);
     }
 
     pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
