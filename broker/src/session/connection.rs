@@ -568,7 +568,7 @@ impl Connection {
         let hooks = &broker.hooks;
         hooks.notify(HookPoint::CLIENT_CONNECT, &event(identity.view(), "", 0));
 
-        // Authentication chain (PLUGINS.md, "Access control core").
+        // Authentication chain (README, "Plugins and brokerctl": access control).
         let refusal = match authenticate(broker, &identity, &connect).await {
             Ok(superuser) => {
                 identity.is_superuser = superuser;

@@ -1,5 +1,5 @@
-//! auth_http: authentication, superuser and ACL checks against an HTTP service (PLUGINS.md,
-//! "auth_http").
+//! auth_http: authentication, superuser and ACL checks against an HTTP service (every key in
+//! `etc/plugins/auth_http.toml`).
 //!
 //! Three requests, each optional (absent = that check is not made): `auth_req`, `super_req`,
 //! `acl_req`, each with a `url`, a `method` (get | post | put), `headers`, `params` (name →
@@ -232,7 +232,8 @@ struct JsonAnswer {
     acl: Vec<AclRule>,
 }
 
-/// Interprets a status and body (PLUGINS.md's answer rules). `None` = backend failure.
+/// Interprets a status and body (the answer rules documented in `etc/plugins/auth_http.toml`).
+/// `None` = backend failure.
 pub fn interpret(status: u16, body: &str) -> Option<Answer> {
     if let Ok(j) = serde_json::from_str::<JsonAnswer>(body) {
         return Some(match j.result.as_str() {

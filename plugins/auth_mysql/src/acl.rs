@@ -1,4 +1,4 @@
-//! ACL rows and how one is matched (PLUGINS.md, "auth_mysql").
+//! ACL rows and how one is matched (README, "Authentication with MySQL / MariaDB").
 //!
 //! A row is `allow, ipaddr, username, clientid, access, topic`:
 //! * **who**: `username = '$all'` matches everyone; otherwise every who-column that is not

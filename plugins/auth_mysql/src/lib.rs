@@ -1,5 +1,5 @@
 //! auth_mysql: authentication, superuser and ACL checks against MySQL / MariaDB tables
-//! (PLUGINS.md, "auth_mysql"), with EMQ's default queries and table layout.
+//! (README, "Authentication with MySQL / MariaDB"), with EMQ's default queries and table layout.
 //!
 //! * **Authentication** (`auth_query`): the row's `password` column (or its first column) is
 //!   checked against the client's password with `password_hash` (see [`hash`]); a `salt`

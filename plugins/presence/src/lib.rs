@@ -1,5 +1,5 @@
 //! presence: publishes `$SYS/brokers/<node>/clients/<client_id>/connected` and
-//! `…/disconnected` JSON documents (PLUGINS.md, "presence").
+//! `…/disconnected` JSON documents (every key in `etc/plugins/presence.toml`).
 //!
 //! Events are published through the broker's `publish` host service (so they pass the
 //! `message.publish` chain like any message), never retained, at the configured QoS. A rejected

@@ -1,5 +1,5 @@
-//! retainer: retained messages, in RAM or on disc, replayed on subscribe (PLUGINS.md,
-//! "retainer").
+//! retainer: retained messages, in RAM or on disc, replayed on subscribe (every key in
+//! `etc/plugins/retainer.toml`).
 //!
 //! * **Store** on `message.publish` (priority 930: after rewrite): a retained message replaces
 //!   the topic's previous one; an empty payload deletes it (and is still forwarded). Over

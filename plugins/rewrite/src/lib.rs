@@ -1,4 +1,4 @@
-//! rewrite: topic rewriting by ordered rules (PLUGINS.md, "rewrite").
+//! rewrite: topic rewriting by ordered rules (every key in `etc/plugins/rewrite.toml`).
 //!
 //! Rules are evaluated in configuration order. The **first rule whose `source_topic` filter
 //! matches** the topic decides: if its regex matches, the topic becomes `dest_topic` with

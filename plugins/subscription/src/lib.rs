@@ -1,5 +1,5 @@
 //! subscription (auto-subscribe): on `client.connected`, subscribes the client to each
-//! configured topic (PLUGINS.md, "subscription").
+//! configured topic (every key in `etc/plugins/subscription.toml`).
 //!
 //! `%c` (client id) and `%u` (user name) may stand as whole levels of a topic
 //! (`devices/%c/commands`); a topic that needs a user name the client did not send is skipped
