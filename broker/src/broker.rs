@@ -551,11 +551,29 @@ impl Broker {
 
     /// Waits until everything submitted to the live store so far is on disc (immediately
     /// when there is no live store or nothing is pending).
-    pub async fn store_committed(&self) -> Result<(), StoreError> {
+    ///
+    /// `since` is [`Broker::store_submitted`] from before the changes that must be durable:
+    /// when nothing at all was submitted since, there is nothing to wait for (a batch of
+    /// publishes to clean sessions does not wait for another connection's commit).
+    pub async fn store_committed(&self, since: u64) -> Result<(), StoreError> {
         match self.queue_limits.live_store.get() {
-            Some(store) => store.wait_committed(store.submitted()).await,
+            Some(store) => {
+                let now = store.submitted();
+                if now == since {
+                    return Ok(());
+                }
+                store.wait_committed(now).await
+            }
             None => Ok(()),
         }
+    }
+
+    /// The number of changes submitted to the live store so far (0 without one).
+    pub fn store_submitted(&self) -> u64 {
+        self.queue_limits
+            .live_store
+            .get()
+            .map_or(0, |store| store.submitted())
     }
 
     /// Every counter and gauge, with `queued_bytes` read from the queues.

@@ -965,6 +965,7 @@ impl Connection {
         // broker-wide total costs a sum over its shards), so a batch may overshoot it by that.
         const BACKPRESSURE_BATCH: u32 = 64;
         let mut routed = 0;
+        let submitted_before = self.broker.store_submitted();
         let result = async {
             while !self.paused && self.control_rate.blocked_until().is_none() {
                 match codec::decode(rbuf, Some(self.version), max_packet)? {
@@ -987,7 +988,7 @@ impl Connection {
             self.check_high_watermark();
         }
         if std::mem::take(&mut self.needs_commit) {
-            if let Err(e) = self.broker.store_committed().await {
+            if let Err(e) = self.broker.store_committed(submitted_before).await {
                 // Nothing that promised durability may go out.
                 self.wbuf.clear();
                 return Err(Exit::StoreFailed(e.to_string()));
