@@ -37,10 +37,13 @@ use plugin_api::{ClientInfo, ClientView, EventView, HookPoint, OutgoingMessage, 
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    unix_ms(std::time::SystemTime::now())
+}
+
+/// Milliseconds from the Unix epoch to `t` (0 for a time before it).
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// How long a taking-over connection waits for the old one to hand its session back.
@@ -371,10 +374,7 @@ impl Broker {
                     client_id: s.client_id.to_string(),
                     online: s.is_online(),
                     expiry_interval: s.expiry_interval.load(Ordering::Relaxed),
-                    offline_since_ms: s.offline_since.lock().map(|t| {
-                        t.duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as u64)
-                    }),
+                    offline_since_ms: s.offline_since.lock().map(unix_ms),
                     queued: s.queued_len(),
                     queued_bytes: s.queued_bytes(),
                     inflight: s.parked.lock().outgoing.len(),

@@ -15,31 +15,19 @@ command -v mosquitto >/dev/null || { echo "mosquitto not installed (apt-get inst
 cargo build --release -j2 -p broker -p broker-tests >/dev/null
 . tests/bench/common.sh
 
-start_ours() { # $1 = durability; prints "pid port"
+start_ours() { # $1 = durability; sets ${1}_pid and ${1}_port
   local port; port=$(free_port)
-  mkdir -p "$work/$1"
-  cat > "$work/$1/broker.toml" <<TOML
-data_dir = "$work/$1/data"
-[[listener]]
-name = "tcp"
-bind = "127.0.0.1:$port"
-[admin]
-bind = "127.0.0.1:0"
-[limits]
+  start_broker "$work/$1" "$port" "[limits]
 max_queued_messages = 1000000
 max_queued_bytes = 4294967296
 max_inflight = 32
 [session]
-durability = "$1"
-[log]
-level = "warn"
-TOML
-  "$BIN/broker" --config "$work/$1/broker.toml" 2>"$work/$1/broker.log" &
-  echo "$! $port"
+durability = \"$1\""
+  printf -v "${1}_pid" '%s' "$broker_pid"
+  printf -v "${1}_port" '%s' "$port"
 }
-read -r none_pid none_port < <(start_ours none)
-read -r ack_pid ack_port < <(start_ours ack)
-pids="$none_pid $ack_pid"
+start_ours none
+start_ours ack
 mosq_port=$(free_port)
 mkdir -p "$work/mosq"
 cat > "$work/mosq/mosquitto.conf" <<CONF
@@ -53,7 +41,6 @@ log_type error
 CONF
 mosquitto -c "$work/mosq/mosquitto.conf" 2>"$work/mosq/mosquitto.log" &
 mosq_pid=$!; pids="$pids $mosq_pid"
-for _ in $(seq 100); do [ -f "$work/ack/data/listeners.json" ] && [ -f "$work/none/data/listeners.json" ] && break; sleep 0.05; done
 sleep 0.3
 
 written() { awk '/^write_bytes/ {print $2}' "/proc/$1/io"; }

@@ -14,20 +14,8 @@ cargo build --release -j2 -p broker -p broker-tests >/dev/null
 . tests/bench/common.sh
 
 port=$(free_port)
-cat > "$work/broker.toml" <<TOML
-data_dir = "$work/data"
-plugin_dir = "$BIN"
-[[listener]]
-name = "tcp"
-bind = "127.0.0.1:$port"
-[admin]
-bind = "127.0.0.1:0"
-[log]
-level = "warn"
-TOML
-"$BIN/broker" --config "$work/broker.toml" 2>"$work/broker.log" &
-pid=$!; pids=$pid
-for _ in $(seq 100); do [ -f "$work/data/listeners.json" ] && break; sleep 0.05; done
+start_broker "$work" "$port"
+pid=$broker_pid
 for mode in flood-ping flood-subscribe; do
   echo "== $mode, $FLOODERS flooder(s), $ROUNDS rounds of ${SECONDS_EACH}s"
   for _ in $(seq "$ROUNDS"); do

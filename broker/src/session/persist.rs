@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use super::store::{Store, StoredMessage, StoredSession};
 use super::{Delivery, Message, Outgoing, Session};
-use crate::broker::Broker;
+use crate::broker::{unix_ms, Broker};
 use crate::codec::{PacketId, Properties, QoS, RetainHandling, SubscriptionOptions};
 use crate::hex;
 use crate::router::{TopicFilter, TopicName};
@@ -84,11 +84,6 @@ struct MessageMeta {
     /// Hex.
     correlation_data: Option<String>,
     user_properties: Vec<(String, String)>,
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Wall-clock time of a monotonic instant (for instants in the future or the past).
