@@ -11,6 +11,9 @@ command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 /usr/bin/python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 || need+=(python3 python3-paho-mqtt)
 # A private MariaDB server per auth_mysql test (mariadb-install-db + mariadbd, not a service).
 { command -v mariadbd || [ -x /usr/sbin/mariadbd ]; } >/dev/null 2>&1 || need+=(mariadb-server)
+# Headless Chromium and its WebDriver for the dashboard tests.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo=sudo; else
     echo "tests/run.sh: need root (or sudo) to install: ${need[*]}" >&2; exit 1

@@ -14,7 +14,7 @@
 //! client id first ([MQTT-3.1.4-2]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +72,25 @@ pub struct Broker {
     pub queue_limits: Arc<QueueLimits>,
     /// The session store (`durability = "graceful"` or `"ack"`), once opened.
     pub store: std::sync::OnceLock<Arc<Store>>,
+    /// The listeners as bound, once they accept clients.
+    pub listeners: std::sync::OnceLock<Vec<BoundListener>>,
+    /// Who may use the management API, once it is set up (also for plugins' in-process
+    /// requests).
+    pub admin_credentials: std::sync::OnceLock<Arc<crate::admin::auth::Credentials>>,
+    accepting: AtomicBool,
+}
+
+/// A listener as bound, for the management API.
+#[derive(Debug, Clone)]
+pub struct BoundListener {
+    /// Name from the config.
+    pub name: String,
+    /// `tcp`, `tls`, `ws` or `wss`.
+    pub kind: &'static str,
+    /// The address bound.
+    pub addr: std::net::SocketAddr,
+    /// WebSocket path (ws and wss).
+    pub ws_path: Option<String>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -139,6 +158,9 @@ impl Broker {
                 config.session.queue_qos0_messages,
             )),
             store: std::sync::OnceLock::new(),
+            listeners: std::sync::OnceLock::new(),
+            admin_credentials: std::sync::OnceLock::new(),
+            accepting: AtomicBool::new(false),
         })
     }
 
@@ -332,58 +354,42 @@ impl Broker {
         previous.is_none()
     }
 
-    /// Connected clients, for the admin API.
-    pub fn client_summaries(&self) -> Vec<crate::admin::ClientSummary> {
-        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
-        let mut out: Vec<_> = sessions
-            .iter()
-            .filter_map(|s| {
-                let info = s.info.lock().clone()?;
-                Some(crate::admin::ClientSummary {
-                    client_id: info.client_id.into(),
-                    username: info.username.into_option().map(Into::into),
-                    peer: format!("{}:{}", info.peer_ip, info.peer_port),
-                    proto_ver: info.proto_ver,
-                    connected_at_ms: info.connected_at_ms,
-                    queued: s.queued_len(),
-                    subscriptions: s.subscriptions.lock().len(),
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-        out
-    }
-
-    /// Sessions, online and offline, by client id (one, when `only` names it).
-    pub fn session_summaries(&self, only: Option<&str>) -> Vec<crate::admin::SessionSummary> {
-        let sessions: Vec<Arc<Session>> = match only {
-            Some(id) => self.session(id).into_iter().collect(),
-            None => self.all_sessions(),
+    /// Removes subscription `raw` (as it was subscribed) from a session, online or offline,
+    /// as if its client had sent UNSUBSCRIBE (management API). Returns false when the session
+    /// has no such subscription.
+    pub fn unsubscribe_for_admin(&self, client_id: &str, raw: &str) -> Result<bool, String> {
+        let session = self
+            .session(client_id)
+            .ok_or_else(|| format!("no session for client {client_id:?}"))?;
+        let Some(sub) = session.subscriptions.lock().remove(raw) else {
+            return Ok(false);
         };
-        let mut out: Vec<_> = sessions
-            .iter()
-            .map(|s| {
-                let mut subscriptions: Vec<(String, u8)> = s
-                    .subscriptions
-                    .lock()
-                    .iter()
-                    .map(|(raw, sub)| (raw.clone(), sub.options.qos as u8))
-                    .collect();
-                subscriptions.sort();
-                crate::admin::SessionSummary {
-                    client_id: s.client_id.to_string(),
-                    online: s.is_online(),
-                    expiry_interval: s.expiry_interval.load(Ordering::Relaxed),
-                    offline_since_ms: s.offline_since.lock().map(unix_ms),
-                    queued: s.queued_len(),
-                    queued_bytes: s.queued_bytes(),
-                    inflight: s.parked.lock().outgoing.len(),
-                    subscriptions,
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-        out
+        self.router
+            .write()
+            .remove(sub.group.as_ref(), &sub.filter, &session.id);
+        self.store_session(&session);
+        if self.hooks.enabled(HookPoint::SESSION_UNSUBSCRIBED) {
+            let info = session.info.lock().clone();
+            if let Some(info) = info {
+                let subscription = plugin_api::SubscriptionView {
+                    filter: sub.filter.as_str().into(),
+                    share_group: sub.group.as_deref().map(Into::into).into(),
+                    options: crate::session::sub_options(&sub.options),
+                    is_new: false,
+                    subscription_id: sub.id.unwrap_or(0),
+                };
+                self.hooks.notify(
+                    HookPoint::SESSION_UNSUBSCRIBED,
+                    &EventView {
+                        client: info.view(),
+                        reason: "".into(),
+                        reason_code: 0,
+                        subscription: Some(subscription).into(),
+                    },
+                );
+            }
+        }
+        Ok(true)
     }
 
     /// Ends a session now, online or offline: a connected client is kicked first (v5:
@@ -398,7 +404,10 @@ impl Broker {
             let mut sessions = self.sessions.lock();
             match sessions.get(client_id) {
                 Some(s) if s.control.lock().is_none() => sessions.remove(client_id),
-                _ => None,
+                // A clean session ended with its kicked connection: it is gone already.
+                None => return true,
+                // A new connection took the session over meanwhile.
+                Some(_) => None,
             }
         };
         match removed {
@@ -506,7 +515,26 @@ impl Broker {
 
     /// Starts a graceful shutdown: listeners stop accepting, connections close.
     pub fn begin_shutdown(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
         self.shutdown_tx.send_replace(true);
+    }
+
+    /// Records the bound listeners and marks the broker as accepting clients (`GET /health`).
+    pub fn set_accepting(&self, listeners: Vec<BoundListener>) {
+        let _ = self.listeners.set(listeners);
+        if !*self.shutdown_tx.borrow() {
+            self.accepting.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether listeners accept clients: started and not shutting down.
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+
+    /// Whether a shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown_tx.borrow()
     }
 
     /// Waits until every connection has closed, at most `deadline`. Returns whether all did.

@@ -762,3 +762,36 @@ mod tests {
             .expect("no stack overflow");
     }
 }
+
+/// A request to the broker's management API, run inside the broker without HTTP (host service
+/// [`crate::Host::management_request`]). The same endpoints and JSON as over HTTP
+/// (`GET /api/v5/clients`, `POST /api/v5/publish`, …).
+///
+/// Since API 1 (plugin-api 0.1, second release).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Default)]
+pub struct ApiRequest {
+    /// `GET`, `POST`, `PUT` or `DELETE`.
+    pub method: RString,
+    /// Path and query string, e.g. `/api/v5/clients?conn_state=connected`.
+    pub path: RString,
+    /// An `Authorization` header value to check as if the request came over HTTP (a plugin
+    /// forwarding a user's request); none = act with the plugin's own authority.
+    pub authorization: ROption<RString>,
+    /// JSON body (empty for GET and DELETE).
+    pub body: RVec<u8>,
+}
+
+/// The management API's answer to an [`ApiRequest`].
+///
+/// Since API 1 (plugin-api 0.1, second release).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Default)]
+pub struct ApiResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// `Content-Type` of the body (`application/json`, or text for `/metrics`).
+    pub content_type: RString,
+    /// The body.
+    pub body: RVec<u8>,
+}

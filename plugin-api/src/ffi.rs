@@ -69,6 +69,25 @@ pub trait Host: Send + Sync + Clone {
         let _ = (client_id, message, subscription_id);
         RResult::RErr("this broker does not support deliver".into())
     }
+
+    /// Runs `request` through the broker's management API in process: everything `brokerctl`
+    /// and the dashboard can see and do (clients, sessions, subscriptions, publish, retained
+    /// messages, plugins, metrics). The future resolves on any runtime; the work runs on the
+    /// broker's.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release); an older broker answers status 501.
+    fn management_request(&self, request: ApiRequest) -> FfiFuture<ApiResponse> {
+        let _ = request;
+        async_ffi::FutureExt::into_ffi(async {
+            ApiResponse {
+                status: 501,
+                content_type: "text/plain".into(),
+                body: b"this broker has no in-process management API"
+                    .to_vec()
+                    .into(),
+            }
+        })
+    }
 }
 
 /// The host object handed to a plugin at creation. Cheap to clone.

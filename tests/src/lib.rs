@@ -1153,3 +1153,95 @@ pub fn listener_addr(b: &Broker, name: &str) -> SocketAddr {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no listener {name} in {text}"))
 }
+
+// ---------------------------------------------------------------- management API
+
+/// An HTTP client for a broker's management API (reqwest, a real HTTP client).
+pub struct Api {
+    /// `http://127.0.0.1:<port>` (or https).
+    pub base: String,
+    /// The admin token.
+    pub token: String,
+    http: reqwest::Client,
+}
+
+/// What the API answered.
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// The body as JSON (`Null` when empty or not JSON).
+    pub json: serde_json::Value,
+    /// The body as text.
+    pub text: String,
+}
+
+impl Api {
+    /// The management API of `b`, over plain HTTP, with its admin token.
+    pub fn of(b: &Broker) -> Api {
+        let addr = listener_addr(b, "admin");
+        let token = std::fs::read_to_string(b.data_dir().join("admin.token")).expect("token");
+        Api::new(&format!("http://{addr}"), token.trim(), None)
+    }
+
+    /// A client for `base`, trusting `ca` for https.
+    pub fn new(base: &str, token: &str, ca: Option<&Path>) -> Api {
+        let tls = match ca {
+            Some(ca) => (*tls_client_config(ca, None)).clone(),
+            None => rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        };
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(WAIT)
+            .build()
+            .expect("http client");
+        Api {
+            base: base.to_owned(),
+            token: token.to_owned(),
+            http,
+        }
+    }
+
+    /// Sends a request with `authorization` (None = no header).
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(a) = authorization {
+            r = r.header("Authorization", a);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let response = r.send().await.expect("management API answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        Answer {
+            status,
+            json: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+            text,
+        }
+    }
+
+    /// A request with the admin token.
+    pub async fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Answer {
+        let auth = format!("Bearer {}", self.token);
+        self.send(method, path, Some(&auth), body).await
+    }
+
+    /// GET with the admin token.
+    pub async fn get(&self, path: &str) -> Answer {
+        self.call("GET", path, None).await
+    }
+}

@@ -88,7 +88,8 @@ async fn prometheus_metrics_with_the_admin_token() {
     let ok = admin_get(&b, "/metrics", Some(token.trim()));
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     assert!(
-        ok.contains("Content-Type: text/plain; version=0.0.4"),
+        ok.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
         "{ok}"
     );
     let refused = admin_get(&b, "/metrics", None);

@@ -304,7 +304,7 @@ async fn websocket_wrong_path_is_refused_and_forwarded_for_is_honoured() {
     );
     let clients = b.ctl_ok(&["clients", "list"]);
     assert!(
-        clients.contains("Client(behind-proxy, username=-, peer=203.0.113.9:"),
+        clients.contains("Client(behind-proxy, connected, username=-, peer=203.0.113.9:"),
         "{clients}"
     );
 }

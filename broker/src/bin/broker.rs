@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use broker::broker::Broker;
-use broker::config::{Config, Durability, LogFormat};
+use broker::broker::{BoundListener, Broker};
+use broker::config::{Config, Durability, ListenerKind, LogFormat};
 use broker::session::persist;
 use broker::session::store::{self, Store};
 use broker::{admin, listener};
@@ -142,21 +142,11 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let plugin_config_dir = config.plugin_config_dir(&path);
     let broker = Broker::new(config, plugin_config_dir);
 
-    let mut admin_addr = None;
-    if broker.config.admin.enabled {
-        let token_file = broker.config.admin_token_file();
-        let token = admin::ensure_token(&token_file)
-            .with_context(|| format!("cannot use the admin token file {}", token_file.display()))?;
-        let socket = admin::bind(broker.config.admin.bind)
-            .await
-            .with_context(|| {
-                format!("cannot bind the admin API on {}", broker.config.admin.bind)
-            })?;
-        let addr = socket.local_addr()?;
-        admin_addr = Some(addr);
-        tracing::info!(%addr, token_file = %token_file.display(), "admin API listening");
-        tokio::spawn(admin::serve(broker.clone(), socket, token));
-    }
+    let admin = if broker.config.admin.enabled {
+        Some(admin::server::start(broker.clone()).await?)
+    } else {
+        None
+    };
 
     // Plugins first, so authentication is in place before the first client is accepted.
     broker.plugins.restore(&enabled).await;
@@ -187,10 +177,21 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
 
     let mut accept_loops = Vec::new();
     let addresses = listener::Addresses::of(&bound);
+    let bound_listeners = bound
+        .iter()
+        .map(|b| BoundListener {
+            name: b.config.name.clone(),
+            kind: b.config.kind.name(),
+            addr: b.addr,
+            ws_path: matches!(b.config.kind, ListenerKind::Ws | ListenerKind::Wss)
+                .then(|| b.config.ws_path.clone()),
+        })
+        .collect();
     for b in bound {
         accept_loops.push(tokio::spawn(listener::run(broker.clone(), b)));
     }
-    listener::write_address_file(&data_dir, &addresses, admin_addr)
+    broker.set_accepting(bound_listeners);
+    listener::write_address_file(&data_dir, &addresses, admin.as_ref().map(|a| a.addr))
         .with_context(|| format!("cannot write {}/listeners.json", data_dir.display()))?;
 
     wait_for_signal().await?;
@@ -217,6 +218,9 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         store.close();
     }
     broker.plugins.shutdown_all().await;
+    if let Some(admin) = admin {
+        admin.stop(Duration::from_secs(5)).await;
+    }
     tracing::info!("broker stopped");
     Ok(())
 }

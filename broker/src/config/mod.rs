@@ -179,13 +179,21 @@ pub enum DenyAction {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Serve the admin API at all.
+    /// Serve the management API at all.
     pub enabled: bool,
-    /// Address of the HTTP admin API; must be a loopback address.
+    /// Address of the management API: a loopback address, or any address with `tls` set.
     pub bind: SocketAddr,
     /// File holding the admin token; created (mode 0600) at first start. Empty =
     /// `<data_dir>/admin.token`.
     pub token_file: PathBuf,
+    /// File holding the API keys (hashed secrets). Empty = `<data_dir>/api_keys.json`.
+    pub api_keys_file: PathBuf,
+    /// Serve over TLS (required when `bind` is not a loopback address).
+    pub tls: Option<TlsConfig>,
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: usize,
+    /// Longest a request may take before it is answered 408, seconds.
+    pub request_timeout_secs: u64,
 }
 
 impl Default for AdminConfig {
@@ -194,6 +202,10 @@ impl Default for AdminConfig {
             enabled: true,
             bind: SocketAddr::from(([127, 0, 0, 1], 18083)),
             token_file: PathBuf::new(),
+            api_keys_file: PathBuf::new(),
+            tls: None,
+            max_body_bytes: 1024 * 1024,
+            request_timeout_secs: 60,
         }
     }
 }
@@ -555,10 +567,16 @@ impl Config {
         if self.limits.max_client_id_len == 0 {
             return invalid("limits.max_client_id_len", "must be at least 1");
         }
-        if self.admin.enabled && !self.admin.bind.ip().is_loopback() {
+        if self.admin.enabled && !self.admin.bind.ip().is_loopback() && self.admin.tls.is_none() {
             return invalid(
                 "admin.bind",
-                "must be a loopback address (127.0.0.1 or ::1)",
+                "must be a loopback address (127.0.0.1 or ::1) unless [admin.tls] is set: the management API is never served as plain HTTP off loopback",
+            );
+        }
+        if self.admin.max_body_bytes == 0 || self.admin.request_timeout_secs == 0 {
+            return invalid(
+                "admin",
+                "max_body_bytes and request_timeout_secs must be at least 1",
             );
         }
         for name in &self.plugins.enabled {
@@ -578,6 +596,15 @@ impl Config {
                 .join("plugins")
         } else {
             self.plugins.config_dir.clone()
+        }
+    }
+
+    /// Where the API keys live.
+    pub fn admin_api_keys_file(&self) -> PathBuf {
+        if self.admin.api_keys_file.as_os_str().is_empty() {
+            self.data_dir.join("api_keys.json")
+        } else {
+            self.admin.api_keys_file.clone()
         }
     }
 
@@ -644,7 +671,20 @@ mod tests {
             (c.listeners[1].kind, c.listeners[1].bind.port()),
             (ListenerKind::Ws, 8083)
         );
-        assert_eq!(c.plugins.enabled, ["retainer", "presence"]);
+        assert_eq!(c.plugins.enabled, ["retainer", "presence", "dashboard"]);
+        assert!(c.admin.bind.ip().is_loopback() && c.admin.tls.is_none());
+    }
+
+    #[test]
+    fn plain_http_admin_off_loopback_is_refused() {
+        let err = Config::parse("[admin]\nbind = \"0.0.0.0:18083\"\n", Path::new("x.toml"))
+            .expect_err("plain HTTP beyond loopback");
+        assert!(err.to_string().contains("admin.tls"), "{err}");
+        let ok = Config::parse(
+            "[admin]\nbind = \"0.0.0.0:18083\"\n[admin.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n",
+            Path::new("x.toml"),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

@@ -8,7 +8,11 @@ use std::sync::{Arc, Weak};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, ROption, RResult, RStr, RString};
-use plugin_api::{ClientInfo, Host, HostRef, Host_TO, LogRecord, OutgoingMessage, SubOptions};
+use async_ffi::{FfiFuture, FutureExt as _};
+use plugin_api::{
+    ApiRequest, ApiResponse, ClientInfo, Host, HostRef, Host_TO, LogRecord, OutgoingMessage,
+    SubOptions,
+};
 
 use crate::broker::Broker;
 
@@ -17,6 +21,8 @@ use crate::broker::Broker;
 pub struct BrokerHost {
     broker: Weak<Broker>,
     plugin: Arc<str>,
+    /// The broker's runtime: in-process API requests run there, not on the plugin's.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl BrokerHost {
@@ -25,6 +31,7 @@ impl BrokerHost {
         let host = BrokerHost {
             broker,
             plugin: Arc::from(plugin),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         };
         Host_TO::from_ptr(RArc::new(host), TD_Opaque)
     }
@@ -93,6 +100,49 @@ impl Host for BrokerHost {
             Ok(()) => RResult::ROk(()),
             Err(e) => RResult::RErr(e.into()),
         }
+    }
+
+    fn management_request(&self, request: ApiRequest) -> FfiFuture<ApiResponse> {
+        let failed = |status: u16, message: &str| ApiResponse {
+            status,
+            content_type: "application/json".into(),
+            body: serde_json::json!({"code": "UNAVAILABLE", "message": message})
+                .to_string()
+                .into_bytes()
+                .into(),
+        };
+        let (Some(broker), Some(runtime)) = (self.broker.upgrade(), self.runtime.clone()) else {
+            let answer = failed(503, "the broker is shutting down");
+            return async move { answer }.into_ffi();
+        };
+        let plugin = self.plugin.clone();
+        let task = runtime.spawn(async move {
+            let r = crate::admin::server::in_process(
+                broker,
+                &plugin,
+                request.method.as_str(),
+                request.path.as_str(),
+                request
+                    .authorization
+                    .as_ref()
+                    .map(|a| a.as_str())
+                    .into_option(),
+                request.body.into_vec(),
+            )
+            .await;
+            ApiResponse {
+                status: r.status,
+                content_type: r.content_type.into(),
+                body: r.body.into(),
+            }
+        });
+        async move {
+            match task.await {
+                Ok(answer) => answer,
+                Err(e) => failed(500, &format!("the request failed: {e}")),
+            }
+        }
+        .into_ffi()
     }
 
     fn node_name(&self) -> RString {

@@ -164,8 +164,13 @@ impl PluginManager {
         self.plugin_dir.join(loader::library_file_name(name))
     }
 
+    /// Where plugin `name`'s configuration file is (whether or not it exists).
+    pub fn config_path(&self, name: &str) -> PathBuf {
+        self.config_dir.join(format!("{name}.toml"))
+    }
+
     fn read_config(&self, name: &str) -> Result<String, PluginOpError> {
-        let path = self.config_dir.join(format!("{name}.toml"));
+        let path = self.config_path(name);
         match std::fs::read_to_string(&path) {
             Ok(text) => Ok(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),

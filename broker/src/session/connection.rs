@@ -62,7 +62,7 @@ use plugin_api::{
     MessageEventView, SubOptions, SubscribeView, SubscriptionView,
 };
 
-use super::{Control, Delivery, KickReason, Message, Outgoing, Session};
+use super::{sub_options, Control, Delivery, KickReason, Message, Outgoing, Session};
 
 /// Above this many bytes waiting to be written, the session queue is not drained into the
 /// write buffer and the client is not read (see the module docs).
@@ -351,15 +351,6 @@ fn event<'a>(client: ClientView<'a>, reason: &'a str, reason_code: u8) -> EventV
         reason: reason.into(),
         reason_code,
         subscription: None.into(),
-    }
-}
-
-fn sub_options(o: &crate::codec::SubscriptionOptions) -> SubOptions {
-    SubOptions {
-        qos: o.qos as u8,
-        no_local: o.no_local,
-        retain_as_published: o.retain_as_published,
-        retain_handling: o.retain_handling as u8,
     }
 }
 

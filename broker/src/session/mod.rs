@@ -25,6 +25,16 @@ pub mod connection;
 pub mod persist;
 pub mod store;
 
+/// Subscription options as plugins see them.
+pub fn sub_options(o: &crate::codec::SubscriptionOptions) -> plugin_api::SubOptions {
+    plugin_api::SubOptions {
+        qos: o.qos as u8,
+        no_local: o.no_local,
+        retain_as_published: o.retain_as_published,
+        retain_handling: o.retain_handling as u8,
+    }
+}
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

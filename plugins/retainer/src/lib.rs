@@ -24,6 +24,7 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use abi_stable::std_types::Tuple2;
+use base64::Engine as _;
 use plugin_api::*;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -482,11 +483,73 @@ impl Retainer {
         }
     }
 
+    /// One message as the management API reads it (`--json` answers).
+    fn json_of(r: &Retained, with_payload: bool) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "topic": r.meta.topic,
+            "qos": r.meta.qos,
+            "stored_at_ms": r.meta.stored_at_ms,
+            "payload_size": r.payload.len(),
+        });
+        if with_payload {
+            v["payload"] = base64::engine::general_purpose::STANDARD
+                .encode(&r.payload)
+                .into();
+        }
+        v
+    }
+
+    /// The `--json` forms, for the management API: `info`, `messages [--filter F]`,
+    /// `message <topic>` (`null` when there is none).
+    fn answer_json(&self, args: &[&str]) -> Result<String, PluginError> {
+        let now = self.now();
+        let index = self
+            .index
+            .lock()
+            .map_err(|_| PluginError::new(ErrorKind::OTHER, "index poisoned"))?;
+        let value = match args {
+            ["info"] => serde_json::json!({
+                "messages": index.count,
+                "payload_bytes": index.bytes,
+                "storage": match self.config.storage { Storage::Ram => "ram", Storage::Disc => "disc" },
+            }),
+            ["messages"] | ["messages", "--filter", _] => {
+                let list = match args.get(2) {
+                    Some(f) => index.matching(f),
+                    None => index.all(),
+                };
+                let mut list: Vec<&Arc<Retained>> =
+                    list.iter().filter(|r| !r.expired(now)).collect();
+                list.sort_unstable_by(|a, b| a.meta.topic.cmp(&b.meta.topic));
+                list.iter().map(|r| Self::json_of(r, false)).collect()
+            }
+            ["message", topic] => index
+                .get(topic)
+                .filter(|r| !r.expired(now))
+                .map_or(serde_json::Value::Null, |r| Self::json_of(r, true)),
+            _ => {
+                return Err(PluginError::new(
+                    ErrorKind::INVALID,
+                    "usage: retainer info --json | retainer messages --json [--filter F] | retainer message --json <topic>",
+                ))
+            }
+        };
+        Ok(value.to_string())
+    }
+
     fn answer(&self, args: &[String]) -> Result<String, PluginError> {
+        if args.iter().any(|a| a == "--json") {
+            let rest: Vec<&str> = args[1..]
+                .iter()
+                .map(String::as_str)
+                .filter(|a| *a != "--json")
+                .collect();
+            return self.answer_json(&rest);
+        }
         let usage = || {
             PluginError::new(
                 ErrorKind::INVALID,
-                "usage: retainer info | retainer topics [--filter F] | retainer clean [topic]",
+                "usage: retainer info | retainer topics [--filter F] | retainer clean [topic] (add --json to info, or use messages / message <topic> with --json)",
             )
         };
         let lock = || {
@@ -643,7 +706,7 @@ impl Plugin for Retainer {
             .into(),
             commands: vec![CommandSpec {
                 name: "retainer".into(),
-                usage: "retainer info | retainer topics [--filter F] | retainer clean [topic]"
+                usage: "retainer info | retainer topics [--filter F] | retainer clean [topic] | retainer messages --json [--filter F] | retainer message --json <topic>"
                     .into(),
             }]
             .into(),
