@@ -394,6 +394,21 @@ async fn dashboard_requires_credentials_and_loopback() {
         .send("GET", "/api/v5/clients", Some("Bearer wrong"), None)
         .await;
     assert_eq!(wrong.status, 401);
+    // An API key logs in too (as the login form sends it: Bearer <key>:<secret>).
+    let out = b.ctl_ok(&["apikey", "create", "viewer"]);
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("{name} in {out}"))
+    };
+    let key = format!("Bearer {}:{}", field("api_key"), field("api_secret"));
+    let session = dash
+        .send("GET", "/dashboard/session", Some(&key), None)
+        .await;
+    assert_eq!(session.status, 200, "{}", session.text);
+    let rates = dash.send("GET", "/dashboard/rates", None, None).await;
+    assert_eq!(rates.status, 401);
     // Reload serves on the same port again (a new client: the old server closed its
     // keep-alive connections).
     b.ctl_ok(&["plugins", "reload", "dashboard"]);

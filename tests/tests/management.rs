@@ -571,3 +571,121 @@ async fn off_loopback_only_over_tls() {
     let out = b.ctl(&["--cacert", &pki.ca.display().to_string(), "status"]);
     assert_eq!(out.code, 0, "{out:?}");
 }
+
+#[tokio::test]
+async fn the_remaining_endpoints_and_request_limits() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = format!(
+        "data_dir = {:?}\nplugin_dir = {:?}\n[[listener]]\nname = \"tcp\"\nkind = \"tcp\"\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\nmax_body_bytes = 4096\n[sys]\ninterval_secs = 0\n",
+        dir.path().join("data").display().to_string(),
+        bin_dir().display().to_string()
+    );
+    let b = Broker::start_config(dir, &config);
+    let api = Api::of(&b);
+    let node = api.get("/api/v5/status").await.json["node"]
+        .as_str()
+        .expect("node")
+        .to_owned();
+    let one = api.get(&format!("/api/v5/nodes/{}", enc(&node))).await;
+    assert_eq!(one.status, 200, "{}", one.text);
+    assert!(one.json["memory_used"].as_u64().is_some_and(|m| m > 0));
+    assert_eq!(api.get("/api/v5/nodes/elsewhere").await.status, 404);
+
+    let mut c = V4Client::connect(b.port(), "bulk").await;
+    let added = api
+        .call(
+            "POST",
+            "/api/v5/clients/bulk/subscribe/bulk",
+            Some(json!([{"topic": "a/#", "qos": 1}, {"topic": "$share/g/b/+", "qos": 0}])),
+        )
+        .await;
+    assert_eq!(added.status, 200, "{}", added.text);
+    let shared = api.get("/api/v5/subscriptions?share_group=g").await;
+    assert_eq!(shared.json["meta"]["count"], 1, "{}", shared.text);
+    let qos1 = api.get("/api/v5/subscriptions?qos=1").await;
+    assert_eq!(qos1.json["data"][0]["topic"], "a/#");
+    c.client
+        .publish("a/1", QoS::AtLeastOnce, false, "m")
+        .await
+        .expect("publish");
+    c.recv_publish().await;
+    let metrics = api.get("/api/v5/metrics").await;
+    assert!(
+        metrics.json[0]["messages.received"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{}",
+        metrics.text
+    );
+    let removed = api
+        .call(
+            "POST",
+            "/api/v5/clients/bulk/unsubscribe/bulk",
+            Some(json!([{"topic": "a/#"}, {"topic": "$share/g/b/+"}])),
+        )
+        .await;
+    assert_eq!(removed.status, 204, "{}", removed.text);
+    assert_eq!(
+        api.get("/api/v5/clients/bulk/subscriptions").await.json,
+        json!([])
+    );
+    let missing = api
+        .call(
+            "POST",
+            "/api/v5/clients/bulk/unsubscribe",
+            Some(json!({"topic": "a/#"})),
+        )
+        .await;
+    assert_eq!(missing.status, 404);
+
+    let cache = api
+        .call("DELETE", "/api/v5/clients/bulk/authorization/cache", None)
+        .await;
+    assert_eq!(cache.status, 204);
+    let all = api
+        .call("DELETE", "/api/v5/authorization/cache", None)
+        .await;
+    assert!(all.json["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("1 client(s)")));
+    let prom = api.get("/api/v5/prometheus/stats").await;
+    assert!(prom.text.contains("broker_connections 1"), "{}", prom.text);
+    b.ctl_ok(&["plugins", "load", "retainer"]);
+    let commands = api.get("/api/v5/commands").await;
+    assert_eq!(commands.json[0]["plugin"], "retainer");
+    let unknown = api
+        .call("POST", "/api/v5/commands", Some(json!(["nosuch"])))
+        .await;
+    assert_eq!(unknown.status, 404);
+
+    // Request limits: a body over max_body_bytes gets 413; a malformed one 400 / 422.
+    let big = "x".repeat(8192);
+    let too_big = api
+        .call(
+            "POST",
+            "/api/v5/publish",
+            Some(json!({"topic": "t", "payload": big})),
+        )
+        .await;
+    assert_eq!(too_big.status, 413, "{}", too_big.text);
+    let bad = api
+        .call(
+            "POST",
+            "/api/v5/publish",
+            Some(json!({"payload": "no topic"})),
+        )
+        .await;
+    assert!(bad.status == 400 || bad.status == 422, "{}", bad.text);
+    let encoding = api
+        .call(
+            "POST",
+            "/api/v5/publish",
+            Some(json!({"topic": "t", "payload": "%%", "payload_encoding": "base64"})),
+        )
+        .await;
+    assert_eq!(encoding.status, 400);
+    // Keep-alive: one connection serves many requests.
+    for _ in 0..20 {
+        assert_eq!(api.get("/api/v5/stats").await.status, 200);
+    }
+}
