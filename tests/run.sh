@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+# mosquitto_passwd (Debian's mosquitto package) writes the password files auth_file reads.
+command -v mosquitto_passwd >/dev/null 2>&1 || need+=(mosquitto)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 # Eclipse Paho for Python (the interoperability test runs it against the broker).
 /usr/bin/python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 || need+=(python3 python3-paho-mqtt)
@@ -19,6 +21,13 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "tests/run.sh: need root (or sudo) to install: ${need[*]}" >&2; exit 1
   fi
   echo "tests/run.sh: installing ${need[*]}"
+  # The packages' services (mosquitto on 1883, mariadb) must not start: the tests run their own
+  # servers, and a system Mosquitto would hold the port the shipped broker config uses.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+    trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi

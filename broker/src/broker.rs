@@ -443,6 +443,46 @@ impl Broker {
         true
     }
 
+    /// Closes one client's connection for a plugin (host service `disconnect`) with MQTT 5 reason
+    /// `code`, only if it is the connection that connected at `connected_at_ms` (0 = any).
+    /// Returns whether such a connection was found; the close itself happens asynchronously.
+    pub fn disconnect_for_plugin(
+        self: &Arc<Self>,
+        client_id: &str,
+        connected_at_ms: u64,
+        code: u8,
+    ) -> bool {
+        let Some(session) = self.session(client_id) else {
+            return false;
+        };
+        let same = session
+            .info
+            .lock()
+            .as_ref()
+            .is_some_and(|i| connected_at_ms == 0 || i.connected_at_ms == connected_at_ms);
+        let ctrl = session.control.lock().clone();
+        let (true, Some(ctrl)) = (same, ctrl) else {
+            return false;
+        };
+        // Server-sent DISCONNECT reason codes are 0x80 and above; anything else is an
+        // administrative action.
+        let code = if code >= 0x80 {
+            code
+        } else {
+            crate::codec::reason::ADMINISTRATIVE_ACTION
+        };
+        tokio::spawn(async move {
+            let (done, _wait) = oneshot::channel();
+            let _ = ctrl
+                .send(Control::Kick {
+                    reason: KickReason::Plugin(code),
+                    done,
+                })
+                .await;
+        });
+        true
+    }
+
     /// Empties the ACL cache of one client, or of all; returns how many sessions were touched.
     pub fn clean_acl_cache(&self, client_id: Option<&str>) -> usize {
         let sessions: Vec<Arc<Session>> = match client_id {

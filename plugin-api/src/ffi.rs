@@ -88,6 +88,19 @@ pub trait Host: Send + Sync + Clone {
             }
         })
     }
+
+    /// Closes the connection of `client_id`, sending MQTT 5 clients a DISCONNECT with
+    /// `reason_code` (0x80 or above, e.g. 0xA0 "maximum connect time" when a token expired;
+    /// anything else becomes 0x98 "administrative action"). With `connected_at_ms` non-zero,
+    /// only the connection that connected at that time (`ClientInfo::connected_at_ms`, as the
+    /// authentication hook saw it) is closed, so a client that reconnected meanwhile is left
+    /// alone. Returns whether such a connection was found; the close happens right after.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release); an older broker returns false.
+    fn disconnect(&self, client_id: RStr<'_>, connected_at_ms: u64, reason_code: u8) -> bool {
+        let _ = (client_id, connected_at_ms, reason_code);
+        false
+    }
 }
 
 /// The host object handed to a plugin at creation. Cheap to clone.

@@ -619,6 +619,26 @@ pub fn connect_with_password(id: &str, user: &str, password: &str) -> Vec<u8> {
     packet(0x10, &body)
 }
 
+/// An MQTT 5 CONNECT (clean start, keep-alive 60 s, no properties) with a user name and
+/// password.
+pub fn connect_v5_with_password(id: &str, user: &str, password: &str) -> Vec<u8> {
+    let mut body = mqtt_string("MQTT");
+    body.extend([5, 0xC2, 0, 60, 0]);
+    body.extend(mqtt_string(id));
+    body.extend(mqtt_string(user));
+    body.extend(mqtt_string(password));
+    packet(0x10, &body)
+}
+
+/// Connects with MQTT 5 and a user name and password; returns the connection and the CONNACK
+/// reason code (0 success, 0x86 bad user name or password, 0x87 not authorized, …).
+pub async fn connect_v5_as(port: u16, id: &str, user: &str, password: &str) -> (Wire, u8) {
+    let mut w = Wire::open(port).await;
+    w.send(&connect_v5_with_password(id, user, password)).await;
+    let code = w.recv().await.expect("CONNACK").body[1];
+    (w, code)
+}
+
 /// Connects with a user name and password (MQTT 3.1.1) and returns the CONNACK return code
 /// (0 accepted, 3 server unavailable, 4 bad user name or password, 5 not authorised).
 pub async fn connack_code(port: u16, id: &str, user: &str, password: &str) -> u8 {
@@ -1174,6 +1194,21 @@ pub struct Answer {
     pub json: serde_json::Value,
     /// The body as text.
     pub text: String,
+}
+
+impl Broker {
+    /// Creates an API key with `brokerctl apikey create <name>`; returns (api_key, api_secret)
+    /// as it printed them.
+    pub fn create_api_key(&self, name: &str) -> (String, String) {
+        let out = self.ctl_ok(&["apikey", "create", name]);
+        let field = |label: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(label))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_else(|| panic!("{label} in {out}"))
+        };
+        (field("api_key"), field("api_secret"))
+    }
 }
 
 impl Api {

@@ -395,14 +395,8 @@ async fn dashboard_requires_credentials_and_loopback() {
         .await;
     assert_eq!(wrong.status, 401);
     // An API key logs in too (as the login form sends it: Bearer <key>:<secret>).
-    let out = b.ctl_ok(&["apikey", "create", "viewer"]);
-    let field = |name: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_else(|| panic!("{name} in {out}"))
-    };
-    let key = format!("Bearer {}:{}", field("api_key"), field("api_secret"));
+    let (api_key, secret) = b.create_api_key("viewer");
+    let key = format!("Bearer {api_key}:{secret}");
     let session = dash
         .send("GET", "/dashboard/session", Some(&key), None)
         .await;

@@ -400,14 +400,7 @@ async fn plugins_through_the_api() {
 async fn api_keys_and_brokerctl_without_a_config_file() {
     let b = Broker::start();
     let api = Api::of(&b);
-    let out = b.ctl_ok(&["apikey", "create", "ci", "--desc", "pipeline"]);
-    let field = |name: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_else(|| panic!("{name} in {out}"))
-    };
-    let (key, secret) = (field("api_key"), field("api_secret"));
+    let (key, secret) = b.create_api_key("ci");
     let basic = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{key}:{secret}"))

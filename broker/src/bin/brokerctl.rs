@@ -933,6 +933,7 @@ fn run(cli: &Cli) -> CtlResult {
         ),
         Cmd::Completions { .. } => Ok(()),
         Cmd::Plugin(args) => {
+            let args = with_password(args)?;
             let reply = c("POST", "/api/v5/commands", Some(json!(args)))?;
             if j {
                 println!("{reply}");
@@ -941,6 +942,40 @@ fn run(cli: &Cli) -> CtlResult {
             message(&reply)
         }
     }
+}
+
+/// `users add|passwd <name>` (and `clientid …`) without `--password`: asks for it (twice, without
+/// echo, on a terminal; one line from standard input otherwise) rather than taking it from the
+/// command line, where other users could see it in the process list.
+fn with_password(args: &[String]) -> Result<Vec<String>, Fail> {
+    let mut args = args.to_vec();
+    let store = matches!(args.first().map(String::as_str), Some("users" | "clientid"));
+    let sets = matches!(args.get(1).map(String::as_str), Some("add" | "passwd"));
+    if !store || !sets || args.len() != 3 || args.iter().any(|a| a == "--password") {
+        return Ok(args);
+    }
+    use std::io::IsTerminal as _;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("Password for {}: ", args[2]))
+            .map_err(|e| Fail(1, format!("brokerctl: cannot read the password: {e}")))?;
+        let again = rpassword::prompt_password("Again: ")
+            .map_err(|e| Fail(1, format!("brokerctl: cannot read the password: {e}")))?;
+        if first != again {
+            return Err(Fail(1, "the two passwords differ".into()));
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| Fail(1, format!("brokerctl: cannot read the password: {e}")))?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    if password.is_empty() {
+        return Err(Fail(1, "empty password".into()));
+    }
+    args.extend(["--password".to_owned(), password]);
+    Ok(args)
 }
 
 /// `brokerctl plugins new <name> [--dir D] [--api-path P | --api-git URL]`.

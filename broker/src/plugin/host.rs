@@ -145,6 +145,18 @@ impl Host for BrokerHost {
         .into_ffi()
     }
 
+    fn disconnect(&self, client_id: RStr<'_>, connected_at_ms: u64, reason_code: u8) -> bool {
+        let (Some(broker), Some(runtime)) = (self.broker.upgrade(), self.runtime.as_ref()) else {
+            return false;
+        };
+        let _entered = runtime.enter();
+        let found = broker.disconnect_for_plugin(client_id.as_str(), connected_at_ms, reason_code);
+        if found {
+            tracing::info!(plugin = %self.plugin, client_id = client_id.as_str(), reason_code, "connection closed by a plugin");
+        }
+        found
+    }
+
     fn node_name(&self) -> RString {
         self.broker
             .upgrade()

@@ -186,6 +186,10 @@ impl Exit {
                 reason: KickReason::Kicked,
                 ..
             } => Some(reason::ADMINISTRATIVE_ACTION),
+            Exit::Kicked {
+                reason: KickReason::Plugin(code),
+                ..
+            } => Some(*code),
             Exit::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
             Exit::StoreFailed(_) => Some(reason::UNSPECIFIED_ERROR),
             _ => None,
@@ -209,6 +213,10 @@ impl Exit {
                 reason: KickReason::Kicked,
                 ..
             } => "kicked",
+            Exit::Kicked {
+                reason: KickReason::Plugin(_),
+                ..
+            } => "closed_by_plugin",
             Exit::Shutdown => "server_shutdown",
             Exit::Io(_) => "io_error",
         }
@@ -551,7 +559,9 @@ impl Connection {
             keep_alive,
             clean_start: connect.clean_start,
             expiry_interval: session_expiry,
-            connected_at_ms: 0,
+            // When the CONNECT arrived: authentication plugins see the same value the
+            // connected client later has, so they can name this very connection.
+            connected_at_ms: crate::broker::now_ms(),
             cert_common_name: info.cert_common_name.as_deref().map(RString::from).into(),
             cert_subject: info.cert_subject.as_deref().map(RString::from).into(),
             is_superuser: false,
@@ -653,7 +663,6 @@ impl Connection {
                 conn.write_publish(&o.delivery, Some(o.packet_id), true);
             }
         }
-        conn.identity.connected_at_ms = crate::broker::now_ms();
         conn.session.acl_cache.lock().clear();
         *conn.session.info.lock() = Some(conn.identity.clone());
         conn.session.set_online(true);

@@ -340,6 +340,9 @@ pub enum KickReason {
     TakenOver,
     /// An administrator's request.
     Kicked,
+    /// A plugin's request, with the MQTT 5 DISCONNECT reason code to send (e.g. 0xA0 when a
+    /// token expired).
+    Plugin(u8),
 }
 
 /// A request to the connection attached to a session.

@@ -359,32 +359,11 @@ pub struct AuthHttp {
 }
 
 fn build_client(config: &Config) -> Result<reqwest::Client, String> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    if !config.ca_file.is_empty() {
-        let certs = rustls::pki_types::CertificateDer::pem_file_iter(&config.ca_file)
-            .map_err(|e| format!("ca_file {}: {e}", config.ca_file))?;
-        for c in certs {
-            let c = c.map_err(|e| format!("ca_file {}: {e}", config.ca_file))?;
-            roots
-                .add(c)
-                .map_err(|e| format!("ca_file {}: {e}", config.ca_file))?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_millis(config.timeout_ms))
-        .pool_max_idle_per_host(config.pool_max_idle)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| e.to_string())
+    auth_common::http::client(
+        &config.ca_file,
+        Duration::from_millis(config.timeout_ms),
+        config.pool_max_idle,
+    )
 }
 
 impl Plugin for AuthHttp {

@@ -30,7 +30,6 @@
 //! Unix socket.
 
 pub mod acl;
-pub mod hash;
 pub mod query;
 
 use std::sync::Arc;
@@ -42,7 +41,7 @@ use plugin_api::*;
 use serde::Deserialize;
 
 use acl::{AclRow, Subject, Verdict};
-use hash::PasswordHash;
+use auth_common::hash::PasswordHash;
 use query::{Query, Var};
 
 /// What happens when the database cannot be asked.

@@ -9,9 +9,10 @@
 //! * `pbkdf2,<mac>,<iterations>,<dklen>`: PBKDF2 with HMAC-`<mac>` (sha, sha256, sha512) over
 //!   the password and the salt column, `<dklen>` bytes, lower-case hex.
 //!
-//! Comparisons run in constant time. bcrypt and pbkdf2 are deliberately slow, so the plugin
-//! runs every check on a blocking thread.
+//! Comparisons run in constant time. bcrypt and pbkdf2 are deliberately slow: plugins run every
+//! check through a [`crate::HashPool`].
 
+use crate::constant_time_eq;
 use md5::Md5;
 use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
@@ -190,14 +191,6 @@ pub fn hex(bytes: &[u8]) -> String {
         out.push(DIGITS[(b & 15) as usize] as char);
     }
     out
-}
-
-/// Equality whose time depends only on the lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -1,0 +1,86 @@
+//! Files the auth plugins own: noticing that one changed on disc, and replacing one atomically.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+/// Modification time and length: what tells a changed file.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// A file checked for changes by polling (a few `stat` calls a minute; no watcher thread).
+#[derive(Debug)]
+pub struct Watched {
+    path: PathBuf,
+    seen: Mutex<Stamp>,
+}
+
+impl Watched {
+    /// Watches `path`, taking its current state as seen.
+    pub fn new(path: PathBuf) -> Watched {
+        let seen = Mutex::new(stamp(&path));
+        Watched { path, seen }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether it changed (or appeared, or vanished) since last seen; marks it seen.
+    pub fn changed(&self) -> bool {
+        let now = stamp(&self.path);
+        match self.seen.lock() {
+            Ok(mut seen) if *seen != now => {
+                *seen = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes the current state as seen (after writing the file ourselves).
+    pub fn mark(&self) {
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = stamp(&self.path);
+        }
+    }
+
+    /// Replaces the file with `text` atomically: a temporary file in the same directory
+    /// (mode 0600), synced, then renamed over it. Marks the result seen.
+    pub fn replace(&self, text: &str) -> Result<(), String> {
+        let fail = |e: std::io::Error| format!("cannot write {}: {e}", self.path.display());
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(fail)?;
+        }
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options.open(&tmp).map_err(fail)?;
+        std::io::Write::write_all(&mut f, text.as_bytes()).map_err(fail)?;
+        f.sync_all().map_err(fail)?;
+        std::fs::rename(&tmp, &self.path).map_err(fail)?;
+        self.mark();
+        Ok(())
+    }
+
+    /// The file's text; `Ok(None)` when it does not exist.
+    pub fn read(&self) -> Result<Option<String>, String> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read {}: {e}", self.path.display())),
+        }
+    }
+}
