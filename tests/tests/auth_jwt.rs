@@ -150,3 +150,37 @@ async fn ec_keys_from_a_pem_file_and_a_jwks_url() {
     assert_eq!(refused.code, 1);
     assert!(refused.stderr.contains("cannot fetch"), "{refused:?}");
 }
+
+/// auth_jwt and auth_file in one chain: tokens and passwords on the same broker, each plugin
+/// ignoring what is not its own.
+#[tokio::test]
+async fn tokens_and_password_files_side_by_side() {
+    let b = Broker::start();
+    b.plugin_config("auth_jwt", "secret = \"k\"\n");
+    b.plugin_config(
+        "auth_file",
+        &format!(
+            "users = [{{ name = \"alice\", password = \"pw\" }}]\npassword_file = {:?}\n",
+            b.data_dir().join("passwd").display().to_string()
+        ),
+    );
+    b.ctl_ok(&["plugins", "load", "auth_jwt"]);
+    b.ctl_ok(&["plugins", "load", "auth_file"]);
+    let token = hs256("k", &json!({"exp": now() + 60}));
+    assert_eq!(
+        connect_v5_as(b.port(), "t", "device", &token).await.1,
+        0,
+        "token"
+    );
+    assert_eq!(
+        connect_v5_as(b.port(), "p", "alice", "pw").await.1,
+        0,
+        "password"
+    );
+    assert_eq!(connect_v5_as(b.port(), "w", "alice", "nope").await.1, 0x86);
+    assert_eq!(
+        connect_v5_as(b.port(), "u", "stranger", "x").await.1,
+        0x87,
+        "nobody's"
+    );
+}
