@@ -58,6 +58,8 @@ pub struct Broker {
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     /// Counters.
     pub metrics: Metrics,
+    /// Counters and gauges registered by plugins.
+    pub plugin_metrics: metrics::PluginMetrics,
     next_session_id: AtomicU64,
     shutdown_tx: watch::Sender<bool>,
     /// Permits for the global connection limit; all permits back = no connection left.
@@ -147,6 +149,7 @@ impl Broker {
             router: RwLock::new(Trie::new()),
             sessions: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
+            plugin_metrics: metrics::PluginMetrics::default(),
             next_session_id: AtomicU64::new(1),
             shutdown_tx,
             connection_permits: Arc::new(Semaphore::new(permits)),
@@ -194,6 +197,21 @@ impl Broker {
             if let Some(payload) = decision.payload {
                 message.payload = payload.into();
             }
+        }
+        if self
+            .hooks
+            .wants_published(message.topic.as_str(), message.retain)
+        {
+            let user_properties = message.user_property_views();
+            let mut view = message.view(&user_properties);
+            view.username = username.map(Into::into).into();
+            view.is_will = is_will;
+            view.timestamp_ms = now_ms();
+            self.hooks.message_published(&plugin_api::MessageEventView {
+                client_id: message.publisher.as_deref().unwrap_or("").into(),
+                message: view,
+                reason: "".into(),
+            });
         }
         Some(self.route(Arc::new(message)))
     }

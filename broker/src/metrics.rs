@@ -1,6 +1,6 @@
 //! Broker-wide counters: relaxed atomics, incremented on the message path without locks.
 //!
-//! Read them with [`Metrics::snapshot`]; the admin API (`/api/v1/status`, `/metrics`) and the
+//! Read them with [`Metrics::snapshot`]; the management API (`/api/v5/status`, `/metrics`) and the
 //! `$SYS` topics publish that snapshot (see [`crate::sys`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,4 +110,143 @@ pub fn add(counter: &AtomicU64, n: u64) {
 #[inline]
 pub fn sub(counter: &AtomicU64, n: u64) {
     counter.fetch_sub(n, Ordering::Relaxed);
+}
+
+/// Counters and gauges that plugins register through the host services (`metric_register`,
+/// `metric_update`). They appear in `/metrics` as `broker_plugin_<plugin>_<name>` (counters
+/// with `_total`) and under `$SYS/brokers/<node>/plugins/<plugin>/<name>`. A metric outlives
+/// its plugin's reloads: registering the same name again returns the same id and value.
+#[derive(Debug, Default)]
+pub struct PluginMetrics {
+    entries: parking_lot::RwLock<Vec<PluginMetric>>,
+}
+
+/// One plugin metric.
+#[derive(Debug)]
+pub struct PluginMetric {
+    /// Plugin name.
+    pub plugin: String,
+    /// Metric name (`[a-z0-9_]`).
+    pub name: String,
+    /// Counter or gauge.
+    pub kind: MetricKind,
+    /// Description.
+    pub help: String,
+    value: std::sync::atomic::AtomicI64,
+}
+
+/// A copy of one plugin metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginMetricValue {
+    /// Plugin name.
+    pub plugin: String,
+    /// Metric name.
+    pub name: String,
+    /// Counter or gauge.
+    pub kind: MetricKind,
+    /// Description.
+    pub help: String,
+    /// Current value.
+    pub value: i64,
+}
+
+impl PluginMetrics {
+    /// Registers `plugin`'s metric `name` (or finds it); returns its id.
+    pub fn register(
+        &self,
+        plugin: &str,
+        name: &str,
+        kind: MetricKind,
+        help: &str,
+    ) -> Result<u32, String> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(format!(
+                "invalid metric name {name:?}: use 1-64 of a-z, 0-9 and _"
+            ));
+        }
+        let mut entries = self.entries.write();
+        if let Some((i, e)) = entries
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.plugin == plugin && e.name == name)
+        {
+            if e.kind != kind {
+                return Err(format!("metric {name:?} exists with another kind"));
+            }
+            return Ok(i as u32);
+        }
+        if entries.len() >= 10_000 {
+            return Err("too many plugin metrics (10 000)".into());
+        }
+        entries.push(PluginMetric {
+            plugin: plugin.to_owned(),
+            name: name.to_owned(),
+            kind,
+            help: help.to_owned(),
+            value: std::sync::atomic::AtomicI64::new(0),
+        });
+        Ok((entries.len() - 1) as u32)
+    }
+
+    /// Adds `value` (or sets it, gauges only) to metric `id` if `plugin` owns it. Counters
+    /// never go down: a negative delta is ignored.
+    pub fn update(&self, plugin: &str, id: u32, value: i64, set: bool) {
+        let entries = self.entries.read();
+        let Some(e) = entries.get(id as usize).filter(|e| e.plugin == plugin) else {
+            return;
+        };
+        match (e.kind, set) {
+            (MetricKind::Gauge, true) => e.value.store(value, Ordering::Relaxed),
+            (MetricKind::Counter, _) if value < 0 => {}
+            (_, false) => {
+                e.value.fetch_add(value, Ordering::Relaxed);
+            }
+            (MetricKind::Counter, true) => {}
+        }
+    }
+
+    /// Every metric, in registration order.
+    pub fn values(&self) -> Vec<PluginMetricValue> {
+        self.entries
+            .read()
+            .iter()
+            .map(|e| PluginMetricValue {
+                plugin: e.plugin.clone(),
+                name: e.name.clone(),
+                kind: e.kind,
+                help: e.help.clone(),
+                value: e.value.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_metrics_keep_their_value_across_registrations() {
+        let m = PluginMetrics::default();
+        let c = m
+            .register("p", "hits", MetricKind::Counter, "h")
+            .expect("c");
+        let g = m.register("p", "depth", MetricKind::Gauge, "d").expect("g");
+        m.update("p", c, 3, false);
+        m.update("p", c, -1, false);
+        m.update("p", c, 100, true);
+        m.update("other", c, 5, false);
+        m.update("p", g, 7, true);
+        m.update("p", g, -2, false);
+        assert_eq!(m.register("p", "hits", MetricKind::Counter, "h"), Ok(c));
+        assert!(m.register("p", "hits", MetricKind::Gauge, "h").is_err());
+        assert!(m.register("p", "Bad-Name", MetricKind::Gauge, "h").is_err());
+        let v = m.values();
+        assert_eq!((v[0].value, v[1].value), (3, 5));
+    }
 }

@@ -44,6 +44,12 @@ pub fn sys_values(broker: &Broker) -> Vec<(String, String)> {
     for e in broker.metrics_snapshot().entries() {
         out.push((format!("metrics/{}", e.name), e.value.to_string()));
     }
+    for m in broker.plugin_metrics.values() {
+        out.push((
+            format!("plugins/{}/{}", m.plugin, m.name),
+            m.value.to_string(),
+        ));
+    }
     out
 }
 
@@ -141,6 +147,21 @@ pub fn prometheus(broker: &Broker) -> String {
         let _ = writeln!(out, "{name} {}", e.value);
     }
 
+    for m in broker.plugin_metrics.values() {
+        let plugin = &m.plugin;
+        let (name, kind) = match m.kind {
+            MetricKind::Counter => (
+                format!(
+                    "broker_plugin_{plugin}_{}_total",
+                    m.name.trim_end_matches("_total")
+                ),
+                "counter",
+            ),
+            MetricKind::Gauge => (format!("broker_plugin_{plugin}_{}", m.name), "gauge"),
+        };
+        family(&mut out, &name, kind, &m.help);
+        let _ = writeln!(out, "{name} {}", m.value);
+    }
     let plugins: Vec<_> = broker
         .plugins
         .list()

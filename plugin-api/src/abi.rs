@@ -93,6 +93,16 @@ hook_points! {
     MESSAGE_ACKED = 17, "message.acked";
     /// A message was dropped (queue full, expired, too large). Notification.
     MESSAGE_DROPPED = 18, "message.dropped";
+    /// A message left the whole `message.publish` chain and is about to be routed: the final
+    /// message, whatever each plugin's priority (a retainer stores this, so a late subscriber
+    /// gets exactly what live subscribers got). Notification through
+    /// [`crate::Plugin::on_message_event`], with [`MessageEventView::client_id`] the publisher
+    /// (empty for the broker's and plugins' own messages); called on the publisher's
+    /// connection task, only for messages the plugin's [`PublishFilter`] wants; must not block.
+    /// Not called for dropped messages.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release).
+    MESSAGE_PUBLISHED = 19, "message.published";
 }
 
 /// Named priorities (EMQX order): higher runs first; ties are ordered by plugin name.

@@ -101,6 +101,47 @@ pub trait Host: Send + Sync + Clone {
         let _ = (client_id, connected_at_ms, reason_code);
         false
     }
+
+    /// Registers a metric of this plugin (or finds it again after a reload: same name, same
+    /// id, value kept); returns its id for [`Host::metric_update`]. `kind`: 0 counter, 1
+    /// gauge. `name`: 1-64 of `a-z 0-9 _`. It appears in `/metrics` as
+    /// `broker_plugin_<plugin>_<name>` (counters end in `_total`) and in `$SYS` under
+    /// `plugins/<plugin>/<name>`. Prefer the SDK's [`crate::sdk::Counter`] and
+    /// [`crate::sdk::Gauge`].
+    ///
+    /// Since API 1 (plugin-api 0.1, second release); an older broker answers an error.
+    fn metric_register(&self, name: RStr<'_>, kind: u8, help: RStr<'_>) -> RResult<u32, RString> {
+        let _ = (name, kind, help);
+        RResult::RErr("this broker does not support plugin metrics".into())
+    }
+
+    /// Adds `value` to metric `id` (a counter ignores negative values), or sets it (`set`,
+    /// gauges only). Lock-free on the broker side but a call across the boundary: count in the
+    /// plugin and update in batches on hot paths.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release).
+    fn metric_update(&self, id: u32, value: i64, set: bool) {
+        let _ = (id, value, set);
+    }
+
+    /// Removes subscription `filter` (as it was subscribed, `$share/…` included) from a
+    /// session, online or offline, as if its client had sent UNSUBSCRIBE. Returns whether it
+    /// existed.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release); an older broker answers an error.
+    fn unsubscribe(&self, client_id: RStr<'_>, filter: RStr<'_>) -> RResult<bool, RString> {
+        let _ = (client_id, filter);
+        RResult::RErr("this broker does not support unsubscribe".into())
+    }
+
+    /// This plugin's own directory for files that must outlive it (`<data_dir>/plugins/<name>`,
+    /// created on first call, readable by the broker's user only). Empty when it cannot be
+    /// created (the error is logged).
+    ///
+    /// Since API 1 (plugin-api 0.1, second release); an older broker answers "".
+    fn data_dir(&self) -> RString {
+        RString::new()
+    }
 }
 
 /// The host object handed to a plugin at creation. Cheap to clone.

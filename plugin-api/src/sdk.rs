@@ -150,6 +150,88 @@ impl Context {
     }
 }
 
+impl Context {
+    /// A counter of this plugin, shown by the broker in `/metrics` and `$SYS` (registered on
+    /// first use; after a reload the same name continues from its value).
+    ///
+    /// Since API 1 (plugin-api 0.1, second release).
+    pub fn counter(&self, name: &str, help: &str) -> Result<Counter, PluginError> {
+        register(&self.host, name, 0, help).map(|id| Counter {
+            host: self.host.clone(),
+            id,
+        })
+    }
+
+    /// This plugin's own data directory (`<data_dir>/plugins/<name>`), created if needed.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release).
+    pub fn data_dir(&self) -> Result<std::path::PathBuf, PluginError> {
+        let dir = self.host.data_dir();
+        if dir.is_empty() {
+            return Err(PluginError::new(
+                ErrorKind::OTHER,
+                "the broker gave no data directory (see its log)",
+            ));
+        }
+        Ok(std::path::PathBuf::from(dir.as_str()))
+    }
+
+    /// A gauge of this plugin (see [`Context::counter`]).
+    ///
+    /// Since API 1 (plugin-api 0.1, second release).
+    pub fn gauge(&self, name: &str, help: &str) -> Result<Gauge, PluginError> {
+        register(&self.host, name, 1, help).map(|id| Gauge {
+            host: self.host.clone(),
+            id,
+        })
+    }
+}
+
+fn register(host: &HostRef, name: &str, kind: u8, help: &str) -> Result<u32, PluginError> {
+    host.metric_register(name.into(), kind, help.into())
+        .into_result()
+        .map_err(|e| PluginError::new(ErrorKind::INVALID, e.to_string()))
+}
+
+/// A counter in the broker's metrics ([`Context::counter`]). Cheap to clone.
+#[derive(Clone)]
+pub struct Counter {
+    host: HostRef,
+    id: u32,
+}
+
+impl Counter {
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.host
+            .metric_update(self.id, n.min(i64::MAX as u64) as i64, false);
+    }
+
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+}
+
+/// A gauge in the broker's metrics ([`Context::gauge`]). Cheap to clone.
+#[derive(Clone)]
+pub struct Gauge {
+    host: HostRef,
+    id: u32,
+}
+
+impl Gauge {
+    /// Sets the value.
+    pub fn set(&self, value: i64) {
+        self.host.metric_update(self.id, value, true);
+    }
+
+    /// Adds `delta` (may be negative).
+    pub fn add(&self, delta: i64) {
+        self.host.metric_update(self.id, delta, false);
+    }
+}
+
 /// The adapter the export macro creates: a [`Plugin`] behind the FFI trait.
 struct Adapter<P: Plugin> {
     plugin: Arc<P>,
@@ -157,19 +239,90 @@ struct Adapter<P: Plugin> {
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
 }
 
-fn panicked(payload: Box<dyn std::any::Any + Send>, what: &str) -> PluginError {
-    let detail = payload
+thread_local! {
+    /// Set while this thread runs a call from the broker (a hook, a command, a future's poll).
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Where the last guarded panic happened (and its backtrace, when asked for).
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs this library's panic hook (each plugin library has its own copy of `std`, so this
+/// touches neither the broker nor other plugins). A panic during a call from the broker is
+/// caught and reported as one error (message, location, and a backtrace only when
+/// `RUST_BACKTRACE` asks for one), which the broker logs as one line tagged with the plugin and
+/// hook; nothing is written raw to stderr. A panic elsewhere (a task the plugin spawned itself)
+/// becomes one `error` log record.
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let location = info
+                .location()
+                .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+            let backtrace = std::backtrace::Backtrace::capture();
+            let backtrace = match backtrace.status() {
+                std::backtrace::BacktraceStatus::Captured => format!("\n{backtrace}"),
+                _ => String::new(),
+            };
+            if GUARDED.with(|g| g.get()) {
+                LAST_PANIC.with(|l| *l.borrow_mut() = Some(format!("{location}{backtrace}")));
+            } else {
+                let message = payload_text(info.payload());
+                tracing::error!(target: "panic", "a task of the plugin panicked{location}: {message}{backtrace}");
+            }
+        }));
+    });
+}
+
+fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_string());
-    PluginError::new(ErrorKind::PANICKED, format!("panicked in {what}: {detail}"))
+        .unwrap_or_else(|| "non-string panic payload".to_string())
+}
+
+fn panicked(payload: Box<dyn std::any::Any + Send>, what: &str) -> PluginError {
+    let detail = payload_text(payload.as_ref());
+    let location = LAST_PANIC
+        .with(|l| l.borrow_mut().take())
+        .unwrap_or_default();
+    PluginError::new(
+        ErrorKind::PANICKED,
+        format!("panicked in {what}: {detail}{location}"),
+    )
+}
+
+/// Runs `f` as a guarded call: a panic becomes an error, and the panic hook stays quiet.
+fn catch<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    let was = GUARDED.with(|g| g.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(was));
+    result
 }
 
 fn guard<T>(what: &str, f: impl FnOnce() -> T) -> RResult<T, PluginError> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match catch(f) {
         Ok(v) => RResult::ROk(v),
         Err(payload) => RResult::RErr(panicked(payload, what)),
+    }
+}
+
+/// A plugin future polled as a guarded call: a panic in any poll ends it with an error.
+struct Guarded<F> {
+    inner: Pin<Box<F>>,
+    what: &'static str,
+}
+
+impl<T, F: Future<Output = Result<T, PluginError>>> Future for Guarded<F> {
+    type Output = Result<T, PluginError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let what = self.what;
+        let inner = self.inner.as_mut();
+        match catch(move || inner.poll(cx)) {
+            Ok(p) => p,
+            Err(payload) => Poll::Ready(Err(panicked(payload, what))),
+        }
     }
 }
 
@@ -208,7 +361,10 @@ impl<P: Plugin> Adapter<P> {
                 return async move { RResult::RErr(err) }.into_ffi();
             }
         };
-        let task = AbortOnDrop(self.handle.spawn(future));
+        let task = AbortOnDrop(self.handle.spawn(Guarded {
+            inner: Box::pin(future),
+            what,
+        }));
         async move {
             match task.await {
                 Ok(Ok(v)) => RResult::ROk(v),
@@ -264,18 +420,18 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
     }
 
     fn authenticate(&self, request: AuthRequest) -> FfiFuture<RResult<AuthResult, PluginError>> {
-        let made = catch_unwind(AssertUnwindSafe(|| self.plugin.authenticate(request)));
+        let made = catch(|| self.plugin.authenticate(request));
         self.run_async("authenticate", made)
     }
 
     fn check_acl(&self, request: AclRequest) -> FfiFuture<RResult<AclResult, PluginError>> {
-        let made = catch_unwind(AssertUnwindSafe(|| self.plugin.check_acl(request)));
+        let made = catch(|| self.plugin.check_acl(request));
         self.run_async("check_acl", made)
     }
 
     fn command(&self, args: RVec<RString>) -> FfiFuture<RResult<RString, PluginError>> {
         let args: Vec<String> = args.into_iter().map(String::from).collect();
-        let made = catch_unwind(AssertUnwindSafe(|| self.plugin.command(args)));
+        let made = catch(|| self.plugin.command(args));
         let f = self.run_async("command", made);
         async move { f.await.map(RString::from) }.into_ffi()
     }
@@ -371,7 +527,8 @@ extern "C" fn create<P: Plugin>(
     host: HostRef,
     config: RStr<'_>,
 ) -> RResult<PluginBox, PluginError> {
-    let outcome = catch_unwind(AssertUnwindSafe(|| -> Result<PluginBox, PluginError> {
+    install_panic_hook();
+    let outcome = catch(|| -> Result<PluginBox, PluginError> {
         install_log_forwarding(&host);
         let counter = Arc::new(AtomicUsize::new(0));
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -407,7 +564,7 @@ extern "C" fn create<P: Plugin>(
             runtime: Mutex::new(Some(runtime)),
         };
         Ok(PluginInstance_TO::from_value(adapter, TD_Opaque))
-    }));
+    });
     match outcome {
         Ok(Ok(b)) => RResult::ROk(b),
         Ok(Err(e)) => RResult::RErr(e),

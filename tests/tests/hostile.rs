@@ -589,8 +589,10 @@ fn a_misspelt_log_level_stops_the_broker_at_start() {
 #[tokio::test]
 async fn control_packet_floods_are_read_at_the_configured_rate() {
     let b = Broker::start_with("[limits]\nmax_control_rate = 100\n");
-    let mut flooder = Wire::connected(b.port(), 4, "flooder").await;
+    // Measured from before the connection exists: the rate window starts when the broker
+    // accepts it, so 250 pings cannot all be read less than 2 s after this instant.
     let started = Instant::now();
+    let mut flooder = Wire::connected(b.port(), 4, "flooder").await;
     flooder.send(&PINGREQ.repeat(250)).await;
     let mut other = Wire::connected(b.port(), 4, "other").await;
     assert!(other.ping().await, "served during the flood");

@@ -95,3 +95,49 @@ async fn prometheus_metrics_with_the_admin_token() {
     let refused = admin_get(&b, "/metrics", None);
     assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
 }
+
+/// Plugins' own counters and gauges show in /metrics and $SYS, and keep their value across a
+/// reload.
+#[tokio::test]
+async fn plugin_metrics_in_prometheus_and_sys() {
+    let b = Broker::start_with("[sys]\ninterval_secs = 1\n");
+    b.plugin_config("probe", "tag = \"abc\"\n");
+    b.ctl_ok(&["plugins", "load", "probe"]);
+    let c = V4Client::connect(b.port(), "m").await;
+    for _ in 0..3 {
+        c.client
+            .publish("t", QoS::AtLeastOnce, false, "x")
+            .await
+            .expect("publish");
+    }
+    wait_until("3 publishes counted", || {
+        b.ctl_ok(&["metrics"])
+            .lines()
+            .any(|l| l == "broker_plugin_probe_publishes_total 3")
+    })
+    .await;
+    let text = b.ctl_ok(&["metrics"]);
+    assert!(
+        text.contains("# TYPE broker_plugin_probe_publishes_total counter")
+            && text
+                .lines()
+                .any(|l| l == "broker_plugin_probe_tag_length 3"),
+        "{text}"
+    );
+    b.ctl_ok(&["plugins", "reload", "probe"]);
+    c.client
+        .publish("t", QoS::AtLeastOnce, false, "x")
+        .await
+        .expect("publish");
+    wait_until("the count continues after a reload", || {
+        b.ctl_ok(&["metrics"])
+            .lines()
+            .any(|l| l == "broker_plugin_probe_publishes_total 4")
+    })
+    .await;
+    let mut sys = V4Client::connect(b.port(), "sys").await;
+    sys.subscribe("$SYS/brokers/+/plugins/probe/publishes", QoS::AtMostOnce)
+        .await;
+    let p = sys.recv_publish().await;
+    assert_eq!(&p.payload[..], b"4");
+}

@@ -244,6 +244,56 @@ async fn panics_in_create_command_and_shutdown_are_contained() {
     c.disconnect().await;
 }
 
+/// A caught panic is one structured log record tagged with the plugin and hook, with its
+/// location; nothing raw reaches stderr (JSON logs stay JSON).
+#[tokio::test]
+async fn caught_panics_are_one_log_record_and_nothing_raw() {
+    let b = Broker::start_with("[log]\nformat = \"json\"\n");
+    // An async hook: the panic refuses the client (on_error = ignore, then auth.no_match).
+    b.plugin_config(
+        "probe",
+        "auth = \"allow\"\npanic_in = [\"client.authenticate\"]\n",
+    );
+    b.ctl_ok(&["plugins", "load", "probe"]);
+    let mut w = Wire::open(b.port()).await;
+    w.send(&connect_packet(4, "x", true, 60)).await;
+    assert_eq!(w.recv().await.expect("CONNACK").body, [0, 5]);
+    // A synchronous hook and a command.
+    b.plugin_config(
+        "probe",
+        "auth = \"allow\"\npanic_in = [\"message.publish\", \"command\"]\n",
+    );
+    b.ctl_ok(&["plugins", "reload", "probe"]);
+    let c = V4Client::connect(b.port(), "p").await;
+    c.client
+        .publish("boom", QoS::AtMostOnce, false, "x")
+        .await
+        .expect("publish");
+    assert_eq!(b.ctl(&["probe", "tag"]).code, 1);
+    wait_until("the publish hook's panic logged", || {
+        b.log().contains("panicked in on_message_publish")
+    })
+    .await;
+    let log = b.log();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not a JSON record: {line:?}"
+        );
+    }
+    let record = log
+        .lines()
+        .find(|l| l.contains("panicked in on_message_publish"))
+        .expect("the panic is logged");
+    assert!(
+        record.contains("\"plugin\":\"probe\"")
+            && record.contains("\"hook\":\"message.publish\"")
+            && record.contains("probe/src/lib.rs:"),
+        "tagged with the plugin, hook and location: {record}"
+    );
+    assert!(log.contains("panicked in authenticate"), "{log}");
+}
+
 #[tokio::test]
 async fn panicking_async_hook_follows_on_error() {
     let b = Broker::start();
@@ -701,4 +751,27 @@ async fn timed_out_authentication_follows_on_error_and_is_counted() {
     );
     let list = b.ctl_ok(&["plugins", "list"]);
     assert!(list.contains("timeouts=1"), "{list}");
+}
+
+/// Host services of the second API release: a data directory and unsubscribe.
+#[tokio::test]
+async fn data_directory_and_unsubscribe_for_plugins() {
+    let b = Broker::start();
+    b.ctl_ok(&["plugins", "load", "probe"]);
+    let dir = b.ctl_ok(&["probe", "datadir"]);
+    let dir = std::path::PathBuf::from(dir.trim());
+    assert!(dir.is_dir(), "{}", dir.display());
+    assert_eq!(dir, b.data_dir().join("plugins").join("probe"));
+    let mut c = V4Client::connect(b.port(), "s").await;
+    c.subscribe("a/#", QoS::AtLeastOnce).await;
+    assert_eq!(
+        b.ctl_ok(&["probe", "unsubscribe", "s", "a/#"]).trim(),
+        "true"
+    );
+    assert_eq!(
+        b.ctl_ok(&["probe", "unsubscribe", "s", "a/#"]).trim(),
+        "false"
+    );
+    let subs = b.ctl_ok(&["subscriptions", "list", "--client", "s"]);
+    assert!(subs.contains("0 subscription(s)"), "{subs}");
 }

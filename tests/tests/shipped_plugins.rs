@@ -592,3 +592,60 @@ async fn publish_filters_keep_ordinary_traffic_off_retainer_and_rewrite() {
     );
     assert_eq!(hook_calls(&b, "rewrite"), rewrite0 + 1);
 }
+
+/// The retained copy is the message as it left the whole publish chain: an editing plugin
+/// before the retainer's priority (930) and one after it both reach the stored copy.
+#[tokio::test]
+async fn retained_copy_is_what_subscribers_get_whatever_the_priorities() {
+    let b = Broker::start();
+    b.ctl_ok(&["plugins", "load", "retainer"]);
+    for (priority, payload) in [(990, "before"), (100, "after")] {
+        // probe rewrites probe/upper/<x> to probe/uppered/<x> with the payload upper-cased.
+        b.plugin_config("probe", &format!("priority = {priority}\n"));
+        if priority == 990 {
+            b.ctl_ok(&["plugins", "load", "probe"]);
+        } else {
+            b.ctl_ok(&["plugins", "reload", "probe"]);
+        }
+        let (sent, edited) = (
+            format!("probe/upper/{priority}"),
+            format!("probe/uppered/{priority}"),
+        );
+        let mut live = V4Client::connect(b.port(), "live").await;
+        live.subscribe(&format!("probe/+/{priority}"), QoS::AtLeastOnce)
+            .await;
+        let publisher = V4Client::connect(b.port(), "pub").await;
+        publisher
+            .client
+            .publish(sent.as_str(), QoS::AtLeastOnce, true, payload)
+            .await
+            .expect("publish");
+        let got = live.recv_publish().await;
+        assert_eq!(
+            (got.topic.as_str(), &got.payload[..]),
+            (edited.as_str(), payload.to_ascii_uppercase().as_bytes())
+        );
+        let mut late = V4Client::connect(b.port(), "late").await;
+        late.subscribe(&format!("probe/+/{priority}"), QoS::AtLeastOnce)
+            .await;
+        let kept = late.recv_publish().await;
+        assert_eq!(
+            (kept.topic.as_str(), &kept.payload[..], kept.retain),
+            (
+                edited.as_str(),
+                payload.to_ascii_uppercase().as_bytes(),
+                true
+            ),
+            "probe at priority {priority}: the retained copy is the edited message"
+        );
+        assert!(
+            late.recv_publish_within(Duration::from_millis(200))
+                .await
+                .is_none(),
+            "no unedited copy was kept"
+        );
+        late.disconnect().await;
+        live.disconnect().await;
+        publisher.disconnect().await;
+    }
+}

@@ -601,7 +601,7 @@ fn run(cli: &Cli) -> CtlResult {
                 if !broker::config::valid_plugin_name(name) {
                     return Err(Fail(
                         1,
-                        format!("invalid plugin name {name:?}: use a-z, 0-9, '_' and '-'"),
+                        format!("invalid plugin name {name:?}: use a-z, 0-9 and '_'"),
                     ));
                 }
                 let action = match p {

@@ -649,13 +649,14 @@ pub fn validate_log_level(filter: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A plugin name: 1 to 64 characters of `a-z`, `0-9`, `_` and `-` (it becomes a file name).
+/// A plugin name: 1 to 64 characters of `a-z`, `0-9` and `_`: it is the `lib<name>.so` a cdylib
+/// crate of that name builds (Cargo turns a `-` in a crate name into `_` in the file name).
 pub fn valid_plugin_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 #[cfg(test)]

@@ -410,6 +410,33 @@ impl Hooks {
             .any(|p| p.is_active() && p.publish_filter.wants(topic, retain))
     }
 
+    /// Whether any active plugin's `message.published` hook wants a message with this topic and
+    /// RETAIN flag.
+    pub fn wants_published(&self, topic: &str, retain: bool) -> bool {
+        if !self.enabled(HookPoint::MESSAGE_PUBLISHED) {
+            return false;
+        }
+        let table = self.table.load();
+        table
+            .at(HookPoint::MESSAGE_PUBLISHED)
+            .iter()
+            .any(|p| p.is_active() && p.publish_filter.wants(topic, retain))
+    }
+
+    /// Calls `message.published` with the final message on every plugin whose publish filter
+    /// wants it.
+    pub fn message_published(&self, event: &MessageEventView<'_>) {
+        let (topic, retain) = (event.message.topic.as_str(), event.message.retain);
+        self.notify_each(HookPoint::MESSAGE_PUBLISHED, |p| {
+            if p.publish_filter.wants(topic, retain) {
+                p.instance
+                    .on_message_event(HookPoint::MESSAGE_PUBLISHED, event)
+            } else {
+                RResult::ROk(())
+            }
+        });
+    }
+
     /// Runs the `message.publish` fold. `view` describes the message as received; each plugin
     /// sees the topic and payload as changed by the plugins before it, and is skipped when its
     /// publish filter does not want the message.

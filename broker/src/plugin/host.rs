@@ -157,6 +157,58 @@ impl Host for BrokerHost {
         found
     }
 
+    fn metric_register(&self, name: RStr<'_>, kind: u8, help: RStr<'_>) -> RResult<u32, RString> {
+        let Some(broker) = self.broker.upgrade() else {
+            return RResult::RErr("the broker is shutting down".into());
+        };
+        let kind = match kind {
+            0 => crate::metrics::MetricKind::Counter,
+            1 => crate::metrics::MetricKind::Gauge,
+            k => {
+                return RResult::RErr(
+                    format!("unknown metric kind {k} (0 counter, 1 gauge)").into(),
+                )
+            }
+        };
+        match broker
+            .plugin_metrics
+            .register(&self.plugin, name.as_str(), kind, help.as_str())
+        {
+            Ok(id) => RResult::ROk(id),
+            Err(e) => RResult::RErr(e.into()),
+        }
+    }
+
+    fn metric_update(&self, id: u32, value: i64, set: bool) {
+        if let Some(broker) = self.broker.upgrade() {
+            broker.plugin_metrics.update(&self.plugin, id, value, set);
+        }
+    }
+
+    fn unsubscribe(&self, client_id: RStr<'_>, filter: RStr<'_>) -> RResult<bool, RString> {
+        let Some(broker) = self.broker.upgrade() else {
+            return RResult::RErr("the broker is shutting down".into());
+        };
+        match broker.unsubscribe_for_admin(client_id.as_str(), filter.as_str()) {
+            Ok(existed) => RResult::ROk(existed),
+            Err(e) => RResult::RErr(e.into()),
+        }
+    }
+
+    fn data_dir(&self) -> RString {
+        let Some(broker) = self.broker.upgrade() else {
+            return RString::new();
+        };
+        let dir = broker.config.data_dir.join("plugins").join(&*self.plugin);
+        match std::fs::create_dir_all(&dir) {
+            Ok(()) => dir.display().to_string().into(),
+            Err(e) => {
+                tracing::error!(plugin = %self.plugin, dir = %dir.display(), error = %e, "cannot create the plugin's data directory");
+                RString::new()
+            }
+        }
+    }
+
     fn node_name(&self) -> RString {
         self.broker
             .upgrade()

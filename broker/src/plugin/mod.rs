@@ -41,7 +41,7 @@ pub use loader::LoadError;
 #[derive(Debug, thiserror::Error)]
 pub enum PluginOpError {
     /// Not a valid plugin name.
-    #[error("invalid plugin name {0:?}: use a-z, 0-9, '_' and '-'")]
+    #[error("invalid plugin name {0:?}: use a-z, 0-9 and '_' (a cdylib's file name has no '-')")]
     InvalidName(String),
     /// Already loaded.
     #[error("plugin {0} is already loaded")]

@@ -1,7 +1,8 @@
 //! retainer: retained messages, in RAM or on disc, replayed on subscribe (every key in
 //! `etc/plugins/retainer.toml`).
 //!
-//! * **Store** on `message.publish` (priority 930: after rewrite): a retained message replaces
+//! * **Store** on `message.published`, after the whole publish chain (so what is stored is what
+//!   subscribers got, whatever the priority of plugins that edit messages): a retained message replaces
 //!   the topic's previous one; an empty payload deletes it (and is still forwarded). Over
 //!   `max_payload_size`, or over `max_retained_messages` for a new topic, the message is not
 //!   stored (logged) but still forwarded. Expiry: the v5 Message Expiry Interval of the message,
@@ -694,8 +695,10 @@ impl Plugin for Retainer {
     fn registration(&self) -> Registration {
         Registration {
             hooks: vec![
+                // After the whole publish chain: the stored copy is what subscribers get,
+                // whatever the priorities of plugins that edit messages.
                 HookSpec {
-                    point: HookPoint::MESSAGE_PUBLISH,
+                    point: HookPoint::MESSAGE_PUBLISHED,
                     priority: priority::RETAINER,
                 },
                 HookSpec {
@@ -710,7 +713,7 @@ impl Plugin for Retainer {
                     .into(),
             }]
             .into(),
-            // Only retained messages reach the publish hook: ordinary traffic skips it.
+            // Only retained messages reach the message.published hook: ordinary traffic skips it.
             publish_filter: PublishFilter {
                 retained_only: true,
                 topics: Default::default(),
@@ -719,11 +722,10 @@ impl Plugin for Retainer {
         }
     }
 
-    fn on_message_publish(&self, message: &MessageView<'_>) -> Flow<MessageEdit> {
-        if message.retain {
-            self.store(message);
+    fn on_message_event(&self, point: HookPoint, event: &MessageEventView<'_>) {
+        if point == HookPoint::MESSAGE_PUBLISHED && event.message.retain {
+            self.store(&event.message);
         }
-        Flow::Continue
     }
 
     fn on_event(&self, point: HookPoint, event: &EventView<'_>) {
