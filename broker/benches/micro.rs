@@ -17,7 +17,7 @@ use broker::hooks::{CallLimits, Hooks, PluginHandle};
 use broker::plugin::{host::BrokerHost, loader};
 use broker::router::{TopicFilter, Trie};
 use bytes::{Bytes, BytesMut};
-use plugin_api::{HookPoint, MessageView};
+use plugin_api::HookPoint;
 
 const BATCHES: usize = 15;
 
@@ -137,21 +137,14 @@ fn hook_benches() {
         fault_window: std::time::Duration::from_secs(60),
     };
     let payload = [b'x'; 64];
-    let view = MessageView {
-        topic: "open/topic".into(),
-        payload: payload.as_slice().into(),
-        qos: 1,
+    let message = |topic: &str| broker::session::Message {
+        topic: broker::router::TopicName::new(topic).expect("topic"),
+        payload: bytes::Bytes::copy_from_slice(&payload),
+        qos: broker::codec::QoS::AtLeastOnce,
         retain: false,
-        publisher: None.into(),
-        username: None.into(),
-        is_will: false,
-        message_expiry_interval: None.into(),
-        payload_format_indicator: None.into(),
-        content_type: None.into(),
-        response_topic: None.into(),
-        correlation_data: None.into(),
-        user_properties: (&[][..]).into(),
-        timestamp_ms: 0,
+        properties: Default::default(),
+        publisher: None,
+        expires_at: None,
     };
     for count in [0usize, 1, 5] {
         let hooks = Hooks::default();
@@ -175,13 +168,25 @@ fn hook_benches() {
             })
             .collect();
         hooks.install(&handles);
+        let mut open = message("open/topic");
         bench(
             &format!("message.publish dispatch, {count} pass-through plugin(s)"),
             1_000_000,
             || {
-                black_box(hooks.message_publish(black_box(&view)));
+                black_box(hooks.message_publish(black_box(&mut open), None, false));
             },
         );
+        if count == 1 {
+            // The fixture sets the user property tagged = yes on tag/# (an edit per message).
+            let mut tagged = message("tag/topic");
+            bench(
+                "message.publish, 1 plugin adding a user property",
+                1_000_000,
+                || {
+                    black_box(hooks.message_publish(black_box(&mut tagged), None, false));
+                },
+            );
+        }
         bench(
             &format!("enabled() check, {count} plugin(s)"),
             10_000_000,

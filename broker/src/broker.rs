@@ -178,25 +178,9 @@ impl Broker {
         if self
             .hooks
             .wants_publish(message.topic.as_str(), message.retain)
+            && !self.hooks.message_publish(&mut message, username, is_will)
         {
-            let user_properties = message.user_property_views();
-            let mut view = message.view(&user_properties);
-            view.username = username.map(Into::into).into();
-            view.is_will = is_will;
-            view.timestamp_ms = now_ms();
-            let decision = self.hooks.message_publish(&view);
-            drop(user_properties);
-            if decision.drop {
-                return None;
-            }
-            if let Some(topic) = decision.topic {
-                if let Ok(t) = TopicName::new(&topic) {
-                    message.topic = t;
-                }
-            }
-            if let Some(payload) = decision.payload {
-                message.payload = payload.into();
-            }
+            return None;
         }
         if self
             .hooks

@@ -560,6 +560,156 @@ pub struct MessageEdit {
     pub drop: bool,
 }
 
+impl MessageEdit {
+    /// The same change as a list of [`EditOp`]s.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release).
+    pub fn into_ops(self) -> RVec<EditOp> {
+        let mut ops = RVec::new();
+        if let ROption::RSome(t) = self.topic {
+            ops.push(EditOp::set_topic(t.as_str()));
+        }
+        if let ROption::RSome(p) = self.payload {
+            ops.push(EditOp::set_payload(p.into_vec()));
+        }
+        if self.drop {
+            ops.push(EditOp::drop_message(""));
+        }
+        ops
+    }
+}
+
+/// What one [`EditOp`] changes. A number, so that later releases can add kinds without
+/// changing any layout; a broker that does not know a kind ignores that operation (and logs).
+///
+/// Since API 1 (plugin-api 0.1, second release).
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EditKind(pub u32);
+
+impl EditKind {
+    /// `key` = the new topic name.
+    pub const SET_TOPIC: EditKind = EditKind(1);
+    /// `value` = the new payload.
+    pub const SET_PAYLOAD: EditKind = EditKind(2);
+    /// `number` = the new QoS (0, 1, 2).
+    pub const SET_QOS: EditKind = EditKind(3);
+    /// `number` = 1 to set the RETAIN flag, 0 to clear it.
+    pub const SET_RETAIN: EditKind = EditKind(4);
+    /// Appends the user property `key` = `value` (UTF-8).
+    pub const ADD_USER_PROPERTY: EditKind = EditKind(5);
+    /// Replaces every user property named `key` by one with `value`.
+    pub const SET_USER_PROPERTY: EditKind = EditKind(6);
+    /// Removes every user property named `key`.
+    pub const REMOVE_USER_PROPERTY: EditKind = EditKind(7);
+    /// `number` = the message expiry interval in seconds from now; `u64::MAX` = no expiry.
+    pub const SET_MESSAGE_EXPIRY: EditKind = EditKind(8);
+    /// `key` = the content type; empty removes it.
+    pub const SET_CONTENT_TYPE: EditKind = EditKind(9);
+    /// `number` = the payload format indicator (0 bytes, 1 UTF-8); `u64::MAX` removes it.
+    pub const SET_PAYLOAD_FORMAT: EditKind = EditKind(10);
+    /// `key` = the response topic; empty removes it.
+    pub const SET_RESPONSE_TOPIC: EditKind = EditKind(11);
+    /// `value` = the correlation data; empty removes it.
+    pub const SET_CORRELATION_DATA: EditKind = EditKind(12);
+    /// Drops the message (not routed; publishers are still acknowledged); `key` = why, for the
+    /// log and `message.dropped`.
+    pub const DROP: EditKind = EditKind(13);
+}
+
+/// One change to a message in `message.publish`: a kind and its operands. A list of these is
+/// what [`crate::Plugin::edit_message`] returns; the layout never changes when kinds are added.
+///
+/// Since API 1 (plugin-api 0.1, second release).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct EditOp {
+    /// What changes.
+    pub kind: EditKind,
+    /// A text operand (topic, property key, content type, …).
+    pub key: RString,
+    /// A bytes operand (payload, property value, correlation data).
+    pub value: RVec<u8>,
+    /// A number operand (QoS, flag, seconds).
+    pub number: u64,
+}
+
+impl EditOp {
+    fn new(kind: EditKind, key: &str, value: Vec<u8>, number: u64) -> EditOp {
+        EditOp {
+            kind,
+            key: key.into(),
+            value: value.into(),
+            number,
+        }
+    }
+
+    /// Changes the topic.
+    pub fn set_topic(topic: &str) -> EditOp {
+        EditOp::new(EditKind::SET_TOPIC, topic, Vec::new(), 0)
+    }
+    /// Changes the payload.
+    pub fn set_payload(payload: impl Into<Vec<u8>>) -> EditOp {
+        EditOp::new(EditKind::SET_PAYLOAD, "", payload.into(), 0)
+    }
+    /// Changes the QoS subscribers get at most.
+    pub fn set_qos(qos: u8) -> EditOp {
+        EditOp::new(EditKind::SET_QOS, "", Vec::new(), qos.into())
+    }
+    /// Sets or clears the RETAIN flag.
+    pub fn set_retain(retain: bool) -> EditOp {
+        EditOp::new(EditKind::SET_RETAIN, "", Vec::new(), retain.into())
+    }
+    /// Appends a user property.
+    pub fn add_user_property(key: &str, value: &str) -> EditOp {
+        EditOp::new(
+            EditKind::ADD_USER_PROPERTY,
+            key,
+            value.as_bytes().to_vec(),
+            0,
+        )
+    }
+    /// Replaces every user property named `key`.
+    pub fn set_user_property(key: &str, value: &str) -> EditOp {
+        EditOp::new(
+            EditKind::SET_USER_PROPERTY,
+            key,
+            value.as_bytes().to_vec(),
+            0,
+        )
+    }
+    /// Removes every user property named `key`.
+    pub fn remove_user_property(key: &str) -> EditOp {
+        EditOp::new(EditKind::REMOVE_USER_PROPERTY, key, Vec::new(), 0)
+    }
+    /// Sets the message expiry interval (seconds from now); `None` removes it.
+    pub fn set_message_expiry(seconds: Option<u32>) -> EditOp {
+        let n = seconds.map_or(u64::MAX, u64::from);
+        EditOp::new(EditKind::SET_MESSAGE_EXPIRY, "", Vec::new(), n)
+    }
+    /// Sets (or, with "", removes) the content type.
+    pub fn set_content_type(content_type: &str) -> EditOp {
+        EditOp::new(EditKind::SET_CONTENT_TYPE, content_type, Vec::new(), 0)
+    }
+    /// Sets (or, with `None`, removes) the payload format indicator.
+    pub fn set_payload_format(format: Option<u8>) -> EditOp {
+        let n = format.map_or(u64::MAX, u64::from);
+        EditOp::new(EditKind::SET_PAYLOAD_FORMAT, "", Vec::new(), n)
+    }
+    /// Sets (or, with "", removes) the response topic.
+    pub fn set_response_topic(topic: &str) -> EditOp {
+        EditOp::new(EditKind::SET_RESPONSE_TOPIC, topic, Vec::new(), 0)
+    }
+    /// Sets (or, with empty data, removes) the correlation data.
+    pub fn set_correlation_data(data: impl Into<Vec<u8>>) -> EditOp {
+        EditOp::new(EditKind::SET_CORRELATION_DATA, "", data.into(), 0)
+    }
+    /// Drops the message, saying why.
+    pub fn drop_message(reason: &str) -> EditOp {
+        EditOp::new(EditKind::DROP, reason, Vec::new(), 0)
+    }
+}
+
 /// One filter of a SUBSCRIBE or UNSUBSCRIBE, borrowed, for `client.subscribe` /
 /// `client.unsubscribe`.
 ///

@@ -195,6 +195,25 @@ pub trait PluginInstance: Send + Sync {
     /// blocking-capable broker thread, after no other call is in flight.
     #[sabi(last_prefix_field)]
     fn shutdown(&self) -> RResult<(), PluginError>;
+
+    /// `message.publish` with every field editable: a list of [`EditOp`]s. A plugin built
+    /// before this method existed answers through its `on_message_publish`.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release).
+    fn on_message_publish_ops(
+        &self,
+        message: &MessageView<'_>,
+    ) -> RResult<Flow<RVec<EditOp>>, PluginError> {
+        match self.on_message_publish(message) {
+            RResult::ROk(flow) => RResult::ROk(match flow {
+                Flow::Continue => Flow::Continue,
+                Flow::Stop => Flow::Stop,
+                Flow::ContinueWith(e) => Flow::ContinueWith(e.into_ops()),
+                Flow::StopWith(e) => Flow::StopWith(e.into_ops()),
+            }),
+            RResult::RErr(e) => RResult::RErr(e),
+        }
+    }
 }
 
 /// A created plugin, owned by the broker.

@@ -64,6 +64,21 @@ pub trait Plugin: Send + Sync + Sized + 'static {
         Flow::Continue
     }
 
+    /// `message.publish` with every field editable: return the changes as [`EditOp`]s
+    /// (`EditOp::add_user_property("site", "north")`, `EditOp::set_qos(0)`, …). The broker calls
+    /// this; the default answers with [`Plugin::on_message_publish`], so implement one of the
+    /// two. Must not block.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release).
+    fn edit_message(&self, message: &MessageView<'_>) -> Flow<Vec<EditOp>> {
+        match self.on_message_publish(message) {
+            Flow::Continue => Flow::Continue,
+            Flow::Stop => Flow::Stop,
+            Flow::ContinueWith(e) => Flow::ContinueWith(e.into_ops().into_vec()),
+            Flow::StopWith(e) => Flow::StopWith(e.into_ops().into_vec()),
+        }
+    }
+
     /// `message.delivered` / `message.acked` / `message.dropped`. Must not block.
     fn on_message_event(&self, point: HookPoint, event: &MessageEventView<'_>) {
         let _ = (point, event);
@@ -446,6 +461,21 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
             rt.shutdown_timeout(Duration::from_secs(5));
         }
         result
+    }
+
+    fn on_message_publish_ops(
+        &self,
+        message: &MessageView<'_>,
+    ) -> RResult<Flow<RVec<EditOp>>, PluginError> {
+        let _enter = self.handle.enter();
+        guard("on_message_publish", || {
+            match self.plugin.edit_message(message) {
+                Flow::Continue => Flow::Continue,
+                Flow::Stop => Flow::Stop,
+                Flow::ContinueWith(ops) => Flow::ContinueWith(ops.into()),
+                Flow::StopWith(ops) => Flow::StopWith(ops.into()),
+            }
+        })
     }
 }
 

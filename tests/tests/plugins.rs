@@ -775,3 +775,79 @@ async fn data_directory_and_unsubscribe_for_plugins() {
     let subs = b.ctl_ok(&["subscriptions", "list", "--client", "s"]);
     assert!(subs.contains("0 subscription(s)"), "{subs}");
 }
+
+/// `edit_message`: every field of a message edited by a plugin reaches a real MQTT 5
+/// subscriber; a plugin can also drop a message and disconnect its publisher.
+#[tokio::test]
+async fn every_message_field_is_editable() {
+    use broker_tests::rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use broker_tests::rumqttc::v5::mqttbytes::QoS as V5QoS;
+    let b = Broker::start();
+    b.ctl_ok(&["plugins", "load", "probe"]);
+    let mut sub = V5Client::connect(b.port(), "sub").await;
+    sub.client
+        .subscribe("probe/edited/#", V5QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let mut publisher = V5Client::connect(b.port(), "pub").await;
+    let props = PublishProperties {
+        user_properties: vec![
+            ("secret".into(), "x".into()),
+            ("site".into(), "south".into()),
+            ("keep".into(), "me".into()),
+        ],
+        ..Default::default()
+    };
+    wait_until("subscribed", || {
+        b.ctl_ok(&["subscriptions", "list", "--client", "sub"])
+            .contains("probe/edited/#")
+    })
+    .await;
+    publisher
+        .client
+        .publish_with_properties("probe/edit/a", V5QoS::AtLeastOnce, true, "hi", props)
+        .await
+        .expect("publish");
+    let p = sub.recv_publish().await;
+    assert_eq!(&p.topic[..], b"probe/edited/a");
+    assert_eq!(&p.payload[..], b"hi!");
+    assert_eq!(p.qos, V5QoS::AtMostOnce, "QoS lowered to 0");
+    assert!(!p.retain, "RETAIN cleared");
+    let got = p.properties.expect("properties");
+    assert_eq!(
+        got.user_properties,
+        vec![
+            ("keep".to_owned(), "me".to_owned()),
+            ("by".to_owned(), "probe".to_owned()),
+            ("site".to_owned(), "north".to_owned()),
+        ]
+    );
+    assert_eq!(got.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(got.payload_format_indicator, Some(1));
+    assert_eq!(got.response_topic.as_deref(), Some("probe/replies"));
+    assert_eq!(got.correlation_data.as_deref(), Some(&b"req-1"[..]));
+    assert!(got
+        .message_expiry_interval
+        .is_some_and(|s| (58..=60).contains(&s)));
+
+    // A plugin drops a message and disconnects its publisher.
+    publisher
+        .client
+        .publish("probe/kick/x", V5QoS::AtLeastOnce, false, "bye")
+        .await
+        .expect("publish");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, publisher.next_event()).await {
+            Ok(Some(Err(_))) | Ok(None) => break,
+            Ok(Some(Ok(_))) => {}
+            Err(_) => panic!("the publisher was not disconnected"),
+        }
+    }
+    assert!(b.log().contains("connection closed by a plugin"));
+    wait_until("the publisher is gone", || {
+        !b.ctl_ok(&["clients", "list", "--connected"])
+            .contains("Client(pub,")
+    })
+    .await;
+}

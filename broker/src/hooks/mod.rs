@@ -20,6 +20,7 @@
 //! A plugin that faults (panics, errors on async hooks, timeouts) `fault_threshold` times within
 //! `fault_window` is marked faulted and no longer called.
 
+pub mod edit;
 pub mod stats;
 
 use std::collections::VecDeque;
@@ -32,8 +33,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use plugin_api::{
     AclRequest, AclResult, AuthRequest, AuthResult, DenyReason, ErrorKind, EventView, Flow,
-    HookPoint, MessageEdit, MessageEventView, MessageView, OnError, PluginBox, PluginError,
-    SubscribeView,
+    HookPoint, MessageEventView, OnError, PluginBox, PluginError, SubscribeView,
 };
 use tokio::sync::Semaphore;
 
@@ -285,17 +285,6 @@ impl HookTable {
     }
 }
 
-/// What the `message.publish` chain decided.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct PublishDecision {
-    /// Replacement topic.
-    pub topic: Option<String>,
-    /// Replacement payload.
-    pub payload: Option<Vec<u8>>,
-    /// Do not route the message.
-    pub drop: bool,
-}
-
 /// What the authentication chain decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthDecision {
@@ -437,51 +426,59 @@ impl Hooks {
         });
     }
 
-    /// Runs the `message.publish` fold. `view` describes the message as received; each plugin
-    /// sees the topic and payload as changed by the plugins before it, and is skipped when its
-    /// publish filter does not want the message.
-    pub fn message_publish(&self, view: &MessageView<'_>) -> PublishDecision {
-        let mut decision = PublishDecision::default();
+    /// Runs the `message.publish` fold on `message`: each plugin sees the message as the
+    /// plugins before it left it (every field), and is skipped when its publish filter does not
+    /// want it. Returns false when a plugin dropped the message.
+    pub fn message_publish(
+        &self,
+        message: &mut crate::session::Message,
+        username: Option<&str>,
+        is_will: bool,
+    ) -> bool {
         if !self.enabled(HookPoint::MESSAGE_PUBLISH) {
-            return decision;
+            return true;
         }
         let table = self.table.load();
+        let now = crate::broker::now_ms();
         for p in table.at(HookPoint::MESSAGE_PUBLISH) {
-            if !p.is_active() {
+            if !p.is_active()
+                || !p
+                    .publish_filter
+                    .wants(message.topic.as_str(), message.retain)
+            {
                 continue;
             }
-            let topic = decision.topic.as_deref().unwrap_or(view.topic.as_str());
-            if !p.publish_filter.wants(topic, view.retain) {
-                continue;
-            }
-            let mut current = *view;
-            if let Some(t) = &decision.topic {
-                current.topic = t.as_str().into();
-            }
-            if let Some(b) = &decision.payload {
-                current.payload = b.as_slice().into();
-            }
-            let t = p.begin();
-            let r = p.instance.on_message_publish(&current);
-            p.end(t);
-            let (edit, stop) = match r {
+            let r = {
+                let user_properties = message.user_property_views();
+                let mut view = message.view(&user_properties);
+                view.username = username.map(Into::into).into();
+                view.is_will = is_will;
+                view.timestamp_ms = now;
+                let t = p.begin();
+                let r = p.instance.on_message_publish_ops(&view);
+                p.end(t);
+                r
+            };
+            let (ops, stop) = match r {
                 RResult::ROk(Flow::Continue) => (None, false),
-                RResult::ROk(Flow::ContinueWith(e)) => (Some(e), false),
+                RResult::ROk(Flow::ContinueWith(ops)) => (Some(ops), false),
                 RResult::ROk(Flow::Stop) => (None, true),
-                RResult::ROk(Flow::StopWith(e)) => (Some(e), true),
+                RResult::ROk(Flow::StopWith(ops)) => (Some(ops), true),
                 RResult::RErr(e) => {
                     p.failed(HookPoint::MESSAGE_PUBLISH, &e);
                     (None, false)
                 }
             };
-            if let Some(edit) = edit {
-                apply_edit(&mut decision, edit, &p.name);
+            if let Some(ops) = ops {
+                if !edit::apply(message, ops, &p.name) {
+                    return false;
+                }
             }
-            if stop || decision.drop {
+            if stop {
                 break;
             }
         }
-        decision
+        true
     }
 
     /// Runs a `client.subscribe` / `client.unsubscribe` fold for one filter; returns the
@@ -618,19 +615,4 @@ async fn call_async<T>(
             None
         }
     }
-}
-
-fn apply_edit(decision: &mut PublishDecision, edit: MessageEdit, plugin: &str) {
-    if let Some(topic) = edit.topic.into_option() {
-        match crate::router::TopicName::new(topic.as_str()) {
-            Ok(_) => decision.topic = Some(topic.into()),
-            Err(e) => {
-                tracing::warn!(plugin, topic = %topic, error = %e, "message.publish returned an invalid topic; keeping the original")
-            }
-        }
-    }
-    if let Some(payload) = edit.payload.into_option() {
-        decision.payload = Some(payload.into());
-    }
-    decision.drop |= edit.drop;
 }

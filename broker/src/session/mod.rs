@@ -60,6 +60,18 @@ impl From<Properties> for MessageProperties {
 }
 
 impl MessageProperties {
+    /// The properties, to change (boxed on first use).
+    pub fn make_mut(&mut self) -> &mut Properties {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the box again when every property is empty.
+    pub fn shrink(&mut self) {
+        if self.0.as_ref().is_some_and(|p| p.is_empty()) {
+            self.0 = None;
+        }
+    }
+
     /// Bytes the properties take beyond the message record itself (their box).
     pub fn boxed_size(&self) -> usize {
         self.0
