@@ -710,6 +710,85 @@ impl EditOp {
     }
 }
 
+/// What one [`SubscribeOp`] decides. A number, so that later releases can add kinds without
+/// changing any layout.
+///
+/// Since API 1 (plugin-api 0.1, second release).
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubscribeOpKind(pub u32);
+
+impl SubscribeOpKind {
+    /// `key` = the filter to subscribe to instead (without `$share/<group>/`).
+    pub const SET_FILTER: SubscribeOpKind = SubscribeOpKind(1);
+    /// `number` = the highest QoS to grant (the client asked for more: it gets this).
+    pub const LIMIT_QOS: SubscribeOpKind = SubscribeOpKind(2);
+    /// Refuse this filter: `number` = the MQTT 5 SUBACK reason code (0x80 or above, e.g. 0x87
+    /// not authorized, 0x97 quota exceeded; MQTT 3 clients get 0x80), `key` = why, for the log.
+    pub const REFUSE: SubscribeOpKind = SubscribeOpKind(3);
+    /// `number` = the subscription identifier to attach (1 to 268 435 455; 0 removes it).
+    pub const SET_SUBSCRIPTION_ID: SubscribeOpKind = SubscribeOpKind(4);
+    /// `number` = 1 sets No Local, 0 clears it.
+    pub const SET_NO_LOCAL: SubscribeOpKind = SubscribeOpKind(5);
+    /// `number` = 1 sets Retain As Published, 0 clears it.
+    pub const SET_RETAIN_AS_PUBLISHED: SubscribeOpKind = SubscribeOpKind(6);
+    /// `number` = Retain Handling (0, 1, 2).
+    pub const SET_RETAIN_HANDLING: SubscribeOpKind = SubscribeOpKind(7);
+}
+
+/// One decision about a filter of a SUBSCRIBE (`client.subscribe`), returned as a list by
+/// [`crate::Plugin::decide_subscribe`].
+///
+/// Since API 1 (plugin-api 0.1, second release).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeOp {
+    /// What it decides.
+    pub kind: SubscribeOpKind,
+    /// A text operand (filter, reason).
+    pub key: RString,
+    /// A number operand (QoS, reason code, identifier, flag).
+    pub number: u64,
+}
+
+impl SubscribeOp {
+    fn new(kind: SubscribeOpKind, key: &str, number: u64) -> SubscribeOp {
+        SubscribeOp {
+            kind,
+            key: key.into(),
+            number,
+        }
+    }
+    /// Subscribe to `filter` instead.
+    pub fn set_filter(filter: &str) -> SubscribeOp {
+        SubscribeOp::new(SubscribeOpKind::SET_FILTER, filter, 0)
+    }
+    /// Grant at most `qos`.
+    pub fn limit_qos(qos: u8) -> SubscribeOp {
+        SubscribeOp::new(SubscribeOpKind::LIMIT_QOS, "", qos.into())
+    }
+    /// Refuse the filter with an MQTT 5 reason code (0x80 or above).
+    pub fn refuse(reason_code: u8, why: &str) -> SubscribeOp {
+        SubscribeOp::new(SubscribeOpKind::REFUSE, why, reason_code.into())
+    }
+    /// Attach a subscription identifier (0 removes it).
+    pub fn set_subscription_id(id: u32) -> SubscribeOp {
+        SubscribeOp::new(SubscribeOpKind::SET_SUBSCRIPTION_ID, "", id.into())
+    }
+    /// Set or clear No Local.
+    pub fn set_no_local(on: bool) -> SubscribeOp {
+        SubscribeOp::new(SubscribeOpKind::SET_NO_LOCAL, "", on.into())
+    }
+    /// Set or clear Retain As Published.
+    pub fn set_retain_as_published(on: bool) -> SubscribeOp {
+        SubscribeOp::new(SubscribeOpKind::SET_RETAIN_AS_PUBLISHED, "", on.into())
+    }
+    /// Set Retain Handling (0, 1, 2).
+    pub fn set_retain_handling(rh: u8) -> SubscribeOp {
+        SubscribeOp::new(SubscribeOpKind::SET_RETAIN_HANDLING, "", rh.into())
+    }
+}
+
 /// One filter of a SUBSCRIBE or UNSUBSCRIBE, borrowed, for `client.subscribe` /
 /// `client.unsubscribe`.
 ///

@@ -214,6 +214,30 @@ pub trait PluginInstance: Send + Sync {
             RResult::RErr(e) => RResult::RErr(e),
         }
     }
+
+    /// `client.subscribe` / `client.unsubscribe` with every decision: a list of
+    /// [`SubscribeOp`]s (another filter, a lower QoS, a refusal with a reason code, a
+    /// subscription identifier, options). A plugin built before this method existed answers
+    /// through its `on_subscribe`.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release).
+    fn on_subscribe_ops(
+        &self,
+        point: HookPoint,
+        request: &SubscribeView<'_>,
+    ) -> RResult<Flow<RVec<SubscribeOp>>, PluginError> {
+        let ops =
+            |f: RString| -> RVec<SubscribeOp> { vec![SubscribeOp::set_filter(f.as_str())].into() };
+        match self.on_subscribe(point, request) {
+            RResult::ROk(flow) => RResult::ROk(match flow {
+                Flow::Continue => Flow::Continue,
+                Flow::Stop => Flow::Stop,
+                Flow::ContinueWith(f) => Flow::ContinueWith(ops(f)),
+                Flow::StopWith(f) => Flow::StopWith(ops(f)),
+            }),
+            RResult::RErr(e) => RResult::RErr(e),
+        }
+    }
 }
 
 /// A created plugin, owned by the broker.

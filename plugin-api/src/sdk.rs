@@ -91,6 +91,26 @@ pub trait Plugin: Send + Sync + Sized + 'static {
         Flow::Continue
     }
 
+    /// `client.subscribe` / `client.unsubscribe` with every decision: return [`SubscribeOp`]s
+    /// (`SubscribeOp::limit_qos(0)`, `SubscribeOp::refuse(0x97, "quota")`, …). The broker calls
+    /// this; the default answers with [`Plugin::on_subscribe`], so implement one of the two.
+    /// Must not block.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release).
+    fn decide_subscribe(
+        &self,
+        point: HookPoint,
+        request: &SubscribeView<'_>,
+    ) -> Flow<Vec<SubscribeOp>> {
+        let ops = |f: RString| vec![SubscribeOp::set_filter(f.as_str())];
+        match self.on_subscribe(point, request) {
+            Flow::Continue => Flow::Continue,
+            Flow::Stop => Flow::Stop,
+            Flow::ContinueWith(f) => Flow::ContinueWith(ops(f)),
+            Flow::StopWith(f) => Flow::StopWith(ops(f)),
+        }
+    }
+
     /// `client.authenticate`. The returned future runs on the plugin's runtime.
     fn authenticate(
         &self,
@@ -461,6 +481,22 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
             rt.shutdown_timeout(Duration::from_secs(5));
         }
         result
+    }
+
+    fn on_subscribe_ops(
+        &self,
+        point: HookPoint,
+        request: &SubscribeView<'_>,
+    ) -> RResult<Flow<RVec<SubscribeOp>>, PluginError> {
+        let _enter = self.handle.enter();
+        guard("on_subscribe", || {
+            match self.plugin.decide_subscribe(point, request) {
+                Flow::Continue => Flow::Continue,
+                Flow::Stop => Flow::Stop,
+                Flow::ContinueWith(ops) => Flow::ContinueWith(ops.into()),
+                Flow::StopWith(ops) => Flow::StopWith(ops.into()),
+            }
+        })
     }
 
     fn on_message_publish_ops(

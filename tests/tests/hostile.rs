@@ -226,8 +226,8 @@ async fn clients_may_not_publish_to_sys_unless_allowed() {
     assert_eq!(sub.recv().await.expect("delivered").kind(), 3);
 }
 
-/// Acceptance: an offline session offered 20 000 QoS 1 messages of 1 KiB keeps what fits in
-/// `max_queued_bytes`, in order, and the broker grows by about that much.
+/// Acceptance: an offline session offered 40 000 QoS 1 messages of 1 KiB (40 MB) keeps what fits
+/// in `max_queued_bytes` (4 MiB), in order, and the broker grows by about that much.
 #[tokio::test]
 async fn offline_queue_is_bounded_in_bytes() {
     const MAX: usize = 4 * 1024 * 1024;
@@ -245,7 +245,7 @@ async fn offline_queue_is_bounded_in_bytes() {
     let mut publisher = Wire::connected(b.port(), 4, "flood").await;
     let payload = vec![b'p'; 1024];
     let mut acked = 0;
-    for chunk in 0..20u16 {
+    for chunk in 0..40u16 {
         let mut batch = Vec::new();
         for i in 0..1000u16 {
             let id = chunk * 1000 + i + 1;
@@ -260,15 +260,16 @@ async fn offline_queue_is_bounded_in_bytes() {
         }
     }
     let grown = b.rss_kib().saturating_sub(base);
-    eprintln!("20 000 x 1 KiB into an offline session: RSS {base} KiB before, grew by {grown} KiB");
+    eprintln!("40 000 x 1 KiB into an offline session: RSS {base} KiB before, grew by {grown} KiB");
     let metrics = b.ctl_ok(&["metrics"]);
     let queued: usize = metric(&metrics, "queued_bytes");
     assert!(queued <= MAX, "queued_bytes {queued}");
     assert!(metric::<u64>(&metrics, "messages_dropped") > 10_000);
     // RSS: the queue's bytes plus a constant for buffers and allocator slack (measured: about
-    // 4 MiB over the queue).
+    // 4 MiB over the queue, up to 8.5 MiB on a loaded machine); an unbounded queue would grow
+    // by the 40 MB offered.
     assert!(
-        grown < (MAX / 1024 + 8 * 1024) as u64,
+        grown < (MAX / 1024 + 12 * 1024) as u64,
         "RSS grew by {grown} KiB for a {MAX}-byte queue"
     );
     drop(publisher);
@@ -330,12 +331,13 @@ async fn a_subscriber_that_stops_reading_is_bounded_and_disconnected() {
     assert!(publisher.ping().await, "the publisher is served meanwhile");
     assert!(watcher.ping().await, "so are others");
     // 100 MB were published for it: it holds at most its queue (16 MiB) and ~64 KiB of
-    // output, plus the publisher's read buffer and allocator slack (measured: ~8 MiB).
+    // output, plus the publisher's read buffer and allocator slack (measured: ~8 MiB, up to
+    // ~16 MiB on a loaded machine).
     let grown = peak.saturating_sub(base);
     eprintln!(
         "stalled subscriber, 100 MB published: RSS {base} KiB before, peak grew by {grown} KiB"
     );
-    assert!(grown < (16 + 14) * 1024, "RSS grew by {grown} KiB");
+    assert!(grown < (16 + 24) * 1024, "RSS grew by {grown} KiB");
     // Without reading a byte of it (reading would make it a consumer again).
     wait_until("disconnected as a slow consumer", || {
         metric::<u64>(&b.ctl_ok(&["metrics"]), "slow_consumers_disconnected") == 1

@@ -851,3 +851,90 @@ async fn every_message_field_is_editable() {
     })
     .await;
 }
+
+/// `decide_subscribe`: a plugin grants a lower QoS, refuses one filter of a SUBSCRIBE with its
+/// own reason code while the others proceed, and attaches a subscription identifier.
+#[tokio::test]
+async fn subscribe_decisions_lower_qos_refuse_and_tag() {
+    let b = Broker::start();
+    b.ctl_ok(&["plugins", "load", "probe"]);
+    let mut w = Wire::connected(b.port(), 5, "decided").await;
+    let mut body = vec![0, 7, 0];
+    for (filter, qos) in [
+        ("probe/firehose/#", 2u8),
+        ("probe/quota/x", 1),
+        ("plain/#", 1),
+    ] {
+        body.extend(mqtt_string(filter));
+        body.push(qos);
+    }
+    w.send(&packet(0x82, &body)).await;
+    let ack = w.recv().await.expect("SUBACK");
+    assert_eq!(ack.body[3..], [0, 0x97, 1], "QoS 0 granted, 0x97, QoS 1");
+    let mut v3 = Wire::connected(b.port(), 4, "v3").await;
+    v3.send(&subscribe_packet(4, 1, "probe/quota/y", 1)).await;
+    assert_eq!(
+        v3.recv().await.expect("SUBACK").body[2],
+        0x80,
+        "MQTT 3: failure"
+    );
+    let subs = b.ctl_ok(&["subscriptions", "list", "--client", "decided"]);
+    assert!(
+        subs.contains("probe/firehose/#, qos=0") && !subs.contains("probe/quota"),
+        "{subs}"
+    );
+
+    use broker_tests::rumqttc::v5::mqttbytes::QoS as V5QoS;
+    let mut tagged = V5Client::connect(b.port(), "tagged").await;
+    tagged
+        .client
+        .subscribe("probe/tagsub/#", V5QoS::AtMostOnce)
+        .await
+        .expect("subscribe");
+    wait_until("subscribed", || {
+        b.ctl_ok(&["subscriptions", "list", "--client", "tagged"])
+            .contains("probe/tagsub/#")
+    })
+    .await;
+    b.ctl_ok(&["publish", "probe/tagsub/1", "x"]);
+    let p = tagged.recv_publish().await;
+    assert_eq!(
+        p.properties.expect("properties").subscription_identifiers,
+        vec![42]
+    );
+}
+
+/// A plugin built against the first release of the API — a snapshot of `plugin-api` and of the
+/// blocker fixture at that release, in `tests/fixtures/api-v1` — on this broker, whose `Host`
+/// and `PluginInstance` vtables have grown since: abi_stable refuses a library whose prefix
+/// types are shorter than the loader's, so the plugin is refused with one line that says to
+/// rebuild it, and the broker carries on. (Loading it instead — checking older plugins against
+/// frozen layouts of each release — is the next step of the plugin API's versioning.)
+#[tokio::test]
+async fn a_plugin_built_against_the_first_api_release_is_refused_with_one_line() {
+    let v1 = workspace_root().join("tests/fixtures/api-v1");
+    let replace = |from: std::path::PathBuf| {
+        move |dir: &std::path::Path| {
+            let src = dir.join("src");
+            std::fs::remove_dir_all(&src).expect("remove src");
+            copy_dir(&from, &src);
+        }
+    };
+    let bytes = build_fixture_variant(
+        false,
+        replace(v1.join("plugin-api/src")),
+        replace(v1.join("tests/fixtures/blocker/src")),
+    );
+    let plugins = tempfile::tempdir().expect("tmp");
+    std::fs::write(plugins.path().join("libblocker.so"), bytes).expect("install");
+    let b = Broker::start_in(tempfile::tempdir().expect("tmp"), plugins.path(), "");
+    let out = b.ctl(&["plugins", "load", "blocker"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("ABI mismatch") && out.stderr.contains("rebuild the plugin"),
+        "{out:?}"
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{out:?}");
+    let c = V4Client::connect(b.port(), "unharmed").await;
+    c.disconnect().await;
+}

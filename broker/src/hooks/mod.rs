@@ -285,6 +285,61 @@ impl HookTable {
     }
 }
 
+/// What the `client.subscribe` fold decided for one filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeOutcome {
+    /// Another filter (without `$share/<group>/`).
+    pub filter: Option<String>,
+    /// The options to subscribe with (QoS possibly lowered).
+    pub options: plugin_api::SubOptions,
+    /// Refused with this SUBACK reason code.
+    pub refused: Option<u8>,
+    /// A subscription identifier to attach (`Some(0)` removes the client's).
+    pub subscription_id: Option<u32>,
+}
+
+impl SubscribeOutcome {
+    fn apply(&mut self, ops: RVec<plugin_api::SubscribeOp>, plugin: &str) {
+        use plugin_api::SubscribeOpKind as K;
+        for op in ops {
+            let refused = |why: &str| {
+                tracing::warn!(
+                    plugin,
+                    kind = op.kind.0,
+                    "client.subscribe decision refused: {why}"
+                );
+            };
+            match op.kind {
+                K::SET_FILTER => self.filter = Some(op.key.to_string()),
+                K::LIMIT_QOS if op.number <= 2 => {
+                    self.options.qos = self.options.qos.min(op.number as u8)
+                }
+                K::REFUSE if (0x80..=0xFF).contains(&op.number) => {
+                    tracing::debug!(
+                        plugin,
+                        reason_code = op.number,
+                        why = op.key.as_str(),
+                        "subscription refused by a plugin"
+                    );
+                    self.refused = Some(op.number as u8);
+                }
+                K::SET_SUBSCRIPTION_ID if op.number <= 268_435_455 => {
+                    self.subscription_id = Some(op.number as u32)
+                }
+                K::SET_NO_LOCAL => self.options.no_local = op.number != 0,
+                K::SET_RETAIN_AS_PUBLISHED => self.options.retain_as_published = op.number != 0,
+                K::SET_RETAIN_HANDLING if op.number <= 2 => {
+                    self.options.retain_handling = op.number as u8
+                }
+                K::LIMIT_QOS | K::REFUSE | K::SET_SUBSCRIPTION_ID | K::SET_RETAIN_HANDLING => {
+                    refused(&format!("value {} out of range", op.number))
+                }
+                _ => refused("unknown decision kind (a newer plugin-api than this broker's)"),
+            }
+        }
+    }
+}
+
 /// What the authentication chain decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthDecision {
@@ -481,37 +536,56 @@ impl Hooks {
         true
     }
 
-    /// Runs a `client.subscribe` / `client.unsubscribe` fold for one filter; returns the
-    /// replacement filter, if any plugin changed it.
-    pub fn subscribe_filter(&self, point: HookPoint, view: &SubscribeView<'_>) -> Option<String> {
+    /// Runs a `client.subscribe` / `client.unsubscribe` fold for one filter: each plugin sees
+    /// the filter and options the plugins before it decided. `None` when no plugin changed
+    /// anything.
+    pub fn subscribe_decision(
+        &self,
+        point: HookPoint,
+        view: &SubscribeView<'_>,
+    ) -> Option<SubscribeOutcome> {
         if !self.enabled(point) {
             return None;
         }
-        let mut filter: Option<String> = None;
+        let mut outcome = SubscribeOutcome {
+            filter: None,
+            options: view.options,
+            refused: None,
+            subscription_id: None,
+        };
+        let mut changed = false;
         let table = self.table.load();
         for p in table.at(point) {
             if !p.is_active() {
                 continue;
             }
             let mut current = *view;
-            if let Some(f) = &filter {
+            if let Some(f) = &outcome.filter {
                 current.filter = f.as_str().into();
             }
+            current.options = outcome.options;
             let t = p.begin();
-            let r = p.instance.on_subscribe(point, &current);
+            let r = p.instance.on_subscribe_ops(point, &current);
             p.end(t);
-            match r {
-                RResult::ROk(Flow::Continue) => {}
-                RResult::ROk(Flow::ContinueWith(f)) => filter = Some(f.into()),
-                RResult::ROk(Flow::Stop) => break,
-                RResult::ROk(Flow::StopWith(f)) => {
-                    filter = Some(f.into());
-                    break;
+            let (ops, stop) = match r {
+                RResult::ROk(Flow::Continue) => (None, false),
+                RResult::ROk(Flow::ContinueWith(ops)) => (Some(ops), false),
+                RResult::ROk(Flow::Stop) => (None, true),
+                RResult::ROk(Flow::StopWith(ops)) => (Some(ops), true),
+                RResult::RErr(e) => {
+                    p.failed(point, &e);
+                    (None, false)
                 }
-                RResult::RErr(e) => p.failed(point, &e),
+            };
+            if let Some(ops) = ops {
+                changed = true;
+                outcome.apply(ops, &p.name);
+            }
+            if stop || outcome.refused.is_some() {
+                break;
             }
         }
-        filter
+        changed.then_some(outcome)
     }
 
     /// Runs the authentication chain.

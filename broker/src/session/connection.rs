@@ -49,8 +49,8 @@ use tokio::time::Instant;
 use crate::broker::Broker;
 use crate::codec::{
     self, reason, ConnAck, Connect, DecodeError, Disconnect, Packet, PacketId, Properties,
-    ProtocolVersion, PubResp, Publish, PublishHeader, QoS, SubAck, Subscribe, UnsubAck,
-    Unsubscribe,
+    ProtocolVersion, PubResp, Publish, PublishHeader, QoS, RetainHandling, SubAck, Subscribe,
+    UnsubAck, Unsubscribe,
 };
 use crate::config::{Decision, DenyAction};
 use crate::hooks::{AclDecision, AuthDecision};
@@ -1306,16 +1306,18 @@ impl Connection {
 
     /// Applies the `client.subscribe` / `client.unsubscribe` fold to a filter; returns the
     /// effective filter string (with its `$share/<group>/` prefix, if any).
-    fn rewrite_filter(
+    /// Runs the `client.subscribe` / `client.unsubscribe` fold for one filter: the filter to
+    /// use (as the client would have written it, `$share/…` kept) and what plugins decided.
+    fn decide_filter(
         &self,
         point: HookPoint,
         raw: &str,
         group: Option<&Arc<str>>,
         filter: &TopicFilter,
         options: SubOptions,
-    ) -> String {
+    ) -> (String, Option<crate::hooks::SubscribeOutcome>) {
         if !self.broker.hooks.enabled(point) {
-            return raw.to_owned();
+            return (raw.to_owned(), None);
         }
         let view = SubscribeView {
             client: self.identity.view(),
@@ -1323,12 +1325,16 @@ impl Connection {
             share_group: group.map(|g| (**g).into()).into(),
             options,
         };
-        match self.broker.hooks.subscribe_filter(point, &view) {
-            None => raw.to_owned(),
-            Some(new) => match group {
-                Some(g) => format!("$share/{g}/{new}"),
-                None => new,
-            },
+        match self.broker.hooks.subscribe_decision(point, &view) {
+            None => (raw.to_owned(), None),
+            Some(outcome) => {
+                let effective = match (&outcome.filter, group) {
+                    (None, _) => raw.to_owned(),
+                    (Some(new), Some(g)) => format!("$share/{g}/{new}"),
+                    (Some(new), None) => new.clone(),
+                };
+                (effective, Some(outcome))
+            }
         }
     }
 
@@ -1369,13 +1375,32 @@ impl Connection {
                 codes.push(reason::NOT_AUTHORIZED);
                 continue;
             }
-            let effective = self.rewrite_filter(
+            let (effective, decision) = self.decide_filter(
                 HookPoint::CLIENT_SUBSCRIBE,
                 &raw,
                 group.as_ref(),
                 &filter,
                 sub_options(&options),
             );
+            let mut options = options;
+            let mut sub_id = id;
+            if let Some(d) = &decision {
+                if let Some(code) = d.refused {
+                    codes.push(if v5 { code } else { 0x80 });
+                    continue;
+                }
+                options.qos = QoS::from_u8(d.options.qos).unwrap_or(options.qos);
+                options.no_local = d.options.no_local;
+                options.retain_as_published = d.options.retain_as_published;
+                options.retain_handling = match d.options.retain_handling {
+                    1 => RetainHandling::SendIfNew,
+                    2 => RetainHandling::DoNotSend,
+                    _ => RetainHandling::SendAtSubscribe,
+                };
+                if let Some(new_id) = d.subscription_id {
+                    sub_id = (new_id > 0).then_some(new_id);
+                }
+            }
             let (group, filter) = if effective == raw {
                 (group, filter)
             } else {
@@ -1397,9 +1422,9 @@ impl Connection {
                 group.clone(),
                 filter.clone(),
                 options,
-                id,
+                sub_id,
             );
-            added.push((group, filter, options, is_new));
+            added.push((group, filter, options, is_new, sub_id));
             codes.push(options.qos as u8);
         }
         if !added.is_empty() && self.session.live_store().is_some() {
@@ -1412,13 +1437,13 @@ impl Connection {
             reason_codes: codes,
         }));
         if self.broker.hooks.enabled(HookPoint::SESSION_SUBSCRIBED) {
-            for (group, filter, options, is_new) in &added {
+            for (group, filter, options, is_new, sub_id) in &added {
                 let sub = SubscriptionView {
                     filter: filter.as_str().into(),
                     share_group: group.as_deref().map(Into::into).into(),
                     options: sub_options(options),
                     is_new: *is_new,
-                    subscription_id: id.unwrap_or(0),
+                    subscription_id: sub_id.unwrap_or(0),
                 };
                 let mut ev = event(self.identity.view(), "", 0);
                 ev.subscription = Some(sub).into();
@@ -1438,13 +1463,16 @@ impl Connection {
         let mut codes = Vec::with_capacity(u.filters.len());
         for raw in &u.filters {
             let key = match TopicFilter::parse(raw) {
-                Ok((group, filter)) => self.rewrite_filter(
-                    HookPoint::CLIENT_UNSUBSCRIBE,
-                    raw,
-                    group.as_ref(),
-                    &filter,
-                    SubOptions::default(),
-                ),
+                Ok((group, filter)) => {
+                    self.decide_filter(
+                        HookPoint::CLIENT_UNSUBSCRIBE,
+                        raw,
+                        group.as_ref(),
+                        &filter,
+                        SubOptions::default(),
+                    )
+                    .0
+                }
                 Err(_) => raw.clone(),
             };
             let removed = self.session.subscriptions.lock().remove(&key);
