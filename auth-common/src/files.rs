@@ -84,3 +84,61 @@ impl Watched {
         }
     }
 }
+
+/// A value read from a file and swapped whole when the file changes: readers take an `Arc` of
+/// the current value and never wait for a reload.
+#[derive(Debug)]
+pub struct Live<T> {
+    value: std::sync::RwLock<std::sync::Arc<T>>,
+}
+
+impl<T> Live<T> {
+    /// Starts with `value`.
+    pub fn new(value: T) -> Live<T> {
+        Live {
+            value: std::sync::RwLock::new(std::sync::Arc::new(value)),
+        }
+    }
+
+    /// The value in force.
+    pub fn current(&self) -> std::sync::Arc<T> {
+        match self.value.read() {
+            Ok(v) => v.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts `value` in force.
+    pub fn install(&self, value: T) {
+        let value = std::sync::Arc::new(value);
+        match self.value.write() {
+            Ok(mut v) => *v = value,
+            Err(poisoned) => *poisoned.into_inner() = value,
+        }
+    }
+
+    /// If `file` changed on disc, reads it with `read` and puts the result in force (logging
+    /// `what` and how many items `count` finds); a failure is logged and the value in force
+    /// stays.
+    pub fn reload_if_changed(
+        &self,
+        file: &Watched,
+        what: &str,
+        read: impl FnOnce() -> Result<T, String>,
+        count: impl Fn(&T) -> usize,
+    ) {
+        if !file.changed() {
+            return;
+        }
+        match read() {
+            Ok(value) => {
+                tracing::info!(file = %file.path().display(), items = count(&value), "{what} read again");
+                self.install(value);
+            }
+            Err(e) => tracing::error!(
+                "{e}; the {} {what} entries in force stay",
+                count(&self.current())
+            ),
+        }
+    }
+}

@@ -18,13 +18,13 @@
 
 use std::marker::PhantomData;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use plugin_api::*;
 use serde::Deserialize;
 
-use crate::files::Watched;
+use crate::files::{Live, Watched};
 use crate::mosquitto::{valid_user, Hashed, PasswordFile, DEFAULT_ITERATIONS};
 use crate::HashPool;
 
@@ -133,11 +133,10 @@ impl Default for Config {
 
 struct Shared {
     name: &'static str,
-    key: &'static str,
     config: Config,
     file_on_disc: Watched,
     path: PathBuf,
-    file: RwLock<Arc<PasswordFile>>,
+    file: Live<PasswordFile>,
     fixed: Vec<(String, Hashed)>,
     pool: HashPool,
     /// Serialises the commands' read-modify-write of the file.
@@ -155,36 +154,21 @@ impl Shared {
     }
 
     fn current(&self) -> Arc<PasswordFile> {
-        match self.file.read() {
-            Ok(f) => f.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.file.current()
     }
 
     fn install(&self, file: PasswordFile) {
-        let file = Arc::new(file);
-        match self.file.write() {
-            Ok(mut f) => *f = file,
-            Err(poisoned) => *poisoned.into_inner() = file,
-        }
+        self.file.install(file);
     }
 
     /// Reads the file again if it changed on disc since last seen.
     fn reload_if_changed(&self) {
-        if !self.file_on_disc.changed() {
-            return;
-        }
-        match self.read() {
-            Ok(file) => {
-                tracing::info!(file = %self.path.display(), users = file.users.len(), "password file read again");
-                self.install(file);
-            }
-            Err(e) => tracing::error!(
-                "{e}; the {} {}s in force stay",
-                self.current().users.len(),
-                self.key
-            ),
-        }
+        self.file.reload_if_changed(
+            &self.file_on_disc,
+            "password file",
+            || self.read(),
+            |f| f.users.len(),
+        );
     }
 
     fn lookup(&self, key: &str) -> Option<Hashed> {
@@ -352,11 +336,10 @@ impl<M: Mode> Plugin for UserStore<M> {
         }
         let shared = Arc::new(Shared {
             name: M::NAME,
-            key: M::KEY,
             pool: HashPool::new(config.hash_threads),
             file_on_disc: Watched::new(path.clone()),
             path,
-            file: RwLock::new(Arc::new(PasswordFile::default())),
+            file: Live::new(PasswordFile::default()),
             fixed,
             writing: tokio::sync::Mutex::new(()),
             config,

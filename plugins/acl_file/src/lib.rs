@@ -14,10 +14,10 @@
 pub mod rules;
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use auth_common::files::Watched;
+use auth_common::files::{Live, Watched};
 use plugin_api::*;
 use rules::{Rules, Verdict, Want, Who};
 use serde::Deserialize;
@@ -60,7 +60,7 @@ struct Loaded {
 struct Shared {
     config: Config,
     file: Watched,
-    loaded: RwLock<Arc<Loaded>>,
+    loaded: Live<Loaded>,
 }
 
 impl Shared {
@@ -78,34 +78,12 @@ impl Shared {
     }
 
     fn current(&self) -> Arc<Loaded> {
-        match self.loaded.read() {
-            Ok(l) => l.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    fn install(&self, loaded: Loaded) {
-        let loaded = Arc::new(loaded);
-        match self.loaded.write() {
-            Ok(mut l) => *l = loaded,
-            Err(p) => *p.into_inner() = loaded,
-        }
+        self.loaded.current()
     }
 
     fn reload_if_changed(&self) {
-        if !self.file.changed() {
-            return;
-        }
-        match self.read() {
-            Ok(l) => {
-                tracing::info!(file = %self.file.path().display(), rules = l.rules.len(), syntax = l.rules.syntax(), "ACL file read again");
-                self.install(l);
-            }
-            Err(e) => tracing::error!(
-                "{e}; the {} rules in force stay",
-                self.current().rules.len()
-            ),
-        }
+        self.loaded
+            .reload_if_changed(&self.file, "ACL file", || self.read(), |l| l.rules.len());
     }
 
     /// The decision and the text explaining it.
@@ -150,14 +128,14 @@ impl Plugin for AclFile {
         let shared = Arc::new(Shared {
             file: Watched::new(config.acl_file.clone()),
             config,
-            loaded: RwLock::new(Arc::new(Loaded {
+            loaded: Live::new(Loaded {
                 rules: Rules::parse("").map_err(|(_, e)| PluginError::config(e))?,
                 lines: Vec::new(),
-            })),
+            }),
         });
         let loaded = shared.read().map_err(PluginError::config)?;
         tracing::info!(file = %shared.file.path().display(), rules = loaded.rules.len(), syntax = loaded.rules.syntax(), "ACL rules loaded");
-        shared.install(loaded);
+        shared.loaded.install(loaded);
         let watcher = (shared.config.watch_interval_secs > 0).then(|| {
             let s = shared.clone();
             let every = Duration::from_secs(s.config.watch_interval_secs);
