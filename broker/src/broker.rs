@@ -555,6 +555,20 @@ impl Broker {
         self.shutdown_tx.subscribe()
     }
 
+    /// Fires a `broker.*` notification (an empty client in the event).
+    pub fn notify_broker_event(&self, point: HookPoint) {
+        let nobody = ClientInfo::default();
+        self.hooks.notify(
+            point,
+            &EventView {
+                client: nobody.view(),
+                reason: "".into(),
+                reason_code: 0,
+                subscription: None.into(),
+            },
+        );
+    }
+
     /// Starts a graceful shutdown: listeners stop accepting, connections close.
     pub fn begin_shutdown(&self) {
         self.accepting.store(false, Ordering::SeqCst);

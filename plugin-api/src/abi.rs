@@ -103,6 +103,18 @@ hook_points! {
     ///
     /// Since API 1 (plugin-api 0.1, second release).
     MESSAGE_PUBLISHED = 19, "message.published";
+    /// The broker accepts clients: plugins of the loaded set are created and the listeners are
+    /// bound. Notification ([`crate::Plugin::on_event`], with an empty client). Only plugins
+    /// loaded at start-up see it; called once, on a broker thread.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release).
+    BROKER_STARTED = 20, "broker.started";
+    /// The broker begins to stop (SIGTERM / Ctrl-C): listeners are about to close, clients and
+    /// plugins are still there. Notification with an empty client; called once, on a broker
+    /// thread; must not block (flush in `shutdown`, which follows).
+    ///
+    /// Since API 1 (plugin-api 0.1, second release).
+    BROKER_STOPPING = 21, "broker.stopping";
 }
 
 /// Named priorities (EMQX order): higher runs first; ties are ordered by plugin name.

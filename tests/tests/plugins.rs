@@ -938,3 +938,22 @@ async fn a_plugin_built_against_the_first_api_release_is_refused_with_one_line()
     let c = V4Client::connect(b.port(), "unharmed").await;
     c.disconnect().await;
 }
+
+/// broker.started and broker.stopping reach the plugins loaded at start-up.
+#[tokio::test]
+async fn broker_started_and_stopping_hooks() {
+    let mut b = Broker::start_with("[plugins]\nenabled = [\"probe\"]\n");
+    wait_until("broker.started seen", || {
+        b.log().contains("probe saw broker.started")
+    })
+    .await;
+    assert!(!b.log().contains("probe saw broker.stopping"));
+    assert!(b.terminate().success());
+    let log = b.log();
+    let stopping = log
+        .find("probe saw broker.stopping")
+        .expect("broker.stopping seen");
+    let closed = log.find("shutting down").expect("shutdown logged");
+    assert!(stopping > closed, "fired when the shutdown began");
+    assert!(log.contains("probe shut down"), "{log}");
+}

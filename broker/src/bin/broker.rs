@@ -191,11 +191,13 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         accept_loops.push(tokio::spawn(listener::run(broker.clone(), b)));
     }
     broker.set_accepting(bound_listeners);
+    broker.notify_broker_event(plugin_api::HookPoint::BROKER_STARTED);
     listener::write_address_file(&data_dir, &addresses, admin.as_ref().map(|a| a.addr))
         .with_context(|| format!("cannot write {}/listeners.json", data_dir.display()))?;
 
     wait_for_signal().await?;
     tracing::info!("shutting down: closing listeners and connections");
+    broker.notify_broker_event(plugin_api::HookPoint::BROKER_STOPPING);
     broker.begin_shutdown();
     for l in accept_loops {
         let _ = l.await;
