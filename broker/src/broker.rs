@@ -60,6 +60,8 @@ pub struct Broker {
     pub metrics: Metrics,
     /// Counters and gauges registered by plugins.
     pub plugin_metrics: metrics::PluginMetrics,
+    /// The plugins' durable key-value store (`<data_dir>/plugin_kv.redb`, opened on first use).
+    pub plugin_kv: crate::plugin::kv::PluginKv,
     next_session_id: AtomicU64,
     shutdown_tx: watch::Sender<bool>,
     /// Permits for the global connection limit; all permits back = no connection left.
@@ -150,6 +152,7 @@ impl Broker {
             sessions: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             plugin_metrics: metrics::PluginMetrics::default(),
+            plugin_kv: crate::plugin::kv::PluginKv::new(config.data_dir.join("plugin_kv.redb")),
             next_session_id: AtomicU64::new(1),
             shutdown_tx,
             connection_permits: Arc::new(Semaphore::new(permits)),

@@ -142,6 +142,44 @@ pub trait Host: Send + Sync + Clone {
     fn data_dir(&self) -> RString {
         RString::new()
     }
+
+    /// The value this plugin stored under `key` in its durable key-value store (which survives
+    /// reloads and broker restarts; one namespace per plugin name).
+    ///
+    /// Since API 1 (plugin-api 0.1, second release); an older broker answers an error.
+    fn kv_get(&self, key: RStr<'_>) -> RResult<ROption<RVec<u8>>, RString> {
+        let _ = key;
+        RResult::RErr("this broker has no plugin key-value store".into())
+    }
+
+    /// This plugin's keys starting with `prefix`, in order.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release); an older broker answers an error.
+    fn kv_keys(&self, prefix: RStr<'_>) -> RResult<RVec<RString>, RString> {
+        let _ = prefix;
+        RResult::RErr("this broker has no plugin key-value store".into())
+    }
+
+    /// Stores `value` under `key` (keys 1-1024 bytes, values up to 1 MiB); the future
+    /// completes once it is on disc.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release); an older broker answers an error.
+    fn kv_put(&self, key: RStr<'_>, value: RVec<u8>) -> FfiFuture<RResult<(), RString>> {
+        let _ = (key, value);
+        async_ffi::FutureExt::into_ffi(async {
+            RResult::RErr("this broker has no plugin key-value store".into())
+        })
+    }
+
+    /// Deletes `key`; the future completes once that is on disc.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release); an older broker answers an error.
+    fn kv_delete(&self, key: RStr<'_>) -> FfiFuture<RResult<(), RString>> {
+        let _ = key;
+        async_ffi::FutureExt::into_ffi(async {
+            RResult::RErr("this broker has no plugin key-value store".into())
+        })
+    }
 }
 
 /// The host object handed to a plugin at creation. Cheap to clone.

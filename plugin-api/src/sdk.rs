@@ -211,6 +211,15 @@ impl Context {
         Ok(std::path::PathBuf::from(dir.as_str()))
     }
 
+    /// This plugin's durable key-value store (survives reloads and broker restarts).
+    ///
+    /// Since API 1 (plugin-api 0.1, second release).
+    pub fn kv(&self) -> Kv {
+        Kv {
+            host: self.host.clone(),
+        }
+    }
+
     /// A gauge of this plugin (see [`Context::counter`]).
     ///
     /// Since API 1 (plugin-api 0.1, second release).
@@ -226,6 +235,55 @@ fn register(host: &HostRef, name: &str, kind: u8, help: &str) -> Result<u32, Plu
     host.metric_register(name.into(), kind, help.into())
         .into_result()
         .map_err(|e| PluginError::new(ErrorKind::INVALID, e.to_string()))
+}
+
+/// A plugin's durable key-value store ([`Context::kv`]). Cheap to clone.
+#[derive(Clone)]
+pub struct Kv {
+    host: HostRef,
+}
+
+fn kv_error(e: RString) -> PluginError {
+    PluginError::new(ErrorKind::BACKEND, e.to_string())
+}
+
+impl Kv {
+    /// The value under `key`.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PluginError> {
+        self.host
+            .kv_get(key.into())
+            .into_result()
+            .map(|v| v.into_option().map(RVec::into_vec))
+            .map_err(kv_error)
+    }
+
+    /// The keys starting with `prefix`, in order.
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>, PluginError> {
+        self.host
+            .kv_keys(prefix.into())
+            .into_result()
+            .map(|k| k.into_iter().map(String::from).collect())
+            .map_err(kv_error)
+    }
+
+    /// Stores `value` under `key`; resolves once it is on disc.
+    pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<(), PluginError> {
+        let value: Vec<u8> = value.into();
+        self.host
+            .kv_put(key.into(), value.into())
+            .await
+            .into_result()
+            .map_err(kv_error)
+    }
+
+    /// Deletes `key`; resolves once that is on disc.
+    pub async fn delete(&self, key: &str) -> Result<(), PluginError> {
+        self.host
+            .kv_delete(key.into())
+            .await
+            .into_result()
+            .map_err(kv_error)
+    }
 }
 
 /// A counter in the broker's metrics ([`Context::counter`]). Cheap to clone.

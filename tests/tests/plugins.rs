@@ -957,3 +957,31 @@ async fn broker_started_and_stopping_hooks() {
     assert!(stopping > closed, "fired when the shutdown began");
     assert!(log.contains("probe shut down"), "{log}");
 }
+
+/// The plugins' durable key-value store: per plugin, across reloads and broker restarts.
+#[tokio::test]
+async fn plugin_key_value_store_survives_reloads_and_restarts() {
+    let mut b = Broker::start();
+    b.ctl_ok(&["plugins", "load", "probe"]);
+    assert_eq!(b.ctl_ok(&["probe", "kv", "get", "count"]).trim(), "(none)");
+    assert_eq!(
+        b.ctl_ok(&["probe", "kv", "set", "count", "41"]).trim(),
+        "stored"
+    );
+    b.ctl_ok(&["probe", "kv", "set", "counter/b", "x"]);
+    b.ctl_ok(&["plugins", "reload", "probe"]);
+    assert_eq!(b.ctl_ok(&["probe", "kv", "get", "count"]).trim(), "41");
+    b.restart();
+    assert_eq!(
+        b.ctl_ok(&["probe", "kv", "get", "count"]).trim(),
+        "41",
+        "after a restart"
+    );
+    assert_eq!(
+        b.ctl_ok(&["probe", "kv", "keys", "count"]).trim(),
+        "count,counter/b"
+    );
+    b.ctl_ok(&["probe", "kv", "del", "count"]);
+    assert_eq!(b.ctl_ok(&["probe", "kv", "get", "count"]).trim(), "(none)");
+    assert!(b.data_dir().join("plugin_kv.redb").exists());
+}

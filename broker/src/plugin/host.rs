@@ -37,6 +37,26 @@ impl BrokerHost {
     }
 }
 
+impl BrokerHost {
+    /// A durable write to the plugin's key-value store, on a blocking thread of the broker.
+    fn kv_write(&self, key: String, value: Option<Vec<u8>>) -> FfiFuture<RResult<(), RString>> {
+        let (Some(broker), Some(runtime)) = (self.broker.upgrade(), self.runtime.clone()) else {
+            return async { RResult::RErr("the broker is shutting down".into()) }.into_ffi();
+        };
+        let plugin = self.plugin.clone();
+        let task =
+            runtime.spawn_blocking(move || broker.plugin_kv.write(&plugin, &key, value.as_deref()));
+        async move {
+            match task.await {
+                Ok(Ok(())) => RResult::ROk(()),
+                Ok(Err(e)) => RResult::RErr(e.into()),
+                Err(e) => RResult::RErr(format!("the write failed: {e}").into()),
+            }
+        }
+        .into_ffi()
+    }
+}
+
 impl Host for BrokerHost {
     fn log(&self, record: LogRecord<'_>) {
         let plugin = &*self.plugin;
@@ -207,6 +227,38 @@ impl Host for BrokerHost {
                 RString::new()
             }
         }
+    }
+
+    fn kv_get(&self, key: RStr<'_>) -> RResult<ROption<abi_stable::std_types::RVec<u8>>, RString> {
+        let Some(broker) = self.broker.upgrade() else {
+            return RResult::RErr("the broker is shutting down".into());
+        };
+        match broker.plugin_kv.get(&self.plugin, key.as_str()) {
+            Ok(v) => RResult::ROk(v.map(Into::into).into()),
+            Err(e) => RResult::RErr(e.into()),
+        }
+    }
+
+    fn kv_keys(&self, prefix: RStr<'_>) -> RResult<abi_stable::std_types::RVec<RString>, RString> {
+        let Some(broker) = self.broker.upgrade() else {
+            return RResult::RErr("the broker is shutting down".into());
+        };
+        match broker.plugin_kv.keys(&self.plugin, prefix.as_str()) {
+            Ok(keys) => RResult::ROk(keys.into_iter().map(RString::from).collect()),
+            Err(e) => RResult::RErr(e.into()),
+        }
+    }
+
+    fn kv_put(
+        &self,
+        key: RStr<'_>,
+        value: abi_stable::std_types::RVec<u8>,
+    ) -> FfiFuture<RResult<(), RString>> {
+        self.kv_write(key.as_str().to_owned(), Some(value.into_vec()))
+    }
+
+    fn kv_delete(&self, key: RStr<'_>) -> FfiFuture<RResult<(), RString>> {
+        self.kv_write(key.as_str().to_owned(), None)
     }
 
     fn node_name(&self) -> RString {

@@ -19,6 +19,7 @@
 //! restored, or on the very first start `plugins.enabled` of broker.toml is loaded.
 
 pub mod host;
+pub mod kv;
 pub mod loader;
 pub mod template;
 
