@@ -115,6 +115,11 @@ hook_points! {
     ///
     /// Since API 1 (plugin-api 0.1, second release).
     BROKER_STOPPING = 21, "broker.stopping";
+    /// MQTT 5 enhanced authentication (async): [`crate::Plugin::enhanced_auth`], once per step
+    /// of the CONNECT / AUTH exchange, and again when a connected client re-authenticates.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release).
+    CLIENT_ENHANCED_AUTH = 22, "client.enhanced_auth";
 }
 
 /// Named priorities (EMQX order): higher runs first; ties are ordered by plugin name.
@@ -1045,4 +1050,97 @@ pub struct ApiResponse {
     pub content_type: RString,
     /// The body.
     pub body: RVec<u8>,
+}
+
+/// One step of an MQTT 5 enhanced authentication exchange (`client.enhanced_auth`).
+///
+/// Since API 1 (plugin-api 0.1, second release).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct EnhancedAuthRequest {
+    /// The client (its `connected_at_ms` names this connection: keep per-exchange state
+    /// under `(client_id, connected_at_ms)`).
+    pub client: ClientInfo,
+    /// The Authentication Method the client chose (e.g. `SCRAM-SHA-256`).
+    pub method: RString,
+    /// The Authentication Data of this step (from CONNECT at step 0, then from each AUTH).
+    pub data: RVec<u8>,
+    /// 0 for the first step, then 1, 2, …
+    pub step: u32,
+    /// A connected client re-authenticating (AUTH with reason 0x19), not a CONNECT.
+    pub reauthenticate: bool,
+}
+
+/// What a step of enhanced authentication decided.
+///
+/// Since API 1 (plugin-api 0.1, second release).
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EnhancedAuthOutcome(pub u32);
+
+impl EnhancedAuthOutcome {
+    /// Not this plugin's method: ask the next plugin.
+    pub const IGNORE: EnhancedAuthOutcome = EnhancedAuthOutcome(0);
+    /// Send `data` to the client in an AUTH (0x18) and call again with its answer.
+    pub const CONTINUE: EnhancedAuthOutcome = EnhancedAuthOutcome(1);
+    /// Authenticated: `data` goes to the client in CONNACK (or AUTH 0x00 when re-authenticating).
+    pub const SUCCESS: EnhancedAuthOutcome = EnhancedAuthOutcome(2);
+    /// Refused with `reason_code` (CONNACK, or DISCONNECT when re-authenticating).
+    pub const FAILURE: EnhancedAuthOutcome = EnhancedAuthOutcome(3);
+}
+
+/// The answer to an [`EnhancedAuthRequest`].
+///
+/// Since API 1 (plugin-api 0.1, second release).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone)]
+pub struct EnhancedAuthResult {
+    /// What to do.
+    pub outcome: EnhancedAuthOutcome,
+    /// Authentication Data for the client (may be empty).
+    pub data: RVec<u8>,
+    /// With `SUCCESS`: the client skips ACL checks.
+    pub superuser: bool,
+    /// With `FAILURE`: the MQTT 5 reason code (0x87 not authorized, 0x8C bad authentication
+    /// method, …; anything below 0x80 becomes 0x87).
+    pub reason_code: u8,
+}
+
+impl EnhancedAuthResult {
+    /// Not this plugin's method.
+    pub fn ignore() -> Self {
+        EnhancedAuthResult {
+            outcome: EnhancedAuthOutcome::IGNORE,
+            data: RVec::new(),
+            superuser: false,
+            reason_code: 0,
+        }
+    }
+    /// Another round: send `data` in an AUTH packet.
+    pub fn continue_with(data: Vec<u8>) -> Self {
+        EnhancedAuthResult {
+            outcome: EnhancedAuthOutcome::CONTINUE,
+            data: data.into(),
+            superuser: false,
+            reason_code: 0x18,
+        }
+    }
+    /// Authenticated, with final data for the client.
+    pub fn success(data: Vec<u8>, superuser: bool) -> Self {
+        EnhancedAuthResult {
+            outcome: EnhancedAuthOutcome::SUCCESS,
+            data: data.into(),
+            superuser,
+            reason_code: 0,
+        }
+    }
+    /// Refused.
+    pub fn failure(reason_code: u8) -> Self {
+        EnhancedAuthResult {
+            outcome: EnhancedAuthOutcome::FAILURE,
+            data: RVec::new(),
+            superuser: false,
+            reason_code,
+        }
+    }
 }

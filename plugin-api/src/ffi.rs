@@ -276,6 +276,17 @@ pub trait PluginInstance: Send + Sync {
             RResult::RErr(e) => RResult::RErr(e),
         }
     }
+
+    /// `client.enhanced_auth`: one step of MQTT 5 enhanced authentication.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release).
+    fn enhanced_auth(
+        &self,
+        request: EnhancedAuthRequest,
+    ) -> FfiFuture<RResult<EnhancedAuthResult, PluginError>> {
+        let _ = request;
+        async_ffi::FutureExt::into_ffi(async { RResult::ROk(EnhancedAuthResult::ignore()) })
+    }
 }
 
 /// A created plugin, owned by the broker.

@@ -120,6 +120,20 @@ pub trait Plugin: Send + Sync + Sized + 'static {
         async { Ok(AuthResult::Ignore) }
     }
 
+    /// `client.enhanced_auth`: one step of MQTT 5 enhanced authentication (the broker runs the
+    /// CONNECT / AUTH exchange; keep state between steps under the client's id and
+    /// `connected_at_ms`). Answer `EnhancedAuthResult::ignore()` for methods that are not yours.
+    /// The returned future runs on the plugin's runtime.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release).
+    fn enhanced_auth(
+        &self,
+        request: EnhancedAuthRequest,
+    ) -> impl Future<Output = Result<EnhancedAuthResult, PluginError>> + Send + 'static {
+        let _ = request;
+        async { Ok(EnhancedAuthResult::ignore()) }
+    }
+
     /// `client.check_acl`. The returned future runs on the plugin's runtime.
     fn check_acl(
         &self,
@@ -539,6 +553,14 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
             rt.shutdown_timeout(Duration::from_secs(5));
         }
         result
+    }
+
+    fn enhanced_auth(
+        &self,
+        request: EnhancedAuthRequest,
+    ) -> FfiFuture<RResult<EnhancedAuthResult, PluginError>> {
+        let made = catch(|| self.plugin.enhanced_auth(request));
+        self.run_async("enhanced_auth", made)
     }
 
     fn on_subscribe_ops(

@@ -613,6 +613,47 @@ impl Hooks {
         AuthDecision::NoMatch
     }
 
+    /// One step of MQTT 5 enhanced authentication. The first step (`handler` None) asks the
+    /// plugins in order until one answers something else than ignore; later steps go to that
+    /// plugin (`handler`). A plugin that fails follows its `on_error`: deny gives 0x87 (or
+    /// unavailable), ignore asks the next one. `None`: no plugin handles the method.
+    pub async fn enhanced_auth(
+        &self,
+        request: &plugin_api::EnhancedAuthRequest,
+        handler: Option<&Arc<PluginHandle>>,
+    ) -> Option<(Arc<PluginHandle>, plugin_api::EnhancedAuthResult)> {
+        use plugin_api::{EnhancedAuthOutcome, EnhancedAuthResult};
+        let point = HookPoint::CLIENT_ENHANCED_AUTH;
+        if let Some(p) = handler {
+            let answer = call_async(p, point, p.instance.enhanced_auth(request.clone())).await;
+            return Some((
+                p.clone(),
+                answer.unwrap_or_else(|| EnhancedAuthResult::failure(reason_unavailable(p))),
+            ));
+        }
+        if !self.enabled(point) {
+            return None;
+        }
+        let table = self.table.load_full();
+        for p in table.at(point) {
+            if !p.is_active() {
+                continue;
+            }
+            match call_async(p, point, p.instance.enhanced_auth(request.clone())).await {
+                Some(r) if r.outcome == EnhancedAuthOutcome::IGNORE => {}
+                Some(r) => return Some((p.clone(), r)),
+                None if p.on_error == OnError::Deny => {
+                    return Some((
+                        p.clone(),
+                        EnhancedAuthResult::failure(reason_unavailable(p)),
+                    ))
+                }
+                None => {}
+            }
+        }
+        None
+    }
+
     /// Runs the ACL chain.
     pub async fn check_acl(&self, request: &AclRequest) -> AclDecision {
         if !self.enabled(HookPoint::CLIENT_CHECK_ACL) {
@@ -658,6 +699,11 @@ impl Hooks {
 
 /// Awaits one async hook call with the plugin's timeout and in-flight limit. `None` when the
 /// call failed (error, panic, timeout), after counting it.
+/// The reason code for a plugin that failed to answer an authentication step.
+fn reason_unavailable(_p: &PluginHandle) -> u8 {
+    crate::codec::reason::SERVER_UNAVAILABLE
+}
+
 async fn call_async<T>(
     p: &PluginHandle,
     point: HookPoint,

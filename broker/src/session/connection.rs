@@ -239,7 +239,7 @@ where
         Some(c) => c,
         None => return,
     };
-    let mut conn = match Connection::accept(&broker, &mut stream, connect, &info).await {
+    let mut conn = match Connection::accept(&broker, &mut stream, &mut rbuf, connect, &info).await {
         Some(c) => c,
         None => return,
     };
@@ -351,6 +351,150 @@ struct Connection {
     /// Answers in the write buffer promise changes submitted to the live session store: wait
     /// for their commit before the buffer may be written.
     needs_commit: bool,
+    /// MQTT 5 enhanced authentication in force (for re-authentication).
+    enhanced: Option<EnhancedAuth>,
+}
+
+/// The enhanced authentication a connection was accepted with.
+struct EnhancedAuth {
+    /// The Authentication Method.
+    method: String,
+    /// The plugin that answered it.
+    handler: Arc<crate::hooks::PluginHandle>,
+    /// The next step of a re-authentication in progress.
+    step: Option<u32>,
+}
+
+fn auth_packet(reason_code: u8, method: &str, data: &[u8]) -> Packet {
+    let properties = Properties {
+        authentication_method: Some(method.to_owned()),
+        authentication_data: (!data.is_empty()).then(|| data.to_vec().into()),
+        ..Properties::default()
+    };
+    Packet::Auth(codec::Auth {
+        reason_code,
+        properties,
+    })
+}
+
+/// Runs the CONNECT / AUTH exchange of MQTT 5 enhanced authentication (section 4.12) until a
+/// plugin decides, within `limits.connect_timeout`. Returns the plugin and its final answer, or
+/// the CONNACK refusal.
+async fn enhanced_exchange<S>(
+    broker: &Broker,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    identity: &ClientInfo,
+    method: &str,
+    first: Vec<u8>,
+) -> Result<
+    (
+        Arc<crate::hooks::PluginHandle>,
+        plugin_api::EnhancedAuthResult,
+    ),
+    (u8, String),
+>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use plugin_api::{EnhancedAuthOutcome, EnhancedAuthRequest};
+    let max = broker.config.limits.max_packet_size;
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(broker.config.limits.connect_timeout);
+    let mut handler: Option<Arc<crate::hooks::PluginHandle>> = None;
+    let mut data = first;
+    let mut step = 0u32;
+    loop {
+        let request = EnhancedAuthRequest {
+            client: identity.clone(),
+            method: method.into(),
+            data: std::mem::take(&mut data).into(),
+            step,
+            reauthenticate: false,
+        };
+        let Some((plugin, result)) = broker.hooks.enhanced_auth(&request, handler.as_ref()).await
+        else {
+            return Err((
+                reason::BAD_AUTHENTICATION_METHOD,
+                format!("no loaded plugin handles authentication method {method:?}"),
+            ));
+        };
+        match result.outcome {
+            EnhancedAuthOutcome::SUCCESS => return Ok((plugin, result)),
+            EnhancedAuthOutcome::CONTINUE => {}
+            EnhancedAuthOutcome::FAILURE => {
+                let code = result.reason_code.max(0x80);
+                let code = if code == 0x80 {
+                    reason::NOT_AUTHORIZED
+                } else {
+                    code
+                };
+                return Err((code, format!("{method} authentication failed")));
+            }
+            _ => {
+                return Err((
+                    reason::BAD_AUTHENTICATION_METHOD,
+                    format!("no loaded plugin handles authentication method {method:?}"),
+                ))
+            }
+        }
+        handler = Some(plugin);
+        let mut out = BytesMut::new();
+        codec::encode(
+            &auth_packet(reason::CONTINUE_AUTHENTICATION, method, &result.data),
+            ProtocolVersion::V5,
+            &mut out,
+        );
+        if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
+            return Err((
+                reason::UNSPECIFIED_ERROR,
+                "closed during authentication".into(),
+            ));
+        }
+        // The client's answer: an AUTH continuing with the same method.
+        let answer = loop {
+            match codec::decode(rbuf, Some(ProtocolVersion::V5), max) {
+                Ok(Some(Packet::Auth(a))) => break a,
+                Ok(Some(p)) => {
+                    return Err((
+                        reason::PROTOCOL_ERROR,
+                        format!("{} during the authentication exchange", p.name()),
+                    ))
+                }
+                Ok(None) => {}
+                Err(e) => return Err((reason::MALFORMED_PACKET, e.to_string())),
+            }
+            match tokio::time::timeout_at(deadline, stream.read_buf(rbuf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    return Err((
+                        reason::UNSPECIFIED_ERROR,
+                        "closed during authentication".into(),
+                    ))
+                }
+                Ok(Ok(n)) => metrics::add(&broker.metrics.bytes_received, n as u64),
+                Err(_) => {
+                    return Err((
+                        reason::NOT_AUTHORIZED,
+                        "authentication exchange not finished within limits.connect_timeout".into(),
+                    ))
+                }
+            }
+        };
+        if answer.reason_code != reason::CONTINUE_AUTHENTICATION
+            || answer.properties.authentication_method.as_deref() != Some(method)
+        {
+            return Err((
+                reason::PROTOCOL_ERROR,
+                "[MQTT-4.12.0-4] AUTH must continue (0x18) with the CONNECT's method".into(),
+            ));
+        }
+        data = answer
+            .properties
+            .authentication_data
+            .map(|d| d.to_vec())
+            .unwrap_or_default();
+        step += 1;
+    }
 }
 
 fn event<'a>(client: ClientView<'a>, reason: &'a str, reason_code: u8) -> EventView<'a> {
@@ -446,6 +590,7 @@ impl Connection {
     async fn accept<S>(
         broker: &Arc<Broker>,
         stream: &mut S,
+        rbuf: &mut BytesMut,
         connect: Box<Connect>,
         info: &ConnInfo,
     ) -> Option<Connection>
@@ -490,7 +635,10 @@ impl Connection {
             .await;
             return None;
         }
-        if v5 && connect.properties.authentication_method.is_some() {
+        if v5
+            && connect.properties.authentication_method.is_some()
+            && !broker.hooks.enabled(HookPoint::CLIENT_ENHANCED_AUTH)
+        {
             refuse(
                 stream,
                 version,
@@ -569,17 +717,44 @@ impl Connection {
         let hooks = &broker.hooks;
         hooks.notify(HookPoint::CLIENT_CONNECT, &event(identity.view(), "", 0));
 
-        // Authentication chain (README, "Plugins and brokerctl": access control).
-        let refusal = match authenticate(broker, &identity, &connect).await {
-            Ok(superuser) => {
-                identity.is_superuser = superuser;
-                None
+        // Authentication: MQTT 5 enhanced authentication when the client names a method, else
+        // the authentication chain (README, "Plugins and brokerctl": access control).
+        let mut enhanced = None;
+        let refusal = match &connect.properties.authentication_method {
+            Some(method) if v5 => {
+                let data = connect
+                    .properties
+                    .authentication_data
+                    .as_ref()
+                    .map(|d| d.to_vec())
+                    .unwrap_or_default();
+                match enhanced_exchange(broker, stream, rbuf, &identity, method, data).await {
+                    Ok((handler, result)) => {
+                        identity.is_superuser = result.superuser;
+                        enhanced = Some((
+                            EnhancedAuth {
+                                method: method.clone(),
+                                handler,
+                                step: None,
+                            },
+                            result.data,
+                        ));
+                        None
+                    }
+                    Err(refusal) => Some(refusal),
+                }
             }
-            Err(refusal) => Some(refusal),
+            _ => match authenticate(broker, &identity, &connect).await {
+                Ok(superuser) => {
+                    identity.is_superuser = superuser;
+                    None
+                }
+                Err((code, why)) => Some((code, why.to_owned())),
+            },
         };
         if let Some((code, why)) = refusal {
             hooks.notify(HookPoint::CLIENT_CONNACK, &event(identity.view(), "", code));
-            refuse(stream, version, code, info, &client_id, why).await;
+            refuse(stream, version, code, info, &client_id, &why).await;
             return None;
         }
 
@@ -604,6 +779,12 @@ impl Connection {
             }
             properties.assigned_client_identifier = assigned;
             properties.server_keep_alive = server_keep_alive;
+            if let Some((auth, data)) = &enhanced {
+                properties.authentication_method = Some(auth.method.clone());
+                if !data.is_empty() {
+                    properties.authentication_data = Some(data.to_vec().into());
+                }
+            }
         }
         let client_receive_max = connect.properties.receive_maximum.unwrap_or(u16::MAX);
         let mut conn = Connection {
@@ -642,6 +823,7 @@ impl Connection {
             control_rate: ControlRate::new(limits.max_control_rate),
             published: false,
             needs_commit: false,
+            enhanced: enhanced.map(|(auth, _)| auth),
         };
         conn.push(&Packet::ConnAck(ConnAck {
             session_present: attached.session_present,
@@ -1114,14 +1296,88 @@ impl Connection {
                 reason::PROTOCOL_ERROR,
                 "[MQTT-3.1.0-2] second CONNECT on a connection",
             )),
-            Packet::Auth(_) => Err(Exit::protocol(
-                reason::PROTOCOL_ERROR,
-                "[MQTT-4.12.0-1] AUTH without an authentication method",
-            )),
+            Packet::Auth(a) => {
+                self.control_rate.spend();
+                self.on_auth(a).await
+            }
             other => Err(Exit::protocol(
                 reason::PROTOCOL_ERROR,
                 format!("[MQTT-2.1.2] a client may not send {}", other.name()),
             )),
+        }
+    }
+
+    /// An AUTH from a connected client: re-authentication (section 4.12.1) with the method the
+    /// connection was accepted with.
+    async fn on_auth(&mut self, a: codec::Auth) -> Result<(), Exit> {
+        use plugin_api::{EnhancedAuthOutcome, EnhancedAuthRequest};
+        let Some(auth) = &mut self.enhanced else {
+            return Err(Exit::protocol(
+                reason::PROTOCOL_ERROR,
+                "[MQTT-4.12.0-7] AUTH on a connection without enhanced authentication",
+            ));
+        };
+        if a.properties.authentication_method.as_deref() != Some(auth.method.as_str()) {
+            return Err(Exit::protocol(
+                reason::PROTOCOL_ERROR,
+                "[MQTT-4.12.1-1] re-authentication must use the CONNECT's method",
+            ));
+        }
+        let step = match (a.reason_code, auth.step) {
+            (reason::RE_AUTHENTICATE, None) => 0,
+            (reason::CONTINUE_AUTHENTICATION, Some(step)) => step,
+            _ => {
+                return Err(Exit::protocol(
+                    reason::PROTOCOL_ERROR,
+                    "AUTH reason code out of sequence",
+                ))
+            }
+        };
+        let request = EnhancedAuthRequest {
+            client: self.identity.clone(),
+            method: auth.method.as_str().into(),
+            data: a
+                .properties
+                .authentication_data
+                .map(|d| d.to_vec())
+                .unwrap_or_default()
+                .into(),
+            step,
+            reauthenticate: true,
+        };
+        let handler = auth.handler.clone();
+        let answer = self
+            .broker
+            .hooks
+            .enhanced_auth(&request, Some(&handler))
+            .await
+            .map(|(_, r)| r);
+        let method = auth.method.clone();
+        match answer {
+            Some(r) if r.outcome == EnhancedAuthOutcome::CONTINUE => {
+                auth.step = Some(step + 1);
+                self.push(&auth_packet(
+                    reason::CONTINUE_AUTHENTICATION,
+                    &method,
+                    &r.data,
+                ));
+                Ok(())
+            }
+            Some(r) if r.outcome == EnhancedAuthOutcome::SUCCESS => {
+                auth.step = None;
+                self.identity.is_superuser = r.superuser;
+                self.session.acl_cache.lock().clear();
+                *self.session.info.lock() = Some(self.identity.clone());
+                self.push(&auth_packet(reason::SUCCESS, &method, &r.data));
+                Ok(())
+            }
+            other => {
+                let code = other
+                    .map(|r| r.reason_code)
+                    .filter(|c| *c >= 0x80)
+                    .unwrap_or(reason::NOT_AUTHORIZED);
+                Err(Exit::protocol(code, "re-authentication failed"))
+            }
         }
     }
 
