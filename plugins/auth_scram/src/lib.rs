@@ -184,6 +184,13 @@ fn parse_users(text: &str) -> Result<Vec<Entry>, (usize, String)> {
     Ok(out)
 }
 
+/// Largest SCRAM message accepted, bytes.
+const MAX_MESSAGE: usize = 1024;
+
+/// Exchanges in progress at once; beyond that, new ones are refused until old ones finish or
+/// time out (a minute).
+const MAX_PENDING: usize = 10_000;
+
 /// An exchange between its two steps.
 struct Pending {
     entry: Entry,
@@ -255,6 +262,11 @@ impl Shared {
             r.client.connected_at_ms,
             r.reauthenticate,
         );
+        // SCRAM messages are short; a large one is not a client we can authenticate (and would
+        // sit in `pending` for a minute).
+        if r.data.len() > MAX_MESSAGE {
+            return EnhancedAuthResult::failure(0x87);
+        }
         let Ok(text) = std::str::from_utf8(r.data.as_slice()) else {
             return EnhancedAuthResult::failure(0x87);
         };
@@ -271,6 +283,10 @@ impl Shared {
                 let (Some(user), Some(client_nonce)) = (attr(bare, "n"), attr(bare, "r")) else {
                     return EnhancedAuthResult::failure(0x87);
                 };
+                if pending.len() >= MAX_PENDING {
+                    tracing::warn!("{MAX_PENDING} SCRAM exchanges in progress: refusing more");
+                    return EnhancedAuthResult::failure(0x88);
+                }
                 let entry = self
                     .lookup(user, mech)
                     .unwrap_or_else(|| self.decoy(user, mech));
