@@ -494,46 +494,52 @@ impl Hooks {
             return true;
         }
         let table = self.table.load();
-        let now = crate::broker::now_ms();
-        for p in table.at(HookPoint::MESSAGE_PUBLISH) {
-            if !p.is_active()
-                || !p
-                    .publish_filter
-                    .wants(message.topic.as_str(), message.retain)
-            {
-                continue;
-            }
-            let r = {
+        let plugins = table.at(HookPoint::MESSAGE_PUBLISH);
+        let now = crate::broker::coarse_now_ms();
+        let mut next = 0;
+        // The view is built once and reused by every plugin until one edits the message.
+        loop {
+            let edited = {
                 let user_properties = message.user_property_views();
                 let mut view = message.view(&user_properties);
                 view.username = username.map(Into::into).into();
                 view.is_will = is_will;
                 view.timestamp_ms = now;
-                let t = p.begin();
-                let r = p.instance.on_message_publish_ops(&view);
-                p.end(t);
-                r
-            };
-            let (ops, stop) = match r {
-                RResult::ROk(Flow::Continue) => (None, false),
-                RResult::ROk(Flow::ContinueWith(ops)) => (Some(ops), false),
-                RResult::ROk(Flow::Stop) => (None, true),
-                RResult::ROk(Flow::StopWith(ops)) => (Some(ops), true),
-                RResult::RErr(e) => {
-                    p.failed(HookPoint::MESSAGE_PUBLISH, &e);
-                    (None, false)
+                let mut edited = None;
+                while let Some(p) = plugins.get(next) {
+                    next += 1;
+                    if !p.is_active() || !p.publish_filter.wants(view.topic.as_str(), view.retain) {
+                        continue;
+                    }
+                    let t = p.begin();
+                    let r = p.instance.on_message_publish_ops(&view);
+                    p.end(t);
+                    match r {
+                        RResult::ROk(Flow::Continue) => {}
+                        RResult::ROk(Flow::Stop) => return true,
+                        RResult::ROk(Flow::ContinueWith(ops)) => {
+                            edited = Some((ops, false, p.clone()));
+                            break;
+                        }
+                        RResult::ROk(Flow::StopWith(ops)) => {
+                            edited = Some((ops, true, p.clone()));
+                            break;
+                        }
+                        RResult::RErr(e) => p.failed(HookPoint::MESSAGE_PUBLISH, &e),
+                    }
                 }
+                edited
             };
-            if let Some(ops) = ops {
-                if !edit::apply(message, ops, &p.name) {
-                    return false;
-                }
+            let Some((ops, stop, p)) = edited else {
+                return true;
+            };
+            if !edit::apply(message, ops, &p.name) {
+                return false;
             }
-            if stop {
-                break;
+            if stop || next >= plugins.len() {
+                return true;
             }
         }
-        true
     }
 
     /// Runs a `client.subscribe` / `client.unsubscribe` fold for one filter: each plugin sees
