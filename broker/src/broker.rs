@@ -529,9 +529,9 @@ impl Broker {
         self.session(client_id).and_then(|s| s.info.lock().clone())
     }
 
-    /// Fires `message.dropped` for a message a session's queue refused.
+    /// Fires `message.dropped` / `delivery.dropped` for a message a session's queue refused.
     fn notify_dropped(&self, client_id: &str, message: &Message, why: &str) {
-        if !self.hooks.enabled(HookPoint::MESSAGE_DROPPED) {
+        if !self.hooks.wants_dropped() {
             return;
         }
         let ups = message.user_property_views();
@@ -540,7 +540,7 @@ impl Broker {
             message: message.view(&ups),
             reason: why.into(),
         };
-        self.hooks.message_event(HookPoint::MESSAGE_DROPPED, &view);
+        self.hooks.dropped(&view);
     }
 
     /// Fires a session-level notification that has only the client id to go on.

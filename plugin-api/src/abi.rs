@@ -120,6 +120,13 @@ hook_points! {
     ///
     /// Since API 1 (plugin-api 0.1, second release).
     CLIENT_ENHANCED_AUTH = 22, "client.enhanced_auth";
+    /// EMQX 5's name for what `message.dropped` reports here: a message dropped on its way to
+    /// one subscriber (`queue_full`, `expired`, `too_large` in [`MessageEventView::reason`]).
+    /// Fired together with `message.dropped`, through [`crate::Plugin::on_message_event`], on
+    /// the thread that dropped it; must not block.
+    ///
+    /// Since API 1 (plugin-api 0.1, second release).
+    DELIVERY_DROPPED = 23, "delivery.dropped";
 }
 
 /// Named priorities (EMQX order): higher runs first; ties are ordered by plugin name.

@@ -985,3 +985,35 @@ async fn plugin_key_value_store_survives_reloads_and_restarts() {
     assert_eq!(b.ctl_ok(&["probe", "kv", "get", "count"]).trim(), "(none)");
     assert!(b.data_dir().join("plugin_kv.redb").exists());
 }
+
+/// A delivery dropped by a full queue fires message.dropped and its EMQX 5 name,
+/// delivery.dropped, with the reason and the subscriber.
+#[tokio::test]
+async fn dropped_deliveries_fire_message_and_delivery_dropped() {
+    let b = Broker::start_with("[limits]\nmax_queued_messages = 1\n");
+    b.ctl_ok(&["plugins", "load", "probe"]);
+    let mut sub = Wire::open(b.port()).await;
+    sub.send(&connect_packet(4, "slowpoke", false, 60)).await;
+    assert_eq!(sub.recv().await.expect("CONNACK").kind(), 2);
+    sub.send(&subscribe_packet(4, 1, "q", 1)).await;
+    assert_eq!(sub.recv().await.expect("SUBACK").kind(), 9);
+    drop(sub);
+    wait_until("offline", || {
+        b.ctl_ok(&["sessions", "list", "--offline"])
+            .contains("slowpoke")
+    })
+    .await;
+    let mut publisher = Wire::connected(b.port(), 4, "pub").await;
+    for id in 1..=3u16 {
+        publisher
+            .send(&publish_packet(4, "q", 1, id, false, b"m"))
+            .await;
+        assert_eq!(publisher.recv().await.expect("PUBACK").kind(), 4);
+    }
+    wait_until("both hooks fired", || {
+        let log = b.log();
+        log.contains("probe saw message.dropped queue_full for slowpoke")
+            && log.contains("probe saw delivery.dropped queue_full for slowpoke")
+    })
+    .await;
+}

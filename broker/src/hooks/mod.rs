@@ -441,6 +441,18 @@ impl Hooks {
         self.notify_each(point, |p| p.instance.on_message_event(point, event));
     }
 
+    /// Whether a plugin hooks `message.dropped` or `delivery.dropped`.
+    pub fn wants_dropped(&self) -> bool {
+        self.enabled(HookPoint::MESSAGE_DROPPED) || self.enabled(HookPoint::DELIVERY_DROPPED)
+    }
+
+    /// Fires `message.dropped` and `delivery.dropped` (EMQX 5's name) for a delivery dropped on
+    /// its way to one subscriber.
+    pub fn dropped(&self, event: &MessageEventView<'_>) {
+        self.message_event(HookPoint::MESSAGE_DROPPED, event);
+        self.message_event(HookPoint::DELIVERY_DROPPED, event);
+    }
+
     /// Whether any active plugin's `message.publish` hook wants a message with this topic and
     /// RETAIN flag (its [`plugin_api::PublishFilter`]). Checked before a message view is built.
     pub fn wants_publish(&self, topic: &str, retain: bool) -> bool {

@@ -987,7 +987,15 @@ impl Connection {
     fn dropped(&self, d: &Delivery, why: &str) {
         metrics::add(&self.broker.metrics.messages_dropped, 1);
         self.forget(d);
-        self.message_event(HookPoint::MESSAGE_DROPPED, d, why);
+        if self.broker.hooks.wants_dropped() {
+            let ups = d.message.user_property_views();
+            let view = MessageEventView {
+                client_id: (*self.client_id).into(),
+                message: d.message.view(&ups),
+                reason: why.into(),
+            };
+            self.broker.hooks.dropped(&view);
+        }
     }
 
     /// Removes a delivery from the live store once it is acknowledged or dropped.
