@@ -142,3 +142,21 @@ impl<T> Live<T> {
         }
     }
 }
+
+/// Runs `check` every `every_secs` seconds on the plugin's runtime (0 = never), for a plugin
+/// that re-reads its files when they change. Abort the handle in `shutdown`.
+pub fn poll_every(
+    ctx: &plugin_api::Context,
+    every_secs: u64,
+    check: impl Fn() + Send + Sync + 'static,
+) -> Option<tokio::task::JoinHandle<()>> {
+    (every_secs > 0).then(|| {
+        let every = std::time::Duration::from_secs(every_secs);
+        ctx.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                check();
+            }
+        })
+    })
+}

@@ -19,7 +19,6 @@
 use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use plugin_api::*;
 use serde::Deserialize;
@@ -350,16 +349,11 @@ impl<M: Mode> Plugin for UserStore<M> {
         }
         tracing::info!(plugin = shared.name, file = %shared.path.display(), users = initial.users.len(), listed = shared.fixed.len(), "user store loaded");
         shared.install(initial);
-        let watcher = (shared.config.watch_interval_secs > 0).then(|| {
-            let s = shared.clone();
-            let every = Duration::from_secs(s.config.watch_interval_secs);
-            ctx.spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    s.reload_if_changed();
-                }
-            })
-        });
+        let s = shared.clone();
+        let watcher =
+            crate::files::poll_every(&ctx, shared.config.watch_interval_secs, move || {
+                s.reload_if_changed()
+            });
         Ok(UserStore {
             shared,
             watcher,

@@ -15,7 +15,6 @@ pub mod rules;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use auth_common::files::{Live, Watched};
 use plugin_api::*;
@@ -136,16 +135,11 @@ impl Plugin for AclFile {
         let loaded = shared.read().map_err(PluginError::config)?;
         tracing::info!(file = %shared.file.path().display(), rules = loaded.rules.len(), syntax = loaded.rules.syntax(), "ACL rules loaded");
         shared.loaded.install(loaded);
-        let watcher = (shared.config.watch_interval_secs > 0).then(|| {
-            let s = shared.clone();
-            let every = Duration::from_secs(s.config.watch_interval_secs);
-            ctx.spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    s.reload_if_changed();
-                }
-            })
-        });
+        let s = shared.clone();
+        let watcher =
+            auth_common::files::poll_every(&ctx, shared.config.watch_interval_secs, move || {
+                s.reload_if_changed()
+            });
         Ok(AclFile { shared, watcher })
     }
 

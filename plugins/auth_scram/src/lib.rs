@@ -451,17 +451,12 @@ impl Plugin for AuthScram {
         });
         let users = shared.read().map_err(PluginError::config)?;
         shared.users.install(users);
-        let watcher = (shared.config.watch_interval_secs > 0).then(|| {
-            let s = shared.clone();
-            let every = Duration::from_secs(s.config.watch_interval_secs);
-            ctx.spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    s.users
-                        .reload_if_changed(&s.file, "SCRAM users file", || s.read(), Vec::len);
-                }
-            })
-        });
+        let s = shared.clone();
+        let watcher =
+            auth_common::files::poll_every(&ctx, shared.config.watch_interval_secs, move || {
+                s.users
+                    .reload_if_changed(&s.file, "SCRAM users file", || s.read(), Vec::len)
+            });
         Ok(AuthScram { shared, watcher })
     }
 
