@@ -150,7 +150,7 @@ fn hook_benches() {
         let hooks = Hooks::default();
         let handles: Vec<Arc<PluginHandle>> = (0..count)
             .map(|i| {
-                let host = BrokerHost::new_ref(Weak::new(), "blocker");
+                let host = BrokerHost::new_ref(Weak::new(), "blocker", false);
                 let instance = match (opened.module.create())(host, "".into()) {
                     abi_stable::std_types::RResult::ROk(p) => p,
                     abi_stable::std_types::RResult::RErr(e) => panic!("create: {e}"),

@@ -13,11 +13,12 @@
 use abi_stable::std_types::{ROption, RSlice, RStr, RString, RVec};
 use abi_stable::StableAbi;
 
-/// The plugin API version this crate defines. A plugin built for a newer version than the
-/// broker speaks is refused at load time; see `CHANGELOG.md`.
+/// The plugin API version this crate defines: API *n* is `plugin-api` 0.1.(*n* − 1). A plugin
+/// built against an older API of the same line loads unchanged on a newer broker; one built for
+/// a newer API than the broker speaks is refused at load time; see `CHANGELOG.md`.
 ///
-/// Since API 1.
-pub const API_VERSION: u32 = 1;
+/// Since API 1 (API 2 is plugin-api 0.1.1).
+pub const API_VERSION: u32 = 2;
 
 /// A hook point, identified by a stable number; [`HookPoint::name`] gives EMQX's string.
 ///
@@ -101,31 +102,31 @@ hook_points! {
     /// connection task, only for messages the plugin's [`PublishFilter`] wants; must not block.
     /// Not called for dropped messages.
     ///
-    /// Since API 1 (plugin-api 0.1, second release).
+    /// Since API 2 (plugin-api 0.1.1).
     MESSAGE_PUBLISHED = 19, "message.published";
     /// The broker accepts clients: plugins of the loaded set are created and the listeners are
     /// bound. Notification ([`crate::Plugin::on_event`], with an empty client). Only plugins
     /// loaded at start-up see it; called once, on a broker thread.
     ///
-    /// Since API 1 (plugin-api 0.1, second release).
+    /// Since API 2 (plugin-api 0.1.1).
     BROKER_STARTED = 20, "broker.started";
     /// The broker begins to stop (SIGTERM / Ctrl-C): listeners are about to close, clients and
     /// plugins are still there. Notification with an empty client; called once, on a broker
     /// thread; must not block (flush in `shutdown`, which follows).
     ///
-    /// Since API 1 (plugin-api 0.1, second release).
+    /// Since API 2 (plugin-api 0.1.1).
     BROKER_STOPPING = 21, "broker.stopping";
     /// MQTT 5 enhanced authentication (async): [`crate::Plugin::enhanced_auth`], once per step
     /// of the CONNECT / AUTH exchange, and again when a connected client re-authenticates.
     ///
-    /// Since API 1 (plugin-api 0.1, second release).
+    /// Since API 2 (plugin-api 0.1.1).
     CLIENT_ENHANCED_AUTH = 22, "client.enhanced_auth";
     /// EMQX 5's name for what `message.dropped` reports here: a message dropped on its way to
     /// one subscriber (`queue_full`, `expired`, `too_large` in [`MessageEventView::reason`]).
     /// Fired together with `message.dropped`, through [`crate::Plugin::on_message_event`], on
     /// the thread that dropped it; must not block.
     ///
-    /// Since API 1 (plugin-api 0.1, second release).
+    /// Since API 2 (plugin-api 0.1.1).
     DELIVERY_DROPPED = 23, "delivery.dropped";
 }
 
@@ -587,7 +588,7 @@ pub struct MessageEdit {
 impl MessageEdit {
     /// The same change as a list of [`EditOp`]s.
     ///
-    /// Since API 1 (plugin-api 0.1, second release).
+    /// Since API 2 (plugin-api 0.1.1).
     pub fn into_ops(self) -> RVec<EditOp> {
         let mut ops = RVec::new();
         if let ROption::RSome(t) = self.topic {
@@ -606,7 +607,7 @@ impl MessageEdit {
 /// What one [`EditOp`] changes. A number, so that later releases can add kinds without
 /// changing any layout; a broker that does not know a kind ignores that operation (and logs).
 ///
-/// Since API 1 (plugin-api 0.1, second release).
+/// Since API 2 (plugin-api 0.1.1).
 #[repr(transparent)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EditKind(pub u32);
@@ -644,7 +645,7 @@ impl EditKind {
 /// One change to a message in `message.publish`: a kind and its operands. A list of these is
 /// what [`crate::Plugin::edit_message`] returns; the layout never changes when kinds are added.
 ///
-/// Since API 1 (plugin-api 0.1, second release).
+/// Since API 2 (plugin-api 0.1.1).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub struct EditOp {
@@ -737,7 +738,7 @@ impl EditOp {
 /// What one [`SubscribeOp`] decides. A number, so that later releases can add kinds without
 /// changing any layout.
 ///
-/// Since API 1 (plugin-api 0.1, second release).
+/// Since API 2 (plugin-api 0.1.1).
 #[repr(transparent)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SubscribeOpKind(pub u32);
@@ -763,7 +764,7 @@ impl SubscribeOpKind {
 /// One decision about a filter of a SUBSCRIBE (`client.subscribe`), returned as a list by
 /// [`crate::Plugin::decide_subscribe`].
 ///
-/// Since API 1 (plugin-api 0.1, second release).
+/// Since API 2 (plugin-api 0.1.1).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub struct SubscribeOp {
@@ -1030,7 +1031,7 @@ mod tests {
 /// [`crate::Host::management_request`]). The same endpoints and JSON as over HTTP
 /// (`GET /api/v5/clients`, `POST /api/v5/publish`, …).
 ///
-/// Since API 1 (plugin-api 0.1, second release).
+/// Since API 2 (plugin-api 0.1.1).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Default)]
 pub struct ApiRequest {
@@ -1047,7 +1048,7 @@ pub struct ApiRequest {
 
 /// The management API's answer to an [`ApiRequest`].
 ///
-/// Since API 1 (plugin-api 0.1, second release).
+/// Since API 2 (plugin-api 0.1.1).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Default)]
 pub struct ApiResponse {
@@ -1061,7 +1062,7 @@ pub struct ApiResponse {
 
 /// One step of an MQTT 5 enhanced authentication exchange (`client.enhanced_auth`).
 ///
-/// Since API 1 (plugin-api 0.1, second release).
+/// Since API 2 (plugin-api 0.1.1).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone)]
 pub struct EnhancedAuthRequest {
@@ -1080,7 +1081,7 @@ pub struct EnhancedAuthRequest {
 
 /// What a step of enhanced authentication decided.
 ///
-/// Since API 1 (plugin-api 0.1, second release).
+/// Since API 2 (plugin-api 0.1.1).
 #[repr(transparent)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EnhancedAuthOutcome(pub u32);
@@ -1098,7 +1099,7 @@ impl EnhancedAuthOutcome {
 
 /// The answer to an [`EnhancedAuthRequest`].
 ///
-/// Since API 1 (plugin-api 0.1, second release).
+/// Since API 2 (plugin-api 0.1.1).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone)]
 pub struct EnhancedAuthResult {

@@ -75,7 +75,7 @@ pub trait Host: Send + Sync + Clone {
     /// messages, plugins, metrics). The future resolves on any runtime; the work runs on the
     /// broker's.
     ///
-    /// Since API 1 (plugin-api 0.1, second release); an older broker answers status 501.
+    /// Since API 2 (plugin-api 0.1.1); an older broker answers status 501.
     fn management_request(&self, request: ApiRequest) -> FfiFuture<ApiResponse> {
         let _ = request;
         async_ffi::FutureExt::into_ffi(async {
@@ -96,7 +96,7 @@ pub trait Host: Send + Sync + Clone {
     /// authentication hook saw it) is closed, so a client that reconnected meanwhile is left
     /// alone. Returns whether such a connection was found; the close happens right after.
     ///
-    /// Since API 1 (plugin-api 0.1, second release); an older broker returns false.
+    /// Since API 2 (plugin-api 0.1.1); an older broker returns false.
     fn disconnect(&self, client_id: RStr<'_>, connected_at_ms: u64, reason_code: u8) -> bool {
         let _ = (client_id, connected_at_ms, reason_code);
         false
@@ -109,7 +109,7 @@ pub trait Host: Send + Sync + Clone {
     /// `plugins/<plugin>/<name>`. Prefer the SDK's [`crate::sdk::Counter`] and
     /// [`crate::sdk::Gauge`].
     ///
-    /// Since API 1 (plugin-api 0.1, second release); an older broker answers an error.
+    /// Since API 2 (plugin-api 0.1.1); an older broker answers an error.
     fn metric_register(&self, name: RStr<'_>, kind: u8, help: RStr<'_>) -> RResult<u32, RString> {
         let _ = (name, kind, help);
         RResult::RErr("this broker does not support plugin metrics".into())
@@ -119,7 +119,7 @@ pub trait Host: Send + Sync + Clone {
     /// gauges only). Lock-free on the broker side but a call across the boundary: count in the
     /// plugin and update in batches on hot paths.
     ///
-    /// Since API 1 (plugin-api 0.1, second release).
+    /// Since API 2 (plugin-api 0.1.1).
     fn metric_update(&self, id: u32, value: i64, set: bool) {
         let _ = (id, value, set);
     }
@@ -128,7 +128,7 @@ pub trait Host: Send + Sync + Clone {
     /// session, online or offline, as if its client had sent UNSUBSCRIBE. Returns whether it
     /// existed.
     ///
-    /// Since API 1 (plugin-api 0.1, second release); an older broker answers an error.
+    /// Since API 2 (plugin-api 0.1.1); an older broker answers an error.
     fn unsubscribe(&self, client_id: RStr<'_>, filter: RStr<'_>) -> RResult<bool, RString> {
         let _ = (client_id, filter);
         RResult::RErr("this broker does not support unsubscribe".into())
@@ -138,7 +138,7 @@ pub trait Host: Send + Sync + Clone {
     /// created on first call, readable by the broker's user only). Empty when it cannot be
     /// created (the error is logged).
     ///
-    /// Since API 1 (plugin-api 0.1, second release); an older broker answers "".
+    /// Since API 2 (plugin-api 0.1.1); an older broker answers "".
     fn data_dir(&self) -> RString {
         RString::new()
     }
@@ -146,7 +146,7 @@ pub trait Host: Send + Sync + Clone {
     /// The value this plugin stored under `key` in its durable key-value store (which survives
     /// reloads and broker restarts; one namespace per plugin name).
     ///
-    /// Since API 1 (plugin-api 0.1, second release); an older broker answers an error.
+    /// Since API 2 (plugin-api 0.1.1); an older broker answers an error.
     fn kv_get(&self, key: RStr<'_>) -> RResult<ROption<RVec<u8>>, RString> {
         let _ = key;
         RResult::RErr("this broker has no plugin key-value store".into())
@@ -154,7 +154,7 @@ pub trait Host: Send + Sync + Clone {
 
     /// This plugin's keys starting with `prefix`, in order.
     ///
-    /// Since API 1 (plugin-api 0.1, second release); an older broker answers an error.
+    /// Since API 2 (plugin-api 0.1.1); an older broker answers an error.
     fn kv_keys(&self, prefix: RStr<'_>) -> RResult<RVec<RString>, RString> {
         let _ = prefix;
         RResult::RErr("this broker has no plugin key-value store".into())
@@ -163,7 +163,7 @@ pub trait Host: Send + Sync + Clone {
     /// Stores `value` under `key` (keys 1-1024 bytes, values up to 1 MiB); the future
     /// completes once it is on disc.
     ///
-    /// Since API 1 (plugin-api 0.1, second release); an older broker answers an error.
+    /// Since API 2 (plugin-api 0.1.1); an older broker answers an error.
     fn kv_put(&self, key: RStr<'_>, value: RVec<u8>) -> FfiFuture<RResult<(), RString>> {
         let _ = (key, value);
         async_ffi::FutureExt::into_ffi(async {
@@ -173,12 +173,22 @@ pub trait Host: Send + Sync + Clone {
 
     /// Deletes `key`; the future completes once that is on disc.
     ///
-    /// Since API 1 (plugin-api 0.1, second release); an older broker answers an error.
+    /// Since API 2 (plugin-api 0.1.1); an older broker answers an error.
     fn kv_delete(&self, key: RStr<'_>) -> FfiFuture<RResult<(), RString>> {
         let _ = key;
         async_ffi::FutureExt::into_ffi(async {
             RResult::RErr("this broker has no plugin key-value store".into())
         })
+    }
+
+    /// True for an instance that `plugins reload` creates while the previous instance still
+    /// runs, to take its place and then its state: [`PluginInstance::resume`] follows once the
+    /// previous instance has stopped. Such an instance must not take resources the previous one
+    /// still holds (a database file, a port) before `resume`.
+    ///
+    /// Since API 2 (plugin-api 0.1.1); an older broker answers false.
+    fn resuming(&self) -> bool {
+        false
     }
 }
 
@@ -237,7 +247,7 @@ pub trait PluginInstance: Send + Sync {
     /// `message.publish` with every field editable: a list of [`EditOp`]s. A plugin built
     /// before this method existed answers through its `on_message_publish`.
     ///
-    /// Since API 1 (plugin-api 0.1, second release).
+    /// Since API 2 (plugin-api 0.1.1).
     fn on_message_publish_ops(
         &self,
         message: &MessageView<'_>,
@@ -258,7 +268,7 @@ pub trait PluginInstance: Send + Sync {
     /// subscription identifier, options). A plugin built before this method existed answers
     /// through its `on_subscribe`.
     ///
-    /// Since API 1 (plugin-api 0.1, second release).
+    /// Since API 2 (plugin-api 0.1.1).
     fn on_subscribe_ops(
         &self,
         point: HookPoint,
@@ -279,13 +289,46 @@ pub trait PluginInstance: Send + Sync {
 
     /// `client.enhanced_auth`: one step of MQTT 5 enhanced authentication.
     ///
-    /// Since API 1 (plugin-api 0.1, second release).
+    /// Since API 2 (plugin-api 0.1.1).
     fn enhanced_auth(
         &self,
         request: EnhancedAuthRequest,
     ) -> FfiFuture<RResult<EnhancedAuthResult, PluginError>> {
         let _ = request;
         async_ffi::FutureExt::into_ffi(async { RResult::ROk(EnhancedAuthResult::ignore()) })
+    }
+
+    /// Whether `plugins reload` hands this instance's state to the new one. When true, the
+    /// broker creates the new instance first (its host answers [`Host::resuming`] true), swaps
+    /// it into the hook chain in this one's place, waits for this one's calls in flight, calls
+    /// [`PluginInstance::prepare_reload`] and then `shutdown` here, and passes the state to
+    /// the new instance's [`PluginInstance::resume`]. No hook call is lost in between: each
+    /// reaches exactly one of the two. When false (the default), the old instance is shut
+    /// down before the new one is created.
+    ///
+    /// Since API 2 (plugin-api 0.1.1).
+    fn reload_handoff(&self) -> bool {
+        false
+    }
+
+    /// The state to hand to the instance replacing this one (see
+    /// [`PluginInstance::reload_handoff`]). Called once, on a thread that may block, after the
+    /// new instance has taken this one's place and no hook call is in flight here; release
+    /// what the new instance must take over (files, ports) before returning.
+    ///
+    /// Since API 2 (plugin-api 0.1.1).
+    fn prepare_reload(&self) -> RResult<RVec<u8>, PluginError> {
+        RResult::ROk(RVec::new())
+    }
+
+    /// The state the previous instance handed over (empty if it had none), given once to an
+    /// instance created with [`Host::resuming`] true, on a thread that may block. Hook calls
+    /// may already have reached this instance: they are newer than the state.
+    ///
+    /// Since API 2 (plugin-api 0.1.1).
+    fn resume(&self, state: RVec<u8>) -> RResult<(), PluginError> {
+        let _ = state;
+        RResult::ROk(())
     }
 }
 

@@ -69,7 +69,7 @@ pub trait Plugin: Send + Sync + Sized + 'static {
     /// this; the default answers with [`Plugin::on_message_publish`], so implement one of the
     /// two. Must not block.
     ///
-    /// Since API 1 (plugin-api 0.1, second release).
+    /// Since API 2 (plugin-api 0.1.1).
     fn edit_message(&self, message: &MessageView<'_>) -> Flow<Vec<EditOp>> {
         match self.on_message_publish(message) {
             Flow::Continue => Flow::Continue,
@@ -96,7 +96,7 @@ pub trait Plugin: Send + Sync + Sized + 'static {
     /// this; the default answers with [`Plugin::on_subscribe`], so implement one of the two.
     /// Must not block.
     ///
-    /// Since API 1 (plugin-api 0.1, second release).
+    /// Since API 2 (plugin-api 0.1.1).
     fn decide_subscribe(
         &self,
         point: HookPoint,
@@ -125,7 +125,7 @@ pub trait Plugin: Send + Sync + Sized + 'static {
     /// `connected_at_ms`). Answer `EnhancedAuthResult::ignore()` for methods that are not yours.
     /// The returned future runs on the plugin's runtime.
     ///
-    /// Since API 1 (plugin-api 0.1, second release).
+    /// Since API 2 (plugin-api 0.1.1).
     fn enhanced_auth(
         &self,
         request: EnhancedAuthRequest,
@@ -161,6 +161,37 @@ pub trait Plugin: Send + Sync + Sized + 'static {
     /// after no hook call is in flight; flush what must not be lost here. The runtime is shut
     /// down after this returns.
     fn shutdown(&self) {}
+
+    /// Whether `plugins reload` hands this instance's state to its successor (default false):
+    /// then the new instance is created while this one still runs ([`Context::resuming`] is
+    /// true for it), takes its place in the hook chain, this instance's
+    /// [`Plugin::prepare_reload`] and [`Plugin::shutdown`] run, and the new instance's
+    /// [`Plugin::resume`] receives the state. Every hook call reaches one of the two, so
+    /// nothing is missed during a reload; in-memory state survives it.
+    ///
+    /// Since API 2 (plugin-api 0.1.1).
+    fn reload_handoff(&self) -> bool {
+        false
+    }
+
+    /// The state for the instance replacing this one. Runs on a thread that may block, once no
+    /// hook call is in flight here and none will come; release files and ports the new
+    /// instance must open. [`Plugin::shutdown`] follows.
+    ///
+    /// Since API 2 (plugin-api 0.1.1).
+    fn prepare_reload(&self) -> Result<Vec<u8>, PluginError> {
+        Ok(Vec::new())
+    }
+
+    /// Takes the state the previous instance handed over (see [`Plugin::reload_handoff`]).
+    /// Hook calls that reached this instance before are newer than `state`. Runs on a thread
+    /// that may block.
+    ///
+    /// Since API 2 (plugin-api 0.1.1).
+    fn resume(&self, state: Vec<u8>) -> Result<(), PluginError> {
+        let _ = state;
+        Ok(())
+    }
 }
 
 /// What a plugin is created with.
@@ -203,7 +234,7 @@ impl Context {
     /// A counter of this plugin, shown by the broker in `/metrics` and `$SYS` (registered on
     /// first use; after a reload the same name continues from its value).
     ///
-    /// Since API 1 (plugin-api 0.1, second release).
+    /// Since API 2 (plugin-api 0.1.1).
     pub fn counter(&self, name: &str, help: &str) -> Result<Counter, PluginError> {
         register(&self.host, name, 0, help).map(|id| Counter {
             host: self.host.clone(),
@@ -213,7 +244,7 @@ impl Context {
 
     /// This plugin's own data directory (`<data_dir>/plugins/<name>`), created if needed.
     ///
-    /// Since API 1 (plugin-api 0.1, second release).
+    /// Since API 2 (plugin-api 0.1.1).
     pub fn data_dir(&self) -> Result<std::path::PathBuf, PluginError> {
         let dir = self.host.data_dir();
         if dir.is_empty() {
@@ -225,9 +256,19 @@ impl Context {
         Ok(std::path::PathBuf::from(dir.as_str()))
     }
 
+    /// True when this instance replaces a running one through `plugins reload` with a
+    /// handoff ([`Plugin::reload_handoff`]): [`Plugin::resume`] follows with the old
+    /// instance's state, after the old instance has released its files and ports — open them
+    /// there, not in `create`.
+    ///
+    /// Since API 2 (plugin-api 0.1.1).
+    pub fn resuming(&self) -> bool {
+        self.host.resuming()
+    }
+
     /// This plugin's durable key-value store (survives reloads and broker restarts).
     ///
-    /// Since API 1 (plugin-api 0.1, second release).
+    /// Since API 2 (plugin-api 0.1.1).
     pub fn kv(&self) -> Kv {
         Kv {
             host: self.host.clone(),
@@ -236,7 +277,7 @@ impl Context {
 
     /// A gauge of this plugin (see [`Context::counter`]).
     ///
-    /// Since API 1 (plugin-api 0.1, second release).
+    /// Since API 2 (plugin-api 0.1.1).
     pub fn gauge(&self, name: &str, help: &str) -> Result<Gauge, PluginError> {
         register(&self.host, name, 1, help).map(|id| Gauge {
             host: self.host.clone(),
@@ -577,6 +618,29 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
                 Flow::StopWith(ops) => Flow::StopWith(ops.into()),
             }
         })
+    }
+
+    fn reload_handoff(&self) -> bool {
+        matches!(
+            guard("reload_handoff", || self.plugin.reload_handoff()),
+            RResult::ROk(true)
+        )
+    }
+
+    fn prepare_reload(&self) -> RResult<RVec<u8>, PluginError> {
+        let _enter = self.handle.enter();
+        match guard("prepare_reload", || self.plugin.prepare_reload()) {
+            RResult::ROk(Ok(state)) => RResult::ROk(state.into()),
+            RResult::ROk(Err(e)) | RResult::RErr(e) => RResult::RErr(e),
+        }
+    }
+
+    fn resume(&self, state: RVec<u8>) -> RResult<(), PluginError> {
+        let _enter = self.handle.enter();
+        match guard("resume", || self.plugin.resume(state.into_vec())) {
+            RResult::ROk(Ok(())) => RResult::ROk(()),
+            RResult::ROk(Err(e)) | RResult::RErr(e) => RResult::RErr(e),
+        }
     }
 
     fn on_message_publish_ops(

@@ -35,7 +35,7 @@ async fn load_list_unload_with_emq_style_lines() {
     );
     let list = b.ctl_ok(&["plugins", "list"]);
     assert!(
-        list.contains("Plugin(probe, version=1.0.0, api=1, state=active"),
+        list.contains("Plugin(probe, version=1.0.0, api=2, state=active"),
         "{list}"
     );
     assert!(list.contains("message.publish@0"), "{list}");
@@ -586,9 +586,9 @@ async fn abi_mismatches_are_refused_with_one_clear_line() {
         (
             "otherversion",
             build_blocker_variant(false, |api| {
-                edit(api, "Cargo.toml", "version = \"0.1.0\"", "version = \"0.2.0\"");
+                edit(api, "Cargo.toml", "version = \"0.1.1\"", "version = \"0.2.0\"");
             }),
-            "plugin built against plugin-api 0.2.0, this broker uses plugin-api 0.1.0; rebuild the plugin against plugin-api 0.1.0",
+            "plugin built against plugin-api 0.2.0, this broker uses plugin-api 0.1.1; rebuild the plugin against plugin-api 0.1.1",
         ),
         (
             "drifted",
@@ -600,9 +600,19 @@ async fn abi_mismatches_are_refused_with_one_clear_line() {
         (
             "newerapi",
             build_blocker_variant(false, |api| {
-                edit(api, "src/abi.rs", "pub const API_VERSION: u32 = 1;", "pub const API_VERSION: u32 = 2;");
+                edit(api, "Cargo.toml", "version = \"0.1.1\"", "version = \"0.1.2\"");
+                edit(api, "src/abi.rs", "pub const API_VERSION: u32 = 2;", "pub const API_VERSION: u32 = 3;");
             }),
-            "plugin built for plugin API v2, this broker speaks v1",
+            "plugin built for plugin API v3, this broker speaks v2",
+        ),
+        (
+            // Claims an older release of the line, but its types are not a prefix of ours.
+            "olderdrifted",
+            build_blocker_variant(false, |api| {
+                edit(api, "Cargo.toml", "version = \"0.1.1\"", "version = \"0.1.0\"");
+                edit(api, "src/abi.rs", "    /// v5 Retain Handling (0, 1, 2).\n    pub retain_handling: u8,", "    /// v5 Retain Handling (0, 1, 2).\n    pub retain_handling: u16,");
+            }),
+            "ABI mismatch: type layout differs from this broker's plugin-api (mismatched type in SubOptions.retain_handling: broker has u8, plugin has u16)",
         ),
         (
             "abortive",
@@ -904,14 +914,13 @@ async fn subscribe_decisions_lower_qos_refuse_and_tag() {
     );
 }
 
-/// A plugin built against the first release of the API — a snapshot of `plugin-api` and of the
-/// blocker fixture at that release, in `tests/fixtures/api-v1` — on this broker, whose `Host`
-/// and `PluginInstance` vtables have grown since: abi_stable refuses a library whose prefix
-/// types are shorter than the loader's, so the plugin is refused with one line that says to
-/// rebuild it, and the broker carries on. (Loading it instead — checking older plugins against
-/// frozen layouts of each release — is the next step of the plugin API's versioning.)
+/// A plugin built against API 1 — a snapshot of `plugin-api` 0.1.0 and of the blocker fixture
+/// at that release, in `tests/fixtures/api-v1` — loads unchanged on this broker, whose `Host`
+/// and `PluginInstance` vtables have grown since, and works: it drops what it drops, answers its
+/// command, and the hooks it never heard of (edit operations, subscribe decisions) fall back to
+/// what API 1 did.
 #[tokio::test]
-async fn a_plugin_built_against_the_first_api_release_is_refused_with_one_line() {
+async fn a_plugin_built_against_api_1_loads_and_works_unchanged() {
     let v1 = workspace_root().join("tests/fixtures/api-v1");
     let replace = |from: std::path::PathBuf| {
         move |dir: &std::path::Path| {
@@ -920,23 +929,46 @@ async fn a_plugin_built_against_the_first_api_release_is_refused_with_one_line()
             copy_dir(&from, &src);
         }
     };
+    let api_1 = replace(v1.join("plugin-api/src"));
     let bytes = build_fixture_variant(
         false,
-        replace(v1.join("plugin-api/src")),
+        |api| {
+            api_1(api);
+            edit(
+                api,
+                "Cargo.toml",
+                "version = \"0.1.1\"",
+                "version = \"0.1.0\"",
+            );
+        },
         replace(v1.join("tests/fixtures/blocker/src")),
     );
     let plugins = tempfile::tempdir().expect("tmp");
     std::fs::write(plugins.path().join("libblocker.so"), bytes).expect("install");
     let b = Broker::start_in(tempfile::tempdir().expect("tmp"), plugins.path(), "");
-    let out = b.ctl(&["plugins", "load", "blocker"]);
-    assert_eq!(out.code, 1, "{out:?}");
+    b.ctl_ok(&["plugins", "load", "blocker"]);
+    let listed = b.ctl_ok(&["plugins", "list"]);
     assert!(
-        out.stderr.contains("ABI mismatch") && out.stderr.contains("rebuild the plugin"),
-        "{out:?}"
+        listed.contains("Plugin(blocker, version=1.0.0, api=1, state=active"),
+        "{listed}"
     );
-    assert_eq!(out.stderr.trim().lines().count(), 1, "{out:?}");
-    let c = V4Client::connect(b.port(), "unharmed").await;
-    c.disconnect().await;
+
+    let mut sub = V4Client::connect(b.port(), "v1-sub").await;
+    sub.subscribe("#", QoS::AtLeastOnce).await;
+    let publisher = V4Client::connect(b.port(), "v1-pub").await;
+    for (topic, payload) in [("blocked/x", "dropped"), ("open/x", "kept")] {
+        publisher
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .expect("publish");
+    }
+    let p = sub.recv_publish().await;
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("open/x", &b"kept"[..]));
+    assert_eq!(b.ctl_ok(&["blocker", "stats"]).trim(), "dropped 1");
+    b.ctl_ok(&["plugins", "reload", "blocker"]);
+    b.ctl_ok(&["plugins", "unload", "blocker"]);
+    publisher.disconnect().await;
 }
 
 /// broker.started and broker.stopping reach the plugins loaded at start-up.

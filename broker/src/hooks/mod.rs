@@ -190,6 +190,21 @@ impl PluginHandle {
         }
     }
 
+    /// Whether a reload hands this instance's state to the next one.
+    pub fn reload_handoff(&self) -> bool {
+        self.instance.reload_handoff()
+    }
+
+    /// Asks the instance being replaced for its state. Blocking.
+    pub fn prepare_reload(&self) -> Result<RVec<u8>, PluginError> {
+        self.instance.prepare_reload().into_result()
+    }
+
+    /// Gives the new instance its predecessor's state. Blocking.
+    pub fn resume(&self, state: RVec<u8>) -> Result<(), PluginError> {
+        self.instance.resume(state).into_result()
+    }
+
     /// Counts a failed call, logs it, and marks the plugin faulted past the threshold.
     fn fault(&self, point: HookPoint, what: &str, kind: ErrorKind) {
         let point_name = point.name().unwrap_or("?");

@@ -23,15 +23,19 @@ pub struct BrokerHost {
     plugin: Arc<str>,
     /// The broker's runtime: in-process API requests run there, not on the plugin's.
     runtime: Option<tokio::runtime::Handle>,
+    /// Created by a reload with handoff: `resume` follows.
+    resuming: bool,
 }
 
 impl BrokerHost {
-    /// A host object for plugin `plugin`, as the FFI trait object.
-    pub fn new_ref(broker: Weak<Broker>, plugin: &str) -> HostRef {
+    /// A host object for plugin `plugin`, as the FFI trait object; `resuming` for an instance
+    /// created by a reload with handoff.
+    pub fn new_ref(broker: Weak<Broker>, plugin: &str, resuming: bool) -> HostRef {
         let host = BrokerHost {
             broker,
             plugin: Arc::from(plugin),
             runtime: tokio::runtime::Handle::try_current().ok(),
+            resuming,
         };
         Host_TO::from_ptr(RArc::new(host), TD_Opaque)
     }
@@ -259,6 +263,10 @@ impl Host for BrokerHost {
 
     fn kv_delete(&self, key: RStr<'_>) -> FfiFuture<RResult<(), RString>> {
         self.kv_write(key.as_str().to_owned(), None)
+    }
+
+    fn resuming(&self) -> bool {
+        self.resuming
     }
 
     fn node_name(&self) -> RString {

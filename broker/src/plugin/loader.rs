@@ -147,9 +147,7 @@ pub fn open(name: &str, path: &Path, cache_dir: &Path) -> Result<Opened, LoadErr
         std::fs::rename(&tmp, &cache_path).map_err(io)?;
     }
     let header = lib_header_from_path(&cache_path).map_err(|e| classify(e, path))?;
-    let module = header
-        .init_root_module::<PluginModRef>()
-        .map_err(|e| classify(e, path))?;
+    let module = check_root_module(header, path)?;
     let api_version = module.api_version();
     if api_version > API_VERSION {
         return Err(LoadError::NewerApi {
@@ -165,6 +163,65 @@ pub fn open(name: &str, path: &Path, cache_dir: &Path) -> Result<Opened, LoadErr
         cache_path,
         sha256,
     })
+}
+
+/// The versioning rule of the plugin API, applied to an opened library: its `plugin-api`
+/// version must be on the broker's release line (same major; for 0.x, same minor), and its
+/// types must be a layout-compatible prefix of the broker's.
+///
+/// abi_stable's own check (`init_root_module`) is written for a library at least as new as its
+/// loader: it refuses a library whose prefix types (the `Host` and `PluginInstance` vtables,
+/// the root module) are *shorter* than the loader's. Plugins built against an older release of
+/// the line are exactly that, and they are sound to run: the broker reads the fields they lack
+/// through accessors that see the plugin's own field count and fall back to the trait's
+/// default, and the plugin reads only the fields it knows of the broker's longer `Host`. So
+/// for a library as old as the broker or older, the check runs the other way round — the
+/// library's layout as the interface, the broker's as the implementation — which accepts
+/// exactly the libraries whose every type equals the broker's except for prefix types that
+/// end early. A library newer than the broker is checked as abi_stable does (its longer
+/// vtables are fine), and then refused by its API version in [`open`].
+fn check_root_module(
+    header: &'static abi_stable::library::LibHeader,
+    path: &Path,
+) -> Result<PluginModRef, LoadError> {
+    use abi_stable::abi_stability::abi_checking::check_layout_compatibility;
+    use abi_stable::library::RootModule;
+    use abi_stable::sabi_types::VersionNumber;
+    use abi_stable::std_types::RBoxError;
+    use abi_stable::StableAbi;
+
+    let broker =
+        VersionNumber::new(PluginModRef::VERSION_STRINGS).map_err(|e| classify(e.into(), path))?;
+    let plugin =
+        VersionNumber::new(header.version_strings()).map_err(|e| classify(e.into(), path))?;
+    let same_line =
+        plugin.major == broker.major && (broker.major != 0 || plugin.minor == broker.minor);
+    if !same_line {
+        return Err(LoadError::VersionMismatch {
+            plugin: plugin.to_string(),
+            broker: broker.to_string(),
+        });
+    }
+    if let Some(layout) = header.layout() {
+        let older_or_same = (plugin.minor, plugin.patch) <= (broker.minor, broker.patch);
+        if older_or_same {
+            // The report's "expected" is the library's here: swap the roles back.
+            check_layout_compatibility(layout, PluginModRef::LAYOUT).map_err(|e| {
+                let mut report = LayoutReport::parse(&e.to_string());
+                std::mem::swap(&mut report.expected, &mut report.found);
+                LoadError::LayoutMismatch {
+                    summary: report.summary(),
+                }
+            })?;
+        } else {
+            check_layout_compatibility(PluginModRef::LAYOUT, layout).map_err(|e| {
+                classify(LibraryError::AbiInstability(RBoxError::from_fmt(&e)), path)
+            })?;
+        }
+    }
+    // SAFETY: the layout was checked above, by the rule this function's doc explains.
+    unsafe { header.unchecked_layout::<PluginModRef>() }
+        .map_err(|e| classify(e.into_library_error::<PluginModRef>(), path))
 }
 
 /// Checks that `bytes` are a complete shared library for this machine before the dynamic

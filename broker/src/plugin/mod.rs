@@ -11,9 +11,14 @@
 //!   `drain_timeout` for calls in flight (each in-flight call holds a reference to the plugin),
 //!   call its `shutdown` on a blocking thread, drop it, persist the loaded set.
 //! * **reload**: open and check the library and read the config first (a bad library or config
-//!   leaves the running instance alone), then unload, then create the new instance; if creating
-//!   it fails, the previous library is created again with its previous config so the plugin is
-//!   not silently lost, and the error is reported.
+//!   leaves the running instance alone). A plugin that hands its state over
+//!   (`PluginInstance::reload_handoff`) is reloaded without a gap: the new instance is created
+//!   while the old one runs, one table swap replaces the old by the new in the hook chain (each
+//!   hook call reaches exactly one of them), the old one is drained, asked for its state
+//!   (`prepare_reload`) and shut down, and the new one `resume`s from that state; if creating the
+//!   new one fails, the old one never stopped. Any other plugin is unloaded and then created
+//!   again; if creating it fails, the previous library is created again with its previous
+//!   config so the plugin is not silently lost, and the error is reported.
 //!
 //! The loaded set lives in `<data_dir>/loaded_plugins`, one name per line; at start-up it is
 //! restored, or on the very first start `plugins.enabled` of broker.toml is loaded.
@@ -252,13 +257,14 @@ impl PluginManager {
         name: &str,
         module: PluginModRef,
         config: &str,
+        resuming: bool,
     ) -> Result<Arc<PluginHandle>, PluginOpError> {
         let broker = self.broker.clone();
         let limits = self.limits.clone();
         let n = name.to_owned();
         let text = config.to_owned();
         tokio::task::spawn_blocking(move || {
-            let host = host::BrokerHost::new_ref(broker, &n);
+            let host = host::BrokerHost::new_ref(broker, &n, resuming);
             let description = (module.describe())();
             let create = module.create();
             let instance = match create(host, text.as_str().into()) {
@@ -323,7 +329,7 @@ impl PluginManager {
             return Err(PluginOpError::AlreadyLoaded(name.to_owned()));
         }
         let (opened, config) = self.prepare(name).await?;
-        let handle = self.create(name, opened.module, &config).await?;
+        let handle = self.create(name, opened.module, &config, false).await?;
         self.insert(
             name,
             handle,
@@ -361,6 +367,13 @@ impl PluginManager {
 
     /// Waits for in-flight calls (each holds a clone of the handle), then shuts the plugin down.
     async fn drain_and_stop(&self, handle: &Arc<PluginHandle>) {
+        self.drain(handle).await;
+        self.stop(handle).await;
+    }
+
+    /// Waits up to `drain_timeout` until no call is in flight on a plugin that is out of the
+    /// hook table.
+    async fn drain(&self, handle: &Arc<PluginHandle>) {
         let deadline = Instant::now() + self.drain_timeout;
         while Arc::strong_count(handle) > 1 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -368,6 +381,10 @@ impl PluginManager {
         if Arc::strong_count(handle) > 1 {
             tracing::warn!(plugin = %handle.name, "in-flight calls still running after the drain deadline; shutting down anyway");
         }
+    }
+
+    /// Calls the plugin's `shutdown` on a blocking thread.
+    async fn stop(&self, handle: &Arc<PluginHandle>) {
         let h = handle.clone();
         let result = tokio::task::spawn_blocking(move || h.shutdown()).await;
         match result {
@@ -389,8 +406,15 @@ impl PluginManager {
             return Err(PluginOpError::NotLoaded(name.to_owned()));
         }
         let (opened, config) = self.prepare(name).await?;
+        let handoff =
+            self.loaded.read().get(name).is_some_and(|l| {
+                l.handle.state() == PluginState::Active && l.handle.reload_handoff()
+            });
+        if handoff {
+            return self.reload_with_handoff(name, opened, config).await;
+        }
         let old = self.unload_locked(name).await?;
-        match self.create(name, opened.module, &config).await {
+        match self.create(name, opened.module, &config, false).await {
             Ok(handle) => {
                 self.insert(
                     name,
@@ -406,7 +430,7 @@ impl PluginManager {
             }
             Err(e) => {
                 tracing::error!(plugin = name, error = %e, "reload failed; restoring the previous instance");
-                match self.create(name, old.module, &old.config_text).await {
+                match self.create(name, old.module, &old.config_text, false).await {
                     Ok(handle) => self.insert(
                         name,
                         handle,
@@ -423,6 +447,62 @@ impl PluginManager {
                 Err(e)
             }
         }
+    }
+
+    /// The gap-free reload of a plugin that hands its state over (see the module doc).
+    async fn reload_with_handoff(
+        &self,
+        name: &str,
+        opened: loader::Opened,
+        config: String,
+    ) -> Result<PluginInfo, PluginOpError> {
+        let new = self.create(name, opened.module, &config, true).await?;
+        let Some(old) = self.loaded.write().remove(name) else {
+            return Err(PluginOpError::NotLoaded(name.to_owned()));
+        };
+        // One table swap: the old instance out, the new one in, at the same place. The old one
+        // stays active for the calls that already hold the previous table (marking it draining
+        // first would make them skip it, and lose what they carry).
+        self.insert(
+            name,
+            new.clone(),
+            opened.module,
+            config,
+            opened.cache_path,
+            opened.sha256,
+        );
+        self.drain(&old.handle).await;
+        old.handle.set_state(PluginState::Draining);
+        let h = old.handle.clone();
+        let state = tokio::task::spawn_blocking(move || h.prepare_reload()).await;
+        let state = match state {
+            Ok(Ok(state)) => state,
+            Ok(Err(e)) => {
+                tracing::error!(plugin = name, error = %e, "prepare_reload failed; the new instance starts without the old one's state");
+                Default::default()
+            }
+            Err(e) => {
+                tracing::error!(plugin = name, error = %e, "prepare_reload task failed");
+                Default::default()
+            }
+        };
+        let bytes = state.len();
+        self.stop(&old.handle).await;
+        let n = new.clone();
+        match tokio::task::spawn_blocking(move || n.resume(state)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(plugin = name, error = %e, "resume from the previous instance's state failed")
+            }
+            Err(e) => tracing::error!(plugin = name, error = %e, "resume task failed"),
+        }
+        tracing::info!(
+            plugin = name,
+            handoff_bytes = bytes,
+            "plugin reloaded with handoff"
+        );
+        self.info(name)
+            .ok_or_else(|| PluginOpError::NotLoaded(name.to_owned()))
     }
 
     /// Loads the persisted set (or `enabled` on first start). Failures are logged, not fatal.

@@ -16,9 +16,14 @@
 //!   never waits for the disc. `shutdown` (unload, reload, broker stop) waits until every change
 //!   is committed, so a clean shutdown loses no acknowledged retained message. At creation the
 //!   database is read back into the index.
+//! * **Reload without a gap** (`plugins reload retainer`): the new instance takes the old one's
+//!   place in the hook chain at once and stores what arrives from then on; the old one, once
+//!   drained, closes its database (disc) or hands every message over (RAM), and the new one
+//!   merges that under what it already stored. Replays asked for in between wait for the merge.
+//!   So a reload loses no retained message, in RAM or on disc.
 //! * `brokerctl retainer info | topics [--filter F] | clean [topic]`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
@@ -148,9 +153,23 @@ struct Index {
     root: Node,
     count: usize,
     bytes: usize,
+    /// While a reload's handoff is pending: the topics this instance stored or deleted, which
+    /// the handed-over state must not overwrite.
+    touched: Option<HashSet<String>>,
 }
 
 impl Index {
+    /// Notes a change of `topic` while a handoff is pending; true if one is.
+    fn touch(&mut self, topic: &str) -> bool {
+        match &mut self.touched {
+            Some(t) => {
+                t.insert(topic.to_owned());
+                true
+            }
+            None => false,
+        }
+    }
+
     fn get(&self, topic: &str) -> Option<&Arc<Retained>> {
         let mut node = &self.root;
         for level in topic.split('/') {
@@ -273,6 +292,8 @@ enum Op {
     Clear,
     /// Acknowledged once everything before it is committed.
     Flush(std_mpsc::Sender<()>),
+    /// Commit everything before it, close the database and stop (a reload hands over).
+    Close(std_mpsc::Sender<()>),
 }
 
 /// The plugin.
@@ -281,9 +302,15 @@ pub struct Retainer {
     index: Arc<Mutex<Index>>,
     seq: AtomicU64,
     host: HostRef,
+    ctx: Context,
     disc: Option<mpsc::UnboundedSender<Op>>,
     /// Changes sent to the disc writer and not yet committed.
     pending: Arc<AtomicU64>,
+    /// The writer's queue while a reload's handoff is pending (the database is still the old
+    /// instance's): the writer starts on it at `resume`.
+    queued: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
+    /// False until the index is complete (a handoff pending); replays wait for it.
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 fn open_db(path: &PathBuf) -> Result<redb::Database, String> {
@@ -318,7 +345,8 @@ fn load(db: &redb::Database, now_ms: u64) -> Result<(Vec<Retained>, Vec<String>)
 /// changes sent and not yet committed.
 async fn writer(db: redb::Database, mut rx: mpsc::UnboundedReceiver<Op>, pending: Arc<AtomicU64>) {
     let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, 1024).await > 0 {
+    let mut close = None;
+    while close.is_none() && rx.recv_many(&mut batch, 1024).await > 0 {
         let n = batch.len() as u64;
         let mut acks = Vec::new();
         let result = (|| -> Result<(), redb::Error> {
@@ -337,6 +365,7 @@ async fn writer(db: redb::Database, mut rx: mpsc::UnboundedReceiver<Op>, pending
                             table.retain(|_, _| false)?;
                         }
                         Op::Flush(ack) => acks.push(ack),
+                        Op::Close(ack) => close = Some(ack),
                     }
                 }
             }
@@ -352,11 +381,78 @@ async fn writer(db: redb::Database, mut rx: mpsc::UnboundedReceiver<Op>, pending
             let _ = ack.send(());
         }
     }
+    drop(db);
+    if let Some(ack) = close {
+        let _ = ack.send(());
+    }
+}
+
+/// Inserts `live` into `index` in publish order and queues the deletion of `expired` topics;
+/// returns the next sequence number.
+fn merge(
+    index: &mut Index,
+    mut live: Vec<Retained>,
+    tx: &mpsc::UnboundedSender<Op>,
+    pending: &AtomicU64,
+    expired: Vec<String>,
+) -> u64 {
+    live.sort_by_key(|r| r.meta.seq);
+    let mut seq = 0;
+    for r in live {
+        seq = seq.max(r.meta.seq + 1);
+        index.insert(Arc::new(r));
+    }
+    for topic in expired {
+        pending.fetch_add(1, Ordering::Relaxed);
+        let _ = tx.send(Op::Delete(topic));
+    }
+    seq
+}
+
+/// The handoff state `prepare_reload` wrote: the next sequence number and the messages.
+fn decode_state(state: &[u8]) -> Result<(u64, Vec<Retained>), PluginError> {
+    let bad = || PluginError::new(ErrorKind::INVALID, "malformed retainer handoff state");
+    if state.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let next_seq = u64::from_be_bytes(
+        state
+            .get(..8)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
+    );
+    let mut rest = &state[8..];
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(
+            rest.get(..4)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        ) as usize;
+        let record = rest.get(4..4 + len).ok_or_else(bad)?;
+        out.push(Retained::decode(record).ok_or_else(bad)?);
+        rest = &rest[4 + len..];
+    }
+    Ok((next_seq, out))
 }
 
 impl Retainer {
     fn now(&self) -> u64 {
         self.host.now_ms()
+    }
+
+    /// Sends `op` (flush or close) to the disc writer and waits until it has done it.
+    fn wait_writer(&self, op: fn(std_mpsc::Sender<()>) -> Op) {
+        if let Some(tx) = &self.disc {
+            let (ack, done) = std_mpsc::channel();
+            if tx.send(op(ack)).is_ok() && done.recv_timeout(Duration::from_secs(10)).is_err() {
+                tracing::error!(
+                    "retained messages may not all be on disc: the writer did not finish in 10 s"
+                );
+            }
+        }
     }
 
     fn persist(&self, op: Op) {
@@ -371,13 +467,14 @@ impl Retainer {
     fn store(&self, m: &MessageView<'_>) {
         let topic = m.topic.as_str();
         if m.payload.is_empty() {
-            let removed = self
-                .index
-                .lock()
-                .map(|mut i| i.remove(topic))
-                .ok()
-                .flatten();
-            if removed.is_some() {
+            let Ok(mut index) = self.index.lock() else {
+                return;
+            };
+            // While a handoff is pending the topic may be in the old instance's set: delete
+            // it on disc whatever this instance holds.
+            let handoff = index.touch(topic);
+            if index.remove(topic).is_some() || handoff {
+                drop(index);
                 self.persist(Op::Delete(topic.to_owned()));
             }
             return;
@@ -433,6 +530,7 @@ impl Retainer {
                 );
                 return;
             }
+            index.touch(topic);
             index.insert(retained);
         }
         if let Some(bytes) = encoded {
@@ -449,9 +547,44 @@ impl Retainer {
             1 if !sub.is_new => return,
             _ => {}
         }
-        let now = self.now();
-        let matches = match self.index.lock() {
-            Ok(i) => i.matching(sub.filter.as_str()),
+        let request = Replay {
+            client_id: client_id.to_owned(),
+            filter: sub.filter.to_string(),
+            qos: sub.options.qos,
+            subscription_id: sub.subscription_id,
+        };
+        if *self.ready.borrow() {
+            request.run(&self.index, &self.host);
+            return;
+        }
+        // A reload's handoff is pending: replay once the index is complete.
+        let mut ready = self.ready.subscribe();
+        let (index, host) = (self.index.clone(), self.host.clone());
+        self.ctx.spawn(async move {
+            let waited =
+                tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r)).await;
+            if !matches!(waited, Ok(Ok(_))) {
+                tracing::warn!(client_id = %request.client_id, "retained messages replayed before the reload's handoff completed");
+            }
+            request.run(&index, &host);
+        });
+    }
+}
+
+/// A replay of retained messages to one new subscription.
+struct Replay {
+    client_id: String,
+    filter: String,
+    qos: u8,
+    subscription_id: u32,
+}
+
+impl Replay {
+    fn run(&self, index: &Mutex<Index>, host: &HostRef) {
+        let (client_id, sub_qos) = (self.client_id.as_str(), self.qos);
+        let now = host.now_ms();
+        let matches = match index.lock() {
+            Ok(i) => i.matching(&self.filter),
             Err(_) => return,
         };
         for r in matches.iter().filter(|r| !r.expired(now)) {
@@ -459,7 +592,7 @@ impl Retainer {
             let message = OutgoingMessage {
                 topic: meta.topic.as_str().into(),
                 payload: r.payload.clone().into(),
-                qos: meta.qos.min(sub.options.qos),
+                qos: meta.qos.min(sub_qos),
                 retain: true,
                 user_properties: meta
                     .user_properties
@@ -475,15 +608,15 @@ impl Retainer {
                 response_topic: meta.response_topic.as_deref().map(RString::from).into(),
                 correlation_data: meta.correlation_data.clone().map(RVec::from).into(),
             };
-            if let RResult::RErr(e) =
-                self.host
-                    .deliver(client_id.into(), message, sub.subscription_id)
+            if let RResult::RErr(e) = host.deliver(client_id.into(), message, self.subscription_id)
             {
                 tracing::warn!(client_id, topic = %meta.topic, error = %e, "retained message not delivered");
             }
         }
     }
+}
 
+impl Retainer {
     /// One message as the management API reads it (`--json` answers).
     fn json_of(r: &Retained, with_payload: bool) -> serde_json::Value {
         let mut v = serde_json::json!({
@@ -631,26 +764,28 @@ impl Plugin for Retainer {
         let config: Config =
             toml::from_str(config).map_err(|e| PluginError::config(e.to_string()))?;
         let host = ctx.host().clone();
-        let mut index = Index::default();
+        let resuming = ctx.resuming();
+        let mut index = Index {
+            touched: resuming.then(HashSet::new),
+            ..Index::default()
+        };
         let mut seq = 0;
         let mut disc = None;
+        let mut queued = None;
         let pending = Arc::new(AtomicU64::new(0));
         if config.storage == Storage::Disc {
-            let db = open_db(&config.path).map_err(PluginError::backend)?;
-            let (mut live, expired) = load(&db, host.now_ms()).map_err(PluginError::backend)?;
-            live.sort_by_key(|r| r.meta.seq);
-            for r in live {
-                seq = seq.max(r.meta.seq + 1);
-                index.insert(Arc::new(r));
-            }
             let (tx, rx) = mpsc::unbounded_channel();
-            for topic in expired {
-                pending.fetch_add(1, Ordering::Relaxed);
-                let _ = tx.send(Op::Delete(topic));
+            if resuming {
+                // The old instance still holds the database: queue until `resume`.
+                queued = Some(rx);
+            } else {
+                let db = open_db(&config.path).map_err(PluginError::backend)?;
+                let (live, expired) = load(&db, host.now_ms()).map_err(PluginError::backend)?;
+                seq = merge(&mut index, live, &tx, &pending, expired);
+                ctx.spawn(writer(db, rx, pending.clone()));
+                tracing::info!(path = %config.path.display(), messages = index.count, "retained messages loaded from disc");
             }
-            ctx.spawn(writer(db, rx, pending.clone()));
             disc = Some(tx);
-            tracing::info!(path = %config.path.display(), messages = index.count, "retained messages loaded from disc");
         }
         let index = Arc::new(Mutex::new(index));
         // Expired messages are skipped at once and removed by this sweep.
@@ -687,8 +822,11 @@ impl Plugin for Retainer {
             index,
             seq: AtomicU64::new(seq),
             host,
+            ctx,
             disc,
             pending,
+            queued: Mutex::new(queued),
+            ready: tokio::sync::watch::Sender::new(!resuming),
         })
     }
 
@@ -746,17 +884,104 @@ impl Plugin for Retainer {
     }
 
     fn shutdown(&self) {
-        // Wait until every change so far is on disc: nothing acknowledged is lost.
-        if let Some(tx) = &self.disc {
-            let (ack, done) = std_mpsc::channel();
-            if tx.send(Op::Flush(ack)).is_ok()
-                && done.recv_timeout(Duration::from_secs(10)).is_err()
-            {
-                tracing::error!(
-                    "retained messages may not all be on disc: the writer did not finish in 10 s"
-                );
-            }
+        // Wait until every change so far is on disc: nothing acknowledged is lost. (After a
+        // handoff the writer has already stopped.)
+        self.wait_writer(Op::Flush);
+    }
+
+    fn reload_handoff(&self) -> bool {
+        true
+    }
+
+    fn prepare_reload(&self) -> Result<Vec<u8>, PluginError> {
+        // Handoff state: the next sequence number, then (RAM) every message, each as a
+        // length-prefixed record. On disc the database is the state: close it for the new
+        // instance to open.
+        let mut state = self.seq.load(Ordering::Relaxed).to_be_bytes().to_vec();
+        if self.disc.is_some() {
+            self.wait_writer(Op::Close);
+            return Ok(state);
         }
+        let all = self
+            .index
+            .lock()
+            .map_err(|_| PluginError::new(ErrorKind::OTHER, "index poisoned"))?
+            .all();
+        for r in all {
+            let record = r.encode();
+            state.extend_from_slice(&(record.len() as u32).to_be_bytes());
+            state.extend_from_slice(&record);
+        }
+        Ok(state)
+    }
+
+    fn resume(&self, state: Vec<u8>) -> Result<(), PluginError> {
+        // The previous instance's messages (RAM storage) are newer than this database's
+        // (written when disc storage was last used): they win, and go to disc.
+        let (next_seq, handed) = decode_state(&state)?;
+        let mut from_db = Vec::new();
+        let mut expired = Vec::new();
+        let queued = self.queued.lock().ok().and_then(|mut q| q.take());
+        let db = match (queued, &self.disc) {
+            (Some(rx), Some(_)) => {
+                let db = open_db(&self.config.path).map_err(PluginError::backend)?;
+                (from_db, expired) = load(&db, self.now()).map_err(PluginError::backend)?;
+                Some((db, rx))
+            }
+            _ => None,
+        };
+        let count = {
+            let mut index = self
+                .index
+                .lock()
+                .map_err(|_| PluginError::new(ErrorKind::OTHER, "index poisoned"))?;
+            let touched = index.touched.take().unwrap_or_default();
+            // What this instance stored since it took over is newer than anything handed
+            // over: it keeps its place, renumbered after the handed-over messages.
+            let base = handed
+                .iter()
+                .chain(&from_db)
+                .map(|r| r.meta.seq + 1)
+                .fold(next_seq, u64::max);
+            let keep = |r: &Retained| !touched.contains(&r.meta.topic);
+            let handed: Vec<Retained> = handed.into_iter().filter(keep).collect();
+            let from_db: Vec<Retained> = from_db.into_iter().filter(keep).collect();
+            expired.retain(|t| !touched.contains(t));
+            for topic in &touched {
+                if let Some(mine) = index.get(topic).cloned() {
+                    let mut r = Retained::clone(&mine);
+                    r.meta.seq += base;
+                    if let Some(tx) = &self.disc {
+                        self.pending.fetch_add(1, Ordering::Relaxed);
+                        let _ = tx.send(Op::Put(topic.clone(), r.encode()));
+                    }
+                    index.insert(Arc::new(r));
+                }
+            }
+            self.seq.fetch_add(base, Ordering::Relaxed);
+            let tx = self
+                .disc
+                .clone()
+                .unwrap_or_else(|| mpsc::unbounded_channel().0);
+            merge(&mut index, from_db, &tx, &self.pending, expired);
+            for r in &handed {
+                if self.disc.is_some() {
+                    self.pending.fetch_add(1, Ordering::Relaxed);
+                    let _ = tx.send(Op::Put(r.meta.topic.clone(), r.encode()));
+                }
+            }
+            merge(&mut index, handed, &tx, &self.pending, Vec::new());
+            index.count
+        };
+        if let Some((db, rx)) = db {
+            self.ctx.spawn(writer(db, rx, self.pending.clone()));
+        }
+        self.ready.send_replace(true);
+        tracing::info!(
+            messages = count,
+            "retained messages taken over from the previous instance"
+        );
+        Ok(())
     }
 }
 
