@@ -726,6 +726,10 @@ impl Broker {
     /// queued for.
     pub fn route(&self, message: Arc<Message>) -> usize {
         let mut targets: Vec<Target> = Vec::new();
+        // With a session.select_shared plugin, each matching group's members are collected
+        // here and chosen from after the routing lock is released.
+        let select = self.hooks.enabled(HookPoint::SESSION_SELECT_SHARED);
+        let mut groups: Vec<(Arc<str>, Vec<Target>, usize)> = Vec::new();
         {
             let router = self.router.read();
             let publisher = message.publisher.as_deref();
@@ -737,12 +741,26 @@ impl Broker {
                     }
                     targets.push(Target::new(e, false));
                 }
-                Match::Shared(group) => {
-                    if let Some((_, e)) = group.pick(|_, e| e.session.is_online()) {
+                Match::Shared(name, group) => {
+                    let Some(at) = group.pick_index(|_, e| e.session.is_online()) else {
+                        return;
+                    };
+                    if select {
+                        let members = group.members.iter().map(|(_, e)| Target::new(e, true));
+                        groups.push((name.clone(), members.collect(), at));
+                    } else if let Some((_, e)) = group.members.get(at) {
                         targets.push(Target::new(e, true));
                     }
                 }
             });
+        }
+        for (group, mut members, default) in groups {
+            let chosen = self
+                .select_shared(&group, &members, default, &message)
+                .unwrap_or(default);
+            if chosen < members.len() {
+                targets.push(members.swap_remove(chosen));
+            }
         }
         if targets.len() > 1 {
             // Group plain subscriptions of the same session together; shared ones stay apart.
@@ -784,6 +802,31 @@ impl Broker {
             rest = &mut tail[merged..];
         }
         delivered
+    }
+
+    /// Asks the `session.select_shared` plugins which member of `group` gets `message`.
+    fn select_shared(
+        &self,
+        group: &str,
+        members: &[Target],
+        default: usize,
+        message: &Message,
+    ) -> Option<usize> {
+        let views: Vec<plugin_api::SharedMemberView<'_>> = members
+            .iter()
+            .map(|t| plugin_api::SharedMemberView {
+                client_id: (*t.session.client_id).into(),
+                online: t.session.is_online(),
+                qos: t.qos as u8,
+            })
+            .collect();
+        let properties = message.user_property_views();
+        self.hooks.select_shared(&plugin_api::SelectSharedView {
+            group: group.into(),
+            message: message.view(&properties),
+            members: views.as_slice().into(),
+            default_choice: default as u32,
+        })
     }
 
     /// Binds a new connection to the session of `client_id`.

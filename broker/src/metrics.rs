@@ -112,10 +112,12 @@ pub fn sub(counter: &AtomicU64, n: u64) {
     counter.fetch_sub(n, Ordering::Relaxed);
 }
 
-/// Counters and gauges that plugins register through the host services (`metric_register`,
-/// `metric_update`). They appear in `/metrics` as `broker_plugin_<plugin>_<name>` (counters
-/// with `_total`) and under `$SYS/brokers/<node>/plugins/<plugin>/<name>`. A metric outlives
-/// its plugin's reloads: registering the same name again returns the same id and value.
+/// Counters, gauges and histograms that plugins register through the host services
+/// (`metric_register`, `metric_update`). They appear in `/metrics` as
+/// `broker_plugin_<plugin>_<name>` (counters with `_total`; histograms as `_seconds` with
+/// `_bucket`, `_sum` and `_count`) and under `$SYS/brokers/<node>/plugins/<plugin>/<name>`
+/// (a histogram's count there). A metric outlives its plugin's reloads: registering the same
+/// name again returns the same id and value.
 #[derive(Debug, Default)]
 pub struct PluginMetrics {
     entries: parking_lot::RwLock<Vec<PluginMetric>>,
@@ -128,12 +130,32 @@ pub struct PluginMetric {
     pub plugin: String,
     /// Metric name (`[a-z0-9_]`).
     pub name: String,
-    /// Counter or gauge.
-    pub kind: MetricKind,
+    /// Counter, gauge or histogram.
+    pub kind: PluginMetricKind,
     /// Description.
     pub help: String,
+    /// The value (counter, gauge) or the sum of observations in microseconds (histogram).
     value: std::sync::atomic::AtomicI64,
+    /// A histogram's observations per bucket of [`HISTOGRAM_BUCKETS`], the last one `+Inf`.
+    buckets: Option<Box<[AtomicU64]>>,
 }
+
+/// What a plugin metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginMetricKind {
+    /// Only goes up.
+    Counter,
+    /// Set or moved either way.
+    Gauge,
+    /// Durations observed in microseconds, shown in seconds.
+    Histogram,
+}
+
+/// Upper bounds of a plugin histogram's buckets, in seconds (100 µs to 10 s; `+Inf` follows).
+pub const HISTOGRAM_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
 
 /// A copy of one plugin metric.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,12 +164,15 @@ pub struct PluginMetricValue {
     pub plugin: String,
     /// Metric name.
     pub name: String,
-    /// Counter or gauge.
-    pub kind: MetricKind,
+    /// Counter, gauge or histogram.
+    pub kind: PluginMetricKind,
     /// Description.
     pub help: String,
-    /// Current value.
+    /// Current value; for a histogram the sum of observations in microseconds.
     pub value: i64,
+    /// A histogram's cumulative counts per bucket of [`HISTOGRAM_BUCKETS`], then `+Inf` (the
+    /// count of observations). Empty for counters and gauges.
+    pub cumulative: Vec<u64>,
 }
 
 impl PluginMetrics {
@@ -156,7 +181,7 @@ impl PluginMetrics {
         &self,
         plugin: &str,
         name: &str,
-        kind: MetricKind,
+        kind: PluginMetricKind,
         help: &str,
     ) -> Result<u32, String> {
         let valid = !name.is_empty()
@@ -189,24 +214,41 @@ impl PluginMetrics {
             kind,
             help: help.to_owned(),
             value: std::sync::atomic::AtomicI64::new(0),
+            buckets: (kind == PluginMetricKind::Histogram).then(|| {
+                (0..=HISTOGRAM_BUCKETS.len())
+                    .map(|_| AtomicU64::new(0))
+                    .collect()
+            }),
         });
         Ok((entries.len() - 1) as u32)
     }
 
-    /// Adds `value` (or sets it, gauges only) to metric `id` if `plugin` owns it. Counters
-    /// never go down: a negative delta is ignored.
+    /// Adds `value` (or sets it, gauges only) to metric `id` if `plugin` owns it; for a
+    /// histogram, observes `value` microseconds. Counters never go down and histograms take no
+    /// negative observation: a negative value is ignored.
     pub fn update(&self, plugin: &str, id: u32, value: i64, set: bool) {
         let entries = self.entries.read();
         let Some(e) = entries.get(id as usize).filter(|e| e.plugin == plugin) else {
             return;
         };
         match (e.kind, set) {
-            (MetricKind::Gauge, true) => e.value.store(value, Ordering::Relaxed),
-            (MetricKind::Counter, _) if value < 0 => {}
+            (PluginMetricKind::Gauge, true) => e.value.store(value, Ordering::Relaxed),
+            (PluginMetricKind::Counter | PluginMetricKind::Histogram, _) if value < 0 => {}
+            (PluginMetricKind::Histogram, _) => {
+                let seconds = value as f64 / 1e6;
+                let at = HISTOGRAM_BUCKETS
+                    .iter()
+                    .position(|upper| seconds <= *upper)
+                    .unwrap_or(HISTOGRAM_BUCKETS.len());
+                if let Some(bucket) = e.buckets.as_ref().and_then(|b| b.get(at)) {
+                    bucket.fetch_add(1, Ordering::Relaxed);
+                }
+                e.value.fetch_add(value, Ordering::Relaxed);
+            }
             (_, false) => {
                 e.value.fetch_add(value, Ordering::Relaxed);
             }
-            (MetricKind::Counter, true) => {}
+            (PluginMetricKind::Counter, true) => {}
         }
     }
 
@@ -221,6 +263,15 @@ impl PluginMetrics {
                 kind: e.kind,
                 help: e.help.clone(),
                 value: e.value.load(Ordering::Relaxed),
+                cumulative: e
+                    .buckets
+                    .iter()
+                    .flat_map(|b| b.iter())
+                    .scan(0u64, |total, b| {
+                        *total += b.load(Ordering::Relaxed);
+                        Some(*total)
+                    })
+                    .collect(),
             })
             .collect()
     }
@@ -234,19 +285,47 @@ mod tests {
     fn plugin_metrics_keep_their_value_across_registrations() {
         let m = PluginMetrics::default();
         let c = m
-            .register("p", "hits", MetricKind::Counter, "h")
+            .register("p", "hits", PluginMetricKind::Counter, "h")
             .expect("c");
-        let g = m.register("p", "depth", MetricKind::Gauge, "d").expect("g");
+        let g = m
+            .register("p", "depth", PluginMetricKind::Gauge, "d")
+            .expect("g");
         m.update("p", c, 3, false);
         m.update("p", c, -1, false);
         m.update("p", c, 100, true);
         m.update("other", c, 5, false);
         m.update("p", g, 7, true);
         m.update("p", g, -2, false);
-        assert_eq!(m.register("p", "hits", MetricKind::Counter, "h"), Ok(c));
-        assert!(m.register("p", "hits", MetricKind::Gauge, "h").is_err());
-        assert!(m.register("p", "Bad-Name", MetricKind::Gauge, "h").is_err());
+        assert_eq!(
+            m.register("p", "hits", PluginMetricKind::Counter, "h"),
+            Ok(c)
+        );
+        assert!(m
+            .register("p", "hits", PluginMetricKind::Gauge, "h")
+            .is_err());
+        assert!(m
+            .register("p", "Bad-Name", PluginMetricKind::Gauge, "h")
+            .is_err());
         let v = m.values();
         assert_eq!((v[0].value, v[1].value), (3, 5));
+    }
+
+    #[test]
+    fn plugin_histograms_count_per_bucket() {
+        let m = PluginMetrics::default();
+        let h = m
+            .register("p", "latency", PluginMetricKind::Histogram, "h")
+            .expect("h");
+        for micros in [50, 100, 700, 2_000_000, 60_000_000, -5] {
+            m.update("p", h, micros, false);
+        }
+        let v = &m.values()[0];
+        assert_eq!(v.value, 50 + 100 + 700 + 2_000_000 + 60_000_000);
+        // <= 100 µs: 2; <= 1 ms: 3; <= 2.5 s: 4; +Inf: 5.
+        assert_eq!(v.cumulative[0], 2);
+        assert_eq!(v.cumulative[3], 3);
+        assert_eq!(v.cumulative[13], 4);
+        assert_eq!(v.cumulative.last(), Some(&5));
+        assert_eq!(v.cumulative.len(), HISTOGRAM_BUCKETS.len() + 1);
     }
 }

@@ -24,7 +24,7 @@ use bytes::Bytes;
 
 use crate::broker::Broker;
 use crate::codec::QoS;
-use crate::metrics::MetricKind;
+use crate::metrics::{MetricKind, PluginMetricKind, HISTOGRAM_BUCKETS};
 use crate::router::TopicName;
 use crate::session::Message;
 
@@ -45,9 +45,14 @@ pub fn sys_values(broker: &Broker) -> Vec<(String, String)> {
         out.push((format!("metrics/{}", e.name), e.value.to_string()));
     }
     for m in broker.plugin_metrics.values() {
+        // A histogram's $SYS value is its count of observations.
+        let value = match m.kind {
+            PluginMetricKind::Histogram => m.cumulative.last().copied().unwrap_or(0) as i64,
+            _ => m.value,
+        };
         out.push((
             format!("plugins/{}/{}", m.plugin, m.name),
-            m.value.to_string(),
+            value.to_string(),
         ));
     }
     out
@@ -149,18 +154,35 @@ pub fn prometheus(broker: &Broker) -> String {
 
     for m in broker.plugin_metrics.values() {
         let plugin = &m.plugin;
-        let (name, kind) = match m.kind {
-            MetricKind::Counter => (
-                format!(
+        match m.kind {
+            PluginMetricKind::Counter => {
+                let name = format!(
                     "broker_plugin_{plugin}_{}_total",
                     m.name.trim_end_matches("_total")
-                ),
-                "counter",
-            ),
-            MetricKind::Gauge => (format!("broker_plugin_{plugin}_{}", m.name), "gauge"),
-        };
-        family(&mut out, &name, kind, &m.help);
-        let _ = writeln!(out, "{name} {}", m.value);
+                );
+                family(&mut out, &name, "counter", &m.help);
+                let _ = writeln!(out, "{name} {}", m.value);
+            }
+            PluginMetricKind::Gauge => {
+                let name = format!("broker_plugin_{plugin}_{}", m.name);
+                family(&mut out, &name, "gauge", &m.help);
+                let _ = writeln!(out, "{name} {}", m.value);
+            }
+            PluginMetricKind::Histogram => {
+                let name = format!(
+                    "broker_plugin_{plugin}_{}_seconds",
+                    m.name.trim_end_matches("_seconds")
+                );
+                family(&mut out, &name, "histogram", &m.help);
+                for (upper, count) in HISTOGRAM_BUCKETS.iter().zip(&m.cumulative) {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{upper}\"}} {count}");
+                }
+                let count = m.cumulative.last().copied().unwrap_or(0);
+                let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+                let _ = writeln!(out, "{name}_sum {}", m.value as f64 / 1e6);
+                let _ = writeln!(out, "{name}_count {count}");
+            }
+        }
     }
     let plugins: Vec<_> = broker
         .plugins

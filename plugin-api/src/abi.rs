@@ -128,6 +128,22 @@ hook_points! {
     ///
     /// Since API 2 (plugin-api 0.1.1).
     DELIVERY_DROPPED = 23, "delivery.dropped";
+    /// A message is routed to a shared subscription group: choose the member that gets it
+    /// ([`crate::Plugin::select_shared`], with [`SelectSharedView`]). The first plugin that
+    /// answers a member wins; with no answer the broker's round robin (preferring online
+    /// members) decides. Called on the publisher's connection task for every message and
+    /// every matching group, after the routing lock is released: must not block, and should
+    /// cost well under a microsecond.
+    ///
+    /// Since API 2 (plugin-api 0.1.1).
+    SESSION_SELECT_SHARED = 24, "session.select_shared";
+    /// An authorization (ACL) decision was made for a client's PUBLISH or SUBSCRIBE:
+    /// [`crate::Plugin::on_authz_complete`] sees the request, the result and where it came
+    /// from (`cache`, `plugin`, `default`, `superuser`). Notification, on the client's
+    /// connection task, for every decision including cached ones; must not block.
+    ///
+    /// Since API 2 (plugin-api 0.1.1).
+    CLIENT_CHECK_AUTHZ_COMPLETE = 25, "client.check_authz_complete";
 }
 
 /// Named priorities (EMQX order): higher runs first; ties are ordered by plugin name.
@@ -456,6 +472,36 @@ pub struct SubOptions {
     pub retain_as_published: bool,
     /// v5 Retain Handling (0, 1, 2).
     pub retain_handling: u8,
+}
+
+/// One member of a shared subscription group, borrowed ([`SelectSharedView::members`]).
+///
+/// Since API 2 (plugin-api 0.1.1).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct SharedMemberView<'a> {
+    /// The member's client id.
+    pub client_id: RStr<'a>,
+    /// Whether its client is connected now (an offline member's session queues the message).
+    pub online: bool,
+    /// The QoS it subscribed with.
+    pub qos: u8,
+}
+
+/// `session.select_shared`: a message and the members of one shared group that matched it.
+///
+/// Since API 2 (plugin-api 0.1.1).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct SelectSharedView<'a> {
+    /// The group (`g` of `$share/g/filter`).
+    pub group: RStr<'a>,
+    /// The message, as it left the publish chain.
+    pub message: MessageView<'a>,
+    /// The members, in subscription order (at least one).
+    pub members: RSlice<'a, SharedMemberView<'a>>,
+    /// The index the broker's round robin would choose.
+    pub default_choice: u32,
 }
 
 /// A subscription, borrowed.

@@ -104,10 +104,11 @@ pub trait Host: Send + Sync + Clone {
 
     /// Registers a metric of this plugin (or finds it again after a reload: same name, same
     /// id, value kept); returns its id for [`Host::metric_update`]. `kind`: 0 counter, 1
-    /// gauge. `name`: 1-64 of `a-z 0-9 _`. It appears in `/metrics` as
-    /// `broker_plugin_<plugin>_<name>` (counters end in `_total`) and in `$SYS` under
-    /// `plugins/<plugin>/<name>`. Prefer the SDK's [`crate::sdk::Counter`] and
-    /// [`crate::sdk::Gauge`].
+    /// gauge, 2 histogram (durations observed in microseconds; since API 2). `name`: 1-64 of
+    /// `a-z 0-9 _`. It appears in `/metrics` as `broker_plugin_<plugin>_<name>` (counters end
+    /// in `_total`, histograms in `_seconds`) and in `$SYS` under `plugins/<plugin>/<name>`.
+    /// Prefer the SDK's [`crate::sdk::Counter`], [`crate::sdk::Gauge`] and
+    /// [`crate::sdk::Histogram`].
     ///
     /// Since API 2 (plugin-api 0.1.1); an older broker answers an error.
     fn metric_register(&self, name: RStr<'_>, kind: u8, help: RStr<'_>) -> RResult<u32, RString> {
@@ -116,7 +117,7 @@ pub trait Host: Send + Sync + Clone {
     }
 
     /// Adds `value` to metric `id` (a counter ignores negative values), or sets it (`set`,
-    /// gauges only). Lock-free on the broker side but a call across the boundary: count in the
+    /// gauges only); a histogram observes `value` microseconds. Lock-free on the broker side but a call across the boundary: count in the
     /// plugin and update in batches on hot paths.
     ///
     /// Since API 2 (plugin-api 0.1.1).
@@ -328,6 +329,29 @@ pub trait PluginInstance: Send + Sync {
     /// Since API 2 (plugin-api 0.1.1).
     fn resume(&self, state: RVec<u8>) -> RResult<(), PluginError> {
         let _ = state;
+        RResult::ROk(())
+    }
+
+    /// `session.select_shared`: the index of the member of `request.members` that gets the
+    /// message, or `RNone` to let the next plugin (and then the broker) choose.
+    ///
+    /// Since API 2 (plugin-api 0.1.1).
+    fn select_shared(&self, request: &SelectSharedView<'_>) -> RResult<ROption<u32>, PluginError> {
+        let _ = request;
+        RResult::ROk(ROption::RNone)
+    }
+
+    /// `client.check_authz_complete`: an authorization decision (`result` is `Allow` or
+    /// `Deny`) and its `source` (`cache`, `plugin`, `default`, `superuser`).
+    ///
+    /// Since API 2 (plugin-api 0.1.1).
+    fn on_authz_complete(
+        &self,
+        request: &AclRequest,
+        result: AclResult,
+        source: RStr<'_>,
+    ) -> RResult<(), PluginError> {
+        let _ = (request, result, source);
         RResult::ROk(())
     }
 }

@@ -50,7 +50,7 @@ pub mod testing;
 
 pub use abi::*;
 pub use ffi::{Host, HostRef, Host_TO, PluginBox, PluginInstance, PluginMod, PluginModRef};
-pub use sdk::{Context, Counter, Gauge, Kv, Plugin};
+pub use sdk::{Context, Counter, Gauge, Histogram, Kv, Plugin};
 
 pub use abi_stable::export_root_module;
 pub use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec};

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr, RString, RVec};
+use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec};
 use async_ffi::{FfiFuture, FutureExt};
 
 use crate::abi::*;
@@ -192,6 +192,25 @@ pub trait Plugin: Send + Sync + Sized + 'static {
         let _ = state;
         Ok(())
     }
+
+    /// `session.select_shared`: choose which member of a shared subscription group gets a
+    /// message — an index into `request.members`, or `None` to leave the choice to the next
+    /// plugin and then to the broker's round robin. Called for every message routed to a
+    /// group, on the publisher's connection task: must not block; keep it cheap.
+    ///
+    /// Since API 2 (plugin-api 0.1.1).
+    fn select_shared(&self, request: &SelectSharedView<'_>) -> Option<usize> {
+        let _ = request;
+        None
+    }
+
+    /// `client.check_authz_complete`: an authorization decision was made (`result` is `Allow`
+    /// or `Deny`; `source` is `cache`, `plugin`, `default` or `superuser`). Must not block.
+    ///
+    /// Since API 2 (plugin-api 0.1.1).
+    fn on_authz_complete(&self, request: &AclRequest, result: AclResult, source: &str) {
+        let _ = (request, result, source);
+    }
 }
 
 /// What a plugin is created with.
@@ -218,6 +237,30 @@ impl Context {
     /// A handle to the plugin's own runtime.
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.runtime
+    }
+
+    /// Calls `tick` every `period` on the plugin's runtime, first after one period, until the
+    /// plugin is unloaded or reloaded (its runtime stops then, and every timer with it) or the
+    /// returned handle is aborted. A tick that is late (a busy runtime) is not caught up; a
+    /// panic in `tick` is logged and the timer goes on.
+    ///
+    /// Since API 2 (plugin-api 0.1.1).
+    pub fn every<F>(&self, period: Duration, mut tick: F) -> tokio::task::JoinHandle<()>
+    where
+        F: FnMut() + Send + 'static,
+    {
+        self.runtime.spawn(async move {
+            let start = tokio::time::Instant::now() + period;
+            let mut timer = tokio::time::interval_at(start, period.max(Duration::from_millis(1)));
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                timer.tick().await;
+                if let Err(payload) = catch(&mut tick) {
+                    let error = panicked(payload, "timer");
+                    tracing::error!(error = %error.message, "a timer tick panicked");
+                }
+            }
+        })
     }
 
     /// Spawns work on the plugin's runtime.
@@ -273,6 +316,18 @@ impl Context {
         Kv {
             host: self.host.clone(),
         }
+    }
+
+    /// A histogram of this plugin: durations, shown in `/metrics` as
+    /// `broker_plugin_<plugin>_<name>_seconds` with buckets from 100 µs to 10 s, `_sum` and
+    /// `_count` (see [`Context::counter`]).
+    ///
+    /// Since API 2 (plugin-api 0.1.1).
+    pub fn histogram(&self, name: &str, help: &str) -> Result<Histogram, PluginError> {
+        register(&self.host, name, 2, help).map(|id| Histogram {
+            host: self.host.clone(),
+            id,
+        })
     }
 
     /// A gauge of this plugin (see [`Context::counter`]).
@@ -358,6 +413,21 @@ impl Counter {
     /// Adds one.
     pub fn inc(&self) {
         self.add(1);
+    }
+}
+
+/// A histogram of durations in the broker's metrics ([`Context::histogram`]). Cheap to clone.
+#[derive(Clone)]
+pub struct Histogram {
+    host: HostRef,
+    id: u32,
+}
+
+impl Histogram {
+    /// Observes one duration.
+    pub fn observe(&self, duration: Duration) {
+        let micros = duration.as_micros().min(i64::MAX as u128) as i64;
+        self.host.metric_update(self.id, micros, false);
     }
 }
 
@@ -541,7 +611,6 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
         &self,
         message: &MessageView<'_>,
     ) -> RResult<Flow<MessageEdit>, PluginError> {
-        let _enter = self.handle.enter();
         guard("on_message_publish", || {
             self.plugin.on_message_publish(message)
         })
@@ -552,7 +621,6 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
         point: HookPoint,
         event: &MessageEventView<'_>,
     ) -> RResult<(), PluginError> {
-        let _enter = self.handle.enter();
         guard("on_message_event", || {
             self.plugin.on_message_event(point, event)
         })
@@ -563,7 +631,6 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
         point: HookPoint,
         request: &SubscribeView<'_>,
     ) -> RResult<Flow<RString>, PluginError> {
-        let _enter = self.handle.enter();
         guard("on_subscribe", || self.plugin.on_subscribe(point, request))
     }
 
@@ -609,7 +676,6 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
         point: HookPoint,
         request: &SubscribeView<'_>,
     ) -> RResult<Flow<RVec<SubscribeOp>>, PluginError> {
-        let _enter = self.handle.enter();
         guard("on_subscribe", || {
             match self.plugin.decide_subscribe(point, request) {
                 Flow::Continue => Flow::Continue,
@@ -617,6 +683,27 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
                 Flow::ContinueWith(ops) => Flow::ContinueWith(ops.into()),
                 Flow::StopWith(ops) => Flow::StopWith(ops.into()),
             }
+        })
+    }
+
+    fn select_shared(&self, request: &SelectSharedView<'_>) -> RResult<ROption<u32>, PluginError> {
+        guard("select_shared", || {
+            self.plugin
+                .select_shared(request)
+                .and_then(|i| u32::try_from(i).ok())
+                .into()
+        })
+    }
+
+    fn on_authz_complete(
+        &self,
+        request: &AclRequest,
+        result: AclResult,
+        source: RStr<'_>,
+    ) -> RResult<(), PluginError> {
+        guard("on_authz_complete", || {
+            self.plugin
+                .on_authz_complete(request, result, source.as_str())
         })
     }
 
@@ -647,7 +734,6 @@ impl<P: Plugin> PluginInstance for Adapter<P> {
         &self,
         message: &MessageView<'_>,
     ) -> RResult<Flow<RVec<EditOp>>, PluginError> {
-        let _enter = self.handle.enter();
         guard("on_message_publish", || {
             match self.plugin.edit_message(message) {
                 Flow::Continue => Flow::Continue,

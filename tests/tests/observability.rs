@@ -140,4 +140,21 @@ async fn plugin_metrics_in_prometheus_and_sys() {
         .await;
     let p = sys.recv_publish().await;
     assert_eq!(&p.payload[..], b"4");
+
+    // A histogram: 700 µs and 2 s, in Prometheus's cumulative buckets, sum and count.
+    b.ctl_ok(&["probe", "observe", "700"]);
+    b.ctl_ok(&["probe", "observe", "2000000"]);
+    let text = b.ctl_ok(&["metrics"]);
+    for line in [
+        "# TYPE broker_plugin_probe_latency_seconds histogram",
+        "broker_plugin_probe_latency_seconds_bucket{le=\"0.0005\"} 0",
+        "broker_plugin_probe_latency_seconds_bucket{le=\"0.001\"} 1",
+        "broker_plugin_probe_latency_seconds_bucket{le=\"1\"} 1",
+        "broker_plugin_probe_latency_seconds_bucket{le=\"2.5\"} 2",
+        "broker_plugin_probe_latency_seconds_bucket{le=\"+Inf\"} 2",
+        "broker_plugin_probe_latency_seconds_sum 2.0007",
+        "broker_plugin_probe_latency_seconds_count 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
 }

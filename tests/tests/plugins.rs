@@ -1049,3 +1049,139 @@ async fn dropped_deliveries_fire_message_and_delivery_dropped() {
     })
     .await;
 }
+
+/// `session.select_shared`: a plugin chooses the member of a shared group that gets each
+/// message (here: the member whose client id starts with "chosen"), where the broker's round
+/// robin would have split them.
+#[tokio::test]
+async fn select_shared_lets_a_plugin_choose_the_member() {
+    let b = Broker::start();
+    b.plugin_config("probe", "shared_prefer = \"chosen\"\n");
+    b.ctl_ok(&["plugins", "load", "probe"]);
+    let mut other = V4Client::connect(b.port(), "other-1").await;
+    other.subscribe("$share/g/work/#", QoS::AtLeastOnce).await;
+    let mut chosen = V4Client::connect(b.port(), "chosen-1").await;
+    chosen.subscribe("$share/g/work/#", QoS::AtLeastOnce).await;
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    for i in 0..10 {
+        publisher
+            .client
+            .publish(format!("work/{i}"), QoS::AtLeastOnce, false, "job")
+            .await
+            .expect("publish");
+    }
+    for i in 0..10 {
+        let p = chosen.recv_publish().await;
+        assert_eq!(p.topic, format!("work/{i}"));
+    }
+    assert!(
+        other.recv_publish_within(QUIET).await.is_none(),
+        "the plugin's choice, not round robin"
+    );
+    // Unloaded, the broker's round robin shares them again.
+    b.ctl_ok(&["plugins", "unload", "probe"]);
+    for i in 0..4 {
+        publisher
+            .client
+            .publish(format!("work/rr{i}"), QoS::AtLeastOnce, false, "job")
+            .await
+            .expect("publish");
+    }
+    assert!(other
+        .recv_publish_within(Duration::from_secs(5))
+        .await
+        .is_some());
+}
+
+/// `client.check_authz_complete` reports every ACL decision with its source: a plugin's
+/// allow and deny, then the cached answer.
+#[tokio::test]
+async fn check_authz_complete_reports_each_decision_and_its_source() {
+    let b = Broker::start();
+    b.plugin_config(
+        "probe",
+        "authz_log = true\nacl = \"allow\"\nacl_deny_prefix = \"secret/\"\n",
+    );
+    b.ctl_ok(&["plugins", "load", "probe"]);
+    let publisher = V4Client::connect(b.port(), "authz-1").await;
+    for topic in ["open/a", "secret/a", "open/a"] {
+        publisher
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, "x")
+            .await
+            .expect("publish");
+    }
+    let expected = [
+        "probe authz authz-1 Publish open/a Allow plugin",
+        "probe authz authz-1 Publish secret/a Deny plugin",
+        "probe authz authz-1 Publish open/a Allow cache",
+    ];
+    wait_until("three decisions reported", || {
+        let log = b.log();
+        expected.iter().all(|line| log.contains(line))
+    })
+    .await;
+    let log = b.log();
+    let at: Vec<usize> = expected
+        .iter()
+        .map(|line| log.find(line).expect("reported"))
+        .collect();
+    assert!(at[0] < at[1] && at[1] < at[2], "in order: {at:?}");
+}
+
+/// A timer from `Context::every` runs while the plugin is loaded and stops with it: no tick
+/// after an unload, and a reload runs only the new instance's timer.
+#[tokio::test]
+async fn plugin_timers_stop_at_unload() {
+    let b = Broker::start();
+    b.plugin_config("probe", "tick_ms = 20\n");
+    b.ctl_ok(&["plugins", "load", "probe"]);
+    let mut watcher = V4Client::connect(b.port(), "ticks").await;
+    watcher.subscribe("probe/tick", QoS::AtMostOnce).await;
+    let first = watcher.recv_publish().await;
+    assert!(first.payload.parse_u64() >= 1);
+    b.ctl_ok(&["plugins", "reload", "probe"]);
+    // Drain what the old instance sent, then the new one counts from 1 alone: a leftover old
+    // timer would interleave its higher numbers.
+    wait_until("the new instance ticks", || {
+        b.log().matches("probe created").count() >= 2
+    })
+    .await;
+    let mut last = 0;
+    let mut restarted = false;
+    for _ in 0..40 {
+        let n = watcher.recv_publish().await.payload.parse_u64();
+        if n == 1 {
+            restarted = true;
+        } else if restarted {
+            assert_eq!(n, last + 1, "one timer after the reload");
+        }
+        last = n;
+        if restarted && n >= 5 {
+            break;
+        }
+    }
+    assert!(restarted, "the new instance's timer counts from 1");
+    b.ctl_ok(&["plugins", "unload", "probe"]);
+    while watcher.recv_publish_within(QUIET).await.is_some() {}
+    assert!(
+        watcher
+            .recv_publish_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "no tick after unload"
+    );
+}
+
+trait ParseU64 {
+    fn parse_u64(&self) -> u64;
+}
+
+impl ParseU64 for bytes::Bytes {
+    fn parse_u64(&self) -> u64 {
+        std::str::from_utf8(self)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .expect("a number")
+    }
+}

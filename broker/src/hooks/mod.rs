@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use abi_stable::std_types::{RResult, RString, RVec};
+use abi_stable::std_types::{ROption, RResult, RString, RVec};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use plugin_api::{
@@ -619,6 +619,50 @@ impl Hooks {
             }
         }
         changed.then_some(outcome)
+    }
+
+    /// Runs `session.select_shared` for one group: the member index the first plugin chose
+    /// (in range), or `None` to keep the broker's choice.
+    pub fn select_shared(&self, view: &plugin_api::SelectSharedView<'_>) -> Option<usize> {
+        let point = HookPoint::SESSION_SELECT_SHARED;
+        if !self.enabled(point) {
+            return None;
+        }
+        let table = self.table.load();
+        for p in table.at(point) {
+            if !p.is_active() {
+                continue;
+            }
+            let t = p.begin();
+            let r = p.instance.select_shared(view);
+            p.end(t);
+            match r {
+                RResult::ROk(ROption::RSome(i)) if (i as usize) < view.members.len() => {
+                    return Some(i as usize)
+                }
+                RResult::ROk(ROption::RSome(i)) => tracing::warn!(
+                    plugin = %p.name,
+                    index = i,
+                    members = view.members.len(),
+                    "session.select_shared answered an index out of range; ignored"
+                ),
+                RResult::ROk(ROption::RNone) => {}
+                RResult::RErr(e) => p.failed(point, &e),
+            }
+        }
+        None
+    }
+
+    /// Fires `client.check_authz_complete`.
+    pub fn authz_complete(&self, request: &AclRequest, allowed: bool, source: &str) {
+        let result = if allowed {
+            plugin_api::AclResult::Allow
+        } else {
+            plugin_api::AclResult::Deny
+        };
+        self.notify_each(HookPoint::CLIENT_CHECK_AUTHZ_COMPLETE, |p| {
+            p.instance.on_authz_complete(request, result, source.into())
+        });
     }
 
     /// Runs the authentication chain.

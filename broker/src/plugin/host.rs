@@ -186,11 +186,12 @@ impl Host for BrokerHost {
             return RResult::RErr("the broker is shutting down".into());
         };
         let kind = match kind {
-            0 => crate::metrics::MetricKind::Counter,
-            1 => crate::metrics::MetricKind::Gauge,
+            0 => crate::metrics::PluginMetricKind::Counter,
+            1 => crate::metrics::PluginMetricKind::Gauge,
+            2 => crate::metrics::PluginMetricKind::Histogram,
             k => {
                 return RResult::RErr(
-                    format!("unknown metric kind {k} (0 counter, 1 gauge)").into(),
+                    format!("unknown metric kind {k} (0 counter, 1 gauge, 2 histogram)").into(),
                 )
             }
         };

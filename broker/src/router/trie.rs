@@ -40,19 +40,25 @@ impl<K, V> SharedGroup<K, V> {
     /// Picks the next member in round-robin order, preferring one for which `available` is true;
     /// when none is available the next member in turn is returned anyway (its queue keeps the
     /// message). `None` only for an empty group.
-    pub fn pick(&self, mut available: impl FnMut(&K, &V) -> bool) -> Option<&(K, V)> {
+    pub fn pick(&self, available: impl FnMut(&K, &V) -> bool) -> Option<&(K, V)> {
+        self.pick_index(available).and_then(|i| self.members.get(i))
+    }
+
+    /// [`SharedGroup::pick`], as an index into `members`.
+    pub fn pick_index(&self, mut available: impl FnMut(&K, &V) -> bool) -> Option<usize> {
         let n = self.members.len();
         if n == 0 {
             return None;
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         for i in 0..n {
-            let m = &self.members[(start + i) % n];
+            let at = (start + i) % n;
+            let m = &self.members[at];
             if available(&m.0, &m.1) {
-                return Some(m);
+                return Some(at);
             }
         }
-        self.members.get(start % n)
+        Some(start % n)
     }
 }
 
@@ -148,8 +154,8 @@ type Frame<'a, 't, K, V> = (&'a Node<K, V>, &'t str, bool);
 pub enum Match<'a, K, V> {
     /// A plain subscription.
     Plain(&'a K, &'a V),
-    /// A shared subscription group: the visitor picks one member.
-    Shared(&'a SharedGroup<K, V>),
+    /// A shared subscription group (its name, its members): the visitor picks one member.
+    Shared(&'a Arc<str>, &'a SharedGroup<K, V>),
 }
 
 /// The subscription trie. `K` identifies a subscriber, `V` is stored with each subscription.
@@ -315,8 +321,8 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
         for (k, v) in &node.subs {
             visit(Match::Plain(k, v));
         }
-        for g in node.shared.values() {
-            visit(Match::Shared(g));
+        for (name, g) in &node.shared {
+            visit(Match::Shared(name, g));
         }
     }
 }
@@ -332,7 +338,7 @@ mod tests {
         let mut out = Vec::new();
         trie.for_each_match(topic, |m| match m {
             Match::Plain(_, v) => out.push(v.clone()),
-            Match::Shared(g) => out.extend(g.members.iter().map(|(_, v)| v.clone())),
+            Match::Shared(_, g) => out.extend(g.members.iter().map(|(_, v)| v.clone())),
         });
         out.sort();
         out
@@ -372,7 +378,7 @@ mod tests {
         let mut picks = Vec::new();
         for _ in 0..6 {
             t.for_each_match("s/x", |m| {
-                if let Match::Shared(grp) = m {
+                if let Match::Shared(_, grp) = m {
                     picks.push(grp.pick(|k, _| *k != 1).map(|(k, _)| *k));
                 }
             });

@@ -1424,26 +1424,47 @@ impl Connection {
     }
 
     /// Runs the ACL chain (through the per-connection cache) for `topic`; true = allowed.
-    /// Superusers and brokers without ACL plugins skip it.
+    /// Superusers and brokers without ACL plugins skip it. `client.check_authz_complete`
+    /// reports every decision.
     async fn acl_allows(&self, access: Access, topic: &str) -> bool {
+        let (allowed, source) = self.acl_decide(access, topic).await;
         let hooks = &self.broker.hooks;
-        if self.identity.is_superuser || !hooks.enabled(HookPoint::CLIENT_CHECK_ACL) {
-            return true;
+        if hooks.enabled(HookPoint::CLIENT_CHECK_AUTHZ_COMPLETE) {
+            let request = AclRequest {
+                client: self.identity.clone(),
+                access,
+                topic: topic.into(),
+            };
+            hooks.authz_complete(&request, allowed, source);
+        }
+        allowed
+    }
+
+    /// The ACL decision for `topic` and where it came from (`superuser`, `default`, `cache`,
+    /// `plugin`).
+    async fn acl_decide(&self, access: Access, topic: &str) -> (bool, &'static str) {
+        let hooks = &self.broker.hooks;
+        if self.identity.is_superuser {
+            return (true, "superuser");
+        }
+        if !hooks.enabled(HookPoint::CLIENT_CHECK_ACL) {
+            return (true, "default");
         }
         let acl = &self.broker.config.acl;
         let ttl = Duration::from_secs(acl.cache_ttl_secs);
         if let Some(hit) = self.session.acl_cache.lock().get(access, topic, ttl) {
-            return hit;
+            return (hit, "cache");
         }
         let request = AclRequest {
             client: self.identity.clone(),
             access,
             topic: topic.into(),
         };
-        let allowed = match hooks.check_acl(&request).await {
-            AclDecision::Allow | AclDecision::NoPlugin => true,
-            AclDecision::Deny => false,
-            AclDecision::NoMatch => acl.no_match == Decision::Allow,
+        let (allowed, source) = match hooks.check_acl(&request).await {
+            AclDecision::Allow => (true, "plugin"),
+            AclDecision::Deny => (false, "plugin"),
+            AclDecision::NoPlugin => (true, "default"),
+            AclDecision::NoMatch => (acl.no_match == Decision::Allow, "default"),
         };
         self.session
             .acl_cache
@@ -1452,7 +1473,7 @@ impl Connection {
         if !allowed {
             tracing::info!(client_id = %self.client_id, ?access, topic, "denied by ACL");
         }
-        allowed
+        (allowed, source)
     }
 
     async fn on_publish(&mut self, p: Publish) -> Result<(), Exit> {
