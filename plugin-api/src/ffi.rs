@@ -191,6 +191,14 @@ pub trait Host: Send + Sync + Clone {
     fn resuming(&self) -> bool {
         false
     }
+
+    /// The directory the broker reads plugin config files from (`etc/plugins`, absolute), so a
+    /// plugin can resolve files its config names relative to it. Empty if unknown.
+    ///
+    /// Since API 2 (plugin-api 0.1.1); an older broker answers "".
+    fn config_dir(&self) -> RString {
+        RString::new()
+    }
 }
 
 /// The host object handed to a plugin at creation. Cheap to clone.

@@ -285,6 +285,15 @@ impl Context {
         })
     }
 
+    /// The directory of the broker's plugin config files (`etc/plugins`, absolute): resolve
+    /// files your config names relative to it. `None` when the broker does not say.
+    ///
+    /// Since API 2 (plugin-api 0.1.1).
+    pub fn config_dir(&self) -> Option<std::path::PathBuf> {
+        let dir = self.host.config_dir();
+        (!dir.is_empty()).then(|| std::path::PathBuf::from(dir.as_str()))
+    }
+
     /// This plugin's own data directory (`<data_dir>/plugins/<name>`), created if needed.
     ///
     /// Since API 2 (plugin-api 0.1.1).

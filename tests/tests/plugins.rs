@@ -763,7 +763,7 @@ async fn timed_out_authentication_follows_on_error_and_is_counted() {
     assert!(list.contains("timeouts=1"), "{list}");
 }
 
-/// Host services of the second API release: a data directory and unsubscribe.
+/// Host services of the second API release: data and config directories, and unsubscribe.
 #[tokio::test]
 async fn data_directory_and_unsubscribe_for_plugins() {
     let b = Broker::start();
@@ -772,6 +772,13 @@ async fn data_directory_and_unsubscribe_for_plugins() {
     let dir = std::path::PathBuf::from(dir.trim());
     assert!(dir.is_dir(), "{}", dir.display());
     assert_eq!(dir, b.data_dir().join("plugins").join("probe"));
+    let config = std::path::PathBuf::from(b.ctl_ok(&["probe", "configdir"]).trim());
+    assert!(config.is_absolute(), "{}", config.display());
+    b.plugin_config("probe", "tag = \"here\"\n");
+    assert_eq!(
+        std::fs::read_to_string(config.join("probe.toml")).expect("the probe's config file"),
+        "tag = \"here\"\n"
+    );
     let mut c = V4Client::connect(b.port(), "s").await;
     c.subscribe("a/#", QoS::AtLeastOnce).await;
     assert_eq!(

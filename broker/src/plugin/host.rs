@@ -270,6 +270,15 @@ impl Host for BrokerHost {
         self.resuming
     }
 
+    fn config_dir(&self) -> RString {
+        let Some(broker) = self.broker.upgrade() else {
+            return RString::new();
+        };
+        let dir = broker.plugins.config_dir();
+        let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+        absolute.display().to_string().into()
+    }
+
     fn node_name(&self) -> RString {
         self.broker
             .upgrade()

@@ -166,6 +166,11 @@ impl PluginManager {
         }
     }
 
+    /// Where plugin config files are read from.
+    pub fn config_dir(&self) -> &Path {
+        &self.config_dir
+    }
+
     fn library_path(&self, name: &str) -> PathBuf {
         self.plugin_dir.join(loader::library_file_name(name))
     }
