@@ -13,6 +13,11 @@ command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 /usr/bin/python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 || need+=(python3 python3-paho-mqtt)
 # A private MariaDB server per auth_mysql test (mariadb-install-db + mariadbd, not a service).
 { command -v mariadbd || [ -x /usr/sbin/mariadbd ]; } >/dev/null 2>&1 || need+=(mariadb-server)
+# Private PostgreSQL, Redis and OpenLDAP servers per auth_pgsql / auth_redis / auth_ldap test.
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+{ command -v slapd || [ -x /usr/sbin/slapd ]; } >/dev/null 2>&1 || need+=(slapd)
+command -v ldapadd >/dev/null 2>&1 || need+=(ldap-utils)
 # Headless Chromium and its WebDriver for the dashboard tests.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
@@ -21,8 +26,9 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "tests/run.sh: need root (or sudo) to install: ${need[*]}" >&2; exit 1
   fi
   echo "tests/run.sh: installing ${need[*]}"
-  # The packages' services (mosquitto on 1883, mariadb) must not start: the tests run their own
-  # servers, and a system Mosquitto would hold the port the shipped broker config uses.
+  # The packages' services (mosquitto on 1883, mariadb, postgresql, redis, slapd) must not
+  # start: the tests run their own servers, and a system Mosquitto would hold the port the
+  # shipped broker config uses.
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
     $sudo chmod +x /usr/sbin/policy-rc.d

@@ -1,8 +1,15 @@
 //! What the authentication and ACL plugins share, so each plugin crate stays small and every
 //! password check behaves the same everywhere:
 //!
+//! * [`vars`] — the values placeholders (`%u`, `%c`, `%a` …) stand for, and filling templates.
+//! * [`query`] — SQL queries whose placeholders are bound parameters (auth_mysql, auth_pgsql).
+//! * [`acl`] — EMQ's ACL rows (allow, ipaddr, username, clientid, access, topic) and how the
+//!   first matching one decides.
+//! * [`OnErrorConfig`] and [`check_password`] — what every backend plugin does when its backend
+//!   fails, and how it checks a stored hash.
 //! * [`files`] — noticing that a rules or password file changed, replacing one atomically.
 //! * `http` (feature `http`) — the HTTP client of auth_http and auth_jwt.
+//! * `tls` (feature `tls`) — rustls client configurations for backends.
 //! * [`hash`] — EMQ's `password_hash` forms (plain, md5, sha…, salted, bcrypt, pbkdf2), used by
 //!   auth_mysql and the other database plugins.
 //! * [`mosquitto`] — Mosquitto's password-file hashes (`$7$` PBKDF2-SHA512, `$6$` SHA-512), read
@@ -16,15 +23,71 @@
 //!
 //! Every comparison of a secret is constant-time ([`constant_time_eq`]).
 
+pub mod acl;
 pub mod files;
 pub mod hash;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod mosquitto;
+pub mod query;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod topic;
 pub mod users;
+pub mod vars;
 
 use std::sync::Arc;
+
+use serde::Deserialize;
+
+use hash::PasswordHash;
+
+/// What a backend plugin does when its backend (HTTP service, database, directory) cannot be
+/// asked: the `on_error` key of every such plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnErrorConfig {
+    /// Refuse (CONNACK "server unavailable"; ACL deny): fail closed.
+    #[default]
+    Deny,
+    /// Ask the next plugin.
+    Ignore,
+}
+
+impl OnErrorConfig {
+    /// The broker's policy for the registration.
+    pub fn policy(self) -> plugin_api::OnError {
+        match self {
+            OnErrorConfig::Deny => plugin_api::OnError::Deny,
+            OnErrorConfig::Ignore => plugin_api::OnError::Ignore,
+        }
+    }
+}
+
+/// Checks `password` against `stored` (with `salt`) as `hash` says: digests inline, bcrypt and
+/// PBKDF2 on `pool`'s blocking threads. `None` when the pool failed (a backend error).
+pub async fn check_password(
+    hash: PasswordHash,
+    pool: &HashPool,
+    password: Vec<u8>,
+    stored: String,
+    salt: String,
+) -> Option<bool> {
+    match hash {
+        PasswordHash::Digest(..) => Some(hash.verify(&password, &stored, &salt)),
+        PasswordHash::Bcrypt | PasswordHash::Pbkdf2 { .. } => {
+            pool.run(move || hash.verify(&password, &stored, &salt))
+                .await
+        }
+    }
+}
+
+/// A superuser column's value: 1 (or any non-zero number) or `true` (any case).
+pub fn is_superuser_value(value: &str) -> bool {
+    let v = value.trim();
+    v.parse::<i64>()
+        .map_or_else(|_| v.eq_ignore_ascii_case("true"), |n| n != 0)
+}
 
 /// Equality whose time depends only on the lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -20,9 +20,11 @@ use tokio::sync::mpsc;
 
 pub mod http;
 pub mod mariadb;
+pub mod postgres;
 
 pub use http::HttpServer;
 pub use mariadb::MariaDb;
+pub use postgres::Postgres;
 pub use rumqttc;
 
 /// Default time to wait for anything the broker should do promptly.

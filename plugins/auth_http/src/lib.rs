@@ -25,6 +25,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use auth_common::vars::{fill, url_encode, Vars};
+use auth_common::OnErrorConfig;
 use plugin_api::*;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -73,17 +75,6 @@ pub struct RequestConfig {
     pub params: std::collections::BTreeMap<String, String>,
 }
 
-/// What happens when the service cannot be asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum OnErrorConfig {
-    /// Refuse (CONNACK "server unavailable"; ACL deny).
-    #[default]
-    Deny,
-    /// Ask the next plugin.
-    Ignore,
-}
-
 /// etc/plugins/auth_http.toml.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -123,82 +114,6 @@ impl Default for Config {
             priority: None,
         }
     }
-}
-
-/// The fields templates draw from.
-#[derive(Debug, Default, Clone)]
-pub struct Vars<'a> {
-    /// %u
-    pub username: &'a str,
-    /// %c
-    pub client_id: &'a str,
-    /// %a
-    pub peer_ip: &'a str,
-    /// %p
-    pub sock_port: u16,
-    /// %P
-    pub password: &'a str,
-    /// %t
-    pub topic: &'a str,
-    /// %A
-    pub access: &'a str,
-    /// %r
-    pub protocol: &'a str,
-    /// %C
-    pub cert_cn: &'a str,
-    /// %d
-    pub cert_subject: &'a str,
-}
-
-/// Substitutes every placeholder of `template`; `encode` URL-encodes substituted values.
-pub fn fill(template: &str, v: &Vars<'_>, encode: bool) -> String {
-    let port = v.sock_port.to_string();
-    let table: [(&str, &str, &str); 10] = [
-        ("%u", "${username}", v.username),
-        ("%c", "${clientid}", v.client_id),
-        ("%a", "${peerhost}", v.peer_ip),
-        ("%p", "${sockport}", &port),
-        ("%P", "${password}", v.password),
-        ("%t", "${topic}", v.topic),
-        ("%A", "${access}", v.access),
-        ("%r", "${protocol}", v.protocol),
-        ("%C", "${cert_common_name}", v.cert_cn),
-        ("%d", "${cert_subject}", v.cert_subject),
-    ];
-    let mut out = String::with_capacity(template.len() + 32);
-    let mut rest = template;
-    'outer: while !rest.is_empty() {
-        for (short, long, value) in &table {
-            for pat in [*long, *short] {
-                if let Some(after) = rest.strip_prefix(pat) {
-                    if encode {
-                        out.push_str(&url_encode(value));
-                    } else {
-                        out.push_str(value);
-                    }
-                    rest = after;
-                    continue 'outer;
-                }
-            }
-        }
-        let c = rest.chars().next().unwrap_or(' ');
-        out.push(c);
-        rest = &rest[c.len_utf8()..];
-    }
-    out
-}
-
-/// Percent-encodes everything but unreserved characters (RFC 3986).
-pub fn url_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// What the service answered.
@@ -338,21 +253,6 @@ fn cache_key(c: &ClientInfo, password: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn vars<'a>(c: &'a ClientInfo, password: &'a str, topic: &'a str, access: &'a str) -> Vars<'a> {
-    Vars {
-        username: c.username.as_ref().map_or("", |u| u.as_str()),
-        client_id: c.client_id.as_str(),
-        peer_ip: c.peer_ip.as_str(),
-        sock_port: c.sock_port,
-        password,
-        topic,
-        access,
-        protocol: c.transport.as_str(),
-        cert_cn: c.cert_common_name.as_ref().map_or("", |v| v.as_str()),
-        cert_subject: c.cert_subject.as_ref().map_or("", |v| v.as_str()),
-    }
-}
-
 /// The plugin.
 pub struct AuthHttp {
     shared: Arc<Shared>,
@@ -418,10 +318,7 @@ impl Plugin for AuthHttp {
         }
         Registration {
             hooks: hooks.into(),
-            on_error: match c.on_error {
-                OnErrorConfig::Deny => OnError::Deny,
-                OnErrorConfig::Ignore => OnError::Ignore,
-            },
+            on_error: c.on_error.policy(),
             // The plugin's own request timeout, plus a margin for the bridge.
             timeout_ms: (c.timeout_ms + 500).min(u32::MAX as u64) as u32,
             ..Registration::default()
@@ -461,7 +358,7 @@ impl Plugin for AuthHttp {
                 }
             }
             let password = String::from_utf8_lossy(&password_bytes).into_owned();
-            let v = vars(&request.client, &password, "", "");
+            let v = Vars::of(&request.client).with_password(&password);
             let result = match shared.ask(&auth, &v).await {
                 None => return Err(PluginError::backend("authentication service unavailable")),
                 Some(Answer::Ignore) => AuthResult::Ignore,
@@ -522,7 +419,7 @@ impl Plugin for AuthHttp {
                 Access::Subscribe => "1",
                 Access::Publish => "2",
             };
-            let v = vars(&request.client, "", request.topic.as_str(), access);
+            let v = Vars::of(&request.client).with_topic(request.topic.as_str(), access);
             match shared.ask(&acl, &v).await {
                 None => Err(PluginError::backend("ACL service unavailable")),
                 Some(Answer::Allow(..)) => Ok(AclResult::Allow),
@@ -538,27 +435,6 @@ plugin_api::export_plugin!(AuthHttp);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn templates_and_encoding() {
-        let v = Vars {
-            username: "a b",
-            client_id: "c/1",
-            password: "p&=",
-            topic: "t/+",
-            access: "2",
-            sock_port: 1883,
-            ..Vars::default()
-        };
-        assert_eq!(
-            fill("u=%u c=${clientid} P=%P p=%p A=%A t=%t", &v, false),
-            "u=a b c=c/1 P=p&= p=1883 A=2 t=t/+"
-        );
-        assert_eq!(
-            fill("http://h/x/%c?u=%u", &v, true),
-            "http://h/x/c%2F1?u=a%20b"
-        );
-    }
 
     #[test]
     fn answers() {

@@ -29,9 +29,6 @@
 //! is verified against `ca_file` or the public web roots, and its name against `server`), or a
 //! Unix socket.
 
-pub mod acl;
-pub mod query;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,20 +37,11 @@ use mysql_async::{Pool, Row, Value};
 use plugin_api::*;
 use serde::Deserialize;
 
-use acl::{AclRow, Subject, Verdict};
+use auth_common::acl::{self, AclRow, Subject, Verdict};
 use auth_common::hash::PasswordHash;
-use query::{Query, Var};
-
-/// What happens when the database cannot be asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum OnErrorConfig {
-    /// Refuse (CONNACK "server unavailable"; ACL deny).
-    #[default]
-    Deny,
-    /// Ask the next plugin.
-    Ignore,
-}
+use auth_common::query::Query;
+use auth_common::vars::Vars;
+use auth_common::{HashPool, OnErrorConfig};
 
 /// etc/plugins/auth_mysql.toml.
 #[derive(Debug, Clone, Deserialize)]
@@ -228,25 +216,6 @@ impl Settings {
     }
 }
 
-/// The values placeholders bind, for one check.
-struct Binding<'a> {
-    client: &'a ClientInfo,
-}
-
-impl Binding<'_> {
-    fn value(&self, v: Var) -> Value {
-        let c = self.client;
-        let text = match v {
-            Var::Username => c.username.as_ref().map_or("", |u| u.as_str()),
-            Var::ClientId => c.client_id.as_str(),
-            Var::PeerIp => c.peer_ip.as_str(),
-            Var::CertCommonName => c.cert_common_name.as_ref().map_or("", |v| v.as_str()),
-            Var::CertSubject => c.cert_subject.as_ref().map_or("", |v| v.as_str()),
-        };
-        Value::from(text)
-    }
-}
-
 /// A column value as text (NULL → None).
 fn text(v: Option<&Value>) -> Option<String> {
     match v? {
@@ -286,16 +255,16 @@ fn named(row: &Row, name: &str) -> Option<Value> {
 struct Shared {
     settings: Settings,
     pool: Pool,
-    /// Permits for slow hash computations.
-    hashing: tokio::sync::Semaphore,
+    /// Threads for slow hash computations.
+    hashing: HashPool,
 }
 
 impl Shared {
     /// Runs `q` for `client`: retries on connections the server has closed, bounded in all by
     /// the query timeout.
     async fn run(&self, q: &Query, client: &ClientInfo) -> Result<Vec<Row>, PluginError> {
-        let b = Binding { client };
-        let params: Vec<Value> = q.params.iter().map(|v| b.value(*v)).collect();
+        let vars = Vars::of(client);
+        let params: Vec<Value> = q.params.iter().map(|v| Value::from(vars.get(*v))).collect();
         let timeout = Duration::from_millis(self.settings.config.query_timeout_ms);
         let attempts = self.settings.config.pool_size + 1;
         let work = async {
@@ -352,30 +321,24 @@ impl Shared {
         let (Some(stored), Some(password)) = (stored, request.password.into_option()) else {
             return Ok(AuthResult::Deny(DenyReason::BadCredentials));
         };
-        let hash = self.settings.hash;
-        let ok = match hash {
-            PasswordHash::Digest(..) => hash.verify(&password, &stored, &salt),
-            PasswordHash::Bcrypt | PasswordHash::Pbkdf2 { .. } => {
-                let _permit = self
-                    .hashing
-                    .acquire()
-                    .await
-                    .map_err(|e| PluginError::backend(format!("password check failed: {e}")))?;
-                tokio::task::spawn_blocking(move || hash.verify(&password, &stored, &salt))
-                    .await
-                    .map_err(|e| PluginError::backend(format!("password check failed: {e}")))?
-            }
-        };
+        let ok = auth_common::check_password(
+            self.settings.hash,
+            &self.hashing,
+            password.into_vec(),
+            stored,
+            salt,
+        )
+        .await
+        .ok_or_else(|| PluginError::backend("password check failed"))?;
         if !ok {
             return Ok(AuthResult::Deny(DenyReason::BadCredentials));
         }
         let superuser = match &self.settings.superuser {
             Some(q) => {
                 let rows = self.run(q, &request.client).await?;
-                rows.first().is_some_and(|r| {
-                    let v = r.as_ref(0);
-                    int(v).map_or_else(|| text(v).is_some_and(|t| t == "true"), |i| i != 0)
-                })
+                rows.first()
+                    .and_then(|r| text(r.as_ref(0)))
+                    .is_some_and(|t| auth_common::is_superuser_value(&t))
             }
             None => false,
         };
@@ -386,8 +349,8 @@ impl Shared {
         let Some(q) = &self.settings.acl else {
             return Ok(AclResult::Ignore);
         };
-        let username = request.client.username.as_ref().map_or("", |u| u.as_str());
-        if username.starts_with('$') {
+        let subject = Subject::of(&request);
+        if subject.username.starts_with('$') {
             return Ok(AclResult::Ignore);
         }
         let rows: Vec<AclRow> = self
@@ -403,13 +366,6 @@ impl Shared {
                 topic: text(named(r, "topic").as_ref()),
             })
             .collect();
-        let subject = Subject {
-            username,
-            client_id: request.client.client_id.as_str(),
-            peer_ip: request.client.peer_ip.as_str(),
-            access: request.access,
-            topic: request.topic.as_str(),
-        };
         Ok(match acl::decide(&rows, &subject) {
             Some(Verdict::Allow) => AclResult::Allow,
             Some(Verdict::Deny) => AclResult::Deny,
@@ -469,16 +425,10 @@ impl Plugin for AuthMysql {
     fn create(ctx: Context, config: &str) -> Result<Self, PluginError> {
         let settings = Settings::parse(config).map_err(PluginError::config)?;
         let pool = settings.pool();
-        let threads = match settings.config.hash_threads {
-            0 => std::thread::available_parallelism()
-                .map_or(1, |n| n.get().div_ceil(2))
-                .max(1),
-            n => n,
-        };
         let shared = Arc::new(Shared {
+            hashing: HashPool::new(settings.config.hash_threads),
             settings,
             pool,
-            hashing: tokio::sync::Semaphore::new(threads),
         });
         let probe = shared.clone();
         ctx.spawn(async move { probe.probe().await });
@@ -505,10 +455,7 @@ impl Plugin for AuthMysql {
         }
         Registration {
             hooks: hooks.into(),
-            on_error: match s.config.on_error {
-                OnErrorConfig::Deny => OnError::Deny,
-                OnErrorConfig::Ignore => OnError::Ignore,
-            },
+            on_error: s.config.on_error.policy(),
             // Authentication may run two queries (password, superuser); add a margin.
             timeout_ms: (2 * s.config.query_timeout_ms + 500).min(u32::MAX as u64) as u32,
             ..Registration::default()
@@ -547,6 +494,7 @@ plugin_api::export_plugin!(AuthMysql);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use auth_common::query::Var;
 
     #[test]
     fn shipped_defaults_compile() {

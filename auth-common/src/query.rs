@@ -1,38 +1,22 @@
-//! Configured queries: quoted placeholders become bound parameters, never spliced text.
+//! Configured SQL queries (auth_mysql, auth_pgsql): quoted placeholders become bound
+//! parameters, never spliced text.
 //!
-//! A placeholder stands alone inside quotes — `'%u'` or `"%u"` — and is replaced by `?` and
-//! bound at run time, so a user name like `x' or '1'='1` is only ever compared as a value.
+//! A placeholder stands alone inside quotes — `'%u'` or `"%u"` — and is replaced by the
+//! driver's parameter marker (MySQL `?`, PostgreSQL `$1`, `$2` …) and bound at run time, so a user name like `x' or '1'='1` is only ever compared as a value.
 //! Placeholders: `%u` user name, `%c` client id, `%a` peer IP address, `%C` / `%d` TLS client
 //! certificate common name / subject. A placeholder written unquoted or inside a longer string
 //! literal is refused when the plugin loads (it could only work by splicing text), with a
 //! message that says how to write it (`concat('prefix/', '%u')`).
 
-/// A value a placeholder binds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Var {
-    /// `%u`
-    Username,
-    /// `%c`
-    ClientId,
-    /// `%a`
-    PeerIp,
-    /// `%C`
-    CertCommonName,
-    /// `%d`
-    CertSubject,
-}
+pub use crate::vars::Var;
 
-impl Var {
-    fn from_letter(c: u8) -> Option<Var> {
-        Some(match c {
-            b'u' => Var::Username,
-            b'c' => Var::ClientId,
-            b'a' => Var::PeerIp,
-            b'C' => Var::CertCommonName,
-            b'd' => Var::CertSubject,
-            _ => return None,
-        })
-    }
+/// How a driver marks parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// `?` (MySQL, MariaDB).
+    Question,
+    /// `$1`, `$2` … (PostgreSQL).
+    Dollar,
 }
 
 /// A query ready to prepare: SQL with `?` markers and the variable bound to each.
@@ -45,8 +29,14 @@ pub struct Query {
 }
 
 impl Query {
-    /// Compiles `text` (the config value named `key`); the error names the key and the fix.
+    /// Compiles `text` (the config value named `key`) for MySQL's `?` markers; the error names
+    /// the key and the fix.
     pub fn compile(key: &str, text: &str) -> Result<Query, String> {
+        Query::compile_with(key, text, Marker::Question)
+    }
+
+    /// Compiles `text` with the parameter markers of `marker`.
+    pub fn compile_with(key: &str, text: &str, marker: Marker) -> Result<Query, String> {
         let bytes = text.as_bytes();
         let mut sql = String::with_capacity(text.len());
         let mut params = Vec::new();
@@ -61,7 +51,10 @@ impl Query {
                     && Var::from_letter(bytes[i + 2]).is_some()
                 {
                     params.extend(Var::from_letter(bytes[i + 2]));
-                    sql.push('?');
+                    match marker {
+                        Marker::Question => sql.push('?'),
+                        Marker::Dollar => sql.push_str(&format!("${}", params.len())),
+                    }
                     i += 4;
                     continue;
                 }
@@ -142,6 +135,21 @@ mod tests {
              ipaddr = ? or username = ? or username = '$all' or clientid = ?"
         );
         assert_eq!(q.params, vec![Var::PeerIp, Var::Username, Var::ClientId]);
+    }
+
+    #[test]
+    fn postgres_markers_are_numbered() {
+        let q = Query::compile_with(
+            "auth_query",
+            "select password, salt from mqtt_user where username = '%u' or clientid = '%c'",
+            Marker::Dollar,
+        )
+        .expect("valid");
+        assert_eq!(
+            q.sql,
+            "select password, salt from mqtt_user where username = $1 or clientid = $2"
+        );
+        assert_eq!(q.params, vec![Var::Username, Var::ClientId]);
     }
 
     #[test]

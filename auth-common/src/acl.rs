@@ -1,4 +1,4 @@
-//! ACL rows and how one is matched (README, "Authentication with MySQL / MariaDB").
+//! EMQ's ACL rows and how one is matched, for the database plugins (auth_mysql, auth_pgsql).
 //!
 //! A row is `allow, ipaddr, username, clientid, access, topic`:
 //! * **who**: `username = '$all'` matches everyone; otherwise every who-column that is not
@@ -47,6 +47,19 @@ pub struct Subject<'a> {
     pub access: Access,
     /// Topic name (publish) or filter (subscribe).
     pub topic: &'a str,
+}
+
+impl<'a> Subject<'a> {
+    /// The subject of an ACL request.
+    pub fn of(request: &'a plugin_api::AclRequest) -> Subject<'a> {
+        Subject {
+            username: request.client.username.as_ref().map_or("", |u| u.as_str()),
+            client_id: request.client.client_id.as_str(),
+            peer_ip: request.client.peer_ip.as_str(),
+            access: request.access,
+            topic: request.topic.as_str(),
+        }
+    }
 }
 
 /// A row's verdict when it matches.
