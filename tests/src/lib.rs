@@ -21,10 +21,12 @@ use tokio::sync::mpsc;
 pub mod http;
 pub mod mariadb;
 pub mod postgres;
+pub mod redis;
 
 pub use http::HttpServer;
 pub use mariadb::MariaDb;
 pub use postgres::Postgres;
+pub use redis::{RedisCluster, RedisSentinel, RedisServer, RedisTls};
 pub use rumqttc;
 
 /// Default time to wait for anything the broker should do promptly.
