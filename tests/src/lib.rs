@@ -19,11 +19,13 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 pub mod http;
+pub mod ldap;
 pub mod mariadb;
 pub mod postgres;
 pub mod redis;
 
 pub use http::HttpServer;
+pub use ldap::Slapd;
 pub use mariadb::MariaDb;
 pub use postgres::Postgres;
 pub use redis::{RedisCluster, RedisSentinel, RedisServer, RedisTls};

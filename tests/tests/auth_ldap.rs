@@ -1,0 +1,307 @@
+//! The auth_ldap plugin against a private OpenLDAP server started by each test (see
+//! `broker_tests::ldap`), loaded as a real `.so` into the real broker.
+
+use std::time::{Duration, Instant};
+
+use broker_tests::rumqttc::QoS;
+use broker_tests::rumqttc::SubscribeReasonCode as Sub;
+use broker_tests::*;
+
+fn broker_with(d: &Slapd, plugin: &str, broker_extra: &str) -> Broker {
+    let b = Broker::start_with(broker_extra);
+    b.plugin_config("auth_ldap", &d.plugin_config(plugin));
+    b.ctl_ok(&["plugins", "load", "auth_ldap"]);
+    b
+}
+
+async fn v4_login(b: &Broker, id: &str, user: &str, password: &str) -> V4Client {
+    let mut o = v4_options(b.port(), id);
+    o.set_credentials(user, password);
+    let (c, _) = V4Client::connect_with(o).await;
+    c
+}
+
+/// Passwords as slappasswd writes them, in both modes: read and compared by the plugin, or
+/// checked by the directory through a bind as the device.
+#[tokio::test]
+async fn directory_password_schemes_in_both_modes() {
+    let Some(d) = Slapd::start() else {
+        return;
+    };
+    let cases = [
+        ("u-ssha", Slapd::slappasswd("{SSHA}", "pw-ssha"), "pw-ssha"),
+        ("u-sha", Slapd::slappasswd("{SHA}", "pw-sha"), "pw-sha"),
+        ("u-smd5", Slapd::slappasswd("{SMD5}", "pw-smd5"), "pw-smd5"),
+        ("u-plain", "pw-plain".to_owned(), "pw-plain"),
+    ];
+    for (uid, stored, _) in &cases {
+        assert!(stored.starts_with('{') || *uid == "u-plain", "{stored}");
+        d.add_device(uid, stored, "");
+    }
+    d.add_device(
+        "admin",
+        &Slapd::slappasswd("{SSHA}", "root-pw"),
+        "isSuperuser: TRUE\n",
+    );
+    let b = Broker::start_with("[acl]\nno_match = \"deny\"\n");
+    // acl = true puts the plugin in the ACL chain, where a device without topic attributes
+    // gets acl.no_match.
+    for (i, mode) in [
+        "bind_as_user = false\nacl = true",
+        "bind_as_user = true\nacl = true",
+    ]
+    .iter()
+    .enumerate()
+    {
+        b.plugin_config("auth_ldap", &d.plugin_config(mode));
+        let verb = if i == 0 { "load" } else { "reload" };
+        b.ctl_ok(&["plugins", verb, "auth_ldap"]);
+        for (uid, _, password) in &cases {
+            assert_eq!(
+                connack_code(b.port(), "c", uid, password).await,
+                0,
+                "{mode}: {uid} right password"
+            );
+            assert_eq!(
+                connack_code(b.port(), "c", uid, &format!("{password}x")).await,
+                4,
+                "{mode}: {uid} wrong password"
+            );
+            assert_eq!(
+                connack_code(b.port(), "c", uid, "").await,
+                4,
+                "{mode}: {uid} empty password"
+            );
+        }
+        assert_eq!(
+            connack_code(b.port(), "c", "nobody", "x").await,
+            5,
+            "{mode}: no entry → ignore → auth.no_match → not authorised"
+        );
+        let mut admin = v4_login(&b, "admin", "admin", "root-pw").await;
+        assert_eq!(
+            admin.subscribe("anything/#", QoS::AtMostOnce).await,
+            vec![Sub::Success(QoS::AtMostOnce)],
+            "{mode}: isSuperuser TRUE skips the ACL"
+        );
+        let mut plain = v4_login(&b, "plain", "u-plain", "pw-plain").await;
+        assert_eq!(
+            plain.subscribe("anything/#", QoS::AtMostOnce).await,
+            vec![Sub::Failure],
+            "{mode}: not a superuser → acl.no_match = deny"
+        );
+    }
+    assert!(!b.log().contains("pw-ssha"), "passwords are never logged");
+}
+
+/// Filter syntax in a user name only ever matches itself.
+#[tokio::test]
+async fn filter_metacharacters_in_user_names_are_escaped() {
+    let Some(d) = Slapd::start() else {
+        return;
+    };
+    let odd = ["a*", "x)(uid=*", "back\\slash", "with space", "名前"];
+    for uid in odd {
+        d.add_device(uid, "pw", "");
+    }
+    let b = broker_with(&d, "", "");
+    for uid in odd {
+        assert_eq!(connack_code(b.port(), "c", uid, "pw").await, 0, "{uid}");
+        assert_eq!(connack_code(b.port(), "c", uid, "no").await, 4, "{uid}");
+    }
+    // Unescaped, "*" would match every device (and "pw" open the first one).
+    assert_eq!(connack_code(b.port(), "c", "*", "pw").await, 5);
+    assert_eq!(connack_code(b.port(), "c", "a\\2a", "pw").await, 5);
+}
+
+#[tokio::test]
+async fn acl_from_the_topic_attributes() {
+    let Some(d) = Slapd::start() else {
+        return;
+    };
+    d.add_device(
+        "meter",
+        "pw",
+        "mqttPublishTopic: meters/%u/#\nmqttSubscriptionTopic: commands/%c/#\nmqttPubSubTopic: shared/#\n",
+    );
+    let b = broker_with(&d, "acl = true", "[acl]\nno_match = \"deny\"\n");
+    let mut meter = v4_login(&b, "dev-1", "meter", "pw").await;
+    let q = QoS::AtMostOnce;
+    for (filter, expected) in [
+        ("commands/dev-1/#", true),
+        ("commands/dev-2/#", false),
+        ("shared/x", true),
+        ("meters/meter/x", false),
+        ("other", false),
+    ] {
+        let want = if expected {
+            Sub::Success(q)
+        } else {
+            Sub::Failure
+        };
+        assert_eq!(
+            meter.subscribe(filter, q).await,
+            vec![want],
+            "subscribing {filter}"
+        );
+    }
+    // Publishing to meters/meter/… is allowed: it reaches a subscriber of shared/… only if
+    // allowed, so publish to shared/ (allowed both ways) and meters/ and watch.
+    let mut watcher = v4_login(&b, "dev-1-watch", "meter", "pw").await;
+    assert_eq!(
+        watcher.subscribe("shared/#", q).await,
+        vec![Sub::Success(q)]
+    );
+    meter
+        .client
+        .publish("shared/t", QoS::AtLeastOnce, false, "ok")
+        .await
+        .expect("publish");
+    assert_eq!(&watcher.recv_publish().await.payload[..], b"ok");
+}
+
+#[tokio::test]
+async fn directory_stopped_and_restarted_under_a_connected_broker() {
+    let Some(mut d) = Slapd::start() else {
+        return;
+    };
+    d.add_device("alice", "a", "mqttPubSubTopic: users/%u/#\n");
+    let b = broker_with(
+        &d,
+        "acl = true\ntimeout_ms = 1000",
+        "[acl]\nno_match = \"deny\"\n",
+    );
+    let mut alice = v4_login(&b, "alice", "alice", "a").await;
+    let q = QoS::AtLeastOnce;
+    assert_eq!(
+        alice.subscribe("users/alice/#", q).await,
+        vec![Sub::Success(q)]
+    );
+    d.stop();
+    let started = Instant::now();
+    assert_eq!(
+        connack_code(b.port(), "late", "alice", "a").await,
+        3,
+        "directory down + on_error deny → server unavailable"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        alice.subscribe("users/alice/new", q).await,
+        vec![Sub::Failure],
+        "new ACL decisions fail closed"
+    );
+    d.start_again();
+    assert_eq!(
+        connack_code(b.port(), "after", "alice", "a").await,
+        0,
+        "reconnects without a reload"
+    );
+    assert_eq!(
+        alice.subscribe("users/alice/other", q).await,
+        vec![Sub::Success(q)]
+    );
+}
+
+#[tokio::test]
+async fn chain_with_auth_http_by_priority() {
+    let Some(d) = Slapd::start() else {
+        return;
+    };
+    d.add_device("dbuser", "db", "");
+    d.add_device("both", "db", "");
+    let http = HttpServer::start(|r| {
+        if r.body.contains("username=httpuser") || r.body.contains("username=both") {
+            (200, String::new(), 0)
+        } else {
+            (200, "ignore".into(), 0)
+        }
+    })
+    .await;
+    let http_config = |priority: i32| {
+        format!(
+            "priority = {priority}\n[auth_req]\nurl = \"http://127.0.0.1:{}/auth\"\nparams = {{ username = \"%u\", password = \"%P\" }}\n",
+            http.port
+        )
+    };
+    let b = Broker::start();
+    b.plugin_config("auth_http", &http_config(980));
+    b.plugin_config("auth_ldap", &d.plugin_config("priority = 970"));
+    b.ctl_ok(&["plugins", "load", "auth_http"]);
+    b.ctl_ok(&["plugins", "load", "auth_ldap"]);
+    assert_eq!(connack_code(b.port(), "1", "httpuser", "any").await, 0);
+    assert_eq!(connack_code(b.port(), "2", "dbuser", "db").await, 0);
+    assert_eq!(connack_code(b.port(), "3", "dbuser", "no").await, 4);
+    assert_eq!(connack_code(b.port(), "4", "nobody", "x").await, 5);
+    assert_eq!(
+        connack_code(b.port(), "5", "both", "wrong").await,
+        0,
+        "auth_http (980) answers before auth_ldap (970)"
+    );
+    b.plugin_config("auth_http", &http_config(960));
+    b.ctl_ok(&["plugins", "reload", "auth_http"]);
+    assert_eq!(connack_code(b.port(), "6", "both", "wrong").await, 4);
+}
+
+#[tokio::test]
+async fn ldaps_verified_against_ca_file() {
+    let pki_dir = tempfile::tempdir().expect("temp dir");
+    let pki = TestPki::generate(pki_dir.path(), "unused");
+    let Some(d) = Slapd::start_tls(&pki.server_cert, &pki.server_key, &pki.ca) else {
+        return;
+    };
+    d.add_device("alice", "a", "");
+    let ca = format!("ssl = true\nca_file = {:?}", pki.ca.display().to_string());
+    let b = broker_with(&d, &ca, "");
+    assert_eq!(connack_code(b.port(), "c", "alice", "a").await, 0, "ldaps");
+    assert_eq!(connack_code(b.port(), "c", "alice", "b").await, 4);
+    b.plugin_config(
+        "auth_ldap",
+        &d.plugin_config("ssl = true\ntimeout_ms = 2000"),
+    );
+    b.ctl_ok(&["plugins", "reload", "auth_ldap"]);
+    assert_eq!(
+        connack_code(b.port(), "c", "alice", "a").await,
+        3,
+        "the public roots do not trust the test CA"
+    );
+    b.plugin_config(
+        "auth_ldap",
+        &d.plugin_config("ssl = true\nca_file = \"/nonexistent/ca.pem\""),
+    );
+    let out = b.ctl(&["plugins", "reload", "auth_ldap"]);
+    assert!(
+        out.code != 0 && out.stderr.contains("ca_file"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Acceptance, as a new user would try it: a device added with ldapadd, then mosquitto_pub.
+#[tokio::test]
+async fn mosquitto_clients_with_a_directory_device() {
+    let Some(d) = Slapd::start() else {
+        return;
+    };
+    assert!(
+        tool_available("mosquitto_pub"),
+        "mosquitto_pub not installed: run the README's test command"
+    );
+    d.add_device("meter1", &Slapd::slappasswd("{SSHA}", "right"), "");
+    let b = broker_with(&d, "", "");
+    let pub_with = |password: &str| {
+        std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &b.port().to_string()])
+            .args([
+                "-u", "meter1", "-P", password, "-t", "meters/1", "-m", "42", "-q", "1",
+            ])
+            .output()
+            .expect("run mosquitto_pub")
+    };
+    let ok = pub_with("right");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(!pub_with("wrong").status.success());
+}
