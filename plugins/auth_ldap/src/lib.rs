@@ -483,7 +483,8 @@ pub fn check_scheme(stored: &[u8], password: &[u8]) -> Option<bool> {
         d.finalize().to_vec()
     }
     // (digest length, salted, digest of password ++ salt)
-    let (len, salted, f): (usize, bool, fn(&[u8], &[u8]) -> Vec<u8>) = match scheme.as_str() {
+    type Digester = fn(&[u8], &[u8]) -> Vec<u8>;
+    let (len, salted, f): (usize, bool, Digester) = match scheme.as_str() {
         "SHA" => (20, false, digest::<Sha1>),
         "SSHA" => (20, true, digest::<Sha1>),
         "SHA256" => (32, false, digest::<Sha256>),
