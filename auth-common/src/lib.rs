@@ -3,6 +3,8 @@
 //!
 //! * [`vars`] — the values placeholders (`%u`, `%c`, `%a` …) stand for, and filling templates.
 //! * [`query`] — SQL queries whose placeholders are bound parameters (auth_mysql, auth_pgsql).
+//! * [`sql`] — what auth_mysql and auth_pgsql decide from their rows; [`registration`] is what
+//!   every backend auth plugin registers.
 //! * [`acl`] — EMQ's ACL rows (allow, ipaddr, username, clientid, access, topic) and how the
 //!   first matching one decides.
 //! * [`OnErrorConfig`] and [`check_password`] — what every backend plugin does when its backend
@@ -30,6 +32,7 @@ pub mod hash;
 pub mod http;
 pub mod mosquitto;
 pub mod query;
+pub mod sql;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod topic;
@@ -125,5 +128,37 @@ impl HashPool {
     ) -> Option<T> {
         let _permit = self.permits.acquire().await.ok()?;
         tokio::task::spawn_blocking(check).await.ok()
+    }
+}
+
+/// The registration of a backend auth plugin: `client.authenticate` and / or
+/// `client.check_acl` at `priority` (default: the broker's AUTHENTICATION 970 and ACL 960), its
+/// `on_error`, and a hook timeout of two backend round trips plus a margin.
+pub fn registration(
+    auth: bool,
+    acl: bool,
+    priority: Option<i32>,
+    on_error: OnErrorConfig,
+    check_timeout_ms: u64,
+) -> plugin_api::Registration {
+    use plugin_api::{priority as p, HookPoint, HookSpec};
+    let mut hooks = Vec::new();
+    if auth {
+        hooks.push(HookSpec {
+            point: HookPoint::CLIENT_AUTHENTICATE,
+            priority: priority.unwrap_or(p::AUTHENTICATION),
+        });
+    }
+    if acl {
+        hooks.push(HookSpec {
+            point: HookPoint::CLIENT_CHECK_ACL,
+            priority: priority.unwrap_or(p::ACL),
+        });
+    }
+    plugin_api::Registration {
+        hooks: hooks.into(),
+        on_error: on_error.policy(),
+        timeout_ms: (2 * check_timeout_ms + 500).min(u32::MAX as u64) as u32,
+        ..plugin_api::Registration::default()
     }
 }

@@ -1,8 +1,7 @@
 //! The auth_ldap plugin against a private OpenLDAP server started by each test (see
 //! `broker_tests::ldap`), loaded as a real `.so` into the real broker.
 
-use std::time::{Duration, Instant};
-
+use broker_tests::auth::*;
 use broker_tests::rumqttc::QoS;
 use broker_tests::rumqttc::SubscribeReasonCode as Sub;
 use broker_tests::*;
@@ -162,7 +161,7 @@ async fn acl_from_the_topic_attributes() {
 
 #[tokio::test]
 async fn directory_stopped_and_restarted_under_a_connected_broker() {
-    let Some(mut d) = Slapd::start() else {
+    let Some(d) = Slapd::start() else {
         return;
     };
     d.add_device("alice", "a", "mqttPubSubTopic: users/%u/#\n");
@@ -171,35 +170,13 @@ async fn directory_stopped_and_restarted_under_a_connected_broker() {
         "acl = true\ntimeout_ms = 1000",
         "[acl]\nno_match = \"deny\"\n",
     );
-    let mut alice = v4_login(&b, "alice", "alice", "a").await;
-    let q = QoS::AtLeastOnce;
-    assert_eq!(
-        alice.subscribe("users/alice/#", q).await,
-        vec![Sub::Success(q)]
-    );
-    d.stop();
-    let started = Instant::now();
-    assert_eq!(
-        connack_code(b.port(), "late", "alice", "a").await,
-        3,
-        "directory down + on_error deny → server unavailable"
-    );
-    assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(
-        alice.subscribe("users/alice/new", q).await,
-        vec![Sub::Failure],
-        "new ACL decisions fail closed"
-    );
-    d.start_again();
-    assert_eq!(
-        connack_code(b.port(), "after", "alice", "a").await,
-        0,
-        "reconnects without a reload"
-    );
-    assert_eq!(
-        alice.subscribe("users/alice/other", q).await,
-        vec![Sub::Success(q)]
-    );
+    let d = std::cell::RefCell::new(d);
+    check_backend_outage(
+        &b,
+        || d.borrow_mut().stop(),
+        || d.borrow_mut().start_again(),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -209,37 +186,7 @@ async fn chain_with_auth_http_by_priority() {
     };
     d.add_device("dbuser", "db", "");
     d.add_device("both", "db", "");
-    let http = HttpServer::start(|r| {
-        if r.body.contains("username=httpuser") || r.body.contains("username=both") {
-            (200, String::new(), 0)
-        } else {
-            (200, "ignore".into(), 0)
-        }
-    })
-    .await;
-    let http_config = |priority: i32| {
-        format!(
-            "priority = {priority}\n[auth_req]\nurl = \"http://127.0.0.1:{}/auth\"\nparams = {{ username = \"%u\", password = \"%P\" }}\n",
-            http.port
-        )
-    };
-    let b = Broker::start();
-    b.plugin_config("auth_http", &http_config(980));
-    b.plugin_config("auth_ldap", &d.plugin_config("priority = 970"));
-    b.ctl_ok(&["plugins", "load", "auth_http"]);
-    b.ctl_ok(&["plugins", "load", "auth_ldap"]);
-    assert_eq!(connack_code(b.port(), "1", "httpuser", "any").await, 0);
-    assert_eq!(connack_code(b.port(), "2", "dbuser", "db").await, 0);
-    assert_eq!(connack_code(b.port(), "3", "dbuser", "no").await, 4);
-    assert_eq!(connack_code(b.port(), "4", "nobody", "x").await, 5);
-    assert_eq!(
-        connack_code(b.port(), "5", "both", "wrong").await,
-        0,
-        "auth_http (980) answers before auth_ldap (970)"
-    );
-    b.plugin_config("auth_http", &http_config(960));
-    b.ctl_ok(&["plugins", "reload", "auth_http"]);
-    assert_eq!(connack_code(b.port(), "6", "both", "wrong").await, 4);
+    check_chain_with_auth_http("auth_ldap", |p| d.plugin_config(&format!("priority = {p}"))).await;
 }
 
 #[tokio::test]
@@ -282,26 +229,7 @@ async fn mosquitto_clients_with_a_directory_device() {
     let Some(d) = Slapd::start() else {
         return;
     };
-    assert!(
-        tool_available("mosquitto_pub"),
-        "mosquitto_pub not installed: run the README's test command"
-    );
     d.add_device("meter1", &Slapd::slappasswd("{SSHA}", "right"), "");
     let b = broker_with(&d, "", "");
-    let pub_with = |password: &str| {
-        std::process::Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &b.port().to_string()])
-            .args([
-                "-u", "meter1", "-P", password, "-t", "meters/1", "-m", "42", "-q", "1",
-            ])
-            .output()
-            .expect("run mosquitto_pub")
-    };
-    let ok = pub_with("right");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    assert!(!pub_with("wrong").status.success());
+    check_mosquitto_pub(&b, "meter1", "right");
 }

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use broker_tests::auth::*;
 use broker_tests::rumqttc::QoS;
 use broker_tests::rumqttc::SubscribeReasonCode as Sub;
 use broker_tests::*;
@@ -111,34 +112,11 @@ async fn every_password_hash_checks_right_and_wrong_passwords() {
         add_user(&db, user, stored, salt, false);
     }
     let b = Broker::start();
-    for (i, (hash, user, _, _, password)) in cases.iter().enumerate() {
-        b.plugin_config(
-            "auth_mysql",
-            &db.plugin_config(&format!("password_hash = {hash:?}")),
-        );
-        let verb = if i == 0 { "load" } else { "reload" };
-        b.ctl_ok(&["plugins", verb, "auth_mysql"]);
-        assert_eq!(
-            connack_code(b.port(), "c", user, password).await,
-            0,
-            "{hash}: right password"
-        );
-        assert_eq!(
-            connack_code(b.port(), "c", user, &format!("{password}x")).await,
-            4,
-            "{hash}: wrong password → bad user name or password"
-        );
-        assert_eq!(
-            connack_code(b.port(), "c", user, "").await,
-            4,
-            "{hash}: empty password"
-        );
-    }
-    assert_eq!(
-        connack_code(b.port(), "c", "no-such-user", "pw").await,
-        5,
-        "no row → ignore → auth.no_match (deny) → not authorised"
-    );
+    let checks: Vec<(&str, &str, &str)> = cases
+        .iter()
+        .map(|(hash, user, _, _, password)| (*hash, *user, *password))
+        .collect();
+    check_password_hashes(&b, "auth_mysql", &checks, |extra| db.plugin_config(extra)).await;
     assert!(!b.log().contains("pw-256"), "passwords are never logged");
 }
 
@@ -306,7 +284,7 @@ async fn acl_rows_first_match_in_order() {
 
 #[tokio::test]
 async fn mariadb_stopped_and_restarted_under_a_connected_broker() {
-    let Some(mut db) = MariaDb::start(&[]) else {
+    let Some(db) = MariaDb::start(&[]) else {
         return;
     };
     add_user(&db, "alice", "sha2('a', 256)", "", false);
@@ -316,56 +294,13 @@ async fn mariadb_stopped_and_restarted_under_a_connected_broker() {
         "query_timeout_ms = 1000",
         "[acl]\nno_match = \"deny\"\n",
     );
-    let mut alice = v4_login(&b, "alice", "alice", "a").await;
-    let q = QoS::AtLeastOnce;
-    assert_eq!(
-        alice.subscribe("users/alice/#", q).await,
-        vec![Sub::Success(q)]
-    );
-    let round_trip = |c: &mut V4Client, payload: &'static str| {
-        let client = c.client.clone();
-        async move {
-            client
-                .publish("users/alice/t", QoS::AtLeastOnce, false, payload)
-                .await
-                .expect("publish");
-        }
-    };
-    round_trip(&mut alice, "before").await;
-    assert_eq!(&alice.recv_publish().await.payload[..], b"before");
-
-    db.stop();
-    let started = Instant::now();
-    assert_eq!(
-        connack_code(b.port(), "late", "alice", "a").await,
-        3,
-        "database down + on_error deny → server unavailable"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "bounded by the query timeout"
-    );
-    // The connected client stays connected; decisions it already has (ACL cache) still work,
-    // new ones fail closed.
-    round_trip(&mut alice, "during").await;
-    assert_eq!(&alice.recv_publish().await.payload[..], b"during");
-    assert_eq!(
-        alice.subscribe("users/alice/new", q).await,
-        vec![Sub::Failure]
-    );
-
-    db.start_again();
-    assert_eq!(
-        connack_code(b.port(), "after", "alice", "a").await,
-        0,
-        "the pool reconnects without a reload"
-    );
-    assert_eq!(
-        alice.subscribe("users/alice/other", q).await,
-        vec![Sub::Success(q)]
-    );
-    round_trip(&mut alice, "after").await;
-    assert_eq!(&alice.recv_publish().await.payload[..], b"after");
+    let db = std::cell::RefCell::new(db);
+    check_backend_outage(
+        &b,
+        || db.borrow_mut().stop(),
+        || db.borrow_mut().start_again(),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -428,60 +363,10 @@ async fn chain_with_auth_http_by_priority() {
     };
     add_user(&db, "dbuser", "sha2('db', 256)", "", false);
     add_user(&db, "both", "sha2('db', 256)", "", false);
-    let http = HttpServer::start(|r| {
-        if r.body.contains("username=httpuser") || r.body.contains("username=both") {
-            (200, String::new(), 0)
-        } else {
-            (200, "ignore".into(), 0)
-        }
+    check_chain_with_auth_http("auth_mysql", |p| {
+        db.plugin_config(&format!("priority = {p}"))
     })
     .await;
-    let http_config = |priority: i32| {
-        format!(
-            "priority = {priority}\n[auth_req]\nurl = \"http://127.0.0.1:{}/auth\"\nparams = {{ username = \"%u\", password = \"%P\" }}\n",
-            http.port
-        )
-    };
-    let b = Broker::start();
-    b.plugin_config("auth_http", &http_config(980));
-    b.plugin_config("auth_mysql", &db.plugin_config("priority = 970"));
-    b.ctl_ok(&["plugins", "load", "auth_http"]);
-    b.ctl_ok(&["plugins", "load", "auth_mysql"]);
-
-    assert_eq!(
-        connack_code(b.port(), "1", "httpuser", "any").await,
-        0,
-        "HTTP allows"
-    );
-    assert_eq!(
-        connack_code(b.port(), "2", "dbuser", "db").await,
-        0,
-        "HTTP ignores, MySQL allows"
-    );
-    assert_eq!(
-        connack_code(b.port(), "3", "dbuser", "no").await,
-        4,
-        "HTTP ignores, MySQL denies"
-    );
-    assert_eq!(
-        connack_code(b.port(), "4", "nobody", "x").await,
-        5,
-        "all ignore → no_match"
-    );
-    assert_eq!(
-        connack_code(b.port(), "5", "both", "wrong").await,
-        0,
-        "auth_http (980) answers before auth_mysql (970)"
-    );
-    // Swap the order: auth_mysql above auth_http now denies the wrong password first.
-    b.plugin_config("auth_http", &http_config(960));
-    b.ctl_ok(&["plugins", "reload", "auth_http"]);
-    assert_eq!(connack_code(b.port(), "6", "both", "wrong").await, 4);
-    assert_eq!(
-        connack_code(b.port(), "7", "httpuser", "any").await,
-        0,
-        "MySQL has no row → HTTP"
-    );
 }
 
 /// Acceptance, as a new user would try it: a sha256+salt user with mosquitto_pub, and an ACL
@@ -491,10 +376,6 @@ async fn mosquitto_clients_with_a_salted_sha256_user() {
     let Some(db) = MariaDb::start(&[]) else {
         return;
     };
-    assert!(
-        tool_available("mosquitto_pub"),
-        "mosquitto_pub not installed: run the README's test command (tests/run.sh installs mosquitto-clients)"
-    );
     add_user(
         &db,
         "meter",
@@ -504,28 +385,7 @@ async fn mosquitto_clients_with_a_salted_sha256_user() {
     );
     add_acl(&db, (0, None, Some("$all"), None, 1, "secret/#"));
     let b = broker_with(&db, "password_hash = \"salt,sha256\"", "");
-    let pub_with = |password: &str| {
-        std::process::Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &b.port().to_string()])
-            .args([
-                "-u", "meter", "-P", password, "-t", "meters/1", "-m", "42", "-q", "1",
-            ])
-            .output()
-            .expect("run mosquitto_pub")
-    };
-    let ok = pub_with("right");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    let bad = pub_with("wrong");
-    assert!(!bad.status.success());
-    let stderr = String::from_utf8_lossy(&bad.stderr).to_lowercase();
-    assert!(
-        stderr.contains("bad user name or password") || stderr.contains("not authori"),
-        "{stderr}"
-    );
+    check_mosquitto_pub(&b, "meter", "right");
     let mut meter = v4_login(&b, "meter-sub", "meter", "right").await;
     assert_eq!(
         meter.subscribe("secret/#", QoS::AtMostOnce).await,

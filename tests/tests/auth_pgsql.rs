@@ -1,8 +1,7 @@
 //! The auth_pgsql plugin against a private PostgreSQL server started by each test (see
 //! `broker_tests::postgres`), loaded as a real `.so` into the real broker.
 
-use std::time::{Duration, Instant};
-
+use broker_tests::auth::*;
 use broker_tests::rumqttc::QoS;
 use broker_tests::rumqttc::SubscribeReasonCode as Sub;
 use broker_tests::*;
@@ -109,34 +108,11 @@ async fn every_password_hash_checks_right_and_wrong_passwords() {
     }
     add_user(&db, "admin", &hex("sha256", "'root-pw'"), "", true);
     let b = Broker::start_with("[acl]\nno_match = \"deny\"\n");
-    for (i, (hash, user, _, _, password)) in cases.iter().enumerate() {
-        b.plugin_config(
-            "auth_pgsql",
-            &db.plugin_config(&format!("password_hash = {hash:?}")),
-        );
-        let verb = if i == 0 { "load" } else { "reload" };
-        b.ctl_ok(&["plugins", verb, "auth_pgsql"]);
-        assert_eq!(
-            connack_code(b.port(), "c", user, password).await,
-            0,
-            "{hash}: right password"
-        );
-        assert_eq!(
-            connack_code(b.port(), "c", user, &format!("{password}x")).await,
-            4,
-            "{hash}: wrong password → bad user name or password"
-        );
-        assert_eq!(
-            connack_code(b.port(), "c", user, "").await,
-            4,
-            "{hash}: empty password"
-        );
-    }
-    assert_eq!(
-        connack_code(b.port(), "c", "no-such-user", "pw").await,
-        5,
-        "no row → ignore → auth.no_match (deny) → not authorised"
-    );
+    let checks: Vec<(&str, &str, &str)> = cases
+        .iter()
+        .map(|(hash, user, _, _, password)| (*hash, *user, *password))
+        .collect();
+    check_password_hashes(&b, "auth_pgsql", &checks, |extra| db.plugin_config(extra)).await;
     // Superuser: is_superuser = true skips ACL (broker-wide no_match = deny for ACL).
     b.plugin_config("auth_pgsql", &db.plugin_config(""));
     b.ctl_ok(&["plugins", "reload", "auth_pgsql"]);
@@ -258,7 +234,7 @@ async fn acl_rows_first_match_in_order() {
 
 #[tokio::test]
 async fn postgres_stopped_and_restarted_under_a_connected_broker() {
-    let Some(mut db) = Postgres::start() else {
+    let Some(db) = Postgres::start() else {
         return;
     };
     add_user(&db, "alice", &hex("sha256", "'a'"), "", false);
@@ -268,55 +244,14 @@ async fn postgres_stopped_and_restarted_under_a_connected_broker() {
         "query_timeout_ms = 1000",
         "[acl]\nno_match = \"deny\"\n",
     );
-    let mut alice = v4_login(&b, "alice", "alice", "a").await;
-    let q = QoS::AtLeastOnce;
-    assert_eq!(
-        alice.subscribe("users/alice/#", q).await,
-        vec![Sub::Success(q)]
-    );
-    let publish = |c: &V4Client, payload: &'static str| {
-        let client = c.client.clone();
-        async move {
-            client
-                .publish("users/alice/t", QoS::AtLeastOnce, false, payload)
-                .await
-                .expect("publish");
-        }
-    };
-    publish(&alice, "before").await;
-    assert_eq!(&alice.recv_publish().await.payload[..], b"before");
-
-    db.stop();
-    let started = Instant::now();
-    assert_eq!(
-        connack_code(b.port(), "late", "alice", "a").await,
-        3,
-        "database down + on_error deny → server unavailable"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "bounded by the query timeout"
-    );
-    // The connected client stays connected; cached ACL decisions still work, new ones fail
-    // closed.
-    publish(&alice, "during").await;
-    assert_eq!(&alice.recv_publish().await.payload[..], b"during");
-    assert_eq!(
-        alice.subscribe("users/alice/new", q).await,
-        vec![Sub::Failure]
-    );
-
-    db.start_again();
-    assert_eq!(
-        connack_code(b.port(), "after", "alice", "a").await,
-        0,
-        "the pool reconnects without a reload"
-    );
-    assert_eq!(
-        alice.subscribe("users/alice/other", q).await,
-        vec![Sub::Success(q)]
-    );
-    assert!(db.broker_connections() >= 1);
+    let db = std::cell::RefCell::new(db);
+    check_backend_outage(
+        &b,
+        || db.borrow_mut().stop(),
+        || db.borrow_mut().start_again(),
+    )
+    .await;
+    assert!(db.borrow().broker_connections() >= 1);
 }
 
 /// auth_http and auth_pgsql together: the higher priority asks first, Ignore falls through,
@@ -328,38 +263,10 @@ async fn chain_with_auth_http_by_priority() {
     };
     add_user(&db, "dbuser", &hex("sha256", "'db'"), "", false);
     add_user(&db, "both", &hex("sha256", "'db'"), "", false);
-    let http = HttpServer::start(|r| {
-        if r.body.contains("username=httpuser") || r.body.contains("username=both") {
-            (200, String::new(), 0)
-        } else {
-            (200, "ignore".into(), 0)
-        }
+    check_chain_with_auth_http("auth_pgsql", |p| {
+        db.plugin_config(&format!("priority = {p}"))
     })
     .await;
-    let http_config = |priority: i32| {
-        format!(
-            "priority = {priority}\n[auth_req]\nurl = \"http://127.0.0.1:{}/auth\"\nparams = {{ username = \"%u\", password = \"%P\" }}\n",
-            http.port
-        )
-    };
-    let b = Broker::start();
-    b.plugin_config("auth_http", &http_config(980));
-    b.plugin_config("auth_pgsql", &db.plugin_config("priority = 970"));
-    b.ctl_ok(&["plugins", "load", "auth_http"]);
-    b.ctl_ok(&["plugins", "load", "auth_pgsql"]);
-    assert_eq!(connack_code(b.port(), "1", "httpuser", "any").await, 0);
-    assert_eq!(connack_code(b.port(), "2", "dbuser", "db").await, 0);
-    assert_eq!(connack_code(b.port(), "3", "dbuser", "no").await, 4);
-    assert_eq!(connack_code(b.port(), "4", "nobody", "x").await, 5);
-    assert_eq!(
-        connack_code(b.port(), "5", "both", "wrong").await,
-        0,
-        "auth_http (980) answers before auth_pgsql (970)"
-    );
-    b.plugin_config("auth_http", &http_config(960));
-    b.ctl_ok(&["plugins", "reload", "auth_http"]);
-    assert_eq!(connack_code(b.port(), "6", "both", "wrong").await, 4);
-    assert_eq!(connack_code(b.port(), "7", "httpuser", "any").await, 0);
 }
 
 /// Acceptance, as a new user would try it: a salted sha256 user with mosquitto_pub.
@@ -368,10 +275,6 @@ async fn mosquitto_clients_with_a_salted_sha256_user() {
     let Some(db) = Postgres::start() else {
         return;
     };
-    assert!(
-        tool_available("mosquitto_pub"),
-        "mosquitto_pub not installed: run the README's test command"
-    );
     add_user(
         &db,
         "meter",
@@ -380,22 +283,7 @@ async fn mosquitto_clients_with_a_salted_sha256_user() {
         false,
     );
     let b = broker_with(&db, "password_hash = \"salt,sha256\"", "");
-    let pub_with = |password: &str| {
-        std::process::Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &b.port().to_string()])
-            .args([
-                "-u", "meter", "-P", password, "-t", "meters/1", "-m", "42", "-q", "1",
-            ])
-            .output()
-            .expect("run mosquitto_pub")
-    };
-    let ok = pub_with("right");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    assert!(!pub_with("wrong").status.success());
+    check_mosquitto_pub(&b, "meter", "right");
 }
 
 /// TLS to the database: the server takes TCP logins only over TLS; the server certificate is

@@ -1,8 +1,7 @@
 //! The auth_redis plugin against private Redis servers started by each test (see
 //! `broker_tests::redis`): one server, a sentinel, a three-node cluster, TLS.
 
-use std::time::{Duration, Instant};
-
+use broker_tests::auth::*;
 use broker_tests::rumqttc::QoS;
 use broker_tests::rumqttc::SubscribeReasonCode as Sub;
 use broker_tests::*;
@@ -92,34 +91,11 @@ async fn every_password_hash_checks_right_and_wrong_passwords() {
         add_user(&r, user, stored, salt);
     }
     let b = Broker::start();
-    for (i, (hash, user, _, _, password)) in cases.iter().enumerate() {
-        b.plugin_config(
-            "auth_redis",
-            &r.plugin_config(&format!("password_hash = {hash:?}")),
-        );
-        let verb = if i == 0 { "load" } else { "reload" };
-        b.ctl_ok(&["plugins", verb, "auth_redis"]);
-        assert_eq!(
-            connack_code(b.port(), "c", user, password).await,
-            0,
-            "{hash}: right password"
-        );
-        assert_eq!(
-            connack_code(b.port(), "c", user, &format!("{password}x")).await,
-            4,
-            "{hash}: wrong password"
-        );
-        assert_eq!(
-            connack_code(b.port(), "c", user, "").await,
-            4,
-            "{hash}: empty password"
-        );
-    }
-    assert_eq!(
-        connack_code(b.port(), "c", "no-such-user", "pw").await,
-        5,
-        "no user → ignore → auth.no_match (deny) → not authorised"
-    );
+    let checks: Vec<(&str, &str, &str)> = cases
+        .iter()
+        .map(|(hash, user, _, _, password)| (*hash, *user, *password))
+        .collect();
+    check_password_hashes(&b, "auth_redis", &checks, |extra| r.plugin_config(extra)).await;
     assert!(!b.log().contains("pw-256"), "passwords are never logged");
 }
 
@@ -210,54 +186,30 @@ async fn metacharacters_in_user_names_stay_one_argument() {
 
 #[tokio::test]
 async fn redis_stopped_and_restarted_under_a_connected_broker() {
-    let Some(mut r) = RedisServer::start() else {
+    let Some(r) = RedisServer::start() else {
         return;
     };
-    add_user(&r, "alice", "a", "");
-    r.cli(&["HSET", "mqtt_acl:alice", "users/%u/#", "3"]);
+    let data = |r: &RedisServer| {
+        add_user(r, "alice", "a", "");
+        r.cli(&["HSET", "mqtt_acl:alice", "users/%u/#", "3"]);
+    };
+    data(&r);
     let b = broker_with(
         &r,
         "query_timeout_ms = 1000",
         "[acl]\nno_match = \"deny\"\n",
     );
-    let mut alice = v4_login(&b, "alice", "alice", "a").await;
-    let q = QoS::AtLeastOnce;
-    assert_eq!(
-        alice.subscribe("users/alice/#", q).await,
-        vec![Sub::Success(q)]
-    );
-    r.stop();
-    let started = Instant::now();
-    assert_eq!(
-        connack_code(b.port(), "late", "alice", "a").await,
-        3,
-        "Redis down + on_error deny → server unavailable"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "bounded by the query timeout"
-    );
-    assert_eq!(
-        alice.subscribe("users/alice/new", q).await,
-        vec![Sub::Failure],
-        "new ACL decisions fail closed"
-    );
-    // Back, empty (no persistence): put the data back as an operator would.
-    r.start_again();
-    add_user(&r, "alice", "a", "");
-    r.cli(&["HSET", "mqtt_acl:alice", "users/%u/#", "3"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while connack_code(b.port(), "after", "alice", "a").await != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the connection comes back without a reload"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        alice.subscribe("users/alice/other", q).await,
-        vec![Sub::Success(q)]
-    );
+    let r = std::cell::RefCell::new(r);
+    // Back empty (no persistence): the data is put back as an operator would.
+    check_backend_outage(
+        &b,
+        || r.borrow_mut().stop(),
+        || {
+            r.borrow_mut().start_again();
+            data(&r.borrow());
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -267,37 +219,10 @@ async fn chain_with_auth_http_by_priority() {
     };
     add_user(&r, "dbuser", "db", "");
     add_user(&r, "both", "db", "");
-    let http = HttpServer::start(|req| {
-        if req.body.contains("username=httpuser") || req.body.contains("username=both") {
-            (200, String::new(), 0)
-        } else {
-            (200, "ignore".into(), 0)
-        }
+    check_chain_with_auth_http("auth_redis", |p| {
+        r.plugin_config(&format!("priority = {p}"))
     })
     .await;
-    let http_config = |priority: i32| {
-        format!(
-            "priority = {priority}\n[auth_req]\nurl = \"http://127.0.0.1:{}/auth\"\nparams = {{ username = \"%u\", password = \"%P\" }}\n",
-            http.port
-        )
-    };
-    let b = Broker::start();
-    b.plugin_config("auth_http", &http_config(980));
-    b.plugin_config("auth_redis", &r.plugin_config("priority = 970"));
-    b.ctl_ok(&["plugins", "load", "auth_http"]);
-    b.ctl_ok(&["plugins", "load", "auth_redis"]);
-    assert_eq!(connack_code(b.port(), "1", "httpuser", "any").await, 0);
-    assert_eq!(connack_code(b.port(), "2", "dbuser", "db").await, 0);
-    assert_eq!(connack_code(b.port(), "3", "dbuser", "no").await, 4);
-    assert_eq!(connack_code(b.port(), "4", "nobody", "x").await, 5);
-    assert_eq!(
-        connack_code(b.port(), "5", "both", "wrong").await,
-        0,
-        "auth_http (980) answers before auth_redis (970)"
-    );
-    b.plugin_config("auth_http", &http_config(960));
-    b.ctl_ok(&["plugins", "reload", "auth_http"]);
-    assert_eq!(connack_code(b.port(), "6", "both", "wrong").await, 4);
 }
 
 #[tokio::test]
@@ -406,26 +331,7 @@ async fn mosquitto_clients_with_a_sha256_user() {
     let Some(r) = RedisServer::start() else {
         return;
     };
-    assert!(
-        tool_available("mosquitto_pub"),
-        "mosquitto_pub not installed: run the README's test command"
-    );
     add_user(&r, "meter", &sha256("right"), "");
     let b = broker_with(&r, "password_hash = \"sha256\"", "");
-    let pub_with = |password: &str| {
-        std::process::Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &b.port().to_string()])
-            .args([
-                "-u", "meter", "-P", password, "-t", "meters/1", "-m", "42", "-q", "1",
-            ])
-            .output()
-            .expect("run mosquitto_pub")
-    };
-    let ok = pub_with("right");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    assert!(!pub_with("wrong").status.success());
+    check_mosquitto_pub(&b, "meter", "right");
 }

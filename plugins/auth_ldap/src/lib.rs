@@ -529,23 +529,7 @@ impl Plugin for AuthLdap {
 
     fn registration(&self) -> Registration {
         let c = &self.shared.settings.config;
-        let mut hooks = vec![HookSpec {
-            point: HookPoint::CLIENT_AUTHENTICATE,
-            priority: c.priority.unwrap_or(priority::AUTHENTICATION),
-        }];
-        if c.acl {
-            hooks.push(HookSpec {
-                point: HookPoint::CLIENT_CHECK_ACL,
-                priority: c.priority.unwrap_or(priority::ACL),
-            });
-        }
-        Registration {
-            hooks: hooks.into(),
-            on_error: c.on_error.policy(),
-            // A search, then perhaps a bind as the device; add a margin.
-            timeout_ms: (2 * c.timeout_ms + 500).min(u32::MAX as u64) as u32,
-            ..Registration::default()
-        }
+        auth_common::registration(true, c.acl, c.priority, c.on_error, c.timeout_ms)
     }
 
     fn authenticate(

@@ -37,9 +37,9 @@ use mysql_async::{Pool, Row, Value};
 use plugin_api::*;
 use serde::Deserialize;
 
-use auth_common::acl::{self, AclRow, Subject, Verdict};
 use auth_common::hash::PasswordHash;
 use auth_common::query::Query;
+use auth_common::sql::{SqlBackend, SqlChecks, TextRow};
 use auth_common::vars::Vars;
 use auth_common::{HashPool, OnErrorConfig};
 
@@ -229,34 +229,34 @@ fn text(v: Option<&Value>) -> Option<String> {
     }
 }
 
-/// A column value as an integer (NULL or not a number → None).
-fn int(v: Option<&Value>) -> Option<i64> {
-    match v? {
-        Value::Int(i) => Some(*i),
-        Value::UInt(u) => i64::try_from(*u).ok(),
-        Value::Bytes(b) => std::str::from_utf8(b).ok()?.trim().parse().ok(),
-        Value::Float(f) => Some(*f as i64),
-        Value::Double(d) => Some(*d as i64),
-        _ => None,
-    }
-}
-
-/// Index of the column called `name` (case-insensitive).
-fn column(row: &Row, name: &str) -> Option<usize> {
-    row.columns_ref()
+/// The rows of one result as text.
+fn text_rows(rows: &[Row]) -> Vec<TextRow> {
+    let Some(first) = rows.first() else {
+        return Vec::new();
+    };
+    let columns: std::sync::Arc<[String]> = first
+        .columns_ref()
         .iter()
-        .position(|c| c.name_str().eq_ignore_ascii_case(name))
-}
-
-fn named(row: &Row, name: &str) -> Option<Value> {
-    column(row, name).and_then(|i| row.as_ref(i).cloned())
+        .map(|c| c.name_str().into_owned())
+        .collect();
+    rows.iter()
+        .map(|r| TextRow {
+            columns: columns.clone(),
+            values: (0..r.len()).map(|i| text(r.as_ref(i))).collect(),
+        })
+        .collect()
 }
 
 struct Shared {
     settings: Settings,
     pool: Pool,
-    /// Threads for slow hash computations.
-    hashing: HashPool,
+    checks: SqlChecks,
+}
+
+impl SqlBackend for Shared {
+    async fn rows(&self, query: &Query, client: &ClientInfo) -> Result<Vec<TextRow>, PluginError> {
+        self.run(query, client).await.map(|rows| text_rows(&rows))
+    }
 }
 
 impl Shared {
@@ -300,77 +300,6 @@ impl Shared {
                 Err(PluginError::backend("database query timed out"))
             }
         }
-    }
-
-    async fn authenticate(&self, request: AuthRequest) -> Result<AuthResult, PluginError> {
-        let Some(q) = &self.settings.auth else {
-            return Ok(AuthResult::Ignore);
-        };
-        if request.client.username.is_none() {
-            return Ok(AuthResult::Ignore);
-        }
-        let rows = self.run(q, &request.client).await?;
-        let Some(row) = rows.first() else {
-            return Ok(AuthResult::Ignore);
-        };
-        let stored = match column(row, "password") {
-            Some(i) => text(row.as_ref(i)),
-            None => text(row.as_ref(0)),
-        };
-        let salt = text(named(row, "salt").as_ref()).unwrap_or_default();
-        let (Some(stored), Some(password)) = (stored, request.password.into_option()) else {
-            return Ok(AuthResult::Deny(DenyReason::BadCredentials));
-        };
-        let ok = auth_common::check_password(
-            self.settings.hash,
-            &self.hashing,
-            password.into_vec(),
-            stored,
-            salt,
-        )
-        .await
-        .ok_or_else(|| PluginError::backend("password check failed"))?;
-        if !ok {
-            return Ok(AuthResult::Deny(DenyReason::BadCredentials));
-        }
-        let superuser = match &self.settings.superuser {
-            Some(q) => {
-                let rows = self.run(q, &request.client).await?;
-                rows.first()
-                    .and_then(|r| text(r.as_ref(0)))
-                    .is_some_and(|t| auth_common::is_superuser_value(&t))
-            }
-            None => false,
-        };
-        Ok(AuthResult::Allow { superuser })
-    }
-
-    async fn check_acl(&self, request: AclRequest) -> Result<AclResult, PluginError> {
-        let Some(q) = &self.settings.acl else {
-            return Ok(AclResult::Ignore);
-        };
-        let subject = Subject::of(&request);
-        if subject.username.starts_with('$') {
-            return Ok(AclResult::Ignore);
-        }
-        let rows: Vec<AclRow> = self
-            .run(q, &request.client)
-            .await?
-            .iter()
-            .map(|r| AclRow {
-                allow: int(named(r, "allow").as_ref()),
-                ipaddr: text(named(r, "ipaddr").as_ref()),
-                username: text(named(r, "username").as_ref()),
-                clientid: text(named(r, "clientid").as_ref()),
-                access: int(named(r, "access").as_ref()),
-                topic: text(named(r, "topic").as_ref()),
-            })
-            .collect();
-        Ok(match acl::decide(&rows, &subject) {
-            Some(Verdict::Allow) => AclResult::Allow,
-            Some(Verdict::Deny) => AclResult::Deny,
-            None => AclResult::Ignore,
-        })
     }
 
     /// Connects once and prepares every query, so a wrong address, password, database or table
@@ -425,10 +354,17 @@ impl Plugin for AuthMysql {
     fn create(ctx: Context, config: &str) -> Result<Self, PluginError> {
         let settings = Settings::parse(config).map_err(PluginError::config)?;
         let pool = settings.pool();
-        let shared = Arc::new(Shared {
+        let checks = SqlChecks {
+            hash: settings.hash,
+            auth: settings.auth.clone(),
+            superuser: settings.superuser.clone(),
+            acl: settings.acl.clone(),
             hashing: HashPool::new(settings.config.hash_threads),
+        };
+        let shared = Arc::new(Shared {
             settings,
             pool,
+            checks,
         });
         let probe = shared.clone();
         ctx.spawn(async move { probe.probe().await });
@@ -440,26 +376,13 @@ impl Plugin for AuthMysql {
 
     fn registration(&self) -> Registration {
         let s = &self.shared.settings;
-        let mut hooks = Vec::new();
-        if s.auth.is_some() {
-            hooks.push(HookSpec {
-                point: HookPoint::CLIENT_AUTHENTICATE,
-                priority: s.config.priority.unwrap_or(priority::AUTHENTICATION),
-            });
-        }
-        if s.acl.is_some() {
-            hooks.push(HookSpec {
-                point: HookPoint::CLIENT_CHECK_ACL,
-                priority: s.config.priority.unwrap_or(priority::ACL),
-            });
-        }
-        Registration {
-            hooks: hooks.into(),
-            on_error: s.config.on_error.policy(),
-            // Authentication may run two queries (password, superuser); add a margin.
-            timeout_ms: (2 * s.config.query_timeout_ms + 500).min(u32::MAX as u64) as u32,
-            ..Registration::default()
-        }
+        auth_common::registration(
+            s.auth.is_some(),
+            s.acl.is_some(),
+            s.config.priority,
+            s.config.on_error,
+            s.config.query_timeout_ms,
+        )
     }
 
     fn authenticate(
@@ -467,7 +390,7 @@ impl Plugin for AuthMysql {
         request: AuthRequest,
     ) -> impl std::future::Future<Output = Result<AuthResult, PluginError>> + Send + 'static {
         let shared = self.shared.clone();
-        async move { shared.authenticate(request).await }
+        async move { shared.checks.authenticate(&*shared, request).await }
     }
 
     fn check_acl(
@@ -475,7 +398,7 @@ impl Plugin for AuthMysql {
         request: AclRequest,
     ) -> impl std::future::Future<Output = Result<AclResult, PluginError>> + Send + 'static {
         let shared = self.shared.clone();
-        async move { shared.check_acl(request).await }
+        async move { shared.checks.check_acl(&*shared, request).await }
     }
 
     fn shutdown(&self) {

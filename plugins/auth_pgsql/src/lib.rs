@@ -26,9 +26,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use auth_common::acl::{self, AclRow, Subject, Verdict};
 use auth_common::hash::PasswordHash;
 use auth_common::query::{Marker, Query};
+use auth_common::sql::{SqlBackend, SqlChecks, TextRow};
 use auth_common::vars::Vars;
 use auth_common::{HashPool, OnErrorConfig};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -206,53 +206,62 @@ fn host_port(server: &str) -> Option<(&str, u16)> {
 /// Column `i` of `row` as text, whatever its SQL type (NULL → None).
 fn text(row: &Row, i: usize) -> Option<String> {
     let ty = row.columns().get(i)?.type_().clone();
+    let value = |r: Result<Option<String>, _>| r.ok().flatten();
     match ty {
         Type::BOOL => row
             .try_get::<_, Option<bool>>(i)
             .ok()
             .flatten()
             .map(|b| if b { "1" } else { "0" }.to_owned()),
-        Type::INT2 => row
-            .try_get::<_, Option<i16>>(i)
-            .ok()
-            .flatten()
-            .map(|v| v.to_string()),
-        Type::INT4 => row
-            .try_get::<_, Option<i32>>(i)
-            .ok()
-            .flatten()
-            .map(|v| v.to_string()),
-        Type::INT8 => row
-            .try_get::<_, Option<i64>>(i)
-            .ok()
-            .flatten()
-            .map(|v| v.to_string()),
+        Type::INT2 => value(
+            row.try_get::<_, Option<i16>>(i)
+                .map(|v| v.map(|v| v.to_string())),
+        ),
+        Type::INT4 => value(
+            row.try_get::<_, Option<i32>>(i)
+                .map(|v| v.map(|v| v.to_string())),
+        ),
+        Type::INT8 => value(
+            row.try_get::<_, Option<i64>>(i)
+                .map(|v| v.map(|v| v.to_string())),
+        ),
         Type::BYTEA => row
             .try_get::<_, Option<Vec<u8>>>(i)
             .ok()
             .flatten()
             .map(|b| String::from_utf8_lossy(&b).into_owned()),
-        _ => row.try_get::<_, Option<String>>(i).ok().flatten(),
+        _ => value(row.try_get::<_, Option<String>>(i)),
     }
 }
 
-/// Column `name` (case-insensitive) of `row` as text.
-fn named(row: &Row, name: &str) -> Option<String> {
-    let i = row
+/// The rows of one result as text.
+fn text_rows(rows: &[Row]) -> Vec<TextRow> {
+    let Some(first) = rows.first() else {
+        return Vec::new();
+    };
+    let columns: std::sync::Arc<[String]> = first
         .columns()
         .iter()
-        .position(|c| c.name().eq_ignore_ascii_case(name))?;
-    text(row, i)
-}
-
-fn int(v: Option<String>) -> Option<i64> {
-    v?.trim().parse().ok()
+        .map(|c| c.name().to_owned())
+        .collect();
+    rows.iter()
+        .map(|r| TextRow {
+            columns: columns.clone(),
+            values: (0..r.len()).map(|i| text(r, i)).collect(),
+        })
+        .collect()
 }
 
 struct Shared {
     settings: Settings,
     pool: Pool,
-    hashing: HashPool,
+    checks: SqlChecks,
+}
+
+impl SqlBackend for Shared {
+    async fn rows(&self, query: &Query, client: &ClientInfo) -> Result<Vec<TextRow>, PluginError> {
+        self.run(query, client).await.map(|rows| text_rows(&rows))
+    }
 }
 
 impl Shared {
@@ -304,74 +313,6 @@ impl Shared {
                 Err(PluginError::backend("database query timed out"))
             }
         }
-    }
-
-    async fn authenticate(&self, request: AuthRequest) -> Result<AuthResult, PluginError> {
-        let Some(q) = &self.settings.auth else {
-            return Ok(AuthResult::Ignore);
-        };
-        if request.client.username.is_none() {
-            return Ok(AuthResult::Ignore);
-        }
-        let rows = self.run(q, &request.client).await?;
-        let Some(row) = rows.first() else {
-            return Ok(AuthResult::Ignore);
-        };
-        let stored = named(row, "password").or_else(|| text(row, 0));
-        let salt = named(row, "salt").unwrap_or_default();
-        let (Some(stored), Some(password)) = (stored, request.password.into_option()) else {
-            return Ok(AuthResult::Deny(DenyReason::BadCredentials));
-        };
-        let ok = auth_common::check_password(
-            self.settings.hash,
-            &self.hashing,
-            password.into_vec(),
-            stored,
-            salt,
-        )
-        .await
-        .ok_or_else(|| PluginError::backend("password check failed"))?;
-        if !ok {
-            return Ok(AuthResult::Deny(DenyReason::BadCredentials));
-        }
-        let superuser = match &self.settings.superuser {
-            Some(q) => self
-                .run(q, &request.client)
-                .await?
-                .first()
-                .and_then(|r| text(r, 0))
-                .is_some_and(|v| auth_common::is_superuser_value(&v)),
-            None => false,
-        };
-        Ok(AuthResult::Allow { superuser })
-    }
-
-    async fn check_acl(&self, request: AclRequest) -> Result<AclResult, PluginError> {
-        let Some(q) = &self.settings.acl else {
-            return Ok(AclResult::Ignore);
-        };
-        let subject = Subject::of(&request);
-        if subject.username.starts_with('$') {
-            return Ok(AclResult::Ignore);
-        }
-        let rows: Vec<AclRow> = self
-            .run(q, &request.client)
-            .await?
-            .iter()
-            .map(|r| AclRow {
-                allow: int(named(r, "allow")),
-                ipaddr: named(r, "ipaddr"),
-                username: named(r, "username"),
-                clientid: named(r, "clientid"),
-                access: int(named(r, "access")),
-                topic: named(r, "topic"),
-            })
-            .collect();
-        Ok(match acl::decide(&rows, &subject) {
-            Some(Verdict::Allow) => AclResult::Allow,
-            Some(Verdict::Deny) => AclResult::Deny,
-            None => AclResult::Ignore,
-        })
     }
 
     /// Connects once and prepares every query, so a wrong address, password, database or table
@@ -429,10 +370,17 @@ impl Plugin for AuthPgsql {
             let _enter = ctx.runtime().enter();
             settings.pool().map_err(PluginError::config)?
         };
-        let shared = Arc::new(Shared {
+        let checks = SqlChecks {
+            hash: settings.hash,
+            auth: settings.auth.clone(),
+            superuser: settings.superuser.clone(),
+            acl: settings.acl.clone(),
             hashing: HashPool::new(settings.config.hash_threads),
+        };
+        let shared = Arc::new(Shared {
             settings,
             pool,
+            checks,
         });
         let probe = shared.clone();
         ctx.spawn(async move { probe.probe().await });
@@ -441,26 +389,13 @@ impl Plugin for AuthPgsql {
 
     fn registration(&self) -> Registration {
         let s = &self.shared.settings;
-        let mut hooks = Vec::new();
-        if s.auth.is_some() {
-            hooks.push(HookSpec {
-                point: HookPoint::CLIENT_AUTHENTICATE,
-                priority: s.config.priority.unwrap_or(priority::AUTHENTICATION),
-            });
-        }
-        if s.acl.is_some() {
-            hooks.push(HookSpec {
-                point: HookPoint::CLIENT_CHECK_ACL,
-                priority: s.config.priority.unwrap_or(priority::ACL),
-            });
-        }
-        Registration {
-            hooks: hooks.into(),
-            on_error: s.config.on_error.policy(),
-            // Authentication may run two queries (password, superuser); add a margin.
-            timeout_ms: (2 * s.config.query_timeout_ms + 500).min(u32::MAX as u64) as u32,
-            ..Registration::default()
-        }
+        auth_common::registration(
+            s.auth.is_some(),
+            s.acl.is_some(),
+            s.config.priority,
+            s.config.on_error,
+            s.config.query_timeout_ms,
+        )
     }
 
     fn authenticate(
@@ -468,7 +403,7 @@ impl Plugin for AuthPgsql {
         request: AuthRequest,
     ) -> impl std::future::Future<Output = Result<AuthResult, PluginError>> + Send + 'static {
         let shared = self.shared.clone();
-        async move { shared.authenticate(request).await }
+        async move { shared.checks.authenticate(&*shared, request).await }
     }
 
     fn check_acl(
@@ -476,7 +411,7 @@ impl Plugin for AuthPgsql {
         request: AclRequest,
     ) -> impl std::future::Future<Output = Result<AclResult, PluginError>> + Send + 'static {
         let shared = self.shared.clone();
-        async move { shared.check_acl(request).await }
+        async move { shared.checks.check_acl(&*shared, request).await }
     }
 
     fn shutdown(&self) {

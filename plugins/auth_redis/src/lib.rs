@@ -639,26 +639,13 @@ impl Plugin for AuthRedis {
 
     fn registration(&self) -> Registration {
         let s = &self.shared.settings;
-        let mut hooks = Vec::new();
-        if s.auth.is_some() {
-            hooks.push(HookSpec {
-                point: HookPoint::CLIENT_AUTHENTICATE,
-                priority: s.config.priority.unwrap_or(priority::AUTHENTICATION),
-            });
-        }
-        if s.acl.is_some() {
-            hooks.push(HookSpec {
-                point: HookPoint::CLIENT_CHECK_ACL,
-                priority: s.config.priority.unwrap_or(priority::ACL),
-            });
-        }
-        Registration {
-            hooks: hooks.into(),
-            on_error: s.config.on_error.policy(),
-            // Authentication may run two commands (password, superuser); add a margin.
-            timeout_ms: (2 * s.config.query_timeout_ms + 500).min(u32::MAX as u64) as u32,
-            ..Registration::default()
-        }
+        auth_common::registration(
+            s.auth.is_some(),
+            s.acl.is_some(),
+            s.config.priority,
+            s.config.on_error,
+            s.config.query_timeout_ms,
+        )
     }
 
     fn authenticate(
