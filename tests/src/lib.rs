@@ -22,12 +22,14 @@ pub mod auth;
 pub mod http;
 pub mod ldap;
 pub mod mariadb;
+pub mod mosquitto;
 pub mod postgres;
 pub mod redis;
 
 pub use http::HttpServer;
 pub use ldap::Slapd;
 pub use mariadb::MariaDb;
+pub use mosquitto::Mosquitto;
 pub use postgres::Postgres;
 pub use redis::{RedisCluster, RedisSentinel, RedisServer, RedisTls};
 pub use rumqttc;
