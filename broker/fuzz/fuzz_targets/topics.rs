@@ -84,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
                 let mut found = Vec::new();
                 trie.for_each_match(topic.as_str(), |m| match m {
                     Match::Plain(k, _) => found.push((*k, false)),
-                    Match::Shared(g) => found.extend(g.members.iter().map(|(k, _)| (*k, true))),
+                    Match::Shared(_, g) => found.extend(g.members.iter().map(|(k, _)| (*k, true))),
                 });
                 found.sort();
                 let mut expected: Vec<(u8, bool)> = model
