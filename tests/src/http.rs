@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 server for tests of plugins that call HTTP services (auth_http): each
 //! test starts its own on a free port and answers per request.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ pub struct HttpServer {
     /// The port it listens on (127.0.0.1).
     pub port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Whether requests are recorded.
+    keep: Arc<AtomicBool>,
 }
 
 impl HttpServer {
@@ -35,6 +38,15 @@ impl HttpServer {
         handler: impl Fn(&Seen) -> (u16, String, u64) + Send + Sync + 'static,
     ) -> HttpServer {
         HttpServer::start_tls(None, handler).await
+    }
+
+    /// Like [`HttpServer::start`], keeping no record of the requests (a benchmark's sink).
+    pub async fn start_discarding(
+        handler: impl Fn(&Seen) -> (u16, String, u64) + Send + Sync + 'static,
+    ) -> HttpServer {
+        let server = HttpServer::start_tls(None, handler).await;
+        server.keep.store(false, Ordering::Relaxed);
+        server
     }
 
     /// Starts a server, over TLS when `tls` is given.
@@ -47,26 +59,29 @@ impl HttpServer {
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let keep = Arc::new(AtomicBool::new(true));
         let handler: Handler = Arc::new(handler);
         let log = seen.clone();
+        let keeping = keep.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let handler = handler.clone();
                 let log = log.clone();
+                let keeping = keeping.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     match tls {
                         Some(acceptor) => {
                             if let Ok(s) = acceptor.accept(tcp).await {
-                                serve_http(s, handler, log).await
+                                serve_http(s, handler, log, keeping).await
                             }
                         }
-                        None => serve_http(tcp, handler, log).await,
+                        None => serve_http(tcp, handler, log, keeping).await,
                     }
                 });
             }
         });
-        HttpServer { port, seen }
+        HttpServer { port, seen, keep }
     }
 
     /// Every request received so far.
@@ -79,6 +94,7 @@ async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut s: S,
     handler: Handler,
     log: Arc<Mutex<Vec<Seen>>>,
+    keep: Arc<AtomicBool>,
 ) {
     let mut buf = Vec::new();
     loop {
@@ -118,7 +134,9 @@ async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             body,
             headers: head.clone(),
         };
-        log.lock().expect("log").push(req.clone());
+        if keep.load(Ordering::Relaxed) {
+            log.lock().expect("log").push(req.clone());
+        }
         let (status, reply, delay) = handler(&req);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;

@@ -278,3 +278,102 @@ async fn v5_topic_alias_from_client() {
     let d = w.recv().await.expect("DISCONNECT");
     assert_eq!((d.kind(), d.body[0]), (14, 0x94));
 }
+
+/// The topic and the Topic Alias of a v5 PUBLISH body (QoS 0: no packet id).
+fn v5_publish_topic_and_alias(body: &[u8]) -> (String, Option<u16>) {
+    let len = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let topic = String::from_utf8_lossy(&body[2..2 + len]).into_owned();
+    let mut at = 2 + len;
+    // Property length (a variable byte integer; small here).
+    let (mut plen, mut shift) = (0usize, 0);
+    loop {
+        let b = body[at];
+        at += 1;
+        plen |= ((b & 0x7F) as usize) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    let props = &body[at..at + plen];
+    let mut alias = None;
+    let mut i = 0;
+    while i < props.len() {
+        match props[i] {
+            0x23 => {
+                alias = Some(u16::from_be_bytes([props[i + 1], props[i + 2]]));
+                i += 3;
+            }
+            other => panic!("unexpected property 0x{other:02X} in {props:?}"),
+        }
+    }
+    (topic, alias)
+}
+
+/// Server → client topic aliases: assigned with the full topic, then used with an empty one,
+/// never above the client's Topic Alias Maximum, the least recently used one given up first.
+#[tokio::test]
+async fn outgoing_topic_aliases_within_the_clients_maximum() {
+    let b = Broker::start();
+    // CONNECT v5, clean start, Topic Alias Maximum (0x22) = 2.
+    let mut body = mqtt_string("MQTT");
+    body.extend([5, 0x02, 0, 60, 3, 0x22, 0, 2]);
+    body.extend(mqtt_string("aliased"));
+    let mut w = Wire::open(b.port()).await;
+    w.send(&packet(0x10, &body)).await;
+    assert_eq!(w.recv().await.expect("CONNACK").body[1], 0);
+    w.send(&subscribe_packet(5, 1, "long/#", 0)).await;
+    w.recv().await.expect("SUBACK");
+    let publisher = V4Client::connect(b.port(), "p").await;
+    let topics = [
+        "long/topic/alpha",
+        "long/topic/alpha",
+        "long/topic/beta",
+        "long/topic/alpha",
+        "long/topic/gamma",
+        "long/topic/alpha",
+        "long/topic/beta",
+    ];
+    for t in topics {
+        publisher
+            .client
+            .publish(t, QoS::AtMostOnce, false, "x")
+            .await
+            .expect("publish");
+    }
+    let mut got = Vec::new();
+    for _ in topics {
+        let p = w.recv().await.expect("PUBLISH");
+        assert_eq!(p.byte1 >> 4, 3, "PUBLISH");
+        got.push(v5_publish_topic_and_alias(&p.body));
+    }
+    let expected: Vec<(String, Option<u16>)> = [
+        ("long/topic/alpha", 1),
+        ("", 1),
+        ("long/topic/beta", 2),
+        ("", 1),
+        // Both aliases in use: beta (least recently used) gives alias 2 up to gamma.
+        ("long/topic/gamma", 2),
+        ("", 1),
+        ("long/topic/beta", 2),
+    ]
+    .iter()
+    .map(|(t, a)| (t.to_string(), Some(*a)))
+    .collect();
+    assert_eq!(got, expected);
+
+    // A client that announced no maximum gets no aliases.
+    let mut plain = Wire::connected(b.port(), 5, "plain").await;
+    plain.send(&subscribe_packet(5, 1, "long/#", 0)).await;
+    plain.recv().await.expect("SUBACK");
+    publisher
+        .client
+        .publish("long/topic/alpha", QoS::AtMostOnce, false, "x")
+        .await
+        .expect("publish");
+    let p = plain.recv().await.expect("PUBLISH");
+    assert_eq!(
+        v5_publish_topic_and_alias(&p.body),
+        ("long/topic/alpha".to_owned(), None)
+    );
+}

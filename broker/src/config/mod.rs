@@ -350,7 +350,8 @@ pub struct Limits {
     pub max_inflight: u16,
     /// Messages queued per session, online or offline, beyond the inflight window.
     pub max_queued_messages: usize,
-    /// Topic aliases a v5 client may use towards the broker (Topic Alias Maximum); 0 = none.
+    /// Topic aliases a v5 client may use towards the broker (Topic Alias Maximum), and the most
+    /// the broker assigns towards a client that accepts them; 0 = none.
     pub topic_alias_maximum: u16,
     /// Most levels a topic name or filter may have; deeper ones are refused.
     pub max_topic_levels: usize,

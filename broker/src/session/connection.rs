@@ -336,6 +336,8 @@ struct Connection {
     window: usize,
     client_max_packet: usize,
     topic_aliases: Vec<Option<TopicName>>,
+    /// Topic aliases this broker assigns in what it sends (v5 clients that accept some).
+    out_aliases: Option<super::alias::OutAliases>,
     problem_information: bool,
     drained: Vec<Delivery>,
     /// Who the client is, as plugins see it; fixed at CONNECT.
@@ -815,6 +817,14 @@ impl Connection {
                     0
                 }
             ],
+            out_aliases: if v5 {
+                super::alias::OutAliases::new(
+                    connect.properties.topic_alias_maximum.unwrap_or(0),
+                    limits.topic_alias_maximum,
+                )
+            } else {
+                None
+            },
             problem_information: connect.properties.request_problem_information != Some(0),
             drained: Vec::new(),
             identity,
@@ -883,29 +893,41 @@ impl Connection {
     /// Maximum Packet Size forbids it ([MQTT-3.1.2-25]).
     fn write_publish(&mut self, d: &Delivery, packet_id: Option<PacketId>, dup: bool) -> bool {
         let msg = &d.message;
-        let mut extra;
-        let mut properties: &Properties = &msg.properties;
-        if self.version.is_v5() {
-            let remaining = msg
+        // v5: per-delivery properties (expiry left, subscription ids, a topic alias) on a copy.
+        let needs_copy = self.version.is_v5()
+            && (msg.expires_at.is_some()
+                || !d.subscription_ids.is_empty()
+                || self.out_aliases.is_some());
+        let mut extra = needs_copy.then(|| {
+            let mut e = Properties::clone(&msg.properties);
+            e.message_expiry_interval = msg
                 .expires_at
-                .map(|t| t.saturating_duration_since(Instant::now()).as_secs() as u32);
-            if remaining.is_some() || !d.subscription_ids.is_empty() {
-                extra = Properties::clone(&msg.properties);
-                extra.message_expiry_interval = remaining.map(|r| r.max(1));
-                extra.subscription_identifiers = d.subscription_ids.clone();
-                properties = &extra;
-            }
-        }
+                .map(|t| (t.saturating_duration_since(Instant::now()).as_secs() as u32).max(1));
+            e.subscription_identifiers = d.subscription_ids.clone();
+            // Sized with the full topic and an alias: the largest this PUBLISH can be.
+            e.topic_alias = self.out_aliases.as_ref().map(|_| u16::MAX);
+            e
+        });
+        let mut topic = msg.topic.as_str();
         let size = codec::publish_len(
             self.version,
             packet_id.is_some(),
-            msg.topic.as_str(),
-            properties,
+            topic,
+            extra.as_ref().unwrap_or(&msg.properties),
             msg.payload.len(),
         );
         if size > self.client_max_packet {
             return false;
         }
+        // Only a PUBLISH that is sent may set an alias: the client must see every assignment.
+        if let (Some(aliases), Some(e)) = (self.out_aliases.as_mut(), extra.as_mut()) {
+            let alias = aliases.alias(topic);
+            e.topic_alias = Some(alias.id());
+            if let super::alias::Alias::Use(_) = alias {
+                topic = "";
+            }
+        }
+        let properties = extra.as_ref().unwrap_or(&msg.properties);
         codec::encode_publish(
             &mut self.wbuf,
             self.version,
@@ -915,7 +937,7 @@ impl Connection {
                 retain: d.retain,
                 packet_id,
             },
-            msg.topic.as_str(),
+            topic,
             properties,
             &msg.payload,
         );

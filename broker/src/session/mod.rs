@@ -21,6 +21,7 @@
 //! Lock order: registry → router → session locks; of a session's locks only `control` →
 //! `parked` are ever held together. None is held across `.await`.
 
+pub mod alias;
 pub mod connection;
 pub mod persist;
 pub mod store;

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Fan-in QoS 0 throughput with web_hook sending every message.publish event, as a ratio to no
+# plugin, in one run: (1) web_hook posting to a fast local service (http-sink, batches of 100),
+# (2) web_hook pointed at a port where nothing listens (every request fails, events are
+# retried then dropped). Three brokers; rounds alternate between them.
+#
+#   bash tests/bench/web_hook_fanin.sh        ROUNDS=5 MESSAGES=200000 bash tests/bench/web_hook_fanin.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROUNDS=${ROUNDS:-5}
+MESSAGES=${MESSAGES:-200000}
+cargo build --release -j2 -p broker -p broker-tests -p web_hook >/dev/null
+. tests/bench/common.sh
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+"$BIN/http-sink" > "$work/sink.port" & pids="$pids $!"
+for _ in $(seq 100); do [ -s "$work/sink.port" ] && break; sleep 0.05; done
+sink=$(cat "$work/sink.port")
+dead=$(free_port)
+
+start() { # $1 = name, $2 = web_hook url ("" = no plugin); sets $port
+  port=$(free_port)
+  mkdir -p "$1"
+  local enabled='[]'
+  if [ -n "$2" ]; then
+    enabled='["web_hook"]'
+    mkdir -p "$1/plugins"
+    printf 'url = "%s"\nbatch_size = 100\npool_size = 8\nmax_retries = 2\nretry_backoff_ms = 100\n[[rule]]\nevent = "message.publish"\n' "$2" > "$1/plugins/web_hook.toml"
+  fi
+  start_broker "$1" "$port" "[plugins]
+enabled = $enabled
+config_dir = \"$1/plugins\"
+[limits]
+max_queued_messages = 1000000
+max_queued_bytes = 4294967296
+memory_high_watermark = 0"
+}
+start "$work/none" ""; none_port=$port
+start "$work/up" "http://127.0.0.1:$sink/hook"; up_port=$port
+start "$work/down" "http://127.0.0.1:$dead/hook"; down_port=$port
+
+run() { # $1 = name, $2 = port
+  "$BIN/mqtt-bench" --port "$2" --mode fan-in --qos 0 --clients 4 --messages "$MESSAGES" \
+    | sed -n 's/.*rate=\([0-9]*\).*/\1/p' >> "$work/$1.rates"
+}
+for _ in $(seq "$ROUNDS"); do
+  run none "$none_port"; run up "$up_port"; run down "$down_port"
+done
+none=$(median < "$work/none.rates"); up=$(median < "$work/up.rates"); down=$(median < "$work/down.rates")
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+echo "fan-in QoS 0, 4 publishers, $MESSAGES messages, median of $ROUNDS rounds (msg/s):"
+echo "  no plugin                 $none"
+echo "  web_hook, service up      $up   ratio $(ratio "$up" "$none")"
+echo "  web_hook, service down    $down   ratio $(ratio "$down" "$none")"
+metrics() { "$BIN/brokerctl" --config "$1/broker.toml" metrics | grep '^broker_plugin_web_hook' | tr '\n' ' '; }
+echo "  up:   $(metrics "$work/up")"
+echo "  down: $(metrics "$work/down")"
