@@ -27,7 +27,7 @@ use crate::config::Durability;
 use crate::hooks::Hooks;
 use crate::metrics::{self, Metrics};
 use crate::plugin::PluginManager;
-use crate::router::{Match, TopicFilter, TopicName, Trie};
+use crate::router::{Match, SharedGroup, TopicFilter, TopicName, Trie};
 use crate::session::store::{Op, Store, StoreError};
 use crate::session::{
     Control, Delivery, Enqueued, KickReason, Message, PendingWill, QueueLimits, Session, SubEntry,
@@ -742,7 +742,7 @@ impl Broker {
                     targets.push(Target::new(e, false));
                 }
                 Match::Shared(name, group) => {
-                    let Some(at) = group.pick_index(|_, e| e.session.is_online()) else {
+                    let Some(at) = self.pick_shared(name, group, publisher, &message.topic) else {
                         return;
                     };
                     if select {
@@ -802,6 +802,29 @@ impl Broker {
             rest = &mut tail[merged..];
         }
         delivered
+    }
+
+    /// The member of a shared group that gets a message, by the group's strategy.
+    fn pick_shared(
+        &self,
+        name: &str,
+        group: &SharedGroup<u64, SubEntry>,
+        publisher: Option<&str>,
+        topic: &TopicName,
+    ) -> Option<usize> {
+        use crate::config::SharedStrategy as S;
+        use std::hash::BuildHasher;
+        let online = |_: &u64, e: &SubEntry| e.session.is_online();
+        // A fixed seed: the same publisher or topic maps to the same member every time.
+        let hash =
+            |s: &str| foldhash::fast::FixedState::with_seed(0x6d71_7474).hash_one(s) as usize;
+        match self.config.shared_subscriptions.strategy_for(name) {
+            S::RoundRobin => group.pick_index(online),
+            S::Random | S::Local => group.pick_from(group.random_start(), online),
+            S::Sticky => group.pick_sticky(online),
+            S::HashClientid => group.pick_from(hash(publisher.unwrap_or("")), online),
+            S::HashTopic => group.pick_from(hash(topic.as_str()), online),
+        }
     }
 
     /// Asks the `session.select_shared` plugins which member of `group` gets `message`.

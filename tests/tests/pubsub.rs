@@ -377,3 +377,118 @@ async fn outgoing_topic_aliases_within_the_clients_maximum() {
         ("long/topic/alpha".to_owned(), None)
     );
 }
+
+/// Collects every PUBLISH `c` receives until it has been quiet for a moment: (topic, payload).
+async fn drain(c: &mut V4Client) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    while let Some(p) = c
+        .recv_publish_within(std::time::Duration::from_millis(400))
+        .await
+    {
+        got.push((
+            p.topic.clone(),
+            String::from_utf8_lossy(&p.payload).into_owned(),
+        ));
+    }
+    got
+}
+
+/// Shared-subscription strategies (EMQX's names), broker-wide and per group, and `$queue/`.
+#[tokio::test]
+async fn shared_subscription_strategies_and_queue() {
+    let b = Broker::start_with(
+        "[shared_subscriptions]\nstrategy = \"random\"\n[shared_subscriptions.groups]\nh = \"hash_topic\"\nc = \"hash_clientid\"\ns = \"sticky\"\n\"$queue\" = \"round_robin\"\n",
+    );
+    let q = QoS::AtLeastOnce;
+    let mut m1 = V4Client::connect(b.port(), "m1").await;
+    let mut m2 = V4Client::connect(b.port(), "m2").await;
+    for f in [
+        "$share/h/h/#",
+        "$share/c/c/#",
+        "$share/s/s/#",
+        "$queue/q/#",
+        "$share/r/r/#",
+    ] {
+        m1.subscribe(f, q).await;
+        m2.subscribe(f, q).await;
+    }
+    let p1 = V4Client::connect(b.port(), "p1").await;
+    let p2 = V4Client::connect(b.port(), "p2").await;
+    for i in 0..10 {
+        for (publisher, topic) in [
+            (&p1, "h/a"),
+            (&p1, "h/b"),
+            (&p1, "c/x"),
+            (&p2, "c/x"),
+            (&p1, "s/x"),
+            (&p1, "q/x"),
+        ] {
+            publisher
+                .client
+                .publish(
+                    topic,
+                    q,
+                    false,
+                    format!("{}-{i}", publisher_name(publisher, &p1)),
+                )
+                .await
+                .expect("publish");
+        }
+    }
+    for i in 0..100 {
+        p1.client
+            .publish("r/x", q, false, i.to_string())
+            .await
+            .expect("publish");
+    }
+    let (got1, got2) = (drain(&mut m1).await, drain(&mut m2).await);
+    let count = |got: &[(String, String)], topic: &str, from: &str| {
+        got.iter()
+            .filter(|(t, p)| t == topic && p.starts_with(from))
+            .count()
+    };
+    let split = |topic: &str, from: &str| (count(&got1, topic, from), count(&got2, topic, from));
+    // Every message exactly once, to one member per topic / publisher / group as the strategy says.
+    for (topic, from, what) in [
+        ("h/a", "p1", "hash_topic: one topic, one member"),
+        ("h/b", "p1", "hash_topic: one topic, one member"),
+        ("c/x", "p1", "hash_clientid: one publisher, one member"),
+        ("c/x", "p2", "hash_clientid: one publisher, one member"),
+        ("s/x", "p1", "sticky: one member"),
+    ] {
+        let (a, b) = split(topic, from);
+        assert!(
+            (a, b) == (10, 0) || (a, b) == (0, 10),
+            "{what}: {topic} from {from}: {a} / {b}"
+        );
+    }
+    assert_eq!(split("q/x", "p1"), (5, 5), "$queue/ in round robin");
+    let (a, b) = split("r/x", "");
+    assert_eq!(a + b, 100, "random: each message once");
+    assert!(a > 0 && b > 0, "random: both members get some ({a} / {b})");
+
+    // Sticky moves on when its member goes away, and stays there.
+    let sticky_member_was_m1 = split("s/x", "p1").0 == 10;
+    let (gone, mut stays) = if sticky_member_was_m1 {
+        (m1, m2)
+    } else {
+        (m2, m1)
+    };
+    gone.disconnect().await;
+    for i in 0..5 {
+        p1.client
+            .publish("s/x", q, false, format!("p1-after-{i}"))
+            .await
+            .expect("publish");
+    }
+    let after = drain(&mut stays).await;
+    assert_eq!(after.iter().filter(|(t, _)| t == "s/x").count(), 5);
+}
+
+fn publisher_name(c: &V4Client, p1: &V4Client) -> &'static str {
+    if std::ptr::eq(c, p1) {
+        "p1"
+    } else {
+        "p2"
+    }
+}

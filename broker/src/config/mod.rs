@@ -73,6 +73,46 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `$SYS` topics.
     pub sys: SysConfig,
+    /// How shared subscriptions choose a member.
+    pub shared_subscriptions: SharedSubscriptionsConfig,
+}
+
+/// How a shared subscription group chooses the member that gets a message (EMQX's names).
+/// Every strategy prefers a connected member; with none connected the chosen member's session
+/// queues the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedStrategy {
+    /// Each member in turn.
+    #[default]
+    RoundRobin,
+    /// A member at random.
+    Random,
+    /// The same member until it disconnects or unsubscribes.
+    Sticky,
+    /// By a hash of the publisher's client id: one publisher's messages go to one member.
+    HashClientid,
+    /// By a hash of the topic: one topic's messages go to one member.
+    HashTopic,
+    /// A member on this node (one node: as `random`).
+    Local,
+}
+
+/// `[shared_subscriptions]`: the broker-wide strategy and per-group ones.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedSubscriptionsConfig {
+    /// The strategy of every group not named in `groups`.
+    pub strategy: SharedStrategy,
+    /// Per-group strategies, by group name.
+    pub groups: std::collections::BTreeMap<String, SharedStrategy>,
+}
+
+impl SharedSubscriptionsConfig {
+    /// The strategy of `group`.
+    pub fn strategy_for(&self, group: &str) -> SharedStrategy {
+        self.groups.get(group).copied().unwrap_or(self.strategy)
+    }
 }
 
 /// `$SYS` topics (see [`crate::sys`]).
@@ -225,6 +265,7 @@ impl Default for Config {
             acl: AclConfig::default(),
             admin: AdminConfig::default(),
             sys: SysConfig::default(),
+            shared_subscriptions: SharedSubscriptionsConfig::default(),
         }
     }
 }

@@ -15,4 +15,4 @@ pub mod topic;
 pub mod trie;
 
 pub use topic::{matches, SharedFilter, TopicError, TopicFilter, TopicName};
-pub use trie::{Match, Trie};
+pub use trie::{Match, SharedGroup, Trie};

@@ -48,6 +48,9 @@ impl fmt::Display for TopicName {
     }
 }
 
+/// The group of EMQX's `$queue/<filter>` subscriptions (`$share/$queue/<filter>`).
+pub const QUEUE_GROUP: &str = "$queue";
+
 /// A subscription filter, possibly with `+` / `#` wildcards. Shared subscriptions
 /// (`$share/<group>/<filter>`) are split into [`SharedFilter`] by [`TopicFilter::parse`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,8 +85,16 @@ impl TopicFilter {
     }
 
     /// Parses a filter as sent in SUBSCRIBE: `Ok((None, filter))` for a plain filter,
-    /// `Ok((Some(group), filter))` for `$share/<group>/<filter>`.
+    /// `Ok((Some(group), filter))` for `$share/<group>/<filter>`, and `Ok((Some("$queue"),
+    /// filter))` for `$queue/<filter>`.
     pub fn parse(s: &str) -> Result<(Option<Arc<str>>, TopicFilter), TopicError> {
+        // EMQX's `$queue/<filter>`: one shared group, named `$queue`.
+        if let Some(filter) = s.strip_prefix("$queue/") {
+            if filter.is_empty() {
+                return Err(TopicError::BadShare);
+            }
+            return Ok((Some(Arc::from(QUEUE_GROUP)), TopicFilter::new(filter)?));
+        }
         match s.strip_prefix("$share/") {
             Some(rest) => {
                 let (group, filter) = rest.split_once('/').ok_or(TopicError::BadShare)?;
@@ -151,6 +162,9 @@ mod tests {
         assert!(TopicFilter::parse("$share//a").is_err());
         assert!(TopicFilter::parse("$share/g+/a").is_err());
         assert!(TopicFilter::parse("$share/g/").is_err());
+        let (g, f) = TopicFilter::parse("$queue/jobs/#").expect("valid queue");
+        assert_eq!((g.as_deref(), f.as_str()), (Some("$queue"), "jobs/#"));
+        assert!(TopicFilter::parse("$queue/").is_err());
     }
 
     #[test]

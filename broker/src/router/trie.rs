@@ -28,12 +28,14 @@ use super::topic::TopicFilter;
 /// The trie's hash maps (see the module docs).
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Members of one shared subscription (`$share/<group>/<filter>`), with the round-robin cursor.
+/// Members of one shared subscription (`$share/<group>/<filter>`), with the state the
+/// shared-subscription strategies keep: the round-robin cursor and the sticky member.
 #[derive(Debug)]
 pub struct SharedGroup<K, V> {
     /// Members in subscription order.
     pub members: Vec<(K, V)>,
     cursor: AtomicUsize,
+    sticky: parking_lot::Mutex<Option<K>>,
 }
 
 impl<K, V> SharedGroup<K, V> {
@@ -59,6 +61,55 @@ impl<K, V> SharedGroup<K, V> {
             }
         }
         Some(start % n)
+    }
+
+    /// The first member from index `start` (wrapping) for which `available` is true; when none
+    /// is, the member at `start`. `None` only for an empty group.
+    pub fn pick_from(
+        &self,
+        start: usize,
+        mut available: impl FnMut(&K, &V) -> bool,
+    ) -> Option<usize> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|at| {
+                let m = &self.members[*at];
+                available(&m.0, &m.1)
+            })
+            .or(Some(start % n))
+    }
+
+    /// A pseudo-random starting index (a SplitMix64 step over the group's counter).
+    pub fn random_start(&self) -> usize {
+        let mut z = (self.cursor.fetch_add(1, Ordering::Relaxed) as u64)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15)
+            .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) as usize
+    }
+}
+
+impl<K: Clone + PartialEq, V> SharedGroup<K, V> {
+    /// The sticky member while it is available; otherwise the next available one in turn,
+    /// which then becomes the sticky member.
+    pub fn pick_sticky(&self, mut available: impl FnMut(&K, &V) -> bool) -> Option<usize> {
+        let mut sticky = self.sticky.lock();
+        if let Some(k) = sticky.as_ref() {
+            if let Some(at) = self
+                .members
+                .iter()
+                .position(|(m, v)| m == k && available(m, v))
+            {
+                return Some(at);
+            }
+        }
+        let at = self.pick_index(&mut available)?;
+        *sticky = self.members.get(at).map(|(k, _)| k.clone());
+        Some(at)
     }
 }
 
@@ -218,6 +269,7 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
                 let grp = node.shared.entry(g.clone()).or_insert_with(|| SharedGroup {
                     members: Vec::new(),
                     cursor: AtomicUsize::new(0),
+                    sticky: parking_lot::Mutex::new(None),
                 });
                 match grp.members.iter_mut().find(|(k, _)| *k == key) {
                     Some(slot) => Some(std::mem::replace(&mut slot.1, value)),
