@@ -295,3 +295,68 @@ async fn two_brokers_bridged_both_ways_do_not_loop() {
         );
     }
 }
+
+/// What waits for a remote broker that is down survives a reload of the plugin and a broker
+/// restart (saved in the plugin's store at stop, taken up at start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_survives_a_reload_and_a_restart() {
+    let Some(mut m) = Mosquitto::start() else {
+        return;
+    };
+    let mut b = bridged(&m, &["keep/# out 1"], "").await;
+    let remote_port = m.port;
+    let persistent = move || {
+        let mut o = v4_options(remote_port, "keeper");
+        o.set_clean_session(false);
+        o
+    };
+    let (mut sub, _) = V4Client::connect_with(persistent()).await;
+    sub.subscribe("keep/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    tokio::task::block_in_place(|| m.stop());
+    wait_until("the link is down", || {
+        b.ctl_ok(&["bridge", "status"])
+            .contains("state=disconnected")
+    })
+    .await;
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    for i in 0..30 {
+        publisher
+            .client
+            .publish(format!("keep/{i}"), QoS::AtLeastOnce, false, i.to_string())
+            .await
+            .expect("publish");
+    }
+    wait_until("30 queued", || {
+        b.ctl_ok(&["bridge", "status"]).contains("queued=30 ")
+    })
+    .await;
+    drop(publisher);
+    b.ctl_ok(&["plugins", "reload", "bridge"]);
+    assert!(
+        b.ctl_ok(&["bridge", "status"]).contains("queued=30 "),
+        "after a reload"
+    );
+    tokio::task::block_in_place(|| b.restart());
+    assert!(
+        b.ctl_ok(&["bridge", "status"]).contains("queued=30 "),
+        "after a restart"
+    );
+    tokio::task::block_in_place(|| m.start_again());
+    wait_until("sent", || {
+        let s = b.ctl_ok(&["bridge", "status"]);
+        s.contains("state=connected") && s.contains("queued=0 ")
+    })
+    .await;
+    let (mut sub, _) = V4Client::connect_with(persistent()).await;
+    let mut got = Vec::new();
+    while got.len() < 30 {
+        let p = sub.recv_publish().await;
+        got.push(
+            String::from_utf8_lossy(&p.payload)
+                .parse::<u32>()
+                .expect("n"),
+        );
+    }
+    assert_eq!(got, (0..30).collect::<Vec<_>>(), "all of them, in order");
+}

@@ -10,7 +10,9 @@
 //! * **Outgoing messages** are taken from `message.published` (the final message, after every
 //!   plugin) and queued per connection, bounded in bytes (`queue_max_bytes`): while the link is
 //!   down they wait, and they are sent in order when it is back. A message that does not fit is
-//!   dropped and counted. The queue is in memory: a broker restart loses what is still in it.
+//!   dropped and counted. When the plugin stops (unload, reload, a graceful broker stop) the
+//!   queue is saved in its key-value store on the broker's disc and taken up again at the next
+//!   start; a crash loses what was queued.
 //! * **The link** reconnects with doubling back-off (`reconnect_min_ms` … `reconnect_max_ms`)
 //!   and subscribes again after every connect. Messages handed to the MQTT client when the link
 //!   drops are resent by it after the reconnect.
@@ -689,6 +691,108 @@ async fn run(link: Arc<Link>) {
 /// The plugin.
 pub struct Bridge {
     links: Vec<Arc<Link>>,
+    kv: Kv,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Most bytes per saved chunk of a queue (the store takes values up to 1 MiB).
+const CHUNK: usize = 512 * 1024;
+
+/// One queued message as saved: topic length, topic, payload length, payload, QoS, RETAIN.
+fn encode_out(o: &Out, buf: &mut Vec<u8>) {
+    buf.extend_from_slice(&(o.topic.len() as u32).to_be_bytes());
+    buf.extend_from_slice(o.topic.as_bytes());
+    buf.extend_from_slice(&(o.payload.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&o.payload);
+    buf.push(o.qos);
+    buf.push(u8::from(o.retain));
+}
+
+fn decode_outs(mut b: &[u8]) -> Vec<Out> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (b.get(..n)?, b.get(n..)?);
+        *b = rest;
+        Some(head)
+    }
+    fn len(b: &mut &[u8]) -> Option<usize> {
+        Some(u32::from_be_bytes(take(b, 4)?.try_into().ok()?) as usize)
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let parsed = (|| {
+            let n = len(&mut b)?;
+            let topic = String::from_utf8(take(&mut b, n)?.to_vec()).ok()?;
+            let n = len(&mut b)?;
+            let payload = take(&mut b, n)?.to_vec();
+            let flags = take(&mut b, 2)?;
+            Some(Out {
+                topic,
+                payload,
+                qos: flags[0].min(2),
+                retain: flags[1] != 0,
+            })
+        })();
+        match parsed {
+            Some(o) => out.push(o),
+            None => break,
+        }
+    }
+    out
+}
+
+impl Bridge {
+    /// Saves every link's queue in the key-value store (chunks under `queue/<name>/`).
+    async fn save_queues(links: &[Arc<Link>], kv: &Kv) -> Result<usize, PluginError> {
+        let mut saved = 0;
+        for link in links {
+            let outs: Vec<Out> = match link.queue.lock() {
+                Ok(mut q) => {
+                    q.1 = 0;
+                    q.0.drain(..).collect()
+                }
+                Err(_) => continue,
+            };
+            let mut chunk = Vec::new();
+            let mut n = 0;
+            for o in &outs {
+                encode_out(o, &mut chunk);
+                if chunk.len() >= CHUNK {
+                    kv.put(
+                        &format!("queue/{}/{n:06}", link.config.name),
+                        std::mem::take(&mut chunk),
+                    )
+                    .await?;
+                    n += 1;
+                }
+            }
+            if !chunk.is_empty() {
+                kv.put(&format!("queue/{}/{n:06}", link.config.name), chunk)
+                    .await?;
+            }
+            saved += outs.len();
+        }
+        Ok(saved)
+    }
+
+    /// Takes up what [`Bridge::save_queues`] left, in order, and removes it from the store.
+    async fn restore_queue(link: &Link, kv: &Kv) -> Result<usize, PluginError> {
+        let prefix = format!("queue/{}/", link.config.name);
+        let mut restored = 0;
+        for key in kv.keys(&prefix)? {
+            if let Some(bytes) = kv.get(&key)? {
+                let outs = decode_outs(&bytes);
+                restored += outs.len();
+                if let Ok(mut q) = link.queue.lock() {
+                    for o in outs {
+                        q.1 += o.topic.len() + o.payload.len();
+                        q.0.push_back(o);
+                    }
+                }
+            }
+            kv.delete(&key).await?;
+        }
+        Ok(restored)
+    }
 }
 
 fn valid_name(n: &str) -> bool {
@@ -787,8 +891,21 @@ impl Plugin for Bridge {
                 config,
             });
             link.metrics.connected.set(0);
-            ctx.spawn(run(link.clone()));
             links.push(link);
+        }
+        // What the previous instance saved goes out first, then the links start.
+        let kv = ctx.kv();
+        for link in &links {
+            match ctx.runtime().block_on(Bridge::restore_queue(link, &kv)) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(bridge = %link.config.name, messages = n, "queued messages taken up from the last stop")
+                }
+                Err(e) => {
+                    tracing::warn!(bridge = %link.config.name, error = %e.message, "the saved queue could not be read")
+                }
+            }
+            ctx.spawn(run(link.clone()));
         }
         let gauges = links.clone();
         ctx.every(Duration::from_millis(500), move || {
@@ -799,7 +916,11 @@ impl Plugin for Bridge {
                 }
             }
         });
-        Ok(Bridge { links })
+        Ok(Bridge {
+            links,
+            kv,
+            runtime: ctx.runtime().clone(),
+        })
     }
 
     fn registration(&self) -> Registration {
@@ -842,6 +963,20 @@ impl Plugin for Bridge {
         }
     }
 
+    fn shutdown(&self) {
+        let (links, kv) = (self.links.clone(), self.kv.clone());
+        match self
+            .runtime
+            .block_on(async move { Bridge::save_queues(&links, &kv).await })
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(messages = n, "bridge queues saved for the next start"),
+            Err(e) => {
+                tracing::error!(error = %e.message, "bridge queues could not be saved: they are lost")
+            }
+        }
+    }
+
     fn command(
         &self,
         args: Vec<String>,
@@ -880,6 +1015,40 @@ mod tests {
         assert!(Rule::parse("a/# out 3").is_err());
         assert!(Rule::parse("a/# out 1 onlyone").is_err());
         assert!(Rule::parse("a/#/b out").is_err());
+    }
+
+    #[test]
+    fn saved_queue_round_trip() {
+        let outs = [
+            Out {
+                topic: "a/b".into(),
+                payload: b"x".to_vec(),
+                qos: 1,
+                retain: true,
+            },
+            Out {
+                topic: "c".into(),
+                payload: Vec::new(),
+                qos: 2,
+                retain: false,
+            },
+        ];
+        let mut buf = Vec::new();
+        for o in &outs {
+            encode_out(o, &mut buf);
+        }
+        let back = decode_outs(&buf);
+        assert_eq!(back.len(), 2);
+        assert_eq!(
+            (back[0].topic.as_str(), back[0].qos, back[0].retain),
+            ("a/b", 1, true)
+        );
+        assert_eq!((back[1].topic.as_str(), back[1].payload.len()), ("c", 0));
+        assert_eq!(
+            decode_outs(&buf[..buf.len() - 1]).len(),
+            1,
+            "a cut record is dropped"
+        );
     }
 
     #[test]
