@@ -49,6 +49,32 @@ impl HttpServer {
         server
     }
 
+    /// Starts an https server with the certificate chain and key of `pki` (PEM files).
+    pub async fn start_https(
+        pki: &crate::TestPki,
+        handler: impl Fn(&Seen) -> (u16, String, u64) + Send + Sync + 'static,
+    ) -> HttpServer {
+        use rustls::pki_types::pem::PemObject;
+        let chain = rustls::pki_types::CertificateDer::pem_file_iter(&pki.server_cert)
+            .expect("chain")
+            .map(|c| c.expect("cert"))
+            .collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&pki.server_key).expect("key");
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+        HttpServer::start_tls(
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))),
+            handler,
+        )
+        .await
+    }
+
     /// Starts a server, over TLS when `tls` is given.
     pub async fn start_tls(
         tls: Option<tokio_rustls::TlsAcceptor>,

@@ -1,6 +1,5 @@
 //! The auth_http plugin against a real HTTP server started by each test.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use broker_tests::rumqttc;
@@ -232,27 +231,9 @@ async fn auth_result_cache_when_enabled() {
 
 #[tokio::test]
 async fn https_with_a_configured_ca() {
-    use rustls::pki_types::pem::PemObject;
     let dir = tempfile::tempdir().expect("tmp");
     let pki = TestPki::generate(dir.path(), "unused");
-    let chain = rustls::pki_types::CertificateDer::pem_file_iter(&pki.server_cert)
-        .expect("chain")
-        .map(|c| c.expect("cert"))
-        .collect();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&pki.server_key).expect("key");
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .expect("server config");
-    let http = HttpServer::start_tls(
-        Some(tokio_rustls::TlsAcceptor::from(Arc::new(server))),
-        |_| (200, String::new(), 0),
-    )
-    .await;
+    let http = HttpServer::start_https(&pki, |_| (200, String::new(), 0)).await;
     let config = format!(
         "ca_file = {:?}\n[auth_req]\nurl = \"https://localhost:{}/auth\"\nparams = {{ username = \"%u\" }}\n",
         pki.ca.display().to_string(),

@@ -266,3 +266,42 @@ async fn a_slow_or_failing_service_never_delays_mqtt_and_recovers() {
         c.recv_publish().await;
     }
 }
+
+/// https with the service's CA in `ca_file`; without it the service is not trusted and events
+/// are counted as failed.
+#[tokio::test]
+async fn https_with_a_configured_ca() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = TestPki::generate(dir.path(), "unused");
+    let http = HttpServer::start_https(&pki, |_| (200, String::new(), 0)).await;
+    let b = Broker::start();
+    let config = |ca: &str| {
+        format!(
+            "url = \"https://localhost:{}/hook\"\nca_file = {ca:?}\nmax_retries = 0\n[[rule]]\nevent = \"client.connected\"\n",
+            http.port
+        )
+    };
+    b.plugin_config("web_hook", &config(&pki.ca.display().to_string()));
+    b.ctl_ok(&["plugins", "load", "web_hook"]);
+    let c = V4Client::connect(b.port(), "tls-hooked").await;
+    wait_until("the event over https", || {
+        events(&http)
+            .iter()
+            .any(|e| e["action"] == "client_connected" && e["clientid"] == "tls-hooked")
+    })
+    .await;
+    drop(c);
+    b.plugin_config("web_hook", &config(""));
+    b.ctl_ok(&["plugins", "reload", "web_hook"]);
+    let before = http.seen().len();
+    let _c = V4Client::connect(b.port(), "untrusted").await;
+    wait_until("the untrusted service counted as failed", || {
+        metric(&b, "broker_plugin_web_hook_failed_total") >= 1
+    })
+    .await;
+    assert_eq!(
+        http.seen().len(),
+        before,
+        "nothing reached the untrusted service"
+    );
+}
