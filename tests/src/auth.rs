@@ -196,3 +196,22 @@ pub async fn check_backend_outage(b: &Broker, stop: impl FnOnce(), start: impl F
     echo("after").await;
     assert_eq!(&alice.recv_publish().await.payload[..], b"after");
 }
+
+/// Subscribes `c` to each filter at QoS 0 and checks the SUBACK: granted when `true`, refused
+/// when `false`.
+pub async fn check_subscriptions(c: &mut crate::V4Client, who: &str, cases: &[(&str, bool)]) {
+    use crate::rumqttc::{QoS, SubscribeReasonCode as Sub};
+    let q = QoS::AtMostOnce;
+    for (filter, allowed) in cases {
+        let want = if *allowed {
+            Sub::Success(q)
+        } else {
+            Sub::Failure
+        };
+        assert_eq!(
+            c.subscribe(filter, q).await,
+            vec![want],
+            "{who} subscribing {filter}"
+        );
+    }
+}

@@ -126,24 +126,18 @@ async fn acl_from_the_topic_attributes() {
     let b = broker_with(&d, "acl = true", "[acl]\nno_match = \"deny\"\n");
     let mut meter = v4_login(&b, "dev-1", "meter", "pw").await;
     let q = QoS::AtMostOnce;
-    for (filter, expected) in [
-        ("commands/dev-1/#", true),
-        ("commands/dev-2/#", false),
-        ("shared/x", true),
-        ("meters/meter/x", false),
-        ("other", false),
-    ] {
-        let want = if expected {
-            Sub::Success(q)
-        } else {
-            Sub::Failure
-        };
-        assert_eq!(
-            meter.subscribe(filter, q).await,
-            vec![want],
-            "subscribing {filter}"
-        );
-    }
+    check_subscriptions(
+        &mut meter,
+        "meter",
+        &[
+            ("commands/dev-1/#", true),
+            ("commands/dev-2/#", false),
+            ("shared/x", true),
+            ("meters/meter/x", false),
+            ("other", false),
+        ],
+    )
+    .await;
     // Publishing to meters/meter/… is allowed: it reaches a subscriber of shared/… only if
     // allowed, so publish to shared/ (allowed both ways) and meters/ and watch.
     let mut watcher = v4_login(&b, "dev-1-watch", "meter", "pw").await;
