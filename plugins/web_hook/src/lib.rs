@@ -22,7 +22,7 @@
 //! `…_dropped_total`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -222,18 +222,81 @@ impl Selection {
     }
 }
 
+/// The plugin's metrics: counted here, added to the broker's every half second (a call into
+/// the broker per event would cost the data path).
 struct Metrics {
     sent: Counter,
     failed: Counter,
     dropped: Counter,
     depth: Gauge,
+    sent_n: AtomicU64,
+    failed_n: AtomicU64,
+    dropped_n: AtomicU64,
+}
+
+impl Metrics {
+    fn flush(&self, queued: i64) {
+        for (n, c) in [
+            (&self.sent_n, &self.sent),
+            (&self.failed_n, &self.failed),
+            (&self.dropped_n, &self.dropped),
+        ] {
+            let delta = n.swap(0, Ordering::Relaxed);
+            if delta > 0 {
+                c.add(delta);
+            }
+        }
+        self.depth.set(queued.max(0));
+    }
+}
+
+/// An event waiting to be sent. Message events are copied as they are and turned into JSON by
+/// the sender, off the publisher's thread.
+enum Event {
+    /// A client or session event, already a JSON object.
+    Ready(Map<String, Value>),
+    /// A message event.
+    Message(MessageEvent),
+}
+
+/// A message event's JSON, written straight from the queued copy.
+#[derive(serde::Serialize)]
+struct MessageJson<'a> {
+    action: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clientid: Option<&'a str>,
+    from_client_id: Option<&'a str>,
+    from_username: Option<&'a str>,
+    topic: &'a str,
+    qos: u8,
+    retain: bool,
+    payload: &'a str,
+    ts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    node: &'a str,
+}
+
+struct MessageEvent {
+    action: &'static str,
+    from_client_id: Option<String>,
+    from_username: Option<String>,
+    topic: String,
+    qos: u8,
+    retain: bool,
+    payload: Vec<u8>,
+    ts: u64,
+    /// The receiving client (delivered, acked, dropped).
+    clientid: Option<String>,
+    /// Why it was dropped.
+    reason: Option<String>,
 }
 
 struct Shared {
     config: Config,
     selection: Selection,
     node: String,
-    queue: mpsc::Sender<Value>,
+    queue: mpsc::Sender<Event>,
     /// Events in the queue (for the gauge).
     queued: AtomicI64,
     metrics: Metrics,
@@ -242,22 +305,67 @@ struct Shared {
 }
 
 impl Shared {
-    fn payload(&self, p: &[u8]) -> Value {
-        match self.config.encoding_of_payload_field {
-            Encoding::Plain => Value::String(String::from_utf8_lossy(p).into_owned()),
-            Encoding::Base64 => Value::String(base64::engine::general_purpose::STANDARD.encode(p)),
+    /// Whether the queue has room; counts the event as dropped when it has none (before
+    /// anything of it is built).
+    fn room(&self) -> bool {
+        if self.queue.capacity() == 0 {
+            self.metrics.dropped_n.fetch_add(1, Ordering::Relaxed);
+            return false;
         }
+        true
     }
 
     /// Offers one event to the queue; a full queue drops it.
     fn offer(&self, action: &str, mut body: Map<String, Value>) {
         body.insert("action".into(), action.into());
-        body.insert("node".into(), self.node.clone().into());
-        match self.queue.try_send(Value::Object(body)) {
+        self.push(Event::Ready(body));
+    }
+
+    fn push(&self, event: Event) {
+        match self.queue.try_send(event) {
             Ok(()) => {
                 self.queued.fetch_add(1, Ordering::Relaxed);
             }
-            Err(_) => self.metrics.dropped.inc(),
+            Err(_) => {
+                self.metrics.dropped_n.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Appends the JSON of a queued event to `out`.
+    fn write_json(&self, event: Event, out: &mut Vec<u8>) {
+        let written = match event {
+            Event::Ready(mut body) => {
+                body.insert("node".into(), self.node.clone().into());
+                serde_json::to_writer(&mut *out, &body)
+            }
+            Event::Message(m) => {
+                let payload = match self.config.encoding_of_payload_field {
+                    Encoding::Plain => String::from_utf8_lossy(&m.payload),
+                    Encoding::Base64 => std::borrow::Cow::Owned(
+                        base64::engine::general_purpose::STANDARD.encode(&m.payload),
+                    ),
+                };
+                serde_json::to_writer(
+                    &mut *out,
+                    &MessageJson {
+                        action: m.action,
+                        clientid: m.clientid.as_deref(),
+                        from_client_id: m.from_client_id.as_deref(),
+                        from_username: m.from_username.as_deref(),
+                        topic: &m.topic,
+                        qos: m.qos,
+                        retain: m.retain,
+                        payload: &payload,
+                        ts: m.ts,
+                        reason: m.reason.as_deref(),
+                        node: &self.node,
+                    },
+                )
+            }
+        };
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "a web hook event could not be serialised");
         }
     }
 
@@ -271,33 +379,13 @@ impl Shared {
         m
     }
 
-    fn message_fields(&self, m: &MessageView<'_>) -> Map<String, Value> {
-        let mut out = Map::new();
-        out.insert(
-            "from_client_id".into(),
-            m.publisher.map_or(Value::Null, |p| p.as_str().into()),
-        );
-        out.insert(
-            "from_username".into(),
-            m.username.map_or(Value::Null, |u| u.as_str().into()),
-        );
-        out.insert("topic".into(), m.topic.as_str().into());
-        out.insert("qos".into(), m.qos.into());
-        out.insert("retain".into(), m.retain.into());
-        out.insert("payload".into(), self.payload(m.payload.as_slice()));
-        let ts = if m.timestamp_ms != 0 {
-            m.timestamp_ms
-        } else {
-            now_ms()
-        };
-        out.insert("ts".into(), ts.into());
-        out
-    }
-
     fn on_event(&self, point: HookPoint, e: &EventView<'_>) {
         let Some(i) = EVENTS.iter().position(|(_, p, _)| *p == point) else {
             return;
         };
+        if !self.room() {
+            return;
+        }
         let c = &e.client;
         let mut body = Shared::client_fields(c);
         match point {
@@ -358,20 +446,34 @@ fn now_ms() -> u64 {
 }
 
 /// Takes events from the queue and sends them, `pool_size` requests at once.
-async fn dispatch(shared: Arc<Shared>, client: reqwest::Client, mut rx: mpsc::Receiver<Value>) {
+async fn dispatch(shared: Arc<Shared>, client: reqwest::Client, mut rx: mpsc::Receiver<Event>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(shared.config.pool_size));
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, shared.config.batch_size).await > 0 {
-        let events = std::mem::take(&mut batch);
         shared
             .queued
-            .fetch_sub(events.len() as i64, Ordering::Relaxed);
+            .fetch_sub(batch.len() as i64, Ordering::Relaxed);
+        let count = batch.len();
+        let mut body = Vec::with_capacity(256 * count);
+        let many = shared.config.batch_size > 1;
+        if many {
+            body.push(b'[');
+        }
+        for (n, e) in batch.drain(..).enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            shared.write_json(e, &mut body);
+        }
+        if many {
+            body.push(b']');
+        }
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
         let (shared, client) = (shared.clone(), client.clone());
         tokio::spawn(async move {
-            send(&shared, &client, events).await;
+            send(&shared, &client, body, count).await;
             drop(permit);
         });
     }
@@ -380,17 +482,10 @@ async fn dispatch(shared: Arc<Shared>, client: reqwest::Client, mut rx: mpsc::Re
 }
 
 /// Sends one batch, retrying with back-off; counts what was sent, failed and dropped.
-async fn send(shared: &Shared, client: &reqwest::Client, events: Vec<Value>) {
+async fn send(shared: &Shared, client: &reqwest::Client, body: Vec<u8>, count: usize) {
     let c = &shared.config;
-    let body = if c.batch_size > 1 {
-        Value::Array(events.clone())
-    } else {
-        events.first().cloned().unwrap_or(Value::Null)
-    };
-    let body = match serde_json::to_vec(&body) {
-        Ok(b) => b,
-        Err(_) => return,
-    };
+    // Shared, not copied, between attempts.
+    let body = bytes::Bytes::from(body);
     let mut delay = Duration::from_millis(c.retry_backoff_ms.max(1));
     for attempt in 0..=c.max_retries {
         let mut request = client.post(&c.url).body(body.clone());
@@ -399,7 +494,10 @@ async fn send(shared: &Shared, client: &reqwest::Client, events: Vec<Value>) {
         }
         let error = match request.send().await {
             Ok(r) if r.status().is_success() => {
-                shared.metrics.sent.add(events.len() as u64);
+                shared
+                    .metrics
+                    .sent_n
+                    .fetch_add(count as u64, Ordering::Relaxed);
                 if shared.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!(url = %c.url, "web hook service answers again");
                 }
@@ -408,7 +506,7 @@ async fn send(shared: &Shared, client: &reqwest::Client, events: Vec<Value>) {
             Ok(r) => format!("status {}", r.status().as_u16()),
             Err(e) => e.to_string(),
         };
-        shared.metrics.failed.inc();
+        shared.metrics.failed_n.fetch_add(1, Ordering::Relaxed);
         if !shared.failing.swap(true, Ordering::Relaxed) {
             tracing::warn!(url = %c.url, error = %error, "web hook request failed; retrying with back-off");
         }
@@ -417,8 +515,11 @@ async fn send(shared: &Shared, client: &reqwest::Client, events: Vec<Value>) {
             delay = (delay * 2).min(Duration::from_secs(10));
         }
     }
-    shared.metrics.dropped.add(events.len() as u64);
-    tracing::debug!(url = %c.url, events = events.len(), "web hook events dropped after the last retry");
+    shared
+        .metrics
+        .dropped_n
+        .fetch_add(count as u64, Ordering::Relaxed);
+    tracing::debug!(url = %c.url, events = count, "web hook events dropped after the last retry");
 }
 
 /// The plugin.
@@ -472,6 +573,9 @@ impl Plugin for WebHook {
                 "Events dropped: the queue was full, or every retry failed.",
             )?,
             depth: ctx.gauge("queue_depth", "Events waiting to be sent.")?,
+            sent_n: AtomicU64::new(0),
+            failed_n: AtomicU64::new(0),
+            dropped_n: AtomicU64::new(0),
         };
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let shared = Arc::new(Shared {
@@ -485,10 +589,7 @@ impl Plugin for WebHook {
         });
         let gauge = shared.clone();
         ctx.every(Duration::from_millis(500), move || {
-            gauge
-                .metrics
-                .depth
-                .set(gauge.queued.load(Ordering::Relaxed).max(0));
+            gauge.metrics.flush(gauge.queued.load(Ordering::Relaxed));
         });
         let dispatcher = ctx.spawn(dispatch(shared.clone(), client, rx));
         Ok(WebHook {
@@ -545,7 +646,7 @@ impl Plugin for WebHook {
             return Flow::Continue;
         };
         let topic = full_filter(request.filter.as_str(), request.share_group);
-        if s.selection.wants(i, &topic) {
+        if s.selection.wants(i, &topic) && s.room() {
             let mut body = Shared::client_fields(&request.client);
             body.insert("topic".into(), topic.into());
             if point == HookPoint::CLIENT_SUBSCRIBE {
@@ -562,21 +663,29 @@ impl Plugin for WebHook {
             return;
         };
         let m = &event.message;
-        if !s.selection.wants(i, m.topic.as_str()) {
+        if !s.selection.wants(i, m.topic.as_str()) || !s.room() {
             return;
         }
-        let mut body = s.message_fields(m);
-        match point {
-            HookPoint::MESSAGE_DELIVERED | HookPoint::MESSAGE_ACKED => {
-                body.insert("clientid".into(), event.client_id.as_str().into());
-            }
-            HookPoint::MESSAGE_DROPPED => {
-                body.insert("clientid".into(), event.client_id.as_str().into());
-                body.insert("reason".into(), event.reason.as_str().into());
-            }
-            _ => {}
-        }
-        s.offer(EVENTS[i].2, body);
+        let receiver = matches!(
+            point,
+            HookPoint::MESSAGE_DELIVERED | HookPoint::MESSAGE_ACKED | HookPoint::MESSAGE_DROPPED
+        );
+        s.push(Event::Message(MessageEvent {
+            action: EVENTS[i].2,
+            from_client_id: m.publisher.map(|p| p.to_string()).into_option(),
+            from_username: m.username.map(|u| u.to_string()).into_option(),
+            topic: m.topic.to_string(),
+            qos: m.qos,
+            retain: m.retain,
+            payload: m.payload.to_vec(),
+            ts: if m.timestamp_ms != 0 {
+                m.timestamp_ms
+            } else {
+                now_ms()
+            },
+            clientid: receiver.then(|| event.client_id.to_string()),
+            reason: (point == HookPoint::MESSAGE_DROPPED).then(|| event.reason.to_string()),
+        }));
     }
 
     fn shutdown(&self) {
@@ -602,6 +711,9 @@ impl Plugin for WebHook {
             }
             dispatcher.abort();
         });
+        self.shared
+            .metrics
+            .flush(self.shared.queued.load(Ordering::Relaxed));
     }
 }
 
