@@ -396,12 +396,12 @@ async fn drain(c: &mut V4Client) -> Vec<(String, String)> {
 /// Shared-subscription strategies (EMQX's names), broker-wide and per group, and `$queue/`.
 #[tokio::test]
 async fn shared_subscription_strategies_and_queue() {
-    let b = Broker::start_with(
+    let broker = Broker::start_with(
         "[shared_subscriptions]\nstrategy = \"random\"\n[shared_subscriptions.groups]\nh = \"hash_topic\"\nc = \"hash_clientid\"\ns = \"sticky\"\n\"$queue\" = \"round_robin\"\n",
     );
     let q = QoS::AtLeastOnce;
-    let mut m1 = V4Client::connect(b.port(), "m1").await;
-    let mut m2 = V4Client::connect(b.port(), "m2").await;
+    let mut m1 = V4Client::connect(broker.port(), "m1").await;
+    let mut m2 = V4Client::connect(broker.port(), "m2").await;
     for f in [
         "$share/h/h/#",
         "$share/c/c/#",
@@ -412,8 +412,8 @@ async fn shared_subscription_strategies_and_queue() {
         m1.subscribe(f, q).await;
         m2.subscribe(f, q).await;
     }
-    let p1 = V4Client::connect(b.port(), "p1").await;
-    let p2 = V4Client::connect(b.port(), "p2").await;
+    let p1 = V4Client::connect(broker.port(), "p1").await;
+    let p2 = V4Client::connect(broker.port(), "p2").await;
     for i in 0..10 {
         for (publisher, topic) in [
             (&p1, "h/a"),
@@ -483,6 +483,47 @@ async fn shared_subscription_strategies_and_queue() {
     }
     let after = drain(&mut stays).await;
     assert_eq!(after.iter().filter(|(t, _)| t == "s/x").count(), 5);
+
+    // `$queue/…` unsubscribes as it was subscribed.
+    stays
+        .client
+        .unsubscribe("$queue/q/#")
+        .await
+        .expect("unsubscribe");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let listed = broker.ctl_ok(&[
+            "subscriptions",
+            "list",
+            "--client",
+            stays_id(&stays, sticky_member_was_m1),
+        ]);
+        if !listed.contains("$queue") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still subscribed: {listed}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    p1.client
+        .publish("q/x", q, false, "p1-gone")
+        .await
+        .expect("publish");
+    assert!(
+        drain(&mut stays).await.is_empty(),
+        "no delivery after unsubscribing $queue/q/#"
+    );
+}
+
+/// The client id of the member that stayed.
+fn stays_id(_: &V4Client, sticky_member_was_m1: bool) -> &'static str {
+    if sticky_member_was_m1 {
+        "m2"
+    } else {
+        "m1"
+    }
 }
 
 fn publisher_name(c: &V4Client, p1: &V4Client) -> &'static str {

@@ -317,6 +317,15 @@ where
     }
 }
 
+/// The key a subscription is stored under in its session: the filter, or
+/// `$share/<group>/<filter>` for a shared one.
+fn subscription_key(group: Option<&str>, filter: &TopicFilter) -> String {
+    match group {
+        Some(g) => format!("$share/{g}/{filter}"),
+        None => filter.to_string(),
+    }
+}
+
 /// State of an attached connection. Owned by the connection's task.
 struct Connection {
     broker: Arc<Broker>,
@@ -1719,10 +1728,7 @@ impl Connection {
                     }
                 }
             };
-            let key = match &group {
-                Some(g) => format!("$share/{g}/{filter}"),
-                None => filter.to_string(),
-            };
+            let key = subscription_key(group.as_deref(), &filter);
             let is_new = self.broker.add_subscription(
                 &self.session,
                 key,
@@ -1771,14 +1777,21 @@ impl Connection {
         for raw in &u.filters {
             let key = match TopicFilter::parse(raw) {
                 Ok((group, filter)) => {
-                    self.decide_filter(
-                        HookPoint::CLIENT_UNSUBSCRIBE,
-                        raw,
-                        group.as_ref(),
-                        &filter,
-                        SubOptions::default(),
-                    )
-                    .0
+                    let effective = self
+                        .decide_filter(
+                            HookPoint::CLIENT_UNSUBSCRIBE,
+                            raw,
+                            group.as_ref(),
+                            &filter,
+                            SubOptions::default(),
+                        )
+                        .0;
+                    // The key the subscription was stored under (`$queue/x` is
+                    // `$share/$queue/x`).
+                    match TopicFilter::parse(&effective) {
+                        Ok((group, filter)) => subscription_key(group.as_deref(), &filter),
+                        Err(_) => effective,
+                    }
                 }
                 Err(_) => raw.clone(),
             };
