@@ -102,3 +102,123 @@ async fn client_id_length_limit() {
     w.send(&connect_packet(4, "123456789", true, 60)).await;
     assert_eq!(w.recv().await.expect("CONNACK").body, [0x00, 0x02]);
 }
+
+/// CONNACK properties of a v5 CONNACK body, by property id: byte, two- and four-byte integers
+/// as numbers, strings as text.
+fn connack_properties(body: &[u8]) -> std::collections::BTreeMap<u8, String> {
+    let (mut len, mut shift, mut at) = (0usize, 0, 2);
+    loop {
+        let b = body[at];
+        at += 1;
+        len |= ((b & 0x7F) as usize) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    let props = &body[at..at + len];
+    let mut out = std::collections::BTreeMap::new();
+    let mut i = 0;
+    while i < props.len() {
+        let id = props[i];
+        i += 1;
+        let value = match id {
+            0x24 | 0x25 | 0x28 | 0x29 | 0x2A => {
+                i += 1;
+                props[i - 1].to_string()
+            }
+            0x21 | 0x22 | 0x13 => {
+                i += 2;
+                u16::from_be_bytes([props[i - 2], props[i - 1]]).to_string()
+            }
+            0x27 | 0x11 => {
+                i += 4;
+                u32::from_be_bytes([props[i - 4], props[i - 3], props[i - 2], props[i - 1]])
+                    .to_string()
+            }
+            0x1A | 0x12 | 0x1F => {
+                let n = u16::from_be_bytes([props[i], props[i + 1]]) as usize;
+                i += 2 + n;
+                String::from_utf8_lossy(&props[i - n..i]).into_owned()
+            }
+            other => panic!("unexpected CONNACK property 0x{other:02X}"),
+        };
+        out.insert(id, value);
+    }
+    out
+}
+
+/// `[mqtt]` capabilities: told to v5 clients in CONNACK, and enforced — QoS above the maximum
+/// (granted lower in SUBSCRIBE, DISCONNECT 0x9B on PUBLISH), RETAIN (0x9A), wildcard (0xA2)
+/// and shared (0x9E) subscriptions, subscription identifiers (0xA1); Response Information.
+#[tokio::test]
+async fn mqtt_capabilities_are_announced_and_enforced() {
+    let b = Broker::start_with(
+        "[mqtt]\nmaximum_qos = 1\nretain_available = false\nwildcard_subscription_available = false\nsubscription_identifiers_available = false\nshared_subscription_available = false\nresponse_information = \"reply/%c\"\n",
+    );
+    // CONNECT v5 with Request Response Information (0x19) = 1.
+    let connect = |id: &str| {
+        let mut body = mqtt_string("MQTT");
+        body.extend([5, 0x02, 0, 60, 2, 0x19, 1]);
+        body.extend(mqtt_string(id));
+        packet(0x10, &body)
+    };
+    let mut w = Wire::open(b.port()).await;
+    w.send(&connect("capable")).await;
+    let ack = w.recv().await.expect("CONNACK");
+    assert_eq!(ack.body[1], 0);
+    let props = connack_properties(&ack.body);
+    for (id, value) in [
+        (0x24, "1"),
+        (0x25, "0"),
+        (0x28, "0"),
+        (0x29, "0"),
+        (0x2A, "0"),
+        (0x1A, "reply/capable"),
+    ] {
+        assert_eq!(
+            props.get(&id).map(String::as_str),
+            Some(value),
+            "property 0x{id:02X}: {props:?}"
+        );
+    }
+    // SUBSCRIBE: wildcard and shared refused, QoS 2 granted as 1.
+    for (filter, qos, code) in [("a/+", 0, 0xA2), ("$share/g/a", 0, 0x9E), ("a/b", 2, 1)] {
+        w.send(&subscribe_packet(5, 7, filter, qos)).await;
+        let suback = w.recv().await.expect("SUBACK");
+        assert_eq!(suback.body.last(), Some(&code), "{filter}");
+    }
+    // PUBLISH QoS 2: DISCONNECT 0x9B.
+    w.send(&publish_packet(5, "a/b", 2, 1, false, b"x")).await;
+    let d = w.recv().await.expect("DISCONNECT");
+    assert_eq!((d.byte1, d.body[0]), (0xE0, 0x9B));
+    // PUBLISH with RETAIN: DISCONNECT 0x9A.
+    let mut w = Wire::connected(b.port(), 5, "retainer-client").await;
+    w.send(&publish_packet(5, "a/b", 0, 0, true, b"x")).await;
+    let d = w.recv().await.expect("DISCONNECT");
+    assert_eq!((d.byte1, d.body[0]), (0xE0, 0x9A));
+    // A client that does not ask gets no Response Information.
+    let mut w = Wire::open(b.port()).await;
+    w.send(&connect_packet(5, "quiet", true, 60)).await;
+    let ack = w.recv().await.expect("CONNACK");
+    assert!(!connack_properties(&ack.body).contains_key(&0x1A));
+    // SUBSCRIBE with a Subscription Identifier (0x0B): DISCONNECT 0xA1.
+    let mut w = Wire::connected(b.port(), 5, "identified").await;
+    let mut body = 9u16.to_be_bytes().to_vec();
+    body.extend([2, 0x0B, 5]);
+    body.extend(mqtt_string("a/b"));
+    body.push(0);
+    w.send(&packet(0x82, &body)).await;
+    let d = w.recv().await.expect("DISCONNECT");
+    assert_eq!((d.byte1, d.body[0]), (0xE0, 0xA1));
+    // A will above the maximum QoS: CONNACK 0x9B.
+    let mut body = mqtt_string("MQTT");
+    body.extend([5, 0x02 | 0x04 | (2 << 3), 0, 60, 0]);
+    body.extend(mqtt_string("willful"));
+    body.push(0); // will properties
+    body.extend(mqtt_string("w/t"));
+    body.extend(mqtt_string("bye"));
+    let mut w = Wire::open(b.port()).await;
+    w.send(&packet(0x10, &body)).await;
+    assert_eq!(w.recv().await.expect("CONNACK").body[1], 0x9B);
+}

@@ -75,6 +75,41 @@ pub struct Config {
     pub sys: SysConfig,
     /// How shared subscriptions choose a member.
     pub shared_subscriptions: SharedSubscriptionsConfig,
+    /// What of MQTT the broker offers (told to v5 clients in CONNACK, and enforced).
+    pub mqtt: MqttConfig,
+}
+
+/// `[mqtt]`: the MQTT features the broker offers. v5 clients are told in CONNACK (Maximum QoS,
+/// Retain Available, Wildcard / Subscription Identifier / Shared Subscription Available,
+/// Response Information) and every client is held to them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Highest QoS accepted in PUBLISH and wills, and granted in SUBSCRIBE (0, 1 or 2).
+    pub maximum_qos: u8,
+    /// Whether retained messages (and wills with RETAIN) are accepted.
+    pub retain_available: bool,
+    /// Whether filters with `+` / `#` are accepted.
+    pub wildcard_subscription_available: bool,
+    /// Whether SUBSCRIBE may carry a Subscription Identifier.
+    pub subscription_identifiers_available: bool,
+    /// Whether `$share/…` and `$queue/…` subscriptions are accepted.
+    pub shared_subscription_available: bool,
+    /// Response Information for v5 clients that ask for it; `%c` is the client id. "" = none.
+    pub response_information: String,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            maximum_qos: 2,
+            retain_available: true,
+            wildcard_subscription_available: true,
+            subscription_identifiers_available: true,
+            shared_subscription_available: true,
+            response_information: String::new(),
+        }
+    }
 }
 
 /// How a shared subscription group chooses the member that gets a message (EMQX's names).
@@ -266,6 +301,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             sys: SysConfig::default(),
             shared_subscriptions: SharedSubscriptionsConfig::default(),
+            mqtt: MqttConfig::default(),
         }
     }
 }
@@ -544,6 +580,9 @@ impl Config {
         };
         if self.listeners.is_empty() {
             return invalid("listener", "must list at least one listener");
+        }
+        if self.mqtt.maximum_qos > 2 {
+            return invalid("mqtt.maximum_qos", "must be 0, 1 or 2");
         }
         for (i, l) in self.listeners.iter().enumerate() {
             if self.listeners[..i].iter().any(|o| o.name == l.name) {

@@ -672,6 +672,16 @@ impl Connection {
                     reason::NOT_AUTHORIZED,
                     "will topic is a $SYS topic (acl.client_publish_sys = false)",
                 ))
+            } else if will.qos as u8 > broker.config.mqtt.maximum_qos {
+                Some((
+                    reason::QOS_NOT_SUPPORTED,
+                    "[MQTT-3.2.2-12] will QoS above mqtt.maximum_qos",
+                ))
+            } else if will.retain && !broker.config.mqtt.retain_available {
+                Some((
+                    reason::RETAIN_NOT_SUPPORTED,
+                    "[MQTT-3.2.2-13] will with RETAIN, and mqtt.retain_available = false",
+                ))
             } else {
                 None
             };
@@ -790,6 +800,22 @@ impl Connection {
             }
             properties.assigned_client_identifier = assigned;
             properties.server_keep_alive = server_keep_alive;
+            let mqtt = &broker.config.mqtt;
+            if mqtt.maximum_qos < 2 {
+                properties.maximum_qos = Some(mqtt.maximum_qos);
+            }
+            let off = |on: bool| (!on).then_some(0);
+            properties.retain_available = off(mqtt.retain_available);
+            properties.wildcard_subscription_available = off(mqtt.wildcard_subscription_available);
+            properties.subscription_identifier_available =
+                off(mqtt.subscription_identifiers_available);
+            properties.shared_subscription_available = off(mqtt.shared_subscription_available);
+            if connect.properties.request_response_information == Some(1)
+                && !mqtt.response_information.is_empty()
+            {
+                properties.response_information =
+                    Some(mqtt.response_information.replace("%c", &client_id));
+            }
             if let Some((auth, data)) = &enhanced {
                 properties.authentication_method = Some(auth.method.clone());
                 if !data.is_empty() {
@@ -1523,6 +1549,19 @@ impl Connection {
                 "[MQTT-3.3.4-6] PUBLISH from a client carries a subscription identifier",
             ));
         }
+        let mqtt = &self.broker.config.mqtt;
+        if p.qos as u8 > mqtt.maximum_qos {
+            return Err(Exit::protocol(
+                reason::QOS_NOT_SUPPORTED,
+                "[MQTT-3.2.2-11] PUBLISH QoS above the Maximum QoS (mqtt.maximum_qos)",
+            ));
+        }
+        if p.retain && !mqtt.retain_available {
+            return Err(Exit::protocol(
+                reason::RETAIN_NOT_SUPPORTED,
+                "[MQTT-3.2.2-14] PUBLISH with RETAIN, and mqtt.retain_available = false",
+            ));
+        }
         if p.qos == QoS::ExactlyOnce {
             let Some(id) = p.packet_id else {
                 return Err(Exit::protocol(
@@ -1657,6 +1696,18 @@ impl Connection {
     async fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Exit> {
         let v5 = self.version.is_v5();
         let id = s.properties.subscription_identifiers.first().copied();
+        let mqtt = &self.broker.config.mqtt;
+        if id.is_some() && !mqtt.subscription_identifiers_available {
+            return Err(Exit::protocol(
+                reason::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+                "SUBSCRIBE with a Subscription Identifier, and mqtt.subscription_identifiers_available = false",
+            ));
+        }
+        let (maximum_qos, wildcards, shared) = (
+            mqtt.maximum_qos,
+            mqtt.wildcard_subscription_available,
+            mqtt.shared_subscription_available,
+        );
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut added = Vec::new();
         let max_levels = self.broker.config.limits.max_topic_levels;
@@ -1680,6 +1731,22 @@ impl Connection {
                     continue;
                 }
             };
+            if group.is_some() && !shared {
+                codes.push(if v5 {
+                    reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+                } else {
+                    0x80
+                });
+                continue;
+            }
+            if filter.has_wildcard() && !wildcards {
+                codes.push(if v5 {
+                    reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+                } else {
+                    0x80
+                });
+                continue;
+            }
             if v5 && group.is_some() && options.no_local {
                 return Err(Exit::protocol(
                     reason::PROTOCOL_ERROR,
@@ -1716,6 +1783,10 @@ impl Connection {
                 if let Some(new_id) = d.subscription_id {
                     sub_id = (new_id > 0).then_some(new_id);
                 }
+            }
+            // Granted at most the Maximum QoS.
+            if options.qos as u8 > maximum_qos {
+                options.qos = QoS::from_u8(maximum_qos).unwrap_or(options.qos);
             }
             let (group, filter) = if effective == raw {
                 (group, filter)
