@@ -305,3 +305,32 @@ async fn https_with_a_configured_ca() {
         "nothing reached the untrusted service"
     );
 }
+
+/// The queue is bounded in bytes too: large payloads over `queue_max_bytes` are dropped and
+/// counted while the service is stuck.
+#[tokio::test]
+async fn the_queue_is_bounded_in_bytes() {
+    let stuck = HttpServer::start(|_| (200, String::new(), 60_000)).await;
+    let b = Broker::start();
+    b.plugin_config(
+        "web_hook",
+        &format!(
+            "url = \"http://127.0.0.1:{}/hook\"\npool_size = 1\nqueue_max_bytes = 2000\nrequest_timeout_ms = 60000\n[[rule]]\nevent = \"message.publish\"\n",
+            stuck.port
+        ),
+    );
+    b.ctl_ok(&["plugins", "load", "web_hook"]);
+    let c = V4Client::connect(b.port(), "big").await;
+    let payload = vec![b'x'; 500];
+    for i in 0..20 {
+        c.client
+            .publish(format!("big/{i}"), QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .expect("publish");
+    }
+    // At most 2000 bytes wait (about 3 messages) and one is in flight: the rest are dropped.
+    wait_until("dropped over the byte bound", || {
+        metric(&b, "broker_plugin_web_hook_dropped_total") >= 15
+    })
+    .await;
+}

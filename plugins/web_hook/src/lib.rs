@@ -11,9 +11,9 @@
 //! reported from `message.published`, so it is the message as routed, after every plugin's
 //! edits, and only messages whose topic a rule wants are looked at at all.
 //!
-//! **Never slows the data path.** A hook only serialises the event and offers it to a bounded
-//! queue (`queue_capacity`); when the queue is full the event is dropped and counted — a
-//! publisher never waits for the service. Senders on the plugin's runtime take events from the
+//! **Never slows the data path.** A hook only copies the event and offers it to a bounded queue
+//! (`queue_capacity` events, `queue_max_bytes` of message payloads and topics); when the queue
+//! is full the event is dropped and counted — a publisher never waits for the service. Senders on the plugin's runtime take events from the
 //! queue (`batch_size` per request: one object, or a JSON array of several), at most
 //! `pool_size` requests at once over kept-alive connections, and retry a failed request
 //! (connection error, timeout, non-2xx) `max_retries` times with doubling back-off from
@@ -72,6 +72,9 @@ pub struct Config {
     pub pool_size: usize,
     /// Events waiting to be sent; beyond it new events are dropped.
     pub queue_capacity: usize,
+    /// Bytes of message payloads and topics waiting to be sent; beyond it new message events
+    /// are dropped.
+    pub queue_max_bytes: usize,
     /// Events per request (more than 1: a JSON array).
     pub batch_size: usize,
     /// Retries of a failed request before its events are dropped.
@@ -158,6 +161,7 @@ impl Default for Config {
             request_timeout_ms: 5000,
             pool_size: 8,
             queue_capacity: 10_000,
+            queue_max_bytes: 64 * 1024 * 1024,
             batch_size: 1,
             max_retries: 3,
             retry_backoff_ms: 200,
@@ -299,6 +303,8 @@ struct Shared {
     queue: mpsc::Sender<Event>,
     /// Events in the queue (for the gauge).
     queued: AtomicI64,
+    /// Bytes of message events in the queue.
+    queued_bytes: AtomicI64,
     metrics: Metrics,
     /// Whether the last request failed (logs only the transitions).
     failing: AtomicBool,
@@ -309,6 +315,18 @@ impl Shared {
     /// anything of it is built).
     fn room(&self) -> bool {
         if self.queue.capacity() == 0 {
+            self.metrics.dropped_n.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Whether a message event of `size` bytes fits under `queue_max_bytes`; if it does, the
+    /// bytes are counted as queued.
+    fn room_for(&self, size: usize) -> bool {
+        let before = self.queued_bytes.fetch_add(size as i64, Ordering::Relaxed);
+        if before + size as i64 > self.config.queue_max_bytes as i64 {
+            self.queued_bytes.fetch_sub(size as i64, Ordering::Relaxed);
             self.metrics.dropped_n.fetch_add(1, Ordering::Relaxed);
             return false;
         }
@@ -326,9 +344,18 @@ impl Shared {
             Ok(()) => {
                 self.queued.fetch_add(1, Ordering::Relaxed);
             }
-            Err(_) => {
+            Err(e) => {
+                self.release(&e.into_inner());
                 self.metrics.dropped_n.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Un-counts the bytes of a message event leaving the queue.
+    fn release(&self, event: &Event) {
+        if let Event::Message(m) = event {
+            self.queued_bytes
+                .fetch_sub((m.topic.len() + m.payload.len()) as i64, Ordering::Relaxed);
         }
     }
 
@@ -453,6 +480,9 @@ async fn dispatch(shared: Arc<Shared>, client: reqwest::Client, mut rx: mpsc::Re
         shared
             .queued
             .fetch_sub(batch.len() as i64, Ordering::Relaxed);
+        for e in &batch {
+            shared.release(e);
+        }
         let count = batch.len();
         let mut body = Vec::with_capacity(256 * count);
         let many = shared.config.batch_size > 1;
@@ -541,6 +571,7 @@ fn parse(text: &str) -> Result<(Config, Selection), String> {
     for (key, value) in [
         ("pool_size", config.pool_size as u64),
         ("queue_capacity", config.queue_capacity as u64),
+        ("queue_max_bytes", config.queue_max_bytes as u64),
         ("batch_size", config.batch_size as u64),
         ("request_timeout_ms", config.request_timeout_ms),
     ] {
@@ -584,6 +615,7 @@ impl Plugin for WebHook {
             selection,
             queue: tx,
             queued: AtomicI64::new(0),
+            queued_bytes: AtomicI64::new(0),
             metrics,
             failing: AtomicBool::new(false),
         });
@@ -663,7 +695,8 @@ impl Plugin for WebHook {
             return;
         };
         let m = &event.message;
-        if !s.selection.wants(i, m.topic.as_str()) || !s.room() {
+        let size = m.topic.len() + m.payload.len();
+        if !s.selection.wants(i, m.topic.as_str()) || !s.room() || !s.room_for(size) {
             return;
         }
         let receiver = matches!(
