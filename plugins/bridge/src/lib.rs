@@ -264,6 +264,9 @@ struct Echoes {
 
 const ECHO_TTL: Duration = Duration::from_secs(30);
 
+/// Most messages remembered per direction: a hard bound on the memory, whatever the rate.
+const ECHO_MAX: usize = 100_000;
+
 fn echo_key(topic: &str, payload: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     topic.hash(&mut h);
@@ -274,9 +277,13 @@ fn echo_key(topic: &str, payload: &[u8]) -> u64 {
 impl Echoes {
     fn remember(&mut self, key: u64) {
         let now = Instant::now();
-        if self.seen.len() > 100_000 {
+        if self.seen.len() >= ECHO_MAX {
             self.seen
                 .retain(|_, (_, at)| now.duration_since(*at) < ECHO_TTL);
+            if self.seen.len() >= ECHO_MAX {
+                // More than ECHO_MAX moved within the TTL: forget them all rather than grow.
+                self.seen.clear();
+            }
         }
         let e = self.seen.entry(key).or_insert((0, now));
         e.0 += 1;
@@ -383,8 +390,11 @@ impl Link {
             let Some(local) = rule.inbound(topic) else {
                 continue;
             };
-            if let Ok(mut e) = self.injected.lock() {
-                e.remember(echo_key(&local, &payload));
+            // Remembered only when an out rule could send it back.
+            if self.rules.iter().any(|r| r.outbound(&local).is_some()) {
+                if let Ok(mut e) = self.injected.lock() {
+                    e.remember(echo_key(&local, &payload));
+                }
             }
             let message = OutgoingMessage {
                 topic: local.into(),
@@ -638,8 +648,11 @@ async fn run(link: Arc<Link>) {
                     link.wake.notified().await;
                     continue;
                 };
-                if let Ok(mut e) = link.sent.lock() {
-                    e.remember(echo_key(&out.topic, &out.payload));
+                // Remembered only when an in rule could bring it back.
+                if link.rules.iter().any(|r| r.inbound(&out.topic).is_some()) {
+                    if let Ok(mut e) = link.sent.lock() {
+                        e.remember(echo_key(&out.topic, &out.payload));
+                    }
                 }
                 if let Err(e) = client.publish(out).await {
                     tracing::warn!(bridge = %link.config.name, error = %e, "bridge client stopped");
