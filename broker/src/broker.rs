@@ -35,40 +35,7 @@ use crate::session::{
 };
 use plugin_api::{ClientInfo, ClientView, EventView, HookPoint, OutgoingMessage, SubOptions};
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    unix_ms(std::time::SystemTime::now())
-}
-
-/// Milliseconds since the Unix epoch from the kernel's coarse clock (a few ms of resolution,
-/// a fraction of the cost): for timestamps on the message path, where a precise clock read per
-/// message would cost more than the hook call it stamps.
-#[cfg(target_os = "linux")]
-pub fn coarse_now_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes a timespec into the valid, owned `ts`.
-    let ok = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0;
-    if ok {
-        (ts.tv_sec as u64).saturating_mul(1000) + (ts.tv_nsec as u64) / 1_000_000
-    } else {
-        now_ms()
-    }
-}
-
-/// Milliseconds since the Unix epoch (the precise clock where no coarse one is known).
-#[cfg(not(target_os = "linux"))]
-pub fn coarse_now_ms() -> u64 {
-    now_ms()
-}
-
-/// Milliseconds from the Unix epoch to `t` (0 for a time before it).
-pub fn unix_ms(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::clock::{coarse_now_ms, now_ms, unix_ms};
 
 /// How long a taking-over connection waits for the old one to hand its session back.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -78,7 +45,7 @@ pub struct Broker {
     /// The configuration it was started with.
     pub config: Arc<Config>,
     /// Subscriptions: session id → entry, per filter.
-    pub router: RwLock<Trie<u64, SubEntry>>,
+    router: RwLock<Trie<u64, SubEntry>>,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     /// Counters.
     pub metrics: Metrics,
@@ -106,6 +73,8 @@ pub struct Broker {
     /// requests).
     pub admin_credentials: std::sync::OnceLock<Arc<crate::admin::auth::Credentials>>,
     accepting: AtomicBool,
+    /// Delayed publishes waiting for their time ([`crate::delayed`]).
+    pub delayed: crate::delayed::Delayed,
 }
 
 /// A listener as bound, for the management API.
@@ -191,6 +160,7 @@ impl Broker {
             listeners: std::sync::OnceLock::new(),
             admin_credentials: std::sync::OnceLock::new(),
             accepting: AtomicBool::new(false),
+            delayed: crate::delayed::Delayed::new(),
         })
     }
 
@@ -227,6 +197,77 @@ impl Broker {
         Some(self.route(Arc::new(message)))
     }
 
+    /// Holds `message` back for `secs` seconds: a delayed publish ([`crate::delayed`]). With a
+    /// live store it is written before this returns (the PUBACK waits for the commit).
+    pub fn delay(
+        &self,
+        message: Message,
+        username: Option<&str>,
+        secs: u32,
+    ) -> Result<u64, crate::delayed::Full> {
+        let max = self.config.limits.max_delayed_messages;
+        if self.delayed.len() >= max {
+            return Err(crate::delayed::Full(max));
+        }
+        let now = now_ms();
+        let m = crate::delayed::DelayedMessage {
+            id: self.delayed.next_id(),
+            due_ms: now + u64::from(secs) * 1000,
+            published_ms: now,
+            message,
+            username: username.map(str::to_owned),
+        };
+        let id = m.id;
+        // Written first: the publishing task deletes it, and must not find it missing.
+        if self.queue_limits.live_store.get().is_some() {
+            let value = crate::session::persist::encode_delayed(&m);
+            self.store_op(Op::PutDelayed { id, value });
+        }
+        if let Err(full) = self.delayed.add(m, max) {
+            self.store_op(Op::DeleteDelayed { id });
+            return Err(full);
+        }
+        Ok(id)
+    }
+
+    /// Cancels the delayed publish `id`; true if it was waiting.
+    pub fn cancel_delayed(&self, id: u64) -> bool {
+        let removed = self.delayed.remove(id);
+        if removed {
+            self.store_op(Op::DeleteDelayed { id });
+        }
+        removed
+    }
+
+    /// Publishes delayed messages as they fall due, until shutdown (what still waits then is
+    /// saved with the sessions).
+    pub async fn run_delayed(self: Arc<Self>) {
+        let mut shutdown = self.shutdown_signal();
+        loop {
+            let wait = match self.delayed.next_due() {
+                Some(due) => Duration::from_millis(due.saturating_sub(now_ms())),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.delayed.wake.notified() => {}
+                _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => return,
+            }
+            for m in self.delayed.take_due(now_ms()) {
+                self.store_op(Op::DeleteDelayed { id: m.id });
+                let expired = m
+                    .message
+                    .expires_at
+                    .is_some_and(|t| t <= tokio::time::Instant::now());
+                if expired {
+                    metrics::add(&self.metrics.messages_dropped, 1);
+                    continue;
+                }
+                self.publish(m.message, m.username.as_deref(), false);
+            }
+        }
+    }
+
     /// Builds a broker message from a plugin's.
     fn message_from_plugin(m: OutgoingMessage) -> Result<Message, String> {
         let topic = TopicName::new(m.topic.as_str()).map_err(|e| e.to_string())?;
@@ -244,20 +285,13 @@ impl Broker {
                 .correlation_data
                 .into_option()
                 .map(|c| Vec::from(c).into()),
+            message_expiry_interval: m.message_expiry_interval.into_option(),
             ..Default::default()
         };
-        Ok(Message {
-            topic,
-            payload: Vec::from(m.payload).into(),
-            qos,
-            retain: m.retain,
-            properties: properties.into(),
-            publisher: None,
-            expires_at: m
-                .message_expiry_interval
-                .into_option()
-                .map(|s| tokio::time::Instant::now() + Duration::from_secs(s as u64)),
-        })
+        let payload = Vec::from(m.payload).into();
+        Ok(Message::new(
+            topic, payload, qos, m.retain, properties, None,
+        ))
     }
 
     /// Publishes a message on behalf of a plugin (host service).
@@ -383,6 +417,20 @@ impl Broker {
         previous.is_none()
     }
 
+    /// Removes subscription `key` (as it was stored) from `session` and the router; returns it.
+    pub fn remove_subscription(&self, session: &Session, key: &str) -> Option<Subscription> {
+        let sub = session.subscriptions.lock().remove(key)?;
+        self.router
+            .write()
+            .remove(sub.group.as_ref(), &sub.filter, &session.id);
+        Some(sub)
+    }
+
+    /// Subscriptions in the router (every session's, shared ones once per member).
+    pub fn subscription_count(&self) -> usize {
+        self.router.read().len()
+    }
+
     /// Removes subscription `raw` (as it was subscribed) from a session, online or offline,
     /// as if its client had sent UNSUBSCRIBE (management API). Returns false when the session
     /// has no such subscription.
@@ -390,12 +438,9 @@ impl Broker {
         let session = self
             .session(client_id)
             .ok_or_else(|| format!("no session for client {client_id:?}"))?;
-        let Some(sub) = session.subscriptions.lock().remove(raw) else {
+        let Some(sub) = self.remove_subscription(&session, raw) else {
             return Ok(false);
         };
-        self.router
-            .write()
-            .remove(sub.group.as_ref(), &sub.filter, &session.id);
         self.store_session(&session);
         if self.hooks.enabled(HookPoint::SESSION_UNSUBSCRIBED) {
             let info = session.info.lock().clone();
@@ -696,6 +741,7 @@ impl Broker {
             snapshot.store_commits = store.stats.commits.load(Ordering::Relaxed);
             snapshot.store_pending = store.pending();
         }
+        snapshot.delayed_messages = self.delayed.len() as u64;
         snapshot
     }
 

@@ -98,6 +98,8 @@ metrics! {
     Counter store_commits,
     /// Changes submitted to the session store and not yet committed.
     Gauge store_pending,
+    /// Delayed publishes (`$delayed/<seconds>/<topic>`) waiting for their time.
+    Gauge delayed_messages,
 }
 
 /// Adds `n` to a counter.

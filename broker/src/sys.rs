@@ -38,7 +38,7 @@ pub fn sys_values(broker: &Broker) -> Vec<(String, String)> {
         ),
         (
             "stats/subscriptions".to_owned(),
-            broker.router.read().len().to_string(),
+            broker.subscription_count().to_string(),
         ),
     ];
     for e in broker.metrics_snapshot().entries() {
@@ -67,15 +67,15 @@ pub fn publish_sys(broker: &Broker) -> usize {
             tracing::warn!(node = %broker.config.node_name, "node name makes an invalid $SYS topic");
             return published;
         };
-        let message = Message {
+        let payload = Bytes::from(value);
+        let message = Message::new(
             topic,
-            payload: Bytes::from(value),
-            qos: QoS::AtMostOnce,
-            retain: true,
-            properties: Default::default(),
-            publisher: None,
-            expires_at: None,
-        };
+            payload,
+            QoS::AtMostOnce,
+            true,
+            Default::default(),
+            None,
+        );
         broker.publish(message, None, false);
         published += 1;
     }
@@ -142,7 +142,7 @@ pub fn prometheus(broker: &Broker) -> String {
         "gauge",
         "Subscriptions currently held.",
     );
-    let _ = writeln!(out, "broker_subscriptions {}", broker.router.read().len());
+    let _ = writeln!(out, "broker_subscriptions {}", broker.subscription_count());
     for e in broker.metrics_snapshot().entries() {
         let (name, kind) = match e.kind {
             MetricKind::Counter => (format!("broker_{}_total", e.name), "counter"),

@@ -101,6 +101,11 @@ pub fn router(state: ApiState) -> Router {
             "/api/v5/mqtt/retainer/message/{*topic}",
             get(retained_get).delete(retained_delete),
         )
+        .route("/api/v5/mqtt/delayed/messages", get(delayed_list))
+        .route(
+            "/api/v5/mqtt/delayed/messages/{id}",
+            get(delayed_get).delete(delayed_delete),
+        )
         .route("/api/v5/plugins", get(plugins))
         .route("/api/v5/plugins/{name}", get(plugin))
         .route(
@@ -236,7 +241,7 @@ async fn status(State(s): State<ApiState>) -> Json<Status> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_secs: b.started.elapsed().as_secs(),
         sessions: b.session_count(),
-        subscriptions: b.router.read().len(),
+        subscriptions: b.subscription_count(),
         metrics: b.metrics_snapshot(),
     })
 }
@@ -254,7 +259,7 @@ fn node_of(b: &Broker) -> Node {
         uptime: b.started.elapsed().as_millis() as u64,
         connections: b.metrics_snapshot().connections,
         sessions: b.session_count(),
-        subscriptions: b.router.read().len(),
+        subscriptions: b.subscription_count(),
         memory_used: resident_bytes(),
         pid: std::process::id(),
     }
@@ -315,7 +320,7 @@ async fn stats(State(s): State<ApiState>) -> Json<serde_json::Value> {
         "connections.count": m.connections,
         "live_connections.count": m.connections,
         "sessions.count": b.session_count(),
-        "subscriptions.count": b.router.read().len(),
+        "subscriptions.count": b.subscription_count(),
         "retained.count": retained,
     }))
 }
@@ -900,6 +905,84 @@ async fn retained_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The API's view of one delayed publish; with its payload when `payload`.
+fn delayed_view(node: &str, m: &crate::delayed::DelayedMessage, payload: bool) -> DelayedMessage {
+    let msg = &m.message;
+    DelayedMessage {
+        msgid: m.id.to_string(),
+        node: node.to_owned(),
+        topic: msg.topic.as_str().to_owned(),
+        qos: msg.qos as u8,
+        retain: msg.retain,
+        publish_at: rfc3339(m.published_ms),
+        expected_at: rfc3339(m.due_ms),
+        delayed_interval: m.due_ms.saturating_sub(m.published_ms) / 1000,
+        delayed_remaining: m.due_ms.saturating_sub(now_ms()).div_ceil(1000),
+        from_clientid: msg.publisher.as_deref().map(str::to_owned),
+        from_username: m.username.clone(),
+        payload_size: msg.payload.len(),
+        payload: payload.then(|| base64::engine::general_purpose::STANDARD.encode(&msg.payload)),
+    }
+}
+
+/// Delayed publishes (`$delayed/<seconds>/<topic>`) waiting, earliest first.
+#[utoipa::path(get, path = "/api/v5/mqtt/delayed/messages", tag = "delayed",
+    params(Paging),
+    responses((status = 200, body = Page<DelayedMessage>), (status = 400, body = ApiError)))]
+async fn delayed_list(
+    State(s): State<ApiState>,
+    Query(p): Query<Paging>,
+) -> ApiResult<Json<Page<DelayedMessage>>> {
+    let node = &s.broker.config.node_name;
+    let mut list = Vec::new();
+    s.broker
+        .delayed
+        .for_each(|m| list.push(delayed_view(node, m, false)));
+    Ok(Json(paged(list, p)?))
+}
+
+fn delayed_id(id: &str) -> ApiResult<u64> {
+    id.parse()
+        .map_err(|_| Failure::bad_request(format!("{id:?} is not a delayed message id")))
+}
+
+/// One delayed publish with its payload (base64).
+#[utoipa::path(get, path = "/api/v5/mqtt/delayed/messages/{id}", tag = "delayed",
+    params(("id" = String, Path, description = "Message id")),
+    responses((status = 200, body = DelayedMessage), (status = 404, body = ApiError)))]
+async fn delayed_get(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DelayedMessage>> {
+    let id = delayed_id(&id)?;
+    let node = &s.broker.config.node_name;
+    let mut found = None;
+    s.broker.delayed.for_each(|m| {
+        if m.id == id {
+            found = Some(delayed_view(node, m, true));
+        }
+    });
+    found
+        .map(Json)
+        .ok_or_else(|| Failure::not_found(format!("no delayed message {id}")))
+}
+
+/// Cancels a delayed publish: it is never published.
+#[utoipa::path(delete, path = "/api/v5/mqtt/delayed/messages/{id}", tag = "delayed",
+    params(("id" = String, Path, description = "Message id")),
+    responses((status = 204), (status = 404, body = ApiError)))]
+async fn delayed_delete(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = delayed_id(&id)?;
+    if s.broker.cancel_delayed(id) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Failure::not_found(format!("no delayed message {id}")))
+    }
+}
+
 /// Every plugin found, loaded or not, with its hooks and counters.
 #[utoipa::path(get, path = "/api/v5/plugins", tag = "plugins",
     responses((status = 200, body = Object)))]
@@ -1118,7 +1201,8 @@ async fn delete_api_key(
     paths(health, openapi, status, nodes, node, stats, metrics, prometheus, clients, client, kick,
         client_subscriptions, subscribe, subscribe_bulk, unsubscribe, unsubscribe_bulk,
         clean_client_acl_cache, clean_acl_cache, sessions, session, drop_session, subscriptions,
-        publish, publish_bulk, retained_list, retained_get, retained_delete, plugins, plugin,
+        publish, publish_bulk, retained_list, retained_get, retained_delete, delayed_list,
+        delayed_get, delayed_delete, plugins, plugin,
         plugin_action, commands, run_command, listeners, api_keys, create_api_key,
         delete_api_key),
     modifiers(&SecuritySchemes),

@@ -327,6 +327,38 @@ pub struct Retained {
     pub payload: Option<String>,
 }
 
+/// A delayed publish waiting for its time (`GET /api/v5/mqtt/delayed/messages`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DelayedMessage {
+    /// Its id (`brokerctl delayed del <id>`).
+    pub msgid: String,
+    /// Node that holds it.
+    pub node: String,
+    /// The topic it will be published to.
+    pub topic: String,
+    /// QoS.
+    pub qos: u8,
+    /// RETAIN flag.
+    pub retain: bool,
+    /// When it was published to `$delayed/…`.
+    pub publish_at: String,
+    /// When it will be published.
+    pub expected_at: String,
+    /// The delay asked for, seconds.
+    pub delayed_interval: u64,
+    /// Seconds left.
+    pub delayed_remaining: u64,
+    /// Publisher's client id.
+    pub from_clientid: Option<String>,
+    /// Publisher's user name.
+    pub from_username: Option<String>,
+    /// Payload size in bytes.
+    pub payload_size: usize,
+    /// Payload, base64 (single-message answers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+}
+
 /// Filters of `GET /api/v5/mqtt/retainer/messages`.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -158,15 +158,21 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         let store = Store::open(&path)?;
         broker.attach_store(store.clone());
         persist::restore(&broker, &store);
+        let delayed = persist::restore_delayed(&broker, &store);
+        if delayed > 0 {
+            tracing::info!(delayed, "delayed publishes restored");
+        }
         if durability == Durability::Graceful {
             // What was read is in memory now; a crash must not bring this state back later.
-            store.replace_all(Vec::new())?;
+            store.replace_all(Vec::new(), Vec::new())?;
         }
     }
     let legacy = data_dir.join("sessions.jsonl");
     if legacy.exists() {
         tracing::warn!(file = %legacy.display(), "sessions saved by an older version are not read (the session store replaced this file); remove it");
     }
+
+    tokio::spawn(broker.clone().run_delayed());
 
     // $SYS values exist (and are retained, with the retainer loaded) before the first client.
     if broker.config.sys.interval_secs > 0 {
@@ -210,10 +216,11 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     }
     if let Some(store) = broker.store.get() {
         let snapshot = persist::snapshot(&broker);
-        let n = snapshot.len();
-        match store.replace_all(snapshot) {
+        let delayed = persist::delayed_snapshot(&broker);
+        let (n, d) = (snapshot.len(), delayed.len());
+        match store.replace_all(snapshot, delayed) {
             Ok(()) => {
-                tracing::info!(sessions = n, file = %store.path().display(), "sessions saved")
+                tracing::info!(sessions = n, delayed = d, file = %store.path().display(), "sessions saved")
             }
             Err(e) => tracing::error!(error = %e, "cannot save sessions"),
         }

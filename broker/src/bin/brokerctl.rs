@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use broker::admin::client::{segment, ApiClient};
 use broker::admin::{
-    ApiError, ApiKeyCreated, ApiKeyInfo, Client, CommandInfo, MessageReply, Page, PluginDetail,
-    PublishReply, Retained, Session, Status, Subscription,
+    ApiError, ApiKeyCreated, ApiKeyInfo, Client, CommandInfo, DelayedMessage, MessageReply, Page,
+    PluginDetail, PublishReply, Retained, Session, Status, Subscription,
 };
 use broker::config::Config;
 use broker::plugin::PluginList;
@@ -74,6 +74,9 @@ enum Cmd {
     /// Retained messages (kept by the retainer plugin).
     #[command(subcommand)]
     Retained(RetainedCmd),
+    /// Delayed publishes (`$delayed/<seconds>/<topic>`) waiting for their time.
+    #[command(subcommand)]
+    Delayed(DelayedCmd),
     /// API keys for scripts and the dashboard (admin token only).
     #[command(subcommand)]
     Apikey(ApikeyCmd),
@@ -275,6 +278,23 @@ enum RetainedCmd {
     Delete {
         /// Topic name.
         topic: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DelayedCmd {
+    /// List the delayed publishes waiting, earliest first.
+    List,
+    /// One delayed publish with its payload.
+    Show {
+        /// Message id (from `delayed list`).
+        id: String,
+    },
+    /// Cancel a delayed publish: it is never published.
+    #[command(alias = "delete")]
+    Del {
+        /// Message id (from `delayed list`).
+        id: String,
     },
 }
 
@@ -860,6 +880,43 @@ fn run(cli: &Cli) -> CtlResult {
                 Ok(())
             }
         },
+        Cmd::Delayed(dc) => match dc {
+            DelayedCmd::List => {
+                let list: Vec<DelayedMessage> = all_pages(&api, "/api/v5/mqtt/delayed/messages")?;
+                if j {
+                    println!("{}", json!(list));
+                    return Ok(());
+                }
+                for d in &list {
+                    print_delayed(d);
+                }
+                println!("{} delayed message(s)", list.len());
+                Ok(())
+            }
+            DelayedCmd::Show { id } => show(
+                j,
+                &c(
+                    "GET",
+                    &format!("/api/v5/mqtt/delayed/messages/{}", segment(id)),
+                    None,
+                )?,
+                |d: DelayedMessage| {
+                    print_delayed(&d);
+                    if let Some(p) = d.payload {
+                        println!("payload (base64): {p}");
+                    }
+                },
+            ),
+            DelayedCmd::Del { id } => {
+                c(
+                    "DELETE",
+                    &format!("/api/v5/mqtt/delayed/messages/{}", segment(id)),
+                    None,
+                )?;
+                println!("Delayed message {id} deleted.");
+                Ok(())
+            }
+        },
         Cmd::Apikey(ac) => match ac {
             ApikeyCmd::Create {
                 name,
@@ -1086,4 +1143,18 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// One line per delayed publish.
+fn print_delayed(d: &DelayedMessage) {
+    println!(
+        "Delayed({}, topic={}, qos={}, bytes={}, at={}, in={}s, from={})",
+        d.msgid,
+        d.topic,
+        d.qos,
+        d.payload_size,
+        d.expected_at,
+        d.delayed_remaining,
+        d.from_clientid.as_deref().unwrap_or("-")
+    );
 }

@@ -5,49 +5,95 @@
 
 #![allow(missing_docs)]
 
-pub const SUCCESS: u8 = 0x00;
-pub const GRANTED_QOS_1: u8 = 0x01;
-pub const GRANTED_QOS_2: u8 = 0x02;
-pub const DISCONNECT_WITH_WILL: u8 = 0x04;
-pub const NO_MATCHING_SUBSCRIBERS: u8 = 0x10;
-pub const NO_SUBSCRIPTION_EXISTED: u8 = 0x11;
-pub const CONTINUE_AUTHENTICATION: u8 = 0x18;
-pub const RE_AUTHENTICATE: u8 = 0x19;
-pub const UNSPECIFIED_ERROR: u8 = 0x80;
-pub const MALFORMED_PACKET: u8 = 0x81;
-pub const PROTOCOL_ERROR: u8 = 0x82;
-pub const IMPLEMENTATION_SPECIFIC_ERROR: u8 = 0x83;
-pub const UNSUPPORTED_PROTOCOL_VERSION: u8 = 0x84;
-pub const CLIENT_IDENTIFIER_NOT_VALID: u8 = 0x85;
-pub const BAD_USER_NAME_OR_PASSWORD: u8 = 0x86;
-pub const NOT_AUTHORIZED: u8 = 0x87;
-pub const SERVER_UNAVAILABLE: u8 = 0x88;
-pub const SERVER_BUSY: u8 = 0x89;
-pub const BANNED: u8 = 0x8A;
-pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
-pub const BAD_AUTHENTICATION_METHOD: u8 = 0x8C;
-pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
-pub const SESSION_TAKEN_OVER: u8 = 0x8E;
-pub const TOPIC_FILTER_INVALID: u8 = 0x8F;
-pub const TOPIC_NAME_INVALID: u8 = 0x90;
-pub const PACKET_IDENTIFIER_IN_USE: u8 = 0x91;
-pub const PACKET_IDENTIFIER_NOT_FOUND: u8 = 0x92;
-pub const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
-pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
-pub const PACKET_TOO_LARGE: u8 = 0x95;
-pub const MESSAGE_RATE_TOO_HIGH: u8 = 0x96;
-pub const QUOTA_EXCEEDED: u8 = 0x97;
-pub const ADMINISTRATIVE_ACTION: u8 = 0x98;
-pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
-pub const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
-pub const QOS_NOT_SUPPORTED: u8 = 0x9B;
-pub const USE_ANOTHER_SERVER: u8 = 0x9C;
-pub const SERVER_MOVED: u8 = 0x9D;
-pub const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0x9E;
-pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
-pub const MAXIMUM_CONNECT_TIME: u8 = 0xA0;
-pub const SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED: u8 = 0xA1;
-pub const WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0xA2;
+/// Declares [`ReasonCode`] and, for the wire structs that carry a bare byte, one `u8` constant
+/// per code, from a single list.
+macro_rules! reason_codes {
+    ($($variant:ident = $value:literal => $constant:ident,)*) => {
+        /// An MQTT 5 reason code (section 2.4). Decisions inside the broker carry this type;
+        /// packets carry the byte ([`ReasonCode::get`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum ReasonCode {
+            $($variant = $value,)*
+        }
+
+        impl ReasonCode {
+            /// The code for `byte`, if the specification defines one.
+            pub fn from_u8(byte: u8) -> Option<ReasonCode> {
+                match byte {
+                    $($value => Some(ReasonCode::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+
+        $(pub const $constant: u8 = $value;)*
+    };
+}
+
+reason_codes! {
+    Success = 0x00 => SUCCESS,
+    GrantedQos1 = 0x01 => GRANTED_QOS_1,
+    GrantedQos2 = 0x02 => GRANTED_QOS_2,
+    DisconnectWithWill = 0x04 => DISCONNECT_WITH_WILL,
+    NoMatchingSubscribers = 0x10 => NO_MATCHING_SUBSCRIBERS,
+    NoSubscriptionExisted = 0x11 => NO_SUBSCRIPTION_EXISTED,
+    ContinueAuthentication = 0x18 => CONTINUE_AUTHENTICATION,
+    ReAuthenticate = 0x19 => RE_AUTHENTICATE,
+    UnspecifiedError = 0x80 => UNSPECIFIED_ERROR,
+    MalformedPacket = 0x81 => MALFORMED_PACKET,
+    ProtocolError = 0x82 => PROTOCOL_ERROR,
+    ImplementationSpecificError = 0x83 => IMPLEMENTATION_SPECIFIC_ERROR,
+    UnsupportedProtocolVersion = 0x84 => UNSUPPORTED_PROTOCOL_VERSION,
+    ClientIdentifierNotValid = 0x85 => CLIENT_IDENTIFIER_NOT_VALID,
+    BadUserNameOrPassword = 0x86 => BAD_USER_NAME_OR_PASSWORD,
+    NotAuthorized = 0x87 => NOT_AUTHORIZED,
+    ServerUnavailable = 0x88 => SERVER_UNAVAILABLE,
+    ServerBusy = 0x89 => SERVER_BUSY,
+    Banned = 0x8A => BANNED,
+    ServerShuttingDown = 0x8B => SERVER_SHUTTING_DOWN,
+    BadAuthenticationMethod = 0x8C => BAD_AUTHENTICATION_METHOD,
+    KeepAliveTimeout = 0x8D => KEEP_ALIVE_TIMEOUT,
+    SessionTakenOver = 0x8E => SESSION_TAKEN_OVER,
+    TopicFilterInvalid = 0x8F => TOPIC_FILTER_INVALID,
+    TopicNameInvalid = 0x90 => TOPIC_NAME_INVALID,
+    PacketIdentifierInUse = 0x91 => PACKET_IDENTIFIER_IN_USE,
+    PacketIdentifierNotFound = 0x92 => PACKET_IDENTIFIER_NOT_FOUND,
+    ReceiveMaximumExceeded = 0x93 => RECEIVE_MAXIMUM_EXCEEDED,
+    TopicAliasInvalid = 0x94 => TOPIC_ALIAS_INVALID,
+    PacketTooLarge = 0x95 => PACKET_TOO_LARGE,
+    MessageRateTooHigh = 0x96 => MESSAGE_RATE_TOO_HIGH,
+    QuotaExceeded = 0x97 => QUOTA_EXCEEDED,
+    AdministrativeAction = 0x98 => ADMINISTRATIVE_ACTION,
+    PayloadFormatInvalid = 0x99 => PAYLOAD_FORMAT_INVALID,
+    RetainNotSupported = 0x9A => RETAIN_NOT_SUPPORTED,
+    QosNotSupported = 0x9B => QOS_NOT_SUPPORTED,
+    UseAnotherServer = 0x9C => USE_ANOTHER_SERVER,
+    ServerMoved = 0x9D => SERVER_MOVED,
+    SharedSubscriptionsNotSupported = 0x9E => SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+    ConnectionRateExceeded = 0x9F => CONNECTION_RATE_EXCEEDED,
+    MaximumConnectTime = 0xA0 => MAXIMUM_CONNECT_TIME,
+    SubscriptionIdentifiersNotSupported = 0xA1 => SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+    WildcardSubscriptionsNotSupported = 0xA2 => WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED,
+}
+
+impl ReasonCode {
+    /// The byte on the wire.
+    pub const fn get(self) -> u8 {
+        self as u8
+    }
+
+    /// True for failures (0x80 and above).
+    pub const fn is_error(self) -> bool {
+        self as u8 >= 0x80
+    }
+}
+
+impl From<ReasonCode> for u8 {
+    fn from(code: ReasonCode) -> u8 {
+        code.get()
+    }
+}
 
 /// MQTT 3.x CONNACK return codes (3.1.1 section 3.2.2.3).
 pub mod v3 {

@@ -443,6 +443,9 @@ pub struct Limits {
     /// PINGREQ, SUBSCRIBE and UNSUBSCRIBE packets read per connection per second; beyond it
     /// the connection is not read until the next second. 0 = no limit.
     pub max_control_rate: u32,
+    /// Delayed publishes (`$delayed/<seconds>/<topic>`) waiting at once; beyond it they are
+    /// refused. 0 = delayed publish off (`$delayed/…` is then an ordinary topic).
+    pub max_delayed_messages: usize,
 }
 
 impl Default for Limits {
@@ -462,6 +465,7 @@ impl Default for Limits {
             memory_high_watermark: 1024 * 1024 * 1024,
             slow_consumer_timeout: 30,
             max_control_rate: 1000,
+            max_delayed_messages: 100_000,
         }
     }
 }

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use plugin_api::{EditKind, EditOp};
 
 use crate::codec::QoS;
+use crate::message::Message;
 use crate::router::TopicName;
-use crate::session::Message;
 
 /// Applies `ops` in order; returns false when one of them drops the message.
 pub fn apply(

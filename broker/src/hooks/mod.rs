@@ -513,7 +513,7 @@ impl Hooks {
     /// want it. Returns false when a plugin dropped the message.
     pub fn message_publish(
         &self,
-        message: &mut crate::session::Message,
+        message: &mut crate::message::Message,
         username: Option<&str>,
         is_will: bool,
     ) -> bool {
@@ -522,7 +522,7 @@ impl Hooks {
         }
         let table = self.table.load();
         let plugins = table.at(HookPoint::MESSAGE_PUBLISH);
-        let now = crate::broker::coarse_now_ms();
+        let now = crate::clock::coarse_now_ms();
         let mut next = 0;
         // The view is built once and reused by every plugin until one edits the message.
         loop {

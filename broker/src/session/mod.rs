@@ -16,14 +16,18 @@
 //!   and hands them back when it ends, so a resumed session redelivers with DUP set;
 //! * its **subscriptions**, mirrored in the router's trie.
 //!
-//! [`connection::serve`] runs one network connection from CONNECT to close.
+//! [`protocol`] holds the session's protocol rules without I/O (negotiation, QoS state, topic
+//! aliases, time limits); [`connection::serve`] runs one network connection from CONNECT to
+//! close around them.
 //!
 //! Lock order: registry → router → session locks; of a session's locks only `control` →
 //! `parked` are ever held together. None is held across `.await`.
 
-pub mod alias;
+pub use crate::message::{Message, MessageProperties};
+
 pub mod connection;
 pub mod persist;
+pub mod protocol;
 pub mod store;
 
 /// Subscription options as plugins see them.
@@ -40,124 +44,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::codec::{PacketId, Properties, QoS, SubscriptionOptions};
-use crate::router::{TopicFilter, TopicName};
-
-/// A message's properties, boxed and only when there are any: most messages have none, and a
-/// queued message should cost its payload, not the 300-odd bytes of an empty [`Properties`].
-/// Reads through [`std::ops::Deref`] see an empty [`Properties`] when there are none.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MessageProperties(Option<Box<Properties>>);
-
-impl From<Properties> for MessageProperties {
-    fn from(p: Properties) -> Self {
-        MessageProperties((!p.is_empty()).then(|| Box::new(p)))
-    }
-}
-
-impl MessageProperties {
-    /// The properties, to change (boxed on first use).
-    pub fn make_mut(&mut self) -> &mut Properties {
-        self.0.get_or_insert_with(Box::default)
-    }
-
-    /// Drops the box again when every property is empty.
-    pub fn shrink(&mut self) {
-        if self.0.as_ref().is_some_and(|p| p.is_empty()) {
-            self.0 = None;
-        }
-    }
-
-    /// Bytes the properties take beyond the message record itself (their box).
-    pub fn boxed_size(&self) -> usize {
-        self.0
-            .as_ref()
-            .map_or(0, |_| std::mem::size_of::<Properties>())
-    }
-}
-
-impl std::ops::Deref for MessageProperties {
-    type Target = Properties;
-
-    fn deref(&self) -> &Properties {
-        static EMPTY: std::sync::LazyLock<Properties> =
-            std::sync::LazyLock::new(Properties::default);
-        self.0.as_deref().unwrap_or(&EMPTY)
-    }
-}
-
-/// An application message being routed. Shared by every delivery (`Arc`): the payload is never
-/// copied per subscriber.
-#[derive(Debug)]
-pub struct Message {
-    /// Topic it was published to.
-    pub topic: TopicName,
-    /// Payload.
-    pub payload: Bytes,
-    /// QoS it was published with.
-    pub qos: QoS,
-    /// RETAIN flag as published.
-    pub retain: bool,
-    /// v5 properties forwarded to subscribers (payload format, content type, response topic,
-    /// correlation data, user properties). Message expiry is kept in `expires_at` instead.
-    pub properties: MessageProperties,
-    /// Client id of the publisher (None for messages the broker itself publishes).
-    pub publisher: Option<Arc<str>>,
-    /// When the message expires (v5 Message Expiry Interval).
-    pub expires_at: Option<Instant>,
-}
-
-impl Message {
-    /// Views of the user properties, for [`Message::view`].
-    pub fn user_property_views(&self) -> Vec<plugin_api::UserPropertyView<'_>> {
-        self.properties
-            .user_properties
-            .iter()
-            .map(|(k, v)| plugin_api::UserPropertyView {
-                key: k.as_str().into(),
-                value: v.as_str().into(),
-            })
-            .collect()
-    }
-
-    /// The message as plugins see it, borrowed; `user_properties` must hold views of
-    /// `self.properties.user_properties`.
-    pub fn view<'a>(
-        &'a self,
-        user_properties: &'a [plugin_api::UserPropertyView<'a>],
-    ) -> plugin_api::MessageView<'a> {
-        let p = &self.properties;
-        plugin_api::MessageView {
-            topic: self.topic.as_str().into(),
-            payload: self.payload.as_ref().into(),
-            qos: self.qos as u8,
-            retain: self.retain,
-            publisher: self.publisher.as_deref().map(Into::into).into(),
-            username: None.into(),
-            is_will: false,
-            // Rounded up: 0.9 s left is 1 s, not "0 = never" to a plugin storing it.
-            message_expiry_interval: self
-                .expires_at
-                .map(|t| {
-                    t.saturating_duration_since(Instant::now())
-                        .as_millis()
-                        .div_ceil(1000) as u32
-                })
-                .into(),
-            payload_format_indicator: p.payload_format_indicator.into(),
-            content_type: p.content_type.as_deref().map(Into::into).into(),
-            response_topic: p.response_topic.as_deref().map(Into::into).into(),
-            correlation_data: p.correlation_data.as_deref().map(Into::into).into(),
-            user_properties: user_properties.into(),
-            timestamp_ms: 0,
-        }
-    }
-}
+use crate::codec::{PacketId, QoS, SubscriptionOptions};
+use crate::router::TopicFilter;
 
 /// One message on its way to one session, with what the matching subscriptions decided.
 #[derive(Debug, Clone)]
@@ -648,5 +540,25 @@ impl Session {
 
     pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.notify.notified()
+    }
+}
+
+/// A stored-nowhere delivery of an empty message to `t`, for the protocol unit tests.
+#[cfg(test)]
+pub(crate) fn test_delivery(qos: QoS) -> Delivery {
+    Delivery {
+        message: Arc::new(Message {
+            topic: crate::router::TopicName::new("t").expect("valid topic"),
+            payload: bytes::Bytes::new(),
+            qos,
+            retain: false,
+            properties: MessageProperties::default(),
+            publisher: None,
+            expires_at: None,
+        }),
+        qos,
+        retain: false,
+        subscription_ids: Vec::new(),
+        seq: 0,
     }
 }

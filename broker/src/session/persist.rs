@@ -21,8 +21,12 @@
 //! is dropped. A session online at a crash is counted as offline from the restart. A record
 //! that cannot be decoded is skipped with an error naming the client; the rest load.
 //!
+//! Delayed publishes ([`crate::delayed`]) are kept the same way: written as they arrive with
+//! `"ack"`, at a graceful stop with `"graceful"`, read back by [`restore_delayed`].
+//!
 //! Formats: the session record is JSON; a delivery is a big-endian u32 length, a JSON header
-//! (QoS, flags, subscription ids, the message's topic and properties) and the raw payload.
+//! (QoS, flags, subscription ids, the message's topic and properties) and the raw payload; a
+//! delayed publish likewise, its header holding when it is due and who published it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -59,6 +63,16 @@ struct SubscriptionRecord {
     retain_as_published: bool,
     retain_handling: u8,
     id: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct DelayedHeader {
+    /// Unix time (ms) it is due.
+    due_ms: u64,
+    /// Unix time (ms) it was published.
+    published_ms: u64,
+    username: Option<String>,
+    message: MessageMeta,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -165,12 +179,100 @@ pub fn encode_delivery(d: &Delivery) -> Bytes {
         subscription_ids: d.subscription_ids.clone(),
         message: MessageMeta::of(&d.message, Instant::now(), unix_ms(SystemTime::now())),
     };
-    let json = serde_json::to_vec(&header).unwrap_or_default();
-    let mut out = BytesMut::with_capacity(4 + json.len() + d.message.payload.len());
+    frame(&header, &d.message.payload)
+}
+
+/// A JSON header and a payload, as stored: big-endian u32 header length, header, payload.
+fn frame(header: &impl Serialize, payload: &[u8]) -> Bytes {
+    let json = serde_json::to_vec(header).unwrap_or_default();
+    let mut out = BytesMut::with_capacity(4 + json.len() + payload.len());
     out.put_u32(json.len() as u32);
     out.put_slice(&json);
-    out.put_slice(&d.message.payload);
+    out.put_slice(payload);
     out.freeze()
+}
+
+/// Splits what [`frame`] wrote.
+fn unframe<'a, H: Deserialize<'a>>(bytes: &'a [u8]) -> Result<(H, Bytes), String> {
+    let len = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes)
+        .ok_or("record shorter than its header length")? as usize;
+    let json = bytes
+        .get(4..4 + len)
+        .ok_or("record shorter than its header")?;
+    let header = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    Ok((header, Bytes::copy_from_slice(&bytes[4 + len..])))
+}
+
+/// Encodes a delayed publish for the store.
+pub fn encode_delayed(m: &crate::delayed::DelayedMessage) -> Bytes {
+    let header = DelayedHeader {
+        due_ms: m.due_ms,
+        published_ms: m.published_ms,
+        username: m.username.clone(),
+        message: MessageMeta::of(&m.message, Instant::now(), unix_ms(SystemTime::now())),
+    };
+    frame(&header, &m.message.payload)
+}
+
+/// Decodes a stored delayed publish; `Ok(None)` when its message expired meanwhile.
+fn decode_delayed(
+    bytes: &[u8],
+    id: u64,
+    now: Instant,
+    wall_now: u64,
+) -> Result<Option<crate::delayed::DelayedMessage>, String> {
+    let (header, payload): (DelayedHeader, _) = unframe(bytes)?;
+    Ok(header
+        .message
+        .into_message(payload, now, wall_now)?
+        .map(|message| crate::delayed::DelayedMessage {
+            id,
+            due_ms: header.due_ms,
+            published_ms: header.published_ms,
+            message,
+            username: header.username,
+        }))
+}
+
+/// Every delayed publish waiting, encoded for [`Store::replace_all`] at a graceful stop.
+pub fn delayed_snapshot(broker: &Broker) -> Vec<(u64, Bytes)> {
+    let mut out = Vec::new();
+    broker
+        .delayed
+        .for_each(|m| out.push((m.id, encode_delayed(m))));
+    out
+}
+
+/// Reads the stored delayed publishes back into the broker's list (those due meanwhile are
+/// published as soon as the broker runs). Returns how many.
+pub fn restore_delayed(broker: &Broker, store: &Store) -> usize {
+    let loaded = match store.load_delayed() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the delayed publishes: starting without them");
+            return 0;
+        }
+    };
+    let (now, wall_now) = (Instant::now(), unix_ms(SystemTime::now()));
+    let mut restored = 0;
+    for (id, bytes) in loaded {
+        match decode_delayed(&bytes, id, now, wall_now) {
+            Ok(Some(m)) => {
+                // Those already stored are restored whatever the limit is now.
+                if broker.delayed.add(m, usize::MAX).is_ok() {
+                    restored += 1;
+                }
+            }
+            Ok(None) => {
+                store.submit(super::store::Op::DeleteDelayed { id });
+            }
+            Err(e) => tracing::error!(id, error = %e, "stored delayed publish unreadable: skipped"),
+        }
+    }
+    restored
 }
 
 /// Decodes a stored delivery; `Ok(None)` when its message expired meanwhile.
@@ -180,16 +282,7 @@ fn decode_delivery(
     now: Instant,
     wall_now: u64,
 ) -> Result<Option<Delivery>, String> {
-    let len = bytes
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_be_bytes)
-        .ok_or("delivery shorter than its header length")? as usize;
-    let json = bytes
-        .get(4..4 + len)
-        .ok_or("delivery shorter than its header")?;
-    let header: DeliveryHeader = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-    let payload = Bytes::copy_from_slice(&bytes[4 + len..]);
+    let (header, payload): (DeliveryHeader, _) = unframe(bytes)?;
     let qos = QoS::from_u8(header.qos).ok_or("bad QoS")?;
     Ok(header
         .message
@@ -290,6 +383,30 @@ struct RestoredSubscription {
     id: Option<u32>,
 }
 
+impl SubscriptionRecord {
+    /// The subscription this record describes.
+    fn restore(self) -> Result<RestoredSubscription, String> {
+        let (group, filter) = TopicFilter::parse(&self.filter).map_err(|e| e.to_string())?;
+        let options = SubscriptionOptions {
+            qos: QoS::from_u8(self.qos).ok_or("bad QoS")?,
+            no_local: self.no_local,
+            retain_as_published: self.retain_as_published,
+            retain_handling: match self.retain_handling {
+                0 => RetainHandling::SendAtSubscribe,
+                1 => RetainHandling::SendIfNew,
+                _ => RetainHandling::DoNotSend,
+            },
+        };
+        Ok(RestoredSubscription {
+            raw: self.filter,
+            group,
+            filter,
+            options,
+            id: self.id,
+        })
+    }
+}
+
 /// A session read back, not yet registered.
 struct Restored {
     session: Arc<Session>,
@@ -321,27 +438,11 @@ fn rebuild(
         .expiry_interval
         .store(r.expiry_interval as u64, Ordering::Relaxed);
     *session.offline_since.lock() = Some(UNIX_EPOCH + Duration::from_millis(offline_since_ms));
-    let mut subscriptions = Vec::with_capacity(r.subscriptions.len());
-    for sub in r.subscriptions {
-        let (group, filter) = TopicFilter::parse(&sub.filter).map_err(|e| e.to_string())?;
-        let options = SubscriptionOptions {
-            qos: QoS::from_u8(sub.qos).ok_or("bad QoS")?,
-            no_local: sub.no_local,
-            retain_as_published: sub.retain_as_published,
-            retain_handling: match sub.retain_handling {
-                0 => RetainHandling::SendAtSubscribe,
-                1 => RetainHandling::SendIfNew,
-                _ => RetainHandling::DoNotSend,
-            },
-        };
-        subscriptions.push(RestoredSubscription {
-            raw: sub.filter,
-            group,
-            filter,
-            options,
-            id: sub.id,
-        });
-    }
+    let subscriptions = r
+        .subscriptions
+        .into_iter()
+        .map(SubscriptionRecord::restore)
+        .collect::<Result<Vec<_>, String>>()?;
     let mut last_seq = 0;
     let mut queued = Vec::new();
     {

@@ -9,7 +9,8 @@
 //! * `inflight`: (client id, sequence number) → the packet id it was sent with, and whether
 //!   PUBREC has been received (bit 16): present only for messages in flight;
 //! * `incoming_qos2`: (client id, packet id) → QoS 2 messages received and routed, not yet
-//!   released by PUBREL.
+//!   released by PUBREL;
+//! * `delayed`: id → a delayed publish (`$delayed/<seconds>/<topic>`) waiting for its time.
 //!
 //! **Writes** ([`Store::submit`]) go into a pending list under one lock, which numbers them: the
 //! writer thread takes the whole list, applies it in one write transaction and commits it with
@@ -41,6 +42,7 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const INFLIGHT: TableDefinition<(&str, u64), u32> = TableDefinition::new("inflight");
 const INCOMING_QOS2: TableDefinition<(&str, u16), ()> = TableDefinition::new("incoming_qos2");
+const DELAYED: TableDefinition<u64, &[u8]> = TableDefinition::new("delayed");
 
 /// Memory redb may use to cache the database's pages (its default is 1 GiB, which a broker
 /// bounding its memory per client cannot afford). Writes go to disc at each commit anyway.
@@ -127,6 +129,18 @@ pub enum Op {
         client_id: Arc<str>,
         /// Packet id.
         packet_id: u16,
+    },
+    /// Stores a delayed publish.
+    PutDelayed {
+        /// Its id.
+        id: u64,
+        /// The encoded message and when it is due.
+        value: Bytes,
+    },
+    /// Forgets a delayed publish (published or deleted).
+    DeleteDelayed {
+        /// Its id.
+        id: u64,
     },
 }
 
@@ -224,6 +238,7 @@ impl Store {
             txn.open_table(INFLIGHT).map_err(|e| db_error(path, e))?;
             txn.open_table(INCOMING_QOS2)
                 .map_err(|e| db_error(path, e))?;
+            txn.open_table(DELAYED).map_err(|e| db_error(path, e))?;
         }
         txn.commit().map_err(|e| db_error(path, e))?;
         let (committed, _) = watch::channel(0);
@@ -324,6 +339,7 @@ impl Store {
             let mut messages = txn.open_table(MESSAGES)?;
             let mut inflight = txn.open_table(INFLIGHT)?;
             let mut qos2 = txn.open_table(INCOMING_QOS2)?;
+            let mut delayed = txn.open_table(DELAYED)?;
             for op in ops {
                 match op {
                     Op::PutSession { client_id, record } => {
@@ -368,11 +384,30 @@ impl Store {
                     } => {
                         qos2.remove((&*client_id, packet_id))?;
                     }
+                    Op::PutDelayed { id, value } => {
+                        delayed.insert(id, &*value)?;
+                    }
+                    Op::DeleteDelayed { id } => {
+                        delayed.remove(id)?;
+                    }
                 }
             }
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Every stored delayed publish, by id. Run before the first connection.
+    pub fn load_delayed(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let e = |e: redb::Error| db_error(&self.path, e);
+        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let table = txn.open_table(DELAYED).map_err(|x| e(x.into()))?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|x| e(x.into()))? {
+            let (k, v) = row.map_err(|x| e(x.into()))?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     /// Every stored session, by client id. Run before the first connection.
@@ -420,9 +455,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Replaces the whole content with `sessions` in one transaction, after everything
-    /// submitted so far (a graceful stop writes the complete state this way).
-    pub fn replace_all(&self, sessions: Vec<(Arc<str>, StoredSession)>) -> Result<(), StoreError> {
+    /// Replaces the whole content with `sessions` and `delayed_messages` in one transaction,
+    /// after everything submitted so far (a graceful stop writes the complete state this way).
+    pub fn replace_all(
+        &self,
+        sessions: Vec<(Arc<str>, StoredSession)>,
+        delayed_messages: Vec<(u64, Bytes)>,
+    ) -> Result<(), StoreError> {
         let e = |x: redb::Error| db_error(&self.path, x);
         // The writer finishes what it has; new submissions wait behind the lock held here.
         let mut p = self.pending.lock();
@@ -434,6 +473,11 @@ impl Store {
             let mut mt = txn.open_table(MESSAGES).map_err(|x| e(x.into()))?;
             let mut it = txn.open_table(INFLIGHT).map_err(|x| e(x.into()))?;
             let mut qt = txn.open_table(INCOMING_QOS2).map_err(|x| e(x.into()))?;
+            let mut dt = txn.open_table(DELAYED).map_err(|x| e(x.into()))?;
+            dt.retain(|_, _| false).map_err(|x| e(x.into()))?;
+            for (id, value) in &delayed_messages {
+                dt.insert(*id, &**value).map_err(|x| e(x.into()))?;
+            }
             st.retain(|_, _| false).map_err(|x| e(x.into()))?;
             mt.retain(|_, _| false).map_err(|x| e(x.into()))?;
             it.retain(|_, _| false).map_err(|x| e(x.into()))?;
@@ -497,97 +541,4 @@ fn aside_path(path: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn id(s: &str) -> Arc<str> {
-        Arc::from(s)
-    }
-
-    #[tokio::test]
-    async fn ops_group_commit_and_load_back() {
-        let dir = tempfile_dir();
-        let store = Store::open(&dir.join(FILE)).expect("open");
-        store.submit(Op::PutSession {
-            client_id: id("c"),
-            record: b"rec".to_vec(),
-        });
-        for seq in 1..=3 {
-            store.submit(Op::PutMessage {
-                client_id: id("c"),
-                seq,
-                value: Bytes::from(vec![seq as u8]),
-            });
-        }
-        store.submit(Op::SetInflight {
-            client_id: id("c"),
-            seq: 1,
-            packet_id: 7,
-            released: true,
-        });
-        store.submit(Op::DeleteMessage {
-            client_id: id("c"),
-            seq: 2,
-        });
-        store.submit(Op::PutQos2 {
-            client_id: id("c"),
-            packet_id: 9,
-        });
-        let n = store.submit(Op::PutSession {
-            client_id: id("other"),
-            record: b"o".to_vec(),
-        });
-        store.wait_committed(n).await.expect("committed");
-        assert!(store.stats.commits.load(Ordering::Relaxed) >= 1);
-        let loaded = store.load().expect("load");
-        assert_eq!(loaded.len(), 2);
-        let (cid, c) = &loaded[0];
-        assert_eq!(cid, "c");
-        assert_eq!(c.record, b"rec");
-        let message = |seq: u64, inflight| StoredMessage {
-            seq,
-            value: vec![seq as u8],
-            inflight,
-        };
-        assert_eq!(
-            c.messages,
-            vec![message(1, Some((7, true))), message(3, None)]
-        );
-        assert_eq!(c.incoming_qos2, vec![9]);
-        let n = store.submit(Op::DeleteSession { client_id: id("c") });
-        store.wait_committed(n).await.expect("committed");
-        let loaded = store.load().expect("load");
-        assert_eq!(loaded.len(), 1);
-        assert_eq!(store.counts(), (1, 0));
-        store.close();
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn a_damaged_file_is_moved_aside() {
-        let dir = tempfile_dir();
-        let path = dir.join(FILE);
-        std::fs::write(&path, vec![0x5Au8; 10_000]).expect("write junk");
-        let store = Store::open(&path).expect("opens anew");
-        assert_eq!(store.counts(), (0, 0));
-        let aside = std::fs::read_dir(&dir)
-            .expect("dir")
-            .filter_map(Result::ok)
-            .any(|e| e.file_name().to_string_lossy().contains(".bad-"));
-        assert!(aside, "the damaged file is kept");
-        store.close();
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    fn tempfile_dir() -> PathBuf {
-        use std::sync::atomic::AtomicUsize;
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "broker-store-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        dir
-    }
-}
+mod tests;

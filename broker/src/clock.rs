@@ -1,0 +1,37 @@
+//! Wall-clock time stamps in Unix milliseconds, for what outlives the process (the store,
+//! delayed publishes) and what plugins and the management API show.
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    unix_ms(std::time::SystemTime::now())
+}
+
+/// Milliseconds since the Unix epoch from the kernel's coarse clock (a few ms of resolution,
+/// a fraction of the cost): for timestamps on the message path, where a precise clock read per
+/// message would cost more than the hook call it stamps.
+#[cfg(target_os = "linux")]
+pub fn coarse_now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes a timespec into the valid, owned `ts`.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0;
+    if ok {
+        (ts.tv_sec as u64).saturating_mul(1000) + (ts.tv_nsec as u64) / 1_000_000
+    } else {
+        now_ms()
+    }
+}
+
+/// Milliseconds since the Unix epoch (the precise clock where no coarse one is known).
+#[cfg(not(target_os = "linux"))]
+pub fn coarse_now_ms() -> u64 {
+    now_ms()
+}
+
+/// Milliseconds from the Unix epoch to `t` (0 for a time before it).
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

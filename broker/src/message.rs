@@ -1,0 +1,152 @@
+//! An application message as the broker routes it: topic, payload, QoS, RETAIN, the v5
+//! properties forwarded to subscribers, its publisher and its expiry. Shared by the session
+//! queues, the hooks and the store, below all of them.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::codec::{Properties, QoS};
+use crate::router::TopicName;
+
+/// A message's properties, boxed and only when there are any: most messages have none, and a
+/// queued message should cost its payload, not the 300-odd bytes of an empty [`Properties`].
+/// Reads through [`std::ops::Deref`] see an empty [`Properties`] when there are none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageProperties(Option<Box<Properties>>);
+
+impl From<Properties> for MessageProperties {
+    fn from(p: Properties) -> Self {
+        MessageProperties((!p.is_empty()).then(|| Box::new(p)))
+    }
+}
+
+impl MessageProperties {
+    /// The properties, to change (boxed on first use).
+    pub fn make_mut(&mut self) -> &mut Properties {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the box again when every property is empty.
+    pub fn shrink(&mut self) {
+        if self.0.as_ref().is_some_and(|p| p.is_empty()) {
+            self.0 = None;
+        }
+    }
+
+    /// Bytes the properties take beyond the message record itself (their box).
+    pub fn boxed_size(&self) -> usize {
+        self.0
+            .as_ref()
+            .map_or(0, |_| std::mem::size_of::<Properties>())
+    }
+}
+
+impl std::ops::Deref for MessageProperties {
+    type Target = Properties;
+
+    fn deref(&self) -> &Properties {
+        static EMPTY: std::sync::LazyLock<Properties> =
+            std::sync::LazyLock::new(Properties::default);
+        self.0.as_deref().unwrap_or(&EMPTY)
+    }
+}
+
+/// An application message being routed. Shared by every delivery (`Arc`): the payload is never
+/// copied per subscriber.
+#[derive(Debug)]
+pub struct Message {
+    /// Topic it was published to.
+    pub topic: TopicName,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: QoS,
+    /// RETAIN flag as published.
+    pub retain: bool,
+    /// v5 properties forwarded to subscribers (payload format, content type, response topic,
+    /// correlation data, user properties). Message expiry is kept in `expires_at` instead.
+    pub properties: MessageProperties,
+    /// Client id of the publisher (None for messages the broker itself publishes).
+    pub publisher: Option<Arc<str>>,
+    /// When the message expires (v5 Message Expiry Interval).
+    pub expires_at: Option<Instant>,
+}
+
+impl Message {
+    /// The one constructor of a message as published (by a client, a will, a plugin, the
+    /// broker): the Message Expiry Interval in `properties` becomes [`Message::expires_at`],
+    /// counted from now, and the properties that belong to one hop only (Topic Alias, Will Delay
+    /// Interval, Subscription Identifiers) are dropped.
+    pub fn new(
+        topic: TopicName,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        mut properties: Properties,
+        publisher: Option<Arc<str>>,
+    ) -> Message {
+        let expires_at = properties
+            .message_expiry_interval
+            .take()
+            .map(|s| Instant::now() + std::time::Duration::from_secs(u64::from(s)));
+        properties.topic_alias = None;
+        properties.will_delay_interval = None;
+        properties.subscription_identifiers.clear();
+        Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties: properties.into(),
+            publisher,
+            expires_at,
+        }
+    }
+
+    /// Views of the user properties, for [`Message::view`].
+    pub fn user_property_views(&self) -> Vec<plugin_api::UserPropertyView<'_>> {
+        self.properties
+            .user_properties
+            .iter()
+            .map(|(k, v)| plugin_api::UserPropertyView {
+                key: k.as_str().into(),
+                value: v.as_str().into(),
+            })
+            .collect()
+    }
+
+    /// The message as plugins see it, borrowed; `user_properties` must hold views of
+    /// `self.properties.user_properties`.
+    pub fn view<'a>(
+        &'a self,
+        user_properties: &'a [plugin_api::UserPropertyView<'a>],
+    ) -> plugin_api::MessageView<'a> {
+        let p = &self.properties;
+        plugin_api::MessageView {
+            topic: self.topic.as_str().into(),
+            payload: self.payload.as_ref().into(),
+            qos: self.qos as u8,
+            retain: self.retain,
+            publisher: self.publisher.as_deref().map(Into::into).into(),
+            username: None.into(),
+            is_will: false,
+            // Rounded up: 0.9 s left is 1 s, not "0 = never" to a plugin storing it.
+            message_expiry_interval: self
+                .expires_at
+                .map(|t| {
+                    t.saturating_duration_since(Instant::now())
+                        .as_millis()
+                        .div_ceil(1000) as u32
+                })
+                .into(),
+            payload_format_indicator: p.payload_format_indicator.into(),
+            content_type: p.content_type.as_deref().map(Into::into).into(),
+            response_topic: p.response_topic.as_deref().map(Into::into).into(),
+            correlation_data: p.correlation_data.as_deref().map(Into::into).into(),
+            user_properties: user_properties.into(),
+            timestamp_ms: 0,
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Closing a connection: tell a v5 client why, hand the session state back, publish or
+//! schedule the will, and end the session or schedule its expiry.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::codec::{Disconnect, Packet, Properties};
+use crate::metrics;
+use crate::router::TopicName;
+use crate::session::{KickReason, Message};
+use plugin_api::HookPoint;
+
+use super::publish::own_bytes;
+use super::{event, Connection, Exit, CLOSE_FLUSH_TIMEOUT};
+
+impl Connection {
+    /// Closes the connection: tells a v5 client why, parks the session, handles the will.
+    pub(super) async fn finish<S: AsyncWrite + Unpin>(&mut self, stream: &mut S, exit: Exit) {
+        self.say_goodbye(stream, &exit).await;
+        self.log_exit(&exit);
+        let still_ours = self.park();
+        self.session
+            .expiry_interval
+            .store(self.session_expiry as u64, Ordering::Relaxed);
+        let publish_will = !matches!(exit, Exit::Disconnect { with_will: false });
+        if let Some(will) = self.will.take().filter(|_| publish_will) {
+            self.publish_will(will, still_ours);
+        }
+        if still_ours {
+            self.end_or_keep_session();
+        }
+        if let Exit::Kicked { done, .. } = exit {
+            let _ = done.send(());
+        }
+    }
+
+    /// DISCONNECT with the reason for a v5 client, then the last bytes, best effort: a peer
+    /// that stopped reading must not hold the task.
+    async fn say_goodbye<S: AsyncWrite + Unpin>(&mut self, stream: &mut S, exit: &Exit) {
+        if let (true, Some(reason_code)) = (self.version.is_v5(), exit.disconnect_reason()) {
+            let mut properties = Properties::default();
+            if let (true, Exit::Protocol(v)) = (self.problem_information, exit) {
+                properties.reason_string = Some(v.message.to_string());
+            }
+            self.push(&Packet::Disconnect(Disconnect {
+                reason_code,
+                properties,
+            }));
+        }
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
+            let _ = self.flush_all(stream).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    }
+
+    /// Metrics, the log line and the plugins' `client.disconnected` (and
+    /// `session.takenover`).
+    fn log_exit(&self, exit: &Exit) {
+        let (client_id, peer) = (&self.client_id, &self.peer);
+        match exit {
+            Exit::Protocol(v) => {
+                metrics::add(&self.broker.metrics.protocol_errors, 1);
+                tracing::info!(%client_id, %peer, reason = %v.message, "protocol error, connection closed")
+            }
+            Exit::SlowConsumer => metrics::add(&self.broker.metrics.slow_consumers_disconnected, 1),
+            Exit::Io(e) => tracing::info!(%client_id, %peer, error = %e, "connection error"),
+            Exit::StoreFailed(e) => {
+                tracing::error!(%client_id, %peer, error = %e, "session store failed: connection closed without acknowledging")
+            }
+            _ => {}
+        }
+        tracing::info!(%client_id, %peer, reason = exit.label(), "client disconnected");
+        let hooks = &self.broker.hooks;
+        let view = self.identity.view();
+        if let Exit::Kicked {
+            reason: KickReason::TakenOver,
+            ..
+        } = exit
+        {
+            hooks.notify(HookPoint::SESSION_TAKENOVER, &event(view, "", 0));
+        }
+        let disconnected = event(view, exit.label(), 0);
+        hooks.notify(HookPoint::CLIENT_DISCONNECTED, &disconnected);
+    }
+
+    /// Hands the state back to the session, unless a newer connection already holds it
+    /// (possible only when this one was too slow to answer a takeover). True when it did.
+    fn park(&mut self) -> bool {
+        let mut control = self.session.control.lock();
+        let ours = self.session.generation.load(Ordering::Acquire) == self.generation;
+        if ours {
+            *control = None;
+            self.session.set_online(false);
+            *self.session.info.lock() = None;
+            let mut parked = self.session.parked.lock();
+            let (outgoing, last_packet_id) = self.outbound.park();
+            parked.outgoing = outgoing;
+            parked.last_packet_id = last_packet_id;
+            parked.incoming_qos2 = self.inbound.park();
+        }
+        ours
+    }
+
+    /// Publishes the will now, or after its delay when the session outlives the connection
+    /// ([MQTT-3.1.3-9]: the will is sent at the earlier of the delay and the session's end).
+    fn publish_will(&self, will: crate::codec::LastWill, still_ours: bool) {
+        let delay = will.properties.will_delay_interval.unwrap_or(0);
+        let topic = match TopicName::new(&will.topic) {
+            Ok(topic) => topic,
+            Err(e) => {
+                tracing::warn!(client_id = %self.client_id, error = %e, "will topic invalid; will dropped");
+                return;
+            }
+        };
+        let publisher = Some(self.client_id.clone());
+        let payload = own_bytes(will.payload);
+        let message = Message::new(
+            topic,
+            payload,
+            will.qos,
+            will.retain,
+            will.properties,
+            publisher,
+        );
+        if delay > 0 && self.session_expiry > 0 && still_ours {
+            let delay = Duration::from_secs(delay.min(self.session_expiry) as u64);
+            let session = self.session.clone();
+            self.broker
+                .schedule_will(session, message, self.generation, delay);
+        } else {
+            let username = self.identity.username.as_ref().map(|u| u.as_str());
+            self.broker.publish(message, username.into_option(), true);
+        }
+    }
+
+    /// Ends the session now (expiry 0), keeps it for ever, or schedules its expiry.
+    fn end_or_keep_session(&self) {
+        if self.session_expiry > 0 {
+            self.broker.store_session(&self.session);
+        }
+        match self.session_expiry {
+            0 => self.broker.end_session(&self.session, self.generation),
+            u32::MAX => {}
+            secs => self.broker.schedule_expiry(
+                self.session.clone(),
+                self.generation,
+                Duration::from_secs(secs as u64),
+            ),
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! One network connection, from its first byte to close: the I/O around the protocol rules of
+//! [`super::protocol`].
+//!
+//! [`serve`] reads CONNECT (within `limits.connect_timeout`), validates it, binds the connection
+//! to a session through [`Broker::attach`], answers CONNACK, restores the session's parked state
+//! (redelivering unacknowledged messages with DUP set, [MQTT-4.4.0-1]) and then loops:
+//!
+//! * decode every complete packet that has arrived and act on it;
+//! * drain the session queue up to the inflight window into the write buffer;
+//! * wait for the socket (readable, or writable while the buffer holds data — the buffer is
+//!   written without blocking, so a client that stops reading never stalls the loop), the
+//!   session queue, a control request (takeover, kick), shutdown, or the next deadline.
+//!
+//! Bounds, so that no client can make the broker grow or stall:
+//! * at most [`WRITE_BUFFER_HIGH`] (plus one message) waits in the write buffer: above it the
+//!   session queue is not drained into it (messages wait there, bounded by the queue limits)
+//!   and the client is not read (its requests would only add answers). A client that leaves
+//!   the buffer unread for `limits.slow_consumer_timeout` is disconnected (`slow_consumer`);
+//! * keep-alive (1.5 × keep alive, [MQTT-3.1.2-24]) is enforced whatever the write side does;
+//! * control packets (PINGREQ, SUBSCRIBE, UNSUBSCRIBE) beyond `limits.max_control_rate` per
+//!   second are not read until the next second: a client flooding them costs the broker a
+//!   bounded amount of work, and others keep their latency ([`ControlRate`]);
+//! * back-pressure: a connection that publishes while the broker-wide queued bytes are over
+//!   `limits.memory_high_watermark` is not read from again until they fall below 90 % of it.
+//!   Connections that only subscribe and acknowledge keep being read, so queues drain;
+//! * payloads are copied out of the read buffer ([`own_bytes`]), so a queued message holds
+//!   its own bytes and not the whole buffer it arrived in (a 10-byte message could otherwise
+//!   pin a 64 KiB read buffer, and a 100 KiB one a 256 KiB buffer, beyond what the queue
+//!   limits count);
+//! * topics and filters deeper than `limits.max_topic_levels` are refused before they reach
+//!   the router or a plugin.
+//!
+//! When the loop ends it tells a v5 client why (DISCONNECT with a reason code), hands the
+//! session state back, publishes or schedules the will unless the client disconnected normally
+//! ([MQTT-3.1.2-8], [MQTT-3.14.4-3]), and ends the session when its expiry interval is 0.
+//!
+//! The parts: this file is the driver (the loop that owns the socket, its deadlines and
+//! flushing); [`accept`] runs CONNECT to CONNACK, [`packets`], [`publish`] and [`subscribe`]
+//! act on what the client sends, [`deliver`] writes what the session queue holds, and
+//! [`finish`] closes. [`exit`] names every way a connection ends.
+
+mod accept;
+mod auth;
+mod deliver;
+mod exit;
+mod finish;
+mod packets;
+mod publish;
+mod subscribe;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::broker::Broker;
+use crate::codec::ProtocolVersion;
+use crate::metrics;
+use plugin_api::{ClientInfo, ClientView, EventView};
+
+use super::protocol::{
+    alias::OutAliases, inbound::Inbound, outbound::Outbound, timers::ControlRate, timers::Liveness,
+    timers::Timeout,
+};
+use super::{Control, Delivery, Session};
+use auth::EnhancedAuth;
+use exit::Exit;
+
+/// Above this many bytes waiting to be written, the session queue is not drained into the
+/// write buffer and the client is not read (see the module docs).
+pub const WRITE_BUFFER_HIGH: usize = 64 * 1024;
+
+/// How often a connection paused by the memory high-water mark looks whether to resume.
+const BACKPRESSURE_RECHECK: Duration = Duration::from_millis(50);
+
+/// How long closing a connection waits to hand the client its last packets.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A deadline so far away that it never fires (no limit is due).
+const NEVER: Duration = Duration::from_secs(86_400 * 365);
+
+/// Where a connection came from; passed down from the listener.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Peer address.
+    pub peer: SocketAddr,
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// Local (listener) port.
+    pub local_port: u16,
+    /// `mqtt` or `mqtt-ws`.
+    pub transport: &'static str,
+    /// TLS client certificate common name.
+    pub cert_common_name: Option<String>,
+    /// TLS client certificate subject.
+    pub cert_subject: Option<String>,
+}
+
+/// Serves one connection until it closes. Never panics on network input.
+pub async fn serve<S>(broker: Arc<Broker>, mut stream: S, info: ConnInfo)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut rbuf = BytesMut::with_capacity(4 * 1024);
+    let Some(connect) = accept::read_connect(&broker, &mut stream, &mut rbuf, &info).await else {
+        return;
+    };
+    let accepted = Connection::accept(&broker, &mut stream, &mut rbuf, connect, &info).await;
+    let Some(mut conn) = accepted else {
+        return;
+    };
+    metrics::add(&broker.metrics.connections, 1);
+    let exit = conn.run(&mut stream, &mut rbuf).await;
+    conn.finish(&mut stream, exit).await;
+    metrics::sub(&broker.metrics.connections, 1);
+}
+
+/// A client event for plugins, without a subscription.
+fn event<'a>(client: ClientView<'a>, reason: &'a str, reason_code: u8) -> EventView<'a> {
+    EventView {
+        client,
+        reason: reason.into(),
+        reason_code,
+        subscription: None.into(),
+    }
+}
+
+/// State of an attached connection. Owned by the connection's task.
+struct Connection {
+    broker: Arc<Broker>,
+    session: Arc<Session>,
+    generation: u64,
+    client_id: Arc<str>,
+    version: ProtocolVersion,
+    peer: SocketAddr,
+    /// Keep Alive in force, seconds.
+    keep_alive: u16,
+    will: Option<crate::codec::LastWill>,
+    session_expiry: u32,
+    control_rx: mpsc::Receiver<Control>,
+    wbuf: BytesMut,
+    /// QoS 1/2 messages sent and not yet acknowledged.
+    outbound: Outbound,
+    /// QoS 2 messages received and not yet released, and the client's topic aliases.
+    inbound: Inbound,
+    client_max_packet: usize,
+    /// Topic aliases this broker assigns in what it sends (v5 clients that accept some).
+    out_aliases: Option<OutAliases>,
+    problem_information: bool,
+    drained: Vec<Delivery>,
+    /// Who the client is, as plugins see it; fixed at CONNECT.
+    identity: ClientInfo,
+    /// Bytes were written since the last flush (TLS and WebSocket streams buffer).
+    need_flush: bool,
+    /// Not reading: this client published while the broker was over its high-water mark.
+    paused: bool,
+    /// Control packets left in this second.
+    control_rate: ControlRate,
+    /// A message was routed since the high-water mark was last looked at.
+    published: bool,
+    /// Answers in the write buffer promise changes submitted to the live session store: wait
+    /// for their commit before the buffer may be written.
+    needs_commit: bool,
+    /// MQTT 5 enhanced authentication in force (for re-authentication).
+    enhanced: Option<EnhancedAuth>,
+}
+
+impl Connection {
+    /// The connection loop: decode and act, drain the session queue, wait for the next event.
+    async fn run<S>(&mut self, stream: &mut S, rbuf: &mut BytesMut) -> Exit
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut shutdown = self.broker.shutdown_signal();
+        let limits = &self.broker.config.limits;
+        let stall_limit = Duration::from_secs(limits.slow_consumer_timeout);
+        let mut liveness = Liveness::new(self.keep_alive, stall_limit, Instant::now());
+        let deadline = tokio::time::sleep(NEVER);
+        tokio::pin!(deadline);
+        // Packets that arrived together with CONNECT are waiting in `rbuf`.
+        let mut input_pending = true;
+        loop {
+            let now = Instant::now();
+            if let Err(exit) = self.act(rbuf, &mut input_pending, now).await {
+                return exit;
+            }
+            liveness.output_waiting(!self.wbuf.is_empty(), now);
+            let throttled = self.control_rate.blocked_until();
+            let reading = self.wbuf.len() < WRITE_BUFFER_HIGH
+                && !self.paused
+                && !input_pending
+                && throttled.is_none();
+            // New deliveries are taken when the buffer is empty: while the socket is full, the
+            // queue fills up and the next drain takes a large batch, instead of waking up for
+            // every message.
+            let room = self.wbuf.is_empty() && self.outbound.room() > 0;
+            let recheck = self.paused.then(|| now + BACKPRESSURE_RECHECK);
+            let due = [liveness.next_due(), recheck, throttled]
+                .into_iter()
+                .flatten()
+                .min();
+            // Only ever brought forward here (re-arming a timer on every turn costs); once it
+            // fires it is pushed out and the next turn brings it forward again.
+            if let Some(due) = due.filter(|d| *d < deadline.deadline()) {
+                deadline.as_mut().reset(due);
+            }
+            let io = poll_io(stream, &mut self.wbuf, &mut self.need_flush, rbuf, reading);
+            tokio::select! {
+                biased;
+                ctrl = self.control_rx.recv() => return Exit::from_control(ctrl),
+                // The guard `wait_for` returns is not Send: drop it inside the branch future.
+                _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => return Exit::Shutdown,
+                event = io => match event {
+                    Ok(IoEvent { read, written }) => {
+                        if written > 0 {
+                            metrics::add(&self.broker.metrics.bytes_sent, written as u64);
+                            liveness.written();
+                        }
+                        match read {
+                            Some(0) => return Exit::Closed,
+                            Some(n) => {
+                                metrics::add(&self.broker.metrics.bytes_received, n as u64);
+                                liveness.read(Instant::now());
+                                input_pending = true;
+                            }
+                            None => {}
+                        }
+                    }
+                    Err(e) => return Exit::Io(e),
+                },
+                _ = self.session.notified(), if room => {}
+                _ = &mut deadline => {
+                    let now = Instant::now();
+                    if self.paused || input_pending || self.control_rate.blocked_until().is_some() {
+                        // Not reading is the broker's choice: it is not the client's silence.
+                        liveness.not_reading(now);
+                    }
+                    match liveness.expired(now) {
+                        Some(Timeout::KeepAlive) => return Exit::KeepAliveTimeout,
+                        Some(Timeout::SlowConsumer) => return Exit::SlowConsumer,
+                        None => deadline.as_mut().reset(now + NEVER),
+                    }
+                }
+            }
+        }
+    }
+
+    /// One turn of work between waits: resume after back-pressure, act on the packets that
+    /// arrived, and move deliveries into the write buffer.
+    async fn act(
+        &mut self,
+        rbuf: &mut BytesMut,
+        input_pending: &mut bool,
+        now: Instant,
+    ) -> Result<(), Exit> {
+        if self.paused && self.broker.below_low_watermark() {
+            self.paused = false;
+        }
+        self.control_rate.refill(now);
+        if *input_pending && !self.paused && self.control_rate.blocked_until().is_none() {
+            let max_packet = self.broker.config.limits.max_packet_size;
+            *input_pending = !self.decode_all(rbuf, max_packet).await?;
+        }
+        if self.wbuf.len() < WRITE_BUFFER_HIGH {
+            self.drain_queue();
+        }
+        Ok(())
+    }
+}
+
+/// What one wake-up of [`poll_io`] did.
+struct IoEvent {
+    /// Bytes read into the read buffer (`Some(0)`: the peer closed), if it read.
+    read: Option<usize>,
+    /// Bytes written from the write buffer.
+    written: usize,
+}
+
+/// Writes as much of `wbuf` as the socket takes (then flushes), and reads if `reading`: one
+/// future that borrows the stream once, so reading and writing proceed together and neither
+/// waits for the other. Ready when something was read or written.
+fn poll_io<'a, S>(
+    stream: &'a mut S,
+    wbuf: &'a mut BytesMut,
+    need_flush: &'a mut bool,
+    rbuf: &'a mut BytesMut,
+    reading: bool,
+) -> impl Future<Output = std::io::Result<IoEvent>> + 'a
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    std::future::poll_fn(move |cx| {
+        let mut written = 0;
+        while !wbuf.is_empty() {
+            match Pin::new(&mut *stream).poll_write(cx, wbuf) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    wbuf.advance(n);
+                    written += n;
+                    *need_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        if wbuf.is_empty() && *need_flush {
+            match Pin::new(&mut *stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => *need_flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if reading {
+            if let Poll::Ready(result) = pin!(stream.read_buf(&mut *rbuf)).poll(cx) {
+                return Poll::Ready(result.map(|n| IoEvent {
+                    read: Some(n),
+                    written,
+                }));
+            }
+        }
+        if written > 0 {
+            Poll::Ready(Ok(IoEvent {
+                read: None,
+                written,
+            }))
+        } else {
+            Poll::Pending
+        }
+    })
+}

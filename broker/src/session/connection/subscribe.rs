@@ -1,0 +1,310 @@
+//! SUBSCRIBE and UNSUBSCRIBE: per filter, the capability checks of `[mqtt]`, the ACL, the
+//! plugins' `client.subscribe` / `client.unsubscribe` decisions, then the session's
+//! subscriptions and the router.
+
+use std::sync::Arc;
+
+use crate::codec::{
+    reason::{self, ReasonCode},
+    Packet, Properties, QoS, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
+    Unsubscribe,
+};
+use crate::hooks::SubscribeOutcome;
+use crate::router::TopicFilter;
+use crate::session::protocol::within_levels;
+use crate::session::sub_options;
+use plugin_api::{Access, HookPoint, SubOptions, SubscribeView, SubscriptionView};
+
+use super::{event, Connection, Exit};
+
+/// The key a subscription is stored under in its session: the filter, or
+/// `$share/<group>/<filter>` for a shared one.
+fn subscription_key(group: Option<&str>, filter: &TopicFilter) -> String {
+    match group {
+        Some(g) => format!("$share/{g}/{filter}"),
+        None => filter.to_string(),
+    }
+}
+
+/// A filter as parsed: its share group, if any, and the filter.
+type Parsed = (Option<Arc<str>>, TopicFilter);
+
+/// A subscription SUBSCRIBE added (or replaced), for `session.subscribed`.
+struct Added {
+    group: Option<Arc<str>>,
+    filter: TopicFilter,
+    options: SubscriptionOptions,
+    is_new: bool,
+    id: Option<u32>,
+}
+
+/// A failure code for a SUBSCRIBE filter: v5's own, or 0x80 for MQTT 3.
+fn refused(v5: bool, code: ReasonCode) -> u8 {
+    if v5 {
+        code.get()
+    } else {
+        reason::UNSPECIFIED_ERROR
+    }
+}
+
+/// Options as a plugin's `client.subscribe` decision changed them.
+fn decided_options(mut options: SubscriptionOptions, d: &SubscribeOutcome) -> SubscriptionOptions {
+    options.qos = QoS::from_u8(d.options.qos).unwrap_or(options.qos);
+    options.no_local = d.options.no_local;
+    options.retain_as_published = d.options.retain_as_published;
+    options.retain_handling = match d.options.retain_handling {
+        1 => RetainHandling::SendIfNew,
+        2 => RetainHandling::DoNotSend,
+        _ => RetainHandling::SendAtSubscribe,
+    };
+    options
+}
+
+impl Connection {
+    /// Runs the `client.subscribe` / `client.unsubscribe` fold for one filter: the filter to
+    /// use (as the client would have written it, `$share/…` kept) and what plugins decided.
+    fn decide_filter(
+        &self,
+        point: HookPoint,
+        raw: &str,
+        group: Option<&Arc<str>>,
+        filter: &TopicFilter,
+        options: SubOptions,
+    ) -> (String, Option<SubscribeOutcome>) {
+        if !self.broker.hooks.enabled(point) {
+            return (raw.to_owned(), None);
+        }
+        let view = SubscribeView {
+            client: self.identity.view(),
+            filter: filter.as_str().into(),
+            share_group: group.map(|g| (**g).into()).into(),
+            options,
+        };
+        match self.broker.hooks.subscribe_decision(point, &view) {
+            None => (raw.to_owned(), None),
+            Some(outcome) => {
+                let effective = match (&outcome.filter, group) {
+                    (None, _) => raw.to_owned(),
+                    (Some(new), Some(g)) => format!("$share/{g}/{new}"),
+                    (Some(new), None) => new.clone(),
+                };
+                (effective, Some(outcome))
+            }
+        }
+    }
+
+    /// A SUBSCRIBE: one reason code per filter in SUBACK ([MQTT-3.8.4-6]).
+    pub(super) async fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Exit> {
+        let id = s.properties.subscription_identifiers.first().copied();
+        if id.is_some() && !self.broker.config.mqtt.subscription_identifiers_available {
+            return Err(Exit::protocol(
+                ReasonCode::SubscriptionIdentifiersNotSupported,
+                "SUBSCRIBE with a Subscription Identifier, and mqtt.subscription_identifiers_available = false",
+            ));
+        }
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut added = Vec::new();
+        for (raw, options) in s.filters {
+            match self.subscribe_one(&raw, options, id).await? {
+                Ok(a) => {
+                    codes.push(a.options.qos as u8);
+                    added.push(a);
+                }
+                Err(code) => codes.push(code),
+            }
+        }
+        if !added.is_empty() && self.session.live_store().is_some() {
+            self.broker.store_session(&self.session);
+            self.needs_commit = true;
+        }
+        self.push(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            properties: Properties::default(),
+            reason_codes: codes,
+        }));
+        if self.broker.hooks.enabled(HookPoint::SESSION_SUBSCRIBED) {
+            for a in &added {
+                let sub = SubscriptionView {
+                    filter: a.filter.as_str().into(),
+                    share_group: a.group.as_deref().map(Into::into).into(),
+                    options: sub_options(&a.options),
+                    is_new: a.is_new,
+                    subscription_id: a.id.unwrap_or(0),
+                };
+                let mut ev = event(self.identity.view(), "", 0);
+                ev.subscription = Some(sub).into();
+                self.broker.hooks.notify(HookPoint::SESSION_SUBSCRIBED, &ev);
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks of one filter that need no plugin: levels, syntax, and what `[mqtt]`
+    /// allows. The inner `Err` is the SUBACK failure code.
+    fn check_filter(
+        &self,
+        raw: &str,
+        options: &SubscriptionOptions,
+    ) -> Result<Result<Parsed, u8>, Exit> {
+        let v5 = self.version.is_v5();
+        if raw.is_empty() {
+            return Err(Exit::protocol(
+                ReasonCode::ProtocolError,
+                "[MQTT-4.7.3-1] empty topic filter in SUBSCRIBE",
+            ));
+        }
+        let max_levels = self.broker.config.limits.max_topic_levels;
+        if !within_levels(raw, max_levels) {
+            tracing::info!(client_id = %self.client_id, max_levels, "topic filter refused: more than limits.max_topic_levels levels");
+            return Ok(Err(reason::TOPIC_FILTER_INVALID));
+        }
+        let (group, filter) = match TopicFilter::parse(raw) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                tracing::debug!(client_id = %self.client_id, filter = %raw, error = %e, "invalid topic filter");
+                return Ok(Err(reason::TOPIC_FILTER_INVALID));
+            }
+        };
+        let mqtt = &self.broker.config.mqtt;
+        if group.is_some() && !mqtt.shared_subscription_available {
+            return Ok(Err(refused(
+                v5,
+                ReasonCode::SharedSubscriptionsNotSupported,
+            )));
+        }
+        if filter.has_wildcard() && !mqtt.wildcard_subscription_available {
+            return Ok(Err(refused(
+                v5,
+                ReasonCode::WildcardSubscriptionsNotSupported,
+            )));
+        }
+        if v5 && group.is_some() && options.no_local {
+            return Err(Exit::protocol(
+                ReasonCode::ProtocolError,
+                "[MQTT-3.8.3-4] No Local on a shared subscription",
+            ));
+        }
+        Ok(Ok((group, filter)))
+    }
+
+    /// One filter of a SUBSCRIBE: checked, authorised, decided by plugins, then added.
+    async fn subscribe_one(
+        &mut self,
+        raw: &str,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> Result<Result<Added, u8>, Exit> {
+        let (group, filter) = match self.check_filter(raw, &options)? {
+            Ok(parsed) => parsed,
+            Err(code) => return Ok(Err(code)),
+        };
+        // ACL sees the filter as the client sent it, before any rewrite.
+        if !self.acl_allows(Access::Subscribe, raw).await {
+            return Ok(Err(reason::NOT_AUTHORIZED));
+        }
+        let point = HookPoint::CLIENT_SUBSCRIBE;
+        let (effective, decision) =
+            self.decide_filter(point, raw, group.as_ref(), &filter, sub_options(&options));
+        let (mut options, mut sub_id) = (options, id);
+        if let Some(d) = &decision {
+            if let Some(code) = d.refused {
+                return Ok(Err(if self.version.is_v5() { code } else { 0x80 }));
+            }
+            options = decided_options(options, d);
+            if let Some(new_id) = d.subscription_id {
+                sub_id = (new_id > 0).then_some(new_id);
+            }
+        }
+        // Granted at most the Maximum QoS.
+        let maximum_qos = self.broker.config.mqtt.maximum_qos;
+        if options.qos as u8 > maximum_qos {
+            options.qos = QoS::from_u8(maximum_qos).unwrap_or(options.qos);
+        }
+        let (group, filter) = if effective == raw {
+            (group, filter)
+        } else {
+            match TopicFilter::parse(&effective) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    tracing::warn!(client_id = %self.client_id, filter = %effective, error = %e, "client.subscribe returned an invalid filter; keeping the original");
+                    (group, filter)
+                }
+            }
+        };
+        let key = subscription_key(group.as_deref(), &filter);
+        let is_new = self.broker.add_subscription(
+            &self.session,
+            key,
+            group.clone(),
+            filter.clone(),
+            options,
+            sub_id,
+        );
+        Ok(Ok(Added {
+            group,
+            filter,
+            options,
+            is_new,
+            id: sub_id,
+        }))
+    }
+
+    /// The key an UNSUBSCRIBE filter names, after the plugins' `client.unsubscribe` decision
+    /// (`$queue/x` is stored as `$share/$queue/x`).
+    fn unsubscribe_key(&self, raw: &str) -> String {
+        let Ok((group, filter)) = TopicFilter::parse(raw) else {
+            return raw.to_owned();
+        };
+        let point = HookPoint::CLIENT_UNSUBSCRIBE;
+        let options = SubOptions::default();
+        let effective = self
+            .decide_filter(point, raw, group.as_ref(), &filter, options)
+            .0;
+        match TopicFilter::parse(&effective) {
+            Ok((group, filter)) => subscription_key(group.as_deref(), &filter),
+            Err(_) => effective,
+        }
+    }
+
+    /// An UNSUBSCRIBE: one reason code per filter in UNSUBACK ([MQTT-3.10.4-5]).
+    pub(super) fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Exit> {
+        if u.filters.iter().any(|f| f.is_empty()) {
+            return Err(Exit::protocol(
+                ReasonCode::ProtocolError,
+                "[MQTT-4.7.3-1] empty topic filter in UNSUBSCRIBE",
+            ));
+        }
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for raw in &u.filters {
+            let key = self.unsubscribe_key(raw);
+            let Some(sub) = self.broker.remove_subscription(&self.session, &key) else {
+                codes.push(reason::NO_SUBSCRIPTION_EXISTED);
+                continue;
+            };
+            codes.push(reason::SUCCESS);
+            if self.broker.hooks.enabled(HookPoint::SESSION_UNSUBSCRIBED) {
+                let view = SubscriptionView {
+                    filter: sub.filter.as_str().into(),
+                    share_group: sub.group.as_deref().map(Into::into).into(),
+                    options: sub_options(&sub.options),
+                    is_new: false,
+                    subscription_id: sub.id.unwrap_or(0),
+                };
+                let mut ev = event(self.identity.view(), "", 0);
+                ev.subscription = Some(view).into();
+                let hooks = &self.broker.hooks;
+                hooks.notify(HookPoint::SESSION_UNSUBSCRIBED, &ev);
+            }
+        }
+        if self.session.live_store().is_some() {
+            self.broker.store_session(&self.session);
+            self.needs_commit = true;
+        }
+        self.push(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            properties: Properties::default(),
+            reason_codes: codes,
+        }));
+        Ok(())
+    }
+}

@@ -1,0 +1,209 @@
+//! The time rules of a connection, as values: the caller passes `now` in and asks when to wake
+//! up next, so every rule is testable without waiting.
+//!
+//! * keep-alive: no packet from the client within 1.5 × Keep Alive closes the connection
+//!   ([MQTT-3.1.2-24]); time the broker itself chose not to read (back-pressure, throttling)
+//!   does not count as the client's silence;
+//! * slow consumer: output the client leaves unread for `limits.slow_consumer_timeout` closes it;
+//! * control-packet rate: PINGREQ, SUBSCRIBE, UNSUBSCRIBE and AUTH beyond a budget per second
+//!   are not read until the second ends ([`ControlRate`]).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Which time limit a connection ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// Nothing from the client within 1.5 × Keep Alive.
+    KeepAlive,
+    /// Output unread for `limits.slow_consumer_timeout`.
+    SlowConsumer,
+}
+
+/// Keep-alive and slow-consumer deadlines of one connection.
+#[derive(Debug)]
+pub struct Liveness {
+    /// 1.5 × Keep Alive; `None` when the client asked for none (Keep Alive 0).
+    keep_alive: Option<Duration>,
+    stall_limit: Duration,
+    last_read: Instant,
+    /// Since when output has waited without the client taking any of it.
+    waiting_since: Option<Instant>,
+}
+
+impl Liveness {
+    /// For a negotiated `keep_alive` in seconds (0 = none).
+    pub fn new(keep_alive: u16, stall_limit: Duration, now: Instant) -> Liveness {
+        Liveness {
+            keep_alive: (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500)),
+            stall_limit,
+            last_read: now,
+            waiting_since: None,
+        }
+    }
+
+    /// The client sent something.
+    pub fn read(&mut self, now: Instant) {
+        self.last_read = now;
+    }
+
+    /// The broker is not reading by its own choice: the client's silence does not count.
+    pub fn not_reading(&mut self, now: Instant) {
+        self.last_read = now;
+    }
+
+    /// The client took some output.
+    pub fn written(&mut self) {
+        self.waiting_since = None;
+    }
+
+    /// Whether output is waiting for the client, looked at on every turn of the loop.
+    pub fn output_waiting(&mut self, waiting: bool, now: Instant) {
+        if !waiting {
+            self.waiting_since = None;
+        } else if self.waiting_since.is_none() {
+            self.waiting_since = Some(now);
+        }
+    }
+
+    /// When the next limit falls due, if any.
+    pub fn next_due(&self) -> Option<Instant> {
+        let keep_alive = self.keep_alive.map(|k| self.last_read + k);
+        let stall = self.waiting_since.map(|s| s + self.stall_limit);
+        match (keep_alive, stall) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The limit that has passed at `now`, if any.
+    pub fn expired(&self, now: Instant) -> Option<Timeout> {
+        if self.keep_alive.is_some_and(|k| now >= self.last_read + k) {
+            return Some(Timeout::KeepAlive);
+        }
+        if self
+            .waiting_since
+            .is_some_and(|since| now >= since + self.stall_limit)
+        {
+            return Some(Timeout::SlowConsumer);
+        }
+        None
+    }
+}
+
+/// Per-connection budget of control packets: `limit` per one-second window (0 = no limit);
+/// once spent, the connection is not read until the window ends.
+#[derive(Debug)]
+pub struct ControlRate {
+    limit: u32,
+    left: u32,
+    window_end: Instant,
+}
+
+impl ControlRate {
+    /// A full budget whose first window ends a second after `now`.
+    pub fn new(limit: u32, now: Instant) -> Self {
+        ControlRate {
+            limit,
+            left: limit,
+            window_end: now + Duration::from_secs(1),
+        }
+    }
+
+    /// Spends one packet's worth of the budget.
+    pub fn spend(&mut self, now: Instant) {
+        if self.limit == 0 {
+            return;
+        }
+        self.refill(now);
+        self.left = self.left.saturating_sub(1);
+    }
+
+    /// When reading may resume, if the budget is spent.
+    pub fn blocked_until(&self) -> Option<Instant> {
+        (self.limit > 0 && self.left == 0).then_some(self.window_end)
+    }
+
+    /// Starts a new window once the current one has ended.
+    pub fn refill(&mut self, now: Instant) {
+        if now >= self.window_end {
+            self.left = self.limit;
+            self.window_end = now + Duration::from_secs(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STALL: Duration = Duration::from_secs(30);
+
+    /// [MQTT-3.1.2-24] no packet within 1.5 × Keep Alive closes the connection; any packet
+    /// restarts the clock; Keep Alive 0 means no limit ([MQTT-3.1.2-22] is the client's side).
+    #[test]
+    fn mqtt_3_1_2_24_keep_alive_is_one_and_a_half_times() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(10, STALL, t0);
+        assert_eq!(l.next_due(), Some(t0 + Duration::from_secs(15)));
+        assert_eq!(l.expired(t0 + Duration::from_millis(14_999)), None);
+        assert_eq!(
+            l.expired(t0 + Duration::from_secs(15)),
+            Some(Timeout::KeepAlive)
+        );
+        l.read(t0 + Duration::from_secs(14));
+        assert_eq!(l.expired(t0 + Duration::from_secs(15)), None);
+        assert_eq!(l.next_due(), Some(t0 + Duration::from_secs(29)));
+
+        let none = Liveness::new(0, STALL, t0);
+        assert_eq!(none.next_due(), None);
+        assert_eq!(none.expired(t0 + Duration::from_secs(86_400)), None);
+    }
+
+    /// Time the broker chose not to read is not the client's silence.
+    #[test]
+    fn not_reading_by_choice_does_not_expire_keep_alive() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(2, STALL, t0);
+        l.not_reading(t0 + Duration::from_secs(2));
+        assert_eq!(l.expired(t0 + Duration::from_secs(4)), None);
+    }
+
+    /// Output unread for the stall limit closes the connection; any progress restarts it.
+    #[test]
+    fn output_left_unread_is_a_slow_consumer() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(0, STALL, t0);
+        l.output_waiting(true, t0);
+        l.output_waiting(true, t0 + Duration::from_secs(10));
+        assert_eq!(l.next_due(), Some(t0 + STALL));
+        assert_eq!(l.expired(t0 + STALL), Some(Timeout::SlowConsumer));
+        l.written();
+        l.output_waiting(true, t0 + STALL);
+        assert_eq!(l.expired(t0 + STALL), None);
+        l.output_waiting(false, t0 + STALL);
+        assert_eq!(l.next_due(), None);
+    }
+
+    /// The budget is spent per packet and refilled per second; 0 is unlimited.
+    #[test]
+    fn control_rate_budget_per_second() {
+        let t0 = Instant::now();
+        let mut r = ControlRate::new(2, t0);
+        r.spend(t0);
+        assert_eq!(r.blocked_until(), None);
+        r.spend(t0);
+        assert_eq!(r.blocked_until(), Some(t0 + Duration::from_secs(1)));
+        r.refill(t0 + Duration::from_millis(500));
+        assert!(r.blocked_until().is_some(), "not before the window ends");
+        r.refill(t0 + Duration::from_secs(1));
+        assert_eq!(r.blocked_until(), None);
+
+        let mut unlimited = ControlRate::new(0, t0);
+        for _ in 0..10_000 {
+            unlimited.spend(t0);
+        }
+        assert_eq!(unlimited.blocked_until(), None);
+    }
+}
