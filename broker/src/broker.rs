@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::codec::{QoS, RetainHandling, SubscriptionOptions};
 use crate::config::Config;
@@ -508,7 +508,6 @@ impl Broker {
                 reason: KickReason::Kicked,
                 done,
             })
-            .await
             .is_err()
         {
             return false;
@@ -545,14 +544,10 @@ impl Broker {
         } else {
             crate::codec::reason::ADMINISTRATIVE_ACTION
         };
-        tokio::spawn(async move {
-            let (done, _wait) = oneshot::channel();
-            let _ = ctrl
-                .send(Control::Kick {
-                    reason: KickReason::Plugin(code),
-                    done,
-                })
-                .await;
+        let (done, _wait) = oneshot::channel();
+        let _ = ctrl.send(Control::Kick {
+            reason: KickReason::Plugin(code),
+            done,
         });
         true
     }
@@ -571,7 +566,8 @@ impl Broker {
 
     /// Information about a connected client.
     pub fn client_info(&self, client_id: &str) -> Option<ClientInfo> {
-        self.session(client_id).and_then(|s| s.info.lock().clone())
+        self.session(client_id)
+            .and_then(|s| s.info.lock().as_deref().cloned())
     }
 
     /// Fires `message.dropped` / `delivery.dropped` for a message a session's queue refused.
@@ -907,7 +903,7 @@ impl Broker {
         self: &Arc<Self>,
         client_id: &Arc<str>,
         clean_start: bool,
-        control: mpsc::Sender<Control>,
+        control: crate::session::ControlSender,
     ) -> Attached {
         loop {
             let existing = self.session(client_id);
@@ -919,7 +915,7 @@ impl Broker {
                         reason: KickReason::TakenOver,
                         done: done_tx,
                     };
-                    if ctrl.send(kick).await.is_ok()
+                    if ctrl.send(kick).is_ok()
                         && tokio::time::timeout(TAKEOVER_TIMEOUT, done_rx)
                             .await
                             .is_err()

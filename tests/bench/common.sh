@@ -10,6 +10,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # start_broker DIR PORT [TOML]: writes DIR/broker.toml for a broker on 127.0.0.1:PORT with its
 # data in DIR/data, the plugins of $BIN and warn-level logs, plus TOML (whole tables), starts it
 # (log in DIR/broker.log), adds it to $pids, sets $broker_pid and waits for its listeners.
+# BIN_BROKER, when set, is the broker binary to run (plugins still come from $BIN).
 start_broker() {
   local dir=$1 port=$2 extra=${3:-}
   mkdir -p "$dir"
@@ -25,7 +26,7 @@ bind = "127.0.0.1:0"
 level = "warn"
 $extra
 TOML
-  "$BIN/broker" --config "$dir/broker.toml" 2>"$dir/broker.log" &
+  "${BIN_BROKER:-$BIN/broker}" --config "$dir/broker.toml" 2>"$dir/broker.log" &
   broker_pid=$!; pids="$pids $broker_pid"
   for _ in $(seq 100); do [ -f "$dir/data/listeners.json" ] && return 0; sleep 0.05; done
   echo "broker in $dir did not start: $(cat "$dir/broker.log")" >&2; return 1

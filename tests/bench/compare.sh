@@ -3,10 +3,12 @@
 #
 #   bash tests/bench/compare.sh            # 3 rounds per scenario, medians and ratios
 #   ROUNDS=5 MESSAGES=200000 bash tests/bench/compare.sh
+#   BEFORE=/path/to/older/broker bash tests/bench/compare.sh   # adds that binary (A/B)
 #
 # Needs mosquitto (apt-get install mosquitto); builds the release binaries itself.
-# The machine is shared and noisy: compare the ratio, not the absolute numbers.
-# Both brokers get the same limits: 32 messages in flight per client and queues large enough
+# The machine is shared and noisy: compare the ratio, not the absolute numbers. Rounds of the
+# brokers alternate, so drift in the machine's load hits them alike.
+# All brokers get the same limits: 32 messages in flight per client and queues large enough
 # that nothing is dropped, so "rate" is deliveries per second with every message delivered.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,12 +19,13 @@ command -v mosquitto >/dev/null || { echo "mosquitto not installed (apt-get inst
 cargo build --release -j2 -p broker -p broker-tests >/dev/null
 . tests/bench/common.sh
 
-ours_port=$(free_port)
-cat > "$work/broker.toml" <<TOML
-data_dir = "$work/data"
+# ours_toml DIR PORT: the configuration of one of our brokers.
+ours_toml() {
+  cat <<TOML
+data_dir = "$1/data"
 [[listener]]
 name = "tcp"
-bind = "127.0.0.1:$ours_port"
+bind = "127.0.0.1:$2"
 [limits]
 max_queued_messages = 1000000
 max_queued_bytes = 4294967296
@@ -31,40 +34,54 @@ max_inflight = 32
 [log]
 level = "warn"
 TOML
-"$BIN/broker" --config "$work/broker.toml" 2>"$work/broker.log" &
-ours=$!; pids="$pids $ours"
+}
 
-theirs_port=$(free_port)
-cat > "$work/mosquitto.conf" <<CONF
-listener $theirs_port 127.0.0.1
-allow_anonymous true
-max_queued_messages 1000000
-max_inflight_messages 32
-log_type error
-CONF
-mosquitto -c "$work/mosquitto.conf" 2>"$work/mosquitto.log" &
-theirs=$!; pids="$pids $theirs"
+declare -A port
+names=(ours)
+[ -n "${BEFORE:-}" ] && names+=(before)
+names+=(mosquitto)
+for who in "${names[@]}"; do
+  port[$who]=$(free_port)
+  mkdir -p "$work/$who"
+  case $who in
+    mosquitto)
+      printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 32\nlog_type error\n' \
+        "${port[$who]}" > "$work/$who/mosquitto.conf"
+      mosquitto -c "$work/$who/mosquitto.conf" 2>"$work/$who/log" & ;;
+    *)
+      bin=$BIN/broker; [ "$who" = before ] && bin=$BEFORE
+      ours_toml "$work/$who" "${port[$who]}" > "$work/$who/broker.toml"
+      "$bin" --config "$work/$who/broker.toml" 2>"$work/$who/log" & ;;
+  esac
+  pids="$pids $!"
+done
 sleep 0.5
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-printf '%-8s %-4s %12s %12s %7s\n' mode qos broker mosquitto ratio
+printf '%-8s %-4s' mode qos; for who in "${names[@]}"; do printf ' %12s' "$who"; done
+printf ' %10s' ours/mosq; [ -n "${BEFORE:-}" ] && printf ' %12s' ours/before; echo
 for mode in fan-in fan-out; do
   for qos in 0 1; do
     msgs=$MESSAGES
     [ "$mode" = fan-out ] && msgs=$((MESSAGES / CLIENTS))
-    for who in ours theirs; do
-      port=$ours_port; [ "$who" = theirs ] && port=$theirs_port
-      for _ in $(seq "$ROUNDS"); do
-        "$BIN/mqtt-bench" --port "$port" --mode "$mode" --qos "$qos" --clients "$CLIENTS" --messages "$msgs" \
-          | tee -a "$work/$who.raw" | sed -n 's/.*rate=\([0-9]*\).*/\1/p'
-      done | median > "$work/$who.median"
+    for who in "${names[@]}"; do : > "$work/$who.rates"; done
+    for _ in $(seq "$ROUNDS"); do
+      for who in "${names[@]}"; do
+        "$BIN/mqtt-bench" --port "${port[$who]}" --mode "$mode" --qos "$qos" --clients "$CLIENTS" \
+          --messages "$msgs" | tee -a "$work/$who.raw" \
+          | sed -n 's/.*rate=\([0-9]*\).*/\1/p' >> "$work/$who.rates"
+      done
     done
-    o=$(cat "$work/ours.median"); t=$(cat "$work/theirs.median")
-    ratio=$(awk -v o="$o" -v t="$t" 'BEGIN { if (t > 0) printf "%.2f", o / t; else print "n/a" }')
-    printf '%-8s %-4s %12s %12s %7s\n' "$mode" "$qos" "$o" "$t" "$ratio"
+    declare -A med
+    for who in "${names[@]}"; do med[$who]=$(median < "$work/$who.rates"); done
+    ratio() { awk -v o="$1" -v t="$2" 'BEGIN { if (t > 0) printf "%.2f", o / t; else print "n/a" }'; }
+    printf '%-8s %-4s' "$mode" "$qos"
+    for who in "${names[@]}"; do printf ' %12s' "${med[$who]}"; done
+    printf ' %10s' "$(ratio "${med[ours]}" "${med[mosquitto]}")"
+    [ -n "${BEFORE:-}" ] && printf ' %12s' "$(ratio "${med[ours]}" "${med[before]}")"
+    echo
   done
 done
 echo
-echo "raw runs (this broker):"; cat "$work/ours.raw"
-echo "raw runs (mosquitto):"; cat "$work/theirs.raw"
+for who in "${names[@]}"; do echo "raw runs ($who):"; cat "$work/$who.raw"; done

@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::broker::Broker;
 use crate::config::{ListenerConfig, ListenerKind};
 use crate::metrics;
-use crate::session::connection::{serve, ConnInfo};
+use crate::session::connection::{serve, ConnInfo, Transport};
 
 /// A listener whose socket is bound.
 pub struct Bound {
@@ -237,6 +237,7 @@ async fn handshake_and_serve(
         timeout: Duration,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send,
+        ws::WsStream<S>: Transport,
     {
         match tokio::time::timeout(timeout, ws::accept(stream, path, forwarded)).await {
             Ok(Ok((ws, ip))) => {
@@ -251,10 +252,15 @@ async fn handshake_and_serve(
             }
         }
     }
+    // Only plain TCP is served inline: the task of every connection is as large as the largest
+    // way it could go, and the TLS and WebSocket state machines are several KiB, so those
+    // connections box theirs (one allocation each) instead of every TCP connection paying.
     match (kind, tls) {
         (ListenerKind::Tcp, _) => serve(broker, stream, info).await,
-        (ListenerKind::Ws, _) => over_ws(broker, stream, info, &ws_path, forwarded, timeout).await,
-        (ListenerKind::Tls | ListenerKind::Wss, Some(acceptor)) => {
+        (ListenerKind::Ws, _) => {
+            Box::pin(over_ws(broker, stream, info, &ws_path, forwarded, timeout)).await
+        }
+        (ListenerKind::Tls | ListenerKind::Wss, Some(acceptor)) => Box::pin(async move {
             let tls_stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -274,7 +280,8 @@ async fn handshake_and_serve(
             } else {
                 serve(broker, tls_stream, info).await
             }
-        }
+        })
+        .await,
         (_, None) => {
             tracing::error!(listener = %info.listener, "TLS listener without TLS settings")
         }

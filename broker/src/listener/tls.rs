@@ -117,3 +117,10 @@ pub fn client_identity(conn: &rustls::ServerConnection) -> (Option<String>, Opti
         Err(_) => (None, None),
     }
 }
+
+/// TLS records are decrypted by the stream: it cannot tell whether application data waits, and
+/// reads into a buffer.
+impl<S> crate::session::connection::Transport for tokio_rustls::server::TlsStream<S> where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
+{
+}

@@ -115,36 +115,40 @@ pub struct Opened {
 }
 
 /// Opens and checks the library at `path` through a copy in `cache_dir`. Blocking.
+///
+/// The file is copied first and everything after looks at the copy (what is checked is what is
+/// mapped, even if the original is rebuilt meanwhile). Nothing reads the whole library into
+/// memory: it is hashed in chunks and parsed through a read cache, so a 30 MB library with
+/// debug information does not leave 30 MB in the broker's heap.
 pub fn open(name: &str, path: &Path, cache_dir: &Path) -> Result<Opened, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            LoadError::NotFound {
-                name: name.to_owned(),
-                path: path.to_owned(),
-            }
-        } else {
-            LoadError::Io {
-                path: path.to_owned(),
-                source,
-            }
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| LoadError::Io { path, source }
+    };
+    if !path.exists() {
+        return Err(LoadError::NotFound {
+            name: name.to_owned(),
+            path: path.to_owned(),
+        });
+    }
+    std::fs::create_dir_all(cache_dir).map_err(io(cache_dir))?;
+    let tmp = cache_dir.join(format!(".{name}-{}.tmp", std::process::id()));
+    let opened = copy_check_and_hash(path, &tmp);
+    let (sha256, ext) = match opened {
+        Ok(sha) => (
+            sha,
+            path.extension().and_then(|e| e.to_str()).unwrap_or("so"),
+        ),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-    })?;
-    check_library(&bytes).map_err(|detail| LoadError::NotALibrary {
-        path: path.to_owned(),
-        detail,
-    })?;
-    let sha256 = crate::hex::encode(&Sha256::digest(&bytes));
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("so");
+    };
     let cache_path = cache_dir.join(format!("{name}-{}.{ext}", &sha256[..16]));
-    if !cache_path.exists() {
-        let io = |source| LoadError::Io {
-            path: cache_path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(cache_dir).map_err(io)?;
-        let tmp = cache_dir.join(format!(".{name}-{}.tmp", std::process::id()));
-        std::fs::write(&tmp, &bytes).map_err(io)?;
-        std::fs::rename(&tmp, &cache_path).map_err(io)?;
+    if cache_path.exists() {
+        let _ = std::fs::remove_file(&tmp);
+    } else {
+        std::fs::rename(&tmp, &cache_path).map_err(io(&cache_path))?;
     }
     let header = lib_header_from_path(&cache_path).map_err(|e| classify(e, path))?;
     let module = check_root_module(header, path)?;
@@ -228,8 +232,43 @@ fn check_root_module(
 /// loader maps them: the headers parse, the file is a dynamic library, it is built for this
 /// architecture, and every segment and section it declares lies within the file.
 pub fn check_library(bytes: &[u8]) -> Result<(), String> {
+    check_library_data(bytes, bytes.len() as u64)
+}
+
+/// Copies `path` to `tmp`, checks the copy ([`check_library`]) and returns its sha256 (hex),
+/// reading it in chunks.
+fn copy_check_and_hash(path: &Path, tmp: &Path) -> Result<String, LoadError> {
+    use std::io::Read;
+    let io = |p: &Path| {
+        let p = p.to_owned();
+        move |source| LoadError::Io { path: p, source }
+    };
+    std::fs::copy(path, tmp).map_err(io(path))?;
+    let mut file = std::fs::File::open(tmp).map_err(io(tmp))?;
+    let len = file.metadata().map_err(io(tmp))?.len();
+    let cache = object::ReadCache::new(&file);
+    check_library_data(&cache, len).map_err(|detail| LoadError::NotALibrary {
+        path: path.to_owned(),
+        detail,
+    })?;
+    drop(cache);
+    std::io::Seek::rewind(&mut file).map_err(io(tmp))?;
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut chunk).map_err(io(tmp))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&chunk[..n]);
+    }
+    Ok(crate::hex::encode(&hasher.finalize()))
+}
+
+/// [`check_library`] over any readable data of `len` bytes.
+fn check_library_data<'a, R: object::ReadRef<'a>>(data: R, len: u64) -> Result<(), String> {
     use object::{Object, ObjectKind, ObjectSection, ObjectSegment};
-    let file = object::File::parse(bytes)
+    let file = object::File::parse(data)
         .map_err(|e| format!("truncated or damaged, or not a shared library ({e})"))?;
     if file.kind() != ObjectKind::Dynamic {
         return Err(format!(
@@ -250,7 +289,6 @@ pub fn check_library(bytes: &[u8]) -> Result<(), String> {
             std::env::consts::ARCH
         ));
     }
-    let len = bytes.len() as u64;
     let beyond = |(offset, size): (u64, u64)| offset.checked_add(size).is_none_or(|end| end > len);
     for segment in file.segments() {
         if beyond(segment.file_range()) {

@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::codec::{PacketId, QoS, SubscriptionOptions};
@@ -250,6 +250,70 @@ pub enum KickReason {
     Plugin(u8),
 }
 
+/// The control line of one attached connection: requests waiting for it, and its wake-up.
+/// About a hundred bytes, where a channel would cost a kilobyte per idle connection.
+#[derive(Debug, Default)]
+pub struct ControlLine {
+    waiting: Mutex<(Vec<Control>, bool)>,
+    wake: Notify,
+}
+
+/// The sending end, kept in the session while a connection is attached.
+#[derive(Debug, Clone)]
+pub struct ControlSender(Arc<ControlLine>);
+
+/// The receiving end, owned by the connection. Dropping it closes the line: requests sent
+/// later are refused, and those still waiting are dropped (their `done` senders with them).
+#[derive(Debug)]
+pub struct ControlReceiver(Arc<ControlLine>);
+
+/// A new control line.
+pub fn control_line() -> (ControlSender, ControlReceiver) {
+    let line = Arc::new(ControlLine::default());
+    (ControlSender(line.clone()), ControlReceiver(line))
+}
+
+impl ControlSender {
+    /// Hands `control` to the connection; `Err` with it when the connection is gone.
+    pub fn send(&self, control: Control) -> Result<(), Control> {
+        let mut waiting = self.0.waiting.lock();
+        if waiting.1 {
+            return Err(control);
+        }
+        waiting.0.push(control);
+        drop(waiting);
+        self.0.wake.notify_one();
+        Ok(())
+    }
+}
+
+impl ControlReceiver {
+    /// The next request, waiting for one.
+    pub async fn recv(&self) -> Control {
+        loop {
+            let notified = self.0.wake.notified();
+            {
+                let mut waiting = self.0.waiting.lock();
+                if !waiting.0.is_empty() {
+                    return waiting.0.remove(0);
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for ControlReceiver {
+    fn drop(&mut self) {
+        let dropped = {
+            let mut waiting = self.0.waiting.lock();
+            waiting.1 = true;
+            std::mem::take(&mut waiting.0)
+        };
+        drop(dropped);
+    }
+}
+
 /// A request to the connection attached to a session.
 #[derive(Debug)]
 pub enum Control {
@@ -287,11 +351,11 @@ pub struct Session {
     /// State parked while no connection is attached.
     pub parked: Mutex<Parked>,
     /// Control channel of the attached connection.
-    pub control: Mutex<Option<mpsc::Sender<Control>>>,
+    pub control: Mutex<Option<ControlSender>>,
     /// Session expiry interval in force, seconds.
     pub expiry_interval: AtomicU64,
     /// The connected client as plugins see it (None while offline).
-    pub info: Mutex<Option<plugin_api::ClientInfo>>,
+    pub info: Mutex<Option<Arc<plugin_api::ClientInfo>>>,
     /// ACL results of the current connection.
     pub acl_cache: Mutex<AclCache>,
     /// When the last connection detached (None while online): the start of session expiry.

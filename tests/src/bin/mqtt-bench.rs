@@ -17,6 +17,11 @@
 //! receive round trip; prints how long the storm took and the round trips before and during it.
 //! `--username` / `--password` are sent by every connection.
 //!
+//! idle: `--clients` connections are opened, `--window` at a time (each waits for its CONNACK),
+//! and then held without traffic for `--messages` seconds; prints the connect rate as soon as
+//! all are connected (`tests/bench/idle.sh` measures the broker's memory and CPU meanwhile).
+//! Keep Alive is 60 s, so hold them for less than the broker's 90 s limit.
+//!
 //! flood-ping / flood-subscribe: `--clients` connections send PINGREQ (or SUBSCRIBE and
 //! UNSUBSCRIBE pairs) as fast as the broker takes them for `--messages` milliseconds, while
 //! another client measures its publish → receive round trip before and during the flood.
@@ -82,13 +87,14 @@ fn parse() -> anyhow::Result<Args> {
             "fan-in",
             "fan-out",
             "connect-storm",
+            "idle",
             "flood-ping",
             "flood-subscribe",
         ]
         .contains(&a.mode.as_str())
         || a.clients == 0
     {
-        bail!("--mode fan-in|fan-out|connect-storm|flood-ping|flood-subscribe, --qos 0|1, --clients >= 1");
+        bail!("--mode fan-in|fan-out|connect-storm|idle|flood-ping|flood-subscribe, --qos 0|1, --clients >= 1");
     }
     Ok(a)
 }
@@ -417,6 +423,47 @@ async fn connect_storm(a: Arc<Args>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens `--clients` idle connections, `--window` at a time, reports the rate, and holds them
+/// for `--messages` seconds.
+async fn idle(a: Arc<Args>) -> anyhow::Result<()> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(a.window.max(1)));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(a.clients);
+    for i in 0..a.clients {
+        let permit = permits.clone().acquire_owned().await?;
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = connect(&a, &format!("bench-idle-{}-{i}", std::process::id())).await;
+            drop(permit);
+            // Closed with a reset, not a FIN: tens of thousands of closes would otherwise leave
+            // as many local ports in TIME_WAIT, and the next round could not connect.
+            c.and_then(|(s, _)| s.set_zero_linger().map(|()| s).map_err(Into::into))
+        }));
+    }
+    let mut held = Vec::with_capacity(a.clients);
+    let mut failed = 0;
+    for t in tasks {
+        match t.await? {
+            Ok(s) => held.push(s),
+            Err(_) => failed += 1,
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "mode=idle clients={} connected={} failed={} connect_secs={:.2} connects_per_sec={:.0}",
+        a.clients,
+        held.len(),
+        failed,
+        secs,
+        held.len() as f64 / secs
+    );
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    tokio::time::sleep(Duration::from_secs(a.messages)).await;
+    drop(held);
+    Ok(())
+}
+
 /// One flooding connection: writes batches of PINGREQ (or SUBSCRIBE + UNSUBSCRIBE pairs) and
 /// reads the answers, until `stop`. Returns how many requests it sent.
 async fn flooder(
@@ -517,6 +564,9 @@ async fn main() -> anyhow::Result<()> {
     let a = Arc::new(parse()?);
     if a.mode == "connect-storm" {
         return connect_storm(a).await;
+    }
+    if a.mode == "idle" {
+        return idle(a).await;
     }
     if a.mode.starts_with("flood-") {
         return flood(a).await;

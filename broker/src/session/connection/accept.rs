@@ -8,7 +8,6 @@ use std::time::Duration;
 use abi_stable::std_types::RString;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::broker::{Attached, Broker};
@@ -72,6 +71,9 @@ where
                     return Err(DecodeError::UnsupportedProtocolLevel(level).to_string());
                 }
                 Err(e) => return Err(e.to_string()),
+            }
+            if rbuf.len() == rbuf.capacity() {
+                rbuf.reserve(super::io::READ_CHUNK);
             }
             match stream.read_buf(rbuf).await {
                 Ok(0) => return Err("closed before CONNECT".to_string()),
@@ -242,7 +244,7 @@ impl Connection {
                 return None;
             }
         };
-        let (control_tx, control_rx) = mpsc::channel(4);
+        let (control_tx, control_rx) = crate::session::control_line();
         let client_id = &negotiated.client_id;
         let attached = broker
             .attach(client_id, connect.clean_start, control_tx)
@@ -282,7 +284,7 @@ impl Connection {
         n: &Negotiated,
         connect: &Connect,
         identity: ClientInfo,
-        control_rx: mpsc::Receiver<crate::session::Control>,
+        control_rx: crate::session::ControlReceiver,
         info: &ConnInfo,
     ) -> Connection {
         let limits = &broker.config.limits;
@@ -294,17 +296,17 @@ impl Connection {
             version: connect.protocol,
             peer: info.peer,
             keep_alive: n.keep_alive,
-            will: connect.will.clone(),
+            will: connect.will.clone().map(Box::new),
             session_expiry: n.session_expiry,
             control_rx,
-            wbuf: BytesMut::with_capacity(8 * 1024),
+            wbuf: BytesMut::new(),
             outbound: Outbound::new(n.window),
             inbound: Inbound::new(limits.receive_maximum, n.inbound_aliases),
             client_max_packet: n.client_max_packet,
             out_aliases: OutAliases::new(n.outbound_aliases, limits.topic_alias_maximum),
             problem_information: n.problem_information,
             drained: Vec::new(),
-            identity,
+            identity: Arc::new(identity),
             need_flush: false,
             paused: false,
             control_rate: ControlRate::new(limits.max_control_rate, Instant::now()),

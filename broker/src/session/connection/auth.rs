@@ -189,6 +189,9 @@ where
             Ok(None) => {}
             Err(e) => return Err(refusal(ReasonCode::MalformedPacket, e.to_string())),
         }
+        if rbuf.len() == rbuf.capacity() {
+            rbuf.reserve(super::io::READ_CHUNK);
+        }
         match tokio::time::timeout_at(deadline, stream.read_buf(rbuf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Err(closed()),
             Ok(Ok(n)) => metrics::add(&broker.metrics.bytes_received, n as u64),
@@ -242,7 +245,7 @@ impl Connection {
             }
         };
         let request = EnhancedAuthRequest {
-            client: self.identity.clone(),
+            client: (*self.identity).clone(),
             method: auth.method.as_str().into(),
             data: a
                 .properties
@@ -281,7 +284,7 @@ impl Connection {
             }
             Some(r) if r.outcome == EnhancedAuthOutcome::SUCCESS => {
                 auth.step = None;
-                self.identity.is_superuser = r.superuser;
+                std::sync::Arc::make_mut(&mut self.identity).is_superuser = r.superuser;
                 self.session.acl_cache.lock().clear();
                 *self.session.info.lock() = Some(self.identity.clone());
                 self.push(&auth_packet(ReasonCode::Success, &method, &r.data));

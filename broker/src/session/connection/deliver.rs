@@ -15,8 +15,17 @@ use plugin_api::{HookPoint, MessageEventView};
 use super::{Connection, WRITE_BUFFER_HIGH};
 
 impl Connection {
+    /// Gives the write buffer room for a batch of packets when it has none (it is given back
+    /// while the connection is idle).
+    fn reserve_output(&mut self) {
+        if self.wbuf.capacity() == 0 {
+            self.wbuf.reserve(super::io::WRITE_CHUNK);
+        }
+    }
+
     /// Appends an encoded packet to the write buffer.
     pub(super) fn push(&mut self, packet: &Packet) {
+        self.reserve_output();
         codec::encode(packet, self.version, &mut self.wbuf);
     }
 
@@ -28,6 +37,7 @@ impl Connection {
         packet_id: Option<PacketId>,
         dup: bool,
     ) -> bool {
+        self.reserve_output();
         let msg = &d.message;
         // v5: per-delivery properties (expiry left, subscription ids, a topic alias) on a copy.
         let needs_copy = self.version.is_v5()

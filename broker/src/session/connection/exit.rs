@@ -42,18 +42,10 @@ impl Exit {
         Exit::Protocol(Violation::new(code, message))
     }
 
-    /// What a message on the session's control channel means (`None`: the session was taken
-    /// by someone who dropped the sender, which is a takeover too).
-    pub(super) fn from_control(control: Option<Control>) -> Exit {
+    /// What a request on the session's control line means.
+    pub(super) fn from_control(control: Control) -> Exit {
         match control {
-            Some(Control::Kick { reason, done }) => Exit::Kicked { reason, done },
-            None => {
-                let (done, _) = oneshot::channel();
-                Exit::Kicked {
-                    reason: KickReason::TakenOver,
-                    done,
-                }
-            }
+            Control::Kick { reason, done } => Exit::Kicked { reason, done },
         }
     }
 

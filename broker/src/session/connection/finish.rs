@@ -26,7 +26,7 @@ impl Connection {
             .store(self.session_expiry as u64, Ordering::Relaxed);
         let publish_will = !matches!(exit, Exit::Disconnect { with_will: false });
         if let Some(will) = self.will.take().filter(|_| publish_will) {
-            self.publish_will(will, still_ours);
+            self.publish_will(*will, still_ours);
         }
         if still_ours {
             self.end_or_keep_session();

@@ -44,20 +44,16 @@ mod auth;
 mod deliver;
 mod exit;
 mod finish;
+mod io;
 mod packets;
 mod publish;
 mod subscribe;
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::mpsc;
+use bytes::BytesMut;
 use tokio::time::Instant;
 
 use crate::broker::Broker;
@@ -69,9 +65,12 @@ use super::protocol::{
     alias::OutAliases, inbound::Inbound, outbound::Outbound, timers::ControlRate, timers::Liveness,
     timers::Timeout,
 };
-use super::{Control, Delivery, Session};
+use super::{ControlReceiver, Delivery, Session};
 use auth::EnhancedAuth;
 use exit::Exit;
+use io::{poll_io, release_if_empty, IoEvent};
+
+pub use io::Transport;
 
 /// Above this many bytes waiting to be written, the session queue is not drained into the
 /// write buffer and the client is not read (see the module docs).
@@ -104,16 +103,17 @@ pub struct ConnInfo {
 }
 
 /// Serves one connection until it closes. Never panics on network input.
-pub async fn serve<S>(broker: Arc<Broker>, mut stream: S, info: ConnInfo)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let mut rbuf = BytesMut::with_capacity(4 * 1024);
-    let Some(connect) = accept::read_connect(&broker, &mut stream, &mut rbuf, &info).await else {
-        return;
-    };
-    let accepted = Connection::accept(&broker, &mut stream, &mut rbuf, connect, &info).await;
-    let Some(mut conn) = accepted else {
+pub async fn serve<S: Transport>(broker: Arc<Broker>, mut stream: S, info: ConnInfo) {
+    let mut rbuf = BytesMut::new();
+    // CONNECT to CONNACK runs once, in its own allocation: the task keeps only what the
+    // connection needs from then on (see the module docs of `io`).
+    let accepted = Box::pin(async {
+        // Moved in: what the listener said about the connection is not needed after CONNACK.
+        let info = info;
+        let connect = accept::read_connect(&broker, &mut stream, &mut rbuf, &info).await?;
+        Connection::accept(&broker, &mut stream, &mut rbuf, connect, &info).await
+    });
+    let Some(mut conn) = accepted.await else {
         return;
     };
     metrics::add(&broker.metrics.connections, 1);
@@ -142,9 +142,10 @@ struct Connection {
     peer: SocketAddr,
     /// Keep Alive in force, seconds.
     keep_alive: u16,
-    will: Option<crate::codec::LastWill>,
+    /// The will (boxed: most connections have none, and it is large).
+    will: Option<Box<crate::codec::LastWill>>,
     session_expiry: u32,
-    control_rx: mpsc::Receiver<Control>,
+    control_rx: ControlReceiver,
     wbuf: BytesMut,
     /// QoS 1/2 messages sent and not yet acknowledged.
     outbound: Outbound,
@@ -156,7 +157,7 @@ struct Connection {
     problem_information: bool,
     drained: Vec<Delivery>,
     /// Who the client is, as plugins see it; fixed at CONNECT.
-    identity: ClientInfo,
+    identity: Arc<ClientInfo>,
     /// Bytes were written since the last flush (TLS and WebSocket streams buffer).
     need_flush: bool,
     /// Not reading: this client published while the broker was over its high-water mark.
@@ -174,10 +175,7 @@ struct Connection {
 
 impl Connection {
     /// The connection loop: decode and act, drain the session queue, wait for the next event.
-    async fn run<S>(&mut self, stream: &mut S, rbuf: &mut BytesMut) -> Exit
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    async fn run<S: Transport>(&mut self, stream: &mut S, rbuf: &mut BytesMut) -> Exit {
         let mut shutdown = self.broker.shutdown_signal();
         let limits = &self.broker.config.limits;
         let stall_limit = Duration::from_secs(limits.slow_consumer_timeout);
@@ -190,6 +188,13 @@ impl Connection {
             let now = Instant::now();
             if let Err(exit) = self.act(rbuf, &mut input_pending, now).await {
                 return exit;
+            }
+            if !input_pending {
+                release_if_empty(rbuf);
+            }
+            if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+                self.wbuf = BytesMut::new();
+                self.drained = Vec::new();
             }
             liveness.output_waiting(!self.wbuf.is_empty(), now);
             let throttled = self.control_rate.blocked_until();
@@ -273,67 +278,4 @@ impl Connection {
         }
         Ok(())
     }
-}
-
-/// What one wake-up of [`poll_io`] did.
-struct IoEvent {
-    /// Bytes read into the read buffer (`Some(0)`: the peer closed), if it read.
-    read: Option<usize>,
-    /// Bytes written from the write buffer.
-    written: usize,
-}
-
-/// Writes as much of `wbuf` as the socket takes (then flushes), and reads if `reading`: one
-/// future that borrows the stream once, so reading and writing proceed together and neither
-/// waits for the other. Ready when something was read or written.
-fn poll_io<'a, S>(
-    stream: &'a mut S,
-    wbuf: &'a mut BytesMut,
-    need_flush: &'a mut bool,
-    rbuf: &'a mut BytesMut,
-    reading: bool,
-) -> impl Future<Output = std::io::Result<IoEvent>> + 'a
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    std::future::poll_fn(move |cx| {
-        let mut written = 0;
-        while !wbuf.is_empty() {
-            match Pin::new(&mut *stream).poll_write(cx, wbuf) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-                }
-                Poll::Ready(Ok(n)) => {
-                    wbuf.advance(n);
-                    written += n;
-                    *need_flush = true;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => break,
-            }
-        }
-        if wbuf.is_empty() && *need_flush {
-            match Pin::new(&mut *stream).poll_flush(cx) {
-                Poll::Ready(Ok(())) => *need_flush = false,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
-            }
-        }
-        if reading {
-            if let Poll::Ready(result) = pin!(stream.read_buf(&mut *rbuf)).poll(cx) {
-                return Poll::Ready(result.map(|n| IoEvent {
-                    read: Some(n),
-                    written,
-                }));
-            }
-        }
-        if written > 0 {
-            Poll::Ready(Ok(IoEvent {
-                read: None,
-                written,
-            }))
-        } else {
-            Poll::Pending
-        }
-    })
 }

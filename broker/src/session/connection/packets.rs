@@ -11,62 +11,90 @@ use crate::session::protocol::session_expiry_at_disconnect;
 use crate::session::store::Op;
 use plugin_api::HookPoint;
 
+use super::publish::PendingPublish;
 use super::{Connection, Exit};
 
+/// What [`Connection::next_packet`] did.
+enum Next {
+    /// No complete packet is waiting.
+    Empty,
+    /// A packet was handled.
+    Done,
+    /// A packet waits for plugins.
+    Deferred(Box<Deferred>),
+}
+
+/// What a packet leaves to do once plugins have answered.
+pub(super) enum Deferred {
+    /// A PUBLISH whose ACL decision is not cached.
+    Publish(PendingPublish),
+    /// SUBSCRIBE (ACL and `client.subscribe` per filter).
+    Subscribe(crate::codec::Subscribe),
+    /// AUTH (re-authentication).
+    Auth(crate::codec::Auth),
+}
+
 impl Connection {
-    /// Acts on one packet from the client.
-    pub(super) async fn handle(&mut self, packet: Packet) -> Result<(), Exit> {
+    /// Acts on one packet from the client, at once when that needs no plugin call (every
+    /// packet but SUBSCRIBE, AUTH and a PUBLISH whose ACL decision is not cached): those are
+    /// returned, for [`Connection::complete`].
+    pub(super) fn handle(&mut self, packet: Packet) -> Result<Option<Deferred>, Exit> {
         let now = tokio::time::Instant::now();
         match packet {
-            Packet::Publish(p) => self.on_publish(p).await,
+            Packet::Publish(p) => return Ok(self.on_publish(p)?.map(Deferred::Publish)),
             Packet::PubAck(r) => {
                 if let Some(d) = self.outbound.on_puback(r.packet_id) {
                     self.forget(&d);
                     self.message_event(HookPoint::MESSAGE_ACKED, &d, "");
                 }
-                Ok(())
             }
-            Packet::PubRec(r) => {
-                self.on_pubrec(r);
-                Ok(())
-            }
+            Packet::PubRec(r) => self.on_pubrec(r),
             Packet::PubComp(r) => {
                 if let Some(d) = self.outbound.on_pubcomp(r.packet_id) {
                     self.forget(&d);
                     self.message_event(HookPoint::MESSAGE_ACKED, &d, "");
                 }
-                Ok(())
             }
-            Packet::PubRel(r) => {
-                self.on_pubrel(r);
-                Ok(())
-            }
+            Packet::PubRel(r) => self.on_pubrel(r),
             Packet::Subscribe(s) => {
                 self.control_rate.spend(now);
-                self.on_subscribe(s).await
+                return Ok(Some(Deferred::Subscribe(s)));
             }
             Packet::Unsubscribe(u) => {
                 self.control_rate.spend(now);
-                self.on_unsubscribe(u)
+                self.on_unsubscribe(u)?;
             }
             Packet::PingReq => {
                 self.control_rate.spend(now);
                 self.push(&Packet::PingResp);
-                Ok(())
             }
-            Packet::Disconnect(d) => Err(self.on_disconnect(d)),
-            Packet::Connect(_) => Err(Exit::protocol(
-                ReasonCode::ProtocolError,
-                "[MQTT-3.1.0-2] second CONNECT on a connection",
-            )),
+            Packet::Disconnect(d) => return Err(self.on_disconnect(d)),
+            Packet::Connect(_) => {
+                return Err(Exit::protocol(
+                    ReasonCode::ProtocolError,
+                    "[MQTT-3.1.0-2] second CONNECT on a connection",
+                ))
+            }
             Packet::Auth(a) => {
                 self.control_rate.spend(now);
-                self.on_auth(a).await
+                return Ok(Some(Deferred::Auth(a)));
             }
-            other => Err(Exit::protocol(
-                ReasonCode::ProtocolError,
-                format!("[MQTT-2.1.2] a client may not send {}", other.name()),
-            )),
+            other => {
+                return Err(Exit::protocol(
+                    ReasonCode::ProtocolError,
+                    format!("[MQTT-2.1.2] a client may not send {}", other.name()),
+                ))
+            }
+        }
+        Ok(None)
+    }
+
+    /// Finishes what [`Connection::handle`] deferred: the plugin calls.
+    pub(super) async fn complete(&mut self, deferred: Deferred) -> Result<(), Exit> {
+        match deferred {
+            Deferred::Publish(p) => self.publish_after_acl(p).await,
+            Deferred::Subscribe(s) => self.on_subscribe(s).await,
+            Deferred::Auth(a) => self.on_auth(a).await,
         }
     }
 
@@ -142,17 +170,24 @@ impl Connection {
         let submitted_before = self.broker.store_submitted();
         let result = async {
             while !self.paused && self.control_rate.blocked_until().is_none() {
-                match codec::decode(rbuf, Some(self.version), max_packet)? {
-                    Some(packet) => {
-                        self.handle(packet).await?;
-                        if std::mem::take(&mut self.published) {
-                            routed += 1;
-                            if routed % BACKPRESSURE_BATCH == 0 {
-                                self.check_high_watermark();
-                            }
-                        }
+                // Decoded and handled in a plain function, so that no packet is held across
+                // the await below (it would size every connection's task).
+                let deferred = match self.next_packet(rbuf, max_packet) {
+                    Ok(Next::Empty) => return Ok(true),
+                    Ok(Next::Done) => None,
+                    Ok(Next::Deferred(d)) => Some(d),
+                    Err(exit) => return Err(exit),
+                };
+                if let Some(deferred) = deferred {
+                    // In its own allocation: the plugin futures are large, and would
+                    // otherwise size every connection's task, idle or not.
+                    Box::pin(self.complete(*deferred)).await?;
+                }
+                if std::mem::take(&mut self.published) {
+                    routed += 1;
+                    if routed % BACKPRESSURE_BATCH == 0 {
+                        self.check_high_watermark();
                     }
-                    None => return Ok(true),
                 }
             }
             Ok(false)
@@ -162,13 +197,27 @@ impl Connection {
             self.check_high_watermark();
         }
         if std::mem::take(&mut self.needs_commit) {
-            if let Err(e) = self.broker.store_committed(submitted_before).await {
+            // Boxed: only persistent sessions with durability = "ack" wait here.
+            let committed = Box::pin(self.broker.store_committed(submitted_before)).await;
+            if let Err(e) = committed {
                 // Nothing that promised durability may go out.
                 self.wbuf.clear();
                 return Err(Exit::StoreFailed(e.to_string()));
             }
         }
         result
+    }
+
+    /// Decodes the next complete packet in `rbuf` and acts on it as far as no plugin call is
+    /// needed.
+    fn next_packet(&mut self, rbuf: &mut BytesMut, max_packet: usize) -> Result<Next, Exit> {
+        let Some(packet) = codec::decode(rbuf, Some(self.version), max_packet)? else {
+            return Ok(Next::Empty);
+        };
+        Ok(match self.handle(packet)? {
+            Some(deferred) => Next::Deferred(Box::new(deferred)),
+            None => Next::Done,
+        })
     }
 
     /// Pauses reading from this publisher while the broker is over its high-water mark.

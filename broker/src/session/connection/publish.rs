@@ -19,6 +19,13 @@ use plugin_api::{Access, AclRequest, HookPoint};
 
 use super::{Connection, Exit};
 
+/// A PUBLISH waiting for the ACL plugins' answer.
+pub(super) struct PendingPublish {
+    p: Publish,
+    topic: TopicName,
+    delay: Option<u32>,
+}
+
 /// `payload` in an allocation of exactly its size, not a slice of the read buffer it was
 /// decoded from (see the module docs). One copy per PUBLISH, shared by every subscriber.
 pub(super) fn own_bytes(payload: Bytes) -> Bytes {
@@ -30,40 +37,57 @@ impl Connection {
     /// Superusers and brokers without ACL plugins skip it. `client.check_authz_complete`
     /// reports every decision.
     pub(super) async fn acl_allows(&self, access: Access, topic: &str) -> bool {
-        let (allowed, source) = self.acl_decide(access, topic).await;
+        if let Some(allowed) = self.acl_known_reported(access, topic) {
+            return allowed;
+        }
+        let (allowed, source) = self.acl_ask_plugins(access, topic).await;
+        self.acl_report(access, topic, allowed, source);
+        allowed
+    }
+
+    /// The ACL decision when it needs no plugin call (reported to plugins), else `None`.
+    fn acl_known_reported(&self, access: Access, topic: &str) -> Option<bool> {
+        let (allowed, source) = self.acl_known(access, topic)?;
+        self.acl_report(access, topic, allowed, source);
+        Some(allowed)
+    }
+
+    /// Tells `client.check_authz_complete` listeners about a decision.
+    fn acl_report(&self, access: Access, topic: &str, allowed: bool, source: &str) {
         let hooks = &self.broker.hooks;
         if hooks.enabled(HookPoint::CLIENT_CHECK_AUTHZ_COMPLETE) {
             let request = AclRequest {
-                client: self.identity.clone(),
+                client: (*self.identity).clone(),
                 access,
                 topic: topic.into(),
             };
             hooks.authz_complete(&request, allowed, source);
         }
-        allowed
     }
 
-    /// The ACL decision for `topic` and where it came from (`superuser`, `default`, `cache`,
-    /// `plugin`).
-    async fn acl_decide(&self, access: Access, topic: &str) -> (bool, &'static str) {
-        let hooks = &self.broker.hooks;
+    /// The ACL decision for `topic` when it needs no plugin call, and where it came from
+    /// (`superuser`, `default`, `cache`).
+    fn acl_known(&self, access: Access, topic: &str) -> Option<(bool, &'static str)> {
         if self.identity.is_superuser {
-            return (true, "superuser");
+            return Some((true, "superuser"));
         }
-        if !hooks.enabled(HookPoint::CLIENT_CHECK_ACL) {
-            return (true, "default");
+        if !self.broker.hooks.enabled(HookPoint::CLIENT_CHECK_ACL) {
+            return Some((true, "default"));
         }
+        let ttl = Duration::from_secs(self.broker.config.acl.cache_ttl_secs);
+        let hit = self.session.acl_cache.lock().get(access, topic, ttl);
+        hit.map(|allowed| (allowed, "cache"))
+    }
+
+    /// Asks the ACL plugins about `topic` and caches the answer.
+    async fn acl_ask_plugins(&self, access: Access, topic: &str) -> (bool, &'static str) {
         let acl = &self.broker.config.acl;
-        let ttl = Duration::from_secs(acl.cache_ttl_secs);
-        if let Some(hit) = self.session.acl_cache.lock().get(access, topic, ttl) {
-            return (hit, "cache");
-        }
         let request = AclRequest {
-            client: self.identity.clone(),
+            client: (*self.identity).clone(),
             access,
             topic: topic.into(),
         };
-        let (allowed, source) = match hooks.check_acl(&request).await {
+        let (allowed, source) = match self.broker.hooks.check_acl(&request).await {
             AclDecision::Allow => (true, "plugin"),
             AclDecision::Deny => (false, "plugin"),
             AclDecision::NoPlugin => (true, "default"),
@@ -79,8 +103,9 @@ impl Connection {
         (allowed, source)
     }
 
-    /// A PUBLISH from the client.
-    pub(super) async fn on_publish(&mut self, p: Publish) -> Result<(), Exit> {
+    /// A PUBLISH from the client, handled at once unless the ACL plugins must be asked: then
+    /// it is returned, for [`Connection::publish_after_acl`] (see `Deferred` in `packets`).
+    pub(super) fn on_publish(&mut self, p: Publish) -> Result<Option<PendingPublish>, Exit> {
         metrics::add(&self.broker.metrics.messages_received, 1);
         let topic = self.inbound.resolve_topic(&p)?;
         let config = &self.broker.config;
@@ -96,13 +121,58 @@ impl Connection {
             if self.inbound.qos2_arrival(id)? == Qos2Arrival::Duplicate {
                 // A resend of a message already routed: acknowledge again, do not route twice.
                 self.push(&Packet::PubRec(PubResp::new(id)));
-                return Ok(());
+                return Ok(None);
             }
         }
+        let (topic, delay) = match self.delayed_target(topic) {
+            Ok(target) => target,
+            Err(code) => {
+                self.acknowledge(p.qos, p.packet_id, code);
+                return Ok(None);
+            }
+        };
+        let reserved = is_sys_topic(topic.as_str()) && !config.acl.client_publish_sys;
+        let allowed = if reserved {
+            tracing::info!(client_id = %self.client_id, topic = %topic, "publish to $SYS refused (acl.client_publish_sys = false)");
+            Some(false)
+        } else {
+            self.acl_known_reported(Access::Publish, topic.as_str())
+        };
+        match allowed {
+            Some(allowed) => self
+                .publish_decided(p, topic, delay, allowed)
+                .map(|()| None),
+            None => Ok(Some(PendingPublish { p, topic, delay })),
+        }
+    }
+
+    /// Finishes a PUBLISH once the ACL plugins have answered.
+    pub(super) async fn publish_after_acl(&mut self, pending: PendingPublish) -> Result<(), Exit> {
+        let PendingPublish { p, topic, delay } = pending;
+        let (allowed, source) = self.acl_ask_plugins(Access::Publish, topic.as_str()).await;
+        self.acl_report(Access::Publish, topic.as_str(), allowed, source);
+        self.publish_decided(p, topic, delay, allowed)
+    }
+
+    /// Routes (or delays) an authorised PUBLISH, or refuses it, and acknowledges it.
+    fn publish_decided(
+        &mut self,
+        p: Publish,
+        topic: TopicName,
+        delay: Option<u32>,
+        allowed: bool,
+    ) -> Result<(), Exit> {
         let (qos, packet_id) = (p.qos, p.packet_id);
-        let code = match self.delayed_target(topic) {
-            Ok((topic, delay)) => self.authorize_and_route(p, topic, delay).await?,
-            Err(code) => code,
+        let code = if allowed {
+            self.route(p, topic, delay)
+        } else if self.broker.config.acl.deny_action == DenyAction::Disconnect {
+            return Err(Exit::protocol(
+                ReasonCode::NotAuthorized,
+                format!("publish to {topic} denied by ACL"),
+            ));
+        } else {
+            // v3 has no way to say so: the message is dropped and acknowledged as usual.
+            self.v5_or_success(ReasonCode::NotAuthorized)
         };
         // With a live store, the answer waits for what routing submitted (see decode_all).
         self.needs_commit |=
@@ -141,55 +211,33 @@ impl Connection {
         }
     }
 
-    /// Checks that the client may publish to `topic` and routes the message (or, with `delay`,
-    /// hands it to the delayed list). Returns the reason code of the acknowledgement.
-    async fn authorize_and_route(
-        &mut self,
-        p: Publish,
-        topic: TopicName,
-        delay: Option<u32>,
-    ) -> Result<ReasonCode, Exit> {
-        let acl = &self.broker.config.acl;
-        let reserved = is_sys_topic(topic.as_str()) && !acl.client_publish_sys;
-        if reserved {
-            tracing::info!(client_id = %self.client_id, topic = %topic, "publish to $SYS refused (acl.client_publish_sys = false)");
-        }
-        if reserved || !self.acl_allows(Access::Publish, topic.as_str()).await {
-            if self.broker.config.acl.deny_action == DenyAction::Disconnect {
-                return Err(Exit::protocol(
-                    ReasonCode::NotAuthorized,
-                    format!("publish to {topic} denied by ACL"),
-                ));
-            }
-            // v3 has no way to say so: the message is dropped and acknowledged as usual.
-            return Ok(self.v5_or_success(ReasonCode::NotAuthorized));
-        }
+    /// Routes the message (or, with `delay`, hands it to the delayed list). Returns the reason
+    /// code of the acknowledgement.
+    fn route(&mut self, p: Publish, topic: TopicName, delay: Option<u32>) -> ReasonCode {
         let publisher = Some(self.client_id.clone());
         let payload = own_bytes(p.payload);
         let message = Message::new(topic, payload, p.qos, p.retain, p.properties, publisher);
         let username = self.identity.username.as_ref().map(|u| u.as_str());
         if let Some(secs) = delay {
-            return Ok(
-                match self.broker.delay(message, username.into_option(), secs) {
-                    Ok(_) => ReasonCode::Success,
-                    Err(full) => {
-                        tracing::info!(client_id = %self.client_id, error = %full, "delayed publish refused");
-                        metrics::add(&self.broker.metrics.messages_dropped, 1);
-                        self.v5_or_success(ReasonCode::QuotaExceeded)
-                    }
-                },
-            );
+            return match self.broker.delay(message, username.into_option(), secs) {
+                Ok(_) => ReasonCode::Success,
+                Err(full) => {
+                    tracing::info!(client_id = %self.client_id, error = %full, "delayed publish refused");
+                    metrics::add(&self.broker.metrics.messages_dropped, 1);
+                    self.v5_or_success(ReasonCode::QuotaExceeded)
+                }
+            };
         }
         let matched = self
             .broker
             .publish(message, username.into_option(), false)
             .unwrap_or(0);
         self.published = true;
-        Ok(if matched == 0 {
+        if matched == 0 {
             self.v5_or_success(ReasonCode::NoMatchingSubscribers)
         } else {
             ReasonCode::Success
-        })
+        }
     }
 
     /// PUBACK or PUBREC with `code`; a QoS 2 message accepted is held until its PUBREL.

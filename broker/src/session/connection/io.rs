@@ -1,0 +1,119 @@
+//! The socket side of a connection: the [`Transport`] it runs on and [`poll_io`], which writes
+//! and reads in one future.
+//!
+//! An idle connection holds no buffers: the read buffer is allocated when the transport says
+//! input is waiting ([`Transport::poll_read_ready`]; plain TCP can tell, TLS and WebSocket
+//! streams cannot and read into a buffer), and both buffers are given back once empty (see the
+//! driver). That is most of what a connection that sits idle for hours costs.
+
+use std::future::Future;
+use std::io;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+
+/// Bytes reserved for reading when input is waiting and the read buffer has no room.
+pub const READ_CHUNK: usize = 4 * 1024;
+
+/// Bytes reserved for writing when the first packet goes into an empty write buffer.
+pub const WRITE_CHUNK: usize = 4 * 1024;
+
+/// A byte stream an MQTT connection runs on.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Ready once reading would not block, so that an idle connection can wait for input
+    /// without holding a read buffer. The default (for streams that cannot tell) is "now":
+    /// such a connection waits with a buffer.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let _ = cx;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Transport for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+/// In-memory pipes (tests, the fuzz target).
+impl Transport for tokio::io::DuplexStream {}
+
+/// Gives a buffer's memory back when it holds nothing.
+pub fn release_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 0 {
+        *buf = BytesMut::new();
+    }
+}
+
+/// What one wake-up of [`poll_io`] did.
+pub struct IoEvent {
+    /// Bytes read into the read buffer (`Some(0)`: the peer closed), if it read.
+    pub read: Option<usize>,
+    /// Bytes written from the write buffer.
+    pub written: usize,
+}
+
+/// Writes as much of `wbuf` as the socket takes (then flushes), and reads if `reading`: one
+/// future that borrows the stream once, so reading and writing proceed together and neither
+/// waits for the other. Ready when something was read or written.
+pub fn poll_io<'a, S>(
+    stream: &'a mut S,
+    wbuf: &'a mut BytesMut,
+    need_flush: &'a mut bool,
+    rbuf: &'a mut BytesMut,
+    reading: bool,
+) -> impl Future<Output = std::io::Result<IoEvent>> + 'a
+where
+    S: Transport,
+{
+    std::future::poll_fn(move |cx| {
+        let mut written = 0;
+        while !wbuf.is_empty() {
+            match Pin::new(&mut *stream).poll_write(cx, wbuf) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    wbuf.advance(n);
+                    written += n;
+                    *need_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        if wbuf.is_empty() && *need_flush {
+            match Pin::new(&mut *stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => *need_flush = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if reading && rbuf.len() == rbuf.capacity() {
+            // No room: take memory only once there is something to read.
+            match stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => rbuf.reserve(READ_CHUNK),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if reading && rbuf.len() < rbuf.capacity() {
+            if let Poll::Ready(result) = pin!(stream.read_buf(&mut *rbuf)).poll(cx) {
+                return Poll::Ready(result.map(|n| IoEvent {
+                    read: Some(n),
+                    written,
+                }));
+            }
+        }
+        if written > 0 {
+            Poll::Ready(Ok(IoEvent {
+                read: None,
+                written,
+            }))
+        } else {
+            Poll::Pending
+        }
+    })
+}
