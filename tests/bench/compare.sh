@@ -26,6 +26,8 @@ data_dir = "$1/data"
 [[listener]]
 name = "tcp"
 bind = "127.0.0.1:$2"
+[admin]
+bind = "127.0.0.1:0"
 [limits]
 max_queued_messages = 1000000
 max_queued_bytes = 4294967296
@@ -55,7 +57,15 @@ for who in "${names[@]}"; do
   esac
   pids="$pids $!"
 done
-sleep 0.5
+# Wait until every broker accepts connections.
+for who in "${names[@]}"; do
+  up=""
+  for _ in $(seq 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/${port[$who]}") 2>/dev/null; then up=1; break; fi
+    sleep 0.05
+  done
+  [ -n "$up" ] || { echo "$who did not start:" >&2; cat "$work/$who/log" >&2; exit 1; }
+done
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
