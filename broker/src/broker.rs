@@ -1043,11 +1043,11 @@ impl Broker {
         generation: u64,
         delay: Duration,
     ) {
-        session.parked.lock().pending_will = Some(PendingWill {
+        session.parked.lock().pending_will = Some(Box::new(PendingWill {
             message: will,
             generation,
             due: tokio::time::Instant::now() + delay,
-        });
+        }));
         let broker = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;

@@ -62,10 +62,25 @@ impl RedisServer {
     }
 
     /// Starts a server with more `redis-server` options, and TLS only when `tls` is given.
+    /// A port taken between choosing it and the server binding it is retried with another.
     pub fn start_with(extra: &[&str], tls: Option<&RedisTls>) -> Option<RedisServer> {
         if !installed() {
             return None;
         }
+        for _ in 0..4 {
+            match RedisServer::try_start_with(extra, tls) {
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("redis-server did not start: {log}"),
+                Ok(server) => return Some(server),
+            }
+        }
+        RedisServer::try_start_with(extra, tls)
+            .map(Some)
+            .unwrap_or_else(|log| panic!("redis-server did not start: {log}"))
+    }
+
+    /// One attempt of [`RedisServer::start_with`]: `Err` with the server's log if it exited.
+    pub fn try_start_with(extra: &[&str], tls: Option<&RedisTls>) -> Result<RedisServer, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let mut args: Vec<String> = vec![
@@ -107,13 +122,20 @@ impl RedisServer {
             tls: tls.map(|t| t.ca.clone()),
             child: None,
         };
-        server.start_again();
-        Some(server)
+        server.try_start_again()?;
+        Ok(server)
     }
 
     /// Starts the server again after [`RedisServer::stop`] (same port, empty data) and waits
     /// until it answers.
     pub fn start_again(&mut self) {
+        if let Err(log) = self.try_start_again() {
+            panic!("redis-server exited: {log}");
+        }
+    }
+
+    /// Starts the server and waits until it answers; `Err` with its log if it exits first.
+    fn try_start_again(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "already running");
         let log = self.dir.path().join("redis.log");
         let child = Command::new("redis-server")
@@ -128,14 +150,16 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.try_cli(&["PING"]).map(|s| s.trim().to_owned()) != Ok("PONG".into()) {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "redis-server exited with {status}: {}",
+                self.child = None;
+                return Err(format!(
+                    "exit {status}: {}",
                     std::fs::read_to_string(&log).unwrap_or_default()
-                );
+                ));
             }
             assert!(Instant::now() < deadline, "redis-server did not answer");
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// Stops the server and waits for it to exit.
@@ -260,19 +284,31 @@ impl RedisCluster {
     /// Starts three nodes and joins them; `None` when Redis is not installed (outside CI).
     pub fn start() -> Option<RedisCluster> {
         let mut nodes = Vec::new();
+        if !installed() {
+            return None;
+        }
         for _ in 0..3 {
-            let bus = free_port().to_string();
-            let node = RedisServer::start_with(
-                &[
+            // Both ports are chosen free, but another process may take either before the node
+            // binds it: then both are chosen again.
+            let mut attempts = 0;
+            let node = loop {
+                let bus = free_port().to_string();
+                let extra = [
                     "--cluster-enabled",
                     "yes",
                     "--cluster-port",
                     &bus,
                     "--cluster-node-timeout",
                     "2000",
-                ],
-                None,
-            )?;
+                ];
+                match RedisServer::try_start_with(&extra, None) {
+                    Ok(node) => break node,
+                    Err(log) if attempts < 4 && log.contains("Address already in use") => {
+                        attempts += 1;
+                    }
+                    Err(log) => panic!("redis cluster node did not start: {log}"),
+                }
+            };
             nodes.push(node);
         }
         let addrs: Vec<String> = nodes

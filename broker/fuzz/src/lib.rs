@@ -77,14 +77,14 @@ pub fn serve_bytes(input: &[u8]) {
     runtime.block_on(async {
         let broker = Broker::new(config(), std::env::temp_dir());
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let info = ConnInfo {
+        let info = Box::new(ConnInfo {
             peer: SocketAddr::from(([127, 0, 0, 1], 40000)),
             listener: Arc::from("fuzz"),
             local_port: 1883,
             transport: "mqtt",
             cert_common_name: None,
             cert_subject: None,
-        };
+        });
         let served = tokio::spawn(serve(broker.clone(), server, info));
         let (mut reader, mut writer) = tokio::io::split(&mut client);
         let feed = async {

@@ -188,7 +188,8 @@ pub async fn run(broker: Arc<Broker>, bound: Bound) {
         };
         metrics::add(&broker.metrics.connections_accepted, 1);
         let _ = stream.set_nodelay(true);
-        let info = ConnInfo {
+        // Boxed: every layer of the connection's task that owns it keeps a slot for it.
+        let info = Box::new(ConnInfo {
             peer,
             listener: name.clone(),
             local_port: bound.addr.port(),
@@ -199,7 +200,7 @@ pub async fn run(broker: Arc<Broker>, bound: Bound) {
             },
             cert_common_name: None,
             cert_subject: None,
-        };
+        });
         let broker = broker.clone();
         let kind = bound.config.kind;
         let tls = bound.tls.clone();
@@ -221,7 +222,7 @@ pub async fn run(broker: Arc<Broker>, bound: Bound) {
 async fn handshake_and_serve(
     broker: Arc<Broker>,
     stream: tokio::net::TcpStream,
-    mut info: ConnInfo,
+    mut info: Box<ConnInfo>,
     kind: ListenerKind,
     tls: Option<TlsAcceptor>,
     ws_path: String,
@@ -231,7 +232,7 @@ async fn handshake_and_serve(
     async fn over_ws<S>(
         broker: Arc<Broker>,
         stream: S,
-        mut info: ConnInfo,
+        mut info: Box<ConnInfo>,
         path: &str,
         forwarded: bool,
         timeout: Duration,

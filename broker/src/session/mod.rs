@@ -200,7 +200,7 @@ pub struct Parked {
     /// The last packet id allocated.
     pub last_packet_id: u16,
     /// A will waiting for its delay interval.
-    pub pending_will: Option<PendingWill>,
+    pub pending_will: Option<Box<PendingWill>>,
 }
 
 /// A will waiting for its delay interval (or the end of the session, whichever comes first).

@@ -103,7 +103,7 @@ pub struct ConnInfo {
 }
 
 /// Serves one connection until it closes. Never panics on network input.
-pub async fn serve<S: Transport>(broker: Arc<Broker>, mut stream: S, info: ConnInfo) {
+pub async fn serve<S: Transport>(broker: Arc<Broker>, mut stream: S, info: Box<ConnInfo>) {
     let mut rbuf = BytesMut::new();
     // CONNECT to CONNACK runs once, in its own allocation: the task keeps only what the
     // connection needs from then on (see the module docs of `io`).

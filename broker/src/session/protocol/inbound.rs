@@ -55,7 +55,10 @@ pub fn check_publish(
 #[derive(Debug)]
 pub struct Inbound {
     qos2: Vec<u16>,
+    /// Topics by alias − 1, grown as the client sets them (most clients set none or few: a
+    /// table of the full maximum would cost a kilobyte per idle v5 connection).
     aliases: Vec<Option<TopicName>>,
+    alias_maximum: u16,
     receive_maximum: u16,
 }
 
@@ -65,7 +68,8 @@ impl Inbound {
     pub fn new(receive_maximum: u16, topic_alias_maximum: u16) -> Inbound {
         Inbound {
             qos2: Vec::new(),
-            aliases: vec![None; topic_alias_maximum as usize],
+            aliases: Vec::new(),
+            alias_maximum: topic_alias_maximum,
             receive_maximum,
         }
     }
@@ -90,7 +94,7 @@ impl Inbound {
         };
         let slot = (alias as usize)
             .checked_sub(1)
-            .filter(|i| *i < self.aliases.len())
+            .filter(|i| *i < self.alias_maximum as usize)
             .ok_or_else(|| {
                 Violation::new(
                     ReasonCode::TopicAliasInvalid,
@@ -98,7 +102,7 @@ impl Inbound {
                 )
             })?;
         if p.topic.is_empty() {
-            return self.aliases[slot].clone().ok_or_else(|| {
+            return self.aliases.get(slot).cloned().flatten().ok_or_else(|| {
                 Violation::new(
                     ReasonCode::ProtocolError,
                     format!("topic alias {alias} used before it was set (section 3.3.2.3.4)"),
@@ -106,6 +110,9 @@ impl Inbound {
             });
         }
         let topic = TopicName::new(&p.topic).map_err(invalid_name)?;
+        if self.aliases.len() <= slot {
+            self.aliases.resize(slot + 1, None);
+        }
         self.aliases[slot] = Some(topic.clone());
         Ok(topic)
     }
