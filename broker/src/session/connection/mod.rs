@@ -35,7 +35,7 @@
 //! ([MQTT-3.1.2-8], [MQTT-3.14.4-3]), and ends the session when its expiry interval is 0.
 //!
 //! The parts: this file is the driver (the loop that owns the socket, its deadlines and
-//! flushing); [`accept`] runs CONNECT to CONNACK, [`packets`], [`publish`] and [`subscribe`]
+//! flushing) and [`state`] what it drives; [`accept`] runs CONNECT to CONNACK, [`packets`], [`publish`] and [`subscribe`]
 //! act on what the client sends, [`deliver`] writes what the session queue holds, and
 //! [`finish`] closes. [`exit`] names every way a connection ends.
 
@@ -47,6 +47,7 @@ mod finish;
 mod io;
 mod packets;
 mod publish;
+mod state;
 mod subscribe;
 
 use std::net::SocketAddr;
@@ -57,18 +58,12 @@ use bytes::BytesMut;
 use tokio::time::Instant;
 
 use crate::broker::Broker;
-use crate::codec::ProtocolVersion;
 use crate::metrics;
-use plugin_api::{ClientInfo, ClientView, EventView};
 
-use super::protocol::{
-    alias::OutAliases, inbound::Inbound, outbound::Outbound, timers::ControlRate, timers::Liveness,
-    timers::Timeout,
-};
-use super::{ControlReceiver, Delivery, Session};
-use auth::EnhancedAuth;
+use super::protocol::timers::{Liveness, Timeout};
 use exit::Exit;
 use io::{poll_io, release_if_empty, IoEvent};
+use state::{event, Connection};
 
 pub use io::Transport;
 
@@ -120,57 +115,6 @@ pub async fn serve<S: Transport>(broker: Arc<Broker>, mut stream: S, info: Box<C
     let exit = conn.run(&mut stream, &mut rbuf).await;
     conn.finish(&mut stream, exit).await;
     metrics::sub(&broker.metrics.connections, 1);
-}
-
-/// A client event for plugins, without a subscription.
-fn event<'a>(client: ClientView<'a>, reason: &'a str, reason_code: u8) -> EventView<'a> {
-    EventView {
-        client,
-        reason: reason.into(),
-        reason_code,
-        subscription: None.into(),
-    }
-}
-
-/// State of an attached connection. Owned by the connection's task.
-struct Connection {
-    broker: Arc<Broker>,
-    session: Arc<Session>,
-    generation: u64,
-    client_id: Arc<str>,
-    version: ProtocolVersion,
-    peer: SocketAddr,
-    /// Keep Alive in force, seconds.
-    keep_alive: u16,
-    /// The will (boxed: most connections have none, and it is large).
-    will: Option<Box<crate::codec::LastWill>>,
-    session_expiry: u32,
-    control_rx: ControlReceiver,
-    wbuf: BytesMut,
-    /// QoS 1/2 messages sent and not yet acknowledged.
-    outbound: Outbound,
-    /// QoS 2 messages received and not yet released, and the client's topic aliases.
-    inbound: Inbound,
-    client_max_packet: usize,
-    /// Topic aliases this broker assigns in what it sends (v5 clients that accept some).
-    out_aliases: Option<OutAliases>,
-    problem_information: bool,
-    drained: Vec<Delivery>,
-    /// Who the client is, as plugins see it; fixed at CONNECT.
-    identity: Arc<ClientInfo>,
-    /// Bytes were written since the last flush (TLS and WebSocket streams buffer).
-    need_flush: bool,
-    /// Not reading: this client published while the broker was over its high-water mark.
-    paused: bool,
-    /// Control packets left in this second.
-    control_rate: ControlRate,
-    /// A message was routed since the high-water mark was last looked at.
-    published: bool,
-    /// Answers in the write buffer promise changes submitted to the live session store: wait
-    /// for their commit before the buffer may be written.
-    needs_commit: bool,
-    /// MQTT 5 enhanced authentication in force (for re-authentication).
-    enhanced: Option<EnhancedAuth>,
 }
 
 impl Connection {
