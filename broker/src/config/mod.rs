@@ -444,7 +444,8 @@ pub struct Limits {
     /// the connection is not read until the next second. 0 = no limit.
     pub max_control_rate: u32,
     /// Delayed publishes (`$delayed/<seconds>/<topic>`) waiting at once; beyond it they are
-    /// refused. 0 = delayed publish off (`$delayed/…` is then an ordinary topic).
+    /// refused. 0 = delayed publish off (`$delayed/…` is then an ordinary topic). They are held
+    /// in memory: at most this many times `max_packet_size` bytes.
     pub max_delayed_messages: usize,
 }
 
@@ -465,7 +466,7 @@ impl Default for Limits {
             memory_high_watermark: 1024 * 1024 * 1024,
             slow_consumer_timeout: 30,
             max_control_rate: 1000,
-            max_delayed_messages: 100_000,
+            max_delayed_messages: 1_000,
         }
     }
 }
