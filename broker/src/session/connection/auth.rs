@@ -44,16 +44,8 @@ pub(super) fn auth_packet(code: ReasonCode, method: &str, data: &[u8]) -> Packet
     })
 }
 
-fn refusal(code: ReasonCode, why: impl Into<std::borrow::Cow<'static, str>>) -> Refusal {
-    Refusal {
-        code,
-        why: why.into(),
-        connack: true,
-    }
-}
-
 fn no_handler(method: &str) -> Refusal {
-    refusal(
+    Refusal::new(
         ReasonCode::BadAuthenticationMethod,
         format!("no loaded plugin handles authentication method {method:?}"),
     )
@@ -106,7 +98,7 @@ pub(super) async fn authenticate(
             "authentication backend unavailable",
         ),
     };
-    Err(refusal(code, why))
+    Err(Refusal::new(code, why))
 }
 
 /// Runs the CONNECT / AUTH exchange of enhanced authentication until a plugin decides, within
@@ -143,7 +135,7 @@ where
             EnhancedAuthOutcome::SUCCESS => return Ok((plugin, result)),
             EnhancedAuthOutcome::CONTINUE => {}
             EnhancedAuthOutcome::FAILURE => {
-                return Err(refusal(
+                return Err(Refusal::new(
                     failure_code(result.reason_code),
                     format!("{method} authentication failed"),
                 ))
@@ -170,7 +162,7 @@ async fn exchange_step<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let closed = || refusal(ReasonCode::UnspecifiedError, "closed during authentication");
+    let closed = || Refusal::new(ReasonCode::UnspecifiedError, "closed during authentication");
     let mut out = BytesMut::new();
     codec::encode(challenge, ProtocolVersion::V5, &mut out);
     if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
@@ -181,13 +173,13 @@ where
         match codec::decode(rbuf, Some(ProtocolVersion::V5), max) {
             Ok(Some(Packet::Auth(a))) => break a,
             Ok(Some(p)) => {
-                return Err(refusal(
+                return Err(Refusal::new(
                     ReasonCode::ProtocolError,
                     format!("{} during the authentication exchange", p.name()),
                 ))
             }
             Ok(None) => {}
-            Err(e) => return Err(refusal(ReasonCode::MalformedPacket, e.to_string())),
+            Err(e) => return Err(Refusal::new(ReasonCode::MalformedPacket, e.to_string())),
         }
         if rbuf.len() == rbuf.capacity() {
             rbuf.reserve(super::io::READ_CHUNK);
@@ -196,7 +188,7 @@ where
             Ok(Ok(0)) | Ok(Err(_)) => return Err(closed()),
             Ok(Ok(n)) => metrics::add(&broker.metrics.bytes_received, n as u64),
             Err(_) => {
-                return Err(refusal(
+                return Err(Refusal::new(
                     ReasonCode::NotAuthorized,
                     "authentication exchange not finished within limits.connect_timeout",
                 ))
@@ -206,7 +198,7 @@ where
     if answer.reason_code != ReasonCode::ContinueAuthentication.get()
         || answer.properties.authentication_method.as_deref() != Some(method)
     {
-        return Err(refusal(
+        return Err(Refusal::new(
             ReasonCode::ProtocolError,
             "[MQTT-4.12.0-4] AUTH must continue (0x18) with the CONNECT's method",
         ));

@@ -38,7 +38,8 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(code: ReasonCode, why: impl Into<Cow<'static, str>>) -> Refusal {
+    /// A refusal answered with CONNACK `code`.
+    pub fn new(code: ReasonCode, why: impl Into<Cow<'static, str>>) -> Refusal {
         Refusal {
             code,
             why: why.into(),
