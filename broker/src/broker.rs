@@ -205,10 +205,11 @@ impl Broker {
         username: Option<&str>,
         secs: u32,
     ) -> Result<u64, crate::delayed::Full> {
-        let max = self.config.limits.max_delayed_messages;
-        if self.delayed.len() >= max {
-            return Err(crate::delayed::Full(max));
-        }
+        let limits = &self.config.limits;
+        let bounds = crate::delayed::Bounds {
+            messages: limits.max_delayed_messages,
+            bytes: limits.max_delayed_bytes,
+        };
         let now = now_ms();
         let m = crate::delayed::DelayedMessage {
             id: self.delayed.next_id(),
@@ -218,12 +219,13 @@ impl Broker {
             username: username.map(str::to_owned),
         };
         let id = m.id;
+        self.delayed.room_for(m.size(), bounds)?;
         // Written first: the publishing task deletes it, and must not find it missing.
         if self.queue_limits.live_store.get().is_some() {
             let value = crate::session::persist::encode_delayed(&m);
             self.store_op(Op::PutDelayed { id, value });
         }
-        if let Err(full) = self.delayed.add(m, max) {
+        if let Err(full) = self.delayed.add(m, bounds) {
             self.store_op(Op::DeleteDelayed { id });
             return Err(full);
         }
@@ -738,6 +740,7 @@ impl Broker {
             snapshot.store_pending = store.pending();
         }
         snapshot.delayed_messages = self.delayed.len() as u64;
+        snapshot.delayed_bytes = self.delayed.bytes() as u64;
         snapshot
     }
 

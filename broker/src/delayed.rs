@@ -7,9 +7,10 @@
 //!   limit); a topic with a bad interval or no topic after it is refused like an invalid topic
 //!   name. The ACL and the `$SYS` rule see the real topic, so `$delayed/` opens no way around
 //!   them.
-//! * At most `limits.max_delayed_messages` wait at once; beyond that the publish is refused
-//!   (v5: Quota exceeded, 0x97; MQTT 3 has no way to say so and the message is dropped and
-//!   counted).
+//! * At most `limits.max_delayed_messages` wait at once, holding at most
+//!   `limits.max_delayed_bytes` (payload, topic and properties, plus a fixed overhead per
+//!   message); beyond either the publish is refused (v5: Quota exceeded, 0x97; MQTT 3 has no way
+//!   to say so and the message is dropped and counted).
 //! * With a session store they survive a restart: written as they arrive (`durability = "ack"`,
 //!   so the PUBACK promises it) or at a graceful stop (`"graceful"`); one that fell due while
 //!   the broker was down is published at start.
@@ -71,15 +72,69 @@ pub struct DelayedMessage {
     pub username: Option<String>,
 }
 
+impl DelayedMessage {
+    /// The bytes it is charged against `limits.max_delayed_bytes`: its content plus the record
+    /// and its place in the list.
+    pub fn size(&self) -> usize {
+        RECORD_OVERHEAD
+            + self.message.content_size()
+            + self.username.as_ref().map_or(0, String::len)
+    }
+}
+
+/// What one waiting message costs beyond its content: the record and the list's node share.
+const RECORD_OVERHEAD: usize = std::mem::size_of::<DelayedMessage>() + 64;
+
+/// The bounds of the waiting list (`limits.max_delayed_messages`, `limits.max_delayed_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Messages waiting at once.
+    pub messages: usize,
+    /// Bytes they hold ([`DelayedMessage::size`]).
+    pub bytes: usize,
+}
+
 /// Why a message cannot wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("limits.max_delayed_messages ({0}) are already waiting")]
-pub struct Full(pub usize);
+pub enum Full {
+    /// `limits.max_delayed_messages` are waiting.
+    #[error("limits.max_delayed_messages ({0}) are already waiting")]
+    Messages(usize),
+    /// The message would take the list past `limits.max_delayed_bytes`.
+    #[error("limits.max_delayed_bytes ({0}) would be exceeded")]
+    Bytes(usize),
+}
+
+impl Bounds {
+    /// No bound: what was accepted before a restart is all taken back.
+    pub const NONE: Bounds = Bounds {
+        messages: usize::MAX,
+        bytes: usize::MAX,
+    };
+
+    /// Whether one more message of `size` bytes fits beside `len` messages of `bytes`.
+    pub fn check(&self, len: usize, bytes: usize, size: usize) -> Result<(), Full> {
+        if len >= self.messages {
+            return Err(Full::Messages(self.messages));
+        }
+        if bytes.saturating_add(size) > self.bytes {
+            return Err(Full::Bytes(self.bytes));
+        }
+        Ok(())
+    }
+}
+
+/// The messages, ordered by due time, and the bytes they hold.
+#[derive(Debug, Default)]
+struct Waiting {
+    by_due: BTreeMap<(u64, u64), DelayedMessage>,
+    bytes: usize,
+}
 
 /// The waiting list, ordered by due time.
 #[derive(Debug, Default)]
 pub struct Delayed {
-    waiting: Mutex<BTreeMap<(u64, u64), DelayedMessage>>,
+    waiting: Mutex<Waiting>,
     next_id: AtomicU64,
     /// Wakes the publishing task when an earlier message arrives.
     pub wake: tokio::sync::Notify,
@@ -99,16 +154,26 @@ impl Delayed {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Whether a message of `size` bytes would fit now (checked again by [`Delayed::add`]).
+    pub fn room_for(&self, size: usize, bounds: Bounds) -> Result<(), Full> {
+        let waiting = self.waiting.lock();
+        bounds.check(waiting.by_due.len(), waiting.bytes, size)
+    }
+
     /// Adds a message (its id from [`Delayed::next_id`], or restored from the store) unless
-    /// `max` are already waiting.
-    pub fn add(&self, m: DelayedMessage, max: usize) -> Result<(), Full> {
+    /// it would take the list past `bounds`.
+    pub fn add(&self, m: DelayedMessage, bounds: Bounds) -> Result<(), Full> {
+        let size = m.size();
         let mut waiting = self.waiting.lock();
-        if waiting.len() >= max {
-            return Err(Full(max));
-        }
+        bounds.check(waiting.by_due.len(), waiting.bytes, size)?;
         self.next_id.fetch_max(m.id + 1, Ordering::Relaxed);
-        let earliest = waiting.keys().next().is_none_or(|(due, _)| m.due_ms < *due);
-        waiting.insert((m.due_ms, m.id), m);
+        let earliest = waiting
+            .by_due
+            .keys()
+            .next()
+            .is_none_or(|(due, _)| m.due_ms < *due);
+        waiting.by_due.insert((m.due_ms, m.id), m);
+        waiting.bytes += size;
         drop(waiting);
         if earliest {
             self.wake.notify_one();
@@ -119,27 +184,45 @@ impl Delayed {
     /// Removes the message with `id`; true if it was waiting.
     pub fn remove(&self, id: u64) -> bool {
         let mut waiting = self.waiting.lock();
-        let key = waiting.keys().find(|(_, i)| *i == id).copied();
-        key.and_then(|k| waiting.remove(&k)).is_some()
+        let key = waiting.by_due.keys().find(|(_, i)| *i == id).copied();
+        match key.and_then(|k| waiting.by_due.remove(&k)) {
+            Some(m) => {
+                waiting.bytes -= m.size();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Takes every message due at `now_ms`, earliest first.
     pub fn take_due(&self, now_ms: u64) -> Vec<DelayedMessage> {
         let mut waiting = self.waiting.lock();
-        let later = waiting.split_off(&(now_ms + 1, 0));
-        std::mem::replace(&mut *waiting, later)
+        let later = waiting.by_due.split_off(&(now_ms + 1, 0));
+        let due: Vec<DelayedMessage> = std::mem::replace(&mut waiting.by_due, later)
             .into_values()
-            .collect()
+            .collect();
+        waiting.bytes -= due.iter().map(DelayedMessage::size).sum::<usize>();
+        due
     }
 
     /// When the earliest message is due (Unix ms).
     pub fn next_due(&self) -> Option<u64> {
-        self.waiting.lock().keys().next().map(|(due, _)| *due)
+        self.waiting
+            .lock()
+            .by_due
+            .keys()
+            .next()
+            .map(|(due, _)| *due)
     }
 
     /// How many wait.
     pub fn len(&self) -> usize {
-        self.waiting.lock().len()
+        self.waiting.lock().by_due.len()
+    }
+
+    /// The bytes the waiting messages hold ([`DelayedMessage::size`]).
+    pub fn bytes(&self) -> usize {
+        self.waiting.lock().bytes
     }
 
     /// True when none waits.
@@ -149,7 +232,7 @@ impl Delayed {
 
     /// Runs `f` on every waiting message, earliest first (under the list's lock: keep it short).
     pub fn for_each(&self, mut f: impl FnMut(&DelayedMessage)) {
-        for m in self.waiting.lock().values() {
+        for m in self.waiting.lock().by_due.values() {
             f(m);
         }
     }
@@ -162,13 +245,17 @@ mod tests {
     use crate::router::TopicName;
 
     fn message(id: u64, due_ms: u64) -> DelayedMessage {
+        with_payload(id, due_ms, 0)
+    }
+
+    fn with_payload(id: u64, due_ms: u64, payload: usize) -> DelayedMessage {
         DelayedMessage {
             id,
             due_ms,
             published_ms: 0,
             message: Message {
                 topic: TopicName::new("t").expect("topic"),
-                payload: Default::default(),
+                payload: vec![0; payload].into(),
                 qos: QoS::AtMostOnce,
                 retain: false,
                 properties: Default::default(),
@@ -178,6 +265,11 @@ mod tests {
             username: None,
         }
     }
+
+    const THREE: Bounds = Bounds {
+        messages: 3,
+        bytes: usize::MAX,
+    };
 
     #[test]
     fn delayed_topics_are_parsed_strictly() {
@@ -202,10 +294,13 @@ mod tests {
     #[test]
     fn due_messages_come_out_in_order_and_the_list_is_bounded() {
         let d = Delayed::new();
-        d.add(message(d.next_id(), 300), 3).expect("room");
-        d.add(message(d.next_id(), 100), 3).expect("room");
-        d.add(message(d.next_id(), 200), 3).expect("room");
-        assert_eq!(d.add(message(d.next_id(), 50), 3), Err(Full(3)));
+        d.add(message(d.next_id(), 300), THREE).expect("room");
+        d.add(message(d.next_id(), 100), THREE).expect("room");
+        d.add(message(d.next_id(), 200), THREE).expect("room");
+        assert_eq!(
+            d.add(message(d.next_id(), 50), THREE),
+            Err(Full::Messages(3))
+        );
         assert_eq!(d.next_due(), Some(100));
         let due: Vec<u64> = d.take_due(200).iter().map(|m| m.due_ms).collect();
         assert_eq!(due, [100, 200]);
@@ -215,7 +310,38 @@ mod tests {
         assert!(!d.remove(1), "gone");
         assert!(d.is_empty());
         // Restored ids push the next fresh one past them.
-        d.add(message(41, 10), 3).expect("room");
+        d.add(message(41, 10), THREE).expect("room");
         assert_eq!(d.next_id(), 42);
+    }
+
+    #[test]
+    fn the_list_is_bounded_in_bytes_and_gives_them_back() {
+        let d = Delayed::new();
+        let one = with_payload(1, 100, 10_000).size();
+        assert!(one > 10_000);
+        let bounds = Bounds {
+            messages: 100,
+            bytes: 2 * one + one / 2,
+        };
+        d.add(with_payload(1, 100, 10_000), bounds).expect("room");
+        d.add(with_payload(2, 200, 10_000), bounds).expect("room");
+        assert_eq!(d.bytes(), 2 * one);
+        assert_eq!(
+            d.add(with_payload(3, 300, 10_000), bounds),
+            Err(Full::Bytes(bounds.bytes))
+        );
+        assert_eq!(d.room_for(one, bounds), Err(Full::Bytes(bounds.bytes)));
+        // A small one still fits beside them.
+        d.add(with_payload(4, 400, 10), bounds)
+            .expect("a small one fits");
+        assert_eq!(d.take_due(100).len(), 1);
+        assert!(d.remove(4));
+        assert_eq!(
+            d.bytes(),
+            one,
+            "taken and removed messages give their bytes back"
+        );
+        d.add(with_payload(5, 500, 10_000), bounds)
+            .expect("room again");
     }
 }

@@ -105,6 +105,22 @@ impl Message {
         }
     }
 
+    /// Bytes of its variable parts: payload, topic and properties (with the properties' box).
+    /// What queue bounds charge for a message beyond the fixed size of its record.
+    pub fn content_size(&self) -> usize {
+        let p = &self.properties;
+        p.boxed_size()
+            + self.payload.len()
+            + self.topic.as_str().len()
+            + p.content_type.as_ref().map_or(0, |s| s.len())
+            + p.response_topic.as_ref().map_or(0, |s| s.len())
+            + p.correlation_data.as_ref().map_or(0, |s| s.len())
+            + p.user_properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 16)
+                .sum::<usize>()
+    }
+
     /// Views of the user properties, for [`Message::view`].
     pub fn user_property_views(&self) -> Vec<plugin_api::UserPropertyView<'_>> {
         self.properties

@@ -100,6 +100,8 @@ metrics! {
     Gauge store_pending,
     /// Delayed publishes (`$delayed/<seconds>/<topic>`) waiting for their time.
     Gauge delayed_messages,
+    /// Bytes the waiting delayed publishes hold (limits.max_delayed_bytes).
+    Gauge delayed_bytes,
 }
 
 /// Adds `n` to a counter.

@@ -153,3 +153,35 @@ async fn bad_or_too_many_delayed_publishes_are_refused() {
     );
     assert_eq!(delayed_list(&b).len(), 1);
 }
+
+/// Delayed publishes are held in memory, so `limits.max_delayed_bytes` bounds them in bytes:
+/// a large one that would pass it is refused with 0x97 while a small one still fits, and the
+/// `delayed_bytes` gauge shows what they hold.
+#[tokio::test]
+async fn delayed_publishes_are_bounded_in_bytes() {
+    let b = Broker::start_with("[limits]\nmax_delayed_bytes = 40000\n");
+    let mut w = Wire::connected(b.port(), 5, "w").await;
+    let big = vec![b'x'; 15_000];
+    let mut reasons = Vec::new();
+    for _ in 0..3 {
+        w.send(&publish_qos1("$delayed/600/big", &big)).await;
+        let ack = w.recv().await.expect("PUBACK");
+        reasons.push(ack.body.get(2).copied().unwrap_or(0));
+    }
+    assert_eq!(
+        reasons,
+        [0x00, 0x00, 0x97],
+        "two of 15 000 bytes fit in 40 000"
+    );
+    assert_eq!(puback_reason(&mut w, "$delayed/600/small").await, 0x00);
+    assert_eq!(delayed_list(&b).len(), 3);
+    let metrics = b.ctl_ok(&["metrics"]);
+    let held: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("broker_delayed_bytes "))
+        .expect("broker_delayed_bytes in the metrics")
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!((30_000..=40_000).contains(&held), "{held} bytes held");
+}

@@ -445,8 +445,11 @@ pub struct Limits {
     pub max_control_rate: u32,
     /// Delayed publishes (`$delayed/<seconds>/<topic>`) waiting at once; beyond it they are
     /// refused. 0 = delayed publish off (`$delayed/…` is then an ordinary topic). They are held
-    /// in memory: at most this many times `max_packet_size` bytes.
+    /// in memory, bounded in bytes too by `max_delayed_bytes`.
     pub max_delayed_messages: usize,
+    /// Bytes the waiting delayed publishes may hold together (payload, topic and properties,
+    /// plus a fixed per-message overhead); a publish that would exceed it is refused.
+    pub max_delayed_bytes: usize,
 }
 
 impl Default for Limits {
@@ -467,6 +470,7 @@ impl Default for Limits {
             slow_consumer_timeout: 30,
             max_control_rate: 1000,
             max_delayed_messages: 1_000,
+            max_delayed_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -76,20 +76,7 @@ impl Delivery {
     /// The bytes this delivery is charged in its session's queue (and the broker-wide total).
     /// A message shared by many sessions is charged to each: the bound stays conservative.
     pub fn size(&self) -> usize {
-        let m = &self.message;
-        let p = &m.properties;
-        DELIVERY_OVERHEAD
-            + p.boxed_size()
-            + m.payload.len()
-            + m.topic.as_str().len()
-            + p.content_type.as_ref().map_or(0, |s| s.len())
-            + p.response_topic.as_ref().map_or(0, |s| s.len())
-            + p.correlation_data.as_ref().map_or(0, |s| s.len())
-            + p.user_properties
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 16)
-                .sum::<usize>()
-            + self.subscription_ids.len() * 4
+        DELIVERY_OVERHEAD + self.message.content_size() + self.subscription_ids.len() * 4
     }
 }
 

@@ -262,7 +262,7 @@ pub fn restore_delayed(broker: &Broker, store: &Store) -> usize {
         match decode_delayed(&bytes, id, now, wall_now) {
             Ok(Some(m)) => {
                 // Those already stored are restored whatever the limit is now.
-                if broker.delayed.add(m, usize::MAX).is_ok() {
+                if broker.delayed.add(m, crate::delayed::Bounds::NONE).is_ok() {
                     restored += 1;
                 }
             }
