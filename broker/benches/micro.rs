@@ -14,7 +14,8 @@ use std::time::Instant;
 
 use broker::codec::{self, Packet, ProtocolVersion, Publish, QoS};
 use broker::hooks::{CallLimits, Hooks, PluginHandle};
-use broker::plugin::{host::BrokerHost, loader};
+use broker::plugin::host::{BrokerHost, Services};
+use broker::plugin::{loader, BrokerServices};
 use broker::router::{TopicFilter, Trie};
 use bytes::{Bytes, BytesMut};
 use plugin_api::HookPoint;
@@ -150,7 +151,12 @@ fn hook_benches() {
         let hooks = Hooks::default();
         let handles: Vec<Arc<PluginHandle>> = (0..count)
             .map(|i| {
-                let host = BrokerHost::new_ref(Weak::new(), "blocker", false);
+                let services = Services {
+                    broker: Weak::<broker::broker::Broker>::new() as Weak<dyn BrokerServices>,
+                    management: Arc::default(),
+                    config_dir: PathBuf::new(),
+                };
+                let host = BrokerHost::new_ref(services, "blocker", false);
                 let instance = match (opened.module.create())(host, "".into()) {
                     abi_stable::std_types::RResult::ROk(p) => p,
                     abi_stable::std_types::RResult::RErr(e) => panic!("create: {e}"),

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::session::Message;
+use crate::message::Message;
 
 /// The topic prefix of a delayed publish.
 pub const PREFIX: &str = "$delayed/";

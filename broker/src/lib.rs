@@ -1,22 +1,35 @@
 //! The broker library: an MQTT 3.1 / 3.1.1 / 5.0 server on tokio.
 //!
-//! The modules follow one message's path, and dependencies point downstream only:
-//! [`config`] → [`listener`] → [`session`] (which uses [`codec`] on the wire side and
-//! [`router`] for fan-out) → subscribers' sessions. [`broker`] ties them together and owns the
-//! shared state; [`metrics`] counts what happens; [`delayed`] holds delayed publishes.
+//! Modules depend on each other in one direction only (a unit test reads the sources and
+//! fails on any cycle). From the bottom:
 //!
-//! Inside [`session`], [`session::protocol`] is the protocol rules without I/O (negotiation,
-//! QoS state, aliases, time limits) and [`session::connection`] the task that drives them over a
-//! socket.
+//! * the leaves: [`codec`] (MQTT packets), [`router`] (topics and the subscription trie),
+//!   [`message`], [`config`], [`metrics`], [`clock`], [`hex`];
+//! * [`hooks`]: the hook table plugins are installed into, and its dispatch;
+//! * [`delayed`]: delayed publishes waiting for their time;
+//! * [`session`]: the state MQTT keeps per client across connections, its encoding on disc,
+//!   and [`session::protocol`], the protocol rules without I/O (negotiation, QoS state, topic
+//!   aliases, time limits);
+//! * [`plugin`]: loading plugins and the host services they call, reaching the broker only
+//!   through the [`plugin::BrokerServices`] and [`plugin::ManagementApi`] traits;
+//! * [`broker`]: the shared state (session registry, router, hooks, plugin host) and the
+//!   publish path; it implements [`plugin::BrokerServices`];
+//! * [`connection`]: the task that serves one network connection around the session protocol,
+//!   over the broker;
+//! * [`listener`] (accepting TCP, TLS and WebSocket connections), [`sys`] (`$SYS` topics) and
+//!   [`admin`] (the management API, also offered to plugins as [`plugin::ManagementApi`]).
 
 pub mod admin;
 pub mod broker;
 pub mod clock;
 pub mod codec;
 pub mod config;
+pub mod connection;
 pub mod delayed;
 pub mod hex;
 pub mod hooks;
+#[cfg(test)]
+mod layering;
 pub mod listener;
 pub mod message;
 pub mod metrics;

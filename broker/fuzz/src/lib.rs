@@ -8,7 +8,7 @@ use std::time::Duration;
 use broker::broker::Broker;
 use broker::codec::{self, Packet, ProtocolVersion};
 use broker::config::Config;
-use broker::session::connection::{serve, ConnInfo};
+use broker::connection::{serve, ConnInfo};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -27,6 +27,8 @@ use crate::session::Session as BrokerSession;
 pub struct ApiState {
     /// The broker it manages.
     pub broker: Arc<Broker>,
+    /// Who may use the API over HTTP (`None` when only plugins in this process use it).
+    pub credentials: Option<Arc<super::auth::Credentials>>,
 }
 
 /// A failed request: status, code and message, answered as [`ApiError`].
@@ -139,7 +141,7 @@ async fn authenticate(State(s): State<ApiState>, mut request: Request, next: Nex
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
-    let caller = match (header, s.broker.admin_credentials.get()) {
+    let caller = match (header, s.credentials.as_deref()) {
         (Some(h), Some(credentials)) => credentials.check(h, now_ms()),
         (Some(_), None) => {
             return Failure(
@@ -498,20 +500,25 @@ fn add_subscription(b: &Broker, id: &str, r: &SubscribeRequest) -> ApiResult<Sub
             "qos and rh must be 0 to 2, nl and rap 0 or 1",
         ));
     }
-    let options = plugin_api::SubOptions {
-        qos: r.qos,
+    let options = crate::codec::SubscriptionOptions {
+        qos: crate::codec::QoS::from_u8(r.qos)
+            .ok_or_else(|| Failure::bad_request("qos must be 0 to 2"))?,
         no_local: r.nl == 1,
         retain_as_published: r.rap == 1,
-        retain_handling: r.rh,
+        retain_handling: match r.rh {
+            0 => crate::codec::RetainHandling::SendAtSubscribe,
+            1 => crate::codec::RetainHandling::SendIfNew,
+            _ => crate::codec::RetainHandling::DoNotSend,
+        },
     };
     session_of(b, id)?;
     let qos = b
-        .subscribe_for_plugin(id, &r.topic, options)
+        .subscribe_client(id, &r.topic, options)
         .map_err(|e| Failure::bad_request(format!("cannot subscribe to {:?}: {e}", r.topic)))?;
     Ok(Subscription {
         clientid: id.to_owned(),
         topic: r.topic.clone(),
-        qos,
+        qos: qos as u8,
         nl: r.nl,
         rap: r.rap,
         rh: r.rh,
@@ -551,7 +558,7 @@ async fn subscribe_bulk(
 }
 
 fn remove_subscription(b: &Broker, id: &str, topic: &str) -> ApiResult<()> {
-    match b.unsubscribe_for_admin(id, topic) {
+    match b.unsubscribe_client(id, topic) {
         Ok(true) => Ok(()),
         Ok(false) => Err(Failure::not_found(format!(
             "client {id:?} has no subscription {topic:?}"
@@ -746,8 +753,8 @@ fn publish_one(b: &Broker, r: PublishRequest) -> ApiResult<(StatusCode, PublishR
             .map(|(k, v)| abi_stable::std_types::Tuple2(k.into(), v.into()))
             .collect(),
     };
-    let delivered = b
-        .publish_from_plugin(message)
+    let delivered = crate::plugin::host::message_from_plugin(message)
+        .map(|m| b.publish(m, None, false).unwrap_or(0))
         .map_err(|e| Failure::bad_request(format!("cannot publish to {:?}: {e}", r.topic)))?;
     let id = format!(
         "{:x}-{:x}",
@@ -1138,7 +1145,7 @@ fn credentials<'a>(
             "only the admin token may manage API keys".into(),
         ));
     }
-    s.broker.admin_credentials.get().ok_or(Failure(
+    s.credentials.as_ref().ok_or(Failure(
         StatusCode::SERVICE_UNAVAILABLE,
         "UNAVAILABLE",
         "the management API is disabled (admin.enabled = false)".into(),

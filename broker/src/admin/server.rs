@@ -5,7 +5,7 @@
 //! off loopback the API must be served over TLS (`[admin.tls]`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -20,6 +20,7 @@ use tower::ServiceExt as _;
 use super::api::{router, ApiState};
 use super::auth::{ensure_token, Caller, Credentials};
 use crate::broker::Broker;
+use crate::plugin::{ManagementApi, ManagementFuture, ManagementResponse};
 
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 256;
@@ -54,7 +55,8 @@ pub async fn start(broker: Arc<Broker>) -> anyhow::Result<Server> {
     let keys_file = broker.config.admin_api_keys_file();
     let credentials = Credentials::load(token, keys_file.clone())
         .with_context(|| format!("cannot read the API key file {}", keys_file.display()))?;
-    let _ = broker.admin_credentials.set(Arc::new(credentials));
+    let credentials = Arc::new(credentials);
+    serve_plugins(&broker, Some(credentials.clone()));
     let tls = match &config.tls {
         Some(t) => Some(crate::listener::tls::acceptor(t).context("admin.tls")?),
         None => None,
@@ -66,6 +68,7 @@ pub async fn start(broker: Arc<Broker>) -> anyhow::Result<Server> {
     tracing::info!(%addr, tls = tls.is_some(), token_file = %token_file.display(), "management API listening");
     let app = router(ApiState {
         broker: broker.clone(),
+        credentials: Some(credentials),
     })
     .layer(axum::extract::DefaultBodyLimit::max(config.max_body_bytes))
     .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -134,35 +137,69 @@ async fn accept_loop(
     graceful.shutdown().await;
 }
 
-/// The answer to an in-process request.
-#[derive(Debug)]
-pub struct InProcessResponse {
-    /// HTTP status.
-    pub status: u16,
-    /// `Content-Type` of the body.
-    pub content_type: String,
-    /// The body.
-    pub body: Vec<u8>,
+/// Makes the API available to plugins in this process (the `management_request` host
+/// service). `credentials` are those of the HTTP API when it runs: without them a request
+/// that carries its own authorization is refused as the API being disabled, and one without
+/// acts with the plugin's authority either way.
+pub fn serve_plugins(broker: &Arc<Broker>, credentials: Option<Arc<Credentials>>) {
+    broker.plugins.set_management(Arc::new(InProcess {
+        broker: Arc::downgrade(broker),
+        credentials,
+    }));
 }
 
-/// Runs one request through the API in this process, for plugin `plugin` (the
-/// `management_request` host service). With `authorization`, the request is checked like an
-/// HTTP one; without, it acts with the plugin's authority.
-pub async fn in_process(
-    broker: Arc<Broker>,
-    plugin: &str,
-    method: &str,
-    path: &str,
-    authorization: Option<&str>,
-    body: Vec<u8>,
-) -> InProcessResponse {
-    let failed = |status: u16, message: String| InProcessResponse {
+/// The API run in this process for plugins.
+struct InProcess {
+    broker: Weak<Broker>,
+    credentials: Option<Arc<Credentials>>,
+}
+
+impl ManagementApi for InProcess {
+    fn request(
+        &self,
+        plugin: &str,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        body: Vec<u8>,
+    ) -> ManagementFuture {
+        let Some(broker) = self.broker.upgrade() else {
+            let answer = failure(503, "the broker is shutting down".into());
+            return Box::pin(async move { answer });
+        };
+        let state = ApiState {
+            broker,
+            credentials: self.credentials.clone(),
+        };
+        let request = build_request(plugin, method, path, authorization, body);
+        Box::pin(async move {
+            match request {
+                Ok(r) => in_process(state, r).await,
+                Err(e) => failure(400, format!("bad request: {e}")),
+            }
+        })
+    }
+}
+
+/// An answer with a JSON error body.
+fn failure(status: u16, message: String) -> ManagementResponse {
+    ManagementResponse {
         status,
         content_type: "application/json".into(),
         body: serde_json::json!({"code": "BAD_REQUEST", "message": message})
             .to_string()
             .into_bytes(),
-    };
+    }
+}
+
+/// The HTTP request a plugin's call stands for, marked as coming from plugin `plugin`.
+fn build_request(
+    plugin: &str,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    body: Vec<u8>,
+) -> Result<axum::http::Request<axum::body::Body>, axum::http::Error> {
     let mut builder = axum::http::Request::builder()
         .method(method)
         .uri(path)
@@ -170,14 +207,19 @@ pub async fn in_process(
     if let Some(a) = authorization {
         builder = builder.header(axum::http::header::AUTHORIZATION, a);
     }
-    let mut request = match builder.body(axum::body::Body::from(body)) {
-        Ok(r) => r,
-        Err(e) => return failed(400, format!("bad request: {e}")),
-    };
+    let mut request = builder.body(axum::body::Body::from(body))?;
     request
         .extensions_mut()
         .insert(Caller::Plugin(plugin.to_owned()));
-    let app = router(ApiState { broker });
+    Ok(request)
+}
+
+/// Runs one request through the API in this process.
+async fn in_process(
+    state: ApiState,
+    request: axum::http::Request<axum::body::Body>,
+) -> ManagementResponse {
+    let app = router(state);
     let response = match app.oneshot(request).await {
         Ok(r) => r,
         Err(never) => match never {},
@@ -190,11 +232,11 @@ pub async fn in_process(
         .unwrap_or("")
         .to_owned();
     match axum::body::to_bytes(response.into_body(), usize::MAX).await {
-        Ok(bytes) => InProcessResponse {
+        Ok(bytes) => ManagementResponse {
             status,
             content_type,
             body: bytes.to_vec(),
         },
-        Err(e) => failed(500, format!("cannot read the answer: {e}")),
+        Err(e) => failure(500, format!("cannot read the answer: {e}")),
     }
 }

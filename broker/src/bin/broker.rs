@@ -11,7 +11,6 @@ use std::time::Duration;
 use anyhow::Context;
 use broker::broker::{BoundListener, Broker};
 use broker::config::{Config, Durability, ListenerKind, LogFormat};
-use broker::session::persist;
 use broker::session::store::{self, Store};
 use broker::{admin, listener};
 use tracing_subscriber::EnvFilter;
@@ -145,6 +144,7 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let admin = if broker.config.admin.enabled {
         Some(admin::server::start(broker.clone()).await?)
     } else {
+        admin::server::serve_plugins(&broker, None);
         None
     };
 
@@ -157,8 +157,8 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         let path = data_dir.join(store::FILE);
         let store = Store::open(&path)?;
         broker.attach_store(store.clone());
-        persist::restore(&broker, &store);
-        let delayed = persist::restore_delayed(&broker, &store);
+        broker.restore_sessions(&store);
+        let delayed = broker.restore_delayed(&store);
         if delayed > 0 {
             tracing::info!(delayed, "delayed publishes restored");
         }
@@ -215,8 +215,8 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         tracing::warn!("some connections did not close within 10 s");
     }
     if let Some(store) = broker.store.get() {
-        let snapshot = persist::snapshot(&broker);
-        let delayed = persist::delayed_snapshot(&broker);
+        let snapshot = broker.session_snapshot();
+        let delayed = broker.delayed_snapshot();
         let (n, d) = (snapshot.len(), delayed.len());
         match store.replace_all(snapshot, delayed) {
             Ok(()) => {

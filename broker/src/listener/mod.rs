@@ -25,8 +25,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
 use crate::config::{ListenerConfig, ListenerKind};
+use crate::connection::{serve, ConnInfo, Transport};
 use crate::metrics;
-use crate::session::connection::{serve, ConnInfo, Transport};
 
 /// A listener whose socket is bound.
 pub struct Bound {

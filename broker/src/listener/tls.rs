@@ -120,7 +120,7 @@ pub fn client_identity(conn: &rustls::ServerConnection) -> (Option<String>, Opti
 
 /// TLS records are decrypted by the stream: it cannot tell whether application data waits, and
 /// reads into a buffer.
-impl<S> crate::session::connection::Transport for tokio_rustls::server::TlsStream<S> where
+impl<S> crate::connection::Transport for tokio_rustls::server::TlsStream<S> where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
 {
 }

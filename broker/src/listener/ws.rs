@@ -121,10 +121,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
 }
 
 /// A WebSocket stream cannot tell whether a whole frame waits: it reads into a buffer.
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> crate::session::connection::Transport
-    for WsStream<S>
-{
-}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> crate::connection::Transport for WsStream<S> {}
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
     fn poll_write(

@@ -1,10 +1,15 @@
 //! The services the broker gives plugins ([`plugin_api::Host`]).
 //!
-//! One [`BrokerHost`] per plugin instance; it holds a weak reference to the broker so a plugin
-//! that outlives a shutting-down broker cannot keep it alive, and the plugin's name so its log
-//! records are tagged with it. Every method is non-blocking and callable from any thread.
+//! One [`BrokerHost`] per plugin instance; it holds a weak reference to the broker (as
+//! [`BrokerServices`]) so a plugin that outlives a shutting-down broker cannot keep it alive,
+//! and the plugin's name so its log records are tagged with it. Every method is non-blocking
+//! and callable from any thread.
+//!
+//! The conversions between the plugin API's FFI-safe types and the broker's live here
+//! ([`message_from_plugin`], [`options_from_plugin`]): the broker itself only sees its own types.
 
-use std::sync::{Arc, Weak};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, Weak};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, ROption, RResult, RStr, RString};
@@ -14,12 +19,69 @@ use plugin_api::{
     SubOptions,
 };
 
-use crate::broker::Broker;
+use super::{BrokerServices, ManagementApi};
+use crate::codec::reason::ReasonCode;
+use crate::codec::{Properties, QoS, RetainHandling, SubscriptionOptions};
+use crate::message::Message;
+use crate::router::TopicName;
+
+/// Builds a broker message from a plugin's (also used by the management API's publish).
+pub fn message_from_plugin(m: OutgoingMessage) -> Result<Message, String> {
+    let topic = TopicName::new(m.topic.as_str()).map_err(|e| e.to_string())?;
+    let qos = QoS::from_u8(m.qos).ok_or_else(|| format!("invalid QoS {}", m.qos))?;
+    let properties = Properties {
+        user_properties: m
+            .user_properties
+            .into_iter()
+            .map(|t| (t.0.into(), t.1.into()))
+            .collect(),
+        payload_format_indicator: m.payload_format_indicator.into_option(),
+        content_type: m.content_type.into_option().map(Into::into),
+        response_topic: m.response_topic.into_option().map(Into::into),
+        correlation_data: m
+            .correlation_data
+            .into_option()
+            .map(|c| Vec::from(c).into()),
+        message_expiry_interval: m.message_expiry_interval.into_option(),
+        ..Default::default()
+    };
+    let payload = Vec::from(m.payload).into();
+    Ok(Message::new(
+        topic, payload, qos, m.retain, properties, None,
+    ))
+}
+
+/// Subscription options from a plugin's.
+pub fn options_from_plugin(o: SubOptions) -> Result<SubscriptionOptions, String> {
+    Ok(SubscriptionOptions {
+        qos: QoS::from_u8(o.qos).ok_or_else(|| format!("invalid QoS {}", o.qos))?,
+        no_local: o.no_local,
+        retain_as_published: o.retain_as_published,
+        retain_handling: match o.retain_handling {
+            1 => RetainHandling::SendIfNew,
+            2 => RetainHandling::DoNotSend,
+            _ => RetainHandling::SendAtSubscribe,
+        },
+    })
+}
+
+/// What every host object of one plugin manager shares.
+#[derive(Clone)]
+pub struct Services {
+    /// The broker.
+    pub broker: Weak<dyn BrokerServices>,
+    /// The in-process management API, once set up.
+    pub management: Arc<OnceLock<Arc<dyn ManagementApi>>>,
+    /// Where plugin config files are read from.
+    pub config_dir: PathBuf,
+}
 
 /// Host services bound to one plugin.
 #[derive(Clone)]
 pub struct BrokerHost {
-    broker: Weak<Broker>,
+    broker: Weak<dyn BrokerServices>,
+    management: Arc<OnceLock<Arc<dyn ManagementApi>>>,
+    config_dir: PathBuf,
     plugin: Arc<str>,
     /// The broker's runtime: in-process API requests run there, not on the plugin's.
     runtime: Option<tokio::runtime::Handle>,
@@ -30,9 +92,11 @@ pub struct BrokerHost {
 impl BrokerHost {
     /// A host object for plugin `plugin`, as the FFI trait object; `resuming` for an instance
     /// created by a reload with handoff.
-    pub fn new_ref(broker: Weak<Broker>, plugin: &str, resuming: bool) -> HostRef {
+    pub fn new_ref(services: Services, plugin: &str, resuming: bool) -> HostRef {
         let host = BrokerHost {
-            broker,
+            broker: services.broker,
+            management: services.management,
+            config_dir: services.config_dir,
             plugin: Arc::from(plugin),
             runtime: tokio::runtime::Handle::try_current().ok(),
             resuming,
@@ -48,8 +112,8 @@ impl BrokerHost {
             return async { RResult::RErr("the broker is shutting down".into()) }.into_ffi();
         };
         let plugin = self.plugin.clone();
-        let task =
-            runtime.spawn_blocking(move || broker.plugin_kv.write(&plugin, &key, value.as_deref()));
+        let task = runtime
+            .spawn_blocking(move || broker.plugin_kv().write(&plugin, &key, value.as_deref()));
         async move {
             match task.await {
                 Ok(Ok(())) => RResult::ROk(()),
@@ -79,8 +143,8 @@ impl Host for BrokerHost {
         let Some(broker) = self.broker.upgrade() else {
             return RResult::RErr("broker is shutting down".into());
         };
-        match broker.publish_from_plugin(message) {
-            Ok(n) => RResult::ROk(n as u32),
+        match message_from_plugin(message) {
+            Ok(m) => RResult::ROk(broker.publish(m) as u32),
             Err(e) => RResult::RErr(e.into()),
         }
     }
@@ -94,8 +158,10 @@ impl Host for BrokerHost {
         let Some(broker) = self.broker.upgrade() else {
             return RResult::RErr("broker is shutting down".into());
         };
-        match broker.subscribe_for_plugin(client_id.as_str(), filter.as_str(), options) {
-            Ok(q) => RResult::ROk(q),
+        let subscribed = options_from_plugin(options)
+            .and_then(|o| broker.subscribe(client_id.as_str(), filter.as_str(), o));
+        match subscribed {
+            Ok(q) => RResult::ROk(q as u8),
             Err(e) => RResult::RErr(e.into()),
         }
     }
@@ -108,7 +174,7 @@ impl Host for BrokerHost {
     }
 
     fn now_ms(&self) -> u64 {
-        crate::broker::now_ms()
+        crate::clock::now_ms()
     }
 
     fn deliver(
@@ -120,7 +186,9 @@ impl Host for BrokerHost {
         let Some(broker) = self.broker.upgrade() else {
             return RResult::RErr("broker is shutting down".into());
         };
-        match broker.deliver_from_plugin(client_id.as_str(), message, subscription_id) {
+        let delivered = message_from_plugin(message)
+            .and_then(|m| broker.deliver(client_id.as_str(), m, subscription_id));
+        match delivered {
             Ok(()) => RResult::ROk(()),
             Err(e) => RResult::RErr(e.into()),
         }
@@ -135,25 +203,26 @@ impl Host for BrokerHost {
                 .into_bytes()
                 .into(),
         };
-        let (Some(broker), Some(runtime)) = (self.broker.upgrade(), self.runtime.clone()) else {
-            let answer = failed(503, "the broker is shutting down");
+        let (Some(api), Some(runtime)) = (self.management.get().cloned(), self.runtime.clone())
+        else {
+            let answer = failed(503, "the management API is not running in this broker");
             return async move { answer }.into_ffi();
         };
         let plugin = self.plugin.clone();
         let task = runtime.spawn(async move {
-            let r = crate::admin::server::in_process(
-                broker,
-                &plugin,
-                request.method.as_str(),
-                request.path.as_str(),
-                request
-                    .authorization
-                    .as_ref()
-                    .map(|a| a.as_str())
-                    .into_option(),
-                request.body.into_vec(),
-            )
-            .await;
+            let r = api
+                .request(
+                    &plugin,
+                    request.method.as_str(),
+                    request.path.as_str(),
+                    request
+                        .authorization
+                        .as_ref()
+                        .map(|a| a.as_str())
+                        .into_option(),
+                    request.body.into_vec(),
+                )
+                .await;
             ApiResponse {
                 status: r.status,
                 content_type: r.content_type.into(),
@@ -174,7 +243,12 @@ impl Host for BrokerHost {
             return false;
         };
         let _entered = runtime.enter();
-        let found = broker.disconnect_for_plugin(client_id.as_str(), connected_at_ms, reason_code);
+        // Server-sent DISCONNECT reason codes are 0x80 and above; anything else is an
+        // administrative action.
+        let reason = ReasonCode::from_u8(reason_code)
+            .filter(|r| *r as u8 >= 0x80)
+            .unwrap_or(ReasonCode::AdministrativeAction);
+        let found = broker.disconnect(client_id.as_str(), connected_at_ms, reason);
         if found {
             tracing::info!(plugin = %self.plugin, client_id = client_id.as_str(), reason_code, "connection closed by a plugin");
         }
@@ -196,7 +270,7 @@ impl Host for BrokerHost {
             }
         };
         match broker
-            .plugin_metrics
+            .plugin_metrics()
             .register(&self.plugin, name.as_str(), kind, help.as_str())
         {
             Ok(id) => RResult::ROk(id),
@@ -206,7 +280,7 @@ impl Host for BrokerHost {
 
     fn metric_update(&self, id: u32, value: i64, set: bool) {
         if let Some(broker) = self.broker.upgrade() {
-            broker.plugin_metrics.update(&self.plugin, id, value, set);
+            broker.plugin_metrics().update(&self.plugin, id, value, set);
         }
     }
 
@@ -214,7 +288,7 @@ impl Host for BrokerHost {
         let Some(broker) = self.broker.upgrade() else {
             return RResult::RErr("the broker is shutting down".into());
         };
-        match broker.unsubscribe_for_admin(client_id.as_str(), filter.as_str()) {
+        match broker.unsubscribe(client_id.as_str(), filter.as_str()) {
             Ok(existed) => RResult::ROk(existed),
             Err(e) => RResult::RErr(e.into()),
         }
@@ -224,7 +298,7 @@ impl Host for BrokerHost {
         let Some(broker) = self.broker.upgrade() else {
             return RString::new();
         };
-        let dir = broker.config.data_dir.join("plugins").join(&*self.plugin);
+        let dir = broker.config().data_dir.join("plugins").join(&*self.plugin);
         match std::fs::create_dir_all(&dir) {
             Ok(()) => dir.display().to_string().into(),
             Err(e) => {
@@ -238,7 +312,7 @@ impl Host for BrokerHost {
         let Some(broker) = self.broker.upgrade() else {
             return RResult::RErr("the broker is shutting down".into());
         };
-        match broker.plugin_kv.get(&self.plugin, key.as_str()) {
+        match broker.plugin_kv().get(&self.plugin, key.as_str()) {
             Ok(v) => RResult::ROk(v.map(Into::into).into()),
             Err(e) => RResult::RErr(e.into()),
         }
@@ -248,7 +322,7 @@ impl Host for BrokerHost {
         let Some(broker) = self.broker.upgrade() else {
             return RResult::RErr("the broker is shutting down".into());
         };
-        match broker.plugin_kv.keys(&self.plugin, prefix.as_str()) {
+        match broker.plugin_kv().keys(&self.plugin, prefix.as_str()) {
             Ok(keys) => RResult::ROk(keys.into_iter().map(RString::from).collect()),
             Err(e) => RResult::RErr(e.into()),
         }
@@ -271,10 +345,7 @@ impl Host for BrokerHost {
     }
 
     fn config_dir(&self) -> RString {
-        let Some(broker) = self.broker.upgrade() else {
-            return RString::new();
-        };
-        let dir = broker.plugins.config_dir();
+        let dir = &self.config_dir;
         let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
         absolute.display().to_string().into()
     }
@@ -282,7 +353,7 @@ impl Host for BrokerHost {
     fn node_name(&self) -> RString {
         self.broker
             .upgrade()
-            .map(|b| RString::from(b.config.node_name.as_str()))
+            .map(|b| RString::from(b.config().node_name.as_str()))
             .unwrap_or_default()
     }
 }

@@ -26,7 +26,10 @@
 pub mod host;
 pub mod kv;
 pub mod loader;
+mod services;
 pub mod template;
+
+pub use services::{BrokerServices, ManagementApi, ManagementFuture, ManagementResponse};
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -37,7 +40,6 @@ use abi_stable::std_types::RResult;
 use parking_lot::RwLock;
 use plugin_api::PluginModRef;
 
-use crate::broker::Broker;
 use crate::config::valid_plugin_name;
 use crate::hooks::{CallLimits, PluginHandle, PluginState, StatsSnapshot};
 
@@ -124,7 +126,9 @@ pub struct PluginList {
 
 /// The plugin host of one broker.
 pub struct PluginManager {
-    broker: Weak<Broker>,
+    broker: Weak<dyn BrokerServices>,
+    /// The management API in this process, once it is set up ([`PluginManager::set_management`]).
+    management: Arc<std::sync::OnceLock<Arc<dyn ManagementApi>>>,
     plugin_dir: PathBuf,
     config_dir: PathBuf,
     cache_dir: PathBuf,
@@ -146,9 +150,14 @@ impl std::fmt::Debug for PluginManager {
 
 impl PluginManager {
     /// A manager with nothing loaded.
-    pub fn new(broker: Weak<Broker>, config: &crate::config::Config, config_dir: PathBuf) -> Self {
+    pub fn new(
+        broker: Weak<dyn BrokerServices>,
+        config: &crate::config::Config,
+        config_dir: PathBuf,
+    ) -> Self {
         PluginManager {
             broker,
+            management: Arc::default(),
             plugin_dir: config.plugin_dir.clone(),
             config_dir,
             cache_dir: config.data_dir.join("plugins").join(".cache"),
@@ -164,6 +173,12 @@ impl PluginManager {
             loaded: RwLock::new(BTreeMap::new()),
             mapped: parking_lot::Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Connects plugins' `management_request` to the management API in this process (set once,
+    /// at start; until then such requests are answered 503).
+    pub fn set_management(&self, api: Arc<dyn ManagementApi>) {
+        let _ = self.management.set(api);
     }
 
     /// Where plugin config files are read from.
@@ -229,7 +244,7 @@ impl PluginManager {
             .filter(|l| l.handle.state() == PluginState::Active)
             .map(|l| l.handle.clone())
             .collect();
-        broker.hooks.install(&active);
+        broker.hooks().install(&active);
     }
 
     /// Opens and checks the library for `name`, and reads its config. Blocking work runs on a
@@ -264,12 +279,16 @@ impl PluginManager {
         config: &str,
         resuming: bool,
     ) -> Result<Arc<PluginHandle>, PluginOpError> {
-        let broker = self.broker.clone();
+        let services = host::Services {
+            broker: self.broker.clone(),
+            management: self.management.clone(),
+            config_dir: self.config_dir.clone(),
+        };
         let limits = self.limits.clone();
         let n = name.to_owned();
         let text = config.to_owned();
         tokio::task::spawn_blocking(move || {
-            let host = host::BrokerHost::new_ref(broker, &n, resuming);
+            let host = host::BrokerHost::new_ref(services, &n, resuming);
             let description = (module.describe())();
             let create = module.create();
             let instance = match create(host, text.as_str().into()) {

@@ -1,4 +1,4 @@
-//! Sessions: the state MQTT keeps per client identifier, and the task that serves a connection.
+//! Sessions: the state MQTT keeps per client identifier, across connections.
 //!
 //! A [`Session`] outlives connections: it is created by the first CONNECT of a client id, is
 //! attached to at most one connection at a time, and ends at disconnect (expiry interval 0), at
@@ -17,15 +17,14 @@
 //! * its **subscriptions**, mirrored in the router's trie.
 //!
 //! [`protocol`] holds the session's protocol rules without I/O (negotiation, QoS state, topic
-//! aliases, time limits); [`connection::serve`] runs one network connection from CONNECT to
-//! close around them.
+//! aliases, time limits); [`crate::connection::serve`] runs one network connection from CONNECT
+//! to close around them.
 //!
 //! Lock order: registry → router → session locks; of a session's locks only `control` →
 //! `parked` are ever held together. None is held across `.await`.
 
 pub use crate::message::{Message, MessageProperties};
 
-pub mod connection;
 pub mod persist;
 pub mod protocol;
 pub mod store;
@@ -234,7 +233,7 @@ pub enum KickReason {
     Kicked,
     /// A plugin's request, with the MQTT 5 DISCONNECT reason code to send (e.g. 0xA0 when a
     /// token expired).
-    Plugin(u8),
+    Plugin(crate::codec::reason::ReasonCode),
 }
 
 /// The control line of one attached connection: requests waiting for it, and its wake-up.

@@ -4,7 +4,8 @@
 //! * `"none"`: nothing is written; a restart loses every session.
 //! * `"graceful"`: at a graceful stop (SIGTERM / Ctrl-C), once every connection has closed and
 //!   handed its state back, [`snapshot`] writes each session that outlives its connection
-//!   (session expiry > 0: v5 expiry intervals, v3 clean session = 0) in one transaction. A
+//!   (session expiry > 0: v5 expiry intervals, v3 clean session = 0) in one transaction
+//!   ([`stored_session`]). A
 //!   crash loses what changed since the last start.
 //! * `"ack"`: the store follows the sessions as they change — session records at connect,
 //!   subscribe, unsubscribe and disconnect; every QoS 1 / 2 message queued for a persistent
@@ -13,7 +14,8 @@
 //!   once what the packet changed is committed (see the connection). A graceful stop also
 //!   writes the complete snapshot, so queued QoS 0 messages survive it (not a crash).
 //!
-//! At start, before the first client is accepted, [`restore`] rebuilds every stored session:
+//! At start, before the first client is accepted, every stored session is rebuilt ([`rebuild`];
+//! the broker registers them):
 //! subscriptions (shared ones included) back in the router, queued messages in order,
 //! unacknowledged outgoing messages (resent with DUP and their packet ids when the client
 //! reconnects, [MQTT-4.4.0-1]), incoming QoS 2 packet ids, the delayed will, the remaining
@@ -22,7 +24,7 @@
 //! that cannot be decoded is skipped with an error naming the client; the rest load.
 //!
 //! Delayed publishes ([`crate::delayed`]) are kept the same way: written as they arrive with
-//! `"ack"`, at a graceful stop with `"graceful"`, read back by [`restore_delayed`].
+//! `"ack"`, at a graceful stop with `"graceful"` ([`encode_delayed`], [`decode_delayed`]).
 //!
 //! Formats: the session record is JSON; a delivery is a big-endian u32 length, a JSON header
 //! (QoS, flags, subscription ids, the message's topic and properties) and the raw payload; a
@@ -36,9 +38,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::store::{Store, StoredMessage, StoredSession};
+use super::store::{StoredMessage, StoredSession};
 use super::{Delivery, Message, Outgoing, Session};
-use crate::broker::{unix_ms, Broker};
+use crate::clock::unix_ms;
 use crate::codec::{PacketId, Properties, QoS, RetainHandling, SubscriptionOptions};
 use crate::hex;
 use crate::router::{TopicFilter, TopicName};
@@ -218,7 +220,7 @@ pub fn encode_delayed(m: &crate::delayed::DelayedMessage) -> Bytes {
 }
 
 /// Decodes a stored delayed publish; `Ok(None)` when its message expired meanwhile.
-fn decode_delayed(
+pub fn decode_delayed(
     bytes: &[u8],
     id: u64,
     now: Instant,
@@ -235,44 +237,6 @@ fn decode_delayed(
             message,
             username: header.username,
         }))
-}
-
-/// Every delayed publish waiting, encoded for [`Store::replace_all`] at a graceful stop.
-pub fn delayed_snapshot(broker: &Broker) -> Vec<(u64, Bytes)> {
-    let mut out = Vec::new();
-    broker
-        .delayed
-        .for_each(|m| out.push((m.id, encode_delayed(m))));
-    out
-}
-
-/// Reads the stored delayed publishes back into the broker's list (those due meanwhile are
-/// published as soon as the broker runs). Returns how many.
-pub fn restore_delayed(broker: &Broker, store: &Store) -> usize {
-    let loaded = match store.load_delayed() {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the delayed publishes: starting without them");
-            return 0;
-        }
-    };
-    let (now, wall_now) = (Instant::now(), unix_ms(SystemTime::now()));
-    let mut restored = 0;
-    for (id, bytes) in loaded {
-        match decode_delayed(&bytes, id, now, wall_now) {
-            Ok(Some(m)) => {
-                // Those already stored are restored whatever the limit is now.
-                if broker.delayed.add(m, crate::delayed::Bounds::NONE).is_ok() {
-                    restored += 1;
-                }
-            }
-            Ok(None) => {
-                store.submit(super::store::Op::DeleteDelayed { id });
-            }
-            Err(e) => tracing::error!(id, error = %e, "stored delayed publish unreadable: skipped"),
-        }
-    }
-    restored
 }
 
 /// Decodes a stored delivery; `Ok(None)` when its message expired meanwhile.
@@ -336,51 +300,18 @@ pub fn session_record(s: &Session) -> Vec<u8> {
     serde_json::to_vec(&record).unwrap_or_default()
 }
 
-/// Everything a graceful stop writes: each session with a non-zero expiry, its unacknowledged
-/// outgoing messages and its whole queue (QoS 0 included), renumbered in order.
-pub fn snapshot(broker: &Broker) -> Vec<(Arc<str>, StoredSession)> {
-    let mut out = Vec::new();
-    for s in broker.all_sessions() {
-        if s.expiry_interval.load(Ordering::Relaxed) == 0 {
-            continue;
-        }
-        let mut stored = StoredSession {
-            record: session_record(&s),
-            ..StoredSession::default()
-        };
-        let mut seq = 0;
-        {
-            let parked = s.parked.lock();
-            for o in &parked.outgoing {
-                seq += 1;
-                stored.messages.push(StoredMessage {
-                    seq,
-                    value: encode_delivery(&o.delivery).to_vec(),
-                    inflight: Some((o.packet_id.get(), o.released)),
-                });
-            }
-            stored.incoming_qos2 = parked.incoming_qos2.clone();
-        }
-        for d in s.queued_snapshot() {
-            seq += 1;
-            stored.messages.push(StoredMessage {
-                seq,
-                value: encode_delivery(&d).to_vec(),
-                inflight: None,
-            });
-        }
-        out.push((s.client_id.clone(), stored));
-    }
-    out
-}
-
 /// A subscription read back: the filter as sent, its parts, options and id.
-struct RestoredSubscription {
-    raw: String,
-    group: Option<Arc<str>>,
-    filter: TopicFilter,
-    options: SubscriptionOptions,
-    id: Option<u32>,
+pub struct RestoredSubscription {
+    /// The filter as the client sent it (`$share/…` included).
+    pub raw: String,
+    /// The share group, for a shared subscription.
+    pub group: Option<Arc<str>>,
+    /// The filter without the share prefix.
+    pub filter: TopicFilter,
+    /// Its options.
+    pub options: SubscriptionOptions,
+    /// Its v5 subscription identifier.
+    pub id: Option<u32>,
 }
 
 impl SubscriptionRecord {
@@ -408,17 +339,23 @@ impl SubscriptionRecord {
 }
 
 /// A session read back, not yet registered.
-struct Restored {
-    session: Arc<Session>,
-    expiry_left: Option<Duration>,
-    subscriptions: Vec<RestoredSubscription>,
-    will: Option<(Message, Duration)>,
+pub struct Restored {
+    /// The session, offline, its queue and parked state filled.
+    pub session: Arc<Session>,
+    /// What is left of its expiry interval (`None`: never expires).
+    pub expiry_left: Option<Duration>,
+    /// Its subscriptions, to put back in the router.
+    pub subscriptions: Vec<RestoredSubscription>,
+    /// Its delayed will and what is left of the delay.
+    pub will: Option<(Message, Duration)>,
+    /// Stored messages that expired while the broker was stopped, to delete from the store.
+    pub expired_messages: Vec<u64>,
 }
 
-/// Rebuilds one session; `None` when it expired while the broker was stopped.
-fn rebuild(
-    broker: &Arc<Broker>,
-    client_id: &str,
+/// Rebuilds one session from its stored form into the session `new_session` makes (called
+/// only if the session has not expired); `None` when it expired while the broker was stopped.
+pub fn rebuild(
+    new_session: impl FnOnce() -> Arc<Session>,
     stored: StoredSession,
     now: Instant,
     wall_now: u64,
@@ -433,7 +370,7 @@ fn rebuild(
             left => left,
         },
     };
-    let session = broker.new_session(Arc::from(client_id));
+    let session = new_session();
     session
         .expiry_interval
         .store(r.expiry_interval as u64, Ordering::Relaxed);
@@ -445,6 +382,7 @@ fn rebuild(
         .collect::<Result<Vec<_>, String>>()?;
     let mut last_seq = 0;
     let mut queued = Vec::new();
+    let mut expired_messages = Vec::new();
     {
         let mut parked = session.parked.lock();
         parked.last_packet_id = r.last_packet_id;
@@ -457,10 +395,7 @@ fn rebuild(
         {
             last_seq = last_seq.max(seq);
             let Some(delivery) = decode_delivery(&value, seq, now, wall_now)? else {
-                broker.store_op(super::store::Op::DeleteMessage {
-                    client_id: session.client_id.clone(),
-                    seq,
-                });
+                expired_messages.push(seq);
                 continue;
             };
             match inflight {
@@ -488,60 +423,43 @@ fn rebuild(
         expiry_left,
         subscriptions,
         will,
+        expired_messages,
     }))
 }
 
-/// Rebuilds and registers every session in `store`; returns how many were restored. Sessions
-/// that expired while the broker was down are removed from the store.
-pub fn restore(broker: &Arc<Broker>, store: &Store) -> usize {
-    let loaded = match store.load() {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the session store: starting without its sessions");
-            return 0;
-        }
-    };
-    let now = Instant::now();
-    let wall_now = unix_ms(SystemTime::now());
-    let mut restored = 0;
-    let mut expired = 0;
-    for (client_id, stored) in loaded {
-        let r = match rebuild(broker, &client_id, stored, now, wall_now) {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                expired += 1;
-                store.submit(super::store::Op::DeleteSession {
-                    client_id: Arc::from(client_id.as_str()),
-                });
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(client_id = %client_id, error = %e,
-                    "stored session unreadable: skipped (the other sessions load)");
-                continue;
-            }
-        };
-        restored += 1;
-        broker.register_restored(r.session.clone());
-        for sub in r.subscriptions {
-            broker.add_subscription(
-                &r.session,
-                sub.raw,
-                sub.group,
-                sub.filter,
-                sub.options,
-                sub.id,
-            );
-        }
-        if let Some((will, delay)) = r.will {
-            broker.schedule_will(r.session.clone(), will, 0, delay);
-        }
-        if let Some(left) = r.expiry_left {
-            broker.schedule_expiry(r.session, 0, left);
-        }
+/// What a graceful stop writes for `s`: the session with its unacknowledged outgoing
+/// messages and its whole queue (QoS 0 included), renumbered in order; `None` for a session
+/// that ends with its connection (expiry 0).
+pub fn stored_session(s: &Session) -> Option<StoredSession> {
+    if s.expiry_interval.load(Ordering::Relaxed) == 0 {
+        return None;
     }
-    tracing::info!(restored, expired, file = %store.path().display(), "sessions restored");
-    restored
+    let mut stored = StoredSession {
+        record: session_record(s),
+        ..StoredSession::default()
+    };
+    let mut seq = 0;
+    {
+        let parked = s.parked.lock();
+        for o in &parked.outgoing {
+            seq += 1;
+            stored.messages.push(StoredMessage {
+                seq,
+                value: encode_delivery(&o.delivery).to_vec(),
+                inflight: Some((o.packet_id.get(), o.released)),
+            });
+        }
+        stored.incoming_qos2 = parked.incoming_qos2.clone();
+    }
+    for d in s.queued_snapshot() {
+        seq += 1;
+        stored.messages.push(StoredMessage {
+            seq,
+            value: encode_delivery(&d).to_vec(),
+            inflight: None,
+        });
+    }
+    Some(stored)
 }
 
 #[cfg(test)]

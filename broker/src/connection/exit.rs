@@ -58,7 +58,7 @@ impl Exit {
                 KickReason::TakenOver => ReasonCode::SessionTakenOver,
                 KickReason::Kicked => ReasonCode::AdministrativeAction,
                 // A plugin's code is passed on as it chose it.
-                KickReason::Plugin(code) => return Some(*code),
+                KickReason::Plugin(code) => *code,
             },
             Exit::Shutdown => ReasonCode::ServerShuttingDown,
             Exit::StoreFailed(_) => ReasonCode::UnspecifiedError,

@@ -1,5 +1,5 @@
 //! One network connection, from its first byte to close: the I/O around the protocol rules of
-//! [`super::protocol`].
+//! [`crate::session::protocol`].
 //!
 //! [`serve`] reads CONNECT (within `limits.connect_timeout`), validates it, binds the connection
 //! to a session through [`Broker::attach`], answers CONNACK, restores the session's parked state
@@ -60,7 +60,7 @@ use tokio::time::Instant;
 use crate::broker::Broker;
 use crate::metrics;
 
-use super::protocol::timers::{Liveness, Timeout};
+use crate::session::protocol::timers::{Liveness, Timeout};
 use exit::Exit;
 use io::{poll_io, release_if_empty, IoEvent};
 use state::{event, Connection};

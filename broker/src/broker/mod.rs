@@ -13,6 +13,9 @@
 //! [`Broker::attach`] binds a connection to a session, taking over a live connection of the same
 //! client id first ([MQTT-3.1.4-2]).
 
+mod restore;
+mod services;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,7 +24,8 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{oneshot, watch, Semaphore};
 
-use crate::codec::{QoS, RetainHandling, SubscriptionOptions};
+use crate::codec::reason::ReasonCode;
+use crate::codec::{QoS, SubscriptionOptions};
 use crate::config::Config;
 use crate::config::Durability;
 use crate::hooks::Hooks;
@@ -33,7 +37,7 @@ use crate::session::{
     Control, Delivery, Enqueued, KickReason, Message, PendingWill, QueueLimits, Session, SubEntry,
     Subscription,
 };
-use plugin_api::{ClientInfo, ClientView, EventView, HookPoint, OutgoingMessage, SubOptions};
+use plugin_api::{ClientInfo, ClientView, EventView, HookPoint};
 
 pub use crate::clock::{coarse_now_ms, now_ms, unix_ms};
 
@@ -69,9 +73,6 @@ pub struct Broker {
     pub store: std::sync::OnceLock<Arc<Store>>,
     /// The listeners as bound, once they accept clients.
     pub listeners: std::sync::OnceLock<Vec<BoundListener>>,
-    /// Who may use the management API, once it is set up (also for plugins' in-process
-    /// requests).
-    pub admin_credentials: std::sync::OnceLock<Arc<crate::admin::auth::Credentials>>,
     accepting: AtomicBool,
     /// Delayed publishes waiting for their time ([`crate::delayed`]).
     pub delayed: crate::delayed::Delayed,
@@ -139,7 +140,11 @@ impl Broker {
         let permits = config.limits.max_connections;
         let config = Arc::new(config);
         Arc::new_cyclic(|weak| Broker {
-            plugins: PluginManager::new(weak.clone(), &config, plugin_config_dir),
+            plugins: PluginManager::new(
+                weak.clone() as std::sync::Weak<dyn crate::plugin::BrokerServices>,
+                &config,
+                plugin_config_dir,
+            ),
             config: config.clone(),
             router: RwLock::new(Trie::new()),
             sessions: Mutex::new(HashMap::new()),
@@ -158,7 +163,6 @@ impl Broker {
             )),
             store: std::sync::OnceLock::new(),
             listeners: std::sync::OnceLock::new(),
-            admin_credentials: std::sync::OnceLock::new(),
             accepting: AtomicBool::new(false),
             delayed: crate::delayed::Delayed::new(),
         })
@@ -270,49 +274,16 @@ impl Broker {
         }
     }
 
-    /// Builds a broker message from a plugin's.
-    fn message_from_plugin(m: OutgoingMessage) -> Result<Message, String> {
-        let topic = TopicName::new(m.topic.as_str()).map_err(|e| e.to_string())?;
-        let qos = QoS::from_u8(m.qos).ok_or_else(|| format!("invalid QoS {}", m.qos))?;
-        let properties = crate::codec::Properties {
-            user_properties: m
-                .user_properties
-                .into_iter()
-                .map(|t| (t.0.into(), t.1.into()))
-                .collect(),
-            payload_format_indicator: m.payload_format_indicator.into_option(),
-            content_type: m.content_type.into_option().map(Into::into),
-            response_topic: m.response_topic.into_option().map(Into::into),
-            correlation_data: m
-                .correlation_data
-                .into_option()
-                .map(|c| Vec::from(c).into()),
-            message_expiry_interval: m.message_expiry_interval.into_option(),
-            ..Default::default()
-        };
-        let payload = Vec::from(m.payload).into();
-        Ok(Message::new(
-            topic, payload, qos, m.retain, properties, None,
-        ))
-    }
-
-    /// Publishes a message on behalf of a plugin (host service).
-    pub fn publish_from_plugin(&self, m: OutgoingMessage) -> Result<usize, String> {
-        let message = Self::message_from_plugin(m)?;
-        Ok(self.publish(message, None, false).unwrap_or(0))
-    }
-
     /// Queues a message for one client only (host service `deliver`).
-    pub fn deliver_from_plugin(
+    pub fn deliver_to(
         &self,
         client_id: &str,
-        m: OutgoingMessage,
+        message: Message,
         subscription_id: u32,
     ) -> Result<(), String> {
         let session = self
             .session(client_id)
             .ok_or_else(|| format!("no session for client {client_id:?}"))?;
-        let message = Self::message_from_plugin(m)?;
         let delivery = Delivery {
             qos: message.qos,
             retain: message.retain,
@@ -332,29 +303,19 @@ impl Broker {
         }
     }
 
-    /// Subscribes an existing session on behalf of a plugin (host service). Returns the
-    /// granted QoS.
-    pub fn subscribe_for_plugin(
+    /// Subscribes an existing session, online or offline, on behalf of a plugin or the
+    /// management API. Returns the granted QoS.
+    pub fn subscribe_client(
         &self,
         client_id: &str,
         raw: &str,
-        o: SubOptions,
-    ) -> Result<u8, String> {
+        options: SubscriptionOptions,
+    ) -> Result<QoS, String> {
         let session = self
             .session(client_id)
             .ok_or_else(|| format!("no session for client {client_id:?}"))?;
         let (group, filter) = TopicFilter::parse(raw).map_err(|e| e.to_string())?;
-        let qos = QoS::from_u8(o.qos).ok_or_else(|| format!("invalid QoS {}", o.qos))?;
-        let options = SubscriptionOptions {
-            qos,
-            no_local: o.no_local,
-            retain_as_published: o.retain_as_published,
-            retain_handling: match o.retain_handling {
-                1 => RetainHandling::SendIfNew,
-                2 => RetainHandling::DoNotSend,
-                _ => RetainHandling::SendAtSubscribe,
-            },
-        };
+        let qos = options.qos;
         let is_new = self.add_subscription(
             &session,
             raw.to_owned(),
@@ -372,7 +333,7 @@ impl Broker {
                 let subscription = plugin_api::SubscriptionView {
                     filter: filter.as_str().into(),
                     share_group: group.as_deref().map(Into::into).into(),
-                    options: o,
+                    options: crate::session::sub_options(&options),
                     is_new,
                     subscription_id: 0,
                 };
@@ -387,7 +348,7 @@ impl Broker {
                 );
             }
         }
-        Ok(qos as u8)
+        Ok(qos)
     }
 
     /// Adds (or replaces) a subscription of `session`; returns true if it is new.
@@ -434,9 +395,9 @@ impl Broker {
     }
 
     /// Removes subscription `raw` (as it was subscribed) from a session, online or offline,
-    /// as if its client had sent UNSUBSCRIBE (management API). Returns false when the session
-    /// has no such subscription.
-    pub fn unsubscribe_for_admin(&self, client_id: &str, raw: &str) -> Result<bool, String> {
+    /// as if its client had sent UNSUBSCRIBE (management API, plugins). Returns false when the
+    /// session has no such subscription.
+    pub fn unsubscribe_client(&self, client_id: &str, raw: &str) -> Result<bool, String> {
         let session = self
             .session(client_id)
             .ok_or_else(|| format!("no session for client {client_id:?}"))?;
@@ -521,11 +482,11 @@ impl Broker {
     /// Closes one client's connection for a plugin (host service `disconnect`) with MQTT 5 reason
     /// `code`, only if it is the connection that connected at `connected_at_ms` (0 = any).
     /// Returns whether such a connection was found; the close itself happens asynchronously.
-    pub fn disconnect_for_plugin(
-        self: &Arc<Self>,
+    pub fn disconnect_client(
+        &self,
         client_id: &str,
         connected_at_ms: u64,
-        code: u8,
+        code: ReasonCode,
     ) -> bool {
         let Some(session) = self.session(client_id) else {
             return false;
@@ -538,13 +499,6 @@ impl Broker {
         let ctrl = session.control.lock().clone();
         let (true, Some(ctrl)) = (same, ctrl) else {
             return false;
-        };
-        // Server-sent DISCONNECT reason codes are 0x80 and above; anything else is an
-        // administrative action.
-        let code = if code >= 0x80 {
-            code
-        } else {
-            crate::codec::reason::ADMINISTRATIVE_ACTION
         };
         let (done, _wait) = oneshot::channel();
         let _ = ctrl.send(Control::Kick {
