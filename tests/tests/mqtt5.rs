@@ -185,3 +185,29 @@ async fn delayed_publishes_are_bounded_in_bytes() {
         .expect("a number");
     assert!((30_000..=40_000).contains(&held), "{held} bytes held");
 }
+
+/// A subscription is its share group and filter, however it was written: `$queue/jobs` is
+/// unsubscribed as `$share/$queue/jobs`; an invalid filter in UNSUBSCRIBE is answered 0x8F
+/// (Topic Filter invalid) and one never subscribed 0x11 (No subscription existed).
+#[tokio::test]
+async fn unsubscribe_names_subscriptions_by_group_and_filter() {
+    let b = Broker::start();
+    let mut w = Wire::connected(b.port(), 5, "unsub").await;
+    w.send(&subscribe_packet(5, 1, "$queue/jobs", 1)).await;
+    let suback = w.recv().await.expect("SUBACK");
+    assert_eq!(suback.kind(), 9);
+    assert_eq!(suback.body.last(), Some(&1), "granted QoS 1");
+    let listed = b.ctl_ok(&["--json", "subscriptions", "list"]);
+    assert!(listed.contains("$share/$queue/jobs"), "{listed}");
+    for (filter, code) in [
+        ("$share/$queue/jobs", 0x00),
+        ("$share/$queue/jobs", 0x11),
+        ("a/#/b", 0x8F),
+        ("never/subscribed", 0x11),
+    ] {
+        w.send(&unsubscribe_packet(5, 2, filter)).await;
+        let unsuback = w.recv().await.expect("UNSUBACK");
+        assert_eq!(unsuback.kind(), 11, "UNSUBACK");
+        assert_eq!(unsuback.body.last(), Some(&code), "{filter}");
+    }
+}

@@ -467,9 +467,9 @@ fn subscriptions_of(node: &str, s: &BrokerSession) -> Vec<Subscription> {
         .subscriptions
         .lock()
         .iter()
-        .map(|(raw, sub)| Subscription {
+        .map(|(key, sub)| Subscription {
             clientid: s.client_id.to_string(),
-            topic: raw.clone(),
+            topic: key.to_string(),
             qos: sub.options.qos as u8,
             nl: sub.options.no_local.into(),
             rap: sub.options.retain_as_published.into(),
@@ -626,7 +626,7 @@ fn session_summary(s: &BrokerSession) -> Session {
         .subscriptions
         .lock()
         .iter()
-        .map(|(raw, sub)| (raw.clone(), sub.options.qos as u8))
+        .map(|(key, sub)| (key.to_string(), sub.options.qos as u8))
         .collect();
     subscriptions.sort();
     Session {

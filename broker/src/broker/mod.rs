@@ -31,7 +31,7 @@ use crate::config::Durability;
 use crate::hooks::Hooks;
 use crate::metrics::{self, Metrics};
 use crate::plugin::PluginManager;
-use crate::router::{Match, SharedGroup, TopicFilter, TopicName, Trie};
+use crate::router::{Match, SharedGroup, SubscriptionKey, TopicName, Trie};
 use crate::session::store::{Op, Store, StoreError};
 use crate::session::{
     Control, Delivery, Enqueued, KickReason, Message, PendingWill, QueueLimits, Session, SubEntry,
@@ -314,16 +314,9 @@ impl Broker {
         let session = self
             .session(client_id)
             .ok_or_else(|| format!("no session for client {client_id:?}"))?;
-        let (group, filter) = TopicFilter::parse(raw).map_err(|e| e.to_string())?;
+        let key = SubscriptionKey::parse(raw).map_err(|e| e.to_string())?;
         let qos = options.qos;
-        let is_new = self.add_subscription(
-            &session,
-            raw.to_owned(),
-            group.clone(),
-            filter.clone(),
-            options,
-            None,
-        );
+        let is_new = self.add_subscription(&session, key.clone(), options, None);
         self.store_session(&session);
         // Plugins (a retainer) learn of it as of any subscription.
         if self.hooks.enabled(HookPoint::SESSION_SUBSCRIBED) {
@@ -331,8 +324,8 @@ impl Broker {
             let info = session.info.lock().clone();
             if let Some(info) = info {
                 let subscription = plugin_api::SubscriptionView {
-                    filter: filter.as_str().into(),
-                    share_group: group.as_deref().map(Into::into).into(),
+                    filter: key.filter.as_str().into(),
+                    share_group: key.group.as_deref().map(Into::into).into(),
                     options: crate::session::sub_options(&options),
                     is_new,
                     subscription_id: 0,
@@ -355,9 +348,7 @@ impl Broker {
     pub fn add_subscription(
         &self,
         session: &Arc<Session>,
-        raw: String,
-        group: Option<Arc<str>>,
-        filter: TopicFilter,
+        key: SubscriptionKey,
         options: SubscriptionOptions,
         id: Option<u32>,
     ) -> bool {
@@ -367,25 +358,24 @@ impl Broker {
             id,
         };
         let mut router = self.router.write();
-        router.insert(group.as_ref(), &filter, session.id, entry);
-        let previous = session.subscriptions.lock().insert(
-            raw,
-            Subscription {
-                group,
-                filter,
-                options,
-                id,
-            },
-        );
+        router.insert(key.group.as_ref(), &key.filter, session.id, entry);
+        let previous = session
+            .subscriptions
+            .lock()
+            .insert(key, Subscription { options, id });
         previous.is_none()
     }
 
-    /// Removes subscription `key` (as it was stored) from `session` and the router; returns it.
-    pub fn remove_subscription(&self, session: &Session, key: &str) -> Option<Subscription> {
+    /// Removes subscription `key` from `session` and the router; returns it.
+    pub fn remove_subscription(
+        &self,
+        session: &Session,
+        key: &SubscriptionKey,
+    ) -> Option<Subscription> {
         let sub = session.subscriptions.lock().remove(key)?;
         self.router
             .write()
-            .remove(sub.group.as_ref(), &sub.filter, &session.id);
+            .remove(key.group.as_ref(), &key.filter, &session.id);
         Some(sub)
     }
 
@@ -401,7 +391,8 @@ impl Broker {
         let session = self
             .session(client_id)
             .ok_or_else(|| format!("no session for client {client_id:?}"))?;
-        let Some(sub) = self.remove_subscription(&session, raw) else {
+        let key = SubscriptionKey::parse(raw).map_err(|e| e.to_string())?;
+        let Some(sub) = self.remove_subscription(&session, &key) else {
             return Ok(false);
         };
         self.store_session(&session);
@@ -409,8 +400,8 @@ impl Broker {
             let info = session.info.lock().clone();
             if let Some(info) = info {
                 let subscription = plugin_api::SubscriptionView {
-                    filter: sub.filter.as_str().into(),
-                    share_group: sub.group.as_deref().map(Into::into).into(),
+                    filter: key.filter.as_str().into(),
+                    share_group: key.group.as_deref().map(Into::into).into(),
                     options: crate::session::sub_options(&sub.options),
                     is_new: false,
                     subscription_id: sub.id.unwrap_or(0),
@@ -978,8 +969,8 @@ impl Broker {
         let subs: Vec<_> = session.subscriptions.lock().drain().collect();
         {
             let mut router = self.router.write();
-            for (_, sub) in &subs {
-                router.remove(sub.group.as_ref(), &sub.filter, &session.id);
+            for (key, _) in &subs {
+                router.remove(key.group.as_ref(), &key.filter, &session.id);
             }
         }
         session.clear_queue();

@@ -101,14 +101,7 @@ impl Broker {
             }
             self.register_restored(r.session.clone());
             for sub in r.subscriptions {
-                self.add_subscription(
-                    &r.session,
-                    sub.raw,
-                    sub.group,
-                    sub.filter,
-                    sub.options,
-                    sub.id,
-                );
+                self.add_subscription(&r.session, sub.key, sub.options, sub.id);
             }
             if let Some((will, delay)) = r.will {
                 self.schedule_will(r.session.clone(), will, 0, delay);

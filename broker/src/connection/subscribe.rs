@@ -2,37 +2,22 @@
 //! plugins' `client.subscribe` / `client.unsubscribe` decisions, then the session's
 //! subscriptions and the router.
 
-use std::sync::Arc;
-
 use crate::codec::{
     reason::{self, ReasonCode},
     Packet, Properties, QoS, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
     Unsubscribe,
 };
 use crate::hooks::SubscribeOutcome;
-use crate::router::TopicFilter;
+use crate::router::{SubscriptionKey, TopicFilter};
 use crate::session::protocol::within_levels;
 use crate::session::sub_options;
 use plugin_api::{Access, HookPoint, SubOptions, SubscribeView, SubscriptionView};
 
 use super::{event, Connection, Exit};
 
-/// The key a subscription is stored under in its session: the filter, or
-/// `$share/<group>/<filter>` for a shared one.
-fn subscription_key(group: Option<&str>, filter: &TopicFilter) -> String {
-    match group {
-        Some(g) => format!("$share/{g}/{filter}"),
-        None => filter.to_string(),
-    }
-}
-
-/// A filter as parsed: its share group, if any, and the filter.
-type Parsed = (Option<Arc<str>>, TopicFilter);
-
 /// A subscription SUBSCRIBE added (or replaced), for `session.subscribed`.
 struct Added {
-    group: Option<Arc<str>>,
-    filter: TopicFilter,
+    key: SubscriptionKey,
     options: SubscriptionOptions,
     is_new: bool,
     id: Option<u32>,
@@ -61,36 +46,39 @@ fn decided_options(mut options: SubscriptionOptions, d: &SubscribeOutcome) -> Su
 }
 
 impl Connection {
-    /// Runs the `client.subscribe` / `client.unsubscribe` fold for one filter: the filter to
-    /// use (as the client would have written it, `$share/…` kept) and what plugins decided.
+    /// Runs the `client.subscribe` / `client.unsubscribe` fold for one filter: the
+    /// subscription to use (a plugin may rewrite the filter; the share group stays) and what
+    /// plugins decided.
     fn decide_filter(
         &self,
         point: HookPoint,
-        raw: &str,
-        group: Option<&Arc<str>>,
-        filter: &TopicFilter,
+        key: SubscriptionKey,
         options: SubOptions,
-    ) -> (String, Option<SubscribeOutcome>) {
+    ) -> (SubscriptionKey, Option<SubscribeOutcome>) {
         if !self.broker.hooks.enabled(point) {
-            return (raw.to_owned(), None);
+            return (key, None);
         }
         let view = SubscribeView {
             client: self.identity.view(),
-            filter: filter.as_str().into(),
-            share_group: group.map(|g| (**g).into()).into(),
+            filter: key.filter.as_str().into(),
+            share_group: key.group.as_deref().map(Into::into).into(),
             options,
         };
-        match self.broker.hooks.subscribe_decision(point, &view) {
-            None => (raw.to_owned(), None),
-            Some(outcome) => {
-                let effective = match (&outcome.filter, group) {
-                    (None, _) => raw.to_owned(),
-                    (Some(new), Some(g)) => format!("$share/{g}/{new}"),
-                    (Some(new), None) => new.clone(),
-                };
-                (effective, Some(outcome))
+        let Some(outcome) = self.broker.hooks.subscribe_decision(point, &view) else {
+            return (key, None);
+        };
+        let key = match outcome.filter.as_deref().map(TopicFilter::new) {
+            None => key,
+            Some(Ok(filter)) => SubscriptionKey {
+                group: key.group,
+                filter,
+            },
+            Some(Err(e)) => {
+                tracing::warn!(client_id = %self.client_id, filter = ?outcome.filter, error = %e, "a plugin's filter decision is not a valid filter; keeping the original");
+                key
             }
-        }
+        };
+        (key, Some(outcome))
     }
 
     /// A SUBSCRIBE: one reason code per filter in SUBACK ([MQTT-3.8.4-6]).
@@ -125,8 +113,8 @@ impl Connection {
         if self.broker.hooks.enabled(HookPoint::SESSION_SUBSCRIBED) {
             for a in &added {
                 let sub = SubscriptionView {
-                    filter: a.filter.as_str().into(),
-                    share_group: a.group.as_deref().map(Into::into).into(),
+                    filter: a.key.filter.as_str().into(),
+                    share_group: a.key.group.as_deref().map(Into::into).into(),
                     options: sub_options(&a.options),
                     is_new: a.is_new,
                     subscription_id: a.id.unwrap_or(0),
@@ -145,7 +133,7 @@ impl Connection {
         &self,
         raw: &str,
         options: &SubscriptionOptions,
-    ) -> Result<Result<Parsed, u8>, Exit> {
+    ) -> Result<Result<SubscriptionKey, u8>, Exit> {
         let v5 = self.version.is_v5();
         if raw.is_empty() {
             return Err(Exit::protocol(
@@ -158,33 +146,33 @@ impl Connection {
             tracing::info!(client_id = %self.client_id, max_levels, "topic filter refused: more than limits.max_topic_levels levels");
             return Ok(Err(reason::TOPIC_FILTER_INVALID));
         }
-        let (group, filter) = match TopicFilter::parse(raw) {
-            Ok(parsed) => parsed,
+        let key = match SubscriptionKey::parse(raw) {
+            Ok(key) => key,
             Err(e) => {
                 tracing::debug!(client_id = %self.client_id, filter = %raw, error = %e, "invalid topic filter");
                 return Ok(Err(reason::TOPIC_FILTER_INVALID));
             }
         };
         let mqtt = &self.broker.config.mqtt;
-        if group.is_some() && !mqtt.shared_subscription_available {
+        if key.is_shared() && !mqtt.shared_subscription_available {
             return Ok(Err(refused(
                 v5,
                 ReasonCode::SharedSubscriptionsNotSupported,
             )));
         }
-        if filter.has_wildcard() && !mqtt.wildcard_subscription_available {
+        if key.filter.has_wildcard() && !mqtt.wildcard_subscription_available {
             return Ok(Err(refused(
                 v5,
                 ReasonCode::WildcardSubscriptionsNotSupported,
             )));
         }
-        if v5 && group.is_some() && options.no_local {
+        if v5 && key.is_shared() && options.no_local {
             return Err(Exit::protocol(
                 ReasonCode::ProtocolError,
                 "[MQTT-3.8.3-4] No Local on a shared subscription",
             ));
         }
-        Ok(Ok((group, filter)))
+        Ok(Ok(key))
     }
 
     /// One filter of a SUBSCRIBE: checked, authorised, decided by plugins, then added.
@@ -194,8 +182,8 @@ impl Connection {
         options: SubscriptionOptions,
         id: Option<u32>,
     ) -> Result<Result<Added, u8>, Exit> {
-        let (group, filter) = match self.check_filter(raw, &options)? {
-            Ok(parsed) => parsed,
+        let key = match self.check_filter(raw, &options)? {
+            Ok(key) => key,
             Err(code) => return Ok(Err(code)),
         };
         // ACL sees the filter as the client sent it, before any rewrite.
@@ -203,8 +191,7 @@ impl Connection {
             return Ok(Err(reason::NOT_AUTHORIZED));
         }
         let point = HookPoint::CLIENT_SUBSCRIBE;
-        let (effective, decision) =
-            self.decide_filter(point, raw, group.as_ref(), &filter, sub_options(&options));
+        let (key, decision) = self.decide_filter(point, key, sub_options(&options));
         let (mut options, mut sub_id) = (options, id);
         if let Some(d) = &decision {
             if let Some(code) = d.refused {
@@ -220,50 +207,23 @@ impl Connection {
         if options.qos as u8 > maximum_qos {
             options.qos = QoS::from_u8(maximum_qos).unwrap_or(options.qos);
         }
-        let (group, filter) = if effective == raw {
-            (group, filter)
-        } else {
-            match TopicFilter::parse(&effective) {
-                Ok(parsed) => parsed,
-                Err(e) => {
-                    tracing::warn!(client_id = %self.client_id, filter = %effective, error = %e, "client.subscribe returned an invalid filter; keeping the original");
-                    (group, filter)
-                }
-            }
-        };
-        let key = subscription_key(group.as_deref(), &filter);
-        let is_new = self.broker.add_subscription(
-            &self.session,
-            key,
-            group.clone(),
-            filter.clone(),
-            options,
-            sub_id,
-        );
+        let is_new = self
+            .broker
+            .add_subscription(&self.session, key.clone(), options, sub_id);
         Ok(Ok(Added {
-            group,
-            filter,
+            key,
             options,
             is_new,
             id: sub_id,
         }))
     }
 
-    /// The key an UNSUBSCRIBE filter names, after the plugins' `client.unsubscribe` decision
-    /// (`$queue/x` is stored as `$share/$queue/x`).
-    fn unsubscribe_key(&self, raw: &str) -> String {
-        let Ok((group, filter)) = TopicFilter::parse(raw) else {
-            return raw.to_owned();
-        };
+    /// The subscription an UNSUBSCRIBE filter names, after the plugins' `client.unsubscribe`
+    /// decision (`$queue/x` is `$share/$queue/x`); `None` for an invalid filter.
+    fn unsubscribe_key(&self, raw: &str) -> Option<SubscriptionKey> {
+        let key = SubscriptionKey::parse(raw).ok()?;
         let point = HookPoint::CLIENT_UNSUBSCRIBE;
-        let options = SubOptions::default();
-        let effective = self
-            .decide_filter(point, raw, group.as_ref(), &filter, options)
-            .0;
-        match TopicFilter::parse(&effective) {
-            Ok((group, filter)) => subscription_key(group.as_deref(), &filter),
-            Err(_) => effective,
-        }
+        Some(self.decide_filter(point, key, SubOptions::default()).0)
     }
 
     /// An UNSUBSCRIBE: one reason code per filter in UNSUBACK ([MQTT-3.10.4-5]).
@@ -276,7 +236,10 @@ impl Connection {
         }
         let mut codes = Vec::with_capacity(u.filters.len());
         for raw in &u.filters {
-            let key = self.unsubscribe_key(raw);
+            let Some(key) = self.unsubscribe_key(raw) else {
+                codes.push(reason::TOPIC_FILTER_INVALID);
+                continue;
+            };
             let Some(sub) = self.broker.remove_subscription(&self.session, &key) else {
                 codes.push(reason::NO_SUBSCRIPTION_EXISTED);
                 continue;
@@ -284,8 +247,8 @@ impl Connection {
             codes.push(reason::SUCCESS);
             if self.broker.hooks.enabled(HookPoint::SESSION_UNSUBSCRIBED) {
                 let view = SubscriptionView {
-                    filter: sub.filter.as_str().into(),
-                    share_group: sub.group.as_deref().map(Into::into).into(),
+                    filter: key.filter.as_str().into(),
+                    share_group: key.group.as_deref().map(Into::into).into(),
                     options: sub_options(&sub.options),
                     is_new: false,
                     subscription_id: sub.id.unwrap_or(0),

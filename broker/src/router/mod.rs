@@ -14,5 +14,5 @@
 pub mod topic;
 pub mod trie;
 
-pub use topic::{matches, SharedFilter, TopicError, TopicFilter, TopicName};
+pub use topic::{matches, SubscriptionKey, TopicError, TopicFilter, TopicName};
 pub use trie::{Match, SharedGroup, Trie};

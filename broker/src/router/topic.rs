@@ -52,17 +52,48 @@ impl fmt::Display for TopicName {
 pub const QUEUE_GROUP: &str = "$queue";
 
 /// A subscription filter, possibly with `+` / `#` wildcards. Shared subscriptions
-/// (`$share/<group>/<filter>`) are split into [`SharedFilter`] by [`TopicFilter::parse`].
+/// (`$share/<group>/<filter>`) are split into a [`SubscriptionKey`] by [`TopicFilter::parse`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicFilter(Arc<str>);
 
-/// A `$share/<group>/<filter>` subscription, split into its parts.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SharedFilter {
-    /// Share group name.
-    pub group: Arc<str>,
-    /// The filter inside the share.
+/// What a subscription is within its session: its share group, if any, and its filter.
+/// `a/b` and `$share/g/a/b` are two subscriptions; `$queue/a/b` is `$share/$queue/a/b`.
+/// Displays as the client would write it (`$share/<group>/<filter>` for a shared one).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriptionKey {
+    /// The share group of a shared subscription.
+    pub group: Option<Arc<str>>,
+    /// The filter (inside the share).
     pub filter: TopicFilter,
+}
+
+impl SubscriptionKey {
+    /// A plain subscription to `filter`.
+    pub fn plain(filter: TopicFilter) -> SubscriptionKey {
+        SubscriptionKey {
+            group: None,
+            filter,
+        }
+    }
+
+    /// Parses a filter as sent in SUBSCRIBE ([`TopicFilter::parse`]).
+    pub fn parse(s: &str) -> Result<SubscriptionKey, TopicError> {
+        TopicFilter::parse(s)
+    }
+
+    /// True for a shared subscription.
+    pub fn is_shared(&self) -> bool {
+        self.group.is_some()
+    }
+}
+
+impl fmt::Display for SubscriptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.group {
+            Some(g) => write!(f, "$share/{g}/{}", self.filter),
+            None => fmt::Display::fmt(&self.filter, f),
+        }
+    }
 }
 
 impl TopicFilter {
@@ -84,16 +115,21 @@ impl TopicFilter {
         Ok(TopicFilter(Arc::from(s)))
     }
 
-    /// Parses a filter as sent in SUBSCRIBE: `Ok((None, filter))` for a plain filter,
-    /// `Ok((Some(group), filter))` for `$share/<group>/<filter>`, and `Ok((Some("$queue"),
-    /// filter))` for `$queue/<filter>`.
-    pub fn parse(s: &str) -> Result<(Option<Arc<str>>, TopicFilter), TopicError> {
+    /// Parses a filter as sent in SUBSCRIBE: a plain filter, `$share/<group>/<filter>`, or
+    /// EMQX's `$queue/<filter>` (the group `$queue`).
+    pub fn parse(s: &str) -> Result<SubscriptionKey, TopicError> {
+        let shared = |group: &str, filter: &str| -> Result<SubscriptionKey, TopicError> {
+            Ok(SubscriptionKey {
+                group: Some(Arc::from(group)),
+                filter: TopicFilter::new(filter)?,
+            })
+        };
         // EMQX's `$queue/<filter>`: one shared group, named `$queue`.
         if let Some(filter) = s.strip_prefix("$queue/") {
             if filter.is_empty() {
                 return Err(TopicError::BadShare);
             }
-            return Ok((Some(Arc::from(QUEUE_GROUP)), TopicFilter::new(filter)?));
+            return shared(QUEUE_GROUP, filter);
         }
         match s.strip_prefix("$share/") {
             Some(rest) => {
@@ -101,10 +137,10 @@ impl TopicFilter {
                 if group.is_empty() || group.contains(['+', '#']) || filter.is_empty() {
                     return Err(TopicError::BadShare);
                 }
-                Ok((Some(Arc::from(group)), TopicFilter::new(filter)?))
+                shared(group, filter)
             }
             None if s == "$share" => Err(TopicError::BadShare),
-            None => Ok((None, TopicFilter::new(s)?)),
+            None => Ok(SubscriptionKey::plain(TopicFilter::new(s)?)),
         }
     }
 
@@ -155,14 +191,27 @@ mod tests {
 
     #[test]
     fn shared_parse() {
-        let (g, f) = TopicFilter::parse("$share/g1/a/+").expect("valid share");
+        let SubscriptionKey {
+            group: g,
+            filter: f,
+        } = TopicFilter::parse("$share/g1/a/+").expect("valid share");
         assert_eq!(g.as_deref(), Some("g1"));
         assert_eq!(f.as_str(), "a/+");
         assert!(TopicFilter::parse("$share/g1").is_err());
         assert!(TopicFilter::parse("$share//a").is_err());
         assert!(TopicFilter::parse("$share/g+/a").is_err());
         assert!(TopicFilter::parse("$share/g/").is_err());
-        let (g, f) = TopicFilter::parse("$queue/jobs/#").expect("valid queue");
+        let key = TopicFilter::parse("$queue/jobs/#").expect("valid queue");
+        assert_eq!(
+            key.to_string(),
+            "$share/$queue/jobs/#",
+            "stored as the group $queue"
+        );
+        assert_eq!(
+            TopicFilter::parse("$share/$queue/jobs/#").expect("valid share"),
+            key
+        );
+        let (g, f) = (key.group, key.filter);
         assert_eq!((g.as_deref(), f.as_str()), (Some("$queue"), "jobs/#"));
         assert!(TopicFilter::parse("$queue/").is_err());
     }

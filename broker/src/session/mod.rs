@@ -48,7 +48,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::codec::{PacketId, QoS, SubscriptionOptions};
-use crate::router::TopicFilter;
+use crate::router::SubscriptionKey;
 
 /// One message on its way to one session, with what the matching subscriptions decided.
 #[derive(Debug, Clone)]
@@ -200,13 +200,9 @@ pub struct PendingWill {
     pub due: Instant,
 }
 
-/// One subscription as the session records it.
+/// One subscription as the session records it (its [`SubscriptionKey`] is the map's key).
 #[derive(Debug, Clone)]
 pub struct Subscription {
-    /// Share group for `$share/<group>/<filter>`.
-    pub group: Option<Arc<str>>,
-    /// The filter.
-    pub filter: TopicFilter,
     /// Options.
     pub options: SubscriptionOptions,
     /// v5 subscription identifier.
@@ -332,8 +328,8 @@ pub struct Session {
     queue: Mutex<Queue>,
     notify: Notify,
     limits: Arc<QueueLimits>,
-    /// Subscriptions by the filter string as the client sent it (`$share/…` included).
-    pub subscriptions: Mutex<HashMap<String, Subscription>>,
+    /// Subscriptions by their share group and filter.
+    pub subscriptions: Mutex<HashMap<SubscriptionKey, Subscription>>,
     /// State parked while no connection is attached.
     pub parked: Mutex<Parked>,
     /// Control channel of the attached connection.

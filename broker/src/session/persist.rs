@@ -43,7 +43,7 @@ use super::{Delivery, Message, Outgoing, Session};
 use crate::clock::unix_ms;
 use crate::codec::{PacketId, Properties, QoS, RetainHandling, SubscriptionOptions};
 use crate::hex;
-use crate::router::{TopicFilter, TopicName};
+use crate::router::{SubscriptionKey, TopicName};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct SessionRecord {
@@ -273,8 +273,8 @@ pub fn session_record(s: &Session) -> Vec<u8> {
         .subscriptions
         .lock()
         .iter()
-        .map(|(raw, sub)| SubscriptionRecord {
-            filter: raw.clone(),
+        .map(|(key, sub)| SubscriptionRecord {
+            filter: key.to_string(),
             qos: sub.options.qos as u8,
             no_local: sub.options.no_local,
             retain_as_published: sub.options.retain_as_published,
@@ -300,14 +300,10 @@ pub fn session_record(s: &Session) -> Vec<u8> {
     serde_json::to_vec(&record).unwrap_or_default()
 }
 
-/// A subscription read back: the filter as sent, its parts, options and id.
+/// A subscription read back: what it is, its options and id.
 pub struct RestoredSubscription {
-    /// The filter as the client sent it (`$share/…` included).
-    pub raw: String,
-    /// The share group, for a shared subscription.
-    pub group: Option<Arc<str>>,
-    /// The filter without the share prefix.
-    pub filter: TopicFilter,
+    /// Its share group and filter.
+    pub key: SubscriptionKey,
     /// Its options.
     pub options: SubscriptionOptions,
     /// Its v5 subscription identifier.
@@ -317,7 +313,7 @@ pub struct RestoredSubscription {
 impl SubscriptionRecord {
     /// The subscription this record describes.
     fn restore(self) -> Result<RestoredSubscription, String> {
-        let (group, filter) = TopicFilter::parse(&self.filter).map_err(|e| e.to_string())?;
+        let key = SubscriptionKey::parse(&self.filter).map_err(|e| e.to_string())?;
         let options = SubscriptionOptions {
             qos: QoS::from_u8(self.qos).ok_or("bad QoS")?,
             no_local: self.no_local,
@@ -329,9 +325,7 @@ impl SubscriptionRecord {
             },
         };
         Ok(RestoredSubscription {
-            raw: self.filter,
-            group,
-            filter,
+            key,
             options,
             id: self.id,
         })
