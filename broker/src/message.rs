@@ -166,3 +166,33 @@ impl Message {
         }
     }
 }
+
+/// Why a message was dropped instead of delivered to a session: the `reason` of the
+/// `message.dropped` / `delivery.dropped` hooks (and web_hook's `message_dropped`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// The session's queue was at `limits.max_queued_messages` or `max_queued_bytes`.
+    QueueFull,
+    /// Its Message Expiry Interval passed while it waited.
+    Expired,
+    /// Larger than the client's Maximum Packet Size.
+    TooLarge,
+}
+
+impl DropReason {
+    /// The name plugins and logs see (`queue_full`, `expired`, `too_large`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::Expired => "expired",
+            DropReason::TooLarge => "too_large",
+        }
+    }
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

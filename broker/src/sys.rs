@@ -202,7 +202,7 @@ pub fn prometheus(broker: &Broker) -> String {
             out,
             "broker_plugin_state{{plugin=\"{}\",state=\"{}\"}} 1",
             label(&p.name),
-            label(&p.state)
+            label(p.state.as_str())
         );
     }
     type Pick = fn(&crate::hooks::StatsSnapshot) -> f64;

@@ -5,6 +5,7 @@
 use std::num::NonZeroU16;
 use std::path::Path;
 
+use broker::codec::reason::ReasonCode;
 use broker::codec::{
     self, Auth, Connect, Disconnect, LastWill, Packet, Properties, ProtocolVersion, PubResp,
     Publish, QoS, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe,
@@ -131,7 +132,7 @@ fn session_packets(version: ProtocolVersion) -> Vec<Packet> {
         out.push(aliased("aliased"));
         out.push(aliased(""));
         out.push(Packet::Auth(Auth {
-            reason_code: 0x18,
+            reason_code: ReasonCode::ContinueAuthentication,
             properties: Properties {
                 authentication_method: Some("SCRAM-SHA-256".into()),
                 authentication_data: Some(Bytes::from_static(b"n,,n=user")),
@@ -140,7 +141,11 @@ fn session_packets(version: ProtocolVersion) -> Vec<Packet> {
         }));
     }
     out.push(Packet::Disconnect(Disconnect {
-        reason_code: if v5 { 0x04 } else { 0 },
+        reason_code: if v5 {
+            ReasonCode::DisconnectWithWill
+        } else {
+            ReasonCode::Success
+        },
         properties: props(Properties {
             session_expiry_interval: Some(0),
             ..Properties::default()

@@ -29,6 +29,7 @@ use crate::codec::{QoS, SubscriptionOptions};
 use crate::config::Config;
 use crate::config::Durability;
 use crate::hooks::Hooks;
+use crate::message::DropReason;
 use crate::metrics::{self, Metrics};
 use crate::plugin::PluginManager;
 use crate::router::{Match, SharedGroup, SubscriptionKey, TopicName, Trie};
@@ -518,7 +519,7 @@ impl Broker {
     }
 
     /// Fires `message.dropped` / `delivery.dropped` for a message a session's queue refused.
-    fn notify_dropped(&self, client_id: &str, message: &Message, why: &str) {
+    fn notify_dropped(&self, client_id: &str, message: &Message, why: DropReason) {
         if !self.hooks.wants_dropped() {
             return;
         }
@@ -526,7 +527,7 @@ impl Broker {
         let view = plugin_api::MessageEventView {
             client_id: client_id.into(),
             message: message.view(&ups),
-            reason: why.into(),
+            reason: why.as_str().into(),
         };
         self.hooks.dropped(&view);
     }
@@ -786,7 +787,7 @@ impl Broker {
                 Enqueued::Dropped => {
                     metrics::add(&self.metrics.messages_dropped, 1);
                     tracing::debug!(client_id = %first.session.client_id, topic = %message.topic, "message dropped: session queue full");
-                    self.notify_dropped(&first.session.client_id, &message, "queue_full");
+                    self.notify_dropped(&first.session.client_id, &message, DropReason::QueueFull);
                 }
             }
             rest = &mut tail[merged..];

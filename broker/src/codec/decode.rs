@@ -10,6 +10,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::error::DecodeError;
 use super::packet::*;
 use super::properties::{Properties, WILL};
+use super::reason::{self, ReasonCode};
 
 /// The fixed header of a packet: type, flags and the size of the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,7 +200,12 @@ fn decode_body(byte1: u8, body: Bytes, version: ProtocolVersion) -> Result<Packe
                     flags,
                 });
             }
-            let reason_code = r.u8()?;
+            let code = r.u8()?;
+            let reason_code = if v5 {
+                ReasonCode::decode(code, kind::CONNACK, "CONNACK")?
+            } else {
+                reason::connack_from_v3(code)?
+            };
             let properties = if v5 {
                 Properties::decode(&mut r, kind::CONNACK)?
             } else {
@@ -240,7 +246,17 @@ fn decode_body(byte1: u8, body: Bytes, version: ProtocolVersion) -> Result<Packe
             } else {
                 Properties::default()
             };
-            let reason_codes = r.rest().to_vec();
+            let reason_codes = r
+                .rest()
+                .iter()
+                .map(|&code| {
+                    if v5 {
+                        ReasonCode::decode(code, kind::SUBACK, "SUBACK")
+                    } else {
+                        reason::suback_from_v3(code)
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             Packet::SubAck(SubAck {
                 packet_id,
                 properties,
@@ -273,7 +289,12 @@ fn decode_body(byte1: u8, body: Bytes, version: ProtocolVersion) -> Result<Packe
             let packet_id = r.packet_id()?;
             let (properties, reason_codes) = if v5 {
                 let p = Properties::decode(&mut r, kind::UNSUBACK)?;
-                (p, r.rest().to_vec())
+                let codes = r
+                    .rest()
+                    .iter()
+                    .map(|&code| ReasonCode::decode(code, kind::UNSUBACK, "UNSUBACK"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (p, codes)
             } else {
                 (Properties::default(), Vec::new())
             };
@@ -295,7 +316,7 @@ fn decode_body(byte1: u8, body: Bytes, version: ProtocolVersion) -> Result<Packe
             expect_flags(byte1, 0, "DISCONNECT")?;
             let mut d = Disconnect::default();
             if v5 && r.remaining() > 0 {
-                d.reason_code = r.u8()?;
+                d.reason_code = ReasonCode::decode(r.u8()?, kind::DISCONNECT, "DISCONNECT")?;
                 if r.remaining() > 0 {
                     d.properties = Properties::decode(&mut r, kind::DISCONNECT)?;
                 }
@@ -306,13 +327,7 @@ fn decode_body(byte1: u8, body: Bytes, version: ProtocolVersion) -> Result<Packe
             expect_flags(byte1, 0, "AUTH")?;
             let mut a = Auth::default();
             if r.remaining() > 0 {
-                a.reason_code = r.u8()?;
-                if !matches!(a.reason_code, 0x00 | 0x18 | 0x19) {
-                    return Err(DecodeError::InvalidReasonCode {
-                        code: a.reason_code,
-                        packet: "AUTH",
-                    });
-                }
+                a.reason_code = ReasonCode::decode(r.u8()?, kind::AUTH, "AUTH")?;
                 if r.remaining() > 0 {
                     a.properties = Properties::decode(&mut r, kind::AUTH)?;
                 }
@@ -451,12 +466,22 @@ fn decode_publish(
     })
 }
 
+/// The name of a PUBACK, PUBREC, PUBREL or PUBCOMP packet type.
+fn pub_resp_name(k: u8) -> &'static str {
+    match k {
+        kind::PUBACK => "PUBACK",
+        kind::PUBREC => "PUBREC",
+        kind::PUBREL => "PUBREL",
+        _ => "PUBCOMP",
+    }
+}
+
 fn decode_pub_resp(r: &mut Reader, k: u8, v5: bool) -> Result<PubResp, DecodeError> {
     let packet_id = r.packet_id()?;
     let mut resp = PubResp::new(packet_id);
     // v5: a remaining length of 2 means reason 0x00 and no properties (section 3.4.2.1).
     if v5 && r.remaining() > 0 {
-        resp.reason_code = r.u8()?;
+        resp.reason_code = ReasonCode::decode(r.u8()?, k, pub_resp_name(k))?;
         if r.remaining() > 0 {
             resp.properties = Properties::decode(r, k)?;
         }

@@ -8,7 +8,7 @@ use bytes::{BufMut, BytesMut};
 
 use super::packet::*;
 use super::properties::Properties;
-use super::reason;
+use super::reason::{self, ReasonCode};
 
 pub(crate) fn var_int_len(v: usize) -> usize {
     match v {
@@ -53,8 +53,8 @@ fn props_len(p: &Properties, v5: bool) -> usize {
 
 /// A v5 acknowledgement may omit its reason code and properties when the code is 0 and there
 /// are no properties (sections 3.4.2.1, 3.14.2.1, 3.15.2.1).
-fn short_form(reason_code: u8, p: &Properties) -> bool {
-    reason_code == 0 && p.is_empty()
+fn short_form(reason_code: ReasonCode, p: &Properties) -> bool {
+    reason_code == ReasonCode::Success && p.is_empty()
 }
 
 /// Size of the remaining length (the part after the fixed header) of `packet`.
@@ -199,7 +199,7 @@ pub fn encode(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) {
         Packet::ConnAck(c) => {
             out.put_u8(c.session_present as u8);
             if v5 {
-                out.put_u8(c.reason_code);
+                out.put_u8(c.reason_code.get());
                 c.properties.encode(out);
             } else {
                 out.put_u8(reason::connack_v3_return_code(c.reason_code));
@@ -211,7 +211,7 @@ pub fn encode(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) {
         Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
             out.put_u16(r.packet_id.get());
             if v5 && !short_form(r.reason_code, &r.properties) {
-                out.put_u8(r.reason_code);
+                out.put_u8(r.reason_code.get());
                 r.properties.encode(out);
             }
         }
@@ -235,7 +235,9 @@ pub fn encode(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) {
             out.put_u16(s.packet_id.get());
             if v5 {
                 s.properties.encode(out);
-                out.put_slice(&s.reason_codes);
+                for rc in &s.reason_codes {
+                    out.put_u8(rc.get());
+                }
             } else {
                 for rc in &s.reason_codes {
                     out.put_u8(reason::suback_v3(*rc));
@@ -255,19 +257,21 @@ pub fn encode(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) {
             out.put_u16(u.packet_id.get());
             if v5 {
                 u.properties.encode(out);
-                out.put_slice(&u.reason_codes);
+                for rc in &u.reason_codes {
+                    out.put_u8(rc.get());
+                }
             }
         }
         Packet::PingReq | Packet::PingResp => {}
         Packet::Disconnect(d) => {
             if v5 && !short_form(d.reason_code, &d.properties) {
-                out.put_u8(d.reason_code);
+                out.put_u8(d.reason_code.get());
                 d.properties.encode(out);
             }
         }
         Packet::Auth(a) => {
             if !short_form(a.reason_code, &a.properties) {
-                out.put_u8(a.reason_code);
+                out.put_u8(a.reason_code.get());
                 a.properties.encode(out);
             }
         }

@@ -1,7 +1,7 @@
 //! Decode errors: each names the normative statement it enforces and the reason code a v5
 //! DISCONNECT (or CONNACK) carries for it.
 
-use super::reason;
+use super::reason::ReasonCode;
 
 /// A packet that breaks the specification. The connection that sent it is closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,17 +107,17 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// The v5 reason code a DISCONNECT (or CONNACK) carries for this error.
-    pub fn reason_code(&self) -> u8 {
+    pub fn reason_code(&self) -> ReasonCode {
         match self {
-            DecodeError::PacketTooLarge { .. } => reason::PACKET_TOO_LARGE,
-            DecodeError::UnsupportedProtocolLevel(_) => reason::UNSUPPORTED_PROTOCOL_VERSION,
+            DecodeError::PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
+            DecodeError::UnsupportedProtocolLevel(_) => ReasonCode::UnsupportedProtocolVersion,
             DecodeError::WildcardInTopicName(_) | DecodeError::EmptyTopicName => {
-                reason::TOPIC_NAME_INVALID
+                ReasonCode::TopicNameInvalid
             }
             DecodeError::DuplicateProperty(_) | DecodeError::InvalidPropertyValue(_) => {
-                reason::PROTOCOL_ERROR
+                ReasonCode::ProtocolError
             }
-            _ => reason::MALFORMED_PACKET,
+            _ => ReasonCode::MalformedPacket,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::num::NonZeroU16;
 use bytes::Bytes;
 
 use super::properties::Properties;
+use super::reason::ReasonCode;
 
 /// The protocol version a connection speaks, fixed by its CONNECT packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -110,7 +111,7 @@ pub struct ConnAck {
     /// Session present flag.
     pub session_present: bool,
     /// v5 reason code; for v3 it is mapped to a return code by the encoder.
-    pub reason_code: u8,
+    pub reason_code: ReasonCode,
     /// v5 CONNACK properties.
     pub properties: Properties,
 }
@@ -139,8 +140,8 @@ pub struct Publish {
 pub struct PubResp {
     /// Packet identifier being acknowledged.
     pub packet_id: PacketId,
-    /// v5 reason code (0 = success).
-    pub reason_code: u8,
+    /// v5 reason code.
+    pub reason_code: ReasonCode,
     /// v5 properties (reason string, user properties).
     pub properties: Properties,
 }
@@ -150,7 +151,7 @@ impl PubResp {
     pub fn new(packet_id: PacketId) -> Self {
         PubResp {
             packet_id,
-            reason_code: 0,
+            reason_code: ReasonCode::Success,
             properties: Properties::default(),
         }
     }
@@ -200,7 +201,7 @@ pub struct SubAck {
     /// v5 properties.
     pub properties: Properties,
     /// One reason code per filter (granted QoS or failure).
-    pub reason_codes: Vec<u8>,
+    pub reason_codes: Vec<ReasonCode>,
 }
 
 /// UNSUBSCRIBE.
@@ -222,14 +223,14 @@ pub struct UnsubAck {
     /// v5 properties.
     pub properties: Properties,
     /// v5 reason codes, one per filter; empty for v3.
-    pub reason_codes: Vec<u8>,
+    pub reason_codes: Vec<ReasonCode>,
 }
 
 /// DISCONNECT (v5 carries a reason code and properties; v3 has neither).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Disconnect {
-    /// Reason code (0 = normal disconnection).
-    pub reason_code: u8,
+    /// Reason code (Success = normal disconnection).
+    pub reason_code: ReasonCode,
     /// v5 properties (session expiry interval, reason string, server reference).
     pub properties: Properties,
 }
@@ -238,7 +239,7 @@ pub struct Disconnect {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Auth {
     /// Reason code.
-    pub reason_code: u8,
+    pub reason_code: ReasonCode,
     /// Properties (authentication method and data).
     pub properties: Properties,
 }

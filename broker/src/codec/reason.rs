@@ -5,15 +5,17 @@
 
 #![allow(missing_docs)]
 
-/// Declares [`ReasonCode`] and, for the wire structs that carry a bare byte, one `u8` constant
-/// per code, from a single list.
+/// Declares [`ReasonCode`] and its byte mapping from a single list.
 macro_rules! reason_codes {
-    ($($variant:ident = $value:literal => $constant:ident,)*) => {
-        /// An MQTT 5 reason code (section 2.4). Decisions inside the broker carry this type;
-        /// packets carry the byte ([`ReasonCode::get`]).
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    ($($variant:ident = $value:literal,)*) => {
+        /// An MQTT 5 reason code (section 2.4). Decisions inside the broker and the packet
+        /// structs carry this type; the wire carries the byte ([`ReasonCode::get`]), checked on
+        /// decode against the codes the specification allows in each packet
+        /// ([`ReasonCode::decode`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
         #[repr(u8)]
         pub enum ReasonCode {
+            #[default]
             $($variant = $value,)*
         }
 
@@ -26,55 +28,53 @@ macro_rules! reason_codes {
                 }
             }
         }
-
-        $(pub const $constant: u8 = $value;)*
     };
 }
 
 reason_codes! {
-    Success = 0x00 => SUCCESS,
-    GrantedQos1 = 0x01 => GRANTED_QOS_1,
-    GrantedQos2 = 0x02 => GRANTED_QOS_2,
-    DisconnectWithWill = 0x04 => DISCONNECT_WITH_WILL,
-    NoMatchingSubscribers = 0x10 => NO_MATCHING_SUBSCRIBERS,
-    NoSubscriptionExisted = 0x11 => NO_SUBSCRIPTION_EXISTED,
-    ContinueAuthentication = 0x18 => CONTINUE_AUTHENTICATION,
-    ReAuthenticate = 0x19 => RE_AUTHENTICATE,
-    UnspecifiedError = 0x80 => UNSPECIFIED_ERROR,
-    MalformedPacket = 0x81 => MALFORMED_PACKET,
-    ProtocolError = 0x82 => PROTOCOL_ERROR,
-    ImplementationSpecificError = 0x83 => IMPLEMENTATION_SPECIFIC_ERROR,
-    UnsupportedProtocolVersion = 0x84 => UNSUPPORTED_PROTOCOL_VERSION,
-    ClientIdentifierNotValid = 0x85 => CLIENT_IDENTIFIER_NOT_VALID,
-    BadUserNameOrPassword = 0x86 => BAD_USER_NAME_OR_PASSWORD,
-    NotAuthorized = 0x87 => NOT_AUTHORIZED,
-    ServerUnavailable = 0x88 => SERVER_UNAVAILABLE,
-    ServerBusy = 0x89 => SERVER_BUSY,
-    Banned = 0x8A => BANNED,
-    ServerShuttingDown = 0x8B => SERVER_SHUTTING_DOWN,
-    BadAuthenticationMethod = 0x8C => BAD_AUTHENTICATION_METHOD,
-    KeepAliveTimeout = 0x8D => KEEP_ALIVE_TIMEOUT,
-    SessionTakenOver = 0x8E => SESSION_TAKEN_OVER,
-    TopicFilterInvalid = 0x8F => TOPIC_FILTER_INVALID,
-    TopicNameInvalid = 0x90 => TOPIC_NAME_INVALID,
-    PacketIdentifierInUse = 0x91 => PACKET_IDENTIFIER_IN_USE,
-    PacketIdentifierNotFound = 0x92 => PACKET_IDENTIFIER_NOT_FOUND,
-    ReceiveMaximumExceeded = 0x93 => RECEIVE_MAXIMUM_EXCEEDED,
-    TopicAliasInvalid = 0x94 => TOPIC_ALIAS_INVALID,
-    PacketTooLarge = 0x95 => PACKET_TOO_LARGE,
-    MessageRateTooHigh = 0x96 => MESSAGE_RATE_TOO_HIGH,
-    QuotaExceeded = 0x97 => QUOTA_EXCEEDED,
-    AdministrativeAction = 0x98 => ADMINISTRATIVE_ACTION,
-    PayloadFormatInvalid = 0x99 => PAYLOAD_FORMAT_INVALID,
-    RetainNotSupported = 0x9A => RETAIN_NOT_SUPPORTED,
-    QosNotSupported = 0x9B => QOS_NOT_SUPPORTED,
-    UseAnotherServer = 0x9C => USE_ANOTHER_SERVER,
-    ServerMoved = 0x9D => SERVER_MOVED,
-    SharedSubscriptionsNotSupported = 0x9E => SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
-    ConnectionRateExceeded = 0x9F => CONNECTION_RATE_EXCEEDED,
-    MaximumConnectTime = 0xA0 => MAXIMUM_CONNECT_TIME,
-    SubscriptionIdentifiersNotSupported = 0xA1 => SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
-    WildcardSubscriptionsNotSupported = 0xA2 => WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED,
+    Success = 0x00,
+    GrantedQos1 = 0x01,
+    GrantedQos2 = 0x02,
+    DisconnectWithWill = 0x04,
+    NoMatchingSubscribers = 0x10,
+    NoSubscriptionExisted = 0x11,
+    ContinueAuthentication = 0x18,
+    ReAuthenticate = 0x19,
+    UnspecifiedError = 0x80,
+    MalformedPacket = 0x81,
+    ProtocolError = 0x82,
+    ImplementationSpecificError = 0x83,
+    UnsupportedProtocolVersion = 0x84,
+    ClientIdentifierNotValid = 0x85,
+    BadUserNameOrPassword = 0x86,
+    NotAuthorized = 0x87,
+    ServerUnavailable = 0x88,
+    ServerBusy = 0x89,
+    Banned = 0x8A,
+    ServerShuttingDown = 0x8B,
+    BadAuthenticationMethod = 0x8C,
+    KeepAliveTimeout = 0x8D,
+    SessionTakenOver = 0x8E,
+    TopicFilterInvalid = 0x8F,
+    TopicNameInvalid = 0x90,
+    PacketIdentifierInUse = 0x91,
+    PacketIdentifierNotFound = 0x92,
+    ReceiveMaximumExceeded = 0x93,
+    TopicAliasInvalid = 0x94,
+    PacketTooLarge = 0x95,
+    MessageRateTooHigh = 0x96,
+    QuotaExceeded = 0x97,
+    AdministrativeAction = 0x98,
+    PayloadFormatInvalid = 0x99,
+    RetainNotSupported = 0x9A,
+    QosNotSupported = 0x9B,
+    UseAnotherServer = 0x9C,
+    ServerMoved = 0x9D,
+    SharedSubscriptionsNotSupported = 0x9E,
+    ConnectionRateExceeded = 0x9F,
+    MaximumConnectTime = 0xA0,
+    SubscriptionIdentifiersNotSupported = 0xA1,
+    WildcardSubscriptionsNotSupported = 0xA2,
 }
 
 impl ReasonCode {
@@ -86,6 +86,114 @@ impl ReasonCode {
     /// True for failures (0x80 and above).
     pub const fn is_error(self) -> bool {
         self as u8 >= 0x80
+    }
+}
+
+use super::packet::kind;
+use super::DecodeError;
+
+impl ReasonCode {
+    /// Whether the specification allows this code in packets of type `packet_kind` (the
+    /// tables of sections 3.2.2.2, 3.4.2.1, 3.5.2.1, 3.6.2.1, 3.7.2.1, 3.9.3, 3.11.3, 3.14.2.1
+    /// and 3.15.2.1). Packets without reason codes allow none.
+    pub fn allowed_in(self, packet_kind: u8) -> bool {
+        use ReasonCode::*;
+        match packet_kind {
+            kind::CONNACK => matches!(
+                self,
+                Success
+                    | UnspecifiedError
+                    | MalformedPacket
+                    | ProtocolError
+                    | ImplementationSpecificError
+                    | UnsupportedProtocolVersion
+                    | ClientIdentifierNotValid
+                    | BadUserNameOrPassword
+                    | NotAuthorized
+                    | ServerUnavailable
+                    | ServerBusy
+                    | Banned
+                    | BadAuthenticationMethod
+                    | TopicNameInvalid
+                    | PacketTooLarge
+                    | QuotaExceeded
+                    | PayloadFormatInvalid
+                    | RetainNotSupported
+                    | QosNotSupported
+                    | UseAnotherServer
+                    | ServerMoved
+                    | ConnectionRateExceeded
+            ),
+            kind::PUBACK | kind::PUBREC => matches!(
+                self,
+                Success
+                    | NoMatchingSubscribers
+                    | UnspecifiedError
+                    | ImplementationSpecificError
+                    | NotAuthorized
+                    | TopicNameInvalid
+                    | PacketIdentifierInUse
+                    | QuotaExceeded
+                    | PayloadFormatInvalid
+            ),
+            kind::PUBREL | kind::PUBCOMP => matches!(self, Success | PacketIdentifierNotFound),
+            kind::SUBACK => matches!(
+                self,
+                Success
+                    | GrantedQos1
+                    | GrantedQos2
+                    | UnspecifiedError
+                    | ImplementationSpecificError
+                    | NotAuthorized
+                    | TopicFilterInvalid
+                    | PacketIdentifierInUse
+                    | QuotaExceeded
+                    | SharedSubscriptionsNotSupported
+                    | SubscriptionIdentifiersNotSupported
+                    | WildcardSubscriptionsNotSupported
+            ),
+            kind::UNSUBACK => matches!(
+                self,
+                Success
+                    | NoSubscriptionExisted
+                    | UnspecifiedError
+                    | ImplementationSpecificError
+                    | NotAuthorized
+                    | TopicFilterInvalid
+                    | PacketIdentifierInUse
+            ),
+            kind::DISCONNECT => !matches!(
+                self,
+                GrantedQos1
+                    | GrantedQos2
+                    | NoMatchingSubscribers
+                    | NoSubscriptionExisted
+                    | ContinueAuthentication
+                    | ReAuthenticate
+                    | UnsupportedProtocolVersion
+                    | ClientIdentifierNotValid
+                    | BadUserNameOrPassword
+                    | ServerUnavailable
+                    | Banned
+                    | BadAuthenticationMethod
+                    | PacketIdentifierInUse
+                    | PacketIdentifierNotFound
+            ),
+            kind::AUTH => matches!(self, Success | ContinueAuthentication | ReAuthenticate),
+            _ => false,
+        }
+    }
+
+    /// The reason code `byte` of a packet of type `packet_kind` named `packet`: an unknown
+    /// code, or one the specification does not allow there, is a malformed packet.
+    pub fn decode(
+        byte: u8,
+        packet_kind: u8,
+        packet: &'static str,
+    ) -> Result<ReasonCode, DecodeError> {
+        ReasonCode::from_u8(byte)
+            .filter(|code| code.allowed_in(packet_kind))
+            .ok_or(DecodeError::InvalidReasonCode { code: byte, packet })
     }
 }
 
@@ -106,22 +214,62 @@ pub mod v3 {
 }
 
 /// Maps a v5 CONNACK reason code to the closest MQTT 3.x return code.
-pub fn connack_v3_return_code(reason: u8) -> u8 {
+pub fn connack_v3_return_code(reason: ReasonCode) -> u8 {
     match reason {
-        SUCCESS => v3::ACCEPTED,
-        UNSUPPORTED_PROTOCOL_VERSION => v3::UNACCEPTABLE_PROTOCOL_VERSION,
-        CLIENT_IDENTIFIER_NOT_VALID => v3::IDENTIFIER_REJECTED,
-        BAD_USER_NAME_OR_PASSWORD | BAD_AUTHENTICATION_METHOD => v3::BAD_USER_NAME_OR_PASSWORD,
-        NOT_AUTHORIZED | BANNED => v3::NOT_AUTHORIZED,
+        ReasonCode::Success => v3::ACCEPTED,
+        ReasonCode::UnsupportedProtocolVersion => v3::UNACCEPTABLE_PROTOCOL_VERSION,
+        ReasonCode::ClientIdentifierNotValid => v3::IDENTIFIER_REJECTED,
+        ReasonCode::BadUserNameOrPassword | ReasonCode::BadAuthenticationMethod => {
+            v3::BAD_USER_NAME_OR_PASSWORD
+        }
+        ReasonCode::NotAuthorized | ReasonCode::Banned => v3::NOT_AUTHORIZED,
         _ => v3::SERVER_UNAVAILABLE,
     }
 }
 
+/// The v5 reason code an MQTT 3.x CONNACK return code stands for (the inverse of
+/// [`connack_v3_return_code`] on the codes 3.x has).
+pub fn connack_from_v3(code: u8) -> Result<ReasonCode, DecodeError> {
+    Ok(match code {
+        v3::ACCEPTED => ReasonCode::Success,
+        v3::UNACCEPTABLE_PROTOCOL_VERSION => ReasonCode::UnsupportedProtocolVersion,
+        v3::IDENTIFIER_REJECTED => ReasonCode::ClientIdentifierNotValid,
+        v3::SERVER_UNAVAILABLE => ReasonCode::ServerUnavailable,
+        v3::BAD_USER_NAME_OR_PASSWORD => ReasonCode::BadUserNameOrPassword,
+        v3::NOT_AUTHORIZED => ReasonCode::NotAuthorized,
+        _ => {
+            return Err(DecodeError::InvalidReasonCode {
+                code,
+                packet: "CONNACK",
+            })
+        }
+    })
+}
+
 /// Maps a v5 SUBACK reason code to MQTT 3.x: a granted QoS stays, any failure is 0x80.
-pub fn suback_v3(reason: u8) -> u8 {
-    if reason <= GRANTED_QOS_2 {
-        reason
-    } else {
+pub fn suback_v3(reason: ReasonCode) -> u8 {
+    if reason.is_error() {
         0x80
+    } else {
+        reason.get()
+    }
+}
+
+/// The SUBACK failure a plugin's refusal `byte` stands for: the code itself when SUBACK allows
+/// it as a failure, else Unspecified error.
+pub fn suback_failure(byte: u8) -> ReasonCode {
+    ReasonCode::from_u8(byte)
+        .filter(|c| c.is_error() && c.allowed_in(kind::SUBACK))
+        .unwrap_or(ReasonCode::UnspecifiedError)
+}
+
+/// The v5 reason code an MQTT 3.x SUBACK return code stands for (0x80 is Unspecified error).
+pub fn suback_from_v3(code: u8) -> Result<ReasonCode, DecodeError> {
+    match code {
+        0x00..=0x02 | 0x80 => ReasonCode::decode(code, kind::SUBACK, "SUBACK"),
+        _ => Err(DecodeError::InvalidReasonCode {
+            code,
+            packet: "SUBACK",
+        }),
     }
 }

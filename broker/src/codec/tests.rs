@@ -5,6 +5,7 @@ use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 
 use super::properties::{allowed, WILL};
+use super::reason::ReasonCode;
 use super::*;
 
 fn decode_all(
@@ -324,7 +325,7 @@ fn declared_size_over_maximum_is_rejected_before_buffering() {
         buf.capacity() < 1024 * 1024,
         "no allocation for the declared size"
     );
-    assert_eq!(err.reason_code(), reason::PACKET_TOO_LARGE);
+    assert_eq!(err.reason_code(), ReasonCode::PacketTooLarge);
 }
 
 #[test]
@@ -332,7 +333,7 @@ fn v3_reason_codes_are_mapped() {
     let mut out = BytesMut::new();
     let ack = Packet::ConnAck(ConnAck {
         session_present: false,
-        reason_code: reason::BAD_USER_NAME_OR_PASSWORD,
+        reason_code: ReasonCode::BadUserNameOrPassword,
         properties: Properties::default(),
     });
     encode(&ack, ProtocolVersion::V3_1_1, &mut out);
@@ -341,10 +342,55 @@ fn v3_reason_codes_are_mapped() {
     let sub = Packet::SubAck(SubAck {
         packet_id: PacketId::new(1).expect("non-zero"),
         properties: Properties::default(),
-        reason_codes: vec![1, reason::TOPIC_FILTER_INVALID],
+        reason_codes: vec![ReasonCode::GrantedQos1, ReasonCode::TopicFilterInvalid],
     });
     encode(&sub, ProtocolVersion::V3_1_1, &mut out);
     assert_eq!(&out[..], &[0x90, 0x04, 0x00, 0x01, 0x01, 0x80]);
+}
+
+/// [MQTT-2.4] / the reason code tables of each packet: a code the specification does not
+/// allow in that packet (or defines nowhere) is a malformed packet, named in the error.
+#[test]
+fn reason_codes_are_checked_per_packet() {
+    let v5 = Some(ProtocolVersion::V5);
+    for (bytes, packet, code) in [
+        (&[0x40, 0x03, 0x00, 0x01, 0x8F][..], "PUBACK", 0x8F),
+        (&[0x50, 0x03, 0x00, 0x01, 0x01][..], "PUBREC", 0x01),
+        (&[0x62, 0x03, 0x00, 0x01, 0x10][..], "PUBREL", 0x10),
+        (&[0x70, 0x03, 0x00, 0x01, 0x87][..], "PUBCOMP", 0x87),
+        (&[0xE0, 0x01, 0x01][..], "DISCONNECT", 0x01),
+        (&[0xE0, 0x01, 0x03][..], "DISCONNECT", 0x03),
+        (&[0xF0, 0x01, 0x04][..], "AUTH", 0x04),
+    ] {
+        let mut buf = BytesMut::from(bytes);
+        assert_eq!(
+            decode(&mut buf, v5, usize::MAX),
+            Err(DecodeError::InvalidReasonCode { code, packet }),
+            "{packet} {code:#04x}"
+        );
+    }
+    for (bytes, expected) in [
+        (
+            &[0x40, 0x03, 0x00, 0x01, 0x10][..],
+            ReasonCode::NoMatchingSubscribers,
+        ),
+        (
+            &[0x62, 0x03, 0x00, 0x01, 0x92][..],
+            ReasonCode::PacketIdentifierNotFound,
+        ),
+        (&[0xE0, 0x01, 0x04][..], ReasonCode::DisconnectWithWill),
+    ] {
+        let mut buf = BytesMut::from(bytes);
+        let p = decode(&mut buf, v5, usize::MAX)
+            .expect("valid")
+            .expect("whole");
+        let code = match p {
+            Packet::PubAck(r) | Packet::PubRel(r) => r.reason_code,
+            Packet::Disconnect(d) => d.reason_code,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(code, expected);
+    }
 }
 
 // ---- property test: decode(encode(p)) == p ----
@@ -495,11 +541,31 @@ fn props_for(v: ProtocolVersion, k: u8) -> BoxedStrategy<Properties> {
     }
 }
 
-fn reason_for(v: ProtocolVersion) -> BoxedStrategy<u8> {
+/// Every reason code the specification allows in packets of type `k`.
+fn allowed_codes(k: u8) -> Vec<ReasonCode> {
+    (0..=255u8)
+        .filter_map(ReasonCode::from_u8)
+        .filter(|c| c.allowed_in(k))
+        .collect()
+}
+
+/// A reason code for a packet of type `k`: any v5 allows there; for MQTT 3, success (CONNACK:
+/// the codes its return codes stand for).
+fn reason_for(v: ProtocolVersion, k: u8) -> BoxedStrategy<ReasonCode> {
     if v.is_v5() {
-        prop_oneof![Just(0u8), Just(0x10), Just(0x80), Just(0x87), Just(0x92)].boxed()
+        prop::sample::select(allowed_codes(k)).boxed()
+    } else if k == kind::CONNACK {
+        prop::sample::select(vec![
+            ReasonCode::Success,
+            ReasonCode::UnsupportedProtocolVersion,
+            ReasonCode::ClientIdentifierNotValid,
+            ReasonCode::ServerUnavailable,
+            ReasonCode::BadUserNameOrPassword,
+            ReasonCode::NotAuthorized,
+        ])
+        .boxed()
     } else {
-        Just(0u8).boxed()
+        Just(ReasonCode::Success).boxed()
     }
 }
 
@@ -540,15 +606,18 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
                 properties,
             }))
         });
-    let connack = (any::<bool>(), reason_for(v), props_for(v, kind::CONNACK)).prop_map(
-        |(sp, rc, properties)| {
+    let connack = (
+        any::<bool>(),
+        reason_for(v, kind::CONNACK),
+        props_for(v, kind::CONNACK),
+    )
+        .prop_map(|(sp, rc, properties)| {
             Packet::ConnAck(ConnAck {
                 session_present: sp,
                 reason_code: rc,
                 properties,
             })
-        },
-    );
+        });
     let publish = (
         any::<bool>(),
         qos(),
@@ -571,7 +640,7 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
             })
         });
     let resp = |k: u8| {
-        (packet_id(), reason_for(v), props_for(v, k)).prop_map(|(id, rc, properties)| PubResp {
+        (packet_id(), reason_for(v, k), props_for(v, k)).prop_map(|(id, rc, properties)| PubResp {
             packet_id: id,
             reason_code: rc,
             properties,
@@ -604,13 +673,15 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
             })
         });
     let suback_codes = if v5 {
-        prop::collection::vec(
-            prop_oneof![Just(0u8), Just(1), Just(2), Just(0x80), Just(0x8F)],
-            0..4,
-        )
-        .boxed()
+        prop::collection::vec(prop::sample::select(allowed_codes(kind::SUBACK)), 0..4).boxed()
     } else {
-        prop::collection::vec(prop_oneof![Just(0u8), Just(1), Just(2), Just(0x80)], 0..4).boxed()
+        let v3 = vec![
+            ReasonCode::Success,
+            ReasonCode::GrantedQos1,
+            ReasonCode::GrantedQos2,
+            ReasonCode::UnspecifiedError,
+        ];
+        prop::collection::vec(prop::sample::select(v3), 0..4).boxed()
     };
     let suback = (packet_id(), props_for(v, kind::SUBACK), suback_codes).prop_map(
         |(id, properties, reason_codes)| {
@@ -634,7 +705,7 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
             })
         });
     let unsuback_codes = if v5 {
-        prop::collection::vec(prop_oneof![Just(0u8), Just(0x11)], 0..4).boxed()
+        prop::collection::vec(prop::sample::select(allowed_codes(kind::UNSUBACK)), 0..4).boxed()
     } else {
         Just(Vec::new()).boxed()
     };
@@ -647,8 +718,11 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
             })
         },
     );
-    let disconnect =
-        (reason_for(v), props_for(v, kind::DISCONNECT)).prop_map(|(rc, properties)| {
+    let disconnect = (
+        reason_for(v, kind::DISCONNECT),
+        props_for(v, kind::DISCONNECT),
+    )
+        .prop_map(|(rc, properties)| {
             Packet::Disconnect(Disconnect {
                 reason_code: rc,
                 properties,
@@ -672,7 +746,7 @@ fn packet(v: ProtocolVersion) -> BoxedStrategy<Packet> {
     ];
     if v5 {
         let auth = (
-            prop_oneof![Just(0u8), Just(0x18), Just(0x19)],
+            prop::sample::select(allowed_codes(kind::AUTH)),
             properties(kind::AUTH),
         )
             .prop_map(|(rc, properties)| {

@@ -12,7 +12,8 @@ use tokio::time::Instant;
 
 use crate::broker::{Attached, Broker};
 use crate::codec::{
-    self, reason, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion, PubResp,
+    self, reason::ReasonCode, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion,
+    PubResp,
 };
 use crate::metrics;
 use crate::session::protocol::connect::{negotiate, ConnectPolicy, Negotiated, Refusal};
@@ -57,7 +58,7 @@ where
                     let mut out = BytesMut::new();
                     let ack = Packet::ConnAck(ConnAck {
                         session_present: false,
-                        reason_code: reason::UNSUPPORTED_PROTOCOL_VERSION,
+                        reason_code: ReasonCode::UnsupportedProtocolVersion,
                         properties: Properties::default(),
                     });
                     let version = if level == 5 {
@@ -103,8 +104,8 @@ async fn refuse<S: AsyncWrite + Unpin>(
     info: &ConnInfo,
     client_id: &str,
 ) {
-    let (reason_code, why) = (refusal.code.get(), &refusal.why);
-    tracing::info!(peer = %info.peer, client_id = %client_id, reason_code, %why, "connection refused");
+    let (reason_code, why) = (refusal.code, &refusal.why);
+    tracing::info!(peer = %info.peer, client_id = %client_id, reason_code = reason_code.get(), %why, "connection refused");
     if !refusal.connack {
         return;
     }
@@ -269,7 +270,7 @@ impl Connection {
         conn.enhanced = enhanced.map(|(auth, _)| auth);
         conn.push(&Packet::ConnAck(ConnAck {
             session_present: attached.session_present,
-            reason_code: reason::SUCCESS,
+            reason_code: ReasonCode::Success,
             properties,
         }));
         conn.resume_session();
@@ -353,7 +354,10 @@ impl Connection {
             HookPoint::SESSION_CREATED
         };
         hooks.notify(created, &event(view, "", 0));
-        hooks.notify(HookPoint::CLIENT_CONNACK, &event(view, "", reason::SUCCESS));
+        hooks.notify(
+            HookPoint::CLIENT_CONNACK,
+            &event(view, "", ReasonCode::Success.get()),
+        );
         hooks.notify(HookPoint::CLIENT_CONNECTED, &event(view, "", 0));
         tracing::info!(
             client_id = %self.client_id,

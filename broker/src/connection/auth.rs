@@ -39,7 +39,7 @@ pub(super) fn auth_packet(code: ReasonCode, method: &str, data: &[u8]) -> Packet
         ..Properties::default()
     };
     Packet::Auth(codec::Auth {
-        reason_code: code.get(),
+        reason_code: code,
         properties,
     })
 }
@@ -195,7 +195,7 @@ where
             }
         }
     };
-    if answer.reason_code != ReasonCode::ContinueAuthentication.get()
+    if answer.reason_code != ReasonCode::ContinueAuthentication
         || answer.properties.authentication_method.as_deref() != Some(method)
     {
         return Err(Refusal::new(
@@ -226,9 +226,9 @@ impl Connection {
                 "[MQTT-4.12.1-1] re-authentication must use the CONNECT's method",
             ));
         }
-        let step = match (ReasonCode::from_u8(a.reason_code), auth.step) {
-            (Some(ReasonCode::ReAuthenticate), None) => 0,
-            (Some(ReasonCode::ContinueAuthentication), Some(step)) => step,
+        let step = match (a.reason_code, auth.step) {
+            (ReasonCode::ReAuthenticate, None) => 0,
+            (ReasonCode::ContinueAuthentication, Some(step)) => step,
             _ => {
                 return Err(Exit::protocol(
                     ReasonCode::ProtocolError,

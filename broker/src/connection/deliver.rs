@@ -6,6 +6,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::codec::{self, Packet, PacketId, Properties, PublishHeader, QoS};
+use crate::message::DropReason;
 use crate::metrics;
 use crate::session::protocol::alias::Alias;
 use crate::session::store::Op;
@@ -101,7 +102,7 @@ impl Connection {
         let mut sent = 0u64;
         for d in batch.drain(..) {
             if d.message.expires_at.is_some_and(|t| t <= now) {
-                self.dropped(&d, "expired");
+                self.dropped(&d, DropReason::Expired);
                 continue;
             }
             let seq = d.seq;
@@ -110,7 +111,7 @@ impl Connection {
                     sent += 1;
                     self.message_event(HookPoint::MESSAGE_DELIVERED, &d, "");
                 } else {
-                    self.dropped(&d, "too_large");
+                    self.dropped(&d, DropReason::TooLarge);
                 }
                 continue;
             }
@@ -128,7 +129,7 @@ impl Connection {
                 }
                 self.outbound.sent(packet_id, d);
             } else {
-                self.dropped(&d, "too_large");
+                self.dropped(&d, DropReason::TooLarge);
             }
         }
         self.drained = batch;
@@ -137,7 +138,7 @@ impl Connection {
         }
     }
 
-    pub(super) fn dropped(&self, d: &Delivery, why: &str) {
+    pub(super) fn dropped(&self, d: &Delivery, why: DropReason) {
         metrics::add(&self.broker.metrics.messages_dropped, 1);
         self.forget(d);
         if self.broker.hooks.wants_dropped() {
@@ -145,7 +146,7 @@ impl Connection {
             let view = MessageEventView {
                 client_id: (*self.client_id).into(),
                 message: d.message.view(&ups),
-                reason: why.into(),
+                reason: why.as_str().into(),
             };
             self.broker.hooks.dropped(&view);
         }

@@ -5,7 +5,7 @@ use tokio::sync::oneshot;
 
 use crate::codec::{reason::ReasonCode, DecodeError};
 use crate::session::protocol::Violation;
-use crate::session::{Control, KickReason};
+use crate::session::{Control, DisconnectReason, KickReason};
 
 /// Why the connection loop ended.
 #[derive(Debug)]
@@ -50,7 +50,7 @@ impl Exit {
     }
 
     /// The reason code of the DISCONNECT a v5 client is sent, if any.
-    pub(super) fn disconnect_reason(&self) -> Option<u8> {
+    pub(super) fn disconnect_reason(&self) -> Option<ReasonCode> {
         let code = match self {
             Exit::KeepAliveTimeout => ReasonCode::KeepAliveTimeout,
             Exit::Protocol(v) => v.code,
@@ -64,25 +64,25 @@ impl Exit {
             Exit::StoreFailed(_) => ReasonCode::UnspecifiedError,
             _ => return None,
         };
-        Some(code.get())
+        Some(code)
     }
 
     /// The disconnect reason as operators see it in logs (and presence events).
-    pub(super) fn label(&self) -> &'static str {
+    pub(super) fn label(&self) -> DisconnectReason {
         match self {
-            Exit::Disconnect { .. } => "normal",
-            Exit::Closed => "tcp_closed",
-            Exit::KeepAliveTimeout => "keepalive_timeout",
-            Exit::SlowConsumer => "slow_consumer",
-            Exit::StoreFailed(_) => "store_failed",
-            Exit::Protocol(_) => "protocol_error",
+            Exit::Disconnect { .. } => DisconnectReason::Normal,
+            Exit::Closed => DisconnectReason::TcpClosed,
+            Exit::KeepAliveTimeout => DisconnectReason::KeepaliveTimeout,
+            Exit::SlowConsumer => DisconnectReason::SlowConsumer,
+            Exit::StoreFailed(_) => DisconnectReason::StoreFailed,
+            Exit::Protocol(_) => DisconnectReason::ProtocolError,
             Exit::Kicked { reason, .. } => match reason {
-                KickReason::TakenOver => "takenover",
-                KickReason::Kicked => "kicked",
-                KickReason::Plugin(_) => "closed_by_plugin",
+                KickReason::TakenOver => DisconnectReason::TakenOver,
+                KickReason::Kicked => DisconnectReason::Kicked,
+                KickReason::Plugin(_) => DisconnectReason::ClosedByPlugin,
             },
-            Exit::Shutdown => "server_shutdown",
-            Exit::Io(_) => "io_error",
+            Exit::Shutdown => DisconnectReason::ServerShutdown,
+            Exit::Io(_) => DisconnectReason::IoError,
         }
     }
 }
@@ -95,7 +95,7 @@ impl From<Violation> for Exit {
 
 impl From<DecodeError> for Exit {
     fn from(e: DecodeError) -> Exit {
-        let code = ReasonCode::from_u8(e.reason_code()).unwrap_or(ReasonCode::MalformedPacket);
+        let code = e.reason_code();
         Exit::protocol(code, e.to_string())
     }
 }

@@ -72,7 +72,7 @@ impl Connection {
             }
             _ => {}
         }
-        tracing::info!(%client_id, %peer, reason = exit.label(), "client disconnected");
+        tracing::info!(%client_id, %peer, reason = exit.label().as_str(), "client disconnected");
         let hooks = &self.broker.hooks;
         let view = self.identity.view();
         if let Exit::Kicked {
@@ -82,7 +82,7 @@ impl Connection {
         {
             hooks.notify(HookPoint::SESSION_TAKENOVER, &event(view, "", 0));
         }
-        let disconnected = event(view, exit.label(), 0);
+        let disconnected = event(view, exit.label().as_str(), 0);
         hooks.notify(HookPoint::CLIENT_DISCONNECTED, &disconnected);
     }
 

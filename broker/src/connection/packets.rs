@@ -116,7 +116,7 @@ impl Connection {
             }
             PubRecOutcome::Unknown => {
                 let mut rel = PubResp::new(r.packet_id);
-                rel.reason_code = ReasonCode::PacketIdentifierNotFound.get();
+                rel.reason_code = ReasonCode::PacketIdentifierNotFound;
                 self.push(&Packet::PubRel(rel));
             }
         }
@@ -132,7 +132,7 @@ impl Connection {
                 packet_id: r.packet_id.get(),
             });
         } else {
-            comp.reason_code = ReasonCode::PacketIdentifierNotFound.get();
+            comp.reason_code = ReasonCode::PacketIdentifierNotFound;
         }
         self.push(&Packet::PubComp(comp));
     }
@@ -147,7 +147,7 @@ impl Connection {
             Err(violation) => return violation.into(),
         }
         Exit::Disconnect {
-            with_will: d.reason_code == ReasonCode::DisconnectWithWill.get(),
+            with_will: d.reason_code == ReasonCode::DisconnectWithWill,
         }
     }
 

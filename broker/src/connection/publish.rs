@@ -250,7 +250,7 @@ impl Connection {
         match (qos, packet_id) {
             (QoS::AtLeastOnce, Some(id)) => {
                 let mut ack = PubResp::new(id);
-                ack.reason_code = code.get();
+                ack.reason_code = code;
                 self.push(&Packet::PubAck(ack));
             }
             (QoS::ExactlyOnce, Some(id)) => {
@@ -262,7 +262,7 @@ impl Connection {
                     });
                 }
                 let mut rec = PubResp::new(id);
-                rec.reason_code = code.get();
+                rec.reason_code = code;
                 self.push(&Packet::PubRec(rec));
             }
             _ => {}

@@ -23,12 +23,12 @@ struct Added {
     id: Option<u32>,
 }
 
-/// A failure code for a SUBSCRIBE filter: v5's own, or 0x80 for MQTT 3.
-fn refused(v5: bool, code: ReasonCode) -> u8 {
-    if v5 {
-        code.get()
-    } else {
-        reason::UNSPECIFIED_ERROR
+/// The SUBACK code granting `qos`.
+fn granted(qos: QoS) -> ReasonCode {
+    match qos {
+        QoS::AtMostOnce => ReasonCode::Success,
+        QoS::AtLeastOnce => ReasonCode::GrantedQos1,
+        QoS::ExactlyOnce => ReasonCode::GrantedQos2,
     }
 }
 
@@ -95,7 +95,7 @@ impl Connection {
         for (raw, options) in s.filters {
             match self.subscribe_one(&raw, options, id).await? {
                 Ok(a) => {
-                    codes.push(a.options.qos as u8);
+                    codes.push(granted(a.options.qos));
                     added.push(a);
                 }
                 Err(code) => codes.push(code),
@@ -133,7 +133,7 @@ impl Connection {
         &self,
         raw: &str,
         options: &SubscriptionOptions,
-    ) -> Result<Result<SubscriptionKey, u8>, Exit> {
+    ) -> Result<Result<SubscriptionKey, ReasonCode>, Exit> {
         let v5 = self.version.is_v5();
         if raw.is_empty() {
             return Err(Exit::protocol(
@@ -144,27 +144,21 @@ impl Connection {
         let max_levels = self.broker.config.limits.max_topic_levels;
         if !within_levels(raw, max_levels) {
             tracing::info!(client_id = %self.client_id, max_levels, "topic filter refused: more than limits.max_topic_levels levels");
-            return Ok(Err(reason::TOPIC_FILTER_INVALID));
+            return Ok(Err(ReasonCode::TopicFilterInvalid));
         }
         let key = match SubscriptionKey::parse(raw) {
             Ok(key) => key,
             Err(e) => {
                 tracing::debug!(client_id = %self.client_id, filter = %raw, error = %e, "invalid topic filter");
-                return Ok(Err(reason::TOPIC_FILTER_INVALID));
+                return Ok(Err(ReasonCode::TopicFilterInvalid));
             }
         };
         let mqtt = &self.broker.config.mqtt;
         if key.is_shared() && !mqtt.shared_subscription_available {
-            return Ok(Err(refused(
-                v5,
-                ReasonCode::SharedSubscriptionsNotSupported,
-            )));
+            return Ok(Err(ReasonCode::SharedSubscriptionsNotSupported));
         }
         if key.filter.has_wildcard() && !mqtt.wildcard_subscription_available {
-            return Ok(Err(refused(
-                v5,
-                ReasonCode::WildcardSubscriptionsNotSupported,
-            )));
+            return Ok(Err(ReasonCode::WildcardSubscriptionsNotSupported));
         }
         if v5 && key.is_shared() && options.no_local {
             return Err(Exit::protocol(
@@ -181,21 +175,21 @@ impl Connection {
         raw: &str,
         options: SubscriptionOptions,
         id: Option<u32>,
-    ) -> Result<Result<Added, u8>, Exit> {
+    ) -> Result<Result<Added, ReasonCode>, Exit> {
         let key = match self.check_filter(raw, &options)? {
             Ok(key) => key,
             Err(code) => return Ok(Err(code)),
         };
         // ACL sees the filter as the client sent it, before any rewrite.
         if !self.acl_allows(Access::Subscribe, raw).await {
-            return Ok(Err(reason::NOT_AUTHORIZED));
+            return Ok(Err(ReasonCode::NotAuthorized));
         }
         let point = HookPoint::CLIENT_SUBSCRIBE;
         let (key, decision) = self.decide_filter(point, key, sub_options(&options));
         let (mut options, mut sub_id) = (options, id);
         if let Some(d) = &decision {
             if let Some(code) = d.refused {
-                return Ok(Err(if self.version.is_v5() { code } else { 0x80 }));
+                return Ok(Err(reason::suback_failure(code)));
             }
             options = decided_options(options, d);
             if let Some(new_id) = d.subscription_id {
@@ -237,14 +231,14 @@ impl Connection {
         let mut codes = Vec::with_capacity(u.filters.len());
         for raw in &u.filters {
             let Some(key) = self.unsubscribe_key(raw) else {
-                codes.push(reason::TOPIC_FILTER_INVALID);
+                codes.push(ReasonCode::TopicFilterInvalid);
                 continue;
             };
             let Some(sub) = self.broker.remove_subscription(&self.session, &key) else {
-                codes.push(reason::NO_SUBSCRIPTION_EXISTED);
+                codes.push(ReasonCode::NoSubscriptionExisted);
                 continue;
             };
-            codes.push(reason::SUCCESS);
+            codes.push(ReasonCode::Success);
             if self.broker.hooks.enabled(HookPoint::SESSION_UNSUBSCRIBED) {
                 let view = SubscriptionView {
                     filter: key.filter.as_str().into(),

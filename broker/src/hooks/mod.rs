@@ -51,6 +51,28 @@ pub enum PluginState {
     Stopped,
     /// Too many faults: no longer called until reloaded.
     Faulted,
+    /// In the plugin directory but not loaded (only in `brokerctl plugins list`).
+    #[serde(rename = "not loaded")]
+    NotLoaded,
+}
+
+impl PluginState {
+    /// The name `brokerctl plugins list` and the management API show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginState::Active => "active",
+            PluginState::Draining => "draining",
+            PluginState::Stopped => "stopped",
+            PluginState::Faulted => "faulted",
+            PluginState::NotLoaded => "not loaded",
+        }
+    }
+}
+
+impl std::fmt::Display for PluginState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl PluginState {
@@ -774,13 +796,13 @@ impl Hooks {
     }
 }
 
-/// Awaits one async hook call with the plugin's timeout and in-flight limit. `None` when the
-/// call failed (error, panic, timeout), after counting it.
 /// The reason code for a plugin that failed to answer an authentication step.
 fn reason_unavailable(_p: &PluginHandle) -> u8 {
-    crate::codec::reason::SERVER_UNAVAILABLE
+    crate::codec::reason::ReasonCode::ServerUnavailable.get()
 }
 
+/// Awaits one async hook call with the plugin's timeout and in-flight limit. `None` when the
+/// call failed (error, panic, timeout), after counting it.
 async fn call_async<T>(
     p: &PluginHandle,
     point: HookPoint,

@@ -102,7 +102,7 @@ pub struct PluginInfo {
     /// Plugin API version it was built for (loaded plugins only).
     pub api_version: Option<u32>,
     /// `active`, `draining`, `stopped`, `faulted`, or `not loaded`.
-    pub state: String,
+    pub state: PluginState,
     /// Hook points and priorities.
     pub hooks: Vec<(String, i32)>,
     /// Commands it answers.
@@ -561,7 +561,7 @@ impl PluginManager {
             version: Some(h.version.clone()),
             description: Some(h.description.clone()),
             api_version: Some(l.module.api_version()),
-            state: format!("{:?}", h.state()).to_lowercase(),
+            state: h.state(),
             hooks: h
                 .hooks
                 .iter()
@@ -615,7 +615,7 @@ impl PluginManager {
                     version: None,
                     description: None,
                     api_version: None,
-                    state: "not loaded".into(),
+                    state: PluginState::NotLoaded,
                     hooks: Vec::new(),
                     commands: Vec::new(),
                     stats: None,

@@ -232,6 +232,61 @@ pub enum KickReason {
     Plugin(crate::codec::reason::ReasonCode),
 }
 
+/// Why a client's connection ended, as operators see it in logs and plugins in the `reason` of
+/// `client.disconnected` (presence, web_hook). Serialised as those names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisconnectReason {
+    /// The client sent DISCONNECT.
+    Normal,
+    /// The peer closed the socket without DISCONNECT.
+    TcpClosed,
+    /// No packet within 1.5 × keep alive.
+    KeepaliveTimeout,
+    /// The client left the broker's output unread for `limits.slow_consumer_timeout`.
+    SlowConsumer,
+    /// The session store failed.
+    StoreFailed,
+    /// The client broke the protocol.
+    ProtocolError,
+    /// Another connection with the same client id took the session.
+    #[serde(rename = "takenover")]
+    TakenOver,
+    /// An administrator kicked the client.
+    Kicked,
+    /// A plugin closed the connection.
+    ClosedByPlugin,
+    /// The broker is shutting down.
+    ServerShutdown,
+    /// Reading or writing the socket failed.
+    IoError,
+}
+
+impl DisconnectReason {
+    /// The name (`normal`, `tcp_closed`, `keepalive_timeout`, …, `takenover`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::Normal => "normal",
+            DisconnectReason::TcpClosed => "tcp_closed",
+            DisconnectReason::KeepaliveTimeout => "keepalive_timeout",
+            DisconnectReason::SlowConsumer => "slow_consumer",
+            DisconnectReason::StoreFailed => "store_failed",
+            DisconnectReason::ProtocolError => "protocol_error",
+            DisconnectReason::TakenOver => "takenover",
+            DisconnectReason::Kicked => "kicked",
+            DisconnectReason::ClosedByPlugin => "closed_by_plugin",
+            DisconnectReason::ServerShutdown => "server_shutdown",
+            DisconnectReason::IoError => "io_error",
+        }
+    }
+}
+
+impl std::fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The control line of one attached connection: requests waiting for it, and its wake-up.
 /// About a hundred bytes, where a channel would cost a kilobyte per idle connection.
 #[derive(Debug, Default)]
@@ -606,5 +661,60 @@ pub(crate) fn test_delivery(qos: QoS) -> Delivery {
         retain: false,
         subscription_ids: Vec::new(),
         seq: 0,
+    }
+}
+
+#[cfg(test)]
+mod names {
+    use super::DisconnectReason;
+    use crate::hooks::PluginState;
+    use crate::message::DropReason;
+
+    /// What serde writes for `value`, without the quotes.
+    fn serialised<T: serde::Serialize>(value: T) -> String {
+        serde_json::to_string(&value)
+            .expect("serialises")
+            .trim_matches('"')
+            .to_owned()
+    }
+
+    #[test]
+    fn reasons_and_states_serialise_as_the_names_logs_and_plugins_see() {
+        use DisconnectReason::*;
+        for r in [
+            Normal,
+            TcpClosed,
+            KeepaliveTimeout,
+            SlowConsumer,
+            StoreFailed,
+            ProtocolError,
+            TakenOver,
+            Kicked,
+            ClosedByPlugin,
+            ServerShutdown,
+            IoError,
+        ] {
+            assert_eq!(serialised(r), r.as_str());
+            let back: DisconnectReason =
+                serde_json::from_str(&format!("\"{r}\"")).expect("parses back");
+            assert_eq!(back, r);
+        }
+        for r in [
+            DropReason::QueueFull,
+            DropReason::Expired,
+            DropReason::TooLarge,
+        ] {
+            assert_eq!(serialised(r), r.as_str());
+        }
+        for s in [
+            PluginState::Active,
+            PluginState::Draining,
+            PluginState::Stopped,
+            PluginState::Faulted,
+            PluginState::NotLoaded,
+        ] {
+            assert_eq!(serialised(s), s.as_str());
+        }
+        assert_eq!(TakenOver.as_str(), "takenover", "EMQX's name");
     }
 }

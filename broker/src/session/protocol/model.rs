@@ -10,7 +10,7 @@ use proptest::test_runner::TestCaseError;
 
 use super::inbound::{Inbound, Qos2Arrival};
 use super::outbound::{Outbound, PubRecOutcome};
-use crate::codec::{PacketId, QoS};
+use crate::codec::{reason::ReasonCode, PacketId, QoS};
 use crate::session::test_delivery;
 
 #[derive(Debug, Clone)]
@@ -109,7 +109,14 @@ impl Harness {
                 }
             }
             Op::PubRec(i, ok) => {
-                let r = self.out.on_pubrec(pid(i), if ok { 0 } else { 0x80 });
+                let r = self.out.on_pubrec(
+                    pid(i),
+                    if ok {
+                        ReasonCode::Success
+                    } else {
+                        ReasonCode::UnspecifiedError
+                    },
+                );
                 match self.model.get(&i).copied() {
                     Some(State::Qos2) | Some(State::Released) if ok => {
                         prop_assert!(matches!(r, PubRecOutcome::Release { .. }), "released");

@@ -112,14 +112,14 @@ impl Outbound {
     }
 
     /// A PUBREC for a QoS 2 message ([MQTT-4.3.3-4]).
-    pub fn on_pubrec(&mut self, id: PacketId, code: u8) -> PubRecOutcome {
+    pub fn on_pubrec(&mut self, id: PacketId, code: ReasonCode) -> PubRecOutcome {
         let pos = self
             .inflight
             .iter()
             .position(|o| o.packet_id == id && o.delivery.qos == QoS::ExactlyOnce);
         match pos {
             None => PubRecOutcome::Unknown,
-            Some(pos) if code >= ReasonCode::UnspecifiedError.get() => match self.remove(pos) {
+            Some(pos) if code.is_error() => match self.remove(pos) {
                 Some(d) => PubRecOutcome::Refused(d),
                 None => PubRecOutcome::Unknown,
             },
@@ -211,16 +211,22 @@ mod tests {
         o.sent(id(7), test_delivery(QoS::ExactlyOnce));
         assert!(o.on_pubcomp(id(7)).is_none(), "not released yet");
         assert!(matches!(
-            o.on_pubrec(id(7), 0),
+            o.on_pubrec(id(7), ReasonCode::Success),
             PubRecOutcome::Release { .. }
         ));
         assert!(
-            matches!(o.on_pubrec(id(7), 0), PubRecOutcome::Release { .. }),
+            matches!(
+                o.on_pubrec(id(7), ReasonCode::Success),
+                PubRecOutcome::Release { .. }
+            ),
             "a lost PUBREL is sent again for a repeated PUBREC"
         );
         assert!(o.on_pubcomp(id(7)).is_some());
         assert!(o.is_empty());
-        assert!(matches!(o.on_pubrec(id(7), 0), PubRecOutcome::Unknown));
+        assert!(matches!(
+            o.on_pubrec(id(7), ReasonCode::Success),
+            PubRecOutcome::Unknown
+        ));
     }
 
     /// Section 4.3.3: a PUBREC with a failure reason ends the exchange; no PUBREL is sent.
@@ -230,11 +236,14 @@ mod tests {
         o.sent(id(3), test_delivery(QoS::ExactlyOnce));
         o.sent(id(4), test_delivery(QoS::AtLeastOnce));
         assert!(
-            matches!(o.on_pubrec(id(4), 0), PubRecOutcome::Unknown),
+            matches!(
+                o.on_pubrec(id(4), ReasonCode::Success),
+                PubRecOutcome::Unknown
+            ),
             "QoS 1"
         );
         assert!(matches!(
-            o.on_pubrec(id(3), 0x87),
+            o.on_pubrec(id(3), ReasonCode::NotAuthorized),
             PubRecOutcome::Refused(_)
         ));
         assert_eq!(o.len(), 1);
