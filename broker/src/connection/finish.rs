@@ -9,6 +9,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use crate::codec::{Disconnect, Packet, Properties};
 use crate::metrics;
 use crate::router::TopicName;
+use crate::session::protocol::{will_timing, WillTiming};
 use crate::session::{KickReason, Message};
 use plugin_api::HookPoint;
 
@@ -125,14 +126,16 @@ impl Connection {
             will.properties,
             publisher,
         );
-        if delay > 0 && self.session_expiry > 0 && still_ours {
-            let delay = Duration::from_secs(delay.min(self.session_expiry) as u64);
-            let session = self.session.clone();
-            self.broker
-                .schedule_will(session, message, self.generation, delay);
-        } else {
-            let username = self.identity.username.as_ref().map(|u| u.as_str());
-            self.broker.publish(message, username.into_option(), true);
+        match will_timing(delay, self.session_expiry, still_ours) {
+            WillTiming::After(delay) => {
+                let session = self.session.clone();
+                self.broker
+                    .schedule_will(session, message, self.generation, delay);
+            }
+            WillTiming::Now => {
+                let username = self.identity.username.as_ref().map(|u| u.as_str());
+                self.broker.publish(message, username.into_option(), true);
+            }
         }
     }
 

@@ -5,7 +5,7 @@
 //! a socket, spawns a task or reads the clock, so each rule is a unit test of microseconds
 //! (`cargo test -p broker session::protocol`), named after the normative statement of the
 //! specification it checks, and a model test drives random packet sequences against a simple
-//! reference. The connection task ([`super::connection`]) owns the socket and calls into these.
+//! reference. The connection task ([`crate::connection`]) owns the socket and calls into these.
 //!
 //! * [`connect`]: CONNECT negotiation — client id, session expiry, keep alive, windows,
 //!   aliases, capabilities — as a pure function to [`connect::Negotiated`] or a
@@ -15,7 +15,11 @@
 //! * [`inbound`]: QoS 2 messages from the client (de-duplication until PUBREL, Receive
 //!   Maximum) and the topic aliases it sets;
 //! * [`alias`]: the topic aliases the broker sets towards the client;
-//! * [`timers`]: keep-alive, slow-consumer and control-packet-rate limits.
+//! * [`timers`]: keep-alive, slow-consumer and control-packet-rate limits;
+//! * [`will_timing`] and [`session_expiry_at_disconnect`]: what a close does to the will and
+//!   the session.
+
+use std::time::Duration;
 
 pub mod alias;
 pub mod connect;
@@ -68,6 +72,28 @@ pub fn session_expiry_at_disconnect(
     }
 }
 
+/// When a will is published after its connection closed without a DISCONNECT that discards it
+/// ([MQTT-3.1.2-8]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WillTiming {
+    /// At once.
+    Now,
+    /// After this delay, unless a new connection resumes the session first.
+    After(Duration),
+}
+
+/// [MQTT-3.1.3-9]: the will is published at the earlier of its Will Delay Interval and the
+/// session's end; with no delay, or a session that ends with the connection (expiry 0), or one
+/// another connection has already taken over (`session_still_ours` false), that is now.
+pub fn will_timing(will_delay: u32, session_expiry: u32, session_still_ours: bool) -> WillTiming {
+    if will_delay == 0 || session_expiry == 0 || !session_still_ours {
+        return WillTiming::Now;
+    }
+    WillTiming::After(Duration::from_secs(u64::from(
+        will_delay.min(session_expiry),
+    )))
+}
+
 /// True when `topic` (a name or a filter) has at most `max` levels. Counts separators, so
 /// it costs one pass over the bytes and no allocation.
 pub fn within_levels(topic: &str, max: usize) -> bool {
@@ -98,6 +124,30 @@ mod tests {
         assert_eq!(session_expiry_at_disconnect(0, Some(0), 3600), Ok(0));
         let err = session_expiry_at_disconnect(0, Some(10), 3600).expect_err("0 stays 0");
         assert_eq!(err.code, ReasonCode::ProtocolError);
+    }
+
+    /// [MQTT-3.1.3-9]: the will waits for the earlier of its delay and the session's end.
+    #[test]
+    fn mqtt_3_1_3_9_will_delay_versus_session_end() {
+        let secs = |s| WillTiming::After(Duration::from_secs(s));
+        assert_eq!(will_timing(30, 60, true), secs(30), "delay first");
+        assert_eq!(will_timing(60, 30, true), secs(30), "session ends first");
+        assert_eq!(
+            will_timing(60, u32::MAX, true),
+            secs(60),
+            "session never ends"
+        );
+        assert_eq!(will_timing(0, 60, true), WillTiming::Now, "no delay");
+        assert_eq!(
+            will_timing(60, 0, true),
+            WillTiming::Now,
+            "session ends at close"
+        );
+        assert_eq!(
+            will_timing(60, 60, false),
+            WillTiming::Now,
+            "taken over: the session went on elsewhere"
+        );
     }
 
     #[test]

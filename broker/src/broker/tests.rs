@@ -1,0 +1,165 @@
+//! The session rules that live in the registry, driven in process without a socket: takeover
+//! of a client id ([MQTT-3.1.4-2], [MQTT-3.1.4-3]) and the delayed will against a new
+//! connection and the session's end ([MQTT-3.1.3-9]). Time is tokio's paused clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Attached, Broker};
+use crate::codec::{Properties, QoS, SubscriptionOptions};
+use crate::config::Config;
+use crate::message::Message;
+use crate::router::{SubscriptionKey, TopicFilter, TopicName};
+use crate::session::{control_line, Control, ControlReceiver, KickReason};
+
+fn broker() -> Arc<Broker> {
+    let config = Config {
+        data_dir: std::env::temp_dir().join("broker-unit-tests-unused"),
+        ..Config::default()
+    };
+    Broker::new(config, std::env::temp_dir())
+}
+
+/// Attaches a connection for `id`; its control line's receiving end comes back with it.
+async fn connect(b: &Arc<Broker>, id: &str, clean_start: bool) -> (Attached, ControlReceiver) {
+    let (tx, rx) = control_line();
+    (b.attach(&Arc::from(id), clean_start, tx).await, rx)
+}
+
+/// An offline session subscribed to `filter`: where a published will lands.
+fn watcher(b: &Arc<Broker>, filter: &str) -> Arc<crate::session::Session> {
+    let s = b.new_session(Arc::from("watcher"));
+    b.register_restored(s.clone());
+    let key = SubscriptionKey::plain(TopicFilter::new(filter).expect("filter"));
+    let options = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        ..SubscriptionOptions::default()
+    };
+    b.add_subscription(&s, key, options, None);
+    s
+}
+
+fn will(topic: &str) -> Message {
+    let topic = TopicName::new(topic).expect("topic");
+    let payload = bytes::Bytes::from_static(b"gone");
+    Message::new(
+        topic,
+        payload,
+        QoS::AtLeastOnce,
+        false,
+        Properties::default(),
+        None,
+    )
+}
+
+/// The connection as its task would end it: hands the control line back and goes offline.
+fn disconnect(a: &Attached) {
+    a.session.control.lock().take();
+}
+
+/// [MQTT-3.1.4-2], [MQTT-3.1.4-3]: a second CONNECT with the same client id closes the first
+/// connection (told "session taken over") and resumes its session unless it asks for a clean
+/// start, which discards it.
+#[tokio::test(start_paused = true)]
+async fn mqtt_3_1_4_2_takeover_closes_the_old_connection_and_resumes_or_discards() {
+    let b = broker();
+    let (first, first_rx) = connect(&b, "dev", false).await;
+    assert!(!first.session_present);
+
+    let second = tokio::spawn({
+        let b = b.clone();
+        async move { connect(&b, "dev", false).await }
+    });
+    let Control::Kick { reason, done } = first_rx.recv().await;
+    assert_eq!(reason, KickReason::TakenOver);
+    let _ = done.send(());
+    let (second, second_rx) = second.await.expect("attach");
+    assert!(second.session_present, "clean start 0: the session goes on");
+    assert!(Arc::ptr_eq(&first.session, &second.session));
+    assert!(second.generation > first.generation);
+    assert!(!second.discarded);
+
+    let third = tokio::spawn({
+        let b = b.clone();
+        async move { connect(&b, "dev", true).await }
+    });
+    let Control::Kick { reason, done } = second_rx.recv().await;
+    assert_eq!(reason, KickReason::TakenOver);
+    let _ = done.send(());
+    let (third, _rx) = third.await.expect("attach");
+    assert!(!third.session_present, "clean start 1: a new session");
+    assert!(third.discarded);
+    assert!(!Arc::ptr_eq(&second.session, &third.session));
+    assert_eq!(b.session_count(), 1);
+}
+
+/// A connection that does not hand its session back is taken over anyway, after the takeover
+/// timeout: a stuck connection cannot lock its client id out.
+#[tokio::test(start_paused = true)]
+async fn takeover_does_not_wait_for_ever_on_a_stuck_connection() {
+    let b = broker();
+    let (first, _first_rx) = connect(&b, "stuck", false).await;
+    let (second, _rx) = connect(&b, "stuck", false).await;
+    assert!(second.session_present);
+    assert!(Arc::ptr_eq(&first.session, &second.session));
+}
+
+/// [MQTT-3.1.3-9]: a delayed will is published when its delay passes, not before.
+#[tokio::test(start_paused = true)]
+async fn mqtt_3_1_3_9_a_delayed_will_is_published_after_its_delay() {
+    let b = broker();
+    let w = watcher(&b, "wills/#");
+    let (a, _rx) = connect(&b, "dev", false).await;
+    disconnect(&a);
+    b.schedule_will(
+        a.session.clone(),
+        will("wills/dev"),
+        a.generation,
+        Duration::from_secs(5),
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(w.queued_len(), 0, "not before the delay");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(w.queued_len(), 1, "after it");
+    assert!(a.session.parked.lock().pending_will.is_none());
+}
+
+/// [MQTT-3.1.3-9]: a new connection to the session before the delay cancels the will.
+#[tokio::test(start_paused = true)]
+async fn mqtt_3_1_3_9_a_new_connection_cancels_the_delayed_will() {
+    let b = broker();
+    let w = watcher(&b, "wills/#");
+    let (a, _rx) = connect(&b, "dev", false).await;
+    disconnect(&a);
+    b.schedule_will(
+        a.session.clone(),
+        will("wills/dev"),
+        a.generation,
+        Duration::from_secs(5),
+    );
+    let (again, _rx) = connect(&b, "dev", false).await;
+    assert!(again.session_present);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(w.queued_len(), 0, "the will was cancelled");
+}
+
+/// [MQTT-3.1.3-9]: a session that ends before the will delay publishes the will at its end.
+#[tokio::test(start_paused = true)]
+async fn mqtt_3_1_3_9_the_session_end_publishes_a_will_still_waiting() {
+    let b = broker();
+    let w = watcher(&b, "wills/#");
+    let (a, _rx) = connect(&b, "dev", false).await;
+    disconnect(&a);
+    b.schedule_will(
+        a.session.clone(),
+        will("wills/dev"),
+        a.generation,
+        Duration::from_secs(3600),
+    );
+    b.schedule_expiry(a.session.clone(), a.generation, Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(w.queued_len(), 1, "published when the session ended");
+    assert!(b.session("dev").is_none(), "the session ended");
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(w.queued_len(), 1, "and only once");
+}
