@@ -4,7 +4,8 @@
 //! fails on any cycle). From the bottom:
 //!
 //! * the leaves: [`codec`] (MQTT packets), [`router`] (topics and the subscription trie),
-//!   [`message`], [`config`], [`metrics`], [`clock`], [`hex`];
+//!   [`message`], [`config`], [`metrics`], [`clock`], [`hex`], and [`platform`] (what differs
+//!   between Unix and Windows);
 //! * [`hooks`]: the hook table plugins are installed into, and its dispatch;
 //! * [`delayed`]: delayed publishes waiting for their time;
 //! * [`session`]: the state MQTT keeps per client across connections, its encoding on disc,
@@ -33,6 +34,7 @@ mod layering;
 pub mod listener;
 pub mod message;
 pub mod metrics;
+pub mod platform;
 pub mod plugin;
 pub mod router;
 pub mod session;

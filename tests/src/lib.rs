@@ -20,16 +20,26 @@ use tokio::sync::mpsc;
 
 pub mod auth;
 pub mod http;
+// The backend servers the tests start (and the tests themselves) run on Linux; the harness
+// library still builds for Windows, where `mqtt-bench` and `http-sink` are useful too.
+#[cfg(unix)]
 pub mod ldap;
+#[cfg(unix)]
 pub mod mariadb;
+#[cfg(unix)]
 pub mod mosquitto;
+#[cfg(unix)]
 pub mod postgres;
 pub mod redis;
 
 pub use http::HttpServer;
+#[cfg(unix)]
 pub use ldap::Slapd;
+#[cfg(unix)]
 pub use mariadb::MariaDb;
+#[cfg(unix)]
 pub use mosquitto::Mosquitto;
+#[cfg(unix)]
 pub use postgres::Postgres;
 pub use redis::{RedisCluster, RedisSentinel, RedisServer, RedisTls};
 pub use rumqttc;
@@ -50,9 +60,32 @@ pub fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Path of a workspace binary; panics with the command to run if it was not built.
+/// Wine, when the binaries under test are the Windows build: `BROKER_WINE` names the program
+/// that runs them (tests/run.sh sets it, with `BROKER_BIN_DIR`, for the Windows smoke test).
+fn wine() -> Option<String> {
+    std::env::var("BROKER_WINE").ok().filter(|w| !w.is_empty())
+}
+
+/// A command running workspace binary `name`: directly, or under Wine for the Windows build.
+pub fn command(name: &str) -> Command {
+    match wine() {
+        Some(wine) => {
+            let mut c = Command::new(wine);
+            c.arg(binary(name)).env("WINEDEBUG", "-all");
+            c
+        }
+        None => Command::new(binary(name)),
+    }
+}
+
+/// Path of a workspace binary (`name.exe` for the Windows build); panics with the command to
+/// run if it was not built.
 pub fn binary(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
+    let file = match wine() {
+        Some(_) => format!("{name}.exe"),
+        None => name.to_owned(),
+    };
+    let path = bin_dir().join(file);
     assert!(
         path.exists(),
         "{} not found: run `cargo build --workspace` before the tests (the README's test command does)",
@@ -119,7 +152,7 @@ impl Broker {
         let config_path = dir.path().join("broker.toml");
         std::fs::write(&config_path, config).expect("write config");
         let log = std::fs::File::create(dir.path().join("broker.log")).expect("log file");
-        let child = Command::new(binary("broker"))
+        let child = command("broker")
             .arg("--config")
             .arg(&config_path)
             .env(
@@ -187,7 +220,7 @@ impl Broker {
             .append(true)
             .open(self.dir.path().join("broker.log"))
             .expect("log file");
-        let child = Command::new(binary("broker"))
+        let child = command("broker")
             .arg("--config")
             .arg(&self.config_path)
             .env(
@@ -225,7 +258,7 @@ impl Broker {
 
     /// Runs `brokerctl --config <this broker's config> args…`.
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
-        let out = Command::new(binary("brokerctl"))
+        let out = command("brokerctl")
             .arg("--config")
             .arg(&self.config_path)
             .args(args)
@@ -862,7 +895,49 @@ impl Wire {
     }
 }
 
-/// Runs a command line tool (e.g. mosquitto_pub) if it is installed; None when it is not.
+/// Publishes `payload` with `mosquitto_pub` to `topic` until a `mosquitto_sub` subscribed to
+/// `filter` (same protocol `version`, e.g. `mqttv311`, and `qos`) receives one message, and
+/// returns what it printed. Publishing again covers the time the subscriber needs to subscribe.
+pub fn mosquitto_roundtrip(
+    port: u16,
+    version: &str,
+    qos: &str,
+    filter: &str,
+    topic: &str,
+    payload: &str,
+) -> String {
+    let port = port.to_string();
+    let id = format!("sub-{version}-{qos}-{}", std::process::id());
+    let common = ["-p", &port, "-V", version, "-q", qos];
+    let mut sub = Command::new("mosquitto_sub")
+        .args(common)
+        .args(["-t", filter, "-C", "1", "-W", "10", "-i", &id])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = Command::new("mosquitto_pub")
+            .args(common)
+            .args(["-t", topic, "-m", payload])
+            .status()
+            .expect("mosquitto_pub");
+        assert!(status.success(), "mosquitto_pub {version} qos {qos}");
+        if sub.try_wait().expect("wait").is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no delivery for {version} qos {qos}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = sub.wait_with_output().expect("sub output");
+    assert!(out.status.success(), "mosquitto_sub: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// True when `name` (a command line tool, e.g. mosquitto_pub) is installed on the PATH.
 pub fn tool_available(name: &str) -> bool {
     Command::new("sh")
         .arg("-c")
@@ -980,6 +1055,47 @@ pub fn run_cargo(dir: &Path, args: &[&str], target: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The shipped `etc/broker.toml`, made safe to run beside other tests: its listeners and
+/// management API on free ports of 127.0.0.1, its data in `dir/data`, plugins loaded from
+/// `plugin_dir`, and `etc/plugins/*.toml` copied into `dir/plugins` (where the shipped config
+/// reads them) with the dashboard on a free port too. Every other setting is the shipped one;
+/// a change to the shipped file that this cannot follow fails here, naming what is missing.
+pub fn shipped_config(dir: &Path, plugin_dir: &Path) -> String {
+    let etc = workspace_root().join("etc");
+    let text = std::fs::read_to_string(etc.join("broker.toml")).expect("etc/broker.toml");
+    let quoted = |p: &Path| format!("{:?}", p.display().to_string());
+    let config = [
+        (
+            "data_dir = \"data\"",
+            format!("data_dir = {}", quoted(&dir.join("data"))),
+        ),
+        (
+            "plugin_dir = \"target/release\"",
+            format!("plugin_dir = {}", quoted(plugin_dir)),
+        ),
+        ("\"0.0.0.0:1883\"", "\"127.0.0.1:0\"".to_owned()),
+        ("\"0.0.0.0:8083\"", "\"127.0.0.1:0\"".to_owned()),
+        ("\"127.0.0.1:18083\"", "\"127.0.0.1:0\"".to_owned()),
+    ]
+    .iter()
+    .fold(text, |text, (from, to)| {
+        assert!(text.contains(from), "etc/broker.toml no longer has {from}");
+        text.replacen(from, to, 1)
+    });
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    for entry in std::fs::read_dir(etc.join("plugins")).expect("etc/plugins") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).expect("plugin config");
+            let text = text.replace("\"127.0.0.1:18084\"", "\"127.0.0.1:0\"");
+            let name = path.file_name().expect("file name");
+            std::fs::write(plugins.join(name), text).expect("write plugin config");
+        }
+    }
+    config
 }
 
 /// The workspace root (where the top-level Cargo.toml is).

@@ -2,7 +2,6 @@
 //! (paho-mqtt for Python, over TCP and WebSocket) — and graceful shutdown.
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use broker_tests::*;
 
@@ -19,63 +18,18 @@ fn require_mosquitto() {
 fn mosquitto_clients_every_version_and_qos() {
     require_mosquitto();
     let b = Broker::start();
-    let port = b.port().to_string();
     for version in ["mqttv31", "mqttv311", "mqttv5"] {
         for qos in ["0", "1", "2"] {
-            let id = format!("sub-{version}-{qos}");
-            let sub = Command::new("mosquitto_sub")
-                .args([
-                    "-p",
-                    &port,
-                    "-V",
-                    version,
-                    "-q",
-                    qos,
-                    "-t",
-                    "home/+/temp",
-                    "-C",
-                    "1",
-                    "-W",
-                    "10",
-                    "-i",
-                    &id,
-                ])
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("mosquitto_sub");
-            // Publish until the subscriber has subscribed and received one message.
             let payload = format!("{version} qos {qos}");
-            let deadline = std::time::Instant::now() + WAIT;
-            let mut sub = sub;
-            loop {
-                let status = Command::new("mosquitto_pub")
-                    .args([
-                        "-p",
-                        &port,
-                        "-V",
-                        version,
-                        "-q",
-                        qos,
-                        "-t",
-                        "home/kitchen/temp",
-                        "-m",
-                        &payload,
-                    ])
-                    .status()
-                    .expect("mosquitto_pub");
-                assert!(status.success(), "mosquitto_pub {version} qos {qos}");
-                if sub.try_wait().expect("wait").is_some() {
-                    break;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "no delivery for {version} qos {qos}"
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let out = sub.wait_with_output().expect("sub output");
-            assert!(out.status.success());
-            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), payload);
+            let got = mosquitto_roundtrip(
+                b.port(),
+                version,
+                qos,
+                "home/+/temp",
+                "home/kitchen/temp",
+                &payload,
+            );
+            assert_eq!(got, payload);
         }
     }
 }

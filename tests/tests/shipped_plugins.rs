@@ -719,3 +719,33 @@ async fn retained_copy_is_what_subscribers_get_whatever_the_priorities() {
         publisher.disconnect().await;
     }
 }
+
+/// The shipped etc/broker.toml (moved to free ports) starts with the plugins it enables
+/// loaded, and serves MQTT: what the README's run command gives an operator.
+#[tokio::test]
+async fn the_shipped_config_starts_with_its_plugins() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = shipped_config(dir.path(), &bin_dir());
+    let b = Broker::start_config(dir, &config);
+    let list = b.ctl_ok(&["plugins", "list"]);
+    for name in ["retainer", "presence", "dashboard"] {
+        let line = list
+            .lines()
+            .find(|l| l.starts_with(&format!("Plugin({name},")))
+            .unwrap_or_else(|| panic!("{name} not listed:\n{list}"));
+        assert!(line.contains("state=active"), "{line}");
+    }
+    let mut sub = V4Client::connect(b.port(), "sub").await;
+    sub.subscribe("shipped/#", QoS::AtLeastOnce).await;
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    publisher
+        .client
+        .publish("shipped/t", QoS::AtLeastOnce, true, "hello")
+        .await
+        .expect("publish");
+    assert_eq!(&sub.recv_publish().await.payload[..], b"hello");
+    // The retainer it loaded keeps the message for a late subscriber.
+    let mut late = V4Client::connect(b.port(), "late").await;
+    late.subscribe("shipped/#", QoS::AtLeastOnce).await;
+    assert!(late.recv_publish().await.retain);
+}

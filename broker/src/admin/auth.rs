@@ -73,7 +73,7 @@ pub fn ensure_token(path: &Path) -> std::io::Result<String> {
     Ok(token)
 }
 
-/// Opens `path` for writing with mode 0600 (`create_new`: fail if it exists).
+/// Opens `path` for writing, readable by its owner only (`create_new`: fail if it exists).
 fn private_file(path: &Path, create_new: bool) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true);
@@ -87,7 +87,9 @@ fn private_file(path: &Path, create_new: bool) -> std::io::Result<std::fs::File>
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    options.open(path)
+    let file = options.open(path)?;
+    crate::platform::restrict_to_owner(path)?;
+    Ok(file)
 }
 
 /// Fails when `path` is readable or writable by anyone but its owner.
@@ -108,7 +110,8 @@ pub fn check_private(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Permissions are not checked on systems without Unix modes.
+/// Not checked on Windows: the broker gives the file an owner-only ACL when it creates it
+/// ([`crate::platform::restrict_to_owner`]).
 #[cfg(not(unix))]
 pub fn check_private(_path: &Path) -> std::io::Result<()> {
     Ok(())

@@ -1054,7 +1054,8 @@ fn new_plugin(
     for f in files {
         println!("  {}", f.display());
     }
-    println!("Build it with `cargo build --release` there, copy target/release/lib{name}.so to the broker's plugin_dir and {name}.toml to etc/plugins/, then `brokerctl plugins load {name}`.");
+    let library = broker::plugin::loader::library_file_name(name);
+    println!("Build it with `cargo build --release` there, copy target/release/{library} to the broker's plugin_dir and {name}.toml to etc/plugins/, then `brokerctl plugins load {name}`.");
     Ok(())
 }
 

@@ -14,7 +14,8 @@ edition = "2021"
 publish = false
 
 [lib]
-# cdylib: the library the broker loads (lib{name}.so); rlib: lets tests/ use the plugin in-process.
+# cdylib: the library the broker loads (lib{name}.so, or {name}.dll built for Windows); rlib: lets
+# tests/ use the plugin in-process.
 crate-type = ["cdylib", "rlib"]
 
 [dependencies]

@@ -137,6 +137,9 @@ impl Settings {
         if config.query_timeout_ms == 0 {
             return Err("query_timeout_ms must be at least 1".into());
         }
+        if !config.socket_dir.is_empty() && !cfg!(unix) {
+            return Err("socket_dir needs Unix domain sockets, which this platform does not have: use server = \"host:port\"".into());
+        }
         if config.socket_dir.is_empty() && host_port(&config.server).is_none() {
             return Err(format!(
                 "server {:?} is not host:port (e.g. \"127.0.0.1:5432\")",
@@ -164,7 +167,7 @@ impl Settings {
             let (host, port) = host_port(&c.server).ok_or("server is not host:port")?;
             pg.host(host).port(port);
         } else {
-            pg.host_path(&c.socket_dir);
+            unix_socket(&mut pg, &c.socket_dir)?;
         }
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
@@ -192,6 +195,19 @@ impl Settings {
             &self.config.socket_dir
         }
     }
+}
+
+/// Connects through the server's Unix domain socket in `dir`.
+#[cfg(unix)]
+fn unix_socket(pg: &mut tokio_postgres::Config, dir: &str) -> Result<(), String> {
+    pg.host_path(dir);
+    Ok(())
+}
+
+/// Unix domain sockets do not exist here (refused when the config is read).
+#[cfg(not(unix))]
+fn unix_socket(_pg: &mut tokio_postgres::Config, _dir: &str) -> Result<(), String> {
+    Err("socket_dir needs Unix domain sockets".into())
 }
 
 /// `host:port` split (`[v6]:port` too).

@@ -307,6 +307,7 @@ async fn publisher(a: Arc<Args>, id: String, topic: String, n: u64) -> anyhow::R
 }
 
 /// Raises the open-files soft limit to the hard limit (a storm needs a descriptor per client).
+#[cfg(unix)]
 fn raise_fd_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -321,6 +322,10 @@ fn raise_fd_limit() {
         }
     }
 }
+
+/// Windows has no per-process limit on sockets to raise.
+#[cfg(not(unix))]
+fn raise_fd_limit() {}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
