@@ -133,13 +133,7 @@ impl Connection {
             if let Err(exit) = self.act(rbuf, &mut input_pending, now).await {
                 return exit;
             }
-            if !input_pending {
-                release_if_empty(rbuf);
-            }
-            if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
-                self.wbuf = BytesMut::new();
-                self.drained = Vec::new();
-            }
+            self.release_idle_buffers(rbuf, input_pending);
             liveness.output_waiting(!self.wbuf.is_empty(), now);
             let throttled = self.control_rate.blocked_until();
             let reading = self.wbuf.len() < WRITE_BUFFER_HIGH
@@ -198,6 +192,17 @@ impl Connection {
                     }
                 }
             }
+        }
+    }
+
+    /// Gives back the buffers an idle connection does not need: an idle connection holds none.
+    fn release_idle_buffers(&mut self, rbuf: &mut BytesMut, input_pending: bool) {
+        if !input_pending {
+            release_if_empty(rbuf);
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+            self.wbuf = BytesMut::new();
+            self.drained = Vec::new();
         }
     }
 
