@@ -322,29 +322,43 @@ impl Broker {
         let is_new = self.add_subscription(&session, key.clone(), options, None);
         self.store_session(&session);
         // Plugins (a retainer) learn of it as of any subscription.
-        if self.hooks.enabled(HookPoint::SESSION_SUBSCRIBED) {
-            // Clone first: the info lock must not be held while plugins run.
-            let info = session.info.lock().clone();
-            if let Some(info) = info {
-                let subscription = plugin_api::SubscriptionView {
-                    filter: key.filter.as_str().into(),
-                    share_group: key.group.as_deref().map(Into::into).into(),
-                    options: crate::session::sub_options(&options),
-                    is_new,
-                    subscription_id: 0,
-                };
-                self.hooks.notify(
-                    HookPoint::SESSION_SUBSCRIBED,
-                    &EventView {
-                        client: info.view(),
-                        reason: "".into(),
-                        reason_code: 0,
-                        subscription: Some(subscription).into(),
-                    },
-                );
-            }
-        }
+        let point = HookPoint::SESSION_SUBSCRIBED;
+        self.notify_subscription(point, &session, &key, &options, is_new, None);
         Ok(qos)
+    }
+
+    /// Fires `session.subscribed` / `session.unsubscribed` (`point`) for a subscription a plugin
+    /// or the management API changed, if any plugin listens and the client is connected.
+    fn notify_subscription(
+        &self,
+        point: HookPoint,
+        session: &Session,
+        key: &SubscriptionKey,
+        options: &SubscriptionOptions,
+        is_new: bool,
+        id: Option<u32>,
+    ) {
+        if !self.hooks.enabled(point) {
+            return;
+        }
+        // Clone first: the info lock must not be held while plugins run.
+        let Some(info) = session.info.lock().clone() else {
+            return;
+        };
+        let subscription = plugin_api::SubscriptionView {
+            filter: key.filter.as_str().into(),
+            share_group: key.group.as_deref().map(Into::into).into(),
+            options: crate::session::sub_options(options),
+            is_new,
+            subscription_id: id.unwrap_or(0),
+        };
+        let event = EventView {
+            client: info.view(),
+            reason: "".into(),
+            reason_code: 0,
+            subscription: Some(subscription).into(),
+        };
+        self.hooks.notify(point, &event);
     }
 
     /// Adds (or replaces) a subscription of `session`; returns true if it is new.
@@ -399,27 +413,8 @@ impl Broker {
             return Ok(false);
         };
         self.store_session(&session);
-        if self.hooks.enabled(HookPoint::SESSION_UNSUBSCRIBED) {
-            let info = session.info.lock().clone();
-            if let Some(info) = info {
-                let subscription = plugin_api::SubscriptionView {
-                    filter: key.filter.as_str().into(),
-                    share_group: key.group.as_deref().map(Into::into).into(),
-                    options: crate::session::sub_options(&sub.options),
-                    is_new: false,
-                    subscription_id: sub.id.unwrap_or(0),
-                };
-                self.hooks.notify(
-                    HookPoint::SESSION_UNSUBSCRIBED,
-                    &EventView {
-                        client: info.view(),
-                        reason: "".into(),
-                        reason_code: 0,
-                        subscription: Some(subscription).into(),
-                    },
-                );
-            }
-        }
+        let point = HookPoint::SESSION_UNSUBSCRIBED;
+        self.notify_subscription(point, &session, &key, &sub.options, false, sub.id);
         Ok(true)
     }
 

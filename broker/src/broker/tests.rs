@@ -57,6 +57,18 @@ fn disconnect(a: &Attached) {
     a.session.control.lock().take();
 }
 
+/// A watcher of `wills/#`, and client `dev` connected, then gone with its will on a `delay`.
+async fn gone_with_a_will(
+    b: &Arc<Broker>,
+    delay: Duration,
+) -> (Arc<crate::session::Session>, Attached) {
+    let w = watcher(b, "wills/#");
+    let (a, _rx) = connect(b, "dev", false).await;
+    disconnect(&a);
+    b.schedule_will(a.session.clone(), will("wills/dev"), a.generation, delay);
+    (w, a)
+}
+
 /// [MQTT-3.1.4-2], [MQTT-3.1.4-3]: a second CONNECT with the same client id closes the first
 /// connection (told "session taken over") and resumes its session unless it asks for a clean
 /// start, which discards it.
@@ -108,15 +120,7 @@ async fn takeover_does_not_wait_for_ever_on_a_stuck_connection() {
 #[tokio::test(start_paused = true)]
 async fn mqtt_3_1_3_9_a_delayed_will_is_published_after_its_delay() {
     let b = broker();
-    let w = watcher(&b, "wills/#");
-    let (a, _rx) = connect(&b, "dev", false).await;
-    disconnect(&a);
-    b.schedule_will(
-        a.session.clone(),
-        will("wills/dev"),
-        a.generation,
-        Duration::from_secs(5),
-    );
+    let (w, a) = gone_with_a_will(&b, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(w.queued_len(), 0, "not before the delay");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -128,15 +132,7 @@ async fn mqtt_3_1_3_9_a_delayed_will_is_published_after_its_delay() {
 #[tokio::test(start_paused = true)]
 async fn mqtt_3_1_3_9_a_new_connection_cancels_the_delayed_will() {
     let b = broker();
-    let w = watcher(&b, "wills/#");
-    let (a, _rx) = connect(&b, "dev", false).await;
-    disconnect(&a);
-    b.schedule_will(
-        a.session.clone(),
-        will("wills/dev"),
-        a.generation,
-        Duration::from_secs(5),
-    );
+    let (w, _gone) = gone_with_a_will(&b, Duration::from_secs(5)).await;
     let (again, _rx) = connect(&b, "dev", false).await;
     assert!(again.session_present);
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -147,15 +143,7 @@ async fn mqtt_3_1_3_9_a_new_connection_cancels_the_delayed_will() {
 #[tokio::test(start_paused = true)]
 async fn mqtt_3_1_3_9_the_session_end_publishes_a_will_still_waiting() {
     let b = broker();
-    let w = watcher(&b, "wills/#");
-    let (a, _rx) = connect(&b, "dev", false).await;
-    disconnect(&a);
-    b.schedule_will(
-        a.session.clone(),
-        will("wills/dev"),
-        a.generation,
-        Duration::from_secs(3600),
-    );
+    let (w, a) = gone_with_a_will(&b, Duration::from_secs(3600)).await;
     b.schedule_expiry(a.session.clone(), a.generation, Duration::from_secs(10));
     tokio::time::sleep(Duration::from_secs(11)).await;
     assert_eq!(w.queued_len(), 1, "published when the session ended");
