@@ -4,6 +4,7 @@
 #   bash tests/bench/compare.sh            # 3 rounds per scenario, medians and ratios
 #   ROUNDS=5 MESSAGES=200000 bash tests/bench/compare.sh
 #   BEFORE=/path/to/older/broker bash tests/bench/compare.sh   # adds that binary (A/B)
+#   RUMQTTD=$(command -v rumqttd) bash tests/bench/compare.sh   # adds rumqttd (cargo install rumqttd)
 #
 # Needs mosquitto (apt-get install mosquitto); builds the release binaries itself.
 # The machine is shared and noisy: compare the ratio, not the absolute numbers. Rounds of the
@@ -42,6 +43,7 @@ declare -A port
 names=(ours)
 [ -n "${BEFORE:-}" ] && names+=(before)
 names+=(mosquitto)
+[ -n "${RUMQTTD:-}" ] && names+=(rumqttd)
 for who in "${names[@]}"; do
   port[$who]=$(free_port)
   mkdir -p "$work/$who"
@@ -50,6 +52,27 @@ for who in "${names[@]}"; do
       printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 32\nlog_type error\n' \
         "${port[$who]}" > "$work/$who/mosquitto.conf"
       mosquitto -c "$work/$who/mosquitto.conf" 2>"$work/$who/log" & ;;
+    rumqttd)
+      # rumqttd 0.20: one MQTT 3.1.1 server, the same inflight window, room for every client.
+      cat > "$work/$who/rumqttd.toml" <<TOML
+id = 0
+[router]
+id = 0
+max_connections = 10010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:${port[$who]}"
+next_connection_delay_ms = 1
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 20480
+max_inflight_count = 32
+dynamic_filters = true
+TOML
+      "$RUMQTTD" --config "$work/$who/rumqttd.toml" >"$work/$who/log" 2>&1 & ;;
     *)
       bin=$BIN/broker; [ "$who" = before ] && bin=$BEFORE
       ours_toml "$work/$who" "${port[$who]}" > "$work/$who/broker.toml"
@@ -70,7 +93,8 @@ done
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 printf '%-8s %-4s' mode qos; for who in "${names[@]}"; do printf ' %12s' "$who"; done
-printf ' %10s' ours/mosq; [ -n "${BEFORE:-}" ] && printf ' %12s' ours/before; echo
+printf ' %10s' ours/mosq; [ -n "${BEFORE:-}" ] && printf ' %12s' ours/before
+[ -n "${RUMQTTD:-}" ] && printf ' %12s' ours/rumqttd; echo
 for mode in fan-in fan-out; do
   for qos in 0 1; do
     msgs=$MESSAGES
@@ -90,6 +114,7 @@ for mode in fan-in fan-out; do
     for who in "${names[@]}"; do printf ' %12s' "${med[$who]}"; done
     printf ' %10s' "$(ratio "${med[ours]}" "${med[mosquitto]}")"
     [ -n "${BEFORE:-}" ] && printf ' %12s' "$(ratio "${med[ours]}" "${med[before]}")"
+    [ -n "${RUMQTTD:-}" ] && printf ' %12s' "$(ratio "${med[ours]}" "${med[rumqttd]}")"
     echo
   done
 done
