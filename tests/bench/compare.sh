@@ -6,6 +6,8 @@
 #   BEFORE=/path/to/older/broker bash tests/bench/compare.sh   # adds that binary (A/B)
 #   RUMQTTD=$(command -v rumqttd) bash tests/bench/compare.sh   # adds rumqttd (cargo install rumqttd)
 #
+# Then end-to-end and PUBACK latency at light load (LAT_RATE=2000 msg/s QoS 1, LAT_MESSAGES).
+#
 # Needs mosquitto (apt-get install mosquitto); builds the release binaries itself.
 # The machine is shared and noisy: compare the ratio, not the absolute numbers. Rounds of the
 # brokers alternate, so drift in the machine's load hits them alike.
@@ -117,6 +119,25 @@ for mode in fan-in fan-out; do
     [ -n "${RUMQTTD:-}" ] && printf ' %12s' "$(ratio "${med[ours]}" "${med[rumqttd]}")"
     echo
   done
+done
+
+# Latency at light load: one publisher at LAT_RATE msg/s QoS 1, one subscriber.
+LAT_RATE=${LAT_RATE:-2000}
+LAT_MESSAGES=${LAT_MESSAGES:-10000}
+echo
+echo "latency, QoS 1 at $LAT_RATE msg/s (ms, medians of $ROUNDS): e2e p50 / p99, PUBACK p50 / p99"
+for who in "${names[@]}"; do : > "$work/$who.lat"; done
+for _ in $(seq "$ROUNDS"); do
+  for who in "${names[@]}"; do
+    "$BIN/mqtt-bench" --port "${port[$who]}" --mode latency --qos 1 --rate "$LAT_RATE" \
+      --messages "$LAT_MESSAGES" | tee -a "$work/$who.raw" >> "$work/$who.lat"
+  done
+done
+field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" "$2" | median; }
+for who in "${names[@]}"; do
+  printf '%-10s %8s / %8s   %8s / %8s\n' "$who" \
+    "$(field e2e_p50_ms "$work/$who.lat")" "$(field e2e_p99_ms "$work/$who.lat")" \
+    "$(field puback_p50_ms "$work/$who.lat")" "$(field puback_p99_ms "$work/$who.lat")"
 done
 echo
 for who in "${names[@]}"; do echo "raw runs ($who):"; cat "$work/$who.raw"; done

@@ -7,6 +7,7 @@
 //! ```text
 //! mqtt-bench --port 1883 --mode fan-in  --qos 1 --clients 10 --messages 100000
 //! mqtt-bench --port 1883 --mode fan-out --qos 0 --clients 10 --messages 20000
+//! mqtt-bench --port 1883 --mode latency --qos 1 --rate 2000 --messages 20000
 //! ```
 //! fan-in: `--clients` publishers share `--messages` among them, one subscriber on `bench/#`.
 //! fan-out: one publisher sends `--messages`, each of `--clients` subscribers receives all.
@@ -48,6 +49,8 @@ struct Args {
     password: Option<String>,
     /// Subscribers keep persistent sessions (clean session = 0).
     persistent: bool,
+    /// `latency` mode: messages per second the publisher paces itself to.
+    rate: u64,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -63,6 +66,7 @@ fn parse() -> anyhow::Result<Args> {
         username: None,
         password: None,
         persistent: false,
+        rate: 2000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -79,6 +83,7 @@ fn parse() -> anyhow::Result<Args> {
             "--username" => a.username = Some(v),
             "--password" => a.password = Some(v),
             "--persistent" => a.persistent = v.parse()?,
+            "--rate" => a.rate = v.parse()?,
             _ => bail!("unknown option {k}"),
         }
     }
@@ -90,11 +95,13 @@ fn parse() -> anyhow::Result<Args> {
             "idle",
             "flood-ping",
             "flood-subscribe",
+            "latency",
         ]
         .contains(&a.mode.as_str())
         || a.clients == 0
+        || a.rate == 0
     {
-        bail!("--mode fan-in|fan-out|connect-storm|idle|flood-ping|flood-subscribe, --qos 0|1, --clients >= 1");
+        bail!("--mode fan-in|fan-out|connect-storm|idle|flood-ping|flood-subscribe|latency, --qos 0|1, --clients >= 1, --rate >= 1");
     }
     Ok(a)
 }
@@ -563,6 +570,126 @@ async fn flood(a: Arc<Args>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Locks `m`, also after a panic elsewhere (the map stays usable).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `latency`: one subscriber and one publisher sending `messages` at `rate` per second (light,
+/// steady load, not a flood). Each payload carries its send time; prints the PUBACK round trip
+/// (QoS 1) and the publish-to-delivery time, p50 and p99, in milliseconds.
+async fn latency(a: Arc<Args>) -> anyhow::Result<()> {
+    let run = std::process::id();
+    let topic = format!("bench/latency/{run}");
+    let (mut sub, mut sbuf) = connect(&a, &format!("bench-lat-sub-{run}")).await?;
+    subscribe(&mut sub, &mut sbuf, &topic, a.qos).await?;
+    let base = Instant::now();
+    let n = a.messages;
+    let receiver = tokio::spawn(async move {
+        let mut delays = Vec::with_capacity(n as usize);
+        let mut acks = BytesMut::new();
+        while (delays.len() as u64) < n {
+            while let Some((b1, mut body)) = take_packet(&mut sbuf) {
+                if b1 >> 4 != 3 {
+                    continue;
+                }
+                let tlen = body.get_u16() as usize;
+                body.advance(tlen);
+                if (b1 >> 1) & 3 == 1 {
+                    let id = body.get_u16();
+                    acks.put_slice(&[0x40, 0x02]);
+                    acks.put_u16(id);
+                }
+                let sent = body.get_u64();
+                let now = base.elapsed().as_nanos() as u64;
+                delays.push(now.saturating_sub(sent) as f64 / 1e6);
+            }
+            if !acks.is_empty() {
+                sub.write_all(&acks).await?;
+                acks.clear();
+            }
+            if (delays.len() as u64) < n && sub.read_buf(&mut sbuf).await? == 0 {
+                bail!("subscriber connection closed");
+            }
+        }
+        anyhow::Ok(delays)
+    });
+    let (publ, pbuf) = connect(&a, &format!("bench-lat-pub-{run}")).await?;
+    let (mut rd, mut wr) = publ.into_split();
+    // PUBACKs are timed as they arrive, by their own task.
+    let pending = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let acks = (a.qos == 1).then(|| {
+        let pending = pending.clone();
+        tokio::spawn(async move {
+            let mut pbuf = pbuf;
+            let mut pubacks = Vec::with_capacity(n as usize);
+            while (pubacks.len() as u64) < n {
+                while let Some((b1, mut body)) = take_packet(&mut pbuf) {
+                    if b1 >> 4 == 4 {
+                        if let Some(t) = lock(&pending).remove(&body.get_u16()) {
+                            let t: Instant = t;
+                            pubacks.push(t.elapsed().as_secs_f64() * 1000.0);
+                        }
+                    }
+                }
+                if (pubacks.len() as u64) < n && rd.read_buf(&mut pbuf).await? == 0 {
+                    bail!("publisher connection closed");
+                }
+            }
+            anyhow::Ok(pubacks)
+        })
+    });
+    // Paced by deadline: the average rate holds whatever the timer's granularity.
+    let period = Duration::from_nanos(1_000_000_000 / a.rate);
+    let started = tokio::time::Instant::now();
+    let mut out = BytesMut::new();
+    for i in 0..n {
+        tokio::time::sleep_until(started + period * i as u32).await;
+        let packet_id = (i % 65_535 + 1) as u16;
+        let rem = 2 + topic.len() + if a.qos == 1 { 2 } else { 0 } + a.payload.max(8);
+        out.put_u8(0x30 | (a.qos << 1));
+        put_len(&mut out, rem);
+        put_str(&mut out, &topic);
+        if a.qos == 1 {
+            out.put_u16(packet_id);
+            lock(&pending).insert(packet_id, Instant::now());
+        }
+        out.put_u64(base.elapsed().as_nanos() as u64);
+        out.put_bytes(b'x', a.payload.saturating_sub(8));
+        wr.write_all(&out).await?;
+        out.clear();
+    }
+    let mut pubacks = match acks {
+        Some(task) => tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .context("PUBACKs did not all arrive")???,
+        None => Vec::new(),
+    };
+    let mut delays = tokio::time::timeout(Duration::from_secs(30), receiver)
+        .await
+        .context("deliveries did not all arrive")???;
+    delays.sort_by(|x, y| x.total_cmp(y));
+    pubacks.sort_by(|x, y| x.total_cmp(y));
+    let puback = if pubacks.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " puback_p50_ms={:.3} puback_p99_ms={:.3}",
+            percentile(&pubacks, 0.5),
+            percentile(&pubacks, 0.99)
+        )
+    };
+    println!(
+        "mode=latency qos={} rate={} messages={n} e2e_p50_ms={:.3} e2e_p99_ms={:.3}{puback}",
+        a.qos,
+        a.rate,
+        percentile(&delays, 0.5),
+        percentile(&delays, 0.99)
+    );
+    wr.write_all(&[0xE0, 0x00]).await?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     raise_fd_limit();
@@ -575,6 +702,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if a.mode.starts_with("flood-") {
         return flood(a).await;
+    }
+    if a.mode == "latency" {
+        return latency(a).await;
     }
     let count = Arc::new(AtomicU64::new(0));
     let last = Arc::new(AtomicU64::new(0));
