@@ -271,6 +271,15 @@ impl Broker {
         }
     }
 
+    /// The line `brokerctl plugins list` prints for plugin `name` (`Plugin(name, …, state=…`).
+    pub fn plugin_line(&self, name: &str) -> String {
+        let list = self.ctl_ok(&["plugins", "list"]);
+        list.lines()
+            .find(|l| l.starts_with(&format!("Plugin({name},")))
+            .unwrap_or_else(|| panic!("{name} not listed:\n{list}"))
+            .to_owned()
+    }
+
     /// Runs brokerctl and asserts it succeeded; returns its standard output.
     pub fn ctl_ok(&self, args: &[&str]) -> String {
         let out = self.ctl(args);

@@ -727,12 +727,8 @@ async fn the_shipped_config_starts_with_its_plugins() {
     let dir = tempfile::tempdir().expect("tmp");
     let config = shipped_config(dir.path(), &bin_dir());
     let b = Broker::start_config(dir, &config);
-    let list = b.ctl_ok(&["plugins", "list"]);
     for name in ["retainer", "presence", "dashboard"] {
-        let line = list
-            .lines()
-            .find(|l| l.starts_with(&format!("Plugin({name},")))
-            .unwrap_or_else(|| panic!("{name} not listed:\n{list}"));
+        let line = b.plugin_line(name);
         assert!(line.contains("state=active"), "{line}");
     }
     let mut sub = V4Client::connect(b.port(), "sub").await;

@@ -37,15 +37,6 @@ fn install_plugins(dir: &Path, names: &[&str]) {
     }
 }
 
-/// What `plugins list` says about `name`: its line.
-fn plugin_line(b: &Broker, name: &str) -> String {
-    let list = b.ctl_ok(&["plugins", "list"]);
-    list.lines()
-        .find(|l| l.starts_with(&format!("Plugin({name},")))
-        .unwrap_or_else(|| panic!("{name} not listed:\n{list}"))
-        .to_owned()
-}
-
 #[test]
 #[ignore = "needs Wine and the Windows build: tests/run.sh runs it when Wine is installed"]
 fn windows_build_under_wine_serves_mqtt_and_loads_dll_plugins() {
@@ -68,7 +59,7 @@ fn windows_build_under_wine_serves_mqtt_and_loads_dll_plugins() {
 
     // The shipped plugins were loaded at start from their .dll files.
     for name in ["retainer", "presence", "dashboard"] {
-        let line = plugin_line(&b, name);
+        let line = b.plugin_line(name);
         assert!(line.contains("state=active"), "{line}");
     }
 
@@ -90,7 +81,7 @@ fn windows_build_under_wine_serves_mqtt_and_loads_dll_plugins() {
     let rewritten = || mosquitto_roundtrip(b.port(), "mqttv311", "1", "dst/#", "src/a", "moved");
     assert_eq!(rewritten(), "moved");
     b.ctl_ok(&["plugins", "reload", "rewrite"]);
-    assert!(plugin_line(&b, "rewrite").contains("state=active"));
+    assert!(b.plugin_line("rewrite").contains("state=active"));
     assert_eq!(rewritten(), "moved", "still rewriting after the reload");
     b.ctl_ok(&["plugins", "unload", "rewrite"]);
     let same = mosquitto_roundtrip(b.port(), "mqttv311", "1", "src/#", "src/b", "kept");

@@ -26,6 +26,24 @@ async fn connect(b: &Arc<Broker>, id: &str, clean_start: bool) -> (Attached, Con
     (b.attach(&Arc::from(id), clean_start, tx).await, rx)
 }
 
+/// A second connection for `id` while one is attached (its line `old`): the old one must be
+/// told "taken over", and once it hands the session back the new one is attached.
+async fn take_over(
+    b: &Arc<Broker>,
+    id: &'static str,
+    clean_start: bool,
+    old: ControlReceiver,
+) -> (Attached, ControlReceiver) {
+    let new = tokio::spawn({
+        let b = b.clone();
+        async move { connect(&b, id, clean_start).await }
+    });
+    let Control::Kick { reason, done } = old.recv().await;
+    assert_eq!(reason, KickReason::TakenOver);
+    let _ = done.send(());
+    new.await.expect("attach")
+}
+
 /// An offline session subscribed to `filter`: where a published will lands.
 fn watcher(b: &Arc<Broker>, filter: &str) -> Arc<crate::session::Session> {
     let s = b.new_session(Arc::from("watcher"));
@@ -78,27 +96,13 @@ async fn mqtt_3_1_4_2_takeover_closes_the_old_connection_and_resumes_or_discards
     let (first, first_rx) = connect(&b, "dev", false).await;
     assert!(!first.session_present);
 
-    let second = tokio::spawn({
-        let b = b.clone();
-        async move { connect(&b, "dev", false).await }
-    });
-    let Control::Kick { reason, done } = first_rx.recv().await;
-    assert_eq!(reason, KickReason::TakenOver);
-    let _ = done.send(());
-    let (second, second_rx) = second.await.expect("attach");
+    let (second, second_rx) = take_over(&b, "dev", false, first_rx).await;
     assert!(second.session_present, "clean start 0: the session goes on");
     assert!(Arc::ptr_eq(&first.session, &second.session));
     assert!(second.generation > first.generation);
     assert!(!second.discarded);
 
-    let third = tokio::spawn({
-        let b = b.clone();
-        async move { connect(&b, "dev", true).await }
-    });
-    let Control::Kick { reason, done } = second_rx.recv().await;
-    assert_eq!(reason, KickReason::TakenOver);
-    let _ = done.send(());
-    let (third, _rx) = third.await.expect("attach");
+    let (third, _rx) = take_over(&b, "dev", true, second_rx).await;
     assert!(!third.session_present, "clean start 1: a new session");
     assert!(third.discarded);
     assert!(!Arc::ptr_eq(&second.session, &third.session));

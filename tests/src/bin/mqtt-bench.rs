@@ -334,6 +334,18 @@ fn raise_fd_limit() {
 #[cfg(not(unix))]
 fn raise_fd_limit() {}
 
+/// ` puback_p50_ms=… puback_p99_ms=…` for sorted PUBACK round trips; empty when there are none.
+fn puback_fields(sorted: &[f64]) -> String {
+    if sorted.is_empty() {
+        return String::new();
+    }
+    format!(
+        " puback_p50_ms={:.3} puback_p99_ms={:.3}",
+        percentile(sorted, 0.5),
+        percentile(sorted, 0.99)
+    )
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -670,15 +682,7 @@ async fn latency(a: Arc<Args>) -> anyhow::Result<()> {
         .context("deliveries did not all arrive")???;
     delays.sort_by(|x, y| x.total_cmp(y));
     pubacks.sort_by(|x, y| x.total_cmp(y));
-    let puback = if pubacks.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " puback_p50_ms={:.3} puback_p99_ms={:.3}",
-            percentile(&pubacks, 0.5),
-            percentile(&pubacks, 0.99)
-        )
-    };
+    let puback = puback_fields(&pubacks);
     println!(
         "mode=latency qos={} rate={} messages={n} e2e_p50_ms={:.3} e2e_p99_ms={:.3}{puback}",
         a.qos,
@@ -772,15 +776,7 @@ async fn main() -> anyhow::Result<()> {
             s.write_all(&[0xE0, 0x00]).await?;
         }
     }
-    let puback_ms = if puback.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " puback_p50_ms={:.3} puback_p99_ms={:.3}",
-            percentile(&puback, 0.5),
-            percentile(&puback, 0.99)
-        )
-    };
+    let puback_ms = puback_fields(&puback);
     println!(
         "mode={} qos={} clients={} payload={} expected={} received={} secs={:.3} rate={:.0}{puback_ms}",
         a.mode, a.qos, a.clients, a.payload, expected, received, secs, rate
