@@ -18,6 +18,8 @@ compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 { command -v slapd || [ -x /usr/sbin/slapd ]; } >/dev/null 2>&1 || need+=(slapd)
 command -v ldapadd >/dev/null 2>&1 || need+=(ldap-utils)
+# A private NATS server (with JetStream) per cluster test.
+{ command -v nats-server || [ -x /usr/sbin/nats-server ]; } >/dev/null 2>&1 || need+=(nats-server)
 # Headless Chromium and its WebDriver for the dashboard tests.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
@@ -26,7 +28,7 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "tests/run.sh: need root (or sudo) to install: ${need[*]}" >&2; exit 1
   fi
   echo "tests/run.sh: installing ${need[*]}"
-  # The packages' services (mosquitto on 1883, mariadb, postgresql, redis, slapd) must not
+  # The packages' services (mosquitto on 1883, mariadb, postgresql, redis, slapd, nats) must not
   # start: the tests run their own servers, and a system Mosquitto would hold the port the
   # shipped broker config uses.
   if [ ! -e /usr/sbin/policy-rc.d ]; then

@@ -17,8 +17,8 @@ use abi_stable::StableAbi;
 /// built against an older API of the same line loads unchanged on a newer broker; one built for
 /// a newer API than the broker speaks is refused at load time; see `CHANGELOG.md`.
 ///
-/// Since API 1 (API 2 is plugin-api 0.1.1).
-pub const API_VERSION: u32 = 2;
+/// Since API 1 (API 2 is plugin-api 0.1.1, API 3 is 0.1.2).
+pub const API_VERSION: u32 = 3;
 
 /// A hook point, identified by a stable number; [`HookPoint::name`] gives EMQX's string.
 ///
@@ -593,11 +593,14 @@ pub struct MessageView<'a> {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy)]
 pub struct MessageEventView<'a> {
-    /// The receiving client's id.
+    /// The receiving client's id (for `message.published`: the publisher's, empty for the
+    /// broker's own messages).
     pub client_id: RStr<'a>,
     /// The message.
     pub message: MessageView<'a>,
-    /// For `message.dropped`: why (`queue_full`, `expired`, `too_large`).
+    /// For `message.dropped`: why (`queue_full`, `expired`, `too_large`). For
+    /// `message.published`: `remote` when another node published it (it came through
+    /// [`crate::Host::deliver_remote`], since API 3), empty for a message published here.
     pub reason: RStr<'a>,
 }
 

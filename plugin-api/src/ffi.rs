@@ -199,6 +199,32 @@ pub trait Host: Send + Sync + Clone {
     fn config_dir(&self) -> RString {
         RString::new()
     }
+
+    /// Routes a message that arrived from another broker node (the inbound side of a cluster
+    /// plugin). Unlike [`Host::publish`] it does not run the `message.publish` chain (the
+    /// origin node ran it) and does not choose shared-subscription members on its own:
+    ///
+    /// * with `plain`, it is queued for every matching plain (non-shared) subscription;
+    /// * for each entry of `shared`, a subscription as written (`$share/<group>/<filter>`,
+    ///   the filter matching the topic), one member of that local group gets it, chosen by the
+    ///   group's strategy like any message.
+    ///
+    /// `publisher` is the client id that published it on its own node, so No Local holds
+    /// (empty = none). `message.published` fires with reason `remote`, so a retainer keeps a
+    /// retained one and a cluster plugin can tell it from a local message (and not send it
+    /// back out). Returns how many sessions it was queued for.
+    ///
+    /// Since API 3 (plugin-api 0.1.2); an older broker answers an error.
+    fn deliver_remote(
+        &self,
+        message: OutgoingMessage,
+        publisher: RStr<'_>,
+        plain: bool,
+        shared: RVec<RString>,
+    ) -> RResult<u32, RString> {
+        let _ = (message, publisher, plain, shared);
+        RResult::RErr("this broker does not support deliver_remote (plugin API 3)".into())
+    }
 }
 
 /// The host object handed to a plugin at creation. Cheap to clone.

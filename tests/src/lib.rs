@@ -28,6 +28,7 @@ pub mod ldap;
 pub mod mariadb;
 #[cfg(unix)]
 pub mod mosquitto;
+pub mod nats;
 #[cfg(unix)]
 pub mod postgres;
 pub mod redis;
@@ -39,6 +40,7 @@ pub use ldap::Slapd;
 pub use mariadb::MariaDb;
 #[cfg(unix)]
 pub use mosquitto::Mosquitto;
+pub use nats::Nats;
 #[cfg(unix)]
 pub use postgres::Postgres;
 pub use redis::{RedisCluster, RedisSentinel, RedisServer, RedisTls};

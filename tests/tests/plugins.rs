@@ -35,7 +35,7 @@ async fn load_list_unload_with_emq_style_lines() {
     );
     let list = b.ctl_ok(&["plugins", "list"]);
     assert!(
-        list.contains("Plugin(probe, version=1.0.0, api=2, state=active"),
+        list.contains("Plugin(probe, version=1.0.0, api=3, state=active"),
         "{list}"
     );
     assert!(list.contains("message.publish@0"), "{list}");
@@ -586,9 +586,9 @@ async fn abi_mismatches_are_refused_with_one_clear_line() {
         (
             "otherversion",
             build_blocker_variant(false, |api| {
-                edit(api, "Cargo.toml", "version = \"0.1.1\"", "version = \"0.2.0\"");
+                edit(api, "Cargo.toml", "version = \"0.1.2\"", "version = \"0.2.0\"");
             }),
-            "plugin built against plugin-api 0.2.0, this broker uses plugin-api 0.1.1; rebuild the plugin against plugin-api 0.1.1",
+            "plugin built against plugin-api 0.2.0, this broker uses plugin-api 0.1.2; rebuild the plugin against plugin-api 0.1.2",
         ),
         (
             "drifted",
@@ -600,16 +600,16 @@ async fn abi_mismatches_are_refused_with_one_clear_line() {
         (
             "newerapi",
             build_blocker_variant(false, |api| {
-                edit(api, "Cargo.toml", "version = \"0.1.1\"", "version = \"0.1.2\"");
-                edit(api, "src/abi.rs", "pub const API_VERSION: u32 = 2;", "pub const API_VERSION: u32 = 3;");
+                edit(api, "Cargo.toml", "version = \"0.1.2\"", "version = \"0.1.3\"");
+                edit(api, "src/abi.rs", "pub const API_VERSION: u32 = 3;", "pub const API_VERSION: u32 = 4;");
             }),
-            "plugin built for plugin API v3, this broker speaks v2",
+            "plugin built for plugin API v4, this broker speaks v3",
         ),
         (
             // Claims an older release of the line, but its types are not a prefix of ours.
             "olderdrifted",
             build_blocker_variant(false, |api| {
-                edit(api, "Cargo.toml", "version = \"0.1.1\"", "version = \"0.1.0\"");
+                edit(api, "Cargo.toml", "version = \"0.1.2\"", "version = \"0.1.0\"");
                 edit(api, "src/abi.rs", "    /// v5 Retain Handling (0, 1, 2).\n    pub retain_handling: u8,", "    /// v5 Retain Handling (0, 1, 2).\n    pub retain_handling: u16,");
             }),
             "ABI mismatch: type layout differs from this broker's plugin-api (mismatched type in SubOptions.retain_handling: broker has u8, plugin has u16)",
@@ -944,7 +944,7 @@ async fn a_plugin_built_against_api_1_loads_and_works_unchanged() {
             edit(
                 api,
                 "Cargo.toml",
-                "version = \"0.1.1\"",
+                "version = \"0.1.2\"",
                 "version = \"0.1.0\"",
             );
         },

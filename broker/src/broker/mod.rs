@@ -123,6 +123,19 @@ impl Target {
     }
 }
 
+/// Which subscriptions a message is routed to.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// Every matching one, one member per matching share group: a message published here.
+    All,
+    /// A message from another node: the plain ones if `plain`, and one member of each group
+    /// in `shared` (the other node's cluster link chose this node for those groups).
+    Remote {
+        plain: bool,
+        shared: &'a [SubscriptionKey],
+    },
+}
+
 /// Outcome of [`Broker::attach`].
 pub struct Attached {
     /// The session now bound to the connection.
@@ -713,6 +726,35 @@ impl Broker {
     /// Routes a message to every matching subscription. Returns the number of sessions it was
     /// queued for.
     pub fn route(&self, message: Arc<Message>) -> usize {
+        self.route_in(message, Scope::All)
+    }
+
+    /// Routes a message another node published (host service `deliver_remote`): to the
+    /// plain subscriptions if `plain`, and to one member of each local group in `shared`.
+    /// `message.published` fires with reason `remote`; the publish chain does not run.
+    pub fn publish_remote(
+        &self,
+        message: Message,
+        plain: bool,
+        shared: &[SubscriptionKey],
+    ) -> usize {
+        if self
+            .hooks
+            .wants_published(message.topic.as_str(), message.retain)
+        {
+            let user_properties = message.user_property_views();
+            let mut view = message.view(&user_properties);
+            view.timestamp_ms = coarse_now_ms();
+            self.hooks.message_published(&plugin_api::MessageEventView {
+                client_id: message.publisher.as_deref().unwrap_or("").into(),
+                message: view,
+                reason: "remote".into(),
+            });
+        }
+        self.route_in(Arc::new(message), Scope::Remote { plain, shared })
+    }
+
+    fn route_in(&self, message: Arc<Message>, scope: Scope<'_>) -> usize {
         let mut targets: Vec<Target> = Vec::new();
         // With a session.select_shared plugin, each matching group's members are collected
         // here and chosen from after the routing lock is released.
@@ -721,15 +763,8 @@ impl Broker {
         {
             let router = self.router.read();
             let publisher = message.publisher.as_deref();
-            router.for_each_match(message.topic.as_str(), |m| match m {
-                Match::Plain(_, e) => {
-                    // [MQTT-3.8.3-3]: No Local keeps a client's own messages from it.
-                    if e.options.no_local && publisher == Some(&*e.session.client_id) {
-                        return;
-                    }
-                    targets.push(Target::new(e, false));
-                }
-                Match::Shared(name, group) => {
+            let mut shared =
+                |name: &Arc<str>, group: &SharedGroup<u64, SubEntry>, targets: &mut Vec<Target>| {
                     let Some(at) = self.pick_shared(name, group, publisher, &message.topic) else {
                         return;
                     };
@@ -739,8 +774,36 @@ impl Broker {
                     } else if let Some((_, e)) = group.members.get(at) {
                         targets.push(Target::new(e, true));
                     }
+                };
+            let (plain, only) = match scope {
+                Scope::All => (true, None),
+                Scope::Remote { plain, shared } => (plain, Some(shared)),
+            };
+            if plain || only.is_none() {
+                router.for_each_match(message.topic.as_str(), |m| match m {
+                    Match::Plain(_, e) => {
+                        // [MQTT-3.8.3-3]: No Local keeps a client's own messages from it.
+                        if !plain || e.options.no_local && publisher == Some(&*e.session.client_id)
+                        {
+                            return;
+                        }
+                        targets.push(Target::new(e, false));
+                    }
+                    Match::Shared(name, group) if only.is_none() => {
+                        shared(name, group, &mut targets);
+                    }
+                    Match::Shared(..) => {}
+                });
+            }
+            for key in only.unwrap_or_default() {
+                let Some(name) = &key.group else { continue };
+                if !crate::router::matches(key.filter.as_str(), message.topic.as_str()) {
+                    continue;
                 }
-            });
+                if let Some(group) = router.shared_group(name, &key.filter) {
+                    shared(name, group, &mut targets);
+                }
+            }
         }
         for (group, mut members, default) in groups {
             let chosen = self

@@ -9,6 +9,7 @@ use crate::message::Message;
 use crate::metrics::PluginMetrics;
 use crate::plugin::kv::PluginKv;
 use crate::plugin::BrokerServices;
+use crate::router::SubscriptionKey;
 
 use super::Broker;
 
@@ -31,6 +32,23 @@ impl BrokerServices for Broker {
 
     fn publish(&self, message: Message) -> usize {
         Broker::publish(self, message, None, false).unwrap_or(0)
+    }
+
+    fn deliver_remote(
+        &self,
+        message: Message,
+        plain: bool,
+        shared: &[String],
+    ) -> Result<usize, String> {
+        let keys = shared
+            .iter()
+            .map(|s| match SubscriptionKey::parse(s) {
+                Ok(k) if k.is_shared() => Ok(k),
+                Ok(_) => Err(format!("{s:?} is not a shared subscription")),
+                Err(e) => Err(format!("{s:?}: {e}")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.publish_remote(message, plain, &keys))
     }
 
     fn deliver(

@@ -44,17 +44,28 @@ async fn take_over(
     new.await.expect("attach")
 }
 
-/// An offline session subscribed to `filter`: where a published will lands.
-fn watcher(b: &Arc<Broker>, filter: &str) -> Arc<crate::session::Session> {
-    let s = b.new_session(Arc::from("watcher"));
+/// An offline session `id` subscribed to `filter` (`$share/…` allowed).
+fn subscribed(
+    b: &Arc<Broker>,
+    id: &str,
+    filter: &str,
+    no_local: bool,
+) -> Arc<crate::session::Session> {
+    let s = b.new_session(Arc::from(id));
     b.register_restored(s.clone());
-    let key = SubscriptionKey::plain(TopicFilter::new(filter).expect("filter"));
+    let key = SubscriptionKey::parse(filter).expect("filter");
     let options = SubscriptionOptions {
         qos: QoS::AtLeastOnce,
+        no_local,
         ..SubscriptionOptions::default()
     };
     b.add_subscription(&s, key, options, None);
     s
+}
+
+/// An offline session subscribed to `filter`: where a published will lands.
+fn watcher(b: &Arc<Broker>, filter: &str) -> Arc<crate::session::Session> {
+    subscribed(b, "watcher", filter, false)
 }
 
 fn will(topic: &str) -> Message {
@@ -154,4 +165,55 @@ async fn mqtt_3_1_3_9_the_session_end_publishes_a_will_still_waiting() {
     assert!(b.session("dev").is_none(), "the session ended");
     tokio::time::sleep(Duration::from_secs(3600)).await;
     assert_eq!(w.queued_len(), 1, "and only once");
+}
+
+/// A message from another node (host service `deliver_remote`) goes only where that node's
+/// cluster link says: the plain subscriptions, and the share groups named (one member each,
+/// only if the group's filter matches); No Local holds for the remote publisher.
+#[tokio::test]
+async fn a_remote_message_goes_to_plain_subscriptions_and_to_the_groups_named() {
+    let b = broker();
+    let plain = subscribed(&b, "plain", "r/#", false);
+    let own = subscribed(&b, "publisher", "r/#", true);
+    let members = [
+        subscribed(&b, "m1", "$share/g/r/+", false),
+        subscribed(&b, "m2", "$share/g/r/+", false),
+    ];
+    let remote = || {
+        let mut m = will("r/1");
+        m.publisher = Some(Arc::from("publisher"));
+        m
+    };
+    let shared = |s: &str| SubscriptionKey::parse(s).expect("shared");
+    let in_group = || members.iter().map(|m| m.queued_len()).sum::<usize>();
+
+    assert_eq!(b.publish_remote(remote(), true, &[]), 1);
+    assert_eq!(
+        (plain.queued_len(), own.queued_len(), in_group()),
+        (1, 0, 0)
+    );
+
+    assert_eq!(
+        b.publish_remote(remote(), false, &[shared("$share/g/r/+")]),
+        1
+    );
+    assert_eq!(
+        (plain.queued_len(), in_group()),
+        (1, 1),
+        "one member, no plain"
+    );
+
+    let elsewhere = [shared("$share/g/x/+"), shared("$share/other/r/+")];
+    assert_eq!(b.publish_remote(remote(), false, &elsewhere), 0);
+    assert_eq!(
+        (plain.queued_len(), in_group()),
+        (1, 1),
+        "groups not matching: none"
+    );
+
+    assert_eq!(
+        b.route(Arc::new(will("r/1"))),
+        3,
+        "a local message: plain, own, one member"
+    );
 }

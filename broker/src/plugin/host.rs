@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, Weak};
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RArc, ROption, RResult, RStr, RString};
+use abi_stable::std_types::{RArc, ROption, RResult, RStr, RString, RVec};
 use async_ffi::{FfiFuture, FutureExt as _};
 use plugin_api::{
     ApiRequest, ApiResponse, ClientInfo, Host, HostRef, Host_TO, LogRecord, OutgoingMessage,
@@ -348,6 +348,27 @@ impl Host for BrokerHost {
         let dir = &self.config_dir;
         let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
         absolute.display().to_string().into()
+    }
+
+    fn deliver_remote(
+        &self,
+        message: OutgoingMessage,
+        publisher: RStr<'_>,
+        plain: bool,
+        shared: RVec<RString>,
+    ) -> RResult<u32, RString> {
+        let Some(broker) = self.broker.upgrade() else {
+            return RResult::RErr("the broker is shutting down".into());
+        };
+        let shared: Vec<String> = shared.into_iter().map(Into::into).collect();
+        let routed = message_from_plugin(message).and_then(|mut m| {
+            m.publisher = (!publisher.is_empty()).then(|| Arc::from(publisher.as_str()));
+            broker.deliver_remote(m, plain, &shared)
+        });
+        match routed {
+            Ok(n) => RResult::ROk(u32::try_from(n).unwrap_or(u32::MAX)),
+            Err(e) => RResult::RErr(e.into()),
+        }
     }
 
     fn node_name(&self) -> RString {

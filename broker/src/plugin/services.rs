@@ -28,6 +28,14 @@ pub trait BrokerServices: Send + Sync + 'static {
     /// Publishes `message` through the publish chain; how many sessions it was queued for (0
     /// also when a plugin dropped it).
     fn publish(&self, message: Message) -> usize;
+    /// Routes a message another node published ([`crate::broker::Broker::publish_remote`]);
+    /// `shared` holds subscriptions as written (`$share/<group>/<filter>`).
+    fn deliver_remote(
+        &self,
+        message: Message,
+        plain: bool,
+        shared: &[String],
+    ) -> Result<usize, String>;
     /// Queues `message` for one client only, as if it matched a subscription with
     /// `subscription_id` (0 = none).
     fn deliver(

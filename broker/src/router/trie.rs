@@ -333,6 +333,15 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
         Some(removed)
     }
 
+    /// The share group `group` of filter `filter`, if it has members.
+    pub fn shared_group(&self, group: &str, filter: &TopicFilter) -> Option<&SharedGroup<K, V>> {
+        let mut node = &self.root;
+        for level in filter.as_str().split('/') {
+            node = node.child(level)?;
+        }
+        node.shared.get(group)
+    }
+
     /// Calls `visit` for every subscription whose filter matches `topic` (a valid topic name).
     ///
     /// Topics starting with `$` are not matched by a leading `+` or `#` ([MQTT-4.7.2-1]).

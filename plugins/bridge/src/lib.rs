@@ -968,7 +968,8 @@ impl Plugin for Bridge {
     }
 
     fn on_message_event(&self, point: HookPoint, event: &MessageEventView<'_>) {
-        if point != HookPoint::MESSAGE_PUBLISHED {
+        // A message another cluster node published is bridged by that node.
+        if point != HookPoint::MESSAGE_PUBLISHED || event.reason.as_str() == "remote" {
             return;
         }
         for link in &self.links {

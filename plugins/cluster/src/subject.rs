@@ -42,6 +42,15 @@ fn push_level(out: &mut String, level: &str) {
     }
 }
 
+/// `text` (a client id, a node name, a share group and filter) as one token, escaped like a
+/// level: valid as a NATS token, a queue group name and a key-value key, and distinct for
+/// distinct texts.
+pub fn token(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 1);
+    push_level(&mut out, text);
+    out
+}
+
 /// The root of `first_level`'s subjects: `s` for `$` topics, `u` for the others.
 fn root(first_level: &str) -> &'static str {
     if first_level.starts_with('$') {

@@ -694,6 +694,10 @@ impl Plugin for WebHook {
         let Some(i) = EVENTS.iter().position(|(_, p, _)| *p == point) else {
             return;
         };
+        // In a cluster, `message_publish` is reported by the node the message was published on.
+        if point == HookPoint::MESSAGE_PUBLISHED && event.reason.as_str() == "remote" {
+            return;
+        }
         let m = &event.message;
         let size = m.topic.len() + m.payload.len();
         if !s.selection.wants(i, m.topic.as_str()) || !s.room() || !s.room_for(size) {

@@ -1,0 +1,656 @@
+//! The NATS link: one connection per node, its subscriptions, the messages out and in, and
+//! the JetStream key-value buckets (client ids, retained messages, membership).
+//!
+//! Everything runs on the plugin's runtime. Local service never waits for any of it: the
+//! hooks only put work into channels, and what cannot be queued is dropped and counted.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream::kv::{self, Operation};
+use futures_util::StreamExt;
+use plugin_api::{RString, RVec};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::envelope::Envelope;
+use crate::subject::{filter_subjects, subject_topic, token, topic_subject};
+use crate::{split_shared, Command, Outbound, Shared};
+
+/// The link as `cluster status` shows it.
+#[derive(Debug, Default, Clone)]
+pub struct LinkStatus {
+    /// Connected to a NATS server now.
+    pub connected: bool,
+    /// The last event or error the client reported.
+    pub last_event: String,
+    /// The key-value buckets are open (JetStream answers).
+    pub jetstream: bool,
+}
+
+/// A random 64-bit id (this node's id in envelopes).
+pub fn random_id() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// Ids of recent messages routed here through plain subscriptions: NATS delivers a message
+/// once per matching subscription of the connection (`a/+` and `a/#` both match `a/b`), the
+/// router must see it once.
+struct Recent {
+    seen: HashSet<(u64, u64)>,
+    order: VecDeque<(u64, u64)>,
+}
+
+impl Recent {
+    const CAPACITY: usize = 65_536;
+
+    fn new() -> Recent {
+        Recent {
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// True the first time `id` is offered.
+    fn first(&mut self, id: (u64, u64)) -> bool {
+        if !self.seen.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// A write to a key-value bucket.
+enum KvWrite {
+    Owner {
+        client_id: String,
+        at_ms: u64,
+    },
+    Retained {
+        key: String,
+        value: Option<bytes::Bytes>,
+    },
+}
+
+/// The value of a client id's key in `mqtt_clients`.
+#[derive(Serialize, Deserialize)]
+struct Owner {
+    client_id: String,
+    node: String,
+    at_ms: u64,
+}
+
+/// The value of a node's key in `mqtt_nodes`.
+#[derive(Serialize, Deserialize)]
+struct Heartbeat {
+    node: String,
+    clients: i64,
+    started_ms: u64,
+    at_ms: u64,
+    version: String,
+}
+
+fn connect_options(shared: &Arc<Shared>) -> async_nats::ConnectOptions {
+    let c = &shared.config;
+    let events = shared.clone();
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("mqtt-broker {}", shared.node_name))
+        .no_echo()
+        .retry_on_initial_connect()
+        .event_callback(move |event| {
+            let shared = events.clone();
+            async move {
+                let mut link = shared.link.lock().unwrap_or_else(|e| e.into_inner());
+                match event {
+                    async_nats::Event::Connected => {
+                        if !link.last_event.is_empty() {
+                            shared.metrics.reconnects.inc();
+                        }
+                        link.connected = true;
+                        shared.metrics.connected.set(1);
+                        tracing::info!("connected to NATS");
+                    }
+                    async_nats::Event::Disconnected => {
+                        link.connected = false;
+                        shared.metrics.connected.set(0);
+                        tracing::warn!(
+                            "disconnected from NATS: serving local clients only until it returns"
+                        );
+                    }
+                    ref other => tracing::warn!(event = %other, "NATS"),
+                }
+                link.last_event = event.to_string();
+            }
+        });
+    if let (Some(user), Some(password)) = (&c.user, &c.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(t) = &c.token {
+        options = options.token(t.clone());
+    }
+    if let Some(ca) = &c.tls_ca {
+        options = options.add_root_certificates(ca.into());
+    }
+    options
+}
+
+/// Runs the link until the plugin stops: connects (in the background, retrying), then
+/// follows the hooks' commands and sends their messages.
+pub async fn run(
+    shared: Arc<Shared>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut outbound: mpsc::Receiver<Outbound>,
+) {
+    let servers: Vec<async_nats::ServerAddr> = match shared
+        .config
+        .servers
+        .iter()
+        .map(|s| s.parse().map_err(|e| format!("{s}: {e}")))
+        .collect::<Result<_, String>>()
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "bad NATS server address: the cluster link is off");
+            return;
+        }
+    };
+    let client = match connect_options(&shared).connect(servers).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the NATS client: the cluster link is off");
+            return;
+        }
+    };
+    let (kv_tx, kv_rx) = mpsc::channel(shared.config.outbound_queue);
+    tokio::spawn(jetstream(shared.clone(), client.clone(), kv_rx));
+    let recent = Arc::new(Mutex::new(Recent::new()));
+    let mut subscriptions: HashMap<String, Vec<tokio::task::JoinHandle<()>>> = HashMap::new();
+    let prefix = shared.config.subject_prefix.clone();
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(Command::Subscribe(key)) => {
+                    let tasks = subscribe(&shared, &client, &key, &recent).await;
+                    shared.subjects.fetch_add(tasks.len(), Ordering::Relaxed);
+                    if let Some(old) = subscriptions.insert(key, tasks) {
+                        stop(&shared, old).await;
+                    }
+                    // Once the server answers, it holds the interest.
+                    let _ = client.flush().await;
+                    shared.flushed.store(shared.subjects.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+                Some(Command::Unsubscribe(key)) => {
+                    stop(&shared, subscriptions.remove(&key).unwrap_or_default()).await;
+                    let _ = client.flush().await;
+                    shared.flushed.store(shared.subjects.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+                Some(Command::Connected { client_id, at_ms }) => {
+                    if kv_tx.try_send(KvWrite::Owner { client_id, at_ms }).is_err() {
+                        tracing::debug!("client-id write dropped: the key-value queue is full");
+                    }
+                }
+                None => return,
+            },
+            out = outbound.recv() => {
+                let Some(out) = out else { return };
+                if client.connection_state() != State::Connected {
+                    shared.metrics.dropped.inc();
+                    continue;
+                }
+                if let Some(keep) = out.retained {
+                    let key = topic_subject(&prefix, &out.topic);
+                    let value = keep.then(|| out.payload.clone());
+                    if kv_tx.try_send(KvWrite::Retained { key, value }).is_err() {
+                        tracing::debug!(topic = %out.topic, "retained write dropped: the key-value queue is full");
+                    }
+                }
+                let n = out.payload.len() as u64;
+                match client.publish(out.subject, out.payload).await {
+                    Ok(()) => {
+                        shared.metrics.out.inc();
+                        shared.metrics.out_bytes.add(n);
+                    }
+                    Err(_) => shared.metrics.dropped.inc(),
+                }
+            }
+        }
+    }
+}
+
+/// Ends the forwarding tasks of one subscription; dropping a task's subscriber unsubscribes
+/// it (synchronously queued, so a flush that follows comes after).
+async fn stop(shared: &Shared, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    shared.subjects.fetch_sub(tasks.len(), Ordering::Relaxed);
+    for t in tasks {
+        t.abort();
+        let _ = t.await;
+    }
+}
+
+/// Subscribes the subjects of one subscription (as written); one forwarding task each.
+async fn subscribe(
+    shared: &Arc<Shared>,
+    client: &async_nats::Client,
+    key: &str,
+    recent: &Arc<Mutex<Recent>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let prefix = &shared.config.subject_prefix;
+    let (filter, queue) = match split_shared(key) {
+        Some((_, filter)) => (filter, Some(token(key))),
+        None => (key, None),
+    };
+    let mut tasks = Vec::new();
+    for subject in filter_subjects(prefix, filter) {
+        let subscribed = match &queue {
+            Some(q) => client.queue_subscribe(subject.clone(), q.clone()).await,
+            None => client.subscribe(subject.clone()).await,
+        };
+        match subscribed {
+            Ok(sub) => {
+                let group = queue.is_some().then(|| key.to_owned());
+                tasks.push(tokio::spawn(forward(
+                    shared.clone(),
+                    sub,
+                    group,
+                    recent.clone(),
+                )));
+            }
+            Err(e) => {
+                tracing::error!(subject = %subject, error = %e, "NATS subscription failed: messages from other nodes for it will not arrive")
+            }
+        }
+    }
+    tasks
+}
+
+/// Routes what one NATS subscription receives: to the plain subscriptions (once per message
+/// whatever number of subjects matched), or to one member of the share `group`.
+async fn forward(
+    shared: Arc<Shared>,
+    mut sub: async_nats::Subscriber,
+    group: Option<String>,
+    recent: Arc<Mutex<Recent>>,
+) {
+    let prefix = shared.config.subject_prefix.clone();
+    while let Some(m) = sub.next().await {
+        shared.metrics.in_bytes.add(m.payload.len() as u64);
+        let (topic, envelope) = match (
+            subject_topic(&prefix, m.subject.as_str()),
+            Envelope::decode(&m.payload),
+        ) {
+            (Ok(t), Ok(e)) => (t, e),
+            (Err(e), _) => {
+                shared.metrics.refused.inc();
+                tracing::debug!(error = %e, "message from NATS refused");
+                continue;
+            }
+            (_, Err(e)) => {
+                shared.metrics.refused.inc();
+                tracing::debug!(subject = %m.subject, error = %e, "message from NATS refused");
+                continue;
+            }
+        };
+        if envelope.node == shared.node_id {
+            continue;
+        }
+        let publisher = envelope.publisher.clone();
+        let routed = match &group {
+            None => {
+                let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
+                if !recent.first((envelope.node, envelope.seq)) {
+                    continue;
+                }
+                // Held while routing: a later message of the same topic taken by another
+                // subscription's task cannot overtake this one.
+                shared.host.deliver_remote(
+                    envelope.into_message(&topic),
+                    publisher.as_str().into(),
+                    true,
+                    RVec::new(),
+                )
+            }
+            Some(key) => {
+                if envelope.served.iter().any(|s| s == key) {
+                    continue;
+                }
+                let groups: RVec<RString> = vec![RString::from(key.as_str())].into();
+                shared.host.deliver_remote(
+                    envelope.into_message(&topic),
+                    publisher.as_str().into(),
+                    false,
+                    groups,
+                )
+            }
+        };
+        match routed.into_result() {
+            Ok(_) => shared.metrics.received.inc(),
+            Err(e) => {
+                tracing::debug!(topic = %topic, error = %e, "a message from NATS was not routed")
+            }
+        }
+    }
+}
+
+/// The three buckets, opened (or created) once JetStream answers.
+struct Buckets {
+    owners: kv::Store,
+    retained: kv::Store,
+    nodes: kv::Store,
+}
+
+async fn bucket(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<kv::Store, String> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    // The stream a key-value bucket is, created directly: the client's `create_key_value`
+    // first reads account fields that nats-server 2.9 does not send.
+    let config = async_nats::jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: replicas,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    if let Err(e) = js.create_stream(config).await {
+        // Another node may have created it meanwhile.
+        if js.get_key_value(name).await.is_err() {
+            return Err(format!("bucket {name}: {e}"));
+        }
+    }
+    js.get_key_value(name)
+        .await
+        .map_err(|e| format!("bucket {name}: {e}"))
+}
+
+async fn open(shared: &Shared, js: &async_nats::jetstream::Context) -> Result<Buckets, String> {
+    let r = shared.config.kv_replicas;
+    let heartbeat = Duration::from_secs(shared.config.heartbeat_secs);
+    Ok(Buckets {
+        owners: bucket(js, "mqtt_clients", Duration::ZERO, r).await?,
+        retained: bucket(js, "mqtt_retained", Duration::ZERO, r).await?,
+        nodes: bucket(js, "mqtt_nodes", heartbeat * 3, r).await?,
+    })
+}
+
+/// Opens the buckets (retrying with back-off while JetStream does not answer), starts the
+/// watchers and the heartbeat, then performs the hooks' writes in order.
+async fn jetstream(
+    shared: Arc<Shared>,
+    client: async_nats::Client,
+    mut writes: mpsc::Receiver<KvWrite>,
+) {
+    let js = async_nats::jetstream::new(client);
+    let mut delay = Duration::from_millis(250);
+    let mut warned = false;
+    let buckets = loop {
+        match open(&shared, &js).await {
+            Ok(b) => break b,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(error = %e, "JetStream key-value buckets not available yet (is nats-server running with -js?): client-id takeover, cluster-wide retained messages and membership wait for them; routing works meanwhile");
+                    warned = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    shared
+        .link
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .jetstream = true;
+    let _ = shared.nodes.set(buckets.nodes.clone());
+    tracing::info!("cluster key-value buckets open");
+    if shared.config.takeover {
+        let s = shared.clone();
+        tokio::spawn(watch(buckets.owners.clone(), move |e| on_owner(&s, e)));
+    }
+    if shared.config.retained {
+        let s = shared.clone();
+        tokio::spawn(watch(buckets.retained.clone(), move |e| on_retained(&s, e)));
+    }
+    tokio::spawn(heartbeat(shared.clone(), buckets.nodes));
+    while let Some(w) = writes.recv().await {
+        let written = match w {
+            KvWrite::Owner { client_id, at_ms } => {
+                let owner = Owner {
+                    client_id: client_id.clone(),
+                    node: shared.node_name.clone(),
+                    at_ms,
+                };
+                let value = serde_json::to_vec(&owner).unwrap_or_default();
+                buckets
+                    .owners
+                    .put(token(&client_id), value.into())
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+            KvWrite::Retained {
+                key,
+                value: Some(v),
+            } => buckets
+                .retained
+                .put(key, v)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            KvWrite::Retained { key, value: None } => buckets
+                .retained
+                .delete(key)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cluster key-value write failed");
+        }
+    }
+}
+
+/// Follows every key of `store` (its current values first), calling `each` per entry; starts
+/// again after an error or the end of the stream (NATS restarted).
+async fn watch(store: kv::Store, mut each: impl FnMut(kv::Entry) + Send) {
+    loop {
+        match store.watch_with_history(">").await {
+            Ok(mut entries) => {
+                while let Some(entry) = entries.next().await {
+                    match entry {
+                        Ok(e) => each(e),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "key-value watch interrupted");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "key-value watch failed"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A client id written by another node: if this node holds an older connection of that
+/// client, close it (v5: 0x8E Session taken over).
+fn on_owner(shared: &Shared, entry: kv::Entry) {
+    if entry.operation != Operation::Put {
+        return;
+    }
+    let Ok(owner) = serde_json::from_slice::<Owner>(&entry.value) else {
+        return;
+    };
+    if owner.node == shared.node_name {
+        return;
+    }
+    let Some(info) = shared
+        .host
+        .client_info(owner.client_id.as_str().into())
+        .into_option()
+    else {
+        return;
+    };
+    let ours = (info.connected_at_ms, shared.node_name.as_str());
+    if ours < (owner.at_ms, owner.node.as_str())
+        && shared
+            .host
+            .disconnect(owner.client_id.as_str().into(), info.connected_at_ms, 0x8E)
+    {
+        shared.metrics.taken_over.inc();
+        tracing::info!(client_id = %owner.client_id, node = %owner.node, "client connected on another node: taken over");
+    }
+}
+
+/// A retained message set or cleared on another node: handed to this node's retainer (as a
+/// remote message with no subscriber of its own to go to).
+fn on_retained(shared: &Shared, entry: kv::Entry) {
+    let Ok(topic) = subject_topic(&shared.config.subject_prefix, &entry.key) else {
+        return;
+    };
+    let (message, publisher) = match entry.operation {
+        Operation::Put => match Envelope::decode(&entry.value) {
+            Ok(e) if e.node == shared.node_id => return,
+            Ok(e) => {
+                let publisher = e.publisher.clone();
+                let mut m = e.into_message(&topic);
+                m.retain = true;
+                (m, publisher)
+            }
+            Err(e) => {
+                shared.metrics.refused.inc();
+                tracing::debug!(key = %entry.key, error = %e, "retained message refused");
+                return;
+            }
+        },
+        Operation::Delete | Operation::Purge => (
+            Envelope {
+                retain: true,
+                ..Envelope::default()
+            }
+            .into_message(&topic),
+            String::new(),
+        ),
+    };
+    if let Err(e) = shared
+        .host
+        .deliver_remote(message, publisher.as_str().into(), false, RVec::new())
+        .into_result()
+    {
+        tracing::debug!(topic = %topic, error = %e, "retained message from another node not kept");
+    }
+}
+
+/// Writes this node's heartbeat every `heartbeat_secs` (the bucket forgets it after three).
+async fn heartbeat(shared: Arc<Shared>, nodes: kv::Store) {
+    let period = Duration::from_secs(shared.config.heartbeat_secs);
+    loop {
+        let beat = Heartbeat {
+            node: shared.node_name.clone(),
+            clients: shared.clients.load(Ordering::Relaxed),
+            started_ms: shared.started_ms,
+            at_ms: shared.host.now_ms(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let value = serde_json::to_vec(&beat).unwrap_or_default();
+        if let Err(e) = nodes.put(token(&shared.node_name), value.into()).await {
+            tracing::debug!(error = %e, "heartbeat not written");
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// The text of `brokerctl cluster status`.
+pub async fn status(shared: &Shared) -> String {
+    let link = shared
+        .link
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut out = format!(
+        "node {} (this node)\nNATS: {}{}\nJetStream buckets: {}\ninterest: {} subscriptions, {} NATS subjects\n",
+        shared.node_name,
+        if link.connected { "connected" } else { "disconnected" },
+        if link.last_event.is_empty() {
+            String::new()
+        } else {
+            format!(" (last event: {})", link.last_event)
+        },
+        if link.jetstream { "open" } else { "not available" },
+        shared.interest_count(),
+        shared.flushed.load(Ordering::Relaxed),
+    );
+    let Some(nodes) = shared.nodes.get() else {
+        out.push_str("nodes: unknown (no JetStream)\n");
+        return out;
+    };
+    let mut beats = Vec::new();
+    if let Ok(mut keys) = nodes.keys().await {
+        while let Some(Ok(key)) = keys.next().await {
+            if let Ok(Some(v)) = nodes.get(&key).await {
+                if let Ok(b) = serde_json::from_slice::<Heartbeat>(&v) {
+                    beats.push(b);
+                }
+            }
+        }
+    }
+    beats.sort_by(|a, b| a.node.cmp(&b.node));
+    let now = shared.host.now_ms();
+    out.push_str(&format!("nodes: {}\n", beats.len()));
+    for b in beats {
+        out.push_str(&format!(
+            "  {}  clients {}  up {} s  heartbeat {} ms ago  version {}\n",
+            b.node,
+            b.clients,
+            now.saturating_sub(b.started_ms) / 1000,
+            now.saturating_sub(b.at_ms),
+            b.version,
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_routed_once_however_many_subjects_matched() {
+        let mut r = Recent::new();
+        assert!(r.first((1, 1)));
+        assert!(!r.first((1, 1)));
+        assert!(r.first((2, 1)), "another node's sequence");
+        for seq in 2..(Recent::CAPACITY as u64 + 10) {
+            r.first((1, seq));
+        }
+        assert!(r.seen.len() <= Recent::CAPACITY, "bounded");
+        assert!(r.first((1, 1)), "forgotten once far behind");
+    }
+}

@@ -1,0 +1,118 @@
+//! A private `nats-server` with JetStream per test (Debian's `nats-server`, the messaging layer
+//! of the cluster tests): a free port on 127.0.0.1, its JetStream store in a temporary
+//! directory so [`Nats::stop`] / [`Nats::start_again`] keep the key-value buckets.
+//!
+//! [`Nats::start`] returns `None` when nats-server is not installed, outside CI; under
+//! `CI=true` that is a failure (`.ci/run` installs it).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn binary() -> Option<PathBuf> {
+    [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+}
+
+/// A running (or stopped) private NATS server; dropping it kills it.
+pub struct Nats {
+    dir: tempfile::TempDir,
+    /// Its client port on 127.0.0.1.
+    pub port: u16,
+    binary: PathBuf,
+    child: Option<Child>,
+}
+
+impl Nats {
+    /// Starts one; `None` when nats-server is not installed (outside CI).
+    pub fn start() -> Option<Nats> {
+        let Some(binary) = binary() else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "nats-server is not installed: .ci/run installs it"
+            );
+            eprintln!("nats-server is not installed: skipping (apt-get install nats-server)");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let mut n = Nats {
+            dir,
+            port,
+            binary,
+            child: None,
+        };
+        n.start_again();
+        Some(n)
+    }
+
+    /// The URL brokers connect to.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again after [`Nats::stop`] (same port and JetStream store) and waits until
+    /// it accepts connections.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let store = self.dir.path().join("jetstream");
+        let log = self.dir.path().join("nats.log");
+        let child = Command::new(&self.binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&store)
+            .arg("-l")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "nats-server exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops it (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
