@@ -10,11 +10,13 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # start_broker DIR PORT [TOML]: writes DIR/broker.toml for a broker on 127.0.0.1:PORT with its
 # data in DIR/data, the plugins of $BIN and warn-level logs, plus TOML (whole tables), starts it
 # (log in DIR/broker.log), adds it to $pids, sets $broker_pid and waits for its listeners.
-# BIN_BROKER, when set, is the broker binary to run (plugins still come from $BIN).
+# BIN_BROKER, when set, is the broker binary to run (plugins still come from $BIN); TOP, when
+# set, is put first (top-level keys such as node_name).
 start_broker() {
   local dir=$1 port=$2 extra=${3:-}
   mkdir -p "$dir"
   cat > "$dir/broker.toml" <<TOML
+${TOP:-}
 data_dir = "$dir/data"
 plugin_dir = "$BIN"
 [[listener]]

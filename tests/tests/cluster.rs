@@ -378,6 +378,15 @@ async fn a_retained_message_reaches_a_later_subscriber_on_another_node() {
     }
 }
 
+/// The sequence numbers in the payloads `c` receives until nothing comes for [`QUIET`].
+async fn sequence(c: &mut V4Client) -> Vec<u64> {
+    drain(c)
+        .await
+        .into_iter()
+        .map(|(_, p, _)| p.parse().expect("a sequence number"))
+        .collect()
+}
+
 #[tokio::test]
 async fn nats_down_keeps_local_service_and_cross_node_delivery_resumes() {
     let Some(mut nats) = Nats::start() else {
@@ -390,18 +399,25 @@ async fn nats_down_keeps_local_service_and_cross_node_delivery_resumes() {
     let mut near = V4Client::connect(n1.port(), "near").await;
     near.subscribe("t/#", QoS::AtLeastOnce).await;
     interest(n2, 2).await;
+
+    // Traffic all along: QoS 1, one message every 10 ms, numbered.
     let publisher = V4Client::connect(n1.port(), "pub").await;
-    let publish = |payload: String| {
-        let c = publisher.client.clone();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let traffic = tokio::spawn({
+        let (c, sent) = (publisher.client.clone(), sent.clone());
         async move {
-            c.publish("t/1", QoS::AtLeastOnce, false, payload)
-                .await
-                .expect("publish");
+            loop {
+                let i = sent.load(std::sync::atomic::Ordering::SeqCst);
+                c.publish("t/1", QoS::AtLeastOnce, false, i.to_string())
+                    .await
+                    .expect("publish");
+                sent.store(i + 1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
-    };
-    publish("before".into()).await;
-    assert_eq!(far.recv_publish().await.payload, "before");
-    assert_eq!(near.recv_publish().await.payload, "before");
+    });
+    let first = far.recv_publish().await;
+    assert_eq!(first.payload, "0", "crossing before the outage");
 
     nats.stop();
     for b in &nodes {
@@ -410,13 +426,11 @@ async fn nats_down_keeps_local_service_and_cross_node_delivery_resumes() {
         })
         .await;
     }
-    publish("during".into()).await;
-    assert_eq!(
-        near.recv_publish().await.payload,
-        "during",
-        "local delivery goes on without NATS"
-    );
-
+    let during = sent.load(std::sync::atomic::Ordering::SeqCst);
+    wait_until("traffic during the outage", || {
+        sent.load(std::sync::atomic::Ordering::SeqCst) > during + 50
+    })
+    .await;
     nats.start_again();
     for b in &nodes {
         wait_until("the nodes to reconnect", || {
@@ -424,26 +438,46 @@ async fn nats_down_keeps_local_service_and_cross_node_delivery_resumes() {
         })
         .await;
     }
-    // The subscriptions were restored by the client: publish until one crosses.
-    let mut crossed = false;
-    for i in 0..50 {
-        publish(format!("after{i}")).await;
+    let back = sent.load(std::sync::atomic::Ordering::SeqCst);
+    // Cross-node delivery resumes (the client restored its subscriptions by itself).
+    let mut resumed = None;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while resumed.is_none() && tokio::time::Instant::now() < deadline {
         if let Some(p) = far.recv_publish_within(Duration::from_millis(200)).await {
-            assert!(
-                String::from_utf8_lossy(&p.payload).starts_with("after"),
-                "nothing from the outage is replayed: {p:?}"
-            );
-            crossed = true;
-            break;
+            let i: u64 = String::from_utf8_lossy(&p.payload).parse().expect("number");
+            if i >= back {
+                resumed = Some(i);
+            }
         }
     }
-    assert!(
-        crossed,
-        "cross-node delivery resumed without a broker restart"
+    let resumed = resumed.expect("cross-node delivery resumed without a broker restart");
+    wait_until("some more traffic", || {
+        sent.load(std::sync::atomic::Ordering::SeqCst) > resumed + 20
+    })
+    .await;
+    traffic.abort();
+    let total = sent.load(std::sync::atomic::Ordering::SeqCst);
+
+    // The local subscriber got every message, in order, outage or not.
+    let local = sequence(&mut near).await;
+    assert_eq!(
+        local,
+        (0..total).collect::<Vec<_>>(),
+        "local delivery never stopped"
     );
-    assert!(n1
-        .ctl_ok(&["metrics"])
-        .contains("broker_plugin_cluster_nats_reconnects_total 1"));
+    // The remote one: in order, no duplicates, everything after the resumption.
+    let remote = sequence(&mut far).await;
+    assert!(remote.windows(2).all(|w| w[0] < w[1]), "{remote:?}");
+    assert_eq!(
+        remote,
+        ((resumed + 1)..total).collect::<Vec<_>>(),
+        "every message after the link came back"
+    );
+    let metrics = n1.ctl_ok(&["metrics"]);
+    assert!(
+        metrics.contains("broker_plugin_cluster_nats_reconnects_total 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -465,4 +499,34 @@ async fn a_killed_node_leaves_the_membership_after_its_heartbeats_stop() {
         status(&nodes[0]).contains("nodes: 1\n")
     })
     .await;
+}
+
+/// A client id that connected on one node while NATS was away takes over an older connection
+/// on another node once the link is back: ownership is written again after the outage.
+#[tokio::test]
+async fn ownership_is_caught_up_after_a_nats_outage() {
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let nodes = cluster(&nats, &["n1", "n2"]).await;
+    let mut older = Wire::connected(nodes[1].port(), 5, "roamer").await;
+    assert!(older.ping().await);
+    nats.stop();
+    for b in &nodes {
+        wait_until("the nodes to notice", || {
+            status(b).contains("NATS: disconnected")
+        })
+        .await;
+    }
+    let _newer = V5Client::connect(nodes[0].port(), "roamer").await;
+    assert!(
+        older.ping().await,
+        "no takeover while the nodes cannot talk"
+    );
+    nats.start_again();
+    let d = older
+        .recv()
+        .await
+        .expect("the older connection gets DISCONNECT once NATS is back");
+    assert_eq!((d.kind(), d.body[0]), (14, 0x8E), "session taken over");
 }

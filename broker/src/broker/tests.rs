@@ -9,7 +9,7 @@ use super::{Attached, Broker};
 use crate::codec::{Properties, QoS, SubscriptionOptions};
 use crate::config::Config;
 use crate::message::Message;
-use crate::router::{SubscriptionKey, TopicFilter, TopicName};
+use crate::router::{SubscriptionKey, TopicName};
 use crate::session::{control_line, Control, ControlReceiver, KickReason};
 
 fn broker() -> Arc<Broker> {

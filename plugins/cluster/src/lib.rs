@@ -174,6 +174,9 @@ impl Metrics {
 struct Interest {
     by_client: HashMap<String, HashSet<String>>,
     count: HashMap<String, usize>,
+    /// The shared ones among `count`'s keys, with their filters: what [`Interest::served`]
+    /// looks at for every message.
+    shared: Vec<(String, String)>,
 }
 
 impl Interest {
@@ -189,7 +192,13 @@ impl Interest {
         }
         let n = self.count.entry(key.to_owned()).or_insert(0);
         *n += 1;
-        (*n == 1).then(|| key.to_owned())
+        if *n > 1 {
+            return None;
+        }
+        if let Some((_, filter)) = split_shared(key) {
+            self.shared.push((key.to_owned(), filter.to_owned()));
+        }
+        Some(key.to_owned())
     }
 
     /// Forgets one session's subscription; the key when it was the last on this node.
@@ -211,6 +220,7 @@ impl Interest {
             return None;
         }
         self.count.remove(key);
+        self.shared.retain(|(k, _)| k != key);
         Some(key.to_owned())
     }
 
@@ -288,6 +298,10 @@ pub struct Shared {
     pub link: Mutex<link::LinkStatus>,
     /// The membership bucket, once open.
     pub nodes: OnceLock<async_nats::jetstream::kv::Store>,
+    /// Clients connected here and when (their ownership is written again after a NATS outage).
+    pub local_clients: Mutex<HashMap<String, u64>>,
+    /// Signalled when the link comes back after an outage.
+    pub reconnected: tokio::sync::Notify,
     /// NATS subscriptions held (subjects; a filter ending in `#` takes two).
     pub subjects: AtomicUsize,
     /// Of those, how many the server had confirmed at the last flush.
@@ -410,6 +424,8 @@ impl Plugin for Cluster {
             started_ms: now,
             link: Mutex::new(link::LinkStatus::default()),
             nodes: OnceLock::new(),
+            local_clients: Mutex::new(HashMap::new()),
+            reconnected: tokio::sync::Notify::new(),
             subjects: AtomicUsize::new(0),
             flushed: AtomicUsize::new(0),
             host,
@@ -480,15 +496,30 @@ impl Plugin for Cluster {
             }
             HookPoint::CLIENT_CONNECTED => {
                 self.shared.clients.fetch_add(1, Ordering::Relaxed);
+                let at_ms = event.client.connected_at_ms;
+                self.shared
+                    .local_clients
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(client.to_owned(), at_ms);
                 if self.shared.config.takeover {
                     let _ = self.commands.send(Command::Connected {
                         client_id: client.to_owned(),
-                        at_ms: event.client.connected_at_ms,
+                        at_ms,
                     });
                 }
             }
             HookPoint::CLIENT_DISCONNECTED => {
                 self.shared.clients.fetch_sub(1, Ordering::Relaxed);
+                let mut local = self
+                    .shared
+                    .local_clients
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                // Only this connection's entry: a newer one of the same id may be in place.
+                if local.get(client) == Some(&event.client.connected_at_ms) {
+                    local.remove(client);
+                }
             }
             _ => {}
         }
@@ -572,7 +603,7 @@ mod tests {
             ["$share/g/x/+", "x/#"],
             "the session's end releases both"
         );
-        assert!(i.count.is_empty() && i.by_client.is_empty());
+        assert!(i.count.is_empty() && i.by_client.is_empty() && i.shared.is_empty());
     }
 
     #[test]

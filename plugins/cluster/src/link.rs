@@ -115,6 +115,11 @@ fn connect_options(shared: &Arc<Shared>) -> async_nats::ConnectOptions {
         .name(format!("mqtt-broker {}", shared.node_name))
         .no_echo()
         .retry_on_initial_connect()
+        // Back-off from 100 ms doubling to 2 s: a NATS restart is noticed within 2 s.
+        .reconnect_delay_callback(|attempts| {
+            let exp = u32::try_from(attempts.min(5)).unwrap_or(5);
+            Duration::from_millis(100 * 2u64.pow(exp)).min(Duration::from_secs(2))
+        })
         .event_callback(move |event| {
             let shared = events.clone();
             async move {
@@ -123,6 +128,7 @@ fn connect_options(shared: &Arc<Shared>) -> async_nats::ConnectOptions {
                     async_nats::Event::Connected => {
                         if !link.last_event.is_empty() {
                             shared.metrics.reconnects.inc();
+                            shared.reconnected.notify_one();
                         }
                         link.connected = true;
                         shared.metrics.connected.set(1);
@@ -440,21 +446,32 @@ async fn jetstream(
         tokio::spawn(watch(buckets.retained.clone(), move |e| on_retained(&s, e)));
     }
     tokio::spawn(heartbeat(shared.clone(), buckets.nodes));
-    while let Some(w) = writes.recv().await {
+    loop {
+        let w = tokio::select! {
+            w = writes.recv() => match w {
+                Some(w) => w,
+                None => return,
+            },
+            () = shared.reconnected.notified() => {
+                // Connects while NATS was away wrote nothing: write every local client again.
+                let clients: Vec<(String, u64)> = shared
+                    .local_clients
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|(c, at)| (c.clone(), *at))
+                    .collect();
+                for (client_id, at_ms) in clients {
+                    if let Err(e) = put_owner(&shared, &buckets.owners, &client_id, at_ms).await {
+                        tracing::warn!(error = %e, "cluster key-value write failed");
+                    }
+                }
+                continue;
+            }
+        };
         let written = match w {
             KvWrite::Owner { client_id, at_ms } => {
-                let owner = Owner {
-                    client_id: client_id.clone(),
-                    node: shared.node_name.clone(),
-                    at_ms,
-                };
-                let value = serde_json::to_vec(&owner).unwrap_or_default();
-                buckets
-                    .owners
-                    .put(token(&client_id), value.into())
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                put_owner(&shared, &buckets.owners, &client_id, at_ms).await
             }
             KvWrite::Retained {
                 key,
@@ -475,6 +492,26 @@ async fn jetstream(
             tracing::warn!(error = %e, "cluster key-value write failed");
         }
     }
+}
+
+/// Records this node as the owner of `client_id`, connected at `at_ms`.
+async fn put_owner(
+    shared: &Shared,
+    owners: &kv::Store,
+    client_id: &str,
+    at_ms: u64,
+) -> Result<(), String> {
+    let owner = Owner {
+        client_id: client_id.to_owned(),
+        node: shared.node_name.clone(),
+        at_ms,
+    };
+    let value = serde_json::to_vec(&owner).unwrap_or_default();
+    owners
+        .put(token(client_id), value.into())
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// Follows every key of `store` (its current values first), calling `each` per entry; starts

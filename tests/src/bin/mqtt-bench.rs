@@ -12,6 +12,8 @@
 //! fan-in: `--clients` publishers share `--messages` among them, one subscriber on `bench/#`.
 //! fan-out: one publisher sends `--messages`, each of `--clients` subscribers receives all.
 //! Prints one line: mode, qos, expected and received deliveries, seconds, deliveries per second.
+//! `--sub-port P` connects the subscribers to another port (another node of a cluster), and
+//! `--settle-ms N` waits after subscribing before publishing (for the cluster's interest).
 //!
 //! connect-storm: `--clients` connections send CONNECT at once (e.g. against a slow
 //! authentication plugin) while an already-connected client keeps measuring its publish →
@@ -51,6 +53,11 @@ struct Args {
     persistent: bool,
     /// `latency` mode: messages per second the publisher paces itself to.
     rate: u64,
+    /// Subscribers connect to this port (another node of a cluster); default `port`.
+    sub_port: Option<u16>,
+    /// Milliseconds to wait after subscribing before publishing (a cluster's interest to
+    /// reach the publisher's node).
+    settle_ms: u64,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -67,6 +74,8 @@ fn parse() -> anyhow::Result<Args> {
         password: None,
         persistent: false,
         rate: 2000,
+        sub_port: None,
+        settle_ms: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -84,6 +93,8 @@ fn parse() -> anyhow::Result<Args> {
             "--password" => a.password = Some(v),
             "--persistent" => a.persistent = v.parse()?,
             "--rate" => a.rate = v.parse()?,
+            "--sub-port" => a.sub_port = Some(v.parse()?),
+            "--settle-ms" => a.settle_ms = v.parse()?,
             _ => bail!("unknown option {k}"),
         }
     }
@@ -150,7 +161,21 @@ async fn connect(a: &Args, id: &str) -> anyhow::Result<(TcpStream, BytesMut)> {
 }
 
 async fn connect_with(a: &Args, id: &str, clean: bool) -> anyhow::Result<(TcpStream, BytesMut)> {
-    let mut s = TcpStream::connect((a.host.as_str(), a.port)).await?;
+    connect_to(a, a.port, id, clean).await
+}
+
+/// A subscriber's connection: to `--sub-port` when given.
+async fn connect_sub(a: &Args, id: &str, clean: bool) -> anyhow::Result<(TcpStream, BytesMut)> {
+    connect_to(a, a.sub_port.unwrap_or(a.port), id, clean).await
+}
+
+async fn connect_to(
+    a: &Args,
+    port: u16,
+    id: &str,
+    clean: bool,
+) -> anyhow::Result<(TcpStream, BytesMut)> {
+    let mut s = TcpStream::connect((a.host.as_str(), port)).await?;
     s.set_nodelay(true)?;
     let mut body = BytesMut::new();
     put_str(&mut body, "MQTT");
@@ -593,8 +618,9 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn latency(a: Arc<Args>) -> anyhow::Result<()> {
     let run = std::process::id();
     let topic = format!("bench/latency/{run}");
-    let (mut sub, mut sbuf) = connect(&a, &format!("bench-lat-sub-{run}")).await?;
+    let (mut sub, mut sbuf) = connect_sub(&a, &format!("bench-lat-sub-{run}"), true).await?;
     subscribe(&mut sub, &mut sbuf, &topic, a.qos).await?;
+    tokio::time::sleep(Duration::from_millis(a.settle_ms)).await;
     let base = Instant::now();
     let n = a.messages;
     let receiver = tokio::spawn(async move {
@@ -721,10 +747,11 @@ async fn main() -> anyhow::Result<()> {
     let mut subs = Vec::new();
     for i in 0..subscribers {
         let (mut s, mut buf) =
-            connect_with(&a, &format!("bench-sub-{run}-{i}"), !a.persistent).await?;
+            connect_sub(&a, &format!("bench-sub-{run}-{i}"), !a.persistent).await?;
         subscribe(&mut s, &mut buf, "bench/#", a.qos).await?;
         subs.push((s, buf));
     }
+    tokio::time::sleep(Duration::from_millis(a.settle_ms)).await;
     let start = Instant::now();
     for (s, buf) in subs {
         tokio::spawn(subscriber(s, buf, count.clone(), last.clone(), start));
@@ -772,7 +799,7 @@ async fn main() -> anyhow::Result<()> {
     if a.persistent {
         // Discard the persistent sessions, so that the next run does not queue for them.
         for i in 0..subscribers {
-            let (mut s, _) = connect_with(&a, &format!("bench-sub-{run}-{i}"), true).await?;
+            let (mut s, _) = connect_sub(&a, &format!("bench-sub-{run}-{i}"), true).await?;
             s.write_all(&[0xE0, 0x00]).await?;
         }
     }
