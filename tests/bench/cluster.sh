@@ -45,7 +45,7 @@ done
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 field() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p" | median; }
 # run NAME ARGS…: one round of mqtt-bench, its output line appended to $work/NAME.
-run() { local name=$1; shift; "$BIN/mqtt-bench" "$@" >> "$work/$name"; }
+run() { local name=$1; shift; "$BIN/mqtt-bench" "$@" >> "$work/$name.out"; }
 
 printf '%-8s %-4s %12s %12s %12s %8s\n' mode qos single cluster-1 cross-node cross/single
 for mode in fan-in fan-out; do
@@ -53,22 +53,22 @@ for mode in fan-in fan-out; do
   for qos in 0 1; do
     msgs=$MESSAGES; [ "$mode" = fan-out ] && msgs=$((MESSAGES / 10))
     common=(--mode "$mode" --qos "$qos" --clients "$clients" --messages "$msgs")
-    rm -f "$work"/{single,local,cross}
+    rm -f "$work"/{single,local,cross}.out
     for _ in $(seq "$ROUNDS"); do
       run single --port "$single" "${common[@]}"
       run local --port "$n1" "${common[@]}"
       run cross --port "$n1" --sub-port "$n2" --settle-ms 500 "${common[@]}"
     done
-    s=$(field rate < "$work/single"); l=$(field rate < "$work/local"); c=$(field rate < "$work/cross")
+    s=$(field rate < "$work/single.out"); l=$(field rate < "$work/local.out"); c=$(field rate < "$work/cross.out")
     printf '%-8s %-4s %12s %12s %12s %8.2f\n' "$mode" "$qos" "$s" "$l" "$c" "$(awk -v c="$c" -v s="$s" 'BEGIN {print (s > 0 ? c / s : 0)}')"
-    lost=$(awk '{for(i=1;i<=NF;i++){split($i,kv,"=");v[kv[1]]=kv[2]}; if (v["received"]!=v["expected"]) print "round lost " v["expected"]-v["received"]}' "$work/cross")
+    lost=$(awk '{for(i=1;i<=NF;i++){split($i,kv,"=");v[kv[1]]=kv[2]}; if (v["received"]!=v["expected"]) print "round lost " v["expected"]-v["received"]}' "$work/cross.out")
     [ -z "$lost" ] || echo "  cross-node: $lost"
   done
 done
 
 echo
 echo "latency, QoS 1 at $LAT_RATE msg/s (ms, medians of $ROUNDS): e2e p50 / p99"
-rm -f "$work"/{single,local,cross}
+rm -f "$work"/{single,local,cross}.out
 for _ in $(seq "$ROUNDS"); do
   lat=(--mode latency --qos 1 --rate "$LAT_RATE" --messages "$LAT_MESSAGES")
   run single --port "$single" "${lat[@]}"
@@ -76,5 +76,5 @@ for _ in $(seq "$ROUNDS"); do
   run cross --port "$n1" --sub-port "$n2" --settle-ms 500 "${lat[@]}"
 done
 for who in single local cross; do
-  printf '%-8s %s / %s\n' "$who" "$(field e2e_p50_ms < "$work/$who")" "$(field e2e_p99_ms < "$work/$who")"
+  printf '%-8s %s / %s\n' "$who" "$(field e2e_p50_ms < "$work/$who.out")" "$(field e2e_p99_ms < "$work/$who.out")"
 done

@@ -269,11 +269,9 @@ pub struct Outbound {
     pub subject: String,
     /// The envelope.
     pub payload: bytes::Bytes,
-    /// The retained-message key to write (`Some(true)`) or delete (`Some(false)`), for a
-    /// retained message.
-    pub retained: Option<bool>,
-    /// Its topic (the retained-message key derives from it).
-    pub topic: String,
+    /// For a retained message: its topic, and whether it is kept (`true`) or cleared (an
+    /// empty payload) in the retained-message bucket.
+    pub retained: Option<(String, bool)>,
 }
 
 /// What the hooks, the link and the commands share.
@@ -306,9 +304,20 @@ pub struct Shared {
     pub subjects: AtomicUsize,
     /// Of those, how many the server had confirmed at the last flush.
     pub flushed: AtomicUsize,
+    /// Shared subscriptions held here: without any, publishing needs no look at the interest.
+    shared_groups: AtomicUsize,
 }
 
 impl Shared {
+    /// Changes the interest under its lock, keeping `shared_groups` up to date.
+    fn with_interest<R>(&self, change: impl FnOnce(&mut Interest) -> R) -> R {
+        let mut interest = self.interest.lock().unwrap_or_else(|e| e.into_inner());
+        let r = change(&mut interest);
+        self.shared_groups
+            .store(interest.shared.len(), Ordering::Relaxed);
+        r
+    }
+
     /// Distinct subscriptions of this node's sessions.
     pub fn interest_count(&self) -> usize {
         self.interest
@@ -379,16 +388,18 @@ impl Cluster {
             };
             let mut added = 0i64;
             if let Some(list) = body["data"].as_array() {
-                let mut interest = shared.interest.lock().unwrap_or_else(|e| e.into_inner());
-                for s in list {
-                    let (Some(c), Some(t)) = (s["clientid"].as_str(), s["topic"].as_str()) else {
-                        continue;
-                    };
-                    if let Some(k) = interest.add(c, t) {
-                        added += 1;
-                        let _ = commands.send(Command::Subscribe(k));
+                shared.with_interest(|interest| {
+                    for s in list {
+                        let (Some(c), Some(t)) = (s["clientid"].as_str(), s["topic"].as_str())
+                        else {
+                            continue;
+                        };
+                        if let Some(k) = interest.add(c, t) {
+                            added += 1;
+                            let _ = commands.send(Command::Subscribe(k));
+                        }
                     }
-                }
+                });
             }
             shared.metrics.interest.add(added);
             if !body["meta"]["hasnext"].as_bool().unwrap_or(false) {
@@ -428,6 +439,7 @@ impl Plugin for Cluster {
             reconnected: tokio::sync::Notify::new(),
             subjects: AtomicUsize::new(0),
             flushed: AtomicUsize::new(0),
+            shared_groups: AtomicUsize::new(0),
             host,
             config,
         });
@@ -471,27 +483,22 @@ impl Plugin for Cluster {
 
     fn on_event(&self, point: HookPoint, event: &EventView<'_>) {
         let client = event.client.client_id.as_str();
-        let lock = || {
-            self.shared
-                .interest
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-        };
+        let shared = &self.shared;
         match point {
             HookPoint::SESSION_SUBSCRIBED => {
                 if let Some(key) = Cluster::subscription_key(event) {
-                    let added = lock().add(client, &key);
+                    let added = shared.with_interest(|i| i.add(client, &key));
                     self.interest_changed(added, Vec::new());
                 }
             }
             HookPoint::SESSION_UNSUBSCRIBED => {
                 if let Some(key) = Cluster::subscription_key(event) {
-                    let removed = lock().remove(client, &key);
+                    let removed = shared.with_interest(|i| i.remove(client, &key));
                     self.interest_changed(None, removed.into_iter().collect());
                 }
             }
             HookPoint::SESSION_TERMINATED => {
-                let removed = lock().drop_client(client);
+                let removed = shared.with_interest(|i| i.drop_client(client));
                 self.interest_changed(None, removed);
             }
             HookPoint::CLIENT_CONNECTED => {
@@ -532,20 +539,22 @@ impl Plugin for Cluster {
         }
         let message = &event.message;
         let topic = message.topic.as_str();
-        let served = self
-            .shared
-            .interest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .served(topic);
+        let served = if self.shared.shared_groups.load(Ordering::Relaxed) == 0 {
+            Vec::new()
+        } else {
+            self.shared
+                .interest
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .served(topic)
+        };
         let seq = self.shared.seq.fetch_add(1, Ordering::Relaxed);
         let envelope = Envelope::of(message, self.shared.node_id, seq, served).encode();
         let out = Outbound {
             subject: subject::topic_subject(&self.shared.config.subject_prefix, topic),
             payload: envelope.into(),
             retained: (message.retain && self.shared.config.retained)
-                .then(|| !message.payload.is_empty()),
-            topic: topic.to_owned(),
+                .then(|| (topic.to_owned(), !message.payload.is_empty())),
         };
         if self.outbound.try_send(out).is_err() {
             self.shared.metrics.dropped.inc();

@@ -221,11 +221,11 @@ pub async fn run(
                     shared.metrics.dropped.inc();
                     continue;
                 }
-                if let Some(keep) = out.retained {
-                    let key = topic_subject(&prefix, &out.topic);
+                if let Some((topic, keep)) = out.retained {
+                    let key = topic_subject(&prefix, &topic);
                     let value = keep.then(|| out.payload.clone());
                     if kv_tx.try_send(KvWrite::Retained { key, value }).is_err() {
-                        tracing::debug!(topic = %out.topic, "retained write dropped: the key-value queue is full");
+                        tracing::debug!(topic = %topic, "retained write dropped: the key-value queue is full");
                     }
                 }
                 let n = out.payload.len() as u64;

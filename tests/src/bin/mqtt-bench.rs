@@ -9,7 +9,9 @@
 //! mqtt-bench --port 1883 --mode fan-out --qos 0 --clients 10 --messages 20000
 //! mqtt-bench --port 1883 --mode latency --qos 1 --rate 2000 --messages 20000
 //! ```
-//! fan-in: `--clients` publishers share `--messages` among them, one subscriber on `bench/#`.
+//! fan-in: `--clients` publishers share `--messages` among them, one subscriber on
+//! `bench/<run>/#` (`<run>` = this process's id, so that a late message of an earlier run never
+//! counts in this one).
 //! fan-out: one publisher sends `--messages`, each of `--clients` subscribers receives all.
 //! Prints one line: mode, qos, expected and received deliveries, seconds, deliveries per second.
 //! `--sub-port P` connects the subscribers to another port (another node of a cluster), and
@@ -748,7 +750,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..subscribers {
         let (mut s, mut buf) =
             connect_sub(&a, &format!("bench-sub-{run}-{i}"), !a.persistent).await?;
-        subscribe(&mut s, &mut buf, "bench/#", a.qos).await?;
+        subscribe(&mut s, &mut buf, &format!("bench/{run}/#"), a.qos).await?;
         subs.push((s, buf));
     }
     tokio::time::sleep(Duration::from_millis(a.settle_ms)).await;
@@ -767,7 +769,7 @@ async fn main() -> anyhow::Result<()> {
         pubs.push(tokio::spawn(publisher(
             a.clone(),
             format!("bench-pub-{run}-{i}"),
-            format!("bench/{i}"),
+            format!("bench/{run}/{i}"),
             n,
         )));
     }
