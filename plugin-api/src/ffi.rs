@@ -225,6 +225,16 @@ pub trait Host: Send + Sync + Clone {
         let _ = (message, publisher, plain, shared);
         RResult::RErr("this broker does not support deliver_remote (plugin API 3)".into())
     }
+
+    /// The most detailed level the broker's log may record (0 off, 1 error, 2 warn, 3 info,
+    /// 4 debug, 5 trace), for its filter as a whole (a directive for one target counts). The
+    /// SDK asks it once, so that events above it — a dependency's `trace!` on a hot path — are
+    /// never formatted in the plugin.
+    ///
+    /// Since API 3 (plugin-api 0.1.2); an older broker answers 5.
+    fn log_level(&self) -> u8 {
+        5
+    }
 }
 
 /// The host object handed to a plugin at creation. Cheap to clone.

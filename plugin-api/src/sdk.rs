@@ -785,19 +785,47 @@ impl tracing::field::Visit for Fields {
     }
 }
 
+/// The broker's most detailed log level ([`crate::Host::log_level`]): events above it are not
+/// even formatted.
+static MAX_LEVEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(5);
+
+fn level_number(level: &tracing::Level) -> u8 {
+    match *level {
+        tracing::Level::ERROR => 1,
+        tracing::Level::WARN => 2,
+        tracing::Level::INFO => 3,
+        tracing::Level::DEBUG => 4,
+        tracing::Level::TRACE => 5,
+    }
+}
+
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Forward {
+    fn enabled(
+        &self,
+        metadata: &tracing::Metadata<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        level_number(metadata.level()) <= MAX_LEVEL.load(Ordering::Relaxed)
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        use tracing::level_filters::LevelFilter;
+        Some(match MAX_LEVEL.load(Ordering::Relaxed) {
+            0 => LevelFilter::OFF,
+            1 => LevelFilter::ERROR,
+            2 => LevelFilter::WARN,
+            3 => LevelFilter::INFO,
+            4 => LevelFilter::DEBUG,
+            _ => LevelFilter::TRACE,
+        })
+    }
+
     fn on_event(
         &self,
         event: &tracing::Event<'_>,
         _ctx: tracing_subscriber::layer::Context<'_, S>,
     ) {
-        let level = match *event.metadata().level() {
-            tracing::Level::ERROR => 1,
-            tracing::Level::WARN => 2,
-            tracing::Level::INFO => 3,
-            tracing::Level::DEBUG => 4,
-            tracing::Level::TRACE => 5,
-        };
+        let level = level_number(event.metadata().level());
         let mut fields = Fields(String::new());
         event.record(&mut fields);
         if let Ok(host) = LOG_HOST.read() {
@@ -816,6 +844,8 @@ fn install_log_forwarding(host: &HostRef) {
     if let Ok(mut slot) = LOG_HOST.write() {
         *slot = Some(host.clone());
     }
+    // Before the subscriber is installed: tracing reads the level hint then.
+    MAX_LEVEL.store(host.log_level().min(5), Ordering::Relaxed);
     LOG_INIT.call_once(|| {
         use tracing_subscriber::layer::SubscriberExt;
         let subscriber = tracing_subscriber::registry().with(Forward);

@@ -371,6 +371,18 @@ impl Host for BrokerHost {
         }
     }
 
+    fn log_level(&self) -> u8 {
+        use tracing::level_filters::LevelFilter;
+        match LevelFilter::current() {
+            LevelFilter::OFF => 0,
+            LevelFilter::ERROR => 1,
+            LevelFilter::WARN => 2,
+            LevelFilter::INFO => 3,
+            LevelFilter::DEBUG => 4,
+            _ => 5,
+        }
+    }
+
     fn node_name(&self) -> RString {
         self.broker
             .upgrade()

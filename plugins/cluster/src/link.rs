@@ -189,7 +189,7 @@ pub async fn run(
     tokio::spawn(jetstream(shared.clone(), client.clone(), kv_rx));
     let recent = Arc::new(Mutex::new(Recent::new()));
     let mut subscriptions: HashMap<String, Vec<tokio::task::JoinHandle<()>>> = HashMap::new();
-    let prefix = shared.config.subject_prefix.clone();
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -215,29 +215,54 @@ pub async fn run(
                 }
                 None => return,
             },
-            out = outbound.recv() => {
-                let Some(out) = out else { return };
-                if client.connection_state() != State::Connected {
-                    shared.metrics.dropped.inc();
-                    continue;
+            n = outbound.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    return;
                 }
-                if let Some((topic, keep)) = out.retained {
-                    let key = topic_subject(&prefix, &topic);
-                    let value = keep.then(|| out.payload.clone());
-                    if kv_tx.try_send(KvWrite::Retained { key, value }).is_err() {
-                        tracing::debug!(topic = %topic, "retained write dropped: the key-value queue is full");
-                    }
-                }
-                let n = out.payload.len() as u64;
-                match client.publish(out.subject, out.payload).await {
-                    Ok(()) => {
-                        shared.metrics.out.inc();
-                        shared.metrics.out_bytes.add(n);
-                    }
-                    Err(_) => shared.metrics.dropped.inc(),
-                }
+                send(&shared, &client, &kv_tx, &mut batch).await;
             }
         }
+    }
+}
+
+/// Messages taken from the hooks' queue per turn: metrics are updated once per batch.
+const BATCH: usize = 256;
+
+/// Publishes a batch of messages to NATS (or drops them while the link is down), queueing the
+/// retained ones' bucket writes.
+async fn send(
+    shared: &Shared,
+    client: &async_nats::Client,
+    kv_tx: &mpsc::Sender<KvWrite>,
+    batch: &mut Vec<Outbound>,
+) {
+    if client.connection_state() != State::Connected {
+        shared.metrics.dropped.add(batch.len() as u64);
+        batch.clear();
+        return;
+    }
+    let (mut sent, mut bytes, mut dropped) = (0u64, 0u64, 0u64);
+    for out in batch.drain(..) {
+        if let Some((topic, keep)) = out.retained {
+            let key = topic_subject(&shared.config.subject_prefix, &topic);
+            let value = keep.then(|| out.payload.clone());
+            if kv_tx.try_send(KvWrite::Retained { key, value }).is_err() {
+                tracing::debug!(topic = %topic, "retained write dropped: the key-value queue is full");
+            }
+        }
+        let n = out.payload.len() as u64;
+        match client.publish(out.subject, out.payload).await {
+            Ok(()) => {
+                sent += 1;
+                bytes += n;
+            }
+            Err(_) => dropped += 1,
+        }
+    }
+    shared.metrics.out.add(sent);
+    shared.metrics.out_bytes.add(bytes);
+    if dropped > 0 {
+        shared.metrics.dropped.add(dropped);
     }
 }
 
@@ -291,66 +316,85 @@ async fn subscribe(
 /// whatever number of subjects matched), or to one member of the share `group`.
 async fn forward(
     shared: Arc<Shared>,
-    mut sub: async_nats::Subscriber,
+    sub: async_nats::Subscriber,
     group: Option<String>,
     recent: Arc<Mutex<Recent>>,
 ) {
-    let prefix = shared.config.subject_prefix.clone();
-    while let Some(m) = sub.next().await {
-        shared.metrics.in_bytes.add(m.payload.len() as u64);
-        let (topic, envelope) = match (
-            subject_topic(&prefix, m.subject.as_str()),
-            Envelope::decode(&m.payload),
-        ) {
-            (Ok(t), Ok(e)) => (t, e),
-            (Err(e), _) => {
-                shared.metrics.refused.inc();
-                tracing::debug!(error = %e, "message from NATS refused");
-                continue;
+    // What has arrived is taken in batches: metrics are updated once per batch.
+    let mut batches = sub.ready_chunks(BATCH);
+    while let Some(batch) = batches.next().await {
+        let (mut bytes, mut routed) = (0u64, 0u64);
+        for m in batch {
+            bytes += m.payload.len() as u64;
+            if route(&shared, &m, group.as_deref(), &recent) {
+                routed += 1;
             }
-            (_, Err(e)) => {
-                shared.metrics.refused.inc();
-                tracing::debug!(subject = %m.subject, error = %e, "message from NATS refused");
-                continue;
-            }
-        };
-        if envelope.node == shared.node_id {
-            continue;
         }
-        let publisher = envelope.publisher.clone();
-        let routed = match &group {
-            None => {
-                let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
-                if !recent.first((envelope.node, envelope.seq)) {
-                    continue;
-                }
-                // Held while routing: a later message of the same topic taken by another
-                // subscription's task cannot overtake this one.
-                shared.host.deliver_remote(
-                    envelope.into_message(&topic),
-                    publisher.as_str().into(),
-                    true,
-                    RVec::new(),
-                )
+        shared.metrics.in_bytes.add(bytes);
+        shared.metrics.received.add(routed);
+    }
+}
+
+/// Routes one message from NATS; whether it went to the router.
+fn route(
+    shared: &Shared,
+    m: &async_nats::Message,
+    group: Option<&str>,
+    recent: &Mutex<Recent>,
+) -> bool {
+    let (topic, envelope) = match (
+        subject_topic(&shared.config.subject_prefix, m.subject.as_str()),
+        Envelope::decode(&m.payload),
+    ) {
+        (Ok(t), Ok(e)) => (t, e),
+        (Err(e), _) => {
+            shared.metrics.refused.inc();
+            tracing::debug!(error = %e, "message from NATS refused");
+            return false;
+        }
+        (_, Err(e)) => {
+            shared.metrics.refused.inc();
+            tracing::debug!(subject = %m.subject, error = %e, "message from NATS refused");
+            return false;
+        }
+    };
+    if envelope.node == shared.node_id {
+        return false;
+    }
+    let publisher = envelope.publisher.clone();
+    let routed = match group {
+        None => {
+            let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
+            if !recent.first((envelope.node, envelope.seq)) {
+                return false;
             }
-            Some(key) => {
-                if envelope.served.iter().any(|s| s == key) {
-                    continue;
-                }
-                let groups: RVec<RString> = vec![RString::from(key.as_str())].into();
-                shared.host.deliver_remote(
-                    envelope.into_message(&topic),
-                    publisher.as_str().into(),
-                    false,
-                    groups,
-                )
+            // Held while routing: a later message of the same topic taken by another
+            // subscription's task cannot overtake this one.
+            shared.host.deliver_remote(
+                envelope.into_message(&topic),
+                publisher.as_str().into(),
+                true,
+                RVec::new(),
+            )
+        }
+        Some(key) => {
+            if envelope.served.iter().any(|s| s == key) {
+                return false;
             }
-        };
-        match routed.into_result() {
-            Ok(_) => shared.metrics.received.inc(),
-            Err(e) => {
-                tracing::debug!(topic = %topic, error = %e, "a message from NATS was not routed")
-            }
+            let groups: RVec<RString> = vec![RString::from(key)].into();
+            shared.host.deliver_remote(
+                envelope.into_message(&topic),
+                publisher.as_str().into(),
+                false,
+                groups,
+            )
+        }
+    };
+    match routed.into_result() {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(topic = %topic, error = %e, "a message from NATS was not routed");
+            false
         }
     }
 }
