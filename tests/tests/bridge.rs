@@ -360,3 +360,65 @@ async fn the_queue_survives_a_reload_and_a_restart() {
     }
     assert_eq!(got, (0..30).collect::<Vec<_>>(), "all of them, in order");
 }
+
+/// What waits for a remote broker that is down survives a crash of the local broker (SIGKILL):
+/// it is journaled while it waits, not only saved at a graceful stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_survives_a_crash() {
+    let Some(mut m) = Mosquitto::start() else {
+        return;
+    };
+    let mut b = bridged(&m, &["crash/# out 1"], "").await;
+    let remote_port = m.port;
+    let persistent = move || {
+        let mut o = v4_options(remote_port, "survivor");
+        o.set_clean_session(false);
+        o
+    };
+    let (mut sub, _) = V4Client::connect_with(persistent()).await;
+    sub.subscribe("crash/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    tokio::task::block_in_place(|| m.stop());
+    wait_until("the link is down", || {
+        b.ctl_ok(&["bridge", "status"])
+            .contains("state=disconnected")
+    })
+    .await;
+    let mut publisher = V4Client::connect(b.port(), "pub").await;
+    for i in 0..40 {
+        publisher
+            .client
+            .publish(format!("crash/{i}"), QoS::AtLeastOnce, false, i.to_string())
+            .await
+            .expect("publish");
+    }
+    publisher.wait_acks(40).await;
+    wait_until("40 journaled", || {
+        b.ctl_ok(&["bridge", "status"]).contains("40 journaled")
+    })
+    .await;
+    drop(publisher);
+    tokio::task::block_in_place(|| b.crash_and_restart());
+    assert!(
+        b.ctl_ok(&["bridge", "status"]).contains("queued=40 "),
+        "after a crash: {}",
+        b.ctl_ok(&["bridge", "status"])
+    );
+    tokio::task::block_in_place(|| m.start_again());
+    wait_until("sent", || {
+        let s = b.ctl_ok(&["bridge", "status"]);
+        s.contains("state=connected") && s.contains("queued=0 ")
+    })
+    .await;
+    let (mut sub, _) = V4Client::connect_with(persistent()).await;
+    let mut got = Vec::new();
+    while got.len() < 40 {
+        let p = sub.recv_publish().await;
+        got.push(
+            String::from_utf8_lossy(&p.payload)
+                .parse::<u32>()
+                .expect("n"),
+        );
+    }
+    assert_eq!(got, (0..40).collect::<Vec<_>>(), "all of them, in order");
+}

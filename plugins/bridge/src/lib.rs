@@ -10,9 +10,12 @@
 //! * **Outgoing messages** are taken from `message.published` (the final message, after every
 //!   plugin) and queued per connection, bounded in bytes (`queue_max_bytes`): while the link is
 //!   down they wait, and they are sent in order when it is back. A message that does not fit is
-//!   dropped and counted. When the plugin stops (unload, reload, a graceful broker stop) the
-//!   queue is saved in its key-value store on the broker's disc and taken up again at the next
-//!   start; a crash loses what was queued.
+//!   dropped and counted. **What waits is journaled** in the plugin's key-value store on the
+//!   broker's disc (a message that still waits 20 ms after it was queued, or that was queued
+//!   while the link is down, is written in a batch; a batch is deleted once all of it has been
+//!   handed to the MQTT client), so a crash or a kill loses at most the last 20 ms of queued
+//!   messages and those in the client's in-flight window; an unload, reload or graceful stop
+//!   loses nothing. The next start takes the journal up, in order.
 //! * **The link** reconnects with doubling back-off (`reconnect_min_ms` … `reconnect_max_ms`)
 //!   and subscribes again after every connect. Messages handed to the MQTT client when the link
 //!   drops are resent by it after the reconnect.
@@ -25,7 +28,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -255,6 +258,15 @@ struct Out {
     retain: bool,
 }
 
+/// A message waiting for the remote side.
+struct Queued {
+    /// Its number on this link, in queue order.
+    seq: u64,
+    out: Out,
+    /// Written to the journal.
+    journaled: bool,
+}
+
 /// Messages the bridge moved recently, by a hash of topic and payload, so their copies
 /// coming back are not moved again.
 #[derive(Default)]
@@ -318,8 +330,16 @@ struct Link {
     config: ConnectionConfig,
     client_id: String,
     rules: Vec<Rule>,
-    queue: Mutex<(VecDeque<Out>, usize)>,
+    queue: Mutex<(VecDeque<Queued>, usize)>,
     wake: tokio::sync::Notify,
+    /// The number the next queued message gets.
+    next_seq: AtomicU64,
+    /// The number of the last message handed to the MQTT client.
+    popped: AtomicU64,
+    /// Wakes the journal: messages wait, or journaled ones left.
+    journal_wake: tokio::sync::Notify,
+    /// The journal's batches in the key-value store: key and last message number.
+    chunks: Mutex<VecDeque<(String, u64)>>,
     up: AtomicBool,
     sent: Mutex<Echoes>,
     injected: Mutex<Echoes>,
@@ -362,10 +382,20 @@ impl Link {
                 self.metrics.dropped.inc();
                 continue;
             }
+            // It will wait: behind others, or for the link.
+            let waits = !q.0.is_empty() || !self.up.load(Ordering::Relaxed);
             q.1 += size;
-            q.0.push_back(out);
+            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            q.0.push_back(Queued {
+                seq,
+                out,
+                journaled: false,
+            });
             drop(q);
             self.wake.notify_one();
+            if waits {
+                self.journal_wake.notify_one();
+            }
             break;
         }
     }
@@ -414,9 +444,60 @@ impl Link {
 
     fn pop(&self) -> Option<Out> {
         let mut q = self.queue.lock().ok()?;
-        let out = q.0.pop_front()?;
+        let Queued { seq, out, .. } = q.0.pop_front()?;
         q.1 -= out.topic.len() + out.payload.len();
+        drop(q);
+        self.popped.store(seq, Ordering::Relaxed);
+        if self.chunks.lock().is_ok_and(|c| !c.is_empty()) {
+            self.journal_wake.notify_one();
+        }
         Some(out)
+    }
+
+    /// Writes what waits in the queue and is not journaled yet as one batch, and deletes the
+    /// batches whose messages have all been handed to the client.
+    async fn flush_journal(&self, kv: &Kv) -> Result<(), PluginError> {
+        let waiting: Vec<(u64, Vec<u8>)> = match self.queue.lock() {
+            Ok(mut q) => {
+                q.0.iter_mut()
+                    .filter(|e| !e.journaled)
+                    .map(|e| {
+                        e.journaled = true;
+                        let mut record = e.seq.to_be_bytes().to_vec();
+                        encode_out(&e.out, &mut record);
+                        (e.seq, record)
+                    })
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        let mut chunk = Vec::new();
+        let mut first = None;
+        for (i, (seq, record)) in waiting.iter().enumerate() {
+            first.get_or_insert(*seq);
+            chunk.extend_from_slice(record);
+            if chunk.len() >= CHUNK || i + 1 == waiting.len() {
+                let key = format!("wal/{}/{:020}", self.config.name, first.unwrap_or(*seq));
+                kv.put(&key, std::mem::take(&mut chunk)).await?;
+                if let Ok(mut c) = self.chunks.lock() {
+                    c.push_back((key, *seq));
+                }
+                first = None;
+            }
+        }
+        let popped = self.popped.load(Ordering::Relaxed);
+        loop {
+            let done = match self.chunks.lock() {
+                Ok(mut c) => match c.front() {
+                    Some((_, last)) if *last <= popped => c.pop_front().map(|(k, _)| k),
+                    _ => None,
+                },
+                Err(_) => None,
+            };
+            let Some(key) = done else { break };
+            kv.delete(&key).await?;
+        }
+        Ok(())
     }
 
     fn set_up(&self, up: bool, error: Option<String>) {
@@ -428,6 +509,8 @@ impl Link {
             }
             self.wake.notify_one();
         } else if let Some(e) = error {
+            // What waits now waits for the link: into the journal with it.
+            self.journal_wake.notify_one();
             if was {
                 tracing::warn!(bridge = %self.config.name, address = %self.config.address, error = %e, "bridge link down; reconnecting with back-off");
             }
@@ -438,10 +521,10 @@ impl Link {
     }
 
     fn status(&self) -> String {
-        let (messages, bytes) = self
+        let (messages, bytes, journaled) = self
             .queue
             .lock()
-            .map(|q| (q.0.len(), q.1))
+            .map(|q| (q.0.len(), q.1, q.0.iter().filter(|e| e.journaled).count()))
             .unwrap_or_default();
         let (out, inbound, dropped) = self.counts.lock().map(|c| *c).unwrap_or_default();
         let state = if self.up.load(Ordering::Relaxed) {
@@ -455,7 +538,7 @@ impl Link {
             .map(|e| e.clone())
             .unwrap_or_default();
         format!(
-            "Bridge({}, address={}, state={state}, queued={messages} ({bytes} bytes), out={out}, in={inbound}, dropped={dropped}, last_error={last_error:?})",
+            "Bridge({}, address={}, state={state}, queued={messages} ({bytes} bytes, {journaled} journaled), out={out}, in={inbound}, dropped={dropped}, last_error={last_error:?})",
             self.config.name, self.config.address
         )
     }
@@ -721,7 +804,8 @@ fn encode_out(o: &Out, buf: &mut Vec<u8>) {
     buf.push(u8::from(o.retain));
 }
 
-fn decode_outs(mut b: &[u8]) -> Vec<Out> {
+/// The first message saved in `b` (None when cut short), and the rest of `b`.
+fn decode_one(mut b: &[u8]) -> (Option<Out>, &[u8]) {
     fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         let (head, rest) = (b.get(..n)?, b.get(n..)?);
         *b = rest;
@@ -730,79 +814,116 @@ fn decode_outs(mut b: &[u8]) -> Vec<Out> {
     fn len(b: &mut &[u8]) -> Option<usize> {
         Some(u32::from_be_bytes(take(b, 4)?.try_into().ok()?) as usize)
     }
+    let parsed = (|| {
+        let n = len(&mut b)?;
+        let topic = String::from_utf8(take(&mut b, n)?.to_vec()).ok()?;
+        let n = len(&mut b)?;
+        let payload = take(&mut b, n)?.to_vec();
+        let flags = take(&mut b, 2)?;
+        Some(Out {
+            topic,
+            payload,
+            qos: flags[0].min(2),
+            retain: flags[1] != 0,
+        })
+    })();
+    (parsed, b)
+}
+
+fn decode_outs(mut b: &[u8]) -> Vec<Out> {
     let mut out = Vec::new();
     while !b.is_empty() {
-        let parsed = (|| {
-            let n = len(&mut b)?;
-            let topic = String::from_utf8(take(&mut b, n)?.to_vec()).ok()?;
-            let n = len(&mut b)?;
-            let payload = take(&mut b, n)?.to_vec();
-            let flags = take(&mut b, 2)?;
-            Some(Out {
-                topic,
-                payload,
-                qos: flags[0].min(2),
-                retain: flags[1] != 0,
-            })
-        })();
+        let (parsed, rest) = decode_one(b);
         match parsed {
             Some(o) => out.push(o),
             None => break,
         }
+        b = rest;
     }
     out
 }
 
-impl Bridge {
-    /// Saves every link's queue in the key-value store (chunks under `queue/<name>/`).
-    async fn save_queues(links: &[Arc<Link>], kv: &Kv) -> Result<usize, PluginError> {
-        let mut saved = 0;
-        for link in links {
-            let outs: Vec<Out> = match link.queue.lock() {
-                Ok(mut q) => {
-                    q.1 = 0;
-                    q.0.drain(..).collect()
-                }
-                Err(_) => continue,
-            };
-            let mut chunk = Vec::new();
-            let mut n = 0;
-            for o in &outs {
-                encode_out(o, &mut chunk);
-                if chunk.len() >= CHUNK {
-                    kv.put(
-                        &format!("queue/{}/{n:06}", link.config.name),
-                        std::mem::take(&mut chunk),
-                    )
-                    .await?;
-                    n += 1;
-                }
-            }
-            if !chunk.is_empty() {
-                kv.put(&format!("queue/{}/{n:06}", link.config.name), chunk)
-                    .await?;
-            }
-            saved += outs.len();
-        }
-        Ok(saved)
-    }
+/// How long a queued message may wait before it is journaled: the journal writes batches.
+const JOURNAL_DELAY: Duration = Duration::from_millis(20);
 
-    /// Takes up what [`Bridge::save_queues`] left, in order, and removes it from the store.
+/// Keeps a link's journal: woken when messages wait or journaled ones left the queue.
+async fn journal(link: Arc<Link>, kv: Kv) {
+    loop {
+        link.journal_wake.notified().await;
+        tokio::time::sleep(JOURNAL_DELAY).await;
+        if let Err(e) = link.flush_journal(&kv).await {
+            tracing::warn!(bridge = %link.config.name, error = %e.message, "the bridge journal could not be written: a crash now would lose what waits");
+        }
+    }
+}
+
+/// One journal record: the message number, then the message.
+fn decode_records(mut b: &[u8]) -> Vec<(u64, Out)> {
+    let mut records = Vec::new();
+    while b.len() >= 8 {
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&b[..8]);
+        b = &b[8..];
+        let (outs, rest) = decode_one(b);
+        let Some(out) = outs else { break };
+        records.push((u64::from_be_bytes(seq), out));
+        b = rest;
+    }
+    records
+}
+
+impl Bridge {
+    /// Takes up the link's journal (and a queue saved by an older version at its stop), in
+    /// order, before the link starts.
     async fn restore_queue(link: &Link, kv: &Kv) -> Result<usize, PluginError> {
-        let prefix = format!("queue/{}/", link.config.name);
         let mut restored = 0;
-        for key in kv.keys(&prefix)? {
-            if let Some(bytes) = kv.get(&key)? {
+        for key in kv.keys(&format!("wal/{}/", link.config.name))? {
+            let Some(bytes) = kv.get(&key)? else { continue };
+            let records = decode_records(&bytes);
+            let Some(&(last, _)) = records.last() else {
+                kv.delete(&key).await?;
+                continue;
+            };
+            restored += records.len();
+            if let Ok(mut q) = link.queue.lock() {
+                for (seq, out) in records {
+                    q.1 += out.topic.len() + out.payload.len();
+                    q.0.push_back(Queued {
+                        seq,
+                        out,
+                        journaled: true,
+                    });
+                }
+            }
+            link.next_seq.fetch_max(last + 1, Ordering::Relaxed);
+            if let Ok(mut c) = link.chunks.lock() {
+                c.push_back((key, last));
+            }
+        }
+        let legacy: Vec<String> = kv.keys(&format!("queue/{}/", link.config.name))?;
+        for key in &legacy {
+            if let Some(bytes) = kv.get(key)? {
                 let outs = decode_outs(&bytes);
                 restored += outs.len();
                 if let Ok(mut q) = link.queue.lock() {
-                    for o in outs {
-                        q.1 += o.topic.len() + o.payload.len();
-                        q.0.push_back(o);
+                    for out in outs {
+                        q.1 += out.topic.len() + out.payload.len();
+                        let seq = link.next_seq.fetch_add(1, Ordering::Relaxed);
+                        q.0.push_back(Queued {
+                            seq,
+                            out,
+                            journaled: false,
+                        });
                     }
                 }
             }
-            kv.delete(&key).await?;
+        }
+        if !legacy.is_empty() {
+            // Journaled before the old form is deleted.
+            link.flush_journal(kv).await?;
+            for key in &legacy {
+                kv.delete(key).await?;
+            }
         }
         Ok(restored)
     }
@@ -894,6 +1015,10 @@ impl Plugin for Bridge {
                 rules,
                 queue: Mutex::new((VecDeque::new(), 0)),
                 wake: tokio::sync::Notify::new(),
+                next_seq: AtomicU64::new(1),
+                popped: AtomicU64::new(0),
+                journal_wake: tokio::sync::Notify::new(),
+                chunks: Mutex::new(VecDeque::new()),
                 up: AtomicBool::new(false),
                 sent: Mutex::new(Echoes::default()),
                 injected: Mutex::new(Echoes::default()),
@@ -918,6 +1043,7 @@ impl Plugin for Bridge {
                     tracing::warn!(bridge = %link.config.name, error = %e.message, "the saved queue could not be read")
                 }
             }
+            ctx.spawn(journal(link.clone(), kv.clone()));
             ctx.spawn(run(link.clone()));
         }
         let gauges = links.clone();
@@ -979,14 +1105,26 @@ impl Plugin for Bridge {
 
     fn shutdown(&self) {
         let (links, kv) = (self.links.clone(), self.kv.clone());
-        match self
-            .runtime
-            .block_on(async move { Bridge::save_queues(&links, &kv).await })
-        {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(messages = n, "bridge queues saved for the next start"),
+        let waiting: usize = links
+            .iter()
+            .map(|l| l.queue.lock().map(|q| q.0.len()).unwrap_or(0))
+            .sum();
+        let flushed = self.runtime.block_on(async move {
+            for link in &links {
+                link.flush_journal(&kv).await?;
+            }
+            Ok::<(), PluginError>(())
+        });
+        match flushed {
+            Ok(()) if waiting > 0 => {
+                tracing::info!(
+                    messages = waiting,
+                    "bridge queues journaled for the next start"
+                )
+            }
+            Ok(()) => {}
             Err(e) => {
-                tracing::error!(error = %e.message, "bridge queues could not be saved: they are lost")
+                tracing::error!(error = %e.message, "bridge queues could not be journaled: what was not yet is lost")
             }
         }
     }
@@ -1060,6 +1198,32 @@ mod tests {
         assert_eq!((back[1].topic.as_str(), back[1].payload.len()), ("c", 0));
         assert_eq!(
             decode_outs(&buf[..buf.len() - 1]).len(),
+            1,
+            "a cut record is dropped"
+        );
+    }
+
+    #[test]
+    fn journal_records_round_trip_and_a_cut_one_is_dropped() {
+        let mut buf = Vec::new();
+        for (seq, topic) in [(7u64, "a"), (9, "b/c")] {
+            buf.extend_from_slice(&seq.to_be_bytes());
+            let out = Out {
+                topic: topic.into(),
+                payload: b"p".to_vec(),
+                qos: 1,
+                retain: false,
+            };
+            encode_out(&out, &mut buf);
+        }
+        let records = decode_records(&buf);
+        let seqs: Vec<(u64, &str)> = records
+            .iter()
+            .map(|(s, o)| (*s, o.topic.as_str()))
+            .collect();
+        assert_eq!(seqs, [(7, "a"), (9, "b/c")]);
+        assert_eq!(
+            decode_records(&buf[..buf.len() - 1]).len(),
             1,
             "a cut record is dropped"
         );
