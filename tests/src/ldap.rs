@@ -7,16 +7,10 @@
 //! with `dc=emqx,dc=io` and `ou=device,dc=emqx,dc=io`; the password attribute is readable only
 //! by the root DN (the account the plugin binds as) and usable by anyone to bind.
 
+use crate::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn slapd_binary() -> Option<PathBuf> {
     [

@@ -394,6 +394,29 @@ fn first_addr(json: &str) -> Option<SocketAddr> {
     rest[..close].parse().ok()
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago (for the private servers tests start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The first of `paths` that is a file: where a Debian package installs a server. `None` when
+/// none is, which outside CI skips the test (`package` says what to install) and under
+/// `CI=true` fails it (`.ci/run` installs every server the tests use).
+pub fn server_binary(paths: &[&str], package: &str) -> Option<PathBuf> {
+    let found = paths.iter().map(PathBuf::from).find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{package} is not installed: .ci/run installs it"
+        );
+        eprintln!("{package} is not installed: skipping (apt-get install {package})");
+    }
+    found
+}
+
 /// Waits until `cond` holds, polling; panics with `what` after [`WAIT`].
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;

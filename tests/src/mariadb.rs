@@ -7,6 +7,7 @@
 //! database `mqtt` with the shipped schema (`etc/plugins/auth_mysql.sql`) and a user `broker`
 //! (password [`MariaDb::PASSWORD`]) that the plugin logs in as.
 
+use crate::free_port;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,13 +34,6 @@ fn find(names: &[&str]) -> Option<PathBuf> {
         .iter()
         .flat_map(|n| dirs.iter().map(move |d| d.join(n)))
         .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn is_root() -> bool {

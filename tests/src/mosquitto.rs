@@ -9,17 +9,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn binary() -> Option<PathBuf> {
-    [
-        "/usr/sbin/mosquitto",
-        "/usr/bin/mosquitto",
-        "/usr/local/sbin/mosquitto",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.is_file())
-}
-
 /// A running (or stopped) private Mosquitto; dropping it kills it.
 pub struct Mosquitto {
     dir: tempfile::TempDir,
@@ -32,19 +21,14 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts one; `None` when Mosquitto is not installed (outside CI).
     pub fn start() -> Option<Mosquitto> {
-        let Some(binary) = binary() else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "mosquitto is not installed: .ci/run installs it"
-            );
-            eprintln!("mosquitto is not installed: skipping (apt-get install mosquitto)");
-            return None;
-        };
+        let paths = [
+            "/usr/sbin/mosquitto",
+            "/usr/bin/mosquitto",
+            "/usr/local/sbin/mosquitto",
+        ];
+        let binary = crate::server_binary(&paths, "mosquitto")?;
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
+        let port = crate::free_port();
         let conf = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\nmax_queued_messages 100000\nlog_dest file {}/mosquitto.log\n",
             dir.path().display(),

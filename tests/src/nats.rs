@@ -9,17 +9,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn binary() -> Option<PathBuf> {
-    [
-        "/usr/sbin/nats-server",
-        "/usr/bin/nats-server",
-        "/usr/local/bin/nats-server",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.is_file())
-}
-
 /// A running (or stopped) private NATS server; dropping it kills it.
 pub struct Nats {
     dir: tempfile::TempDir,
@@ -32,19 +21,14 @@ pub struct Nats {
 impl Nats {
     /// Starts one; `None` when nats-server is not installed (outside CI).
     pub fn start() -> Option<Nats> {
-        let Some(binary) = binary() else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "nats-server is not installed: .ci/run installs it"
-            );
-            eprintln!("nats-server is not installed: skipping (apt-get install nats-server)");
-            return None;
-        };
+        let paths = [
+            "/usr/sbin/nats-server",
+            "/usr/bin/nats-server",
+            "/usr/local/bin/nats-server",
+        ];
+        let binary = crate::server_binary(&paths, "nats-server")?;
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
+        let port = crate::free_port();
         let mut n = Nats {
             dir,
             port,

@@ -8,6 +8,7 @@
 //! with SCRAM over TCP) owning the database `mqtt` with the shipped schema
 //! (`etc/plugins/auth_pgsql.sql`).
 
+use crate::free_port;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -61,13 +62,6 @@ fn account(name: &str) -> Option<(u32, u32)> {
             Some(((*pw).pw_uid, (*pw).pw_gid))
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 impl Postgres {

@@ -5,16 +5,10 @@
 //! [`RedisServer::start`] returns `None` when Redis is not installed, outside CI; under
 //! `CI=true` that is a failure (`.ci/run` installs Debian's redis-server).
 
+use crate::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn installed() -> bool {
     let found = Command::new("redis-server")

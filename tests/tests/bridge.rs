@@ -296,6 +296,60 @@ async fn two_brokers_bridged_both_ways_do_not_loop() {
     }
 }
 
+/// A remote subscriber `id` with a persistent session on `m` for `filter`, then Mosquitto
+/// stopped and the link of `b` seen down: what `b` bridges now waits in its queue. Returns how
+/// to connect that subscriber again.
+async fn remote_down_with_a_subscriber(
+    m: &mut Mosquitto,
+    b: &Broker,
+    id: &'static str,
+    filter: &str,
+) -> impl Fn() -> broker_tests::rumqttc::MqttOptions {
+    let remote_port = m.port;
+    let persistent = move || {
+        let mut o = v4_options(remote_port, id);
+        o.set_clean_session(false);
+        o
+    };
+    let (mut sub, _) = V4Client::connect_with(persistent()).await;
+    sub.subscribe(filter, QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    tokio::task::block_in_place(|| m.stop());
+    wait_until("the link is down", || {
+        b.ctl_ok(&["bridge", "status"])
+            .contains("state=disconnected")
+    })
+    .await;
+    persistent
+}
+
+/// Mosquitto started again: waits until `b` has sent its queue, then reads `n` numbered
+/// messages as the persistent subscriber and checks they are 0..n in order.
+async fn all_arrive_in_order(
+    m: &mut Mosquitto,
+    b: &Broker,
+    subscriber: impl Fn() -> broker_tests::rumqttc::MqttOptions,
+    n: u32,
+) {
+    tokio::task::block_in_place(|| m.start_again());
+    wait_until("sent", || {
+        let s = b.ctl_ok(&["bridge", "status"]);
+        s.contains("state=connected") && s.contains("queued=0 ")
+    })
+    .await;
+    let (mut sub, _) = V4Client::connect_with(subscriber()).await;
+    let mut got = Vec::new();
+    while got.len() < n as usize {
+        let p = sub.recv_publish().await;
+        got.push(
+            String::from_utf8_lossy(&p.payload)
+                .parse::<u32>()
+                .expect("n"),
+        );
+    }
+    assert_eq!(got, (0..n).collect::<Vec<_>>(), "all of them, in order");
+}
+
 /// What waits for a remote broker that is down survives a reload of the plugin and a broker
 /// restart (saved in the plugin's store at stop, taken up at start).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,21 +358,7 @@ async fn the_queue_survives_a_reload_and_a_restart() {
         return;
     };
     let mut b = bridged(&m, &["keep/# out 1"], "").await;
-    let remote_port = m.port;
-    let persistent = move || {
-        let mut o = v4_options(remote_port, "keeper");
-        o.set_clean_session(false);
-        o
-    };
-    let (mut sub, _) = V4Client::connect_with(persistent()).await;
-    sub.subscribe("keep/#", QoS::AtLeastOnce).await;
-    sub.disconnect().await;
-    tokio::task::block_in_place(|| m.stop());
-    wait_until("the link is down", || {
-        b.ctl_ok(&["bridge", "status"])
-            .contains("state=disconnected")
-    })
-    .await;
+    let subscriber = remote_down_with_a_subscriber(&mut m, &b, "keeper", "keep/#").await;
     let publisher = V4Client::connect(b.port(), "pub").await;
     for i in 0..30 {
         publisher
@@ -342,23 +382,7 @@ async fn the_queue_survives_a_reload_and_a_restart() {
         b.ctl_ok(&["bridge", "status"]).contains("queued=30 "),
         "after a restart"
     );
-    tokio::task::block_in_place(|| m.start_again());
-    wait_until("sent", || {
-        let s = b.ctl_ok(&["bridge", "status"]);
-        s.contains("state=connected") && s.contains("queued=0 ")
-    })
-    .await;
-    let (mut sub, _) = V4Client::connect_with(persistent()).await;
-    let mut got = Vec::new();
-    while got.len() < 30 {
-        let p = sub.recv_publish().await;
-        got.push(
-            String::from_utf8_lossy(&p.payload)
-                .parse::<u32>()
-                .expect("n"),
-        );
-    }
-    assert_eq!(got, (0..30).collect::<Vec<_>>(), "all of them, in order");
+    all_arrive_in_order(&mut m, &b, subscriber, 30).await;
 }
 
 /// What waits for a remote broker that is down survives a crash of the local broker (SIGKILL):
@@ -369,21 +393,7 @@ async fn the_queue_survives_a_crash() {
         return;
     };
     let mut b = bridged(&m, &["crash/# out 1"], "").await;
-    let remote_port = m.port;
-    let persistent = move || {
-        let mut o = v4_options(remote_port, "survivor");
-        o.set_clean_session(false);
-        o
-    };
-    let (mut sub, _) = V4Client::connect_with(persistent()).await;
-    sub.subscribe("crash/#", QoS::AtLeastOnce).await;
-    sub.disconnect().await;
-    tokio::task::block_in_place(|| m.stop());
-    wait_until("the link is down", || {
-        b.ctl_ok(&["bridge", "status"])
-            .contains("state=disconnected")
-    })
-    .await;
+    let subscriber = remote_down_with_a_subscriber(&mut m, &b, "survivor", "crash/#").await;
     let mut publisher = V4Client::connect(b.port(), "pub").await;
     for i in 0..40 {
         publisher
@@ -404,21 +414,5 @@ async fn the_queue_survives_a_crash() {
         "after a crash: {}",
         b.ctl_ok(&["bridge", "status"])
     );
-    tokio::task::block_in_place(|| m.start_again());
-    wait_until("sent", || {
-        let s = b.ctl_ok(&["bridge", "status"]);
-        s.contains("state=connected") && s.contains("queued=0 ")
-    })
-    .await;
-    let (mut sub, _) = V4Client::connect_with(persistent()).await;
-    let mut got = Vec::new();
-    while got.len() < 40 {
-        let p = sub.recv_publish().await;
-        got.push(
-            String::from_utf8_lossy(&p.payload)
-                .parse::<u32>()
-                .expect("n"),
-        );
-    }
-    assert_eq!(got, (0..40).collect::<Vec<_>>(), "all of them, in order");
+    all_arrive_in_order(&mut m, &b, subscriber, 40).await;
 }

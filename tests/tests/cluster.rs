@@ -314,7 +314,9 @@ async fn a_client_id_connecting_on_another_node_takes_over() {
     let _new = V4Client::connect(nodes[0].port(), "device-8").await;
     assert!(
         old.closed_within(WAIT).await,
-        "the older connection is closed"
+        "the older connection is closed\nnode 2:\n{}\nnode 1:\n{}",
+        nodes[1].log(),
+        nodes[0].log()
     );
     let metrics = nodes[1].ctl_ok(&["metrics"]);
     assert!(
@@ -524,9 +526,12 @@ async fn ownership_is_caught_up_after_a_nats_outage() {
         "no takeover while the nodes cannot talk"
     );
     nats.start_again();
-    let d = older
-        .recv()
-        .await
-        .expect("the older connection gets DISCONNECT once NATS is back");
+    let Some(d) = older.recv().await else {
+        panic!(
+            "the older connection gets DISCONNECT once NATS is back\nnode 2:\n{}\nnode 1:\n{}",
+            nodes[1].log(),
+            nodes[0].log()
+        );
+    };
     assert_eq!((d.kind(), d.body[0]), (14, 0x8E), "session taken over");
 }

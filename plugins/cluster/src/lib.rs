@@ -27,7 +27,7 @@ pub mod subject;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use plugin_api::{
@@ -258,8 +258,8 @@ pub enum Command {
     Connected {
         /// Its id.
         client_id: String,
-        /// When, as the broker reports it.
-        at_ms: u64,
+        /// Which connection, and when.
+        local: LocalClient,
     },
 }
 
@@ -294,12 +294,16 @@ pub struct Shared {
     pub started_ms: u64,
     /// The link's state for `cluster status`.
     pub link: Mutex<link::LinkStatus>,
-    /// The membership bucket, once open.
-    pub nodes: OnceLock<async_nats::jetstream::kv::Store>,
+    /// The nodes whose heartbeats this node has seen, by name (kept from a watch of the
+    /// membership bucket, so `cluster status` answers without a NATS round trip).
+    pub members: Mutex<HashMap<String, link::Member>>,
     /// Clients connected here and when (their ownership is written again after a NATS outage).
-    pub local_clients: Mutex<HashMap<String, u64>>,
+    pub local_clients: Mutex<HashMap<String, LocalClient>>,
     /// Signalled when the link comes back after an outage.
     pub reconnected: tokio::sync::Notify,
+    /// Counts the link's returns: the key-value watches start again at each (their consumers
+    /// lived on the server that went away, and would only notice after missed heartbeats).
+    pub links: tokio::sync::watch::Sender<u64>,
     /// NATS subscriptions held (subjects; a filter ending in `#` takes two).
     pub subjects: AtomicUsize,
     /// Of those, how many the server had confirmed at the last flush.
@@ -326,6 +330,26 @@ impl Shared {
             .count
             .len()
     }
+}
+
+/// A client connected to this node, as client-id ownership needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalClient {
+    /// When it connected (the broker's `connected_at_ms`, which names the connection).
+    pub at_ms: u64,
+    /// When this node learnt of it, in microseconds of the wall clock: orders two connects of
+    /// one client id on two nodes, where milliseconds would often tie.
+    pub at_us: u64,
+    /// The revision of the `mqtt_clients` entry that announced this connection, once the
+    /// watch has seen it: a later entry of another node means a newer connection there.
+    pub announced: Option<u64>,
+}
+
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// The plugin instance.
@@ -434,9 +458,10 @@ impl Plugin for Cluster {
             clients: AtomicI64::new(0),
             started_ms: now,
             link: Mutex::new(link::LinkStatus::default()),
-            nodes: OnceLock::new(),
+            members: Mutex::new(HashMap::new()),
             local_clients: Mutex::new(HashMap::new()),
             reconnected: tokio::sync::Notify::new(),
+            links: tokio::sync::watch::Sender::new(0),
             subjects: AtomicUsize::new(0),
             flushed: AtomicUsize::new(0),
             shared_groups: AtomicUsize::new(0),
@@ -503,16 +528,20 @@ impl Plugin for Cluster {
             }
             HookPoint::CLIENT_CONNECTED => {
                 self.shared.clients.fetch_add(1, Ordering::Relaxed);
-                let at_ms = event.client.connected_at_ms;
+                let local = LocalClient {
+                    at_ms: event.client.connected_at_ms,
+                    at_us: now_us(),
+                    announced: None,
+                };
                 self.shared
                     .local_clients
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(client.to_owned(), at_ms);
+                    .insert(client.to_owned(), local);
                 if self.shared.config.takeover {
                     let _ = self.commands.send(Command::Connected {
                         client_id: client.to_owned(),
-                        at_ms,
+                        local,
                     });
                 }
             }
@@ -524,7 +553,10 @@ impl Plugin for Cluster {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
                 // Only this connection's entry: a newer one of the same id may be in place.
-                if local.get(client) == Some(&event.client.connected_at_ms) {
+                if local
+                    .get(client)
+                    .is_some_and(|c| c.at_ms == event.client.connected_at_ms)
+                {
                     local.remove(client);
                 }
             }
@@ -568,7 +600,7 @@ impl Plugin for Cluster {
         let shared = self.shared.clone();
         async move {
             match args.get(1).map(String::as_str) {
-                Some("status") if args.len() == 2 => Ok(link::status(&shared).await),
+                Some("status") if args.len() == 2 => Ok(link::status(&shared)),
                 _ => Err(PluginError::new(
                     ErrorKind::INVALID,
                     "usage: cluster status",

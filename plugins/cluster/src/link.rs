@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::envelope::Envelope;
 use crate::subject::{filter_subjects, subject_topic, token, topic_subject};
-use crate::{split_shared, Command, Outbound, Shared};
+use crate::{split_shared, Command, LocalClient, Outbound, Shared};
 
 /// The link as `cluster status` shows it.
 #[derive(Debug, Default, Clone)]
@@ -82,7 +82,7 @@ impl Recent {
 enum KvWrite {
     Owner {
         client_id: String,
-        at_ms: u64,
+        local: LocalClient,
     },
     Retained {
         key: String,
@@ -96,6 +96,17 @@ struct Owner {
     client_id: String,
     node: String,
     at_ms: u64,
+    /// When the owning node learnt of the connection, in microseconds (0 from a node before
+    /// this field: then the revision alone orders).
+    #[serde(default)]
+    at_us: u64,
+}
+
+/// A node as its last heartbeat described it.
+pub struct Member {
+    beat: Heartbeat,
+    /// When this node received that heartbeat (its own clock: no skew between nodes).
+    seen: std::time::Instant,
 }
 
 /// The value of a node's key in `mqtt_nodes`.
@@ -129,6 +140,7 @@ fn connect_options(shared: &Arc<Shared>) -> async_nats::ConnectOptions {
                         if !link.last_event.is_empty() {
                             shared.metrics.reconnects.inc();
                             shared.reconnected.notify_one();
+                            shared.links.send_modify(|n| *n += 1);
                         }
                         link.connected = true;
                         shared.metrics.connected.set(1);
@@ -208,8 +220,8 @@ pub async fn run(
                     let _ = client.flush().await;
                     shared.flushed.store(shared.subjects.load(Ordering::Relaxed), Ordering::Relaxed);
                 }
-                Some(Command::Connected { client_id, at_ms }) => {
-                    if kv_tx.try_send(KvWrite::Owner { client_id, at_ms }).is_err() {
+                Some(Command::Connected { client_id, local }) => {
+                    if kv_tx.try_send(KvWrite::Owner { client_id, local }).is_err() {
                         tracing::debug!("client-id write dropped: the key-value queue is full");
                     }
                 }
@@ -479,43 +491,46 @@ async fn jetstream(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .jetstream = true;
-    let _ = shared.nodes.set(buckets.nodes.clone());
     tracing::info!("cluster key-value buckets open");
+    let s = shared.clone();
+    tokio::spawn(watch(shared.clone(), buckets.nodes.clone(), move |e| {
+        on_member(&s, e)
+    }));
     if shared.config.takeover {
         let s = shared.clone();
-        tokio::spawn(watch(buckets.owners.clone(), move |e| on_owner(&s, e)));
+        tokio::spawn(watch(shared.clone(), buckets.owners.clone(), move |e| {
+            on_owner(&s, e)
+        }));
     }
     if shared.config.retained {
         let s = shared.clone();
-        tokio::spawn(watch(buckets.retained.clone(), move |e| on_retained(&s, e)));
+        tokio::spawn(watch(shared.clone(), buckets.retained.clone(), move |e| {
+            on_retained(&s, e)
+        }));
     }
     tokio::spawn(heartbeat(shared.clone(), buckets.nodes));
+    // After an outage, the clients that connected meanwhile are announced again, retrying
+    // with back-off while JetStream comes back (it answers a moment after the server).
+    let mut catch_up: Option<Duration> = None;
     loop {
+        let retry = catch_up.unwrap_or(Duration::from_secs(3600));
         let w = tokio::select! {
             w = writes.recv() => match w {
                 Some(w) => w,
                 None => return,
             },
             () = shared.reconnected.notified() => {
-                // Connects while NATS was away wrote nothing: write every local client again.
-                let clients: Vec<(String, u64)> = shared
-                    .local_clients
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .map(|(c, at)| (c.clone(), *at))
-                    .collect();
-                for (client_id, at_ms) in clients {
-                    if let Err(e) = put_owner(&shared, &buckets.owners, &client_id, at_ms).await {
-                        tracing::warn!(error = %e, "cluster key-value write failed");
-                    }
-                }
+                catch_up = announce_unannounced(&shared, &buckets.owners, None).await;
+                continue;
+            }
+            () = tokio::time::sleep(retry), if catch_up.is_some() => {
+                catch_up = announce_unannounced(&shared, &buckets.owners, catch_up).await;
                 continue;
             }
         };
         let written = match w {
-            KvWrite::Owner { client_id, at_ms } => {
-                put_owner(&shared, &buckets.owners, &client_id, at_ms).await
+            KvWrite::Owner { client_id, local } => {
+                put_owner(&shared, &buckets.owners, &client_id, local).await
             }
             KvWrite::Retained {
                 key,
@@ -538,17 +553,46 @@ async fn jetstream(
     }
 }
 
-/// Records this node as the owner of `client_id`, connected at `at_ms`.
+/// Writes the ownership of every local client whose entry this node has not seen in the
+/// bucket (connected while NATS was away, or written just before it went). `None` when all
+/// are written, or the next retry's delay (doubling from 250 ms to 2 s after `previous`).
+async fn announce_unannounced(
+    shared: &Shared,
+    owners: &kv::Store,
+    previous: Option<Duration>,
+) -> Option<Duration> {
+    let clients: Vec<(String, LocalClient)> = shared
+        .local_clients
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(_, local)| local.announced.is_none())
+        .map(|(c, local)| (c.clone(), *local))
+        .collect();
+    for (client_id, local) in clients {
+        if let Err(e) = put_owner(shared, owners, &client_id, local).await {
+            let next = previous.map_or(Duration::from_millis(250), |d| {
+                (d * 2).min(Duration::from_secs(2))
+            });
+            tracing::debug!(error = %e, retry_in = ?next, "client-id ownership not written yet");
+            return Some(next);
+        }
+    }
+    None
+}
+
+/// Records this node as the owner of `client_id`, for its connection `local`.
 async fn put_owner(
     shared: &Shared,
     owners: &kv::Store,
     client_id: &str,
-    at_ms: u64,
+    local: LocalClient,
 ) -> Result<(), String> {
     let owner = Owner {
         client_id: client_id.to_owned(),
         node: shared.node_name.clone(),
-        at_ms,
+        at_ms: local.at_ms,
+        at_us: local.at_us,
     };
     let value = serde_json::to_vec(&owner).unwrap_or_default();
     owners
@@ -559,29 +603,49 @@ async fn put_owner(
 }
 
 /// Follows every key of `store` (its current values first), calling `each` per entry; starts
-/// again after an error or the end of the stream (NATS restarted).
-async fn watch(store: kv::Store, mut each: impl FnMut(kv::Entry) + Send) {
+/// again after an error, the end of the stream, or the link's return (NATS restarted), with
+/// back-off from 250 ms to 2 s while JetStream does not answer yet.
+async fn watch(shared: Arc<Shared>, store: kv::Store, mut each: impl FnMut(kv::Entry) + Send) {
+    let mut links = shared.links.subscribe();
+    let mut delay = Duration::from_millis(250);
     loop {
+        links.borrow_and_update();
         match store.watch_with_history(">").await {
-            Ok(mut entries) => {
-                while let Some(entry) = entries.next().await {
-                    match entry {
-                        Ok(e) => each(e),
-                        Err(e) => {
+            Ok(mut entries) => loop {
+                tokio::select! {
+                    entry = entries.next() => match entry {
+                        Some(Ok(e)) => {
+                            delay = Duration::from_millis(250);
+                            each(e);
+                        }
+                        Some(Err(e)) => {
                             tracing::debug!(error = %e, "key-value watch interrupted");
                             break;
                         }
+                        None => break,
+                    },
+                    changed = links.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        tracing::debug!("key-value watch restarted: the link came back");
+                        break;
                     }
                 }
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "key-value watch failed");
+                delay = (delay * 2).min(Duration::from_secs(2));
             }
-            Err(e) => tracing::debug!(error = %e, "key-value watch failed"),
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(delay).await;
     }
 }
 
-/// A client id written by another node: if this node holds an older connection of that
-/// client, close it (v5: 0x8E Session taken over).
+/// An entry of `mqtt_clients`, in the bucket's order (revisions only grow). Another node's
+/// entry for a client id this node holds announces a connection there; if it is the newer
+/// one (see [`newer_elsewhere`]) this node closes its own (v5: 0x8E Session taken over).
+/// This node's own entry marks its connection as announced at that revision.
 fn on_owner(shared: &Shared, entry: kv::Entry) {
     if entry.operation != Operation::Put {
         return;
@@ -589,25 +653,47 @@ fn on_owner(shared: &Shared, entry: kv::Entry) {
     let Ok(owner) = serde_json::from_slice::<Owner>(&entry.value) else {
         return;
     };
-    if owner.node == shared.node_name {
-        return;
-    }
-    let Some(info) = shared
-        .host
-        .client_info(owner.client_id.as_str().into())
-        .into_option()
-    else {
+    let mut local = shared
+        .local_clients
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let Some(mine) = local.get_mut(&owner.client_id) else {
         return;
     };
-    let ours = (info.connected_at_ms, shared.node_name.as_str());
-    if ours < (owner.at_ms, owner.node.as_str())
-        && shared
-            .host
-            .disconnect(owner.client_id.as_str().into(), info.connected_at_ms, 0x8E)
+    if owner.node == shared.node_name {
+        if owner.at_ms == mine.at_ms {
+            mine.announced = Some(entry.revision);
+        }
+        return;
+    }
+    if !newer_elsewhere(mine, owner.at_us, entry.revision) {
+        return;
+    }
+    let at_ms = mine.at_ms;
+    // Forgotten at once: a later entry must not close it twice.
+    mine.announced = None;
+    drop(local);
+    if shared
+        .host
+        .disconnect(owner.client_id.as_str().into(), at_ms, 0x8E)
     {
         shared.metrics.taken_over.inc();
         tracing::info!(client_id = %owner.client_id, node = %owner.node, "client connected on another node: taken over");
     }
+}
+
+/// Whether a connection announced by another node (at `their_us`, in entry `revision`) is
+/// newer than `mine`. The connection times decide, in microseconds: two connects of one
+/// client id are ordered by when the nodes learnt of them (clocks kept in step, as NTP does).
+/// A tie, or an entry from a node that wrote no time, is decided by the bucket's order, the
+/// same on every node: a later entry than this node's own announcement is newer, and a
+/// connection whose announcement has not come back yet is the newer one (its entry comes
+/// later, and the other node yields then).
+fn newer_elsewhere(mine: &LocalClient, their_us: u64, revision: u64) -> bool {
+    if their_us != 0 && their_us != mine.at_us {
+        return their_us > mine.at_us;
+    }
+    mine.announced.is_some_and(|r| r < revision)
 }
 
 /// A retained message set or cleared on another node: handed to this node's retainer (as a
@@ -649,6 +735,24 @@ fn on_retained(shared: &Shared, entry: kv::Entry) {
     }
 }
 
+/// A heartbeat (or a node's key removed): the membership `cluster status` shows. The bucket's
+/// max age forgets a silent node without telling watchers, so [`status`] also leaves out a
+/// node not heard from for three heartbeats.
+fn on_member(shared: &Shared, entry: kv::Entry) {
+    let mut members = shared.members.lock().unwrap_or_else(|e| e.into_inner());
+    match entry.operation {
+        Operation::Put => {
+            if let Ok(beat) = serde_json::from_slice::<Heartbeat>(&entry.value) {
+                let seen = std::time::Instant::now();
+                members.insert(beat.node.clone(), Member { beat, seen });
+            }
+        }
+        Operation::Delete | Operation::Purge => {
+            members.retain(|name, _| token(name) != entry.key);
+        }
+    }
+}
+
 /// Writes this node's heartbeat every `heartbeat_secs` (the bucket forgets it after three).
 async fn heartbeat(shared: Arc<Shared>, nodes: kv::Store) {
     let period = Duration::from_secs(shared.config.heartbeat_secs);
@@ -669,7 +773,7 @@ async fn heartbeat(shared: Arc<Shared>, nodes: kv::Store) {
 }
 
 /// The text of `brokerctl cluster status`.
-pub async fn status(shared: &Shared) -> String {
+pub fn status(shared: &Shared) -> String {
     let link = shared
         .link
         .lock()
@@ -688,30 +792,24 @@ pub async fn status(shared: &Shared) -> String {
         shared.interest_count(),
         shared.flushed.load(Ordering::Relaxed),
     );
-    let Some(nodes) = shared.nodes.get() else {
+    if !link.jetstream {
         out.push_str("nodes: unknown (no JetStream)\n");
         return out;
-    };
-    let mut beats = Vec::new();
-    if let Ok(mut keys) = nodes.keys().await {
-        while let Some(Ok(key)) = keys.next().await {
-            if let Ok(Some(v)) = nodes.get(&key).await {
-                if let Ok(b) = serde_json::from_slice::<Heartbeat>(&v) {
-                    beats.push(b);
-                }
-            }
-        }
     }
-    beats.sort_by(|a, b| a.node.cmp(&b.node));
-    let now = shared.host.now_ms();
+    let ttl = Duration::from_secs(shared.config.heartbeat_secs * 3);
+    let mut members = shared.members.lock().unwrap_or_else(|e| e.into_inner());
+    members.retain(|_, m| m.seen.elapsed() < ttl);
+    let mut beats: Vec<&Member> = members.values().collect();
+    beats.sort_by(|a, b| a.beat.node.cmp(&b.beat.node));
     out.push_str(&format!("nodes: {}\n", beats.len()));
-    for b in beats {
+    for m in beats {
+        let b = &m.beat;
         out.push_str(&format!(
             "  {}  clients {}  up {} s  heartbeat {} ms ago  version {}\n",
             b.node,
             b.clients,
-            now.saturating_sub(b.started_ms) / 1000,
-            now.saturating_sub(b.at_ms),
+            b.at_ms.saturating_sub(b.started_ms) / 1000,
+            m.seen.elapsed().as_millis(),
             b.version,
         ));
     }
@@ -733,5 +831,27 @@ mod tests {
         }
         assert!(r.seen.len() <= Recent::CAPACITY, "bounded");
         assert!(r.first((1, 1)), "forgotten once far behind");
+    }
+
+    #[test]
+    fn the_newer_connection_of_a_client_id_wins() {
+        let mine = |at_us, announced| LocalClient {
+            at_ms: at_us / 1000,
+            at_us,
+            announced,
+        };
+        // Times decide, whatever order the entries arrive in.
+        assert!(newer_elsewhere(&mine(1_000, None), 1_001, 5));
+        assert!(newer_elsewhere(&mine(1_000, Some(9)), 1_001, 5));
+        assert!(!newer_elsewhere(&mine(1_001, Some(4)), 1_000, 5));
+        // A tie, or a node that wrote no time: the bucket's order, the same on every node.
+        assert!(newer_elsewhere(&mine(1_000, Some(4)), 1_000, 5));
+        assert!(!newer_elsewhere(&mine(1_000, Some(6)), 1_000, 5));
+        assert!(
+            !newer_elsewhere(&mine(1_000, None), 1_000, 5),
+            "not announced yet: this one's entry comes later"
+        );
+        assert!(newer_elsewhere(&mine(7_000, Some(4)), 0, 5));
+        assert!(!newer_elsewhere(&mine(7_000, None), 0, 5));
     }
 }
