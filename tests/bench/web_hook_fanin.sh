@@ -43,8 +43,19 @@ run() { # $1 = name, $2 = port
   "$BIN/mqtt-bench" --port "$2" --mode fan-in --qos 0 --clients 4 --messages "$MESSAGES" \
     | sed -n 's/.*rate=\([0-9]*\).*/\1/p' >> "$work/$1.rates"
 }
+# After a run with the service up, its requests still in flight would take CPU from the next
+# run: wait until the events sent and dropped stop changing.
+settle() { # $1 = broker dir
+  local last="" now
+  for _ in $(seq 60); do
+    now=$("$BIN/brokerctl" --config "$1/broker.toml" metrics \
+      | awk '/^broker_plugin_web_hook_(sent|dropped)_total/ {n += $2} END {print n + 0}')
+    [ "$now" = "$last" ] && return 0
+    last=$now; sleep 0.6
+  done
+}
 for _ in $(seq "$ROUNDS"); do
-  run none "$none_port"; run up "$up_port"; run down "$down_port"
+  run none "$none_port"; run up "$up_port"; settle "$work/up"; run down "$down_port"
 done
 none=$(median < "$work/none.rates"); up=$(median < "$work/up.rates"); down=$(median < "$work/down.rates")
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }

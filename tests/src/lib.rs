@@ -28,6 +28,7 @@ pub mod ldap;
 pub mod mariadb;
 #[cfg(unix)]
 pub mod mosquitto;
+#[cfg(unix)]
 pub mod nats;
 #[cfg(unix)]
 pub mod postgres;
@@ -40,6 +41,7 @@ pub use ldap::Slapd;
 pub use mariadb::MariaDb;
 #[cfg(unix)]
 pub use mosquitto::Mosquitto;
+#[cfg(unix)]
 pub use nats::Nats;
 #[cfg(unix)]
 pub use postgres::Postgres;

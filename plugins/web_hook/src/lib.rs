@@ -11,10 +11,14 @@
 //! reported from `message.published`, so it is the message as routed, after every plugin's
 //! edits, and only messages whose topic a rule wants are looked at at all.
 //!
-//! **Never slows the data path.** A hook only copies the event and offers it to a bounded queue
-//! (`queue_capacity` events, `queue_max_bytes` of message payloads and topics); when the queue
-//! is full the event is dropped and counted — a publisher never waits for the service. Senders on the plugin's runtime take events from the
-//! queue (`batch_size` per request: one object, or a JSON array of several), at most
+//! **Never slows the data path.** A hook only records the event in the batch being filled (a
+//! compact binary record: a few copies under a short lock, no allocation and no channel per
+//! event) and hands a full batch to the senders; the queue is bounded (`queue_capacity`
+//! events, `queue_max_bytes` of their records: topics, payloads and ids) and when it is full
+//! the event is dropped and counted — a publisher never waits for the service. A batch that is
+//! not full goes once `batch_wait_ms` have passed since its first event. Senders on the
+//! plugin's runtime turn batches into JSON and send them (`batch_size` events per request: one
+//! object, or a JSON array of several), at most
 //! `pool_size` requests at once over kept-alive connections, and retry a failed request
 //! (connection error, timeout, non-2xx) `max_retries` times with doubling back-off from
 //! `retry_backoff_ms`; then its events are dropped and counted. `/metrics` shows
@@ -77,6 +81,9 @@ pub struct Config {
     pub queue_max_bytes: usize,
     /// Events per request (more than 1: a JSON array).
     pub batch_size: usize,
+    /// How long a batch that is not full waits for more events, milliseconds (with
+    /// `batch_size` above 1).
+    pub batch_wait_ms: u64,
     /// Retries of a failed request before its events are dropped.
     pub max_retries: u32,
     /// First retry delay, milliseconds (doubling, at most 10 s).
@@ -163,6 +170,7 @@ impl Default for Config {
             queue_capacity: 10_000,
             queue_max_bytes: 64 * 1024 * 1024,
             batch_size: 1,
+            batch_wait_ms: 5,
             max_retries: 3,
             retry_backoff_ms: 200,
             rules: EVENTS
@@ -254,56 +262,259 @@ impl Metrics {
     }
 }
 
-/// An event waiting to be sent. Message events are copied as they are and turned into JSON by
-/// the sender, off the publisher's thread.
-enum Event {
-    /// A client or session event, already a JSON object.
-    Ready(Map<String, Value>),
-    /// A message event.
-    Message(MessageEvent),
-}
-
-/// A message event's JSON, written straight from the queued copy.
-#[derive(serde::Serialize)]
-struct MessageJson<'a> {
+/// A message event, borrowed from the hook's view while its JSON is written.
+struct MessageFields<'a> {
     action: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The receiving client (delivered, acked, dropped).
     clientid: Option<&'a str>,
     from_client_id: Option<&'a str>,
     from_username: Option<&'a str>,
     topic: &'a str,
     qos: u8,
     retain: bool,
-    payload: &'a str,
+    payload: &'a [u8],
     ts: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Why it was dropped.
     reason: Option<&'a str>,
-    node: &'a str,
 }
 
-struct MessageEvent {
-    action: &'static str,
-    from_client_id: Option<String>,
-    from_username: Option<String>,
-    topic: String,
-    qos: u8,
-    retain: bool,
-    payload: Vec<u8>,
-    ts: u64,
-    /// The receiving client (delivered, acked, dropped).
-    clientid: Option<String>,
-    /// Why it was dropped.
-    reason: Option<String>,
+/// Appends `s` as a JSON string. Most topics, client ids and text payloads need no escaping:
+/// one pass that the compiler vectorises finds that out, and the bytes are copied as they are;
+/// anything else goes through serde_json's escaping.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    let plain = !s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else if serde_json::to_writer(&mut *out, s).is_err() {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Writes a message event's JSON object: EMQX's fields, in this order, `payload` in
+/// `encoding`.
+fn message_json(out: &mut Vec<u8>, e: &MessageFields<'_>, encoding: Encoding, node: &str) {
+    out.extend_from_slice(b"{\"action\":\"");
+    out.extend_from_slice(e.action.as_bytes());
+    out.push(b'"');
+    if let Some(c) = e.clientid {
+        out.extend_from_slice(b",\"clientid\":");
+        json_str(out, c);
+    }
+    out.extend_from_slice(b",\"from_client_id\":");
+    json_opt(out, e.from_client_id);
+    out.extend_from_slice(b",\"from_username\":");
+    json_opt(out, e.from_username);
+    out.extend_from_slice(b",\"topic\":");
+    json_str(out, e.topic);
+    out.extend_from_slice(b",\"qos\":");
+    out.extend_from_slice(itoa::Buffer::new().format(e.qos).as_bytes());
+    out.extend_from_slice(if e.retain {
+        b",\"retain\":true,\"payload\":"
+    } else {
+        b",\"retain\":false,\"payload\":"
+    });
+    match encoding {
+        Encoding::Plain => match std::str::from_utf8(e.payload) {
+            Ok(text) => json_str(out, text),
+            Err(_) => json_str(out, &String::from_utf8_lossy(e.payload)),
+        },
+        Encoding::Base64 => {
+            // Base64 needs no escaping: encoded in place.
+            let engine = &base64::engine::general_purpose::STANDARD;
+            out.push(b'"');
+            let at = out.len();
+            out.resize(
+                at + base64::encoded_len(e.payload.len(), true).unwrap_or(0),
+                0,
+            );
+            let written = engine.encode_slice(e.payload, &mut out[at..]).unwrap_or(0);
+            out.truncate(at + written);
+            out.push(b'"');
+        }
+    }
+    out.extend_from_slice(b",\"ts\":");
+    out.extend_from_slice(itoa::Buffer::new().format(e.ts).as_bytes());
+    if let Some(r) = e.reason {
+        out.extend_from_slice(b",\"reason\":");
+        json_str(out, r);
+    }
+    out.extend_from_slice(b",\"node\":");
+    json_str(out, node);
+    out.push(b'}');
+}
+
+/// Appends `s` as a JSON string, or `null`.
+fn json_opt(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Events recorded and not yet handed to a sender, as [`Record`]s one after another.
+#[derive(Default)]
+struct Pending {
+    records: Vec<u8>,
+    count: usize,
+}
+
+/// Events on their way to the service, as [`Record`]s; turned into the request's JSON by
+/// the sender, on the plugin's threads.
+struct Batch {
+    records: Vec<u8>,
+    count: usize,
+}
+
+/// How an event waits in a batch: a compact binary record the hook writes with a few copies
+/// (no allocation, no JSON on the publisher's thread). Lengths are u32, little-endian.
+///
+/// * `0`, length, JSON object: a client or session event (rare), already JSON.
+/// * `1`, action index, flags (1 retain, 2 clientid, 4 from_client_id, 8 from_username,
+///   16 reason), QoS, ts (u64), then length-prefixed: clientid?, from_client_id?,
+///   from_username?, topic, reason?, payload.
+enum Record {}
+
+impl Record {
+    const JSON: u8 = 0;
+    const MESSAGE: u8 = 1;
+
+    fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+
+    /// Appends a message event.
+    fn message(out: &mut Vec<u8>, e: &MessageFields<'_>, action: usize) {
+        let flags = u8::from(e.retain)
+            | (u8::from(e.clientid.is_some()) << 1)
+            | (u8::from(e.from_client_id.is_some()) << 2)
+            | (u8::from(e.from_username.is_some()) << 3)
+            | (u8::from(e.reason.is_some()) << 4);
+        out.extend_from_slice(&[Record::MESSAGE, action as u8, flags, e.qos]);
+        out.extend_from_slice(&e.ts.to_le_bytes());
+        for s in [e.clientid, e.from_client_id, e.from_username]
+            .into_iter()
+            .flatten()
+        {
+            Record::put(out, s.as_bytes());
+        }
+        Record::put(out, e.topic.as_bytes());
+        if let Some(r) = e.reason {
+            Record::put(out, r.as_bytes());
+        }
+        Record::put(out, e.payload);
+    }
+
+    /// Writes the JSON of `count` records (an array when `array`) into a request body.
+    fn to_json(
+        records: &[u8],
+        count: usize,
+        array: bool,
+        encoding: Encoding,
+        node: &str,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(records.len() + count * 120 + 2);
+        if array {
+            out.push(b'[');
+        }
+        let mut r = Reader(records);
+        let mut n = 0;
+        while !r.0.is_empty() {
+            if n > 0 {
+                out.push(b',');
+            }
+            if Record::one(&mut r, &mut out, encoding, node).is_none() {
+                // Cannot happen with records written by this plugin; stop rather than guess.
+                tracing::debug!("a web hook record could not be read");
+                break;
+            }
+            n += 1;
+        }
+        if array {
+            out.push(b']');
+        }
+        out
+    }
+
+    fn one(r: &mut Reader<'_>, out: &mut Vec<u8>, encoding: Encoding, node: &str) -> Option<()> {
+        match r.byte()? {
+            Record::JSON => out.extend_from_slice(r.bytes()?),
+            Record::MESSAGE => {
+                let [action, flags, qos] = [r.byte()?, r.byte()?, r.byte()?];
+                let ts = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
+                let mut text = |on: bool| -> Option<Option<&str>> {
+                    if on {
+                        Some(Some(std::str::from_utf8(r.bytes()?).ok()?))
+                    } else {
+                        Some(None)
+                    }
+                };
+                let clientid = text(flags & 2 != 0)?;
+                let from_client_id = text(flags & 4 != 0)?;
+                let from_username = text(flags & 8 != 0)?;
+                let topic = text(true)??;
+                let reason = text(flags & 16 != 0)?;
+                let fields = MessageFields {
+                    action: EVENTS.get(usize::from(action))?.2,
+                    clientid,
+                    from_client_id,
+                    from_username,
+                    topic,
+                    qos,
+                    retain: flags & 1 != 0,
+                    payload: r.bytes()?,
+                    ts,
+                    reason,
+                };
+                message_json(out, &fields, encoding, node);
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+}
+
+/// Reads [`Record`]s.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = u32::from_le_bytes(self.take(4)?.try_into().ok()?);
+        self.take(n as usize)
+    }
 }
 
 struct Shared {
     config: Config,
     selection: Selection,
     node: String,
-    queue: mpsc::Sender<Event>,
-    /// Events in the queue (for the gauge).
+    /// The batch being filled by the hooks.
+    pending: std::sync::Mutex<Pending>,
+    /// Full batches, to the dispatcher.
+    batches: mpsc::Sender<Batch>,
+    /// Tells the dispatcher that a batch was started (it sends it after `batch_wait_ms`).
+    started: tokio::sync::Notify,
+    /// Events written and not yet sent (for the bound and the gauge).
     queued: AtomicI64,
-    /// Bytes of message events in the queue.
+    /// Bytes of their JSON.
     queued_bytes: AtomicI64,
     metrics: Metrics,
     /// Whether the last request failed (logs only the transitions).
@@ -311,89 +522,85 @@ struct Shared {
 }
 
 impl Shared {
-    /// Whether the queue has room; counts the event as dropped when it has none (before
-    /// anything of it is built).
+    /// Whether the queue has room for one more event; counts the event as dropped when it has
+    /// none (before anything of it is built).
     fn room(&self) -> bool {
-        if self.queue.capacity() == 0 {
+        if self.queued.load(Ordering::Relaxed) >= self.config.queue_capacity as i64 {
             self.metrics.dropped_n.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         true
     }
 
-    /// Whether a message event of `size` bytes fits under `queue_max_bytes`; if it does, the
-    /// bytes are counted as queued.
-    fn room_for(&self, size: usize) -> bool {
-        let before = self.queued_bytes.fetch_add(size as i64, Ordering::Relaxed);
-        if before + size as i64 > self.config.queue_max_bytes as i64 {
-            self.queued_bytes.fetch_sub(size as i64, Ordering::Relaxed);
-            self.metrics.dropped_n.fetch_add(1, Ordering::Relaxed);
-            return false;
+    /// Adds one event to the batch being filled: `write` appends its [`Record`]. The event
+    /// is dropped (and counted) if it would pass `queue_max_bytes`. A full batch goes to the
+    /// senders; the first event of a batch tells the dispatcher, which sends the batch after
+    /// `batch_wait_ms` if it has not filled by then.
+    fn append(&self, write: impl FnOnce(&mut Vec<u8>)) {
+        let (full, first) = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let start = p.records.len();
+            write(&mut p.records);
+            let added = (p.records.len() - start) as i64;
+            let before = self.queued_bytes.fetch_add(added, Ordering::Relaxed);
+            if before + added > self.config.queue_max_bytes as i64 {
+                self.queued_bytes.fetch_sub(added, Ordering::Relaxed);
+                p.records.truncate(start);
+                self.metrics.dropped_n.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            self.queued.fetch_add(1, Ordering::Relaxed);
+            p.count += 1;
+            let first = p.count == 1;
+            let full = (p.count >= self.config.batch_size).then(|| Batch {
+                records: std::mem::replace(&mut p.records, Vec::with_capacity(start + 256)),
+                count: std::mem::take(&mut p.count),
+            });
+            (full, first)
+        };
+        match full {
+            Some(batch) => {
+                if let Err(e) = self.batches.try_send(batch) {
+                    self.forget(&e.into_inner(), true);
+                }
+            }
+            None if first => self.started.notify_one(),
+            None => {}
         }
-        true
     }
 
-    /// Offers one event to the queue; a full queue drops it.
+    /// The batch being filled, if it has any event.
+    fn take_pending(&self) -> Option<Batch> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        (p.count > 0).then(|| Batch {
+            records: std::mem::take(&mut p.records),
+            count: std::mem::take(&mut p.count),
+        })
+    }
+
+    /// Un-counts a batch leaving the queue (sent, or `dropped`).
+    fn forget(&self, batch: &Batch, dropped: bool) {
+        self.queued.fetch_sub(batch.count as i64, Ordering::Relaxed);
+        self.queued_bytes
+            .fetch_sub(batch.records.len() as i64, Ordering::Relaxed);
+        if dropped {
+            self.metrics
+                .dropped_n
+                .fetch_add(batch.count as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Offers one client or session event.
     fn offer(&self, action: &str, mut body: Map<String, Value>) {
         body.insert("action".into(), action.into());
-        self.push(Event::Ready(body));
-    }
-
-    fn push(&self, event: Event) {
-        match self.queue.try_send(event) {
-            Ok(()) => {
-                self.queued.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.release(&e.into_inner());
-                self.metrics.dropped_n.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Un-counts the bytes of a message event leaving the queue.
-    fn release(&self, event: &Event) {
-        if let Event::Message(m) = event {
-            self.queued_bytes
-                .fetch_sub((m.topic.len() + m.payload.len()) as i64, Ordering::Relaxed);
-        }
-    }
-
-    /// Appends the JSON of a queued event to `out`.
-    fn write_json(&self, event: Event, out: &mut Vec<u8>) {
-        let written = match event {
-            Event::Ready(mut body) => {
-                body.insert("node".into(), self.node.clone().into());
-                serde_json::to_writer(&mut *out, &body)
-            }
-            Event::Message(m) => {
-                let payload = match self.config.encoding_of_payload_field {
-                    Encoding::Plain => String::from_utf8_lossy(&m.payload),
-                    Encoding::Base64 => std::borrow::Cow::Owned(
-                        base64::engine::general_purpose::STANDARD.encode(&m.payload),
-                    ),
-                };
-                serde_json::to_writer(
-                    &mut *out,
-                    &MessageJson {
-                        action: m.action,
-                        clientid: m.clientid.as_deref(),
-                        from_client_id: m.from_client_id.as_deref(),
-                        from_username: m.from_username.as_deref(),
-                        topic: &m.topic,
-                        qos: m.qos,
-                        retain: m.retain,
-                        payload: &payload,
-                        ts: m.ts,
-                        reason: m.reason.as_deref(),
-                        node: &self.node,
-                    },
-                )
-            }
+        body.insert("node".into(), self.node.as_str().into());
+        let Ok(json) = serde_json::to_vec(&body) else {
+            return;
         };
-        if let Err(e) = written {
-            tracing::debug!(error = %e, "a web hook event could not be serialised");
-        }
+        self.append(|out| {
+            out.push(Record::JSON);
+            Record::put(out, &json);
+        });
     }
 
     fn client_fields(c: &ClientView<'_>) -> Map<String, Value> {
@@ -472,38 +679,43 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Takes events from the queue and sends them, `pool_size` requests at once.
-async fn dispatch(shared: Arc<Shared>, client: reqwest::Client, mut rx: mpsc::Receiver<Event>) {
+/// Sends the batches, `pool_size` requests at once: full ones as they come, a batch that is
+/// not full `batch_wait_ms` after its first event.
+async fn dispatch(shared: Arc<Shared>, client: reqwest::Client, mut rx: mpsc::Receiver<Batch>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(shared.config.pool_size));
-    let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, shared.config.batch_size).await > 0 {
-        shared
-            .queued
-            .fetch_sub(batch.len() as i64, Ordering::Relaxed);
-        for e in &batch {
-            shared.release(e);
-        }
-        let count = batch.len();
-        let mut body = Vec::with_capacity(256 * count);
-        let many = shared.config.batch_size > 1;
-        if many {
-            body.push(b'[');
-        }
-        for (n, e) in batch.drain(..).enumerate() {
-            if n > 0 {
-                body.push(b',');
+    let wait = Duration::from_millis(shared.config.batch_wait_ms);
+    loop {
+        let batch = tokio::select! {
+            biased;
+            b = rx.recv() => match b {
+                Some(b) => b,
+                None => break,
+            },
+            () = shared.started.notified() => {
+                if !wait.is_zero() && shared.config.batch_size > 1 {
+                    tokio::time::sleep(wait).await;
+                }
+                match shared.take_pending() {
+                    Some(b) => b,
+                    None => continue,
+                }
             }
-            shared.write_json(e, &mut body);
-        }
-        if many {
-            body.push(b']');
-        }
+        };
+        shared.forget(&batch, false);
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
         let (shared, client) = (shared.clone(), client.clone());
         tokio::spawn(async move {
-            send(&shared, &client, body, count).await;
+            let c = &shared.config;
+            let body = Record::to_json(
+                &batch.records,
+                batch.count,
+                c.batch_size > 1,
+                c.encoding_of_payload_field,
+                &shared.node,
+            );
+            send(&shared, &client, body, batch.count).await;
             drop(permit);
         });
     }
@@ -608,12 +820,14 @@ impl Plugin for WebHook {
             failed_n: AtomicU64::new(0),
             dropped_n: AtomicU64::new(0),
         };
-        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let (tx, rx) = mpsc::channel(config.queue_capacity.div_ceil(config.batch_size) + 1);
         let shared = Arc::new(Shared {
             node: ctx.host().node_name().into(),
             config,
             selection,
-            queue: tx,
+            pending: std::sync::Mutex::new(Pending::default()),
+            batches: tx,
+            started: tokio::sync::Notify::new(),
             queued: AtomicI64::new(0),
             queued_bytes: AtomicI64::new(0),
             metrics,
@@ -699,30 +913,30 @@ impl Plugin for WebHook {
             return;
         }
         let m = &event.message;
-        let size = m.topic.len() + m.payload.len();
-        if !s.selection.wants(i, m.topic.as_str()) || !s.room() || !s.room_for(size) {
+        if !s.selection.wants(i, m.topic.as_str()) || !s.room() {
             return;
         }
         let receiver = matches!(
             point,
             HookPoint::MESSAGE_DELIVERED | HookPoint::MESSAGE_ACKED | HookPoint::MESSAGE_DROPPED
         );
-        s.push(Event::Message(MessageEvent {
+        let fields = MessageFields {
             action: EVENTS[i].2,
-            from_client_id: m.publisher.map(|p| p.to_string()).into_option(),
-            from_username: m.username.map(|u| u.to_string()).into_option(),
-            topic: m.topic.to_string(),
+            clientid: receiver.then(|| event.client_id.as_str()),
+            from_client_id: m.publisher.map(|p| p.as_str()).into_option(),
+            from_username: m.username.map(|u| u.as_str()).into_option(),
+            topic: m.topic.as_str(),
             qos: m.qos,
             retain: m.retain,
-            payload: m.payload.to_vec(),
+            payload: m.payload.as_slice(),
             ts: if m.timestamp_ms != 0 {
                 m.timestamp_ms
             } else {
                 now_ms()
             },
-            clientid: receiver.then(|| event.client_id.to_string()),
-            reason: (point == HookPoint::MESSAGE_DROPPED).then(|| event.reason.to_string()),
-        }));
+            reason: (point == HookPoint::MESSAGE_DROPPED).then(|| event.reason.as_str()),
+        };
+        s.append(|out| Record::message(out, &fields, i));
     }
 
     fn shutdown(&self) {
@@ -733,7 +947,9 @@ impl Plugin for WebHook {
         let timeout = Duration::from_millis(self.shared.config.request_timeout_ms.min(3000));
         let shared = self.shared.clone();
         self.runtime.block_on(async move {
-            // Closing the queue ends the dispatcher once it is empty.
+            // The dispatcher hands every pending batch to a sender (a partial one after
+            // batch_wait_ms).
+            shared.started.notify_one();
             let waited = tokio::time::timeout(timeout, async {
                 while shared.queued.load(Ordering::Relaxed) > 0 {
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -785,5 +1001,95 @@ mod tests {
     fn shipped_config_parses() {
         parse(include_str!("../../../etc/plugins/web_hook.toml"))
             .expect("etc/plugins/web_hook.toml parses");
+    }
+
+    #[test]
+    fn strings_are_valid_json_whatever_they_hold() {
+        for text in [
+            "",
+            "sensors/room 1/temp",
+            "quote \" backslash \\ newline \n tab \t nul \u{0} bell \u{7}",
+            "non-ASCII: é ü 温度 🌡",
+            "</script>",
+        ] {
+            let mut out = Vec::new();
+            json_str(&mut out, text);
+            let back: String = serde_json::from_slice(&out).expect("valid JSON");
+            assert_eq!(back, text);
+        }
+    }
+
+    #[test]
+    fn a_message_event_is_emqx_json() {
+        let fields = MessageFields {
+            action: "message_dropped",
+            clientid: Some("rx"),
+            from_client_id: Some("dev\n1"),
+            from_username: None,
+            topic: "a/\"b\"",
+            qos: 2,
+            retain: true,
+            payload: b"\xff\x00ok",
+            ts: 1_700_000_000_123,
+            reason: Some("queue_full"),
+        };
+        let node = "node-\"1\"";
+        let mut out = Vec::new();
+        message_json(&mut out, &fields, Encoding::Plain, node);
+        let v: Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(
+            v,
+            json!({
+                "action": "message_dropped", "clientid": "rx", "from_client_id": "dev\n1",
+                "from_username": null, "topic": "a/\"b\"", "qos": 2, "retain": true,
+                "payload": "\u{fffd}\u{0}ok", "ts": 1_700_000_000_123u64,
+                "reason": "queue_full", "node": "node-\"1\""
+            })
+        );
+        out.clear();
+        message_json(&mut out, &fields, Encoding::Base64, node);
+        let v: Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(v["payload"], "/wBvaw==");
+    }
+
+    #[test]
+    fn records_become_the_same_json() {
+        let fields = MessageFields {
+            action: "message_publish",
+            clientid: None,
+            from_client_id: Some("dev-1"),
+            from_username: Some("ann"),
+            topic: "t/1",
+            qos: 1,
+            retain: false,
+            payload: b"21.5",
+            ts: 7,
+            reason: None,
+        };
+        let publish = EVENTS
+            .iter()
+            .position(|(e, _, _)| *e == "message.publish")
+            .expect("index");
+        let mut records = Vec::new();
+        Record::message(&mut records, &fields, publish);
+        records.push(Record::JSON);
+        Record::put(&mut records, br#"{"action":"client_connected"}"#);
+        let body = Record::to_json(&records, 2, true, Encoding::Plain, "n1");
+        let v: Value = serde_json::from_slice(&body).expect("valid JSON");
+        let mut direct = Vec::new();
+        message_json(&mut direct, &fields, Encoding::Plain, "n1");
+        let direct: Value = serde_json::from_slice(&direct).expect("valid JSON");
+        assert_eq!(v, json!([direct, {"action": "client_connected"}]));
+        let one = Record::to_json(
+            &records[..records.len() - 34],
+            1,
+            false,
+            Encoding::Plain,
+            "n1",
+        );
+        assert_eq!(
+            serde_json::from_slice::<Value>(&one).expect("valid"),
+            direct
+        );
     }
 }
