@@ -148,12 +148,8 @@ impl Slapd {
 
     /// Stops the server and waits for it to exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-            }
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            crate::signal_and_wait(child, libc::SIGTERM);
         }
     }
 

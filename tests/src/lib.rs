@@ -419,6 +419,33 @@ pub fn server_binary(paths: &[&str], package: &str) -> Option<PathBuf> {
     found
 }
 
+/// Sends `signal` to a server the test started and waits for it to exit (SIGTERM: the
+/// server's own clean shutdown, as `systemctl stop` does).
+#[cfg(unix)]
+pub fn signal_and_wait(mut child: std::process::Child, signal: libc::c_int) {
+    // SAFETY: plain kill(2) on our own child's pid, which `wait` below still holds.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, signal);
+    }
+    let _ = child.wait();
+}
+
+/// Waits up to 30 s until a server the test started listens on `port` of 127.0.0.1; panics
+/// with its log (`log`) if it exits first or never listens.
+pub fn wait_listening(child: &mut std::process::Child, port: u16, name: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{name} exited with {status}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "{name} did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits until `cond` holds, polling; panics with `what` after [`WAIT`].
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;

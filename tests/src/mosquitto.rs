@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// A running (or stopped) private Mosquitto; dropping it kills it.
 pub struct Mosquitto {
@@ -64,29 +63,16 @@ impl Mosquitto {
                 std::fs::write(&conf, text).expect("conf");
             }
         }
-        self.child = Some(cmd.spawn().expect("spawn mosquitto"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "mosquitto exited with {status}: {}",
-                    std::fs::read_to_string(self.dir.path().join("mosquitto.log"))
-                        .unwrap_or_default()
-                );
-            }
-            assert!(Instant::now() < deadline, "mosquitto did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut child = cmd.spawn().expect("spawn mosquitto");
+        let log = self.dir.path().join("mosquitto.log");
+        crate::wait_listening(&mut child, self.port, "mosquitto", &log);
+        self.child = Some(child);
     }
 
     /// Stops it (SIGTERM: it saves its persistent sessions) and waits for it to exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-            }
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            crate::signal_and_wait(child, libc::SIGTERM);
         }
     }
 }

@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// A running (or stopped) private NATS server; dropping it kills it.
 pub struct Nats {
@@ -50,7 +49,7 @@ impl Nats {
         assert!(self.child.is_none(), "already running");
         let store = self.dir.path().join("jetstream");
         let log = self.dir.path().join("nats.log");
-        let child = Command::new(&self.binary)
+        let mut child = Command::new(&self.binary)
             .args([
                 "-a",
                 "127.0.0.1",
@@ -66,28 +65,14 @@ impl Nats {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn nats-server");
+        crate::wait_listening(&mut child, self.port, "nats-server", &log);
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!(
-                    "nats-server exited with {status}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            assert!(Instant::now() < deadline, "nats-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// Stops it (SIGTERM) and waits for it to exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-            }
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            crate::signal_and_wait(child, libc::SIGTERM);
         }
     }
 }

@@ -244,12 +244,8 @@ impl Postgres {
 
     /// Stops the server (SIGTERM: smart shutdown) and waits for it to exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-            }
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            crate::signal_and_wait(child, libc::SIGINT);
         }
     }
 
@@ -310,13 +306,9 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(child) = self.child.take() {
             // SIGQUIT: immediate shutdown, which still removes the server's shared memory.
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGQUIT);
-            }
-            let _ = child.wait();
+            crate::signal_and_wait(child, libc::SIGQUIT);
         }
     }
 }
