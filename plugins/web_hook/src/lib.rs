@@ -506,6 +506,8 @@ struct Shared {
     config: Config,
     selection: Selection,
     node: String,
+    /// `config.url`, parsed once.
+    url: reqwest::Url,
     /// The batch being filled by the hooks.
     pending: std::sync::Mutex<Pending>,
     /// Full batches, to the dispatcher.
@@ -730,7 +732,7 @@ async fn send(shared: &Shared, client: &reqwest::Client, body: Vec<u8>, count: u
     let body = bytes::Bytes::from(body);
     let mut delay = Duration::from_millis(c.retry_backoff_ms.max(1));
     for attempt in 0..=c.max_retries {
-        let mut request = client.post(&c.url).body(body.clone());
+        let mut request = client.post(shared.url.clone()).body(body.clone());
         for (k, v) in &c.headers {
             request = request.header(k, v);
         }
@@ -823,6 +825,8 @@ impl Plugin for WebHook {
         let (tx, rx) = mpsc::channel(config.queue_capacity.div_ceil(config.batch_size) + 1);
         let shared = Arc::new(Shared {
             node: ctx.host().node_name().into(),
+            url: reqwest::Url::parse(&config.url)
+                .map_err(|e| PluginError::config(e.to_string()))?,
             config,
             selection,
             pending: std::sync::Mutex::new(Pending::default()),
