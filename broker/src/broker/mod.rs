@@ -595,10 +595,17 @@ impl Broker {
         );
     }
 
-    /// Starts a graceful shutdown: listeners stop accepting, connections close.
+    /// Starts a graceful shutdown: listeners stop accepting, connections close (each attached
+    /// one is told on its control line; one attaching later is told by [`Broker::attach`]).
     pub fn begin_shutdown(&self) {
         self.accepting.store(false, Ordering::SeqCst);
         self.shutdown_tx.send_replace(true);
+        for session in self.all_sessions() {
+            let control = session.control.lock().clone();
+            if let Some(control) = control {
+                let _ = control.send(Control::Shutdown);
+            }
+        }
     }
 
     /// Records the bound listeners and marks the broker as accepting clients (`GET /health`).
@@ -957,6 +964,10 @@ impl Broker {
                     (s, false)
                 }
             };
+            if self.is_shutting_down() {
+                // After begin_shutdown looked at the sessions: told here instead.
+                let _ = control.send(Control::Shutdown);
+            }
             *session.control.lock() = Some(control);
             let generation = session.generation.fetch_add(1, Ordering::AcqRel) + 1;
             // A will delayed by the previous connection is cancelled by the new one

@@ -38,10 +38,18 @@ async fn take_over(
         let b = b.clone();
         async move { connect(&b, id, clean_start).await }
     });
-    let Control::Kick { reason, done } = old.recv().await;
+    let Control::Kick { reason, done } = old.recv().await else {
+        panic!("a kick, not a shutdown");
+    };
     assert_eq!(reason, KickReason::TakenOver);
     let _ = done.send(());
     new.await.expect("attach")
+}
+
+/// Whether `line` is told to shut down within a second.
+async fn told_to_shut_down(line: &ControlReceiver) -> bool {
+    let recv = tokio::time::timeout(Duration::from_secs(1), line.recv());
+    matches!(recv.await, Ok(Control::Shutdown))
 }
 
 /// An offline session `id` subscribed to `filter` (`$share/…` allowed).
@@ -132,6 +140,20 @@ async fn takeover_does_not_wait_for_ever_on_a_stuck_connection() {
 }
 
 /// [MQTT-3.1.3-9]: a delayed will is published when its delay passes, not before.
+#[tokio::test(start_paused = true)]
+async fn shutdown_reaches_every_attached_connection_and_one_attaching_after_it() {
+    let b = broker();
+    let (_a, first) = connect(&b, "a", true).await;
+    let (_b, second) = connect(&b, "b", false).await;
+    b.begin_shutdown();
+    assert!(told_to_shut_down(&first).await && told_to_shut_down(&second).await);
+    let (_late, late) = connect(&b, "late", true).await;
+    assert!(
+        told_to_shut_down(&late).await,
+        "attached after begin_shutdown"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn mqtt_3_1_3_9_a_delayed_will_is_published_after_its_delay() {
     let b = broker();

@@ -46,6 +46,7 @@ impl Exit {
     pub(super) fn from_control(control: Control) -> Exit {
         match control {
             Control::Kick { reason, done } => Exit::Kicked { reason, done },
+            Control::Shutdown => Exit::Shutdown,
         }
     }
 

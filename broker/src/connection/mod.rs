@@ -97,30 +97,44 @@ pub struct ConnInfo {
     pub cert_subject: Option<String>,
 }
 
-/// Serves one connection until it closes. Never panics on network input.
-pub async fn serve<S: Transport>(broker: Arc<Broker>, mut stream: S, info: Box<ConnInfo>) {
-    let mut rbuf = BytesMut::new();
-    // CONNECT to CONNACK runs once, in its own allocation: the task keeps only what the
-    // connection needs from then on (see the module docs of `io`).
-    let accepted = Box::pin(async {
-        // Moved in: what the listener said about the connection is not needed after CONNACK.
-        let info = info;
-        let connect = accept::read_connect(&broker, &mut stream, &mut rbuf, &info).await?;
-        Connection::accept(&broker, &mut stream, &mut rbuf, connect, &info).await
-    });
-    let Some(mut conn) = accepted.await else {
-        return;
-    };
-    metrics::add(&broker.metrics.connections, 1);
-    let exit = conn.run(&mut stream, &mut rbuf).await;
-    conn.finish(&mut stream, exit).await;
-    metrics::sub(&broker.metrics.connections, 1);
+/// Serves one connection until it closes, then drops `hold` (the listener's connection
+/// permits). Never panics on network input.
+///
+/// A plain function returning an `async move` block rather than an `async fn`: an `async fn`
+/// keeps a second copy of each argument in its state for the whole connection.
+#[allow(clippy::manual_async_fn)]
+pub fn serve<S: Transport, H: Send>(
+    broker: Arc<Broker>,
+    mut stream: S,
+    info: Box<ConnInfo>,
+    hold: H,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let mut rbuf = BytesMut::new();
+        // CONNECT to CONNACK runs once, in its own allocation: the task keeps only what the
+        // connection needs from then on (see the module docs of `io`).
+        let accepted = Box::pin(async {
+            // Moved in: what the listener said about the connection is not needed after
+            // CONNACK.
+            let info = info;
+            let connect = accept::read_connect(&broker, &mut stream, &mut rbuf, &info).await?;
+            Connection::accept(&broker, &mut stream, &mut rbuf, connect, &info).await
+        });
+        let Some(mut conn) = accepted.await else {
+            drop(hold);
+            return;
+        };
+        metrics::add(&broker.metrics.connections, 1);
+        let exit = conn.run(&mut stream, &mut rbuf).await;
+        conn.finish(&mut stream, exit).await;
+        metrics::sub(&broker.metrics.connections, 1);
+        drop(hold);
+    }
 }
 
 impl Connection {
     /// The connection loop: decode and act, drain the session queue, wait for the next event.
     async fn run<S: Transport>(&mut self, stream: &mut S, rbuf: &mut BytesMut) -> Exit {
-        let mut shutdown = self.broker.shutdown_signal();
         let limits = &self.broker.config.limits;
         let stall_limit = Duration::from_secs(limits.slow_consumer_timeout);
         let mut liveness = Liveness::new(self.keep_alive, stall_limit, Instant::now());
@@ -157,9 +171,8 @@ impl Connection {
             let io = poll_io(stream, &mut self.wbuf, &mut self.need_flush, rbuf, reading);
             tokio::select! {
                 biased;
+                // Kicks, takeovers and the broker's shutdown all come this way.
                 ctrl = self.control_rx.recv() => return Exit::from_control(ctrl),
-                // The guard `wait_for` returns is not Send: drop it inside the branch future.
-                _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => return Exit::Shutdown,
                 event = io => match event {
                     Ok(IoEvent { read, written }) => {
                         if written > 0 {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub mod tls;
 pub mod ws;
@@ -156,6 +156,13 @@ pub fn write_address_file(
 pub async fn run(broker: Arc<Broker>, bound: Bound) {
     let local_permits = Arc::new(Semaphore::new(bound.config.max_connections));
     let name: Arc<str> = Arc::from(bound.config.name.as_str());
+    let shared = Arc::new(ListenerShared {
+        kind: bound.config.kind,
+        tls: bound.tls.clone(),
+        ws_path: bound.config.ws_path.clone(),
+        forwarded: bound.config.proxy_forwarded_for,
+        timeout: Duration::from_secs(broker.config.limits.connect_timeout),
+    });
     let mut shutdown = broker.shutdown_signal();
     let mut backoff = Duration::from_millis(5);
     tracing::info!(listener = %name, addr = %bound.addr, "listener started");
@@ -201,33 +208,44 @@ pub async fn run(broker: Arc<Broker>, bound: Bound) {
             cert_common_name: None,
             cert_subject: None,
         });
-        let broker = broker.clone();
-        let kind = bound.config.kind;
-        let tls = bound.tls.clone();
-        let ws_path = bound.config.ws_path.clone();
-        let forwarded = bound.config.proxy_forwarded_for;
-        tokio::spawn(async move {
-            let timeout = Duration::from_secs(broker.config.limits.connect_timeout);
-            handshake_and_serve(broker, stream, info, kind, tls, ws_path, forwarded, timeout).await;
-            drop(local);
-            drop(global);
-        });
+        // Plain TCP is served by the smallest task there can be: the TLS and WebSocket
+        // state machines are several KiB, and a task is as large as the largest way it could
+        // go, so only those connections pay for them.
+        let (broker, permits) = (broker.clone(), (global, local));
+        if shared.kind == ListenerKind::Tcp {
+            tokio::spawn(serve(broker, stream, info, permits));
+        } else {
+            tokio::spawn(other_transports(
+                broker,
+                stream,
+                info,
+                shared.clone(),
+                permits,
+            ));
+        }
     }
     tracing::info!(listener = %name, "listener stopped");
 }
 
-/// Runs the transport handshakes of a listener's kind (TLS, WebSocket upgrade) within the
-/// connect timeout, then serves MQTT on the resulting stream.
-#[allow(clippy::too_many_arguments)]
-async fn handshake_and_serve(
-    broker: Arc<Broker>,
-    stream: tokio::net::TcpStream,
-    mut info: Box<ConnInfo>,
+/// What every connection of one listener needs from it: one allocation per listener, so a
+/// connection's task holds a pointer instead of copies.
+struct ListenerShared {
     kind: ListenerKind,
     tls: Option<TlsAcceptor>,
     ws_path: String,
     forwarded: bool,
+    /// The connect timeout, which bounds the TLS and WebSocket handshakes too.
     timeout: Duration,
+}
+
+/// The handshakes of the TLS, WebSocket and secure WebSocket listeners (within the connect
+/// timeout), then MQTT; the connection permits are held until it closes.
+async fn other_transports(
+    broker: Arc<Broker>,
+    stream: tokio::net::TcpStream,
+    mut info: Box<ConnInfo>,
+    listener: Arc<ListenerShared>,
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 ) {
     async fn over_ws<S>(
         broker: Arc<Broker>,
@@ -243,7 +261,7 @@ async fn handshake_and_serve(
         match tokio::time::timeout(timeout, ws::accept(stream, path, forwarded)).await {
             Ok(Ok((ws, ip))) => {
                 info.peer = ws::effective_peer(info.peer, ip);
-                serve(broker, ws, info).await
+                serve(broker, ws, info, ()).await
             }
             Ok(Err(e)) => {
                 tracing::debug!(peer = %info.peer, listener = %info.listener, error = %e, "WebSocket handshake failed")
@@ -253,15 +271,16 @@ async fn handshake_and_serve(
             }
         }
     }
-    // Only plain TCP is served inline: the task of every connection is as large as the largest
-    // way it could go, and the TLS and WebSocket state machines are several KiB, so those
-    // connections box theirs (one allocation each) instead of every TCP connection paying.
-    match (kind, tls) {
-        (ListenerKind::Tcp, _) => serve(broker, stream, info).await,
+    let (timeout, forwarded, ws_path) = (listener.timeout, listener.forwarded, &listener.ws_path);
+    // Each way boxed apart, so that a connection's allocation is the size of its own
+    // transport's state machines (a WebSocket one does not pay for TLS).
+    match (listener.kind, listener.tls.clone()) {
+        // Spawned as `serve` directly by `run`; here for completeness.
+        (ListenerKind::Tcp, _) => Box::pin(serve(broker, stream, info, ())).await,
         (ListenerKind::Ws, _) => {
-            Box::pin(over_ws(broker, stream, info, &ws_path, forwarded, timeout)).await
+            Box::pin(over_ws(broker, stream, info, ws_path, forwarded, timeout)).await
         }
-        (ListenerKind::Tls | ListenerKind::Wss, Some(acceptor)) => Box::pin(async move {
+        (kind @ (ListenerKind::Tls | ListenerKind::Wss), Some(acceptor)) => Box::pin(async move {
             let tls_stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -277,9 +296,9 @@ async fn handshake_and_serve(
             info.cert_common_name = cn;
             info.cert_subject = subject;
             if kind == ListenerKind::Wss {
-                over_ws(broker, tls_stream, info, &ws_path, forwarded, timeout).await
+                over_ws(broker, tls_stream, info, ws_path, forwarded, timeout).await
             } else {
-                serve(broker, tls_stream, info).await
+                serve(broker, tls_stream, info, ()).await
             }
         })
         .await,

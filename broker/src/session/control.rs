@@ -148,6 +148,11 @@ pub enum Control {
         /// Acknowledges that the connection has parked its state.
         done: oneshot::Sender<()>,
     },
+    /// The broker is shutting down: close (v5: DISCONNECT 0x8B). Sent to every attached
+    /// connection by [`crate::broker::Broker::begin_shutdown`] and to one attaching after it,
+    /// so a connection needs no shutdown watch of its own (an idle connection's task is
+    /// smaller by its 160 bytes).
+    Shutdown,
 }
 
 #[cfg(test)]
