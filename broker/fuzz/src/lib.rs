@@ -85,7 +85,7 @@ pub fn serve_bytes(input: &[u8]) {
             cert_common_name: None,
             cert_subject: None,
         });
-        let served = tokio::spawn(serve(broker.clone(), server, info));
+        let served = tokio::spawn(serve(broker.clone(), server, info, ()));
         let (mut reader, mut writer) = tokio::io::split(&mut client);
         let feed = async {
             for chunk in split_chunks(input) {
