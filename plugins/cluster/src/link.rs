@@ -581,7 +581,12 @@ async fn announce_unannounced(
     None
 }
 
-/// Records this node as the owner of `client_id`, for its connection `local`.
+/// Records this node as the owner of `client_id`, for its connection `local`, unless the
+/// bucket already names a newer connection on another node: then this one is the older and is
+/// closed instead (as a watch would have done). A compare-and-set on the entry's revision, so
+/// the bucket only ever moves to a newer connection: a node announcing late (after an outage)
+/// never overwrites the entry of a connection that replaced its own meanwhile, and every
+/// node's watch ends on the newest.
 async fn put_owner(
     shared: &Shared,
     owners: &kv::Store,
@@ -594,12 +599,54 @@ async fn put_owner(
         at_ms: local.at_ms,
         at_us: local.at_us,
     };
-    let value = serde_json::to_vec(&owner).unwrap_or_default();
-    owners
-        .put(token(client_id), value.into())
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string())
+    let value: bytes::Bytes = serde_json::to_vec(&owner).unwrap_or_default().into();
+    let key = token(client_id);
+    // Another writer may move the entry between the read and the write: read again then.
+    for _ in 0..8 {
+        let current = owners
+            .entry(key.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        let written = match current {
+            None => owners
+                .create(key.as_str(), value.clone())
+                .await
+                .map_err(|e| {
+                    let lost = e.kind() == kv::CreateErrorKind::AlreadyExists;
+                    (lost, e.to_string())
+                }),
+            Some(entry) => {
+                if entry.operation == Operation::Put {
+                    if let Ok(theirs) = serde_json::from_slice::<Owner>(&entry.value) {
+                        if theirs.node == shared.node_name && theirs.at_us == local.at_us {
+                            return Ok(());
+                        }
+                        if theirs.node != shared.node_name
+                            && settle(shared, &theirs, entry.revision, Some(local))
+                        {
+                            return Ok(());
+                        }
+                    }
+                }
+                owners
+                    .update(key.as_str(), value.clone(), entry.revision)
+                    .await
+                    .map_err(|e| {
+                        let lost = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
+                        (lost, e.to_string())
+                    })
+            }
+        };
+        match written {
+            Ok(revision) => {
+                tracing::debug!(client_id, revision, "client-id ownership written");
+                return Ok(());
+            }
+            Err((true, _)) => continue,
+            Err((false, e)) => return Err(e),
+        }
+    }
+    Err("the entry kept changing under concurrent writes".into())
 }
 
 /// Follows every key of `store` (its current values first), calling `each` per entry; starts
@@ -644,8 +691,8 @@ async fn watch(shared: Arc<Shared>, store: kv::Store, mut each: impl FnMut(kv::E
 
 /// An entry of `mqtt_clients`, in the bucket's order (revisions only grow). Another node's
 /// entry for a client id this node holds announces a connection there; if it is the newer
-/// one (see [`newer_elsewhere`]) this node closes its own (v5: 0x8E Session taken over).
-/// This node's own entry marks its connection as announced at that revision.
+/// one (see [`settle`]) this node closes its own. This node's own entry marks its connection
+/// as announced at that revision.
 fn on_owner(shared: &Shared, entry: kv::Entry) {
     if entry.operation != Operation::Put {
         return;
@@ -653,25 +700,42 @@ fn on_owner(shared: &Shared, entry: kv::Entry) {
     let Ok(owner) = serde_json::from_slice::<Owner>(&entry.value) else {
         return;
     };
+    if owner.node == shared.node_name {
+        let mut local = shared
+            .local_clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(mine) = local.get_mut(&owner.client_id) {
+            if owner.at_ms == mine.at_ms {
+                mine.announced = Some(entry.revision);
+            }
+        }
+        return;
+    }
+    settle(shared, &owner, entry.revision, None);
+}
+
+/// Another node's `owner` entry (at `revision`) against this node's connection of the same
+/// client id (`expected`, when the caller knows which): when the other is newer (see
+/// [`newer_elsewhere`]), closes this node's (v5: 0x8E Session taken over) and returns true.
+fn settle(shared: &Shared, owner: &Owner, revision: u64, expected: Option<LocalClient>) -> bool {
     let mut local = shared
         .local_clients
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     let Some(mine) = local.get_mut(&owner.client_id) else {
-        return;
+        return expected.is_some();
     };
-    if owner.node == shared.node_name {
-        if owner.at_ms == mine.at_ms {
-            mine.announced = Some(entry.revision);
-        }
-        return;
+    if expected.is_some_and(|e| e.at_ms != mine.at_ms) {
+        // A newer connection of this id replaced the one being announced here.
+        return true;
     }
-    if !newer_elsewhere(mine, owner.at_us, entry.revision) {
-        return;
+    if !newer_elsewhere(mine, owner.at_us, revision) {
+        return false;
     }
     let at_ms = mine.at_ms;
-    // Forgotten at once: a later entry must not close it twice.
-    mine.announced = None;
+    // Forgotten at once: neither a later entry nor a pending announcement closes it twice.
+    local.remove(&owner.client_id);
     drop(local);
     if shared
         .host
@@ -680,6 +744,7 @@ fn on_owner(shared: &Shared, entry: kv::Entry) {
         shared.metrics.taken_over.inc();
         tracing::info!(client_id = %owner.client_id, node = %owner.node, "client connected on another node: taken over");
     }
+    true
 }
 
 /// Whether a connection announced by another node (at `their_us`, in entry `revision`) is
