@@ -267,7 +267,7 @@ impl Connection {
             control_rx,
             info,
         );
-        conn.enhanced = enhanced.map(|(auth, _)| auth);
+        conn.enhanced = enhanced.map(|(auth, _)| Box::new(auth));
         conn.push(&Packet::ConnAck(ConnAck {
             session_present: attached.session_present,
             reason_code: ReasonCode::Success,
@@ -304,9 +304,9 @@ impl Connection {
             outbound: Outbound::new(n.window),
             inbound: Inbound::new(limits.receive_maximum, n.inbound_aliases),
             client_max_packet: n.client_max_packet,
-            out_aliases: OutAliases::new(n.outbound_aliases, limits.topic_alias_maximum),
+            out_aliases: OutAliases::new(n.outbound_aliases, limits.topic_alias_maximum)
+                .map(Box::new),
             problem_information: n.problem_information,
-            drained: Vec::new(),
             identity: Arc::new(identity),
             need_flush: false,
             paused: false,

@@ -15,6 +15,13 @@ use plugin_api::{HookPoint, MessageEventView};
 
 use super::{Connection, WRITE_BUFFER_HIGH};
 
+thread_local! {
+    /// The batch a drain moves out of the session queue, kept per thread between drains
+    /// rather than in every connection (an idle connection's task is smaller by its 24 bytes).
+    /// Taken and put back, so a nested drain would only start with an empty one.
+    static DRAINED: std::cell::Cell<Vec<Delivery>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 impl Connection {
     /// Gives the write buffer room for a batch of packets when it has none (it is given back
     /// while the connection is idle).
@@ -95,7 +102,7 @@ impl Connection {
     /// has room.
     pub(super) fn drain_queue(&mut self) {
         let room = self.outbound.room();
-        let mut batch = std::mem::take(&mut self.drained);
+        let mut batch = DRAINED.take();
         let space = WRITE_BUFFER_HIGH.saturating_sub(self.wbuf.len());
         self.session.drain(&mut batch, room, space);
         let now = Instant::now();
@@ -132,7 +139,7 @@ impl Connection {
                 self.dropped(&d, DropReason::TooLarge);
             }
         }
-        self.drained = batch;
+        DRAINED.set(batch);
         if sent > 0 {
             metrics::add(&self.broker.metrics.messages_sent, sent);
         }

@@ -134,78 +134,107 @@ pub fn serve<S: Transport, H: Send>(
 
 impl Connection {
     /// The connection loop: decode and act, drain the session queue, wait for the next event.
-    async fn run<S: Transport>(&mut self, stream: &mut S, rbuf: &mut BytesMut) -> Exit {
-        let limits = &self.broker.config.limits;
-        let stall_limit = Duration::from_secs(limits.slow_consumer_timeout);
-        let mut liveness = Liveness::new(self.keep_alive, stall_limit, Instant::now());
-        let deadline = tokio::time::sleep(NEVER);
-        tokio::pin!(deadline);
-        // Packets that arrived together with CONNECT are waiting in `rbuf`.
-        let mut input_pending = true;
-        loop {
-            let now = Instant::now();
-            if let Err(exit) = self.act(rbuf, &mut input_pending, now).await {
-                return exit;
-            }
-            self.release_idle_buffers(rbuf, input_pending);
-            liveness.output_waiting(!self.wbuf.is_empty(), now);
-            let throttled = self.control_rate.blocked_until();
-            let reading = self.wbuf.len() < WRITE_BUFFER_HIGH
-                && !self.paused
-                && !input_pending
-                && throttled.is_none();
-            // New deliveries are taken when the buffer is empty: while the socket is full, the
-            // queue fills up and the next drain takes a large batch, instead of waking up for
-            // every message.
-            let room = self.wbuf.is_empty() && self.outbound.room() > 0;
-            let recheck = self.paused.then(|| now + BACKPRESSURE_RECHECK);
-            let due = [liveness.next_due(), recheck, throttled]
-                .into_iter()
-                .flatten()
-                .min();
-            // Only ever brought forward here (re-arming a timer on every turn costs); once it
-            // fires it is pushed out and the next turn brings it forward again.
-            if let Some(due) = due.filter(|d| *d < deadline.deadline()) {
-                deadline.as_mut().reset(due);
-            }
-            let io = poll_io(stream, &mut self.wbuf, &mut self.need_flush, rbuf, reading);
-            tokio::select! {
-                biased;
-                // Kicks, takeovers and the broker's shutdown all come this way.
-                ctrl = self.control_rx.recv() => return Exit::from_control(ctrl),
-                event = io => match event {
-                    Ok(IoEvent { read, written }) => {
-                        if written > 0 {
-                            metrics::add(&self.broker.metrics.bytes_sent, written as u64);
-                            liveness.written();
+    ///
+    /// A plain function returning an `async move` block, like [`serve`], and what is worked
+    /// out before each wait is computed in [`Connection::before_wait`]: only what the wait
+    /// itself needs is kept in the task while the connection sits idle.
+    #[allow(clippy::manual_async_fn)]
+    fn run<'a, S: Transport>(
+        &'a mut self,
+        stream: &'a mut S,
+        rbuf: &'a mut BytesMut,
+    ) -> impl std::future::Future<Output = Exit> + Send + 'a {
+        async move {
+            let limits = &self.broker.config.limits;
+            let stall_limit = Duration::from_secs(limits.slow_consumer_timeout);
+            let mut liveness = Liveness::new(self.keep_alive, stall_limit, Instant::now());
+            let deadline = tokio::time::sleep(NEVER);
+            tokio::pin!(deadline);
+            // Packets that arrived together with CONNECT are waiting in `rbuf`.
+            let mut input_pending = true;
+            loop {
+                if let Err(exit) = self.act(rbuf, &mut input_pending).await {
+                    return exit;
+                }
+                let (reading, room) =
+                    self.before_wait(rbuf, input_pending, &mut liveness, deadline.as_mut());
+                let io = poll_io(stream, &mut self.wbuf, &mut self.need_flush, rbuf, reading);
+                tokio::select! {
+                    biased;
+                    // Kicks, takeovers and the broker's shutdown all come this way.
+                    () = self.control_rx.notified() => {
+                        if let Some(ctrl) = self.control_rx.try_recv() {
+                            return Exit::from_control(ctrl);
                         }
-                        match read {
-                            Some(0) => return Exit::Closed,
-                            Some(n) => {
-                                metrics::add(&self.broker.metrics.bytes_received, n as u64);
-                                liveness.read(Instant::now());
-                                input_pending = true;
+                    }
+                    event = io => match event {
+                        Ok(IoEvent { read, written }) => {
+                            if written > 0 {
+                                metrics::add(&self.broker.metrics.bytes_sent, written as u64);
+                                liveness.written();
                             }
-                            None => {}
+                            match read {
+                                Some(0) => return Exit::Closed,
+                                Some(n) => {
+                                    metrics::add(&self.broker.metrics.bytes_received, n as u64);
+                                    liveness.read(Instant::now());
+                                    input_pending = true;
+                                }
+                                None => {}
+                            }
                         }
-                    }
-                    Err(e) => return Exit::Io(e),
-                },
-                _ = self.session.notified(), if room => {}
-                _ = &mut deadline => {
-                    let now = Instant::now();
-                    if self.paused || input_pending || self.control_rate.blocked_until().is_some() {
-                        // Not reading is the broker's choice: it is not the client's silence.
-                        liveness.not_reading(now);
-                    }
-                    match liveness.expired(now) {
-                        Some(Timeout::KeepAlive) => return Exit::KeepAliveTimeout,
-                        Some(Timeout::SlowConsumer) => return Exit::SlowConsumer,
-                        None => deadline.as_mut().reset(now + NEVER),
+                        Err(e) => return Exit::Io(e),
+                    },
+                    _ = self.session.notified(), if room => {}
+                    _ = &mut deadline => {
+                        let now = Instant::now();
+                        if self.paused || input_pending || self.control_rate.blocked_until().is_some() {
+                            // Not reading is the broker's choice: it is not the client's silence.
+                            liveness.not_reading(now);
+                        }
+                        match liveness.expired(now) {
+                            Some(Timeout::KeepAlive) => return Exit::KeepAliveTimeout,
+                            Some(Timeout::SlowConsumer) => return Exit::SlowConsumer,
+                            None => deadline.as_mut().reset(now + NEVER),
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// Between a turn of work and the next wait: gives back idle buffers, brings the deadline
+    /// forward to the next limit, and says whether to read and whether to take deliveries.
+    fn before_wait(
+        &mut self,
+        rbuf: &mut BytesMut,
+        input_pending: bool,
+        liveness: &mut Liveness,
+        deadline: std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> (bool, bool) {
+        let now = Instant::now();
+        self.release_idle_buffers(rbuf, input_pending);
+        liveness.output_waiting(!self.wbuf.is_empty(), now);
+        let throttled = self.control_rate.blocked_until();
+        let reading = self.wbuf.len() < WRITE_BUFFER_HIGH
+            && !self.paused
+            && !input_pending
+            && throttled.is_none();
+        // New deliveries are taken when the buffer is empty: while the socket is full, the
+        // queue fills up and the next drain takes a large batch, instead of waking up for
+        // every message.
+        let room = self.wbuf.is_empty() && self.outbound.room() > 0;
+        let recheck = self.paused.then(|| now + BACKPRESSURE_RECHECK);
+        let due = [liveness.next_due(), recheck, throttled]
+            .into_iter()
+            .flatten()
+            .min();
+        // Only ever brought forward here (re-arming a timer on every turn costs); once it
+        // fires it is pushed out and the next turn brings it forward again.
+        if let Some(due) = due.filter(|d| *d < deadline.deadline()) {
+            deadline.reset(due);
+        }
+        (reading, room)
     }
 
     /// Gives back the buffers an idle connection does not need: an idle connection holds none.
@@ -215,22 +244,16 @@ impl Connection {
         }
         if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
             self.wbuf = BytesMut::new();
-            self.drained = Vec::new();
         }
     }
 
     /// One turn of work between waits: resume after back-pressure, act on the packets that
     /// arrived, and move deliveries into the write buffer.
-    async fn act(
-        &mut self,
-        rbuf: &mut BytesMut,
-        input_pending: &mut bool,
-        now: Instant,
-    ) -> Result<(), Exit> {
+    async fn act(&mut self, rbuf: &mut BytesMut, input_pending: &mut bool) -> Result<(), Exit> {
         if self.paused && self.broker.below_low_watermark() {
             self.paused = false;
         }
-        self.control_rate.refill(now);
+        self.control_rate.refill(Instant::now());
         if *input_pending && !self.paused && self.control_rate.blocked_until().is_none() {
             let max_packet = self.broker.config.limits.max_packet_size;
             *input_pending = !self.decode_all(rbuf, max_packet).await?;

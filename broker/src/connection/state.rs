@@ -12,7 +12,7 @@ use crate::codec::ProtocolVersion;
 use crate::session::protocol::{
     alias::OutAliases, inbound::Inbound, outbound::Outbound, timers::ControlRate,
 };
-use crate::session::{ControlReceiver, Delivery, Session};
+use crate::session::{ControlReceiver, Session};
 
 use super::auth::EnhancedAuth;
 
@@ -46,10 +46,10 @@ pub(super) struct Connection {
     /// QoS 2 messages received and not yet released, and the client's topic aliases.
     pub(super) inbound: Inbound,
     pub(super) client_max_packet: usize,
-    /// Topic aliases this broker assigns in what it sends (v5 clients that accept some).
-    pub(super) out_aliases: Option<OutAliases>,
+    /// Topic aliases this broker assigns in what it sends (v5 clients that accept some; boxed
+    /// like the other rarely used parts, to keep an idle connection's task small).
+    pub(super) out_aliases: Option<Box<OutAliases>>,
     pub(super) problem_information: bool,
-    pub(super) drained: Vec<Delivery>,
     /// Who the client is, as plugins see it; fixed at CONNECT.
     pub(super) identity: Arc<ClientInfo>,
     /// Bytes were written since the last flush (TLS and WebSocket streams buffer).
@@ -64,5 +64,5 @@ pub(super) struct Connection {
     /// for their commit before the buffer may be written.
     pub(super) needs_commit: bool,
     /// MQTT 5 enhanced authentication in force (for re-authentication).
-    pub(super) enhanced: Option<EnhancedAuth>,
+    pub(super) enhanced: Option<Box<EnhancedAuth>>,
 }
