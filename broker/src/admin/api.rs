@@ -353,7 +353,7 @@ async fn prometheus(State(s): State<ApiState>) -> Response {
 
 fn client_of(node: &str, s: &BrokerSession) -> Client {
     let info = s.info.lock().clone();
-    let offline_since = *s.offline_since.lock();
+    let offline_since = s.offline_since();
     let connected = s.is_online() && info.is_some();
     Client {
         clientid: s.client_id.to_string(),
@@ -376,7 +376,7 @@ fn client_of(node: &str, s: &BrokerSession) -> Client {
         subscriptions_cnt: s.subscriptions.lock().len(),
         mqueue_len: s.queued_len(),
         mqueue_bytes: s.queued_bytes(),
-        inflight_cnt: s.parked.lock().outgoing.len(),
+        inflight_cnt: s.parked_inflight(),
         is_superuser: info.as_ref().map(|i| i.is_superuser),
         cn: info
             .as_ref()
@@ -633,10 +633,10 @@ fn session_summary(s: &BrokerSession) -> Session {
         client_id: s.client_id.to_string(),
         online: s.is_online(),
         expiry_interval: s.expiry_interval.load(Ordering::Relaxed),
-        offline_since_ms: s.offline_since.lock().map(unix_ms),
+        offline_since_ms: s.offline_since().map(unix_ms),
         queued: s.queued_len(),
         queued_bytes: s.queued_bytes(),
-        inflight: s.parked.lock().outgoing.len(),
+        inflight: s.parked_inflight(),
         subscriptions,
     }
 }

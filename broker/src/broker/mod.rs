@@ -972,7 +972,9 @@ impl Broker {
             let generation = session.generation.fetch_add(1, Ordering::AcqRel) + 1;
             // A will delayed by the previous connection is cancelled by the new one
             // ([MQTT-3.1.3-9]).
-            session.parked.lock().pending_will = None;
+            if let Some(parked) = session.parked.lock().as_mut() {
+                parked.pending_will = None;
+            }
             return Attached {
                 session,
                 session_present: present,
@@ -1046,7 +1048,11 @@ impl Broker {
             }
         }
         session.clear_queue();
-        let will = session.parked.lock().pending_will.take();
+        let will = session
+            .parked
+            .lock()
+            .as_mut()
+            .and_then(|p| p.pending_will.take());
         if let Some(will) = will {
             self.publish(will.message, None, true);
         }
@@ -1063,7 +1069,11 @@ impl Broker {
         generation: u64,
         delay: Duration,
     ) {
-        session.parked.lock().pending_will = Some(Box::new(PendingWill {
+        session
+            .parked
+            .lock()
+            .get_or_insert_with(Box::default)
+            .pending_will = Some(Box::new(PendingWill {
             message: will,
             generation,
             due: tokio::time::Instant::now() + delay,
@@ -1073,8 +1083,12 @@ impl Broker {
             tokio::time::sleep(delay).await;
             let will = {
                 let mut parked = session.parked.lock();
-                match &parked.pending_will {
-                    Some(w) if w.generation == generation => parked.pending_will.take(),
+                match parked.as_mut() {
+                    Some(p)
+                        if p.pending_will.as_ref().map(|w| w.generation) == Some(generation) =>
+                    {
+                        p.pending_will.take()
+                    }
                     _ => None,
                 }
             };

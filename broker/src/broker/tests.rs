@@ -162,7 +162,12 @@ async fn mqtt_3_1_3_9_a_delayed_will_is_published_after_its_delay() {
     assert_eq!(w.queued_len(), 0, "not before the delay");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(w.queued_len(), 1, "after it");
-    assert!(a.session.parked.lock().pending_will.is_none());
+    assert!(a
+        .session
+        .parked
+        .lock()
+        .as_ref()
+        .is_none_or(|p| p.pending_will.is_none()));
 }
 
 /// [MQTT-3.1.3-9]: a new connection to the session before the delay cancels the will.

@@ -321,11 +321,17 @@ impl Connection {
     /// unacknowledged, in order, with DUP set ([MQTT-4.4.0-1]).
     fn resume_session(&mut self) {
         {
-            let mut parked = self.session.parked.lock();
-            let inflight = std::mem::take(&mut parked.outgoing);
-            self.outbound.resume(inflight, parked.last_packet_id);
-            self.inbound
-                .resume(std::mem::take(&mut parked.incoming_qos2));
+            let mut slot = self.session.parked.lock();
+            if let Some(parked) = slot.as_mut() {
+                let inflight = std::mem::take(&mut parked.outgoing);
+                self.outbound.resume(inflight, parked.last_packet_id);
+                self.inbound
+                    .resume(std::mem::take(&mut parked.incoming_qos2));
+                // Attaching cancelled any pending will: nothing is left parked.
+                if parked.pending_will.is_none() {
+                    *slot = None;
+                }
+            }
         }
         let resend: Vec<_> = self.outbound.iter().cloned().collect();
         for o in resend {

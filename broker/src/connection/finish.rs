@@ -97,6 +97,7 @@ impl Connection {
             self.session.set_online(false);
             *self.session.info.lock() = None;
             let mut parked = self.session.parked.lock();
+            let parked = parked.get_or_insert_with(Box::default);
             let (outgoing, last_packet_id) = self.outbound.park();
             parked.outgoing = outgoing;
             parked.last_packet_id = last_packet_id;

@@ -268,7 +268,7 @@ pub fn session_record(s: &Session) -> Vec<u8> {
         .expiry_interval
         .load(Ordering::Relaxed)
         .min(u32::MAX as u64) as u32;
-    let offline_since_ms = s.offline_since.lock().map(unix_ms);
+    let offline_since_ms = s.offline_since().map(unix_ms);
     let subscriptions = s
         .subscriptions
         .lock()
@@ -283,17 +283,20 @@ pub fn session_record(s: &Session) -> Vec<u8> {
         })
         .collect();
     let parked = s.parked.lock();
-    let will = parked.pending_will.as_ref().map(|w| {
-        (
-            MessageMeta::of(&w.message, now, wall_now),
-            hex::encode(&w.message.payload),
-            wall_ms_of(w.due, now, wall_now),
-        )
-    });
+    let will = parked
+        .as_ref()
+        .and_then(|p| p.pending_will.as_ref())
+        .map(|w| {
+            (
+                MessageMeta::of(&w.message, now, wall_now),
+                hex::encode(&w.message.payload),
+                wall_ms_of(w.due, now, wall_now),
+            )
+        });
     let record = SessionRecord {
         expiry_interval,
         offline_since_ms,
-        last_packet_id: parked.last_packet_id,
+        last_packet_id: parked.as_ref().map_or(0, |p| p.last_packet_id),
         subscriptions,
         will,
     };
@@ -368,7 +371,7 @@ pub fn rebuild(
     session
         .expiry_interval
         .store(r.expiry_interval as u64, Ordering::Relaxed);
-    *session.offline_since.lock() = Some(UNIX_EPOCH + Duration::from_millis(offline_since_ms));
+    session.set_offline_since(Some(UNIX_EPOCH + Duration::from_millis(offline_since_ms)));
     let subscriptions = r
         .subscriptions
         .into_iter()
@@ -379,6 +382,7 @@ pub fn rebuild(
     let mut expired_messages = Vec::new();
     {
         let mut parked = session.parked.lock();
+        let parked = parked.get_or_insert_with(Box::default);
         parked.last_packet_id = r.last_packet_id;
         parked.incoming_qos2 = stored.incoming_qos2;
         for StoredMessage {
@@ -435,7 +439,11 @@ pub fn stored_session(s: &Session) -> Option<StoredSession> {
     let mut seq = 0;
     {
         let parked = s.parked.lock();
-        for o in &parked.outgoing {
+        let (outgoing, incoming) = match parked.as_ref() {
+            Some(p) => (p.outgoing.iter(), p.incoming_qos2.as_slice()),
+            None => (Default::default(), &[][..]),
+        };
+        for o in outgoing {
             seq += 1;
             stored.messages.push(StoredMessage {
                 seq,
@@ -443,7 +451,7 @@ pub fn stored_session(s: &Session) -> Option<StoredSession> {
                 inflight: Some((o.packet_id.get(), o.released)),
             });
         }
-        stored.incoming_qos2 = parked.incoming_qos2.clone();
+        stored.incoming_qos2 = incoming.to_vec();
     }
     for d in s.queued_snapshot() {
         seq += 1;
