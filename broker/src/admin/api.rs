@@ -359,7 +359,7 @@ fn client_of(node: &str, s: &BrokerSession) -> Client {
         clientid: s.client_id.to_string(),
         username: info
             .as_ref()
-            .and_then(|i| i.username.clone().into_option().map(Into::into)),
+            .and_then(|i| i.username.as_deref().map(String::from)),
         connected,
         node: node.to_owned(),
         ip_address: info.as_ref().map(|i| i.peer_ip.to_string()),
@@ -380,7 +380,7 @@ fn client_of(node: &str, s: &BrokerSession) -> Client {
         is_superuser: info.as_ref().map(|i| i.is_superuser),
         cn: info
             .as_ref()
-            .and_then(|i| i.cert_common_name.clone().into_option().map(Into::into)),
+            .and_then(|i| i.cert.as_ref().and_then(|c| c.0.clone())),
     }
 }
 

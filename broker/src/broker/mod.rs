@@ -525,7 +525,7 @@ impl Broker {
     /// Information about a connected client.
     pub fn client_info(&self, client_id: &str) -> Option<ClientInfo> {
         self.session(client_id)
-            .and_then(|s| s.info.lock().as_deref().cloned())
+            .and_then(|s| s.info.lock().as_ref().map(|i| i.to_client_info()))
     }
 
     /// Fires `message.dropped` / `delivery.dropped` for a message a session's queue refused.

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use abi_stable::std_types::RString;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -20,7 +19,8 @@ use crate::session::protocol::connect::{negotiate, ConnectPolicy, Negotiated, Re
 use crate::session::protocol::{
     alias::OutAliases, inbound::Inbound, outbound::Outbound, timers::ControlRate,
 };
-use plugin_api::{ClientInfo, HookPoint};
+use crate::session::Identity;
+use plugin_api::HookPoint;
 
 use super::auth::{authenticate, enhanced_exchange, EnhancedAuth};
 use super::{event, ConnInfo, Connection};
@@ -150,26 +150,27 @@ fn policy(broker: &Broker) -> ConnectPolicy<'_> {
 }
 
 /// Who the client is, as plugins see it.
-fn client_info(connect: &Connect, n: &Negotiated, info: &ConnInfo) -> ClientInfo {
+fn client_info(connect: &Connect, n: &Negotiated, info: &ConnInfo) -> Identity {
     let version = connect.protocol;
-    ClientInfo {
-        client_id: (*n.client_id).into(),
-        username: connect.username.as_deref().map(RString::from).into(),
-        peer_ip: info.peer.ip().to_string().into(),
+    let cert = (info.cert_common_name.is_some() || info.cert_subject.is_some())
+        .then(|| Box::new((info.cert_common_name.clone(), info.cert_subject.clone())));
+    Identity {
+        client_id: n.client_id.clone(),
+        username: connect.username.as_deref().map(Into::into),
+        peer_ip: info.peer.ip().to_string().into_boxed_str(),
         peer_port: info.peer.port(),
         sock_port: info.local_port,
-        listener: (*info.listener).into(),
-        transport: info.transport.into(),
+        listener: info.listener.clone(),
+        transport: info.transport,
         proto_ver: version.level(),
-        proto_name: version.protocol_name().into(),
+        proto_name: version.protocol_name(),
         keep_alive: n.keep_alive,
         clean_start: connect.clean_start,
         expiry_interval: n.session_expiry,
         // When the CONNECT arrived: authentication plugins see the same value the
         // connected client later has, so they can name this very connection.
         connected_at_ms: crate::broker::now_ms(),
-        cert_common_name: info.cert_common_name.as_deref().map(RString::from).into(),
-        cert_subject: info.cert_subject.as_deref().map(RString::from).into(),
+        cert,
         is_superuser: false,
     }
 }
@@ -182,7 +183,7 @@ async fn admit<S>(
     stream: &mut S,
     rbuf: &mut BytesMut,
     connect: &Connect,
-    identity: &mut ClientInfo,
+    identity: &mut Identity,
 ) -> Result<Option<(EnhancedAuth, Vec<u8>)>, Refusal>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -284,7 +285,7 @@ impl Connection {
         attached: &Attached,
         n: &Negotiated,
         connect: &Connect,
-        identity: ClientInfo,
+        identity: Identity,
         control_rx: crate::session::ControlReceiver,
         info: &ConnInfo,
     ) -> Connection {

@@ -14,9 +14,10 @@ use crate::config::Decision;
 use crate::hooks::{AuthDecision, PluginHandle};
 use crate::metrics;
 use crate::session::protocol::connect::Refusal;
+use crate::session::Identity;
 use plugin_api::{
-    AuthRequest, ClientInfo, DenyReason, EnhancedAuthOutcome, EnhancedAuthRequest,
-    EnhancedAuthResult, HookPoint,
+    AuthRequest, DenyReason, EnhancedAuthOutcome, EnhancedAuthRequest, EnhancedAuthResult,
+    HookPoint,
 };
 
 use super::{Connection, Exit};
@@ -61,13 +62,13 @@ fn failure_code(code: u8) -> ReasonCode {
 /// Runs the authentication chain for a CONNECT. `Ok(superuser)` lets the client in.
 pub(super) async fn authenticate(
     broker: &Broker,
-    identity: &ClientInfo,
+    identity: &Identity,
     connect: &Connect,
 ) -> Result<bool, Refusal> {
     let auth = &broker.config.auth;
     let decision = if broker.hooks.enabled(HookPoint::CLIENT_AUTHENTICATE) {
         let request = AuthRequest {
-            client: identity.clone(),
+            client: identity.to_client_info(),
             password: connect.password.as_ref().map(|p| p.to_vec().into()).into(),
         };
         broker.hooks.authenticate(&request).await
@@ -107,7 +108,7 @@ pub(super) async fn enhanced_exchange<S>(
     broker: &Broker,
     stream: &mut S,
     rbuf: &mut BytesMut,
-    identity: &ClientInfo,
+    identity: &Identity,
     method: &str,
     first: Vec<u8>,
 ) -> Result<(Arc<PluginHandle>, EnhancedAuthResult), Refusal>
@@ -121,7 +122,7 @@ where
     let mut step = 0u32;
     loop {
         let request = EnhancedAuthRequest {
-            client: identity.clone(),
+            client: identity.to_client_info(),
             method: method.into(),
             data: std::mem::take(&mut data).into(),
             step,
@@ -237,7 +238,7 @@ impl Connection {
             }
         };
         let request = EnhancedAuthRequest {
-            client: (*self.identity).clone(),
+            client: self.identity.to_client_info(),
             method: auth.method.as_str().into(),
             data: a
                 .properties

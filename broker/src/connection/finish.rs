@@ -134,8 +134,8 @@ impl Connection {
                     .schedule_will(session, message, self.generation, delay);
             }
             WillTiming::Now => {
-                let username = self.identity.username.as_ref().map(|u| u.as_str());
-                self.broker.publish(message, username.into_option(), true);
+                let username = self.identity.username.as_deref();
+                self.broker.publish(message, username, true);
             }
         }
     }

@@ -57,7 +57,7 @@ impl Connection {
         let hooks = &self.broker.hooks;
         if hooks.enabled(HookPoint::CLIENT_CHECK_AUTHZ_COMPLETE) {
             let request = AclRequest {
-                client: (*self.identity).clone(),
+                client: self.identity.to_client_info(),
                 access,
                 topic: topic.into(),
             };
@@ -83,7 +83,7 @@ impl Connection {
     async fn acl_ask_plugins(&self, access: Access, topic: &str) -> (bool, &'static str) {
         let acl = &self.broker.config.acl;
         let request = AclRequest {
-            client: (*self.identity).clone(),
+            client: self.identity.to_client_info(),
             access,
             topic: topic.into(),
         };
@@ -217,9 +217,9 @@ impl Connection {
         let publisher = Some(self.client_id.clone());
         let payload = own_bytes(p.payload);
         let message = Message::new(topic, payload, p.qos, p.retain, p.properties, publisher);
-        let username = self.identity.username.as_ref().map(|u| u.as_str());
+        let username = self.identity.username.as_deref();
         if let Some(secs) = delay {
-            return match self.broker.delay(message, username.into_option(), secs) {
+            return match self.broker.delay(message, username, secs) {
                 Ok(_) => ReasonCode::Success,
                 Err(full) => {
                     tracing::info!(client_id = %self.client_id, error = %full, "delayed publish refused");
@@ -228,10 +228,7 @@ impl Connection {
                 }
             };
         }
-        let matched = self
-            .broker
-            .publish(message, username.into_option(), false)
-            .unwrap_or(0);
+        let matched = self.broker.publish(message, username, false).unwrap_or(0);
         self.published = true;
         if matched == 0 {
             self.v5_or_success(ReasonCode::NoMatchingSubscribers)

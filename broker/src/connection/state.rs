@@ -5,14 +5,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use plugin_api::{ClientInfo, ClientView, EventView};
+use plugin_api::{ClientView, EventView};
 
 use crate::broker::Broker;
 use crate::codec::ProtocolVersion;
 use crate::session::protocol::{
     alias::OutAliases, inbound::Inbound, outbound::Outbound, timers::ControlRate,
 };
-use crate::session::{ControlReceiver, Session};
+use crate::session::{ControlReceiver, Identity, Session};
 
 use super::auth::EnhancedAuth;
 
@@ -51,7 +51,7 @@ pub(super) struct Connection {
     pub(super) out_aliases: Option<Box<OutAliases>>,
     pub(super) problem_information: bool,
     /// Who the client is, as plugins see it; fixed at CONNECT.
-    pub(super) identity: Arc<ClientInfo>,
+    pub(super) identity: Arc<Identity>,
     /// Bytes were written since the last flush (TLS and WebSocket streams buffer).
     pub(super) need_flush: bool,
     /// Not reading: this client published while the broker was over its high-water mark.

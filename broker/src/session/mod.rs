@@ -28,8 +28,10 @@ pub use control::{
     control_line, Control, ControlLine, ControlReceiver, ControlSender, DisconnectReason,
     KickReason,
 };
+pub use identity::Identity;
 
 mod control;
+mod identity;
 pub mod persist;
 pub mod protocol;
 pub mod store;
@@ -256,7 +258,7 @@ pub struct Session {
     /// Session expiry interval in force, seconds.
     pub expiry_interval: AtomicU64,
     /// The connected client as plugins see it (None while offline).
-    pub info: Mutex<Option<Arc<plugin_api::ClientInfo>>>,
+    pub info: Mutex<Option<Arc<Identity>>>,
     /// ACL results of the current connection.
     pub acl_cache: Mutex<AclCache>,
     /// When the last connection detached, in milliseconds since the Unix epoch (0 while
