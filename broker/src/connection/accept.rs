@@ -161,9 +161,8 @@ fn client_info(connect: &Connect, n: &Negotiated, info: &ConnInfo) -> Identity {
         peer_port: info.peer.port(),
         sock_port: info.local_port,
         listener: info.listener.clone(),
-        transport: info.transport,
+        websocket: info.transport == "mqtt-ws",
         proto_ver: version.level(),
-        proto_name: version.protocol_name(),
         keep_alive: n.keep_alive,
         clean_start: connect.clean_start,
         expiry_interval: n.session_expiry,
@@ -252,7 +251,7 @@ impl Connection {
             .attach(client_id, connect.clean_start, control_tx)
             .await;
         attached.session.expiry_interval.store(
-            negotiated.session_expiry as u64,
+            negotiated.session_expiry,
             std::sync::atomic::Ordering::Relaxed,
         );
         let auth = enhanced

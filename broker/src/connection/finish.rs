@@ -24,7 +24,7 @@ impl Connection {
         let still_ours = self.park();
         self.session
             .expiry_interval
-            .store(self.session_expiry as u64, Ordering::Relaxed);
+            .store(self.session_expiry, Ordering::Relaxed);
         let publish_will = !matches!(exit, Exit::Disconnect { with_will: false });
         if let Some(will) = self.will.take().filter(|_| publish_will) {
             self.publish_will(*will, still_ours);

@@ -25,12 +25,10 @@ pub struct Identity {
     pub sock_port: u16,
     /// The listener's name (shared by its connections).
     pub listener: Arc<str>,
-    /// `mqtt` or `mqtt-ws`.
-    pub transport: &'static str,
-    /// Protocol level: 3, 4 or 5.
+    /// Over WebSocket (transport `mqtt-ws`) rather than a byte stream (`mqtt`).
+    pub websocket: bool,
+    /// Protocol level: 3, 4 or 5 (the protocol name follows from it).
     pub proto_ver: u8,
-    /// `MQIsdp` or `MQTT`.
-    pub proto_name: &'static str,
     /// Keep Alive in force, seconds.
     pub keep_alive: u16,
     /// Clean Start / Clean Session.
@@ -46,6 +44,24 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// `mqtt` or `mqtt-ws`.
+    pub fn transport(&self) -> &'static str {
+        if self.websocket {
+            "mqtt-ws"
+        } else {
+            "mqtt"
+        }
+    }
+
+    /// `MQIsdp` (MQTT 3.1) or `MQTT`.
+    pub fn proto_name(&self) -> &'static str {
+        if self.proto_ver == 3 {
+            "MQIsdp"
+        } else {
+            "MQTT"
+        }
+    }
+
     /// A borrowed view for plugins.
     pub fn view(&self) -> ClientView<'_> {
         let (cn, subject) = match self.cert.as_deref() {
@@ -59,9 +75,9 @@ impl Identity {
             peer_port: self.peer_port,
             sock_port: self.sock_port,
             listener: RStr::from_str(&self.listener),
-            transport: RStr::from_str(self.transport),
+            transport: RStr::from_str(self.transport()),
             proto_ver: self.proto_ver,
-            proto_name: RStr::from_str(self.proto_name),
+            proto_name: RStr::from_str(self.proto_name()),
             keep_alive: self.keep_alive,
             clean_start: self.clean_start,
             expiry_interval: self.expiry_interval,
@@ -91,9 +107,8 @@ mod tests {
             peer_port: 40_000,
             sock_port: 1883,
             listener: Arc::from("tcp"),
-            transport: "mqtt",
+            websocket: false,
             proto_ver: 5,
-            proto_name: "MQTT",
             keep_alive: 30,
             clean_start: true,
             expiry_interval: 60,
@@ -138,5 +153,15 @@ mod tests {
         );
         assert!(info.cert_subject.is_none());
         assert!(info.is_superuser);
+        let v31_ws = Identity {
+            websocket: true,
+            proto_ver: 3,
+            ..id
+        };
+        let view = v31_ws.view();
+        assert_eq!(
+            (view.transport.as_str(), view.proto_name.as_str()),
+            ("mqtt-ws", "MQIsdp")
+        );
     }
 }

@@ -264,10 +264,7 @@ fn decode_delivery(
 pub fn session_record(s: &Session) -> Vec<u8> {
     let now = Instant::now();
     let wall_now = unix_ms(SystemTime::now());
-    let expiry_interval = s
-        .expiry_interval
-        .load(Ordering::Relaxed)
-        .min(u32::MAX as u64) as u32;
+    let expiry_interval = s.expiry_interval.load(Ordering::Relaxed);
     let offline_since_ms = s.offline_since().map(unix_ms);
     let subscriptions = s
         .subscriptions
@@ -370,7 +367,7 @@ pub fn rebuild(
     let session = new_session();
     session
         .expiry_interval
-        .store(r.expiry_interval as u64, Ordering::Relaxed);
+        .store(r.expiry_interval, Ordering::Relaxed);
     session.set_offline_since(Some(UNIX_EPOCH + Duration::from_millis(offline_since_ms)));
     let subscriptions = r
         .subscriptions
