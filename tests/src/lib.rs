@@ -868,6 +868,9 @@ impl Wire {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("tcp connect");
+        // Each packet leaves when it is sent, as from MQTT client libraries (Nagle's algorithm
+        // would hold a small write until the broker acknowledges the previous one).
+        stream.set_nodelay(true).expect("TCP_NODELAY");
         Wire {
             stream,
             buf: Vec::new(),
@@ -898,6 +901,12 @@ impl Wire {
     /// Writes bytes (errors ignored: the broker may already have closed).
     pub async fn send(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// Writes bytes and says whether the socket took them: a client library that treats a
+    /// failed write as a lost connection (Paho does) stops there.
+    pub async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
     }
 
     /// Reads one packet; None if the connection closes or nothing arrives within [`WAIT`].

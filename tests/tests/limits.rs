@@ -109,6 +109,50 @@ async fn v5_receive_maximum_exceeded_disconnects_0x93() {
     assert_eq!(d.body[0], 0x93);
 }
 
+/// A client that goes past Receive Maximum with more publishes already on the way, and keeps
+/// answering PUBREC with PUBREL (Paho's `test_flow_control2` does this), still reads the
+/// DISCONNECT 0x93 that says why: the broker lingers, reading and discarding, instead of
+/// closing a socket with unread input, which would reset the connection and make the client's
+/// kernel drop the DISCONNECT.
+#[tokio::test]
+async fn v5_client_still_sending_past_receive_maximum_reads_the_disconnect() {
+    let b = Broker::start_with("[limits]\nreceive_maximum = 10\n");
+    for round in 0..3 {
+        let mut w = Wire::connected(b.port(), 5, &format!("eager-{round}")).await;
+        let mut burst = Vec::new();
+        for id in 1..=400u16 {
+            let mut body = mqtt_string("flow/control");
+            body.extend(id.to_be_bytes());
+            body.extend([0x00]);
+            body.extend(vec![b'x'; 200]);
+            burst.extend(packet(0x34, &body)); // QoS 2
+        }
+        w.send(&burst).await;
+        let mut disconnect = None;
+        while let Some(p) = w.recv().await {
+            match p.kind() {
+                5 => {
+                    // PUBREC: release it, as a client following the protocol would. A
+                    // reset connection fails the write before the DISCONNECT is read.
+                    let rel = packet(0x62, &p.body[..2]);
+                    if let Err(e) = w.try_send(&rel).await {
+                        panic!("round {round}: writing PUBREL failed before DISCONNECT: {e}");
+                    }
+                }
+                14 => {
+                    disconnect = Some(p);
+                    break;
+                }
+                other => panic!("unexpected packet type {other}"),
+            }
+        }
+        let d = disconnect.expect("the connection ended without DISCONNECT (reset?)");
+        assert_eq!(d.body[0], 0x93, "round {round}");
+        let mut rest = Vec::new();
+        assert!(w.closed_within(WAIT, &mut rest).await, "closed after it");
+    }
+}
+
 #[tokio::test]
 async fn inflight_window_follows_the_client_receive_maximum() {
     let b = Broker::start();

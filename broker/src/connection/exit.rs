@@ -68,6 +68,23 @@ impl Exit {
         Some(code)
     }
 
+    /// Whether closing should linger ([`super::io::linger`]): when the broker ends the
+    /// connection while the client may still be sending. Not when the client ended it, nor
+    /// when it stopped reading, nor at shutdown (the process is about to exit).
+    pub(super) fn lingers(&self) -> bool {
+        match self {
+            Exit::Protocol(_)
+            | Exit::Kicked { .. }
+            | Exit::KeepAliveTimeout
+            | Exit::StoreFailed(_) => true,
+            Exit::Disconnect { .. }
+            | Exit::Closed
+            | Exit::SlowConsumer
+            | Exit::Shutdown
+            | Exit::Io(_) => false,
+        }
+    }
+
     /// The disconnect reason as operators see it in logs (and presence events).
     pub(super) fn label(&self) -> DisconnectReason {
         match self {

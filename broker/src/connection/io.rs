@@ -10,9 +10,10 @@ use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bytes reserved for reading when input is waiting and the read buffer has no room.
 pub const READ_CHUNK: usize = 4 * 1024;
@@ -116,4 +117,44 @@ where
             Poll::Pending
         }
     })
+}
+
+/// How long a connection the broker closes keeps reading, at most (see [`linger`]).
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// How many bytes a closing connection reads and discards, at most (see [`linger`]).
+pub const LINGER_BYTES: usize = 1024 * 1024;
+
+/// A lingering close: ends the broker's side of the stream (FIN, or TLS close_notify), then
+/// reads and discards what the client still sends until it closes too, for at most
+/// [`LINGER_TIME`] and [`LINGER_BYTES`].
+///
+/// Closing a socket that has unread input makes the kernel answer with a reset, and a reset
+/// makes the client's kernel throw away what it has received but not yet read: the DISCONNECT
+/// (or CONNACK) that says why the connection ends would be lost exactly when a client was still
+/// sending, for example one that went past Receive Maximum. Web servers linger for the same
+/// reason. The connection's permit is held meanwhile, so lingering connections still count
+/// towards `max_connections`.
+pub async fn linger<S>(stream: &mut S, buf: &mut BytesMut)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        // Already ended when the broker said goodbye; a second end is harmless (WebSocket
+        // reports it as an error, and reading still works).
+        let _ = stream.shutdown().await;
+        let mut discarded = 0;
+        while discarded < LINGER_BYTES {
+            buf.clear();
+            if buf.capacity() == 0 {
+                buf.reserve(READ_CHUNK);
+            }
+            match stream.read_buf(buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => discarded += n,
+            }
+        }
+    })
+    .await;
+    *buf = BytesMut::new();
 }

@@ -121,13 +121,19 @@ pub fn serve<S: Transport, H: Send>(
             Connection::accept(&broker, &mut stream, &mut rbuf, connect, &info).await
         });
         let Some(mut conn) = accepted.await else {
+            // Refused, or no CONNECT: let a refused client read its CONNACK.
+            io::linger(&mut stream, &mut rbuf).await;
             drop(hold);
             return;
         };
         metrics::add(&broker.metrics.connections, 1);
         let exit = conn.run(&mut stream, &mut rbuf).await;
+        let lingers = exit.lingers();
         conn.finish(&mut stream, exit).await;
         metrics::sub(&broker.metrics.connections, 1);
+        if lingers {
+            io::linger(&mut stream, &mut rbuf).await;
+        }
         drop(hold);
     }
 }
