@@ -219,3 +219,59 @@ async fn message_over_the_client_maximum_packet_size_is_not_sent() {
         "[MQTT-3.1.2-25] the large message is skipped"
     );
 }
+
+/// SUBSCRIBE bytes with several filters at QoS 1.
+fn subscribe_many(level: u8, packet_id: u16, filters: &[&str]) -> Vec<u8> {
+    let mut body = packet_id.to_be_bytes().to_vec();
+    if level == 5 {
+        body.push(0);
+    }
+    for f in filters {
+        body.extend(mqtt_string(f));
+        body.push(1);
+    }
+    packet(0x82, &body)
+}
+
+/// The SUBACK reason codes (after the packet id and, for v5, the properties).
+async fn suback_codes(w: &mut Wire, level: u8) -> Vec<u8> {
+    let ack = w.recv().await.expect("SUBACK");
+    assert_eq!(ack.kind(), 9, "expected SUBACK, got {ack:?}");
+    let skip = if level == 5 { 3 } else { 2 };
+    ack.body[skip..].to_vec()
+}
+
+/// One client cannot hold more than `limits.max_subscriptions`: filters beyond it are refused
+/// (0x97, MQTT 3: 0x80) while the others in the same SUBSCRIBE proceed, re-subscribing to a
+/// held filter still works, and unsubscribing makes room. Before the limit one client added
+/// 1.2 million subscriptions (800 MB) in seconds.
+#[tokio::test]
+async fn subscriptions_per_client_are_bounded() {
+    let b = Broker::start_with("[limits]\nmax_subscriptions = 3\n");
+    for level in [5u8, 4] {
+        let refused = if level == 5 { 0x97 } else { 0x80 };
+        let mut w = Wire::connected(b.port(), level, &format!("many-{level}")).await;
+        w.send(&subscribe_many(level, 1, &["a", "b", "c", "d", "a"]))
+            .await;
+        assert_eq!(suback_codes(&mut w, level).await, [1, 1, 1, refused, 1]);
+        w.send(&subscribe_many(level, 2, &["e"])).await;
+        assert_eq!(suback_codes(&mut w, level).await, [refused]);
+        w.send(&unsubscribe_packet(level, 3, "b")).await;
+        assert_eq!(w.recv().await.expect("UNSUBACK").kind(), 11);
+        w.send(&subscribe_many(level, 4, &["e", "f"])).await;
+        assert_eq!(suback_codes(&mut w, level).await, [1, refused]);
+        // What was granted is delivered; what was refused is not.
+        let mut publisher = Wire::connected(b.port(), 4, &format!("pub-{level}")).await;
+        for topic in ["d", "e"] {
+            publisher
+                .send(&publish_packet(4, topic, 0, 0, false, topic.as_bytes()))
+                .await;
+        }
+        assert!(publisher.ping().await);
+        let p = w.recv().await.expect("PUBLISH");
+        assert_eq!(p.kind(), 3);
+        assert!(p.body.ends_with(b"e"), "{p:?}");
+        assert!(w.recv_within(QUIET).await.is_none(), "nothing for d");
+    }
+    assert!(b.log().contains("SUBSCRIBE: filters refused"));
+}

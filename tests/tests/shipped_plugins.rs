@@ -436,6 +436,38 @@ async fn retainer_limits_and_expiry() {
     );
     assert!(sub.recv_publish_within(QUIET).await.is_none());
 
+    // Bytes (payload and topic): 3 + 10 fits in 20, another 13 does not, a replacement that
+    // frees its old bytes does; the refused message is still forwarded, and counted.
+    let b = retainer_broker("max_retained_bytes = 20\n");
+    let mut live = V4Client::connect(b.port(), "live").await;
+    live.subscribe("m/#", QoS::AtLeastOnce).await;
+    let mut publisher = V4Client::connect(b.port(), "pub").await;
+    for (topic, payload) in [
+        ("m/1", "0123456789"),
+        ("m/2", "0123456789"),
+        ("m/1", "tiny"),
+    ] {
+        publisher
+            .client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+            .expect("publish");
+        assert_eq!(live.recv_publish().await.payload, payload.as_bytes());
+    }
+    publisher.wait_acks(3).await;
+    let mut sub = V4Client::connect(b.port(), "sub2").await;
+    sub.subscribe("m/#", QoS::AtLeastOnce).await;
+    let p = sub.recv_publish().await;
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("m/1", &b"tiny"[..]));
+    assert!(
+        sub.recv_publish_within(QUIET).await.is_none(),
+        "m/2 over the bytes"
+    );
+    let info = b.ctl_ok(&["retainer", "info"]);
+    assert!(info.contains("not stored for a limit: 1"), "{info}");
+    assert!(info.contains("bytes (payloads and topics): 7"), "{info}");
+    assert!(b.log().contains("max_retained_bytes reached"));
+
     // v5 Message Expiry Interval.
     let b = retainer_broker("");
     let mut w = Wire::connected(b.port(), 5, "exp").await;

@@ -450,6 +450,9 @@ pub struct Limits {
     /// Bytes the waiting delayed publishes may hold together (payload, topic and properties,
     /// plus a fixed per-message overhead); a publish that would exceed it is refused.
     pub max_delayed_bytes: usize,
+    /// Subscriptions one session may hold through its own SUBSCRIBEs; a filter beyond it is
+    /// refused (SUBACK 0x97, MQTT 3: 0x80). 0 = no limit.
+    pub max_subscriptions: usize,
 }
 
 impl Default for Limits {
@@ -471,6 +474,7 @@ impl Default for Limits {
             max_control_rate: 1000,
             max_delayed_messages: 1_000,
             max_delayed_bytes: 64 * 1024 * 1024,
+            max_subscriptions: 10_000,
         }
     }
 }

@@ -97,8 +97,15 @@ impl Connection {
             .acl_cache
             .lock()
             .put(access, topic, allowed, acl.cache_size);
-        if !allowed {
-            tracing::info!(client_id = %self.client_id, ?access, topic, "denied by ACL");
+        match (allowed, access) {
+            (true, _) => {}
+            // Summed up per SUBSCRIBE (on_subscribe): one packet may carry thousands.
+            (false, Access::Subscribe) => {
+                tracing::debug!(client_id = %self.client_id, ?access, topic, "denied by ACL")
+            }
+            (false, _) => {
+                tracing::info!(client_id = %self.client_id, ?access, topic, "denied by ACL")
+            }
         }
         (allowed, source)
     }

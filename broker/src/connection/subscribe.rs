@@ -92,14 +92,23 @@ impl Connection {
         }
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut added = Vec::new();
+        let mut refused: Option<(String, ReasonCode)> = None;
         for (raw, options) in s.filters {
             match self.subscribe_one(&raw, options, id).await? {
                 Ok(a) => {
                     codes.push(granted(a.options.qos));
                     added.push(a);
                 }
-                Err(code) => codes.push(code),
+                Err(code) => {
+                    codes.push(code);
+                    refused.get_or_insert((raw, code));
+                }
             }
+        }
+        if let Some((filter, code)) = refused {
+            // One line per SUBSCRIBE, not per filter: a packet may carry thousands.
+            let count = codes.len() - added.len();
+            tracing::info!(client_id = %self.client_id, refused = count, first = %filter, reason_code = code.get(), "SUBSCRIBE: filters refused");
         }
         if !added.is_empty() && self.session.live_store().is_some() {
             self.broker.store_session(&self.session);
@@ -143,7 +152,7 @@ impl Connection {
         }
         let max_levels = self.broker.config.limits.max_topic_levels;
         if !within_levels(raw, max_levels) {
-            tracing::info!(client_id = %self.client_id, max_levels, "topic filter refused: more than limits.max_topic_levels levels");
+            tracing::debug!(client_id = %self.client_id, max_levels, "topic filter refused: more than limits.max_topic_levels levels");
             return Ok(Err(ReasonCode::TopicFilterInvalid));
         }
         let key = match SubscriptionKey::parse(raw) {
@@ -196,6 +205,10 @@ impl Connection {
                 sub_id = (new_id > 0).then_some(new_id);
             }
         }
+        if self.over_subscription_limit(&key) {
+            tracing::debug!(client_id = %self.client_id, filter = %raw, max = self.broker.config.limits.max_subscriptions, "subscription refused: limits.max_subscriptions reached");
+            return Ok(Err(ReasonCode::QuotaExceeded));
+        }
         // Granted at most the Maximum QoS.
         let maximum_qos = self.broker.config.mqtt.maximum_qos;
         if options.qos as u8 > maximum_qos {
@@ -210,6 +223,17 @@ impl Connection {
             is_new,
             id: sub_id,
         }))
+    }
+
+    /// Whether adding `key` would take the session past `limits.max_subscriptions` (replacing
+    /// a subscription it holds never does).
+    fn over_subscription_limit(&self, key: &SubscriptionKey) -> bool {
+        let max = self.broker.config.limits.max_subscriptions;
+        if max == 0 {
+            return false;
+        }
+        let subscriptions = self.session.subscriptions.lock();
+        subscriptions.len() >= max && !subscriptions.contains(key)
     }
 
     /// The subscription an UNSUBSCRIBE filter names, after the plugins' `client.unsubscribe`

@@ -29,12 +29,14 @@ pub use control::{
     KickReason,
 };
 pub use identity::Identity;
+pub use subscriptions::{Subscription, Subscriptions};
 
 mod control;
 mod identity;
 pub mod persist;
 pub mod protocol;
 pub mod store;
+mod subscriptions;
 
 /// Subscription options as plugins see them.
 pub fn sub_options(o: &crate::codec::SubscriptionOptions) -> plugin_api::SubOptions {
@@ -46,7 +48,7 @@ pub fn sub_options(o: &crate::codec::SubscriptionOptions) -> plugin_api::SubOpti
     }
 }
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -55,7 +57,6 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::codec::{PacketId, QoS, SubscriptionOptions};
-use crate::router::SubscriptionKey;
 
 /// One message on its way to one session, with what the matching subscriptions decided.
 #[derive(Debug, Clone)]
@@ -207,15 +208,6 @@ pub struct PendingWill {
     pub due: Instant,
 }
 
-/// One subscription as the session records it (its [`SubscriptionKey`] is the map's key).
-#[derive(Debug, Clone)]
-pub struct Subscription {
-    /// Options.
-    pub options: SubscriptionOptions,
-    /// v5 subscription identifier.
-    pub id: Option<u32>,
-}
-
 /// What the router stores for each subscription.
 #[derive(Debug, Clone)]
 pub struct SubEntry {
@@ -268,51 +260,6 @@ pub struct Session {
     next_seq: AtomicU64,
     /// Its record was written to the live store (so its end must delete it there).
     pub in_store: AtomicBool,
-}
-
-/// A session's subscriptions by share group and filter: boxed, and only once there is one
-/// (a session that subscribes to nothing is 40 bytes smaller).
-/// The box is deliberate (clippy's `box_collection` is about the usual case): an empty
-/// `HashMap` takes 48 bytes inline, the box 8.
-#[derive(Debug, Default)]
-#[allow(clippy::box_collection)]
-pub struct Subscriptions(Option<Box<HashMap<SubscriptionKey, Subscription>>>);
-
-impl Subscriptions {
-    /// How many.
-    pub fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |m| m.len())
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Adds or replaces one; returns the one replaced.
-    pub fn insert(&mut self, key: SubscriptionKey, sub: Subscription) -> Option<Subscription> {
-        self.0.get_or_insert_with(Box::default).insert(key, sub)
-    }
-
-    /// Removes one.
-    pub fn remove(&mut self, key: &SubscriptionKey) -> Option<Subscription> {
-        let map = self.0.as_mut()?;
-        let removed = map.remove(key);
-        if map.is_empty() {
-            self.0 = None;
-        }
-        removed
-    }
-
-    /// Every one, leaving none.
-    pub fn drain(&mut self) -> impl Iterator<Item = (SubscriptionKey, Subscription)> {
-        self.0.take().into_iter().flat_map(|m| m.into_iter())
-    }
-
-    /// Every one, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&SubscriptionKey, &Subscription)> {
-        self.0.iter().flat_map(|m| m.iter())
-    }
 }
 
 /// Per-connection cache of ACL decisions: key (access, topic), FIFO eviction, TTL.

@@ -4,8 +4,9 @@
 //! * **Store** on `message.published`, after the whole publish chain (so what is stored is what
 //!   subscribers got, whatever the priority of plugins that edit messages): a retained message replaces
 //!   the topic's previous one; an empty payload deletes it (and is still forwarded). Over
-//!   `max_payload_size`, or over `max_retained_messages` for a new topic, the message is not
-//!   stored (logged) but still forwarded. Expiry: the v5 Message Expiry Interval of the message,
+//!   `max_payload_size`, over `max_retained_messages` for a new topic, or past
+//!   `max_retained_bytes` (payloads and topics of all), the message is not stored but still
+//!   forwarded; refusals for a limit are counted and logged at most every 10 s. Expiry: the v5 Message Expiry Interval of the message,
 //!   else `expiry_interval`.
 //! * **Replay** on `session.subscribed` through the broker's `deliver` service: wildcard filters
 //!   are looked up in a topic trie (no scan of all messages), results in publish order, QoS =
@@ -58,6 +59,8 @@ pub struct Config {
     pub path: PathBuf,
     /// Maximum number of retained messages; 0 = unlimited.
     pub max_retained_messages: usize,
+    /// Maximum bytes (payloads and topics) of all retained messages; 0 = unlimited.
+    pub max_retained_bytes: usize,
     /// Largest payload stored, bytes.
     pub max_payload_size: usize,
     /// Seconds a retained message lives unless the message says otherwise; 0 = forever.
@@ -69,7 +72,8 @@ impl Default for Config {
         Config {
             storage: Storage::Ram,
             path: PathBuf::from("data/retainer.redb"),
-            max_retained_messages: 0,
+            max_retained_messages: 1_000_000,
+            max_retained_bytes: 256 * 1024 * 1024,
             max_payload_size: 1024 * 1024,
             expiry_interval: 0,
         }
@@ -100,6 +104,11 @@ struct Retained {
 }
 
 impl Retained {
+    /// What it counts against `max_retained_bytes`: payload and topic.
+    fn size(&self) -> usize {
+        self.payload.len() + self.meta.topic.len()
+    }
+
     fn encode(&self) -> Vec<u8> {
         let meta = serde_json::to_vec(&self.meta).unwrap_or_default();
         let mut out = Vec::with_capacity(4 + meta.len() + self.payload.len());
@@ -183,9 +192,9 @@ impl Index {
         for level in r.meta.topic.split('/') {
             node = node.children.entry(level.to_owned()).or_default();
         }
-        self.bytes += r.payload.len();
+        self.bytes += r.size();
         match node.message.replace(r) {
-            Some(old) => self.bytes -= old.payload.len(),
+            Some(old) => self.bytes -= old.size(),
             None => self.count += 1,
         }
     }
@@ -217,7 +226,7 @@ impl Index {
             }
         }
         self.count -= 1;
-        self.bytes -= removed.payload.len();
+        self.bytes -= removed.size();
         Some(removed)
     }
 
@@ -311,7 +320,21 @@ pub struct Retainer {
     queued: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
     /// False until the index is complete (a handoff pending); replays wait for it.
     ready: tokio::sync::watch::Sender<bool>,
+    /// Messages not stored because of a limit, and when that was last logged.
+    refusals: Refusals,
 }
+
+/// Counts retained messages refused for a limit, and logs them at most every
+/// [`REFUSAL_LOG_INTERVAL_MS`]: one client publishing retained messages to new topics in a
+/// loop must not flood the log.
+#[derive(Debug, Default)]
+struct Refusals {
+    count: AtomicU64,
+    last_logged_ms: AtomicU64,
+}
+
+/// At most one log line per this many milliseconds about refused retained messages.
+const REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
 
 fn open_db(path: &PathBuf) -> Result<redb::Database, String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -443,6 +466,45 @@ impl Retainer {
         self.host.now_ms()
     }
 
+    /// The limit storing `new` would break, if any. Replacing a topic's message frees the old
+    /// one's bytes, and is never refused for the count.
+    fn over_limits(&self, index: &Index, new: &Retained) -> Option<&'static str> {
+        let old = index.get(&new.meta.topic);
+        let (max_count, max_bytes) = (
+            self.config.max_retained_messages,
+            self.config.max_retained_bytes,
+        );
+        if max_count > 0 && old.is_none() && index.count >= max_count {
+            return Some("max_retained_messages");
+        }
+        let bytes = index.bytes - old.map_or(0, |o| o.size()) + new.size();
+        if max_bytes > 0 && bytes > max_bytes {
+            return Some("max_retained_bytes");
+        }
+        None
+    }
+
+    /// Counts a message not stored for `limit`, and logs it unless that was done lately.
+    fn refused(&self, topic: &str, limit: &'static str) {
+        let refusals = &self.refusals;
+        let count = refusals.count.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.now();
+        let last = refusals.last_logged_ms.load(Ordering::Relaxed);
+        if (last == 0 || now >= last + REFUSAL_LOG_INTERVAL_MS)
+            && refusals
+                .last_logged_ms
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                topic,
+                limit,
+                refused_so_far = count,
+                "retained message not stored (still forwarded): {limit} reached"
+            );
+        }
+    }
+
     /// Sends `op` (flush or close) to the disc writer and waits until it has done it.
     fn wait_writer(&self, op: fn(std_mpsc::Sender<()>) -> Op) {
         if let Some(tx) = &self.disc {
@@ -521,13 +583,9 @@ impl Retainer {
             let Ok(mut index) = self.index.lock() else {
                 return;
             };
-            let max = self.config.max_retained_messages;
-            if max > 0 && index.count >= max && index.get(topic).is_none() {
-                tracing::warn!(
-                    topic,
-                    max,
-                    "retained message not stored: max_retained_messages reached"
-                );
+            if let Some(limit) = self.over_limits(&index, &retained) {
+                drop(index);
+                self.refused(topic, limit);
                 return;
             }
             index.touch(topic);
@@ -644,7 +702,7 @@ impl Retainer {
         let value = match args {
             ["info"] => serde_json::json!({
                 "messages": index.count,
-                "payload_bytes": index.bytes,
+                "bytes": index.bytes,
                 "storage": match self.config.storage { Storage::Ram => "ram", Storage::Disc => "disc" },
             }),
             ["messages"] | ["messages", "--filter", _] => {
@@ -703,8 +761,8 @@ impl Retainer {
                     ),
                 };
                 Ok(format!(
-                    "storage: {storage}\nmessages: {}\npayload bytes: {}\nmax_retained_messages: {}\nmax_payload_size: {}\nexpiry_interval: {}",
-                    i.count, i.bytes, self.config.max_retained_messages, self.config.max_payload_size, self.config.expiry_interval
+                    "storage: {storage}\nmessages: {}\nbytes (payloads and topics): {}\nmax_retained_messages: {}\nmax_retained_bytes: {}\nmax_payload_size: {}\nexpiry_interval: {}\nnot stored for a limit: {}",
+                    i.count, i.bytes, self.config.max_retained_messages, self.config.max_retained_bytes, self.config.max_payload_size, self.config.expiry_interval, self.refusals.count.load(Ordering::Relaxed)
                 ))
             }
             Some("topics") => {
@@ -827,6 +885,7 @@ impl Plugin for Retainer {
             pending,
             queued: Mutex::new(queued),
             ready: tokio::sync::watch::Sender::new(!resuming),
+            refusals: Refusals::default(),
         })
     }
 
