@@ -189,6 +189,14 @@ impl Connection {
             Ok(key) => key,
             Err(code) => return Ok(Err(code)),
         };
+        // A session at its limit is refused a new filter before any plugin is asked: a flood
+        // of filters must not become a flood of ACL calls. A `client.subscribe` plugin may
+        // rewrite the filter onto one the session holds, so then only its decision counts.
+        if !self.broker.hooks.enabled(HookPoint::CLIENT_SUBSCRIBE)
+            && self.over_subscription_limit(&key)
+        {
+            return Ok(Err(self.quota_exceeded(raw)));
+        }
         // ACL sees the filter as the client sent it, before any rewrite.
         if !self.acl_allows(Access::Subscribe, raw).await {
             return Ok(Err(ReasonCode::NotAuthorized));
@@ -206,8 +214,7 @@ impl Connection {
             }
         }
         if self.over_subscription_limit(&key) {
-            tracing::debug!(client_id = %self.client_id, filter = %raw, max = self.broker.config.limits.max_subscriptions, "subscription refused: limits.max_subscriptions reached");
-            return Ok(Err(ReasonCode::QuotaExceeded));
+            return Ok(Err(self.quota_exceeded(raw)));
         }
         // Granted at most the Maximum QoS.
         let maximum_qos = self.broker.config.mqtt.maximum_qos;
@@ -234,6 +241,12 @@ impl Connection {
         }
         let subscriptions = self.session.subscriptions.lock();
         subscriptions.len() >= max && !subscriptions.contains(key)
+    }
+
+    /// The SUBACK code for a filter refused by `limits.max_subscriptions`.
+    fn quota_exceeded(&self, raw: &str) -> ReasonCode {
+        tracing::debug!(client_id = %self.client_id, filter = %raw, max = self.broker.config.limits.max_subscriptions, "subscription refused: limits.max_subscriptions reached");
+        ReasonCode::QuotaExceeded
     }
 
     /// The subscription an UNSUBSCRIBE filter names, after the plugins' `client.unsubscribe`

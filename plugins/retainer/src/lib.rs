@@ -6,8 +6,8 @@
 //!   the topic's previous one; an empty payload deletes it (and is still forwarded). Over
 //!   `max_payload_size`, over `max_retained_messages` for a new topic, or past
 //!   `max_retained_bytes` (payloads and topics of all), the message is not stored but still
-//!   forwarded; refusals for a limit are counted and logged at most every 10 s. Expiry: the v5 Message Expiry Interval of the message,
-//!   else `expiry_interval`.
+//!   forwarded; refusals for a limit are counted and logged at most every 10 s. Expiry: the
+//!   v5 Message Expiry Interval of the message, else `expiry_interval`.
 //! * **Replay** on `session.subscribed` through the broker's `deliver` service: wildcard filters
 //!   are looked up in a topic trie (no scan of all messages), results in publish order, QoS =
 //!   min(stored, granted), RETAIN set, v5 retain handling 0 / 1 / 2 honoured, never for shared
