@@ -233,6 +233,72 @@ async fn remote_outage_loses_nothing() {
     assert_eq!(got.len(), total as usize);
 }
 
+/// The remote broker stops in the middle of a burst, with the bridge's in-flight window and
+/// its MQTT client's request channel full: on a clean-start link (the default) the remote side
+/// forgets the bridge's session, and what was sent but not acknowledged must still be resent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_in_flight_when_the_link_drops_are_resent() {
+    let Some(mut m) = Mosquitto::start() else {
+        return;
+    };
+    let b = bridged(&m, &["burst/# out 1"], "").await;
+    let remote_port = m.port;
+    let persistent = move || {
+        let mut o = v4_options(remote_port, "burst-sub");
+        o.set_clean_session(false);
+        o
+    };
+    let (mut sub, _) = V4Client::connect_with(persistent()).await;
+    sub.subscribe("burst/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+
+    let total = 3000u32;
+    let publisher = V4Client::connect(b.port(), "burst-pub").await;
+    for i in 0..total {
+        publisher
+            .client
+            .publish(format!("burst/{i}"), QoS::AtLeastOnce, false, i.to_string())
+            .await
+            .expect("publish");
+    }
+    // Stopped while the bridge is still forwarding the burst.
+    wait_until("the bridge is forwarding", || {
+        let s = b.ctl_ok(&["bridge", "status"]);
+        !s.contains("out=0,")
+    })
+    .await;
+    tokio::task::block_in_place(|| m.stop());
+    wait_until("the bridge sees the outage", || {
+        b.ctl_ok(&["bridge", "status"])
+            .contains("state=disconnected")
+    })
+    .await;
+    tokio::task::block_in_place(|| m.start_again());
+    wait_until("everything forwarded", || {
+        let s = b.ctl_ok(&["bridge", "status"]);
+        s.contains("state=connected") && s.contains("queued=0 ")
+    })
+    .await;
+
+    let (mut sub, _) = V4Client::connect_with(persistent()).await;
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < total as usize {
+        let Some(p) = sub.recv_publish_within(WAIT).await else {
+            let missing: Vec<u32> = (0..total).filter(|i| !got.contains(i)).take(20).collect();
+            panic!(
+                "only {} of {total} arrived; first missing {missing:?}; {}",
+                got.len(),
+                b.ctl_ok(&["bridge", "status"])
+            );
+        };
+        got.insert(
+            String::from_utf8_lossy(&p.payload)
+                .parse::<u32>()
+                .expect("n"),
+        );
+    }
+}
+
 /// Two brokers bridged both ways to the same remote broker: a message goes everywhere once
 /// and never comes back.
 #[tokio::test]

@@ -1062,6 +1062,12 @@ impl Broker {
 
     /// Publishes `will` after `delay` unless the session is resumed first; at the latest when
     /// the session ends (section 3.1.3.2).
+    ///
+    /// `generation` is that of the connection that left the will. A newer connection may have
+    /// resumed or discarded the session between that connection handing it back and this
+    /// call (another worker thread runs `attach` meanwhile): a resumed session cancels the
+    /// will ([MQTT-3.1.2-8]) and a discarded one has ended, so the will is published now.
+    /// Both are decided under the locks `attach` takes, in its order (sessions, then parked).
     pub fn schedule_will(
         self: &Arc<Self>,
         session: Arc<Session>,
@@ -1069,15 +1075,27 @@ impl Broker {
         generation: u64,
         delay: Duration,
     ) {
-        session
-            .parked
-            .lock()
-            .get_or_insert_with(Box::default)
-            .pending_will = Some(Box::new(PendingWill {
-            message: will,
-            generation,
-            due: tokio::time::Instant::now() + delay,
-        }));
+        {
+            let sessions = self.sessions.lock();
+            let registered = sessions
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, &session));
+            if !registered {
+                drop(sessions);
+                self.publish(will, None, true);
+                return;
+            }
+            let mut parked = session.parked.lock();
+            if session.generation.load(Ordering::Acquire) != generation {
+                tracing::debug!(client_id = %session.client_id, "session resumed: delayed will cancelled");
+                return;
+            }
+            parked.get_or_insert_with(Box::default).pending_will = Some(Box::new(PendingWill {
+                message: will,
+                generation,
+                due: tokio::time::Instant::now() + delay,
+            }));
+        }
         let broker = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;

@@ -181,6 +181,47 @@ async fn mqtt_3_1_3_9_a_new_connection_cancels_the_delayed_will() {
     assert_eq!(w.queued_len(), 0, "the will was cancelled");
 }
 
+/// [MQTT-3.1.2-8]: the connection that left a delayed will can hand its session back just
+/// after a newer connection resumed it (the two run on different worker threads): the will is
+/// then cancelled, never published late.
+#[tokio::test(start_paused = true)]
+async fn mqtt_3_1_2_8_a_will_scheduled_after_the_session_was_resumed_is_cancelled() {
+    let b = broker();
+    let w = watcher(&b, "wills/#");
+    let (gone, _rx) = connect(&b, "dev", false).await;
+    disconnect(&gone);
+    let (again, _rx2) = connect(&b, "dev", false).await;
+    assert!(again.session_present);
+    b.schedule_will(
+        gone.session.clone(),
+        will("wills/dev"),
+        gone.generation,
+        Duration::from_secs(5),
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(w.queued_len(), 0, "the will was cancelled");
+}
+
+/// A will scheduled on a session a clean start already discarded is published at once: that
+/// session has ended (section 3.1.3.2).
+#[tokio::test(start_paused = true)]
+async fn a_will_scheduled_on_a_discarded_session_is_published_at_once() {
+    let b = broker();
+    let w = watcher(&b, "wills/#");
+    let (gone, _rx) = connect(&b, "dev", false).await;
+    disconnect(&gone);
+    let (fresh, _rx2) = connect(&b, "dev", true).await;
+    assert!(fresh.discarded);
+    b.schedule_will(
+        gone.session.clone(),
+        will("wills/dev"),
+        gone.generation,
+        Duration::from_secs(3600),
+    );
+    tokio::task::yield_now().await;
+    assert_eq!(w.queued_len(), 1, "published when scheduled");
+}
+
 /// [MQTT-3.1.3-9]: a session that ends before the will delay publishes the will at its end.
 #[tokio::test(start_paused = true)]
 async fn mqtt_3_1_3_9_the_session_end_publishes_a_will_still_waiting() {

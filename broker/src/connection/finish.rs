@@ -137,6 +137,9 @@ impl Connection {
                 let username = self.identity.username.as_deref();
                 self.broker.publish(message, username, true);
             }
+            WillTiming::Cancelled => {
+                tracing::debug!(client_id = %self.client_id, "session resumed elsewhere: delayed will cancelled");
+            }
         }
     }
 

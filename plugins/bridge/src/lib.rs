@@ -17,8 +17,10 @@
 //!   messages and those in the client's in-flight window; an unload, reload or graceful stop
 //!   loses nothing. The next start takes the journal up, in order.
 //! * **The link** reconnects with doubling back-off (`reconnect_min_ms` … `reconnect_max_ms`)
-//!   and subscribes again after every connect. Messages handed to the MQTT client when the link
-//!   drops are resent by it after the reconnect.
+//!   and subscribes again after every connect. Messages handed to the MQTT client and not yet
+//!   acknowledged when the link drops (its in-flight window and its request channel) are
+//!   resent after the reconnect, first and in order, whether or not the remote broker kept the
+//!   bridge's session (see [`EventLoop::take_unacked`]).
 //! * **No loops**: the bridge remembers for a while what it sent out and what it brought in (a
 //!   hash of topic and payload); an incoming copy of its own message, or an outgoing copy of a
 //!   message it brought in, is not forwarded again. MQTT 5 links also subscribe with No Local.
@@ -627,7 +629,60 @@ impl Client {
     }
 }
 
+/// What the MQTT client had sent or taken but not got acknowledged when the link dropped:
+/// the in-flight window (QoS 1/2 publishes and QoS 2 releases) and the requests still in its
+/// channel, in order.
+enum Unacked {
+    V4(VecDeque<rumqttc::Request>),
+    V5(VecDeque<rumqttc::v5::Request>),
+}
+
+impl Unacked {
+    fn len(&self) -> usize {
+        match self {
+            Unacked::V4(q) => q.len(),
+            Unacked::V5(q) => q.len(),
+        }
+    }
+
+    /// Appends `later` (taken at a later drop).
+    fn extend(&mut self, later: Unacked) {
+        match (self, later) {
+            (Unacked::V4(q), Unacked::V4(l)) => q.extend(l),
+            (Unacked::V5(q), Unacked::V5(l)) => q.extend(l),
+            _ => {}
+        }
+    }
+}
+
 impl EventLoop {
+    /// Takes what rumqttc set aside for a resend when the link dropped. rumqttc resends it only
+    /// when the remote broker still has the session (it clears it on a CONNACK without Session
+    /// Present, which a clean-start link always gets): the bridge holds it across the reconnect
+    /// and gives it back with [`EventLoop::give_back`], so a clean-start link loses nothing
+    /// either.
+    fn take_unacked(&mut self) -> Unacked {
+        match self {
+            EventLoop::V4(e) => Unacked::V4(std::mem::take(&mut e.pending)),
+            EventLoop::V5(e) => Unacked::V5(std::mem::take(&mut e.pending)),
+        }
+    }
+
+    /// Puts `held` back in front of what the client will send next (after a CONNACK).
+    fn give_back(&mut self, held: Unacked) {
+        match (self, held) {
+            (EventLoop::V4(e), Unacked::V4(mut q)) => {
+                q.append(&mut e.pending);
+                e.pending = q;
+            }
+            (EventLoop::V5(e), Unacked::V5(mut q)) => {
+                q.append(&mut e.pending);
+                e.pending = q;
+            }
+            _ => {}
+        }
+    }
+
     async fn poll(&mut self) -> Result<Incoming, String> {
         match self {
             EventLoop::V4(e) => match e.poll().await.map_err(|e| e.to_string())? {
@@ -753,10 +808,15 @@ async fn run(link: Arc<Link>) {
             .max(link.config.reconnect_min_ms),
     );
     let mut delay = min;
+    let mut held: Option<Unacked> = None;
     loop {
         match events.poll().await {
             Ok(Incoming::Connected) => {
                 delay = min;
+                if let Some(held) = held.take() {
+                    tracing::debug!(bridge = %link.config.name, messages = held.len(), "resending what the remote broker had not acknowledged");
+                    events.give_back(held);
+                }
                 link.set_up(true, None);
                 let (link, client) = (link.clone(), client.clone());
                 tokio::spawn(async move {
@@ -773,6 +833,14 @@ async fn run(link: Arc<Link>) {
             }) => link.bring_in(&topic, payload, qos, retain),
             Ok(Incoming::Other) => {}
             Err(e) => {
+                let unacked = events.take_unacked();
+                held = match held.take() {
+                    Some(mut earlier) => {
+                        earlier.extend(unacked);
+                        Some(earlier)
+                    }
+                    None => Some(unacked),
+                };
                 link.set_up(false, Some(e));
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(max);

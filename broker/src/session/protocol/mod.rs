@@ -78,16 +78,23 @@ pub fn session_expiry_at_disconnect(
 pub enum WillTiming {
     /// At once.
     Now,
+    /// Never: a newer connection resumed the session before the delay could pass.
+    Cancelled,
     /// After this delay, unless a new connection resumes the session first.
     After(Duration),
 }
 
 /// [MQTT-3.1.3-9]: the will is published at the earlier of its Will Delay Interval and the
-/// session's end; with no delay, or a session that ends with the connection (expiry 0), or one
-/// another connection has already taken over (`session_still_ours` false), that is now.
+/// session's end; with no delay, or a session that ends with the connection (expiry 0), that is
+/// now. When another connection has already resumed the session (`session_still_ours` false) a
+/// delayed will is never published: a new connection opened before the delay passed
+/// ([MQTT-3.1.2-8]).
 pub fn will_timing(will_delay: u32, session_expiry: u32, session_still_ours: bool) -> WillTiming {
-    if will_delay == 0 || session_expiry == 0 || !session_still_ours {
+    if will_delay == 0 || session_expiry == 0 {
         return WillTiming::Now;
+    }
+    if !session_still_ours {
+        return WillTiming::Cancelled;
     }
     WillTiming::After(Duration::from_secs(u64::from(
         will_delay.min(session_expiry),
@@ -145,8 +152,13 @@ mod tests {
         );
         assert_eq!(
             will_timing(60, 60, false),
+            WillTiming::Cancelled,
+            "[MQTT-3.1.2-8] resumed by a newer connection before the delay"
+        );
+        assert_eq!(
+            will_timing(0, 60, false),
             WillTiming::Now,
-            "taken over: the session went on elsewhere"
+            "[MQTT-3.1.4-3] taken over, no delay"
         );
     }
 
