@@ -73,6 +73,8 @@ metrics! {
     Counter connections_refused,
     /// Sessions currently held (online and offline).
     Gauge sessions,
+    /// Clients refused because limits.max_sessions sessions were held.
+    Counter sessions_refused,
     /// PUBLISH packets received from clients.
     Counter messages_received,
     /// PUBLISH packets sent to clients.

@@ -275,3 +275,55 @@ async fn subscriptions_per_client_are_bounded() {
     }
     assert!(b.log().contains("SUBSCRIBE: filters refused"));
 }
+
+/// The CONNACK (packet type, session present, reason code) a raw CONNECT of `level` gets.
+async fn connack(port: u16, level: u8, id: &str, clean: bool) -> (Wire, (u8, u8, u8)) {
+    let mut w = Wire::open(port).await;
+    w.send(&connect_packet(level, id, clean, 60)).await;
+    let ack = w.recv().await.expect("CONNACK");
+    let got = (ack.kind(), ack.body[0], ack.body[1]);
+    (w, got)
+}
+
+/// limits.max_sessions: a client id with no session is refused once that many are held
+/// (v5 CONNACK 0x97, MQTT 3 0x03); clients that have a session still connect, and an ended
+/// session makes room.
+#[tokio::test]
+async fn sessions_are_bounded() {
+    let b = Broker::start_with("[limits]\nmax_sessions = 2\n");
+    // An offline persistent session and a live clean one: two sessions.
+    let (kept, ack) = connack(b.port(), 4, "kept", false).await;
+    assert_eq!(ack, (2, 0, 0));
+    drop(kept);
+    let (live, ack) = connack(b.port(), 5, "live", true).await;
+    assert_eq!(ack, (2, 0, 0));
+    wait_until("two sessions", || {
+        b.ctl_ok(&["metrics"]).contains("broker_sessions 2\n")
+    })
+    .await;
+
+    let (_w, ack) = connack(b.port(), 5, "third", true).await;
+    assert_eq!(ack, (2, 0, 0x97), "v5: quota exceeded");
+    let (_w, ack) = connack(b.port(), 4, "third", false).await;
+    assert_eq!(ack, (2, 0, 3), "MQTT 3: server unavailable");
+
+    // Those that have a session still connect: resumed, and taken over with a clean start.
+    let (_kept, ack) = connack(b.port(), 4, "kept", false).await;
+    assert_eq!(ack, (2, 1, 0), "the offline session resumed");
+    let (live_again, ack) = connack(b.port(), 5, "live", true).await;
+    assert_eq!(ack, (2, 0, 0), "taken over with a clean start");
+    drop(live);
+
+    // The clean session ends with its connection: room for a new client.
+    drop(live_again);
+    wait_until("the clean session ended", || {
+        b.ctl_ok(&["metrics"]).contains("broker_sessions 1\n")
+    })
+    .await;
+    let (_third, ack) = connack(b.port(), 4, "third", true).await;
+    assert_eq!(ack, (2, 0, 0));
+    assert!(b
+        .ctl_ok(&["metrics"])
+        .contains("broker_sessions_refused_total 2"));
+    assert!(b.log().contains("session limit reached"));
+}

@@ -148,6 +148,11 @@ pub struct Attached {
     pub discarded: bool,
 }
 
+/// [`Broker::attach`] refused a client: `limits.max_sessions` sessions are held and its id
+/// has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimitReached;
+
 impl Broker {
     /// A broker with no sessions, no subscriptions and no plugins. `plugin_config_dir` holds
     /// the plugins' `<name>.toml` files.
@@ -915,12 +920,15 @@ impl Broker {
     /// A live connection holding that session is kicked first and its state waited for. With
     /// `clean_start` an existing session is discarded and a new one created; otherwise it is
     /// resumed. `control` is the new connection's control channel.
+    ///
+    /// A client id with no session gets a new one only while fewer than
+    /// `limits.max_sessions` are held.
     pub async fn attach(
         self: &Arc<Self>,
         client_id: &Arc<str>,
         clean_start: bool,
         control: crate::session::ControlSender,
-    ) -> Attached {
+    ) -> Result<Attached, SessionLimitReached> {
         loop {
             let existing = self.session(client_id);
             if let Some(old) = &existing {
@@ -953,6 +961,11 @@ impl Broker {
             let (session, present) = match current {
                 Some(old) if !clean_start => (old, true),
                 other => {
+                    let max = self.config.limits.max_sessions;
+                    if other.is_none() && max > 0 && sessions.len() >= max {
+                        metrics::add(&self.metrics.sessions_refused, 1);
+                        return Err(SessionLimitReached);
+                    }
                     if let Some(old) = other {
                         sessions.remove(client_id);
                         self.discard_session(&old);
@@ -975,12 +988,12 @@ impl Broker {
             if let Some(parked) = session.parked.lock().as_mut() {
                 parked.pending_will = None;
             }
-            return Attached {
+            return Ok(Attached {
                 session,
                 session_present: present,
                 generation,
                 discarded,
-            };
+            });
         }
     }
 

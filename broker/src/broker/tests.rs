@@ -23,7 +23,8 @@ fn broker() -> Arc<Broker> {
 /// Attaches a connection for `id`; its control line's receiving end comes back with it.
 async fn connect(b: &Arc<Broker>, id: &str, clean_start: bool) -> (Attached, ControlReceiver) {
     let (tx, rx) = control_line();
-    (b.attach(&Arc::from(id), clean_start, tx).await, rx)
+    let attached = b.attach(&Arc::from(id), clean_start, tx).await;
+    (attached.expect("under the session limit"), rx)
 }
 
 /// A second connection for `id` while one is attached (its line `old`): the old one must be

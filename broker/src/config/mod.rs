@@ -453,6 +453,9 @@ pub struct Limits {
     /// Subscriptions one session may hold through its own SUBSCRIBEs; a filter beyond it is
     /// refused (SUBACK 0x97, MQTT 3: 0x80). 0 = no limit.
     pub max_subscriptions: usize,
+    /// Sessions the broker holds at once, online and offline; a client whose id has no
+    /// session is refused beyond it (CONNACK 0x97, MQTT 3: 0x03). 0 = no limit.
+    pub max_sessions: usize,
 }
 
 impl Default for Limits {
@@ -475,6 +478,7 @@ impl Default for Limits {
             max_delayed_messages: 1_000,
             max_delayed_bytes: 64 * 1024 * 1024,
             max_subscriptions: 10_000,
+            max_sessions: 1_000_000,
         }
     }
 }

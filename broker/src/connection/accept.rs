@@ -247,9 +247,24 @@ impl Connection {
         };
         let (control_tx, control_rx) = crate::session::control_line();
         let client_id = &negotiated.client_id;
-        let attached = broker
+        let attached = match broker
             .attach(client_id, connect.clean_start, control_tx)
-            .await;
+            .await
+        {
+            Ok(attached) => attached,
+            Err(crate::broker::SessionLimitReached) => {
+                let refusal = Refusal::new(
+                    ReasonCode::QuotaExceeded,
+                    "session limit reached (limits.max_sessions)",
+                );
+                hooks.notify(
+                    HookPoint::CLIENT_CONNACK,
+                    &event(identity.view(), "", refusal.code.get()),
+                );
+                refuse(stream, version, &refusal, info, client_id).await;
+                return None;
+            }
+        };
         attached.session.expiry_interval.store(
             negotiated.session_expiry,
             std::sync::atomic::Ordering::Relaxed,

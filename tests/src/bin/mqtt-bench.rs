@@ -25,7 +25,8 @@
 //! idle: `--clients` connections are opened, `--window` at a time (each waits for its CONNACK),
 //! and then held without traffic for `--messages` seconds; prints the connect rate as soon as
 //! all are connected (`tests/bench/idle.sh` measures the broker's memory and CPU meanwhile).
-//! Keep Alive is 60 s, so hold them for less than the broker's 90 s limit.
+//! Keep Alive is 60 s, so hold them for less than the broker's 90 s limit. With
+//! `--persistent true` they ask for persistent sessions, which stay when they close.
 //!
 //! flood-ping / flood-subscribe: `--clients` connections send PINGREQ (or SUBSCRIBE and
 //! UNSUBSCRIBE pairs) as fast as the broker takes them for `--messages` milliseconds, while
@@ -484,7 +485,8 @@ async fn idle(a: Arc<Args>) -> anyhow::Result<()> {
         let permit = permits.clone().acquire_owned().await?;
         let a = a.clone();
         tasks.push(tokio::spawn(async move {
-            let c = connect(&a, &format!("bench-idle-{}-{i}", std::process::id())).await;
+            let id = format!("bench-idle-{}-{i}", std::process::id());
+            let c = connect_with(&a, &id, !a.persistent).await;
             drop(permit);
             // Closed with a reset, not a FIN: tens of thousands of closes would otherwise leave
             // as many local ports in TIME_WAIT, and the next round could not connect.
