@@ -75,6 +75,9 @@ metrics! {
     Gauge sessions,
     /// Clients refused because limits.max_sessions sessions were held.
     Counter sessions_refused,
+    /// Bytes of read buffers, beyond the first 64 KiB of each connection's, holding packets
+    /// still arriving (limits.max_incoming_bytes).
+    Gauge incoming_bytes,
     /// PUBLISH packets received from clients.
     Counter messages_received,
     /// PUBLISH packets sent to clients.

@@ -327,3 +327,64 @@ async fn sessions_are_bounded() {
         .contains("broker_sessions_refused_total 2"));
     assert!(b.log().contains("session limit reached"));
 }
+
+/// The `incoming_bytes` gauge.
+fn incoming_bytes(b: &Broker) -> u64 {
+    b.ctl_ok(&["metrics"])
+        .lines()
+        .find_map(|l| l.strip_prefix("broker_incoming_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("broker_incoming_bytes")
+}
+
+/// limits.max_incoming_bytes: packets still arriving share one broker-wide budget beyond the
+/// first 64 KiB of each connection. A client that sends all but the last byte of a large packet
+/// holds its part; one whose packet would pass the budget is closed (v5 DISCONNECT 0x97, a
+/// CONNECT without CONNACK), while small packets and the packet within the budget go through.
+#[tokio::test]
+async fn packets_still_arriving_are_bounded_broker_wide() {
+    let b = Broker::start_with("[limits]\nmax_incoming_bytes = 1500000\n");
+    let mut sub = Wire::connected(b.port(), 4, "sub").await;
+    sub.send(&subscribe_packet(4, 1, "big", 0)).await;
+    assert_eq!(sub.recv().await.expect("SUBACK").kind(), 9);
+
+    let big = publish_packet(5, "big", 0, 0, false, &vec![b'x'; 1_000_000]);
+    let (head, last) = big.split_at(big.len() - 1);
+    let mut first = Wire::connected(b.port(), 5, "first").await;
+    first.send(head).await;
+    wait_until("the first packet is charged", || {
+        incoming_bytes(&b) > 500_000
+    })
+    .await;
+
+    // A second one does not fit next to it.
+    let mut second = Wire::connected(b.port(), 5, "second").await;
+    let _ = second.try_send(head).await;
+    let mut seen = Vec::new();
+    assert!(second.closed_within(WAIT, &mut seen).await, "second closed");
+    assert!(
+        seen.iter()
+            .any(|p| p.kind() == 14 && p.body.first() == Some(&0x97)),
+        "DISCONNECT 0x97: {seen:?}"
+    );
+
+    // Nor does a CONNECT that large (only the start of it is needed: a packet is acted on
+    // when complete): closed without CONNACK.
+    let mut connect = vec![0x10];
+    connect.extend(var_int(1_000_000));
+    connect.extend(vec![0u8; 900_000]);
+    let mut third = Wire::open(b.port()).await;
+    let _ = third.try_send(&connect).await;
+    let mut seen = Vec::new();
+    assert!(third.closed_within(WAIT, &mut seen).await, "third closed");
+    assert!(seen.is_empty(), "no CONNACK: {seen:?}");
+
+    // Small packets are not held back, and the first packet completes.
+    assert!(sub.ping().await);
+    first.send(last).await;
+    let p = sub.recv().await.expect("the large PUBLISH");
+    assert_eq!((p.kind(), p.body.len()), (3, 2 + 3 + 1_000_000));
+    drop((first, second, third));
+    wait_until("every charge given back", || incoming_bytes(&b) == 0).await;
+    assert!(b.log().contains("limits.max_incoming_bytes"));
+}

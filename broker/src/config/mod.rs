@@ -456,6 +456,10 @@ pub struct Limits {
     /// Sessions the broker holds at once, online and offline; a client whose id has no
     /// session is refused beyond it (CONNACK 0x97, MQTT 3: 0x03). 0 = no limit.
     pub max_sessions: usize,
+    /// Bytes all connections together may hold in packets still arriving, beyond the first
+    /// 64 KiB of each; a connection whose packet would take more is closed (v5 DISCONNECT
+    /// 0x97). 0 = no limit.
+    pub max_incoming_bytes: usize,
 }
 
 impl Default for Limits {
@@ -479,6 +483,7 @@ impl Default for Limits {
             max_delayed_bytes: 64 * 1024 * 1024,
             max_subscriptions: 10_000,
             max_sessions: 1_000_000,
+            max_incoming_bytes: 256 * 1024 * 1024,
         }
     }
 }

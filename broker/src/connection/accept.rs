@@ -23,6 +23,7 @@ use crate::session::Identity;
 use plugin_api::HookPoint;
 
 use super::auth::{authenticate, enhanced_exchange, EnhancedAuth};
+use super::io::IncomingCharge;
 use super::{event, ConnInfo, Connection};
 
 /// Reads the first packet; it must be CONNECT ([MQTT-3.1.0-1]). Answers an unsupported protocol
@@ -38,6 +39,8 @@ where
 {
     let max = broker.config.limits.max_packet_size;
     let timeout = Duration::from_secs(broker.config.limits.connect_timeout);
+    let mut charge = IncomingCharge::default();
+    let gauge = &broker.metrics.incoming_bytes;
     let read = async {
         loop {
             if let Some(&b) = rbuf.first() {
@@ -53,7 +56,16 @@ where
                 Ok(Some(p)) => {
                     return Err(format!("[MQTT-3.1.0-1] first packet is {}", p.name()));
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    // A CONNECT still arriving (decoding reserved room for the rest of it).
+                    let limit = broker.config.limits.max_incoming_bytes;
+                    if !charge.set(gauge, rbuf.capacity(), limit) {
+                        return Err(
+                            "CONNECT still arriving would pass limits.max_incoming_bytes"
+                                .to_string(),
+                        );
+                    }
+                }
                 Err(DecodeError::UnsupportedProtocolLevel(level)) => {
                     let mut out = BytesMut::new();
                     let ack = Packet::ConnAck(ConnAck {
@@ -83,7 +95,10 @@ where
             }
         }
     };
-    match tokio::time::timeout(timeout, read).await {
+    let read = tokio::time::timeout(timeout, read).await;
+    // The connection from here on charges its own buffer (see `Connection::run`).
+    charge.clear(gauge);
+    match read {
         Ok(Ok(c)) => Some(c),
         Ok(Err(reason)) => {
             tracing::info!(peer = %info.peer, listener = %info.listener, %reason, "connection refused");
@@ -329,6 +344,7 @@ impl Connection {
             published: false,
             needs_commit: false,
             enhanced: None,
+            incoming: IncomingCharge::default(),
         }
     }
 

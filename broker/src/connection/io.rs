@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,6 +21,54 @@ pub const READ_CHUNK: usize = 4 * 1024;
 
 /// Bytes reserved for writing when the first packet goes into an empty write buffer.
 pub const WRITE_CHUNK: usize = 4 * 1024;
+
+/// Bytes of read buffer a connection holds without charge against `limits.max_incoming_bytes`.
+pub const INCOMING_ALLOWANCE: usize = 64 * 1024;
+
+/// What one connection's read buffer holds beyond [`INCOMING_ALLOWANCE`], charged to the
+/// broker-wide gauge `incoming_bytes`, bounded by `limits.max_incoming_bytes`.
+///
+/// A packet is buffered whole before it is acted on, so a client that sends all but the last
+/// byte of a large packet holds that much of the broker's memory for as long as it likes; many
+/// clients doing so at once would exhaust it. Each connection charges what its buffer holds
+/// past the allowance (re-measured after every read, and when the buffer is given back), and a
+/// connection whose read would take the total past the limit is closed. Ordinary packets never
+/// reach the allowance, so only large packets still arriving compete for the budget.
+#[derive(Debug, Default)]
+pub struct IncomingCharge(usize);
+
+impl IncomingCharge {
+    /// Charges a read buffer of `capacity` bytes to `gauge`. False, with nothing more
+    /// charged, when that would take the gauge past `max` (0 = no limit).
+    pub fn set(&mut self, gauge: &AtomicU64, capacity: usize, max: usize) -> bool {
+        let want = capacity.saturating_sub(INCOMING_ALLOWANCE);
+        if want <= self.0 {
+            gauge.fetch_sub((self.0 - want) as u64, Ordering::Relaxed);
+            self.0 = want;
+            return true;
+        }
+        let more = (want - self.0) as u64;
+        let before = gauge.fetch_add(more, Ordering::Relaxed);
+        if max > 0 && before + more > max as u64 {
+            gauge.fetch_sub(more, Ordering::Relaxed);
+            return false;
+        }
+        self.0 = want;
+        true
+    }
+
+    /// Lowers the charge to a read buffer of `capacity` bytes, if that is less.
+    pub fn shrink(&mut self, gauge: &AtomicU64, capacity: usize) {
+        if capacity.saturating_sub(INCOMING_ALLOWANCE) < self.0 {
+            self.set(gauge, capacity, 0);
+        }
+    }
+
+    /// Gives the whole charge back.
+    pub fn clear(&mut self, gauge: &AtomicU64) {
+        self.set(gauge, 0, 0);
+    }
+}
 
 /// A byte stream an MQTT connection runs on.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {

@@ -58,6 +58,7 @@ use bytes::BytesMut;
 use tokio::time::Instant;
 
 use crate::broker::Broker;
+use crate::codec::reason::ReasonCode;
 use crate::metrics;
 
 use crate::session::protocol::timers::{Liveness, Timeout};
@@ -220,6 +221,9 @@ impl Connection {
     ) -> (bool, bool) {
         let now = Instant::now();
         self.release_idle_buffers(rbuf, input_pending);
+        // Only gives back here: the buffer grows by reading and decoding, charged in `act`.
+        self.incoming
+            .shrink(&self.broker.metrics.incoming_bytes, rbuf.capacity());
         liveness.output_waiting(!self.wbuf.is_empty(), now);
         let throttled = self.control_rate.blocked_until();
         let reading = self.wbuf.len() < WRITE_BUFFER_HIGH
@@ -263,6 +267,15 @@ impl Connection {
         if *input_pending && !self.paused && self.control_rate.blocked_until().is_none() {
             let max_packet = self.broker.config.limits.max_packet_size;
             *input_pending = !self.decode_all(rbuf, max_packet).await?;
+            // What is left is a packet still arriving (decoding reserved room for the rest).
+            let limit = self.broker.config.limits.max_incoming_bytes;
+            let gauge = &self.broker.metrics.incoming_bytes;
+            if !self.incoming.set(gauge, rbuf.capacity(), limit) {
+                return Err(Exit::protocol(
+                    ReasonCode::QuotaExceeded,
+                    "packet still arriving would pass limits.max_incoming_bytes",
+                ));
+            }
         }
         if self.wbuf.len() < WRITE_BUFFER_HIGH {
             self.drain_queue();

@@ -15,6 +15,7 @@ use crate::session::protocol::{
 use crate::session::{ControlReceiver, Identity, Session};
 
 use super::auth::EnhancedAuth;
+use super::io::IncomingCharge;
 
 /// A client event for plugins, without a subscription.
 pub(super) fn event<'a>(client: ClientView<'a>, reason: &'a str, reason_code: u8) -> EventView<'a> {
@@ -65,4 +66,12 @@ pub(super) struct Connection {
     pub(super) needs_commit: bool,
     /// MQTT 5 enhanced authentication in force (for re-authentication).
     pub(super) enhanced: Option<Box<EnhancedAuth>>,
+    /// What the read buffer holds of the broker's `limits.max_incoming_bytes`.
+    pub(super) incoming: IncomingCharge,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.incoming.clear(&self.broker.metrics.incoming_bytes);
+    }
 }
