@@ -263,6 +263,49 @@ async fn websocket_packets_may_span_and_share_frames() {
     assert!(data.ends_with(b"to ws"));
 }
 
+/// A WebSocket frame may carry a packet up to limits.max_packet_size (and some more packets
+/// with it), not more: a larger frame closes the connection before the broker buffers it.
+#[tokio::test]
+async fn websocket_frames_are_bounded_by_the_packet_size() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = format!(
+        "data_dir = {:?}\n[[listener]]\nname = \"tcp\"\nbind = \"127.0.0.1:0\"\n[[listener]]\nname = \"ws\"\nkind = \"ws\"\nbind = \"127.0.0.1:0\"\n[admin]\nbind = \"127.0.0.1:0\"\n[limits]\nmax_packet_size = 100000\n",
+        dir.path().join("data").display().to_string()
+    );
+    let b = Broker::start_config(dir, &config);
+    let mut sub = Wire::connected(b.port(), 4, "big-sub").await;
+    sub.send(&subscribe_packet(4, 1, "big", 0)).await;
+    assert_eq!(sub.recv().await.expect("SUBACK").kind(), 9);
+
+    let mut ws = ws_client(listener_addr(&b, "ws"), "/mqtt").await;
+    let connect = connect_packet(4, "ws-big", true, 60);
+    ws.send(Message::Binary(connect.into()))
+        .await
+        .expect("send");
+    let ack = ws.next().await.expect("frame").expect("ok");
+    assert_eq!(ack.into_data().to_vec(), vec![0x20, 2, 0, 0]);
+    // 90 kB in one frame: within the packet size.
+    let publish = publish_packet(4, "big", 0, 0, false, &vec![b'x'; 90_000]);
+    ws.send(Message::Binary(publish.into()))
+        .await
+        .expect("send");
+    let p = sub.recv().await.expect("the 90 kB message");
+    assert_eq!(p.body.len(), 2 + 3 + 90_000);
+    // A 400 kB frame, even of valid packets (PINGREQs): the connection is closed.
+    let pings: Vec<u8> = PINGREQ.repeat(200_000);
+    let _ = ws.send(Message::Binary(pings.into())).await;
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true), "closed after the oversized frame");
+}
+
 #[tokio::test]
 async fn websocket_wrong_path_is_refused_and_forwarded_for_is_honoured() {
     let b = ws_broker("[[listener]]\nname = \"proxied\"\nkind = \"ws\"\nbind = \"127.0.0.1:0\"\nws_path = \"/mq\"\nproxy_forwarded_for = true\n");

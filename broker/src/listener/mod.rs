@@ -279,7 +279,8 @@ async fn other_transports(
         S: AsyncRead + AsyncWrite + Unpin + Send,
         ws::WsStream<S>: Transport,
     {
-        match tokio::time::timeout(timeout, ws::accept(stream, path, forwarded)).await {
+        let max_packet = broker.config.limits.max_packet_size;
+        match tokio::time::timeout(timeout, ws::accept(stream, path, forwarded, max_packet)).await {
             Ok(Ok((ws, ip))) => {
                 info.peer = ws::effective_peer(info.peer, ip);
                 serve(broker, ws, info, ()).await

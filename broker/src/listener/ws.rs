@@ -19,6 +19,7 @@ use futures_sink::Sink;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -28,14 +29,25 @@ pub struct WsStream<S> {
     pending: Bytes,
 }
 
+/// Bytes tungstenite reads the socket with. It allocates this buffer for every connection up
+/// front, 128 KiB by default: 136 KiB per idle WebSocket connection where an idle TCP one costs
+/// under 2 KiB. The broker's own read buffer takes 4 KiB at a time too.
+const WS_READ_BUFFER: usize = 4 * 1024;
+
 /// Upgrades `stream` to a WebSocket. Returns the stream and the forwarded client address, if
 /// `trust_forwarded_for` and the request carried one.
+///
+/// A frame or message larger than `max_packet_size` plus 64 KiB is refused (tungstenite would
+/// otherwise buffer up to 64 MiB of one before the broker sees a byte of it, outside
+/// `limits.max_incoming_bytes`); MQTT packets may span frames, and a frame may hold several
+/// small packets.
 // The handshake callback's error type is tungstenite's (a whole HTTP response).
 #[allow(clippy::result_large_err)]
 pub async fn accept<S>(
     stream: S,
     path: &str,
     trust_forwarded_for: bool,
+    max_packet_size: usize,
 ) -> io::Result<(WsStream<S>, Option<IpAddr>)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -72,7 +84,12 @@ where
         }
         Ok(resp)
     };
-    let inner = tokio_tungstenite::accept_hdr_async(stream, callback)
+    let max_frame = max_packet_size.saturating_add(64 * 1024);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .max_frame_size(Some(max_frame))
+        .max_message_size(Some(max_frame));
+    let inner = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
         .await
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
     Ok((
