@@ -115,9 +115,12 @@ impl Message {
             + p.content_type.as_ref().map_or(0, |s| s.len())
             + p.response_topic.as_ref().map_or(0, |s| s.len())
             + p.correlation_data.as_ref().map_or(0, |s| s.len())
+            // Each pair's slot in the vector (48 bytes, for pairs that are 5 bytes on the wire)
+            // and its strings' heap.
+            + p.user_properties.capacity() * std::mem::size_of::<(String, String)>()
             + p.user_properties
                 .iter()
-                .map(|(k, v)| k.len() + v.len() + 16)
+                .map(|(k, v)| k.capacity() + v.capacity())
                 .sum::<usize>()
     }
 
@@ -194,5 +197,32 @@ impl DropReason {
 impl std::fmt::Display for DropReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Properties, QoS};
+    use crate::router::TopicName;
+
+    /// Queue bounds charge a message what it holds: a user property is 5 bytes on the wire
+    /// at least, but its pair of strings takes a 48-byte slot, and the charge must say so
+    /// (else a queue of such messages would hold several times its limit).
+    #[test]
+    fn user_properties_are_charged_what_they_hold() {
+        let mut properties = Properties::default();
+        properties.user_properties = vec![(String::new(), String::new()); 1000];
+        let topic = TopicName::new("t").expect("topic");
+        let m = Message::new(
+            topic,
+            bytes::Bytes::new(),
+            QoS::AtMostOnce,
+            false,
+            properties,
+            None,
+        );
+        let slot = std::mem::size_of::<(String, String)>();
+        assert!(m.content_size() >= 1000 * slot, "{}", m.content_size());
     }
 }
