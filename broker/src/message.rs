@@ -211,8 +211,10 @@ mod tests {
     /// (else a queue of such messages would hold several times its limit).
     #[test]
     fn user_properties_are_charged_what_they_hold() {
-        let mut properties = Properties::default();
-        properties.user_properties = vec![(String::new(), String::new()); 1000];
+        let properties = Properties {
+            user_properties: vec![(String::new(), String::new()); 1000],
+            ..Properties::default()
+        };
         let topic = TopicName::new("t").expect("topic");
         let m = Message::new(
             topic,
