@@ -333,6 +333,45 @@ async fn retained_messages_are_replayed_with_the_retain_flag() {
     assert!(late.recv_publish_within(QUIET).await.is_none());
 }
 
+/// max_replay_messages: a new subscription gets at most that many retained messages (a
+/// subscription to `#` among many costs the broker that many, not all of them), in publish
+/// order among those replayed.
+#[tokio::test]
+async fn retained_replay_is_bounded() {
+    let b = retainer_broker("max_replay_messages = 5\n");
+    let mut publisher = V4Client::connect(b.port(), "pub").await;
+    for n in 0..20 {
+        publisher
+            .client
+            .publish(format!("many/{n}"), QoS::AtLeastOnce, true, n.to_string())
+            .await
+            .expect("publish");
+    }
+    publisher.wait_acks(20).await;
+    wait_until("twenty retained topics", || {
+        b.ctl_ok(&["retainer", "info"]).contains("messages: 20")
+    })
+    .await;
+    let mut sub = V4Client::connect(b.port(), "sub").await;
+    sub.subscribe("many/#", QoS::AtLeastOnce).await;
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let p = sub.recv_publish().await;
+        assert!(p.retain);
+        got.push(
+            String::from_utf8_lossy(&p.payload)
+                .parse::<u32>()
+                .expect("n"),
+        );
+    }
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "publish order: {got:?}"
+    );
+    let extra = sub.recv_publish_within(QUIET).await;
+    assert!(extra.is_none(), "only 5 replayed: {extra:?}");
+}
+
 #[tokio::test]
 async fn retain_handling_shared_subscriptions_and_dollar_topics() {
     let b = retainer_broker("");

@@ -11,7 +11,10 @@
 //! * **Replay** on `session.subscribed` through the broker's `deliver` service: wildcard filters
 //!   are looked up in a topic trie (no scan of all messages), results in publish order, QoS =
 //!   min(stored, granted), RETAIN set, v5 retain handling 0 / 1 / 2 honoured, never for shared
-//!   subscriptions, `$` topics not matched by a leading wildcard.
+//!   subscriptions, `$` topics not matched by a leading wildcard. At most
+//!   `max_replay_messages` per subscription (the walk stops there: a subscription to `#` costs
+//!   that many steps whatever is stored), and the replay stops at the first message the
+//!   subscriber's queue does not take.
 //! * **Disc** (`storage = "disc"`): the index lives in RAM and every change is also written to a
 //!   redb database by a writer task on the plugin's runtime, fed by a channel — the publish path
 //!   never waits for the disc. `shutdown` (unload, reload, broker stop) waits until every change
@@ -65,6 +68,8 @@ pub struct Config {
     pub max_payload_size: usize,
     /// Seconds a retained message lives unless the message says otherwise; 0 = forever.
     pub expiry_interval: u64,
+    /// Most retained messages replayed to one new subscription; 0 = unlimited.
+    pub max_replay_messages: usize,
 }
 
 impl Default for Config {
@@ -76,6 +81,7 @@ impl Default for Config {
             max_retained_bytes: 256 * 1024 * 1024,
             max_payload_size: 1024 * 1024,
             expiry_interval: 0,
+            max_replay_messages: 10_000,
         }
     }
 }
@@ -230,12 +236,23 @@ impl Index {
         Some(removed)
     }
 
-    /// Every stored message whose topic `filter` matches, walking only matching branches.
+    /// Every stored message whose topic `filter` matches, walking only matching branches, in
+    /// publish order.
     fn matching(&self, filter: &str) -> Vec<Arc<Retained>> {
+        self.matching_at_most(filter, usize::MAX)
+    }
+
+    /// Like [`Index::matching`], but the walk stops once it has found `limit` messages: a
+    /// subscription to `#` among a million retained messages costs `limit` steps, not a
+    /// million. Which ones are found first follows the tree, not publish order.
+    fn matching_at_most(&self, filter: &str, limit: usize) -> Vec<Arc<Retained>> {
         let mut out = Vec::new();
         // (node, the unmatched rest of the filter or None once it is used up, at the root)
         let mut stack: Vec<(&Node, Option<&str>, bool)> = vec![(&self.root, Some(filter), true)];
         while let Some((node, rest, first)) = stack.pop() {
+            if out.len() >= limit {
+                break;
+            }
             let Some(rest) = rest else {
                 out.extend(node.message.iter().cloned());
                 continue;
@@ -254,7 +271,7 @@ impl Index {
                     }
                     for (name, c) in &node.children {
                         if visible(name) {
-                            collect_all(c, &mut out);
+                            collect_all(c, &mut out, limit);
                         }
                     }
                 }
@@ -272,6 +289,7 @@ impl Index {
                 }
             }
         }
+        out.truncate(limit);
         out.sort_by_key(|r| r.meta.seq);
         out
     }
@@ -279,16 +297,20 @@ impl Index {
     /// Every stored message, `$` topics included, in publish order.
     fn all(&self) -> Vec<Arc<Retained>> {
         let mut out = Vec::new();
-        collect_all(&self.root, &mut out);
+        collect_all(&self.root, &mut out, usize::MAX);
         out.sort_by_key(|r| r.meta.seq);
         out
     }
 }
 
-/// Appends every message in the subtree under `node` (in no particular order).
-fn collect_all(node: &Node, out: &mut Vec<Arc<Retained>>) {
+/// Appends every message in the subtree under `node` (in no particular order) while `out`
+/// holds fewer than `limit`.
+fn collect_all(node: &Node, out: &mut Vec<Arc<Retained>>, limit: usize) {
     let mut stack = vec![node];
     while let Some(node) = stack.pop() {
+        if out.len() >= limit {
+            return;
+        }
         out.extend(node.message.iter().cloned());
         stack.extend(node.children.values());
     }
@@ -610,6 +632,7 @@ impl Retainer {
             filter: sub.filter.to_string(),
             qos: sub.options.qos,
             subscription_id: sub.subscription_id,
+            limit: self.config.max_replay_messages,
         };
         if *self.ready.borrow() {
             request.run(&self.index, &self.host);
@@ -635,16 +658,29 @@ struct Replay {
     filter: String,
     qos: u8,
     subscription_id: u32,
+    /// `max_replay_messages` (0 = unlimited).
+    limit: usize,
 }
 
 impl Replay {
+    /// Delivers what matches, at most `limit`, and stops at the first message the broker does
+    /// not take (the subscriber's queue is full, or it is gone): the rest would be dropped
+    /// one by one.
     fn run(&self, index: &Mutex<Index>, host: &HostRef) {
         let (client_id, sub_qos) = (self.client_id.as_str(), self.qos);
         let now = host.now_ms();
+        let limit = if self.limit == 0 {
+            usize::MAX
+        } else {
+            self.limit
+        };
         let matches = match index.lock() {
-            Ok(i) => i.matching(&self.filter),
+            Ok(i) => i.matching_at_most(&self.filter, limit),
             Err(_) => return,
         };
+        if matches.len() == limit {
+            tracing::debug!(client_id, filter = %self.filter, limit, "retained replay capped at max_replay_messages");
+        }
         for r in matches.iter().filter(|r| !r.expired(now)) {
             let meta = &r.meta;
             let message = OutgoingMessage {
@@ -668,7 +704,8 @@ impl Replay {
             };
             if let RResult::RErr(e) = host.deliver(client_id.into(), message, self.subscription_id)
             {
-                tracing::warn!(client_id, topic = %meta.topic, error = %e, "retained message not delivered");
+                tracing::debug!(client_id, topic = %meta.topic, error = %e, "retained replay stopped: a message was not delivered");
+                return;
             }
         }
     }
@@ -1100,6 +1137,23 @@ mod tests {
         i.remove("a/b");
         assert_eq!(topics(&i, "a/+"), ["a/c"]);
         assert_eq!(i.count, 5);
+    }
+
+    /// A replay's walk stops at its limit, whatever the filter, and what it found comes out
+    /// in publish order.
+    #[test]
+    fn a_capped_walk_stops_at_its_limit() {
+        let mut i = Index::default();
+        for n in 0..1000u64 {
+            i.insert(retained(&format!("d/{}/{n}", n % 10), n));
+        }
+        for filter in ["#", "d/#", "d/+/#", "+/+/+"] {
+            let found = i.matching_at_most(filter, 25);
+            assert_eq!(found.len(), 25, "{filter}");
+            assert!(found.windows(2).all(|w| w[0].meta.seq < w[1].meta.seq));
+        }
+        assert_eq!(i.matching_at_most("d/3/+", 1000).len(), 100);
+        assert_eq!(i.matching("#").len(), 1000);
     }
 
     // postmortem: a retained message on a 10 000-level topic, once stored, crashed the broker
