@@ -388,3 +388,27 @@ async fn packets_still_arriving_are_bounded_broker_wide() {
     wait_until("every charge given back", || incoming_bytes(&b) == 0).await;
     assert!(b.log().contains("limits.max_incoming_bytes"));
 }
+
+/// limits.max_control_rate counts a SUBSCRIBE's filters (one more per 8): a SUBSCRIBE of
+/// 16 000 filters at 1 000 per second is paid off over two seconds before the connection is
+/// read again, while other clients are served.
+#[tokio::test]
+async fn a_subscribe_of_many_filters_is_paid_off_before_more_is_read() {
+    let b = Broker::start_with("[limits]\nmax_control_rate = 1000\nmax_subscriptions = 0\n");
+    let mut w = Wire::connected(b.port(), 4, "many-filters").await;
+    let names: Vec<String> = (0..16_000).map(|i| format!("f/{i}")).collect();
+    let filters: Vec<&str> = names.iter().map(String::as_str).collect();
+    w.send(&subscribe_many(4, 1, &filters)).await;
+    assert_eq!(suback_codes(&mut w, 4).await.len(), 16_000);
+    let asked = std::time::Instant::now();
+    w.send(&PINGREQ).await;
+    let mut other = Wire::connected(b.port(), 4, "other").await;
+    assert!(other.ping().await, "another client is answered meanwhile");
+    let pong = w.recv().await.expect("PINGRESP");
+    assert_eq!(pong.kind(), 13);
+    assert!(
+        asked.elapsed() >= Duration::from_secs(1),
+        "the PINGREQ waited for the debt: {:?}",
+        asked.elapsed()
+    );
+}

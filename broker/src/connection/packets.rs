@@ -8,6 +8,7 @@ use crate::codec::{self, reason::ReasonCode, Disconnect, Packet, PubResp};
 use crate::metrics;
 use crate::session::protocol::outbound::PubRecOutcome;
 use crate::session::protocol::session_expiry_at_disconnect;
+use crate::session::protocol::timers::ControlRate;
 use crate::session::store::Op;
 use plugin_api::HookPoint;
 
@@ -57,15 +58,17 @@ impl Connection {
             }
             Packet::PubRel(r) => self.on_pubrel(r),
             Packet::Subscribe(s) => {
-                self.control_rate.spend(now);
+                let cost = ControlRate::filters_cost(s.filters.len());
+                self.control_rate.spend(now, cost);
                 return Ok(Some(Deferred::Subscribe(s)));
             }
             Packet::Unsubscribe(u) => {
-                self.control_rate.spend(now);
+                let cost = ControlRate::filters_cost(u.filters.len());
+                self.control_rate.spend(now, cost);
                 self.on_unsubscribe(u)?;
             }
             Packet::PingReq => {
-                self.control_rate.spend(now);
+                self.control_rate.spend(now, 1);
                 self.push(&Packet::PingResp);
             }
             Packet::Disconnect(d) => return Err(self.on_disconnect(d)),
@@ -76,7 +79,7 @@ impl Connection {
                 ))
             }
             Packet::Auth(a) => {
-                self.control_rate.spend(now);
+                self.control_rate.spend(now, 1);
                 return Ok(Some(Deferred::Auth(a)));
             }
             other => {

@@ -6,7 +6,8 @@
 //!   does not count as the client's silence;
 //! * slow consumer: output the client leaves unread for `limits.slow_consumer_timeout` closes it;
 //! * control-packet rate: PINGREQ, SUBSCRIBE, UNSUBSCRIBE and AUTH beyond a budget per second
-//!   are not read until the second ends ([`ControlRate`]).
+//!   are not read until the budget is back ([`ControlRate`]); a SUBSCRIBE or UNSUBSCRIBE
+//!   carrying many filters costs in proportion.
 
 use std::time::Duration;
 
@@ -104,10 +105,15 @@ impl Liveness {
 
 /// Per-connection budget of control packets: `limit` per one-second window (0 = no limit);
 /// once spent, the connection is not read until the window ends.
+///
+/// A packet may cost more than one ([`ControlRate::filters_cost`]), and may take the budget
+/// below zero: the debt is paid off at `limit` per second before the connection is read
+/// again. One SUBSCRIBE of 100 000 filters is then 12 501 packets' worth, not one (the broker
+/// read such packets as fast as one client could send them: a core busy for one client).
 #[derive(Debug)]
 pub struct ControlRate {
     limit: u32,
-    left: u32,
+    left: i32,
     window_end: Instant,
 }
 
@@ -116,29 +122,41 @@ impl ControlRate {
     pub fn new(limit: u32, now: Instant) -> Self {
         ControlRate {
             limit,
-            left: limit,
+            left: Self::clamp(u64::from(limit)),
             window_end: now + Duration::from_secs(1),
         }
     }
 
-    /// Spends one packet's worth of the budget.
-    pub fn spend(&mut self, now: Instant) {
+    /// What a SUBSCRIBE or UNSUBSCRIBE of `filters` filters costs: one packet, and one more
+    /// for every 8 filters (each filter is work of its own: a look-up, an ACL check, a router
+    /// change, a reason code).
+    pub fn filters_cost(filters: usize) -> u32 {
+        u32::try_from(1 + filters / 8).unwrap_or(u32::MAX)
+    }
+
+    fn clamp(n: u64) -> i32 {
+        i32::try_from(n).unwrap_or(i32::MAX)
+    }
+
+    /// Spends `cost` packets' worth of the budget (going into debt if need be).
+    pub fn spend(&mut self, now: Instant, cost: u32) {
         if self.limit == 0 {
             return;
         }
         self.refill(now);
-        self.left = self.left.saturating_sub(1);
+        self.left = self.left.saturating_sub(Self::clamp(u64::from(cost)));
     }
 
     /// When reading may resume, if the budget is spent.
     pub fn blocked_until(&self) -> Option<Instant> {
-        (self.limit > 0 && self.left == 0).then_some(self.window_end)
+        (self.limit > 0 && self.left <= 0).then_some(self.window_end)
     }
 
-    /// Starts a new window once the current one has ended.
+    /// Adds a second's budget once the current window has ended (up to one second's worth).
     pub fn refill(&mut self, now: Instant) {
         if now >= self.window_end {
-            self.left = self.limit;
+            let limit = Self::clamp(u64::from(self.limit));
+            self.left = self.left.saturating_add(limit).min(limit);
             self.window_end = now + Duration::from_secs(1);
         }
     }
@@ -201,9 +219,9 @@ mod tests {
     fn control_rate_budget_per_second() {
         let t0 = Instant::now();
         let mut r = ControlRate::new(2, t0);
-        r.spend(t0);
+        r.spend(t0, 1);
         assert_eq!(r.blocked_until(), None);
-        r.spend(t0);
+        r.spend(t0, 1);
         assert_eq!(r.blocked_until(), Some(t0 + Duration::from_secs(1)));
         r.refill(t0 + Duration::from_millis(500));
         assert!(r.blocked_until().is_some(), "not before the window ends");
@@ -212,8 +230,35 @@ mod tests {
 
         let mut unlimited = ControlRate::new(0, t0);
         for _ in 0..10_000 {
-            unlimited.spend(t0);
+            unlimited.spend(t0, 1);
         }
         assert_eq!(unlimited.blocked_until(), None);
+    }
+
+    /// A packet of many filters costs in proportion, and its debt is paid off at the limit
+    /// per second before reading resumes.
+    #[test]
+    fn many_filters_cost_many_seconds() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut r = ControlRate::new(1000, t0);
+        assert_eq!(ControlRate::filters_cost(1), 1);
+        assert_eq!(ControlRate::filters_cost(100), 13);
+        r.spend(t0, ControlRate::filters_cost(24_000)); // 3 001: a debt of 2 001
+        let mut now = t0;
+        let mut waited = 0;
+        while let Some(until) = r.blocked_until() {
+            now = until;
+            r.refill(now);
+            waited += 1;
+            assert!(waited < 10, "paid off");
+        }
+        assert_eq!(waited, 3, "3 seconds of budget for a debt of 2 001");
+        assert!(now >= t0 + 3 * second);
+        r.refill(now + 10 * second);
+        r.spend(now + 10 * second, 999);
+        assert_eq!(r.blocked_until(), None, "refilled to the limit, not beyond");
+        r.spend(now + 10 * second, 1);
+        assert!(r.blocked_until().is_some());
     }
 }
