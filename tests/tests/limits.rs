@@ -412,3 +412,24 @@ async fn a_subscribe_of_many_filters_is_paid_off_before_more_is_read() {
         asked.elapsed()
     );
 }
+
+/// Connections refused for the connection limit are counted, and logged once per 10 s with
+/// how many were refused meanwhile, not once each (a reconnect loop against a full broker would
+/// write thousands of lines a second).
+#[tokio::test]
+async fn refused_connections_are_counted_and_logged_sparingly() {
+    let b = Broker::start_with("[limits]\nmax_connections = 1\n");
+    let _held = Wire::connected(b.port(), 4, "the-one").await;
+    for _ in 0..50 {
+        let mut w = Wire::open(b.port()).await;
+        let mut seen = Vec::new();
+        assert!(w.closed_within(WAIT, &mut seen).await, "refused");
+    }
+    wait_until("50 refusals counted", || {
+        b.ctl_ok(&["metrics"])
+            .contains("broker_connections_refused_total 50")
+    })
+    .await;
+    let lines = b.log().matches("connection limit reached").count();
+    assert_eq!(lines, 1, "one line for 50 refusals");
+}

@@ -152,6 +152,31 @@ pub fn write_address_file(
     std::fs::rename(tmp, data_dir.join("listeners.json"))
 }
 
+/// Logs connections refused for the connection limit: the first at once, then at most one line
+/// per [`RefusalLog::EVERY`] with how many were refused meanwhile. A client reconnecting in a
+/// loop against a full broker would otherwise write a warning per attempt, thousands a second.
+#[derive(Default)]
+struct RefusalLog {
+    next: Option<std::time::Instant>,
+    held: u64,
+}
+
+impl RefusalLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn refused(&mut self, listener: &str, peer: std::net::SocketAddr) {
+        let now = std::time::Instant::now();
+        if self.next.is_some_and(|next| now < next) {
+            self.held += 1;
+            return;
+        }
+        let also = std::mem::take(&mut self.held);
+        self.next = Some(now + Self::EVERY);
+        tracing::warn!(listener, %peer, refused_since_last_report = also,
+            "connection refused: connection limit reached (logged at most every 10 s; see the connections_refused metric)");
+    }
+}
+
 /// Accepts connections on `bound` until the broker shuts down.
 pub async fn run(broker: Arc<Broker>, bound: Bound) {
     let permits = Arc::new(Permits {
@@ -168,6 +193,7 @@ pub async fn run(broker: Arc<Broker>, bound: Bound) {
     });
     let mut shutdown = broker.shutdown_signal();
     let mut backoff = Duration::from_millis(5);
+    let mut refusals = RefusalLog::default();
     tracing::info!(listener = %name, addr = %bound.addr, "listener started");
     loop {
         let accepted = tokio::select! {
@@ -188,7 +214,7 @@ pub async fn run(broker: Arc<Broker>, bound: Bound) {
         };
         let Some(held) = Permits::take(&permits) else {
             metrics::add(&broker.metrics.connections_refused, 1);
-            tracing::warn!(listener = %name, %peer, "connection refused: connection limit reached");
+            refusals.refused(&name, peer);
             drop(stream);
             continue;
         };
