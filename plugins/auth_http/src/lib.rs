@@ -19,7 +19,9 @@
 //! a slow or dead backend never stalls other clients.
 //!
 //! Optional auth-result cache (`cache_ttl_secs`, 0 = off): keyed by user name, client id and a
-//! sha256 of the password. Passwords are never logged.
+//! sha256 of the password, at most `cache_max_entries` (clients trying one password after
+//! another must not grow it without end: expired results are dropped when it is full, and a
+//! result that still finds no room is not cached). Passwords are never logged.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -95,6 +97,8 @@ pub struct Config {
     pub ca_file: String,
     /// Seconds an authentication result is cached; 0 = no cache.
     pub cache_ttl_secs: u64,
+    /// Most results cached at once (expired ones are dropped first when it is reached).
+    pub cache_max_entries: usize,
     /// Position in the auth and ACL chains (higher first). Default: the broker's
     /// AUTHENTICATION (970) and ACL (960) priorities.
     pub priority: Option<i32>,
@@ -111,6 +115,7 @@ impl Default for Config {
             pool_max_idle: 32,
             ca_file: String::new(),
             cache_ttl_secs: 0,
+            cache_max_entries: 100_000,
             priority: None,
         }
     }
@@ -241,6 +246,24 @@ impl Shared {
         }
         answer
     }
+}
+
+/// Caches `result` under `key` in a cache of at most `max` entries: when it is full, the
+/// expired entries go first; if it is still full, the result is not cached.
+fn cache_insert(
+    cache: &mut HashMap<[u8; 32], (AuthResult, Instant)>,
+    key: [u8; 32],
+    result: AuthResult,
+    ttl: Duration,
+    max: usize,
+) {
+    if cache.len() >= max && !cache.contains_key(&key) {
+        cache.retain(|_, (_, at)| at.elapsed() < ttl);
+        if cache.len() >= max {
+            return;
+        }
+    }
+    cache.insert(key, (result, Instant::now()));
 }
 
 fn cache_key(c: &ClientInfo, password: &[u8]) -> [u8; 32] {
@@ -377,7 +400,13 @@ impl Plugin for AuthHttp {
             };
             if !ttl.is_zero() && !matches!(result, AuthResult::Ignore) {
                 if let Ok(mut c) = shared.cache.lock() {
-                    c.insert(key, (result.clone(), Instant::now()));
+                    cache_insert(
+                        &mut c,
+                        key,
+                        result.clone(),
+                        ttl,
+                        shared.config.cache_max_entries,
+                    );
                 }
             }
             Ok(result)
@@ -435,6 +464,30 @@ plugin_api::export_plugin!(AuthHttp);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cache stays within its bound: a full cache drops what has expired, and caches
+    /// nothing more while every entry is still fresh.
+    #[test]
+    fn the_cache_is_bounded() {
+        let mut cache = HashMap::new();
+        let deny = AuthResult::Deny(DenyReason::BadCredentials);
+        let ttl = Duration::from_secs(60);
+        for i in 0..10u8 {
+            cache_insert(&mut cache, [i; 32], deny.clone(), ttl, 4);
+        }
+        assert_eq!(
+            cache.len(),
+            4,
+            "fresh entries are kept, new ones not cached"
+        );
+        assert!(cache.contains_key(&[0; 32]) && !cache.contains_key(&[9; 32]));
+        cache_insert(&mut cache, [0; 32], deny.clone(), ttl, 4);
+        assert_eq!(cache.len(), 4, "a cached key can be refreshed");
+        let expired = Duration::ZERO;
+        cache_insert(&mut cache, [42; 32], deny, expired, 4);
+        assert_eq!(cache.len(), 1, "expired entries make room");
+        assert!(cache.contains_key(&[42; 32]));
+    }
 
     #[test]
     fn answers() {
