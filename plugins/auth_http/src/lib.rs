@@ -177,7 +177,7 @@ struct Shared {
     /// Pre-authorised ACL rules per client id, from JSON auth answers.
     acls: Mutex<HashMap<String, Vec<AclRule>>>,
     /// Auth result cache: key → (answer, stored at).
-    cache: Mutex<HashMap<[u8; 32], (AuthResult, Instant)>>,
+    cache: Mutex<ResultCache>,
 }
 
 impl Shared {
@@ -248,22 +248,40 @@ impl Shared {
     }
 }
 
-/// Caches `result` under `key` in a cache of at most `max` entries: when it is full, the
-/// expired entries go first; if it is still full, the result is not cached.
-fn cache_insert(
-    cache: &mut HashMap<[u8; 32], (AuthResult, Instant)>,
-    key: [u8; 32],
-    result: AuthResult,
-    ttl: Duration,
-    max: usize,
-) {
-    if cache.len() >= max && !cache.contains_key(&key) {
-        cache.retain(|_, (_, at)| at.elapsed() < ttl);
-        if cache.len() >= max {
-            return;
-        }
+/// Authentication results by [`cache_key`], with when each was stored.
+#[derive(Default)]
+struct ResultCache {
+    entries: HashMap<[u8; 32], (AuthResult, Instant)>,
+    /// Set when dropping the expired entries left the cache full: until then, looking again
+    /// is pointless (a scan of every entry per authentication would be its own flood).
+    full_until: Option<Instant>,
+}
+
+impl ResultCache {
+    /// A result younger than `ttl`.
+    fn get(&self, key: &[u8; 32], ttl: Duration) -> Option<AuthResult> {
+        let (r, at) = self.entries.get(key)?;
+        (at.elapsed() < ttl).then(|| r.clone())
     }
-    cache.insert(key, (result, Instant::now()));
+
+    /// Caches `result` under `key`, keeping at most `max` entries: when full, the expired
+    /// entries go first (at most once a second); if it is still full, `result` is not cached.
+    fn insert(&mut self, key: [u8; 32], result: AuthResult, ttl: Duration, max: usize) {
+        let now = Instant::now();
+        if self.entries.len() >= max && !self.entries.contains_key(&key) {
+            if self.full_until.is_some_and(|until| now < until) {
+                return;
+            }
+            self.entries
+                .retain(|_, (_, at)| now.duration_since(*at) < ttl);
+            if self.entries.len() >= max {
+                self.full_until = Some(now + Duration::from_secs(1));
+                return;
+            }
+            self.full_until = None;
+        }
+        self.entries.insert(key, (result, now));
+    }
 }
 
 fn cache_key(c: &ClientInfo, password: &[u8]) -> [u8; 32] {
@@ -316,7 +334,7 @@ impl Plugin for AuthHttp {
                 config,
                 client,
                 acls: Mutex::new(HashMap::new()),
-                cache: Mutex::new(HashMap::new()),
+                cache: Mutex::new(ResultCache::default()),
             }),
         })
     }
@@ -374,10 +392,8 @@ impl Plugin for AuthHttp {
             let key = cache_key(&request.client, &password_bytes);
             let ttl = Duration::from_secs(shared.config.cache_ttl_secs);
             if !ttl.is_zero() {
-                if let Some((r, at)) = shared.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
-                    if at.elapsed() < ttl {
-                        return Ok(r);
-                    }
+                if let Some(r) = shared.cache.lock().ok().and_then(|c| c.get(&key, ttl)) {
+                    return Ok(r);
                 }
             }
             let password = String::from_utf8_lossy(&password_bytes).into_owned();
@@ -400,13 +416,7 @@ impl Plugin for AuthHttp {
             };
             if !ttl.is_zero() && !matches!(result, AuthResult::Ignore) {
                 if let Ok(mut c) = shared.cache.lock() {
-                    cache_insert(
-                        &mut c,
-                        key,
-                        result.clone(),
-                        ttl,
-                        shared.config.cache_max_entries,
-                    );
+                    c.insert(key, result.clone(), ttl, shared.config.cache_max_entries);
                 }
             }
             Ok(result)
@@ -466,27 +476,33 @@ mod tests {
     use super::*;
 
     /// The cache stays within its bound: a full cache drops what has expired, and caches
-    /// nothing more while every entry is still fresh.
+    /// nothing more while every entry is still fresh (looking again at most once a second).
     #[test]
     fn the_cache_is_bounded() {
-        let mut cache = HashMap::new();
+        let mut cache = ResultCache::default();
         let deny = AuthResult::Deny(DenyReason::BadCredentials);
         let ttl = Duration::from_secs(60);
         for i in 0..10u8 {
-            cache_insert(&mut cache, [i; 32], deny.clone(), ttl, 4);
+            cache.insert([i; 32], deny.clone(), ttl, 4);
         }
         assert_eq!(
-            cache.len(),
+            cache.entries.len(),
             4,
-            "fresh entries are kept, new ones not cached"
+            "fresh entries kept, new ones not cached"
         );
-        assert!(cache.contains_key(&[0; 32]) && !cache.contains_key(&[9; 32]));
-        cache_insert(&mut cache, [0; 32], deny.clone(), ttl, 4);
-        assert_eq!(cache.len(), 4, "a cached key can be refreshed");
+        assert!(cache.get(&[0; 32], ttl).is_some() && cache.get(&[9; 32], ttl).is_none());
+        assert!(cache.full_until.is_some());
+        cache.insert([0; 32], deny.clone(), ttl, 4);
+        assert_eq!(cache.entries.len(), 4, "a cached key can be refreshed");
+        cache.full_until = None;
         let expired = Duration::ZERO;
-        cache_insert(&mut cache, [42; 32], deny, expired, 4);
-        assert_eq!(cache.len(), 1, "expired entries make room");
-        assert!(cache.contains_key(&[42; 32]));
+        cache.insert([42; 32], deny, expired, 4);
+        assert_eq!(cache.entries.len(), 1, "expired entries make room");
+        assert!(cache.get(&[42; 32], ttl).is_some());
+        assert!(
+            cache.get(&[42; 32], expired).is_none(),
+            "older than the ttl"
+        );
     }
 
     #[test]
