@@ -163,124 +163,25 @@ async fn out_and_in_with_prefixes_qos_and_retain() {
     );
 }
 
-/// The remote broker stops under QoS 1 traffic: what the bridge could not send waits and goes
-/// out when it returns; a persistent subscriber there gets every message.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remote_outage_loses_nothing() {
-    let Some(mut m) = Mosquitto::start() else {
-        return;
-    };
-    let b = bridged(&m, &["q/# out 1"], "").await;
-    let remote_port = m.port;
-    let persistent = move || {
-        let mut o = v4_options(remote_port, "remote-sub");
-        o.set_clean_session(false);
-        o
-    };
-    let (mut sub, _) = V4Client::connect_with(persistent()).await;
-    sub.subscribe("q/#", QoS::AtLeastOnce).await;
+/// A persistent session `id` on the remote broker subscribed to `filter` at QoS 1, left
+/// offline so that it collects what the bridge forwards; the options reconnect to it.
+async fn remote_collector(
+    m: &Mosquitto,
+    id: &str,
+    filter: &str,
+) -> broker_tests::rumqttc::MqttOptions {
+    let mut o = v4_options(m.port, id);
+    o.set_clean_session(false);
+    let (mut sub, _) = V4Client::connect_with(o.clone()).await;
+    sub.subscribe(filter, QoS::AtLeastOnce).await;
     sub.disconnect().await;
-
-    let publisher = V4Client::connect(b.port(), "pub").await;
-    let total = 200u32;
-    let client = publisher.client.clone();
-    let sender = tokio::spawn(async move {
-        for i in 0..total {
-            client
-                .publish(format!("q/{i}"), QoS::AtLeastOnce, false, i.to_string())
-                .await
-                .expect("publish");
-            tokio::time::sleep(Duration::from_millis(15)).await;
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    tokio::task::block_in_place(|| m.stop());
-    wait_until("the bridge sees the outage", || {
-        b.ctl_ok(&["bridge", "status"])
-            .contains("state=disconnected")
-    })
-    .await;
-    // Down for 10 s, while the publisher goes on (it finishes in about 3 s).
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    assert!(
-        !b.ctl_ok(&["bridge", "status"]).contains("queued=0 "),
-        "messages wait in the queue"
-    );
-    tokio::task::block_in_place(|| m.start_again());
-    sender.await.expect("sender");
-    wait_until("everything forwarded", || {
-        let s = b.ctl_ok(&["bridge", "status"]);
-        s.contains("state=connected") && s.contains("queued=0 ")
-    })
-    .await;
-
-    let (mut sub, _) = V4Client::connect_with(persistent()).await;
-    let mut got = std::collections::BTreeSet::new();
-    while got.len() < total as usize {
-        let p = sub.recv_publish_within(WAIT).await.unwrap_or_else(|| {
-            panic!(
-                "only {} of {total} arrived: {:?}",
-                got.len(),
-                b.ctl_ok(&["bridge", "status"])
-            )
-        });
-        got.insert(
-            String::from_utf8_lossy(&p.payload)
-                .parse::<u32>()
-                .expect("n"),
-        );
-    }
-    assert_eq!(got.len(), total as usize);
+    o
 }
 
-/// The remote broker stops in the middle of a burst, with the bridge's in-flight window and
-/// its MQTT client's request channel full: on a clean-start link (the default) the remote side
-/// forgets the bridge's session, and what was sent but not acknowledged must still be resent.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_in_flight_when_the_link_drops_are_resent() {
-    let Some(mut m) = Mosquitto::start() else {
-        return;
-    };
-    let b = bridged(&m, &["burst/# out 1"], "").await;
-    let remote_port = m.port;
-    let persistent = move || {
-        let mut o = v4_options(remote_port, "burst-sub");
-        o.set_clean_session(false);
-        o
-    };
-    let (mut sub, _) = V4Client::connect_with(persistent()).await;
-    sub.subscribe("burst/#", QoS::AtLeastOnce).await;
-    sub.disconnect().await;
-
-    let total = 3000u32;
-    let publisher = V4Client::connect(b.port(), "burst-pub").await;
-    for i in 0..total {
-        publisher
-            .client
-            .publish(format!("burst/{i}"), QoS::AtLeastOnce, false, i.to_string())
-            .await
-            .expect("publish");
-    }
-    // Stopped while the bridge is still forwarding the burst.
-    wait_until("the bridge is forwarding", || {
-        let s = b.ctl_ok(&["bridge", "status"]);
-        !s.contains("out=0,")
-    })
-    .await;
-    tokio::task::block_in_place(|| m.stop());
-    wait_until("the bridge sees the outage", || {
-        b.ctl_ok(&["bridge", "status"])
-            .contains("state=disconnected")
-    })
-    .await;
-    tokio::task::block_in_place(|| m.start_again());
-    wait_until("everything forwarded", || {
-        let s = b.ctl_ok(&["bridge", "status"]);
-        s.contains("state=connected") && s.contains("queued=0 ")
-    })
-    .await;
-
-    let (mut sub, _) = V4Client::connect_with(persistent()).await;
+/// Reconnects the collector and expects payloads `0..total` (each once at least), naming the
+/// first missing ones and the bridge's status if some never arrive.
+async fn expect_all(collector: broker_tests::rumqttc::MqttOptions, total: u32, b: &Broker) {
+    let (mut sub, _) = V4Client::connect_with(collector).await;
     let mut got = std::collections::BTreeSet::new();
     while got.len() < total as usize {
         let Some(p) = sub.recv_publish_within(WAIT).await else {
@@ -297,6 +198,92 @@ async fn messages_in_flight_when_the_link_drops_are_resent() {
                 .expect("n"),
         );
     }
+}
+
+/// Stops the remote broker and waits until the bridge has seen it.
+async fn remote_down(m: &mut Mosquitto, b: &Broker) {
+    tokio::task::block_in_place(|| m.stop());
+    wait_until("the bridge sees the outage", || {
+        b.ctl_ok(&["bridge", "status"])
+            .contains("state=disconnected")
+    })
+    .await;
+}
+
+/// Starts the remote broker again and waits until the bridge has forwarded all it queued.
+async fn remote_back(m: &mut Mosquitto, b: &Broker) {
+    tokio::task::block_in_place(|| m.start_again());
+    wait_until("everything forwarded", || {
+        let s = b.ctl_ok(&["bridge", "status"]);
+        s.contains("state=connected") && s.contains("queued=0 ")
+    })
+    .await;
+}
+
+/// The remote broker stops under QoS 1 traffic: what the bridge could not send waits and goes
+/// out when it returns; a persistent subscriber there gets every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_outage_loses_nothing() {
+    let Some(mut m) = Mosquitto::start() else {
+        return;
+    };
+    let b = bridged(&m, &["q/# out 1"], "").await;
+    let collector = remote_collector(&m, "remote-sub", "q/#").await;
+
+    let publisher = V4Client::connect(b.port(), "pub").await;
+    let total = 200u32;
+    let client = publisher.client.clone();
+    let sender = tokio::spawn(async move {
+        for i in 0..total {
+            client
+                .publish(format!("q/{i}"), QoS::AtLeastOnce, false, i.to_string())
+                .await
+                .expect("publish");
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    remote_down(&mut m, &b).await;
+    // Down for 10 s, while the publisher goes on (it finishes in about 3 s).
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        !b.ctl_ok(&["bridge", "status"]).contains("queued=0 "),
+        "messages wait in the queue"
+    );
+    remote_back(&mut m, &b).await;
+    sender.await.expect("sender");
+    expect_all(collector, total, &b).await;
+}
+
+/// The remote broker stops in the middle of a burst, with the bridge's in-flight window and
+/// its MQTT client's request channel full: on a clean-start link (the default) the remote side
+/// forgets the bridge's session, and what was sent but not acknowledged must still be resent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_in_flight_when_the_link_drops_are_resent() {
+    let Some(mut m) = Mosquitto::start() else {
+        return;
+    };
+    let b = bridged(&m, &["burst/# out 1"], "").await;
+    let collector = remote_collector(&m, "burst-sub", "burst/#").await;
+
+    let total = 3000u32;
+    let publisher = V4Client::connect(b.port(), "burst-pub").await;
+    for i in 0..total {
+        publisher
+            .client
+            .publish(format!("burst/{i}"), QoS::AtLeastOnce, false, i.to_string())
+            .await
+            .expect("publish");
+    }
+    // Stopped while the bridge is still forwarding the burst.
+    wait_until("the bridge is forwarding", || {
+        let s = b.ctl_ok(&["bridge", "status"]);
+        !s.contains("out=0,")
+    })
+    .await;
+    remote_down(&mut m, &b).await;
+    remote_back(&mut m, &b).await;
+    expect_all(collector, total, &b).await;
 }
 
 /// Two brokers bridged both ways to the same remote broker: a message goes everywhere once
@@ -368,25 +355,12 @@ async fn two_brokers_bridged_both_ways_do_not_loop() {
 async fn remote_down_with_a_subscriber(
     m: &mut Mosquitto,
     b: &Broker,
-    id: &'static str,
+    id: &str,
     filter: &str,
-) -> impl Fn() -> broker_tests::rumqttc::MqttOptions {
-    let remote_port = m.port;
-    let persistent = move || {
-        let mut o = v4_options(remote_port, id);
-        o.set_clean_session(false);
-        o
-    };
-    let (mut sub, _) = V4Client::connect_with(persistent()).await;
-    sub.subscribe(filter, QoS::AtLeastOnce).await;
-    sub.disconnect().await;
-    tokio::task::block_in_place(|| m.stop());
-    wait_until("the link is down", || {
-        b.ctl_ok(&["bridge", "status"])
-            .contains("state=disconnected")
-    })
-    .await;
-    persistent
+) -> broker_tests::rumqttc::MqttOptions {
+    let collector = remote_collector(m, id, filter).await;
+    remote_down(m, b).await;
+    collector
 }
 
 /// Mosquitto started again: waits until `b` has sent its queue, then reads `n` numbered
@@ -394,16 +368,11 @@ async fn remote_down_with_a_subscriber(
 async fn all_arrive_in_order(
     m: &mut Mosquitto,
     b: &Broker,
-    subscriber: impl Fn() -> broker_tests::rumqttc::MqttOptions,
+    subscriber: broker_tests::rumqttc::MqttOptions,
     n: u32,
 ) {
-    tokio::task::block_in_place(|| m.start_again());
-    wait_until("sent", || {
-        let s = b.ctl_ok(&["bridge", "status"]);
-        s.contains("state=connected") && s.contains("queued=0 ")
-    })
-    .await;
-    let (mut sub, _) = V4Client::connect_with(subscriber()).await;
+    remote_back(m, b).await;
+    let (mut sub, _) = V4Client::connect_with(subscriber).await;
     let mut got = Vec::new();
     while got.len() < n as usize {
         let p = sub.recv_publish().await;
