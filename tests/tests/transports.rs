@@ -518,3 +518,33 @@ async fn shutdown_disconnects_websocket_clients_with_0x8b() {
     let (status, _b) = stopping.await.expect("join");
     assert!(status.success());
 }
+
+/// A listener's `max_connection_rate`: connections beyond the rate wait in the accept queue and
+/// are then served, none refused. 40 connections at 20 per second: the first 20 at once, the
+/// rest over about a second.
+#[tokio::test]
+async fn a_paced_listener_spreads_a_connection_storm() {
+    let b = Broker::start_with(
+        "[[listener]]\nname = \"paced\"\nbind = \"127.0.0.1:0\"\nmax_connection_rate = 20\n",
+    );
+    let addr = listener_addr(&b, "paced");
+    let start = std::time::Instant::now();
+    let clients: Vec<_> = (0..40)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut w = Wire::open(addr.port()).await;
+                w.send(&connect_packet(4, &format!("storm-{i}"), true, 60))
+                    .await;
+                w.recv().await.map(|ack| (ack.kind(), ack.body[1]))
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.await.expect("client"), Some((2, 0)), "accepted");
+    }
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "40 connections at 20/s took only {took:?}"
+    );
+}

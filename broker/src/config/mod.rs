@@ -383,6 +383,9 @@ pub struct ListenerConfig {
     pub bind: SocketAddr,
     /// Maximum concurrent connections on this listener.
     pub max_connections: usize,
+    /// Connections accepted per second at most (0 = no limit); beyond it they wait in the
+    /// kernel's accept queue.
+    pub max_connection_rate: u32,
     /// TLS settings (tls and wss listeners).
     pub tls: Option<TlsConfig>,
     /// WebSocket path (ws and wss listeners).
@@ -398,6 +401,7 @@ impl Default for ListenerConfig {
             kind: ListenerKind::Tcp,
             bind: SocketAddr::from(([0, 0, 0, 0], 1883)),
             max_connections: 1_000_000,
+            max_connection_rate: 0,
             tls: None,
             ws_path: "/mqtt".into(),
             proxy_forwarded_for: false,

@@ -152,6 +152,44 @@ pub fn write_address_file(
     std::fs::rename(tmp, data_dir.join("listeners.json"))
 }
 
+/// `max_connection_rate`: a token bucket of one second's worth of connections, refilled
+/// continuously. The accept loop waits for a token before it accepts, so connections beyond
+/// the rate wait in the kernel's accept queue (and, when that is full, clients retry their SYN).
+struct AcceptPace {
+    /// Connections per second; 0 = no limit.
+    rate: u32,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl AcceptPace {
+    fn new(rate: u32) -> AcceptPace {
+        AcceptPace {
+            rate,
+            tokens: f64::from(rate),
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Waits until one more connection may be accepted, and takes it.
+    async fn wait(&mut self) {
+        if self.rate == 0 {
+            return;
+        }
+        let rate = f64::from(self.rate);
+        let now = tokio::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(rate);
+        self.at = now;
+        if self.tokens < 1.0 {
+            let wait = Duration::from_secs_f64((1.0 - self.tokens) / rate);
+            tokio::time::sleep(wait).await;
+            self.tokens = 1.0;
+            self.at = tokio::time::Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
+}
+
 /// Logs connections refused for the connection limit: the first at once, then at most one line
 /// per [`RefusalLog::EVERY`] with how many were refused meanwhile. A client reconnecting in a
 /// loop against a full broker would otherwise write a warning per attempt, thousands a second.
@@ -194,11 +232,15 @@ pub async fn run(broker: Arc<Broker>, bound: Bound) {
     let mut shutdown = broker.shutdown_signal();
     let mut backoff = Duration::from_millis(5);
     let mut refusals = RefusalLog::default();
+    let mut pace = AcceptPace::new(bound.config.max_connection_rate);
     tracing::info!(listener = %name, addr = %bound.addr, "listener started");
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
-            a = bound.socket.accept() => a,
+            a = async {
+                pace.wait().await;
+                bound.socket.accept().await
+            } => a,
         };
         let (stream, peer) = match accepted {
             Ok(a) => {
