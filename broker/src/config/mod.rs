@@ -462,7 +462,7 @@ pub struct Limits {
     pub max_sessions: usize,
     /// Bytes all connections together may hold in packets still arriving, beyond the first
     /// 64 KiB of each; a connection whose packet would take more is closed (v5 DISCONNECT
-    /// 0x97). 0 = no limit.
+    /// 0x97). 0 = no limit; otherwise at least `max_packet_size`.
     pub max_incoming_bytes: usize,
 }
 
@@ -650,6 +650,13 @@ impl Config {
         if self.limits.max_connections == 0 {
             return invalid("limits.max_connections", "must be at least 1");
         }
+        let incoming = self.limits.max_incoming_bytes;
+        if incoming > 0 && incoming < self.limits.max_packet_size {
+            return invalid(
+                "limits.max_incoming_bytes",
+                "must be 0 (no limit) or at least limits.max_packet_size: a packet of the largest size must fit",
+            );
+        }
         if self.limits.receive_maximum == 0 {
             return invalid("limits.receive_maximum", "must be at least 1");
         }
@@ -810,6 +817,20 @@ mod tests {
         let err = Config::parse("[limits]\nmax_packet_size = 1\n", Path::new("x.toml"))
             .expect_err("range");
         assert!(err.to_string().contains("limits.max_packet_size"));
+        let err = Config::parse(
+            "[limits]\nmax_packet_size = 2000000\nmax_incoming_bytes = 1000000\n",
+            Path::new("x.toml"),
+        )
+        .expect_err("the largest packet must fit the incoming budget");
+        assert!(
+            err.to_string().contains("limits.max_incoming_bytes"),
+            "{err}"
+        );
+        let ok = Config::parse(
+            "[limits]\nmax_packet_size = 2000000\nmax_incoming_bytes = 0\n",
+            Path::new("x.toml"),
+        );
+        assert!(ok.is_ok(), "0 is no limit: {ok:?}");
     }
 
     #[test]
