@@ -31,9 +31,10 @@ pub const INCOMING_ALLOWANCE: usize = 64 * 1024;
 /// A packet is buffered whole before it is acted on, so a client that sends all but the last
 /// byte of a large packet holds that much of the broker's memory for as long as it likes; many
 /// clients doing so at once would exhaust it. Each connection charges what its buffer holds
-/// past the allowance (re-measured after every read, and when the buffer is given back), and a
-/// connection whose read would take the total past the limit is closed. Ordinary packets never
-/// reach the allowance, so only large packets still arriving compete for the budget.
+/// past the allowance (measured again once what arrived is decoded, and when the buffer is
+/// given back), and a connection whose buffer would take the total past the limit is closed.
+/// Ordinary packets never reach the allowance, so only large packets still arriving compete
+/// for the budget, and the shared counter is touched only when a charge changes.
 #[derive(Debug, Default)]
 pub struct IncomingCharge(usize);
 
@@ -42,7 +43,11 @@ impl IncomingCharge {
     /// charged, when that would take the gauge past `max` (0 = no limit).
     pub fn set(&mut self, gauge: &AtomicU64, capacity: usize, max: usize) -> bool {
         let want = capacity.saturating_sub(INCOMING_ALLOWANCE);
-        if want <= self.0 {
+        if want == self.0 {
+            // The common case, every turn of every connection: no shared counter touched.
+            return true;
+        }
+        if want < self.0 {
             gauge.fetch_sub((self.0 - want) as u64, Ordering::Relaxed);
             self.0 = want;
             return true;
