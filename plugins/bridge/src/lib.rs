@@ -834,13 +834,10 @@ async fn run(link: Arc<Link>) {
             Ok(Incoming::Other) => {}
             Err(e) => {
                 let unacked = events.take_unacked();
-                held = match held.take() {
-                    Some(mut earlier) => {
-                        earlier.extend(unacked);
-                        Some(earlier)
-                    }
-                    None => Some(unacked),
-                };
+                match &mut held {
+                    Some(earlier) => earlier.extend(unacked),
+                    None => held = Some(unacked),
+                }
                 link.set_up(false, Some(e));
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(max);

@@ -13,8 +13,8 @@
 //!   min(stored, granted), RETAIN set, v5 retain handling 0 / 1 / 2 honoured, never for shared
 //!   subscriptions, `$` topics not matched by a leading wildcard. At most
 //!   `max_replay_messages` per subscription (the walk stops there: a subscription to `#` costs
-//!   that many steps whatever is stored), and the replay stops at the first message the
-//!   subscriber's queue does not take.
+//!   that many steps whatever is stored), and the replay stops at the first QoS 1 or 2 message
+//!   the subscriber's queue does not take.
 //! * **Disc** (`storage = "disc"`): the index lives in RAM and every change is also written to a
 //!   redb database by a writer task on the plugin's runtime, fed by a channel — the publish path
 //!   never waits for the disc. `shutdown` (unload, reload, broker stop) waits until every change
@@ -663,9 +663,9 @@ struct Replay {
 }
 
 impl Replay {
-    /// Delivers what matches, at most `limit`, and stops at the first message the broker does
-    /// not take (the subscriber's queue is full, or it is gone): the rest would be dropped
-    /// one by one.
+    /// Delivers what matches, at most `limit`, and stops at the first QoS 1 or 2 message the
+    /// broker does not take (the subscriber's queue is full, or it is gone): the rest would be
+    /// dropped one by one.
     fn run(&self, index: &Mutex<Index>, host: &HostRef) {
         let (client_id, sub_qos) = (self.client_id.as_str(), self.qos);
         let now = host.now_ms();
@@ -702,10 +702,16 @@ impl Replay {
                 response_topic: meta.response_topic.as_deref().map(RString::from).into(),
                 correlation_data: meta.correlation_data.clone().map(RVec::from).into(),
             };
+            let qos = message.qos;
             if let RResult::RErr(e) = host.deliver(client_id.into(), message, self.subscription_id)
             {
-                tracing::debug!(client_id, topic = %meta.topic, error = %e, "retained replay stopped: a message was not delivered");
-                return;
+                // A QoS 0 message is also refused by an offline session that does not queue
+                // QoS 0: only a refused QoS 1 or 2 message says the queue is full (or the
+                // session gone).
+                tracing::debug!(client_id, topic = %meta.topic, error = %e, "retained message not delivered");
+                if qos > 0 {
+                    return;
+                }
             }
         }
     }
