@@ -129,3 +129,36 @@ fn the_check_sees_grouped_paths_and_skips_comments() {
     let cycle = cycle_from(&graph, "a", &mut Vec::new(), &mut BTreeSet::new());
     assert_eq!(cycle.expect("a cycle"), ["a", "b", "a"]);
 }
+
+/// What the protocol rules (`session/protocol/`, the state machine among them) may name: the
+/// leaves and the session itself — never the broker, the hooks, plugins (nor the plugin API),
+/// the connection task, listeners or the management API. A unit test of the machine needs
+/// none of them.
+const PROTOCOL_MAY_NAME: &[&str] = &[
+    "codec", "config", "delayed", "message", "metrics", "router", "session",
+];
+
+#[test]
+fn the_protocol_layer_reaches_nothing_but_leaves_and_the_session() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/session/protocol");
+    let mut files = Vec::new();
+    sources(&dir, &mut files);
+    assert!(files.iter().any(|f| f.ends_with("machine/mod.rs")));
+    for file in &files {
+        let code = std::fs::read_to_string(file).expect("source readable");
+        let beyond: Vec<String> = named_modules(&code)
+            .into_iter()
+            .filter(|m| !PROTOCOL_MAY_NAME.contains(&m.as_str()))
+            .collect();
+        assert!(
+            beyond.is_empty(),
+            "{} names {beyond:?}: the protocol layer must get what it needs as inputs",
+            file.display()
+        );
+        let plugins = code
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .any(|l| l.contains("plugin_api::"));
+        assert!(!plugins, "{} names plugin_api", file.display());
+    }
+}

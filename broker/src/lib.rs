@@ -10,13 +10,15 @@
 //! * [`delayed`]: delayed publishes waiting for their time;
 //! * [`session`]: the state MQTT keeps per client across connections, its encoding on disc,
 //!   and [`session::protocol`], the protocol rules without I/O (negotiation, QoS state, topic
-//!   aliases, time limits);
+//!   aliases, time limits) with [`session::protocol::machine`], one connection's session as a
+//!   state machine fed packets and returning outputs (checked by a unit test to name only
+//!   the leaves and the session);
 //! * [`plugin`]: loading plugins and the host services they call, reaching the broker only
 //!   through the [`plugin::BrokerServices`] and [`plugin::ManagementApi`] traits;
 //! * [`broker`]: the shared state (session registry, router, hooks, plugin host) and the
 //!   publish path; it implements [`plugin::BrokerServices`];
-//! * [`connection`]: the task that serves one network connection around the session protocol,
-//!   over the broker;
+//! * [`connection`]: the task that serves one network connection: it owns the socket, drives
+//!   the session's state machine and carries out what it asks of the broker;
 //! * [`listener`] (accepting TCP, TLS and WebSocket connections), [`sys`] (`$SYS` topics) and
 //!   [`admin`] (the management API, also offered to plugins as [`plugin::ManagementApi`]).
 

@@ -12,13 +12,10 @@ use tokio::time::Instant;
 use crate::broker::{Attached, Broker};
 use crate::codec::{
     self, reason::ReasonCode, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion,
-    PubResp,
 };
 use crate::metrics;
 use crate::session::protocol::connect::{negotiate, ConnectPolicy, Negotiated, Refusal};
-use crate::session::protocol::{
-    alias::OutAliases, inbound::Inbound, outbound::Outbound, timers::ControlRate,
-};
+use crate::session::protocol::machine::Machine;
 use crate::session::Identity;
 use plugin_api::HookPoint;
 
@@ -298,7 +295,7 @@ impl Connection {
             info,
         );
         conn.enhanced = enhanced.map(|(auth, _)| Box::new(auth));
-        conn.push(&Packet::ConnAck(ConnAck {
+        conn.machine.push(&Packet::ConnAck(ConnAck {
             session_present: attached.session_present,
             reason_code: ReasonCode::Success,
             properties,
@@ -318,29 +315,19 @@ impl Connection {
         control_rx: crate::session::ControlReceiver,
         info: &ConnInfo,
     ) -> Connection {
-        let limits = &broker.config.limits;
+        let session = attached.session.clone();
+        let machine = Machine::new(session, connect.protocol, n, &broker.config, Instant::now());
         Connection {
+            machine,
             broker: broker.clone(),
-            session: attached.session.clone(),
             generation: attached.generation,
-            client_id: n.client_id.clone(),
-            version: connect.protocol,
             peer: info.peer,
             keep_alive: n.keep_alive,
             will: connect.will.clone().map(Box::new),
-            session_expiry: n.session_expiry,
             control_rx,
-            wbuf: BytesMut::new(),
-            outbound: Outbound::new(n.window),
-            inbound: Inbound::new(limits.receive_maximum, n.inbound_aliases),
-            client_max_packet: n.client_max_packet,
-            out_aliases: OutAliases::new(n.outbound_aliases, limits.topic_alias_maximum)
-                .map(Box::new),
-            problem_information: n.problem_information,
             identity: Arc::new(identity),
             need_flush: false,
             paused: false,
-            control_rate: ControlRate::new(limits.max_control_rate, Instant::now()),
             published: false,
             needs_commit: false,
             enhanced: None,
@@ -352,30 +339,21 @@ impl Connection {
     /// unacknowledged, in order, with DUP set ([MQTT-4.4.0-1]).
     fn resume_session(&mut self) {
         {
-            let mut slot = self.session.parked.lock();
+            let session = self.machine.session.clone();
+            let mut slot = session.parked.lock();
             if let Some(parked) = slot.as_mut() {
-                let inflight = std::mem::take(&mut parked.outgoing);
-                self.outbound.resume(inflight, parked.last_packet_id);
-                self.inbound
-                    .resume(std::mem::take(&mut parked.incoming_qos2));
+                self.machine.resume(parked, Instant::now());
                 // Attaching cancelled any pending will: nothing is left parked.
                 if parked.pending_will.is_none() {
                     *slot = None;
                 }
             }
         }
-        let resend: Vec<_> = self.outbound.iter().cloned().collect();
-        for o in resend {
-            if o.released {
-                self.push(&Packet::PubRel(PubResp::new(o.packet_id)));
-            } else {
-                self.write_publish(&o.delivery, Some(o.packet_id), true);
-            }
-        }
-        self.session.acl_cache.lock().clear();
-        *self.session.info.lock() = Some(self.identity.clone());
-        self.session.set_online(true);
-        self.broker.store_session(&self.session);
+        let session = &self.machine.session;
+        session.acl_cache.lock().clear();
+        *session.info.lock() = Some(self.identity.clone());
+        session.set_online(true);
+        self.broker.store_session(session);
     }
 
     /// Tells plugins and the log that the client is connected.
@@ -397,10 +375,10 @@ impl Connection {
         );
         hooks.notify(HookPoint::CLIENT_CONNECTED, &event(view, "", 0));
         tracing::info!(
-            client_id = %self.client_id,
+            client_id = %self.identity.client_id,
             peer = %info.peer,
             listener = %info.listener,
-            protocol = ?self.version,
+            protocol = ?self.machine.version,
             keep_alive = self.keep_alive,
             clean_start,
             session_present = attached.session_present,

@@ -268,7 +268,7 @@ impl Connection {
         match answer {
             Some(r) if r.outcome == EnhancedAuthOutcome::CONTINUE => {
                 auth.step = Some(step + 1);
-                self.push(&auth_packet(
+                self.machine.push(&auth_packet(
                     ReasonCode::ContinueAuthentication,
                     &method,
                     &r.data,
@@ -278,9 +278,11 @@ impl Connection {
             Some(r) if r.outcome == EnhancedAuthOutcome::SUCCESS => {
                 auth.step = None;
                 std::sync::Arc::make_mut(&mut self.identity).is_superuser = r.superuser;
-                self.session.acl_cache.lock().clear();
-                *self.session.info.lock() = Some(self.identity.clone());
-                self.push(&auth_packet(ReasonCode::Success, &method, &r.data));
+                let session = &self.machine.session;
+                session.acl_cache.lock().clear();
+                *session.info.lock() = Some(self.identity.clone());
+                self.machine
+                    .push(&auth_packet(ReasonCode::Success, &method, &r.data));
                 Ok(())
             }
             other => {

@@ -4,6 +4,7 @@
 use tokio::sync::oneshot;
 
 use crate::codec::{reason::ReasonCode, DecodeError};
+use crate::session::protocol::machine::Close;
 use crate::session::protocol::Violation;
 use crate::session::{Control, DisconnectReason, KickReason};
 
@@ -108,6 +109,15 @@ impl Exit {
 impl From<Violation> for Exit {
     fn from(v: Violation) -> Exit {
         Exit::Protocol(v)
+    }
+}
+
+impl From<Close> for Exit {
+    fn from(c: Close) -> Exit {
+        match c {
+            Close::Disconnect { with_will } => Exit::Disconnect { with_will },
+            Close::Violation(v) => Exit::Protocol(v),
+        }
     }
 }
 

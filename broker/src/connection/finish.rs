@@ -22,9 +22,12 @@ impl Connection {
         self.say_goodbye(stream, &exit).await;
         self.log_exit(&exit);
         let still_ours = self.park();
-        self.session
+        let machine = &self.machine;
+        let expiry = machine.session_expiry;
+        machine
+            .session
             .expiry_interval
-            .store(self.session_expiry, Ordering::Relaxed);
+            .store(expiry, Ordering::Relaxed);
         let publish_will = !matches!(exit, Exit::Disconnect { with_will: false });
         if let Some(will) = self.will.take().filter(|_| publish_will) {
             self.publish_will(*will, still_ours);
@@ -40,12 +43,13 @@ impl Connection {
     /// DISCONNECT with the reason for a v5 client, then the last bytes, best effort: a peer
     /// that stopped reading must not hold the task.
     async fn say_goodbye<S: AsyncWrite + Unpin>(&mut self, stream: &mut S, exit: &Exit) {
-        if let (true, Some(reason_code)) = (self.version.is_v5(), exit.disconnect_reason()) {
+        let v5 = self.machine.version.is_v5();
+        if let (true, Some(reason_code)) = (v5, exit.disconnect_reason()) {
             let mut properties = Properties::default();
-            if let (true, Exit::Protocol(v)) = (self.problem_information, exit) {
+            if let (true, Exit::Protocol(v)) = (self.machine.problem_information, exit) {
                 properties.reason_string = Some(v.message.to_string());
             }
-            self.push(&Packet::Disconnect(Disconnect {
+            self.machine.push(&Packet::Disconnect(Disconnect {
                 reason_code,
                 properties,
             }));
@@ -60,7 +64,7 @@ impl Connection {
     /// Metrics, the log line and the plugins' `client.disconnected` (and
     /// `session.takenover`).
     fn log_exit(&self, exit: &Exit) {
-        let (client_id, peer) = (&self.client_id, &self.peer);
+        let (client_id, peer) = (&self.identity.client_id, &self.peer);
         match exit {
             Exit::Protocol(v) => {
                 metrics::add(&self.broker.metrics.protocol_errors, 1);
@@ -90,18 +94,15 @@ impl Connection {
     /// Hands the state back to the session, unless a newer connection already holds it
     /// (possible only when this one was too slow to answer a takeover). True when it did.
     fn park(&mut self) -> bool {
-        let mut control = self.session.control.lock();
-        let ours = self.session.generation.load(Ordering::Acquire) == self.generation;
+        let session = self.machine.session.clone();
+        let mut control = session.control.lock();
+        let ours = session.generation.load(Ordering::Acquire) == self.generation;
         if ours {
             *control = None;
-            self.session.set_online(false);
-            *self.session.info.lock() = None;
-            let mut parked = self.session.parked.lock();
-            let parked = parked.get_or_insert_with(Box::default);
-            let (outgoing, last_packet_id) = self.outbound.park();
-            parked.outgoing = outgoing;
-            parked.last_packet_id = last_packet_id;
-            parked.incoming_qos2 = self.inbound.park();
+            session.set_online(false);
+            *session.info.lock() = None;
+            let mut parked = session.parked.lock();
+            self.machine.park(parked.get_or_insert_with(Box::default));
         }
         ours
     }
@@ -113,11 +114,11 @@ impl Connection {
         let topic = match TopicName::new(&will.topic) {
             Ok(topic) => topic,
             Err(e) => {
-                tracing::warn!(client_id = %self.client_id, error = %e, "will topic invalid; will dropped");
+                tracing::warn!(client_id = %self.identity.client_id, error = %e, "will topic invalid; will dropped");
                 return;
             }
         };
-        let publisher = Some(self.client_id.clone());
+        let publisher = Some(self.identity.client_id.clone());
         let payload = own_bytes(will.payload);
         let message = Message::new(
             topic,
@@ -127,9 +128,9 @@ impl Connection {
             will.properties,
             publisher,
         );
-        match will_timing(delay, self.session_expiry, still_ours) {
+        match will_timing(delay, self.machine.session_expiry, still_ours) {
             WillTiming::After(delay) => {
-                let session = self.session.clone();
+                let session = self.machine.session.clone();
                 self.broker
                     .schedule_will(session, message, self.generation, delay);
             }
@@ -138,21 +139,22 @@ impl Connection {
                 self.broker.publish(message, username, true);
             }
             WillTiming::Cancelled => {
-                tracing::debug!(client_id = %self.client_id, "session resumed elsewhere: delayed will cancelled");
+                tracing::debug!(client_id = %self.identity.client_id, "session resumed elsewhere: delayed will cancelled");
             }
         }
     }
 
     /// Ends the session now (expiry 0), keeps it for ever, or schedules its expiry.
     fn end_or_keep_session(&self) {
-        if self.session_expiry > 0 {
-            self.broker.store_session(&self.session);
+        let session = &self.machine.session;
+        if self.machine.session_expiry > 0 {
+            self.broker.store_session(session);
         }
-        match self.session_expiry {
-            0 => self.broker.end_session(&self.session, self.generation),
+        match self.machine.session_expiry {
+            0 => self.broker.end_session(session, self.generation),
             u32::MAX => {}
             secs => self.broker.schedule_expiry(
-                self.session.clone(),
+                session.clone(),
                 self.generation,
                 Duration::from_secs(secs as u64),
             ),

@@ -19,9 +19,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Bytes reserved for reading when input is waiting and the read buffer has no room.
 pub const READ_CHUNK: usize = 4 * 1024;
 
-/// Bytes reserved for writing when the first packet goes into an empty write buffer.
-pub const WRITE_CHUNK: usize = 4 * 1024;
-
 /// Bytes of read buffer a connection holds without charge against `limits.max_incoming_bytes`.
 pub const INCOMING_ALLOWANCE: usize = 64 * 1024;
 

@@ -1,5 +1,6 @@
-//! One network connection, from its first byte to close: the I/O around the protocol rules of
-//! [`crate::session::protocol`].
+//! One network connection, from its first byte to close: the I/O around the session's state
+//! machine ([`crate::session::protocol::machine::Machine`]), and the calls into the rest of
+//! the broker (router, plugins, session store) that carry out what the machine asks for.
 //!
 //! [`serve`] reads CONNECT (within `limits.connect_timeout`), validates it, binds the connection
 //! to a session through [`Broker::attach`], answers CONNACK, restores the session's parked state
@@ -19,11 +20,11 @@
 //! * keep-alive (1.5 × keep alive, [MQTT-3.1.2-24]) is enforced whatever the write side does;
 //! * control packets (PINGREQ, SUBSCRIBE, UNSUBSCRIBE) beyond `limits.max_control_rate` per
 //!   second are not read until the next second: a client flooding them costs the broker a
-//!   bounded amount of work, and others keep their latency ([`ControlRate`]);
+//!   bounded amount of work, and others keep their latency ([`ControlRate`](crate::session::protocol::timers::ControlRate));
 //! * back-pressure: a connection that publishes while the broker-wide queued bytes are over
 //!   `limits.memory_high_watermark` is not read from again until they fall below 90 % of it.
 //!   Connections that only subscribe and acknowledge keep being read, so queues drain;
-//! * payloads are copied out of the read buffer ([`own_bytes`]), so a queued message holds
+//! * payloads are copied out of the read buffer (`publish::own_bytes`), so a queued message holds
 //!   its own bytes and not the whole buffer it arrived in (a 10-byte message could otherwise
 //!   pin a 64 KiB read buffer, and a 100 KiB one a 256 KiB buffer, beyond what the queue
 //!   limits count);
@@ -35,13 +36,15 @@
 //! ([MQTT-3.1.2-8], [MQTT-3.14.4-3]), and ends the session when its expiry interval is 0.
 //!
 //! The parts: this file is the driver (the loop that owns the socket, its deadlines and
-//! flushing) and [`state`] what it drives; [`accept`] runs CONNECT to CONNACK, [`packets`], [`publish`] and [`subscribe`]
-//! act on what the client sends, [`deliver`] writes what the session queue holds, and
-//! [`finish`] closes. [`exit`] names every way a connection ends.
+//! flushing) and `state` what it drives; `accept` runs CONNECT to CONNACK; `packets`
+//! feeds what the client sends to the machine, and `publish`, `subscribe` and `auth`
+//! carry out its requests (ACL, routing, subscriptions, re-authentication); `effects`
+//! carries out its outputs and drains the session queue through it; `finish` closes.
+//! `exit` names every way a connection ends.
 
 mod accept;
 mod auth;
-mod deliver;
+mod effects;
 mod exit;
 mod finish;
 mod io;
@@ -70,7 +73,7 @@ pub use io::Transport;
 
 /// Above this many bytes waiting to be written, the session queue is not drained into the
 /// write buffer and the client is not read (see the module docs).
-pub const WRITE_BUFFER_HIGH: usize = 64 * 1024;
+pub const WRITE_BUFFER_HIGH: usize = crate::session::protocol::machine::OUTPUT_HIGH;
 
 /// How often a connection paused by the memory high-water mark looks whether to resume.
 const BACKPRESSURE_RECHECK: Duration = Duration::from_millis(50);
@@ -165,7 +168,8 @@ impl Connection {
                 }
                 let (reading, room) =
                     self.before_wait(rbuf, input_pending, &mut liveness, deadline.as_mut());
-                let io = poll_io(stream, &mut self.wbuf, &mut self.need_flush, rbuf, reading);
+                let (wbuf, session) = self.machine.output_and_session();
+                let io = poll_io(stream, wbuf, &mut self.need_flush, rbuf, reading);
                 tokio::select! {
                     biased;
                     // Kicks, takeovers and the broker's shutdown all come this way.
@@ -192,10 +196,11 @@ impl Connection {
                         }
                         Err(e) => return Exit::Io(e),
                     },
-                    _ = self.session.notified(), if room => {}
+                    _ = session.notified(), if room => {}
                     _ = &mut deadline => {
                         let now = Instant::now();
-                        if self.paused || input_pending || self.control_rate.blocked_until().is_some() {
+                        let throttled = self.machine.control_rate.blocked_until().is_some();
+                        if self.paused || input_pending || throttled {
                             // Not reading is the broker's choice: it is not the client's silence.
                             liveness.not_reading(now);
                         }
@@ -224,16 +229,15 @@ impl Connection {
         // Only gives back here: the buffer grows by reading and decoding, charged in `act`.
         self.incoming
             .shrink(&self.broker.metrics.incoming_bytes, rbuf.capacity());
-        liveness.output_waiting(!self.wbuf.is_empty(), now);
-        let throttled = self.control_rate.blocked_until();
-        let reading = self.wbuf.len() < WRITE_BUFFER_HIGH
-            && !self.paused
-            && !input_pending
-            && throttled.is_none();
+        let waiting = self.machine.output_len();
+        liveness.output_waiting(waiting > 0, now);
+        let throttled = self.machine.control_rate.blocked_until();
+        let reading =
+            waiting < WRITE_BUFFER_HIGH && !self.paused && !input_pending && throttled.is_none();
         // New deliveries are taken when the buffer is empty: while the socket is full, the
         // queue fills up and the next drain takes a large batch, instead of waking up for
         // every message.
-        let room = self.wbuf.is_empty() && self.outbound.room() > 0;
+        let room = waiting == 0 && self.machine.outbound.room() > 0;
         let recheck = self.paused.then(|| now + BACKPRESSURE_RECHECK);
         let due = [liveness.next_due(), recheck, throttled]
             .into_iter()
@@ -252,8 +256,9 @@ impl Connection {
         if !input_pending {
             release_if_empty(rbuf);
         }
-        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
-            self.wbuf = BytesMut::new();
+        let wbuf = self.machine.output();
+        if wbuf.is_empty() && wbuf.capacity() > 0 {
+            *wbuf = BytesMut::new();
         }
     }
 
@@ -263,8 +268,9 @@ impl Connection {
         if self.paused && self.broker.below_low_watermark() {
             self.paused = false;
         }
-        self.control_rate.refill(Instant::now());
-        if *input_pending && !self.paused && self.control_rate.blocked_until().is_none() {
+        let rate = &mut self.machine.control_rate;
+        rate.refill(Instant::now());
+        if *input_pending && !self.paused && rate.blocked_until().is_none() {
             let max_packet = self.broker.config.limits.max_packet_size;
             *input_pending = !self.decode_all(rbuf, max_packet).await?;
             // What is left is a packet still arriving (decoding reserved room for the rest).
@@ -277,7 +283,7 @@ impl Connection {
                 ));
             }
         }
-        if self.wbuf.len() < WRITE_BUFFER_HIGH {
+        if self.machine.output_len() < WRITE_BUFFER_HIGH {
             self.drain_queue();
         }
         Ok(())

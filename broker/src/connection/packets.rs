@@ -1,16 +1,13 @@
-//! What the client sends, dispatched: acknowledgements of what the broker sent (through
-//! [`Outbound`](crate::session::protocol::outbound::Outbound)), PUBREL of what it sent, PINGREQ,
-//! DISCONNECT; PUBLISH, SUBSCRIBE, UNSUBSCRIBE and AUTH have their own modules.
+//! What the client sends, through the session's [`Machine`]: the packets it answers itself,
+//! and the [`Request`]s it returns, carried out here against the broker — at once, or after
+//! an await when plugins must be asked (SUBSCRIBE, AUTH, a PUBLISH whose ACL decision is not
+//! cached).
 
 use bytes::BytesMut;
 
-use crate::codec::{self, reason::ReasonCode, Disconnect, Packet, PubResp};
+use crate::codec::{self, Packet};
 use crate::metrics;
-use crate::session::protocol::outbound::PubRecOutcome;
-use crate::session::protocol::session_expiry_at_disconnect;
-use crate::session::protocol::timers::ControlRate;
-use crate::session::store::Op;
-use plugin_api::HookPoint;
+use crate::session::protocol::machine::{Machine, Request};
 
 use super::publish::PendingPublish;
 use super::{Connection, Exit};
@@ -36,60 +33,27 @@ pub(super) enum Deferred {
 }
 
 impl Connection {
-    /// Acts on one packet from the client, at once when that needs no plugin call (every
-    /// packet but SUBSCRIBE, AUTH and a PUBLISH whose ACL decision is not cached): those are
-    /// returned, for [`Connection::complete`].
+    /// Acts on one packet from the client through the machine, and carries out what it
+    /// requests at once when that needs no plugin call; otherwise it is returned, for
+    /// [`Connection::complete`].
     pub(super) fn handle(&mut self, packet: Packet) -> Result<Option<Deferred>, Exit> {
-        let now = tokio::time::Instant::now();
-        match packet {
-            Packet::Publish(p) => return Ok(self.on_publish(p)?.map(Deferred::Publish)),
-            Packet::PubAck(r) => {
-                if let Some(d) = self.outbound.on_puback(r.packet_id) {
-                    self.forget(&d);
-                    self.message_event(HookPoint::MESSAGE_ACKED, &d, "");
-                }
-            }
-            Packet::PubRec(r) => self.on_pubrec(r),
-            Packet::PubComp(r) => {
-                if let Some(d) = self.outbound.on_pubcomp(r.packet_id) {
-                    self.forget(&d);
-                    self.message_event(HookPoint::MESSAGE_ACKED, &d, "");
-                }
-            }
-            Packet::PubRel(r) => self.on_pubrel(r),
-            Packet::Subscribe(s) => {
-                let cost = ControlRate::filters_cost(s.filters.len());
-                self.control_rate.spend(now, cost);
-                return Ok(Some(Deferred::Subscribe(s)));
-            }
-            Packet::Unsubscribe(u) => {
-                let cost = ControlRate::filters_cost(u.filters.len());
-                self.control_rate.spend(now, cost);
-                self.on_unsubscribe(u)?;
-            }
-            Packet::PingReq => {
-                self.control_rate.spend(now, 1);
-                self.push(&Packet::PingResp);
-            }
-            Packet::Disconnect(d) => return Err(self.on_disconnect(d)),
-            Packet::Connect(_) => {
-                return Err(Exit::protocol(
-                    ReasonCode::ProtocolError,
-                    "[MQTT-3.1.0-2] second CONNECT on a connection",
-                ))
-            }
-            Packet::Auth(a) => {
-                self.control_rate.spend(now, 1);
-                return Ok(Some(Deferred::Auth(a)));
-            }
-            other => {
-                return Err(Exit::protocol(
-                    ReasonCode::ProtocolError,
-                    format!("[MQTT-2.1.2] a client may not send {}", other.name()),
-                ))
-            }
+        if let Packet::Publish(_) = packet {
+            metrics::add(&self.broker.metrics.messages_received, 1);
         }
-        Ok(None)
+        let now = tokio::time::Instant::now();
+        let (machine, mut effects) = self.split();
+        let config = &effects.broker.config;
+        let request = Machine::handle(machine, packet, now, config, &mut effects)?;
+        Ok(match request {
+            None => None,
+            Some(Request::Publish(checked)) => self.on_publish(checked)?.map(Deferred::Publish),
+            Some(Request::Subscribe(s)) => Some(Deferred::Subscribe(s)),
+            Some(Request::Unsubscribe(u)) => {
+                self.on_unsubscribe(u);
+                None
+            }
+            Some(Request::Auth(a)) => Some(Deferred::Auth(a)),
+        })
     }
 
     /// Finishes what [`Connection::handle`] deferred: the plugin calls.
@@ -98,59 +62,6 @@ impl Connection {
             Deferred::Publish(p) => self.publish_after_acl(p).await,
             Deferred::Subscribe(s) => self.on_subscribe(s).await,
             Deferred::Auth(a) => self.on_auth(a).await,
-        }
-    }
-
-    /// PUBREC for a QoS 2 message the broker sent: release it (PUBREL), or forget it when the
-    /// client refused it; PUBREL 0x92 for an id not in flight.
-    fn on_pubrec(&mut self, r: PubResp) {
-        match self.outbound.on_pubrec(r.packet_id, r.reason_code) {
-            PubRecOutcome::Refused(d) => self.forget(&d),
-            PubRecOutcome::Release { seq } => {
-                if seq > 0 {
-                    self.store(Op::SetInflight {
-                        client_id: self.client_id.clone(),
-                        seq,
-                        packet_id: r.packet_id.get(),
-                        released: true,
-                    });
-                }
-                self.push(&Packet::PubRel(PubResp::new(r.packet_id)));
-            }
-            PubRecOutcome::Unknown => {
-                let mut rel = PubResp::new(r.packet_id);
-                rel.reason_code = ReasonCode::PacketIdentifierNotFound;
-                self.push(&Packet::PubRel(rel));
-            }
-        }
-    }
-
-    /// PUBREL for a QoS 2 message the client sent: answered with PUBCOMP, 0x92 when the id was
-    /// not waiting.
-    fn on_pubrel(&mut self, r: PubResp) {
-        let mut comp = PubResp::new(r.packet_id);
-        if self.inbound.on_pubrel(r.packet_id) {
-            self.store(Op::DeleteQos2 {
-                client_id: self.client_id.clone(),
-                packet_id: r.packet_id.get(),
-            });
-        } else {
-            comp.reason_code = ReasonCode::PacketIdentifierNotFound;
-        }
-        self.push(&Packet::PubComp(comp));
-    }
-
-    /// DISCONNECT from the client: the session expiry it may change, and whether the will is
-    /// published (v5 reason 0x04).
-    fn on_disconnect(&mut self, d: Disconnect) -> Exit {
-        let max = self.broker.config.session.max_session_expiry_interval;
-        let requested = d.properties.session_expiry_interval;
-        match session_expiry_at_disconnect(self.session_expiry, requested, max) {
-            Ok(expiry) => self.session_expiry = expiry,
-            Err(violation) => return violation.into(),
-        }
-        Exit::Disconnect {
-            with_will: d.reason_code == ReasonCode::DisconnectWithWill,
         }
     }
 
@@ -172,7 +83,7 @@ impl Connection {
         let mut routed = 0;
         let submitted_before = self.broker.store_submitted();
         let result = async {
-            while !self.paused && self.control_rate.blocked_until().is_none() {
+            while !self.paused && self.machine.control_rate.blocked_until().is_none() {
                 // Decoded and handled in a plain function, so that no packet is held across
                 // the await below (it would size every connection's task).
                 let deferred = match self.next_packet(rbuf, max_packet) {
@@ -204,7 +115,7 @@ impl Connection {
             let committed = Box::pin(self.broker.store_committed(submitted_before)).await;
             if let Err(e) = committed {
                 // Nothing that promised durability may go out.
-                self.wbuf.clear();
+                self.machine.output().clear();
                 return Err(Exit::StoreFailed(e.to_string()));
             }
         }
@@ -214,7 +125,7 @@ impl Connection {
     /// Decodes the next complete packet in `rbuf` and acts on it as far as no plugin call is
     /// needed.
     fn next_packet(&mut self, rbuf: &mut BytesMut, max_packet: usize) -> Result<Next, Exit> {
-        let Some(packet) = codec::decode(rbuf, Some(self.version), max_packet)? else {
+        let Some(packet) = codec::decode(rbuf, Some(self.machine.version), max_packet)? else {
             return Ok(Next::Empty);
         };
         Ok(match self.handle(packet)? {
@@ -227,7 +138,7 @@ impl Connection {
     fn check_high_watermark(&mut self) {
         if self.broker.over_high_watermark() {
             if !self.paused {
-                tracing::debug!(client_id = %self.client_id, queued_bytes = self.broker.queue_limits.total(), "memory high-water mark reached: pausing reads from this publisher");
+                tracing::debug!(client_id = %self.machine.client_id, queued_bytes = self.broker.queue_limits.total(), "memory high-water mark reached: pausing reads from this publisher");
                 metrics::add(&self.broker.metrics.publishers_paused, 1);
             }
             self.paused = true;

@@ -1,19 +1,18 @@
-//! PUBLISH from the client: the protocol checks ([`Inbound`](crate::session::protocol::inbound)),
-//! the ACL (through the per-session cache), routing, and the acknowledgement — which, with a
-//! live session store, waits until what it promises is committed.
+//! PUBLISH from the client, once the machine checked it: the ACL (through the per-session
+//! cache), routing, and the acknowledgement — which, with a live session store, waits until
+//! what it promises is committed.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::codec::{reason::ReasonCode, Packet, PubResp, Publish, QoS};
+use crate::codec::{reason::ReasonCode, Publish, QoS};
 use crate::config::{Decision, DenyAction};
 use crate::hooks::AclDecision;
 use crate::metrics;
 use crate::router::TopicName;
-use crate::session::protocol::inbound::{check_publish, Qos2Arrival};
-use crate::session::protocol::{is_sys_topic, within_levels};
-use crate::session::store::Op;
+use crate::session::protocol::is_sys_topic;
+use crate::session::protocol::machine::Checked;
 use crate::session::Message;
 use plugin_api::{Access, AclRequest, HookPoint};
 
@@ -75,7 +74,12 @@ impl Connection {
             return Some((true, "default"));
         }
         let ttl = Duration::from_secs(self.broker.config.acl.cache_ttl_secs);
-        let hit = self.session.acl_cache.lock().get(access, topic, ttl);
+        let hit = self
+            .machine
+            .session
+            .acl_cache
+            .lock()
+            .get(access, topic, ttl);
         hit.map(|allowed| (allowed, "cache"))
     }
 
@@ -93,7 +97,8 @@ impl Connection {
             AclDecision::NoPlugin => (true, "default"),
             AclDecision::NoMatch => (acl.no_match == Decision::Allow, "default"),
         };
-        self.session
+        self.machine
+            .session
             .acl_cache
             .lock()
             .put(access, topic, allowed, acl.cache_size);
@@ -101,46 +106,27 @@ impl Connection {
             (true, _) => {}
             // Summed up per SUBSCRIBE (on_subscribe): one packet may carry thousands.
             (false, Access::Subscribe) => {
-                tracing::debug!(client_id = %self.client_id, ?access, topic, "denied by ACL")
+                tracing::debug!(client_id = %self.identity.client_id, ?access, topic, "denied by ACL")
             }
             (false, _) => {
-                tracing::info!(client_id = %self.client_id, ?access, topic, "denied by ACL")
+                tracing::info!(client_id = %self.identity.client_id, ?access, topic, "denied by ACL")
             }
         }
         (allowed, source)
     }
 
-    /// A PUBLISH from the client, handled at once unless the ACL plugins must be asked: then
-    /// it is returned, for [`Connection::publish_after_acl`] (see `Deferred` in `packets`).
-    pub(super) fn on_publish(&mut self, p: Publish) -> Result<Option<PendingPublish>, Exit> {
-        metrics::add(&self.broker.metrics.messages_received, 1);
-        let topic = self.inbound.resolve_topic(&p)?;
-        let config = &self.broker.config;
-        let max_levels = config.limits.max_topic_levels;
-        if !within_levels(topic.as_str(), max_levels) {
-            return Err(Exit::protocol(
-                ReasonCode::TopicNameInvalid,
-                format!("topic name has more than limits.max_topic_levels ({max_levels}) levels"),
-            ));
-        }
-        check_publish(&p, config.mqtt.maximum_qos, config.mqtt.retain_available)?;
-        if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
-            if self.inbound.qos2_arrival(id)? == Qos2Arrival::Duplicate {
-                // A resend of a message already routed: acknowledge again, do not route twice.
-                self.push(&Packet::PubRec(PubResp::new(id)));
-                return Ok(None);
-            }
-        }
-        let (topic, delay) = match self.delayed_target(topic) {
-            Ok(target) => target,
-            Err(code) => {
-                self.acknowledge(p.qos, p.packet_id, code);
-                return Ok(None);
-            }
-        };
-        let reserved = is_sys_topic(topic.as_str()) && !config.acl.client_publish_sys;
+    /// A PUBLISH the machine checked, routed at once unless the ACL plugins must be asked:
+    /// then it is returned, for [`Connection::publish_after_acl`] (see `Deferred` in
+    /// `packets`).
+    pub(super) fn on_publish(&mut self, checked: Checked) -> Result<Option<PendingPublish>, Exit> {
+        let Checked {
+            publish: p,
+            topic,
+            delay,
+        } = checked;
+        let reserved = is_sys_topic(topic.as_str()) && !self.broker.config.acl.client_publish_sys;
         let allowed = if reserved {
-            tracing::info!(client_id = %self.client_id, topic = %topic, "publish to $SYS refused (acl.client_publish_sys = false)");
+            tracing::info!(client_id = %self.identity.client_id, topic = %topic, "publish to $SYS refused (acl.client_publish_sys = false)");
             Some(false)
         } else {
             self.acl_known_reported(Access::Publish, topic.as_str())
@@ -179,49 +165,20 @@ impl Connection {
             ));
         } else {
             // v3 has no way to say so: the message is dropped and acknowledged as usual.
-            self.v5_or_success(ReasonCode::NotAuthorized)
+            self.machine.v5_or_success(ReasonCode::NotAuthorized)
         };
         // With a live store, the answer waits for what routing submitted (see decode_all).
         self.needs_commit |=
             qos != QoS::AtMostOnce && self.broker.queue_limits.live_store.get().is_some();
-        self.acknowledge(qos, packet_id, code);
+        let (machine, mut effects) = self.split();
+        machine.acknowledge(qos, packet_id, code, &mut effects);
         Ok(())
-    }
-
-    /// For `$delayed/<seconds>/<topic>` (when delayed publish is on): the real topic and the
-    /// delay. A malformed one is answered 0x90 (v5) or dropped (v3), not routed.
-    fn delayed_target(&self, topic: TopicName) -> Result<(TopicName, Option<u32>), ReasonCode> {
-        if self.broker.config.limits.max_delayed_messages == 0 {
-            return Ok((topic, None));
-        }
-        let parsed = match crate::delayed::parse(topic.as_str()) {
-            None => return Ok((topic, None)),
-            Some(parsed) => parsed.and_then(|(secs, target)| {
-                let target =
-                    TopicName::new(target).map_err(|_| "invalid topic after the interval")?;
-                Ok((target, Some(secs)))
-            }),
-        };
-        parsed.map_err(|why| {
-            tracing::info!(client_id = %self.client_id, topic = %topic, why, "delayed publish refused");
-            metrics::add(&self.broker.metrics.messages_dropped, 1);
-            self.v5_or_success(ReasonCode::TopicNameInvalid)
-        })
-    }
-
-    /// `code` for a v5 client; MQTT 3 has no way to say so, and gets a plain acknowledgement.
-    fn v5_or_success(&self, code: ReasonCode) -> ReasonCode {
-        if self.version.is_v5() {
-            code
-        } else {
-            ReasonCode::Success
-        }
     }
 
     /// Routes the message (or, with `delay`, hands it to the delayed list). Returns the reason
     /// code of the acknowledgement.
     fn route(&mut self, p: Publish, topic: TopicName, delay: Option<u32>) -> ReasonCode {
-        let publisher = Some(self.client_id.clone());
+        let publisher = Some(self.identity.client_id.clone());
         let payload = own_bytes(p.payload);
         let message = Message::new(topic, payload, p.qos, p.retain, p.properties, publisher);
         let username = self.identity.username.as_deref();
@@ -229,47 +186,19 @@ impl Connection {
             return match self.broker.delay(message, username, secs) {
                 Ok(_) => ReasonCode::Success,
                 Err(full) => {
-                    tracing::info!(client_id = %self.client_id, error = %full, "delayed publish refused");
+                    tracing::info!(client_id = %self.identity.client_id, error = %full, "delayed publish refused");
                     metrics::add(&self.broker.metrics.messages_dropped, 1);
-                    self.v5_or_success(ReasonCode::QuotaExceeded)
+                    self.machine.v5_or_success(ReasonCode::QuotaExceeded)
                 }
             };
         }
         let matched = self.broker.publish(message, username, false).unwrap_or(0);
         self.published = true;
         if matched == 0 {
-            self.v5_or_success(ReasonCode::NoMatchingSubscribers)
+            self.machine
+                .v5_or_success(ReasonCode::NoMatchingSubscribers)
         } else {
             ReasonCode::Success
-        }
-    }
-
-    /// PUBACK or PUBREC with `code`; a QoS 2 message accepted is held until its PUBREL.
-    fn acknowledge(
-        &mut self,
-        qos: QoS,
-        packet_id: Option<crate::codec::PacketId>,
-        code: ReasonCode,
-    ) {
-        match (qos, packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => {
-                let mut ack = PubResp::new(id);
-                ack.reason_code = code;
-                self.push(&Packet::PubAck(ack));
-            }
-            (QoS::ExactlyOnce, Some(id)) => {
-                if !code.is_error() {
-                    self.inbound.accepted_qos2(id);
-                    self.store(Op::PutQos2 {
-                        client_id: self.client_id.clone(),
-                        packet_id: id.get(),
-                    });
-                }
-                let mut rec = PubResp::new(id);
-                rec.reason_code = code;
-                self.push(&Packet::PubRec(rec));
-            }
-            _ => {}
         }
     }
 }

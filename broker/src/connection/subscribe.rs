@@ -1,15 +1,14 @@
-//! SUBSCRIBE and UNSUBSCRIBE: per filter, the capability checks of `[mqtt]`, the ACL, the
-//! plugins' `client.subscribe` / `client.unsubscribe` decisions, then the session's
-//! subscriptions and the router.
+//! SUBSCRIBE and UNSUBSCRIBE: per filter, the machine's checks (syntax, levels, what `[mqtt]`
+//! allows, the session's limit), the ACL, the plugins' `client.subscribe` /
+//! `client.unsubscribe` decisions, then the session's subscriptions and the router; the
+//! machine answers.
 
 use crate::codec::{
     reason::{self, ReasonCode},
-    Packet, Properties, QoS, RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
-    Unsubscribe,
+    QoS, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe,
 };
 use crate::hooks::SubscribeOutcome;
 use crate::router::{SubscriptionKey, TopicFilter};
-use crate::session::protocol::within_levels;
 use crate::session::sub_options;
 use plugin_api::{Access, HookPoint, SubOptions, SubscribeView, SubscriptionView};
 
@@ -74,7 +73,7 @@ impl Connection {
                 filter,
             },
             Some(Err(e)) => {
-                tracing::warn!(client_id = %self.client_id, filter = ?outcome.filter, error = %e, "a plugin's filter decision is not a valid filter; keeping the original");
+                tracing::warn!(client_id = %self.identity.client_id, filter = ?outcome.filter, error = %e, "a plugin's filter decision is not a valid filter; keeping the original");
                 key
             }
         };
@@ -108,17 +107,13 @@ impl Connection {
         if let Some((filter, code)) = refused {
             // One line per SUBSCRIBE, not per filter: a packet may carry thousands.
             let count = codes.len() - added.len();
-            tracing::info!(client_id = %self.client_id, refused = count, first = %filter, reason_code = code.get(), "SUBSCRIBE: filters refused");
+            tracing::info!(client_id = %self.identity.client_id, refused = count, first = %filter, reason_code = code.get(), "SUBSCRIBE: filters refused");
         }
-        if !added.is_empty() && self.session.live_store().is_some() {
-            self.broker.store_session(&self.session);
+        if !added.is_empty() && self.machine.session.live_store().is_some() {
+            self.broker.store_session(&self.machine.session);
             self.needs_commit = true;
         }
-        self.push(&Packet::SubAck(SubAck {
-            packet_id: s.packet_id,
-            properties: Properties::default(),
-            reason_codes: codes,
-        }));
+        self.machine.suback(s.packet_id, codes);
         if self.broker.hooks.enabled(HookPoint::SESSION_SUBSCRIBED) {
             for a in &added {
                 let sub = SubscriptionView {
@@ -136,48 +131,6 @@ impl Connection {
         Ok(())
     }
 
-    /// The checks of one filter that need no plugin: levels, syntax, and what `[mqtt]`
-    /// allows. The inner `Err` is the SUBACK failure code.
-    fn check_filter(
-        &self,
-        raw: &str,
-        options: &SubscriptionOptions,
-    ) -> Result<Result<SubscriptionKey, ReasonCode>, Exit> {
-        let v5 = self.version.is_v5();
-        if raw.is_empty() {
-            return Err(Exit::protocol(
-                ReasonCode::ProtocolError,
-                "[MQTT-4.7.3-1] empty topic filter in SUBSCRIBE",
-            ));
-        }
-        let max_levels = self.broker.config.limits.max_topic_levels;
-        if !within_levels(raw, max_levels) {
-            tracing::debug!(client_id = %self.client_id, max_levels, "topic filter refused: more than limits.max_topic_levels levels");
-            return Ok(Err(ReasonCode::TopicFilterInvalid));
-        }
-        let key = match SubscriptionKey::parse(raw) {
-            Ok(key) => key,
-            Err(e) => {
-                tracing::debug!(client_id = %self.client_id, filter = %raw, error = %e, "invalid topic filter");
-                return Ok(Err(ReasonCode::TopicFilterInvalid));
-            }
-        };
-        let mqtt = &self.broker.config.mqtt;
-        if key.is_shared() && !mqtt.shared_subscription_available {
-            return Ok(Err(ReasonCode::SharedSubscriptionsNotSupported));
-        }
-        if key.filter.has_wildcard() && !mqtt.wildcard_subscription_available {
-            return Ok(Err(ReasonCode::WildcardSubscriptionsNotSupported));
-        }
-        if v5 && key.is_shared() && options.no_local {
-            return Err(Exit::protocol(
-                ReasonCode::ProtocolError,
-                "[MQTT-3.8.3-4] No Local on a shared subscription",
-            ));
-        }
-        Ok(Ok(key))
-    }
-
     /// One filter of a SUBSCRIBE: checked, authorised, decided by plugins, then added.
     async fn subscribe_one(
         &mut self,
@@ -185,7 +138,8 @@ impl Connection {
         options: SubscriptionOptions,
         id: Option<u32>,
     ) -> Result<Result<Added, ReasonCode>, Exit> {
-        let key = match self.check_filter(raw, &options)? {
+        let config = &self.broker.config;
+        let key = match self.machine.check_filter(raw, &options, config)? {
             Ok(key) => key,
             Err(code) => return Ok(Err(code)),
         };
@@ -221,9 +175,9 @@ impl Connection {
         if options.qos as u8 > maximum_qos {
             options.qos = QoS::from_u8(maximum_qos).unwrap_or(options.qos);
         }
-        let is_new = self
-            .broker
-            .add_subscription(&self.session, key.clone(), options, sub_id);
+        let is_new =
+            self.broker
+                .add_subscription(&self.machine.session, key.clone(), options, sub_id);
         Ok(Ok(Added {
             key,
             options,
@@ -232,20 +186,15 @@ impl Connection {
         }))
     }
 
-    /// Whether adding `key` would take the session past `limits.max_subscriptions` (replacing
-    /// a subscription it holds never does).
+    /// Whether adding `key` would take the session past `limits.max_subscriptions`.
     fn over_subscription_limit(&self, key: &SubscriptionKey) -> bool {
         let max = self.broker.config.limits.max_subscriptions;
-        if max == 0 {
-            return false;
-        }
-        let subscriptions = self.session.subscriptions.lock();
-        subscriptions.len() >= max && !subscriptions.contains(key)
+        self.machine.over_subscription_limit(key, max)
     }
 
     /// The SUBACK code for a filter refused by `limits.max_subscriptions`.
     fn quota_exceeded(&self, raw: &str) -> ReasonCode {
-        tracing::debug!(client_id = %self.client_id, filter = %raw, max = self.broker.config.limits.max_subscriptions, "subscription refused: limits.max_subscriptions reached");
+        tracing::debug!(client_id = %self.identity.client_id, filter = %raw, max = self.broker.config.limits.max_subscriptions, "subscription refused: limits.max_subscriptions reached");
         ReasonCode::QuotaExceeded
     }
 
@@ -258,20 +207,15 @@ impl Connection {
     }
 
     /// An UNSUBSCRIBE: one reason code per filter in UNSUBACK ([MQTT-3.10.4-5]).
-    pub(super) fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Exit> {
-        if u.filters.iter().any(|f| f.is_empty()) {
-            return Err(Exit::protocol(
-                ReasonCode::ProtocolError,
-                "[MQTT-4.7.3-1] empty topic filter in UNSUBSCRIBE",
-            ));
-        }
+    /// (The machine has refused an empty filter already.)
+    pub(super) fn on_unsubscribe(&mut self, u: Unsubscribe) {
         let mut codes = Vec::with_capacity(u.filters.len());
         for raw in &u.filters {
             let Some(key) = self.unsubscribe_key(raw) else {
                 codes.push(ReasonCode::TopicFilterInvalid);
                 continue;
             };
-            let Some(sub) = self.broker.remove_subscription(&self.session, &key) else {
+            let Some(sub) = self.broker.remove_subscription(&self.machine.session, &key) else {
                 codes.push(ReasonCode::NoSubscriptionExisted);
                 continue;
             };
@@ -290,15 +234,10 @@ impl Connection {
                 hooks.notify(HookPoint::SESSION_UNSUBSCRIBED, &ev);
             }
         }
-        if self.session.live_store().is_some() {
-            self.broker.store_session(&self.session);
+        if self.machine.session.live_store().is_some() {
+            self.broker.store_session(&self.machine.session);
             self.needs_commit = true;
         }
-        self.push(&Packet::UnsubAck(UnsubAck {
-            packet_id: u.packet_id,
-            properties: Properties::default(),
-            reason_codes: codes,
-        }));
-        Ok(())
+        self.machine.unsuback(u.packet_id, codes);
     }
 }

@@ -17,8 +17,9 @@
 //! * its **subscriptions**, mirrored in the router's trie.
 //!
 //! [`protocol`] holds the session's protocol rules without I/O (negotiation, QoS state, topic
-//! aliases, time limits); [`crate::connection::serve`] runs one network connection from CONNECT
-//! to close around them.
+//! aliases, time limits) and [`protocol::machine`], the per-connection state machine built on
+//! them; [`crate::connection::serve`] runs one network connection from CONNECT to close around
+//! it.
 //!
 //! Lock order: registry → router → session locks; of a session's locks only `control` →
 //! `parked` are ever held together. None is held across `.await`.

@@ -5,8 +5,12 @@
 //! a socket, spawns a task or reads the clock, so each rule is a unit test of microseconds
 //! (`cargo test -p broker session::protocol`), named after the normative statement of the
 //! specification it checks, and a model test drives random packet sequences against a simple
-//! reference. The connection task ([`crate::connection`]) owns the socket and calls into these.
+//! reference. The connection task ([`crate::connection`]) owns the socket and drives the
+//! [`machine`].
 //!
+//! * [`machine`]: one connection's session as a state machine — packets and deliveries in;
+//!   bytes to send, requests for the rest of the broker, store changes, message events and a
+//!   typed close out;
 //! * [`connect`]: CONNECT negotiation — client id, session expiry, keep alive, windows,
 //!   aliases, capabilities — as a pure function to [`connect::Negotiated`] or a
 //!   [`connect::Refusal`];
@@ -24,6 +28,7 @@ use std::time::Duration;
 pub mod alias;
 pub mod connect;
 pub mod inbound;
+pub mod machine;
 pub mod outbound;
 pub mod timers;
 
