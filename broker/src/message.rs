@@ -87,6 +87,19 @@ impl Message {
         mut properties: Properties,
         publisher: Option<Arc<str>>,
     ) -> Message {
+        Message::taking(topic, payload, qos, retain, &mut properties, publisher)
+    }
+
+    /// [`Message::new`], taking the properties out of `properties` (left empty): a PUBLISH's
+    /// properties, 300-odd bytes inline, are then moved only when there are any.
+    pub fn taking(
+        topic: TopicName,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        properties: &mut Properties,
+        publisher: Option<Arc<str>>,
+    ) -> Message {
         let expires_at = properties
             .message_expiry_interval
             .take()
@@ -94,12 +107,17 @@ impl Message {
         properties.topic_alias = None;
         properties.will_delay_interval = None;
         properties.subscription_identifiers.clear();
+        let properties = if properties.is_empty() {
+            MessageProperties::default()
+        } else {
+            MessageProperties(Some(Box::new(std::mem::take(properties))))
+        };
         Message {
             topic,
             payload,
             qos,
             retain,
-            properties: properties.into(),
+            properties,
             publisher,
             expires_at,
         }

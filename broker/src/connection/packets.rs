@@ -7,7 +7,7 @@ use bytes::BytesMut;
 
 use crate::codec::{self, Packet};
 use crate::metrics;
-use crate::session::protocol::machine::{Machine, Request};
+use crate::session::protocol::machine::{Machine, Request, Target};
 
 use super::publish::PendingPublish;
 use super::{Connection, Exit};
@@ -37,16 +37,30 @@ impl Connection {
     /// requests at once when that needs no plugin call; otherwise it is returned, for
     /// [`Connection::complete`].
     pub(super) fn handle(&mut self, packet: Packet) -> Result<Option<Deferred>, Exit> {
-        if let Packet::Publish(_) = packet {
-            metrics::add(&self.broker.metrics.messages_received, 1);
-        }
         let now = tokio::time::Instant::now();
         let (machine, mut effects) = self.split();
         let config = &effects.broker.config;
-        let request = Machine::handle(machine, packet, now, config, &mut effects)?;
+        let request = match packet {
+            // The common case, checked in place: the packet is not moved through the machine.
+            Packet::Publish(mut p) => {
+                metrics::add(&effects.broker.metrics.messages_received, 1);
+                let Some(target) = machine.check_publish(&p, config, &mut effects)? else {
+                    return Ok(None);
+                };
+                return Ok(self.on_publish(&mut p, target)?.map(Deferred::Publish));
+            }
+            other => Machine::handle(machine, other, now, config, &mut effects)?,
+        };
         Ok(match request {
             None => None,
-            Some(Request::Publish(checked)) => self.on_publish(checked)?.map(Deferred::Publish),
+            Some(Request::Publish(mut c)) => {
+                let target = Target {
+                    topic: c.topic,
+                    delay: c.delay,
+                };
+                self.on_publish(&mut c.publish, target)?
+                    .map(Deferred::Publish)
+            }
             Some(Request::Subscribe(s)) => Some(Deferred::Subscribe(s)),
             Some(Request::Unsubscribe(u)) => {
                 self.on_unsubscribe(u);

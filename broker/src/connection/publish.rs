@@ -6,22 +6,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::codec::{reason::ReasonCode, Publish, QoS};
+use crate::codec::{reason::ReasonCode, PacketId, Publish, QoS};
 use crate::config::{Decision, DenyAction};
 use crate::hooks::AclDecision;
 use crate::metrics;
-use crate::router::TopicName;
 use crate::session::protocol::is_sys_topic;
-use crate::session::protocol::machine::Checked;
+use crate::session::protocol::machine::Target;
 use crate::session::Message;
 use plugin_api::{Access, AclRequest, HookPoint};
 
 use super::{Connection, Exit};
 
-/// A PUBLISH waiting for the ACL plugins' answer.
+/// A PUBLISH as a message, waiting for the ACL plugins' answer.
 pub(super) struct PendingPublish {
-    p: Publish,
-    topic: TopicName,
+    message: Message,
+    packet_id: Option<PacketId>,
     delay: Option<u32>,
 }
 
@@ -117,51 +116,60 @@ impl Connection {
 
     /// A PUBLISH the machine checked, routed at once unless the ACL plugins must be asked:
     /// then it is returned, for [`Connection::publish_after_acl`] (see `Deferred` in
-    /// `packets`).
-    pub(super) fn on_publish(&mut self, checked: Checked) -> Result<Option<PendingPublish>, Exit> {
-        let Checked {
-            publish: p,
-            topic,
-            delay,
-        } = checked;
-        let reserved = is_sys_topic(topic.as_str()) && !self.broker.config.acl.client_publish_sys;
+    /// `packets`). The message is made from the packet first (its payload copied out of the
+    /// read buffer, its properties taken), so that what is passed on is the message, not the
+    /// packet with its 300-odd bytes of properties.
+    pub(super) fn on_publish(
+        &mut self,
+        p: &mut Publish,
+        target: Target,
+    ) -> Result<Option<PendingPublish>, Exit> {
+        let Target { topic, delay } = target;
+        let publisher = Some(self.identity.client_id.clone());
+        let payload = own_bytes(std::mem::take(&mut p.payload));
+        let (qos, retain, packet_id) = (p.qos, p.retain, p.packet_id);
+        let message = Message::taking(topic, payload, qos, retain, &mut p.properties, publisher);
+        let topic = message.topic.as_str();
+        let reserved = is_sys_topic(topic) && !self.broker.config.acl.client_publish_sys;
         let allowed = if reserved {
-            tracing::info!(client_id = %self.identity.client_id, topic = %topic, "publish to $SYS refused (acl.client_publish_sys = false)");
+            tracing::info!(client_id = %self.identity.client_id, topic, "publish to $SYS refused (acl.client_publish_sys = false)");
             Some(false)
         } else {
-            self.acl_known_reported(Access::Publish, topic.as_str())
+            self.acl_known_reported(Access::Publish, topic)
+        };
+        let pending = PendingPublish {
+            message,
+            packet_id,
+            delay,
         };
         match allowed {
-            Some(allowed) => self
-                .publish_decided(p, topic, delay, allowed)
-                .map(|()| None),
-            None => Ok(Some(PendingPublish { p, topic, delay })),
+            Some(allowed) => self.publish_decided(pending, allowed).map(|()| None),
+            None => Ok(Some(pending)),
         }
     }
 
     /// Finishes a PUBLISH once the ACL plugins have answered.
     pub(super) async fn publish_after_acl(&mut self, pending: PendingPublish) -> Result<(), Exit> {
-        let PendingPublish { p, topic, delay } = pending;
-        let (allowed, source) = self.acl_ask_plugins(Access::Publish, topic.as_str()).await;
-        self.acl_report(Access::Publish, topic.as_str(), allowed, source);
-        self.publish_decided(p, topic, delay, allowed)
+        let topic = pending.message.topic.as_str();
+        let (allowed, source) = self.acl_ask_plugins(Access::Publish, topic).await;
+        self.acl_report(Access::Publish, topic, allowed, source);
+        self.publish_decided(pending, allowed)
     }
 
     /// Routes (or delays) an authorised PUBLISH, or refuses it, and acknowledges it.
-    fn publish_decided(
-        &mut self,
-        p: Publish,
-        topic: TopicName,
-        delay: Option<u32>,
-        allowed: bool,
-    ) -> Result<(), Exit> {
-        let (qos, packet_id) = (p.qos, p.packet_id);
+    fn publish_decided(&mut self, pending: PendingPublish, allowed: bool) -> Result<(), Exit> {
+        let PendingPublish {
+            message,
+            packet_id,
+            delay,
+        } = pending;
+        let qos = message.qos;
         let code = if allowed {
-            self.route(p, topic, delay)
+            self.route(message, delay)
         } else if self.broker.config.acl.deny_action == DenyAction::Disconnect {
             return Err(Exit::protocol(
                 ReasonCode::NotAuthorized,
-                format!("publish to {topic} denied by ACL"),
+                format!("publish to {} denied by ACL", message.topic),
             ));
         } else {
             // v3 has no way to say so: the message is dropped and acknowledged as usual.
@@ -177,10 +185,7 @@ impl Connection {
 
     /// Routes the message (or, with `delay`, hands it to the delayed list). Returns the reason
     /// code of the acknowledgement.
-    fn route(&mut self, p: Publish, topic: TopicName, delay: Option<u32>) -> ReasonCode {
-        let publisher = Some(self.identity.client_id.clone());
-        let payload = own_bytes(p.payload);
-        let message = Message::new(topic, payload, p.qos, p.retain, p.properties, publisher);
+    fn route(&mut self, message: Message, delay: Option<u32>) -> ReasonCode {
         let username = self.identity.username.as_deref();
         if let Some(secs) = delay {
             return match self.broker.delay(message, username, secs) {

@@ -51,7 +51,7 @@ use super::timers::ControlRate;
 use super::{session_expiry_at_disconnect, Violation};
 
 pub use deliver::OUTPUT_HIGH;
-pub use publish::Checked;
+pub use publish::{Checked, Target};
 
 /// Why the machine ends the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]

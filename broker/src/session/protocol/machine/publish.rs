@@ -22,18 +22,44 @@ pub struct Checked {
     pub delay: Option<u32>,
 }
 
+/// Where a PUBLISH that passed the checks goes.
+#[derive(Debug)]
+pub struct Target {
+    /// The topic to route to (see [`Checked::topic`]).
+    pub topic: TopicName,
+    /// Seconds to hold the message first (`$delayed/…`).
+    pub delay: Option<u32>,
+}
+
 impl Machine {
-    /// A PUBLISH from the client, checked: the topic alias resolved, the levels, Maximum QoS
-    /// and Retain Available, a QoS 2 resend answered at once ([MQTT-4.3.3-10]), and a
-    /// malformed `$delayed/…` topic refused (0x90, or dropped for v3). `None` when it is
-    /// answered already.
+    /// A PUBLISH from the client, as a [`Request`](super::Request) to route it.
     pub(super) fn on_publish(
         &mut self,
         p: Publish,
         config: &Config,
         out: &mut impl Outputs,
     ) -> Result<Option<Checked>, Violation> {
-        let topic = self.inbound.resolve_topic(&p)?;
+        let target = self.check_publish(&p, config, out)?;
+        Ok(target.map(|Target { topic, delay }| Checked {
+            publish: p,
+            topic,
+            delay,
+        }))
+    }
+
+    /// Checks a PUBLISH from the client: the topic alias resolved, the levels, Maximum QoS and
+    /// Retain Available, a QoS 2 resend answered at once ([MQTT-4.3.3-10]), and a malformed
+    /// `$delayed/…` topic refused (0x90, or dropped for v3). `None` when it is answered
+    /// already; else where to route it. Borrows the packet, so that a driver keeps it where
+    /// it is (what [`Machine::handle`](super::Machine::handle) does with a PUBLISH, without
+    /// moving it).
+    pub fn check_publish(
+        &mut self,
+        p: &Publish,
+        config: &Config,
+        out: &mut impl Outputs,
+    ) -> Result<Option<Target>, Violation> {
+        let topic = self.inbound.resolve_topic(p)?;
         let max_levels = config.limits.max_topic_levels;
         if !within_levels(topic.as_str(), max_levels) {
             return Err(Violation::new(
@@ -41,7 +67,7 @@ impl Machine {
                 format!("topic name has more than limits.max_topic_levels ({max_levels}) levels"),
             ));
         }
-        check_publish(&p, config.mqtt.maximum_qos, config.mqtt.retain_available)?;
+        check_publish(p, config.mqtt.maximum_qos, config.mqtt.retain_available)?;
         if let (QoS::ExactlyOnce, Some(id)) = (p.qos, p.packet_id) {
             if self.inbound.qos2_arrival(id)? == Qos2Arrival::Duplicate {
                 // A resend of a message already routed: acknowledge again, do not route twice.
@@ -51,11 +77,7 @@ impl Machine {
         }
         let delayed_on = config.limits.max_delayed_messages > 0;
         match self.delayed_target(topic, delayed_on) {
-            Ok((topic, delay)) => Ok(Some(Checked {
-                publish: p,
-                topic,
-                delay,
-            })),
+            Ok((topic, delay)) => Ok(Some(Target { topic, delay })),
             Err(code) => {
                 // Acknowledged with the refusal, never routed.
                 out.emit(Output::Refused);

@@ -1,8 +1,10 @@
 //! The machine fed packets and deliveries, its output decoded and its requests and outputs
 //! recorded: no socket, no task, no broker. Each test names the normative statement of the
 //! specification it checks: `qos` the QoS exchanges both ways, deliveries and resuming,
-//! `packets` the other packets and the checks of what the client sends.
+//! `packets` the other packets and the checks of what the client sends, and `model` random
+//! sequences of both against a reference.
 
+mod model;
 mod packets;
 mod qos;
 
