@@ -103,6 +103,20 @@ async fn client_id_length_limit() {
     assert_eq!(w.recv().await.expect("CONNACK").body, [0x00, 0x02]);
 }
 
+/// By default a client id may have 1024 bytes, not the 65 535 MQTT allows: a session left
+/// behind keeps its id, and 64 KiB ids made each one cost 80 KiB.
+#[tokio::test]
+async fn client_ids_are_at_most_1024_bytes_by_default() {
+    let b = Broker::start();
+    for (len, level, code) in [(1024, 4, 0x00), (1025, 4, 0x02), (1025, 5, 0x85)] {
+        let mut w = Wire::open(b.port()).await;
+        w.send(&connect_packet(level, &"i".repeat(len), true, 60))
+            .await;
+        let ack = w.recv().await.expect("CONNACK");
+        assert_eq!(ack.body[1], code, "{len} bytes, MQTT level {level}");
+    }
+}
+
 /// CONNACK properties of a v5 CONNACK body, by property id: byte, two- and four-byte integers
 /// as numbers, strings as text.
 fn connack_properties(body: &[u8]) -> std::collections::BTreeMap<u8, String> {

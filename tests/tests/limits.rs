@@ -276,6 +276,29 @@ async fn subscriptions_per_client_are_bounded() {
     assert!(b.log().contains("SUBSCRIBE: filters refused"));
 }
 
+/// One client cannot hold more than `limits.max_subscription_bytes` of filters: a filter that
+/// would pass it is refused like one past `max_subscriptions`, re-subscribing to a held one
+/// still works, and unsubscribing makes room. Before the limit one client held 1.2 GB with
+/// 10 000 filters of 60 000 bytes.
+#[tokio::test]
+async fn subscription_bytes_per_client_are_bounded() {
+    let b = Broker::start_with("[limits]\nmax_subscription_bytes = 10000\n");
+    let long = |c: char| c.to_string().repeat(3000);
+    let (a, bb, c, d) = (long('a'), long('b'), long('c'), long('d'));
+    for level in [5u8, 4] {
+        let refused = if level == 5 { 0x97 } else { 0x80 };
+        let mut w = Wire::connected(b.port(), level, &format!("bytes-{level}")).await;
+        // 3 × 3000 fit in 10 000; the fourth does not, a short one still does.
+        w.send(&subscribe_many(level, 1, &[&a, &bb, &c, &d, "s", &a]))
+            .await;
+        assert_eq!(suback_codes(&mut w, level).await, [1, 1, 1, refused, 1, 1]);
+        w.send(&unsubscribe_packet(level, 2, &bb)).await;
+        assert_eq!(w.recv().await.expect("UNSUBACK").kind(), 11);
+        w.send(&subscribe_many(level, 3, &[&d, &bb])).await;
+        assert_eq!(suback_codes(&mut w, level).await, [1, refused]);
+    }
+}
+
 /// The CONNACK (packet type, session present, reason code) a raw CONNECT of `level` gets.
 async fn connack(port: u16, level: u8, id: &str, clean: bool) -> (Wire, (u8, u8, u8)) {
     let mut w = Wire::open(port).await;

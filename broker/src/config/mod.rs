@@ -457,6 +457,10 @@ pub struct Limits {
     /// Subscriptions one session may hold through its own SUBSCRIBEs; a filter beyond it is
     /// refused (SUBACK 0x97, MQTT 3: 0x80). 0 = no limit.
     pub max_subscriptions: usize,
+    /// Bytes of topic filters (and share group names) one session may hold through its own
+    /// SUBSCRIBEs; a filter beyond it is refused like one beyond `max_subscriptions`. 0 = no
+    /// limit.
+    pub max_subscription_bytes: usize,
     /// Sessions the broker holds at once, online and offline; a client whose id has no
     /// session is refused beyond it (CONNACK 0x97, MQTT 3: 0x03). 0 = no limit.
     pub max_sessions: usize,
@@ -472,7 +476,7 @@ impl Default for Limits {
             max_connections: 1_000_000,
             max_packet_size: 1024 * 1024,
             connect_timeout: 10,
-            max_client_id_len: 65_535,
+            max_client_id_len: 1024,
             max_keep_alive: 0,
             receive_maximum: 128,
             max_inflight: 32,
@@ -486,6 +490,7 @@ impl Default for Limits {
             max_delayed_messages: 1_000,
             max_delayed_bytes: 64 * 1024 * 1024,
             max_subscriptions: 10_000,
+            max_subscription_bytes: 1 << 20,
             max_sessions: 1_000_000,
             max_incoming_bytes: 256 * 1024 * 1024,
         }

@@ -186,15 +186,19 @@ impl Connection {
         }))
     }
 
-    /// Whether adding `key` would take the session past `limits.max_subscriptions`.
+    /// Whether adding `key` would take the session past `limits.max_subscriptions` or
+    /// `limits.max_subscription_bytes`.
     fn over_subscription_limit(&self, key: &SubscriptionKey) -> bool {
-        let max = self.broker.config.limits.max_subscriptions;
-        self.machine.over_subscription_limit(key, max)
+        let limits = &self.broker.config.limits;
+        let (max, max_bytes) = (limits.max_subscriptions, limits.max_subscription_bytes);
+        self.machine.over_subscription_limit(key, max, max_bytes)
     }
 
-    /// The SUBACK code for a filter refused by `limits.max_subscriptions`.
+    /// The SUBACK code for a filter refused by `limits.max_subscriptions` or
+    /// `limits.max_subscription_bytes`.
     fn quota_exceeded(&self, raw: &str) -> ReasonCode {
-        tracing::debug!(client_id = %self.identity.client_id, filter = %raw, max = self.broker.config.limits.max_subscriptions, "subscription refused: limits.max_subscriptions reached");
+        let limits = &self.broker.config.limits;
+        tracing::debug!(client_id = %self.identity.client_id, filter = %raw, max = limits.max_subscriptions, max_bytes = limits.max_subscription_bytes, "subscription refused: limits.max_subscriptions or limits.max_subscription_bytes reached");
         ReasonCode::QuotaExceeded
     }
 

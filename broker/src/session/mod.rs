@@ -30,7 +30,7 @@ pub use control::{
     KickReason,
 };
 pub use identity::Identity;
-pub use subscriptions::{Subscription, Subscriptions};
+pub use subscriptions::{key_bytes, Subscription, Subscriptions};
 
 mod control;
 mod identity;

@@ -14,18 +14,34 @@ pub struct Subscription {
     pub id: Option<u32>,
 }
 
-/// A session's subscriptions by share group and filter: boxed, and only once there is one
-/// (a session that subscribes to nothing is 40 bytes smaller).
-/// The box is deliberate (clippy's `box_collection` is about the usual case): an empty
-/// `HashMap` takes 48 bytes inline, the box 8.
+/// The bytes a subscription's key is charged against `limits.max_subscription_bytes`: its
+/// filter and share group.
+pub fn key_bytes(key: &SubscriptionKey) -> usize {
+    key.filter.as_str().len() + key.group.as_deref().map_or(0, str::len)
+}
+
+/// The subscriptions of a session that has some, and the bytes of their keys.
 #[derive(Debug, Default)]
-#[allow(clippy::box_collection)]
-pub struct Subscriptions(Option<Box<HashMap<SubscriptionKey, Subscription>>>);
+struct Held {
+    map: HashMap<SubscriptionKey, Subscription>,
+    bytes: usize,
+}
+
+/// A session's subscriptions by share group and filter: boxed, and only once there is one
+/// (a session that subscribes to nothing is 40 bytes smaller: an empty `HashMap` takes 48
+/// bytes inline, the box 8).
+#[derive(Debug, Default)]
+pub struct Subscriptions(Option<Box<Held>>);
 
 impl Subscriptions {
     /// How many.
     pub fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |m| m.len())
+        self.0.as_ref().map_or(0, |h| h.map.len())
+    }
+
+    /// The bytes of their filters and share groups ([`key_bytes`]).
+    pub fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |h| h.bytes)
     }
 
     /// Whether there are none.
@@ -35,19 +51,28 @@ impl Subscriptions {
 
     /// Adds or replaces one; returns the one replaced.
     pub fn insert(&mut self, key: SubscriptionKey, sub: Subscription) -> Option<Subscription> {
-        self.0.get_or_insert_with(Box::default).insert(key, sub)
+        let held = self.0.get_or_insert_with(Box::default);
+        let bytes = key_bytes(&key);
+        let replaced = held.map.insert(key, sub);
+        if replaced.is_none() {
+            held.bytes += bytes;
+        }
+        replaced
     }
 
     /// Whether it holds `key`.
     pub fn contains(&self, key: &SubscriptionKey) -> bool {
-        self.0.as_ref().is_some_and(|m| m.contains_key(key))
+        self.0.as_ref().is_some_and(|h| h.map.contains_key(key))
     }
 
     /// Removes one.
     pub fn remove(&mut self, key: &SubscriptionKey) -> Option<Subscription> {
-        let map = self.0.as_mut()?;
-        let removed = map.remove(key);
-        if map.is_empty() {
+        let held = self.0.as_mut()?;
+        let removed = held.map.remove(key);
+        if removed.is_some() {
+            held.bytes -= key_bytes(key);
+        }
+        if held.map.is_empty() {
             self.0 = None;
         }
         removed
@@ -55,11 +80,11 @@ impl Subscriptions {
 
     /// Every one, leaving none.
     pub fn drain(&mut self) -> impl Iterator<Item = (SubscriptionKey, Subscription)> {
-        self.0.take().into_iter().flat_map(|m| m.into_iter())
+        self.0.take().into_iter().flat_map(|h| h.map.into_iter())
     }
 
     /// Every one, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&SubscriptionKey, &Subscription)> {
-        self.0.iter().flat_map(|m| m.iter())
+        self.0.iter().flat_map(|h| h.map.iter())
     }
 }

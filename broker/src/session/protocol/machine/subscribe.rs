@@ -7,6 +7,7 @@ use crate::codec::{
 };
 use crate::config::Config;
 use crate::router::SubscriptionKey;
+use crate::session::key_bytes;
 
 use super::super::{within_levels, Violation};
 use super::Machine;
@@ -66,14 +67,22 @@ impl Machine {
         Ok(Ok(key))
     }
 
-    /// Whether adding `key` would take the session past `max` subscriptions (0: no limit;
-    /// replacing a subscription it holds never does).
-    pub fn over_subscription_limit(&self, key: &SubscriptionKey, max: usize) -> bool {
-        if max == 0 {
+    /// Whether adding `key` would take the session past `max` subscriptions or `max_bytes`
+    /// bytes of filters ([`key_bytes`]; 0: no limit). Replacing a subscription it holds never
+    /// does.
+    pub fn over_subscription_limit(
+        &self,
+        key: &SubscriptionKey,
+        max: usize,
+        max_bytes: usize,
+    ) -> bool {
+        if max == 0 && max_bytes == 0 {
             return false;
         }
         let subscriptions = self.session.subscriptions.lock();
-        subscriptions.len() >= max && !subscriptions.contains(key)
+        let too_many = max > 0 && subscriptions.len() >= max;
+        let too_big = max_bytes > 0 && subscriptions.bytes() + key_bytes(key) > max_bytes;
+        (too_many || too_big) && !subscriptions.contains(key)
     }
 
     /// SUBACK with one code per filter, in order ([MQTT-3.8.4-6]).

@@ -2,6 +2,7 @@
 //! and what a persistent session emits for its store.
 
 use super::*;
+use crate::router::SubscriptionKey;
 
 /// [MQTT-3.14.2-2] and [MQTT-3.14.4-3]: DISCONNECT may change the session expiry, not from
 /// 0; reason 0x04 still publishes the will.
@@ -170,6 +171,36 @@ fn mqtt_3_8_filter_checks() {
         violation(r.feed(Packet::Unsubscribe(u)).expect_err("closes")),
         ReasonCode::ProtocolError
     );
+}
+
+/// `limits.max_subscriptions` and `limits.max_subscription_bytes`: a new filter past either
+/// is over the limit; one the session holds never is.
+#[test]
+fn subscription_limits_count_filters_and_bytes() {
+    use crate::codec::SubscriptionOptions;
+    use crate::session::Subscription;
+    let r = Rig::v5();
+    let key = |f: &str| SubscriptionKey::parse(f).expect("filter");
+    let sub = Subscription {
+        options: SubscriptionOptions::default(),
+        id: None,
+    };
+    r.m.session
+        .subscriptions
+        .lock()
+        .insert(key("aaaa"), sub.clone());
+    r.m.session
+        .subscriptions
+        .lock()
+        .insert(key("$share/g/bbbb"), sub);
+    assert_eq!(r.m.session.subscriptions.lock().bytes(), 4 + 5);
+    assert!(!r.m.over_subscription_limit(&key("c"), 3, 10));
+    assert!(r.m.over_subscription_limit(&key("cc"), 3, 10), "11 bytes");
+    assert!(r.m.over_subscription_limit(&key("c"), 2, 0), "3 filters");
+    assert!(!r.m.over_subscription_limit(&key("aaaa"), 2, 9), "held");
+    assert!(!r.m.over_subscription_limit(&key("anything/long"), 0, 0));
+    r.m.session.subscriptions.lock().remove(&key("aaaa"));
+    assert_eq!(r.m.session.subscriptions.lock().bytes(), 5);
 }
 
 /// Control packets spend the connection's budget: past it the driver stops reading.
