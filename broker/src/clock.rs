@@ -35,3 +35,42 @@ pub fn unix_ms(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// Says yes at most once per period, from any thread: for warnings a client could otherwise
+/// make the broker write thousands of times a second.
+#[derive(Debug, Default)]
+pub struct AtMostEvery {
+    /// When the next yes may come, Unix milliseconds.
+    next_ms: std::sync::atomic::AtomicU64,
+}
+
+impl AtMostEvery {
+    /// True at most once per `period_ms` (the first call is always true).
+    pub fn due(&self, period_ms: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = coarse_now_ms();
+        let next = self.next_ms.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_ms
+                .compare_exchange(next, now + period_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_most_every_says_yes_once_per_period() {
+        let gate = AtMostEvery::default();
+        assert!(gate.due(60_000));
+        assert!(!gate.due(60_000));
+        let every_time = AtMostEvery::default();
+        assert!(
+            every_time.due(0) && every_time.due(0),
+            "a period of 0 passes each time"
+        );
+    }
+}

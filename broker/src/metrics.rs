@@ -107,6 +107,10 @@ metrics! {
     Gauge delayed_messages,
     /// Bytes the waiting delayed publishes hold (limits.max_delayed_bytes).
     Gauge delayed_bytes,
+    /// Bytes held by wills waiting for their Will Delay Interval (limits.max_pending_will_bytes).
+    Gauge pending_will_bytes,
+    /// Wills published without their delay because limits.max_pending_will_bytes was reached.
+    Counter wills_not_delayed,
 }
 
 /// Adds `n` to a counter.

@@ -472,3 +472,66 @@ async fn a_damaged_session_store_is_kept_aside_and_the_broker_starts() {
         V4Client::connect(b.port(), "still-works").await;
     }
 }
+
+/// The value of one metric in `brokerctl metrics`.
+fn metric(b: &Broker, name: &str) -> u64 {
+    let text = b.ctl_ok(&["metrics"]);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("broker_{name} ")))
+        .unwrap_or_else(|| panic!("no broker_{name} in {text}"));
+    line.rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a number")
+}
+
+/// limits.max_pending_will_bytes: wills waiting for their delay are bounded broker-wide; a
+/// will past the budget is published when its connection closes instead of after its delay,
+/// and a will cancelled by a reconnect gives its bytes back. Before it, clients closing with
+/// 64 KiB wills and new client ids held ~120 KiB each, without limit.
+#[tokio::test]
+async fn pending_wills_are_bounded() {
+    let b = Broker::start_with("[limits]\nmax_pending_will_bytes = 1000\n");
+    let mut watcher = V4Client::connect(b.port(), "watcher").await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    let port = b.port();
+    let close_with_will = |id: String| async move {
+        let mut w = Wire::open(port).await;
+        w.send(&v5_connect_with_will(&id, 60, 60)).await;
+        assert_eq!(w.recv().await.expect("CONNACK").kind(), 2);
+    };
+    close_with_will("w0".into()).await;
+    wait_until("the first will held", || {
+        metric(&b, "pending_will_bytes") > 0
+    })
+    .await;
+    let each = metric(&b, "pending_will_bytes");
+    let fit = 1000 / each;
+    assert!(fit >= 2, "a small will costs {each} bytes");
+    for i in 1..fit {
+        close_with_will(format!("w{i}")).await;
+    }
+    wait_until("all held", || {
+        metric(&b, "pending_will_bytes") == fit * each
+    })
+    .await;
+    assert!(
+        watcher.recv_publish_within(QUIET).await.is_none(),
+        "all wait"
+    );
+    close_with_will("over".into()).await;
+    let p = watcher.recv_publish().await;
+    assert_eq!(&p.payload[..], b"bye", "published at once");
+    assert_eq!(metric(&b, "wills_not_delayed_total"), 1);
+    assert_eq!(metric(&b, "pending_will_bytes"), fit * each);
+    // A reconnect cancels w0's will and gives its bytes back.
+    let mut w = Wire::open(b.port()).await;
+    w.send(&connect_packet(5, "w0", false, 60)).await;
+    assert_eq!(w.recv().await.expect("CONNACK").kind(), 2);
+    wait_until("bytes given back", || {
+        metric(&b, "pending_will_bytes") == (fit - 1) * each
+    })
+    .await;
+    assert!(b.log().contains("limits.max_pending_will_bytes reached"));
+}

@@ -38,7 +38,7 @@ use crate::router::{Match, SharedGroup, SubscriptionKey, TopicName, Trie};
 use crate::session::store::{Op, Store, StoreError};
 use crate::session::{
     Control, Delivery, Enqueued, KickReason, Message, PendingWill, QueueLimits, Session, SubEntry,
-    Subscription,
+    Subscription, WillCharge,
 };
 use plugin_api::{ClientInfo, ClientView, EventView, HookPoint};
 
@@ -79,6 +79,8 @@ pub struct Broker {
     accepting: AtomicBool,
     /// Delayed publishes waiting for their time ([`crate::delayed`]).
     pub delayed: crate::delayed::Delayed,
+    /// Wills published without their delay are logged at most every 10 s.
+    will_refusals: crate::clock::AtMostEvery,
 }
 
 /// A listener as bound, for the management API.
@@ -177,15 +179,19 @@ impl Broker {
             connection_permits: Arc::new(Semaphore::new(permits)),
             hooks: Hooks::default(),
             started: std::time::Instant::now(),
-            queue_limits: Arc::new(QueueLimits::new(
-                config.limits.max_queued_messages,
-                config.limits.max_queued_bytes,
-                config.session.queue_qos0_messages,
-            )),
+            queue_limits: Arc::new(QueueLimits {
+                max_pending_will_bytes: config.limits.max_pending_will_bytes,
+                ..QueueLimits::new(
+                    config.limits.max_queued_messages,
+                    config.limits.max_queued_bytes,
+                    config.session.queue_qos0_messages,
+                )
+            }),
             store: std::sync::OnceLock::new(),
             listeners: std::sync::OnceLock::new(),
             accepting: AtomicBool::new(false),
             delayed: crate::delayed::Delayed::new(),
+            will_refusals: crate::clock::AtMostEvery::default(),
         })
     }
 
@@ -702,6 +708,8 @@ impl Broker {
     pub fn metrics_snapshot(&self) -> metrics::MetricsSnapshot {
         let mut snapshot = self.metrics.snapshot();
         snapshot.queued_bytes = self.queue_limits.total() as u64;
+        let will_bytes = &self.queue_limits.pending_will_bytes;
+        snapshot.pending_will_bytes = will_bytes.load(Ordering::Relaxed) as u64;
         if let Some(store) = self.store.get() {
             snapshot.store_bytes = store.file_size();
             snapshot.store_commits = store.stats.commits.load(Ordering::Relaxed);
@@ -1103,10 +1111,17 @@ impl Broker {
                 tracing::debug!(client_id = %session.client_id, "session resumed: delayed will cancelled");
                 return;
             }
+            let Some(charge) = WillCharge::take(&self.queue_limits, &will) else {
+                drop(parked);
+                drop(sessions);
+                self.will_without_delay(will);
+                return;
+            };
             parked.get_or_insert_with(Box::default).pending_will = Some(Box::new(PendingWill {
                 message: will,
                 generation,
                 due: tokio::time::Instant::now() + delay,
+                charge,
             }));
         }
         let broker = self.clone();
@@ -1129,6 +1144,17 @@ impl Broker {
                 broker.store_session(&session);
             }
         });
+    }
+
+    /// Publishes a will at once that `limits.max_pending_will_bytes` has no room to hold for
+    /// its delay; logged at most every 10 s.
+    fn will_without_delay(&self, will: Message) {
+        metrics::add(&self.metrics.wills_not_delayed, 1);
+        if self.will_refusals.due(10_000) {
+            let held = self.queue_limits.pending_will_bytes.load(Ordering::Relaxed);
+            tracing::warn!(topic = %will.topic, pending_will_bytes = held, "limits.max_pending_will_bytes reached: will published without its delay");
+        }
+        self.publish(will, None, true);
     }
 
     /// Ends the session after `expiry` unless a connection reattaches first.

@@ -461,6 +461,10 @@ pub struct Limits {
     /// SUBSCRIBEs; a filter beyond it is refused like one beyond `max_subscriptions`. 0 = no
     /// limit.
     pub max_subscription_bytes: usize,
+    /// Bytes of wills waiting for their Will Delay Interval, over all sessions; a will that
+    /// would pass it is published when its connection closes, without the delay. 0 = no
+    /// limit.
+    pub max_pending_will_bytes: usize,
     /// Sessions the broker holds at once, online and offline; a client whose id has no
     /// session is refused beyond it (CONNACK 0x97, MQTT 3: 0x03). 0 = no limit.
     pub max_sessions: usize,
@@ -491,6 +495,7 @@ impl Default for Limits {
             max_delayed_bytes: 64 * 1024 * 1024,
             max_subscriptions: 10_000,
             max_subscription_bytes: 1 << 20,
+            max_pending_will_bytes: 64 << 20,
             max_sessions: 1_000_000,
             max_incoming_bytes: 256 * 1024 * 1024,
         }

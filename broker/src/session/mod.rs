@@ -154,6 +154,10 @@ pub struct QueueLimits {
     pub total_bytes: ShardedGauge,
     /// The session store, when every change is written as it happens (`durability = "ack"`).
     pub live_store: std::sync::OnceLock<Arc<store::Store>>,
+    /// `limits.max_pending_will_bytes` (0: no limit).
+    pub max_pending_will_bytes: usize,
+    /// Bytes held by wills waiting for their delay, over all sessions ([`WillCharge`]).
+    pub pending_will_bytes: AtomicUsize,
 }
 
 impl QueueLimits {
@@ -165,6 +169,8 @@ impl QueueLimits {
             queue_qos0_offline,
             total_bytes: ShardedGauge::default(),
             live_store: std::sync::OnceLock::new(),
+            max_pending_will_bytes: 0,
+            pending_will_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -207,6 +213,44 @@ pub struct PendingWill {
     pub generation: u64,
     /// When it is due.
     pub due: Instant,
+    /// What it holds of `limits.max_pending_will_bytes`, given back when it goes.
+    pub charge: WillCharge,
+}
+
+/// The bytes a pending will holds of the broker-wide `limits.max_pending_will_bytes`, given
+/// back when it is dropped — published, cancelled by a reconnect, or ended with its session.
+#[derive(Debug)]
+pub struct WillCharge {
+    bytes: usize,
+    limits: Arc<QueueLimits>,
+}
+
+impl WillCharge {
+    /// Charges `message` against the budget; `None` when it would pass it.
+    pub fn take(limits: &Arc<QueueLimits>, message: &Message) -> Option<WillCharge> {
+        let bytes = std::mem::size_of::<PendingWill>() + message.content_size();
+        let before = limits
+            .pending_will_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+        let max = limits.max_pending_will_bytes;
+        if max > 0 && before + bytes > max {
+            limits
+                .pending_will_bytes
+                .fetch_sub(bytes, Ordering::Relaxed);
+            return None;
+        }
+        Some(WillCharge {
+            bytes,
+            limits: limits.clone(),
+        })
+    }
+}
+
+impl Drop for WillCharge {
+    fn drop(&mut self) {
+        let gauge = &self.limits.pending_will_bytes;
+        gauge.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// What the router stores for each subscription.
