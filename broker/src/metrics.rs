@@ -75,8 +75,8 @@ metrics! {
     Gauge sessions,
     /// Clients refused because limits.max_sessions sessions were held.
     Counter sessions_refused,
-    /// Bytes of read buffers, beyond the first 64 KiB of each connection's, holding packets
-    /// still arriving (limits.max_incoming_bytes).
+    /// Bytes of read buffers holding packets still arriving and of topic-alias topics, beyond
+    /// the first 64 KiB of each connection's (limits.max_incoming_bytes).
     Gauge incoming_bytes,
     /// PUBLISH packets received from clients.
     Counter messages_received,

@@ -412,6 +412,63 @@ async fn packets_still_arriving_are_bounded_broker_wide() {
     assert!(b.log().contains("limits.max_incoming_bytes"));
 }
 
+/// A v5 QoS 0 PUBLISH that sets topic alias `alias` to `topic`.
+fn publish_setting_alias(topic: &str, alias: u16) -> Vec<u8> {
+    let mut body = mqtt_string(topic);
+    body.extend([3, 0x23]);
+    body.extend(alias.to_be_bytes());
+    body.push(b'x');
+    packet(0x30, &body)
+}
+
+/// limits.max_incoming_bytes counts the topics a v5 client's topic aliases name: held for the
+/// whole connection, 64 aliases of 64 KiB topics are 4 MiB per connection (300 connections
+/// held 1.1 GB). A client whose aliases would pass the budget is closed (DISCONNECT 0x97);
+/// others keep theirs and are served, and a closed connection gives its charge back.
+#[tokio::test]
+async fn topic_aliases_count_against_the_incoming_budget() {
+    let b = Broker::start_with("[limits]\nmax_incoming_bytes = 1048576\n");
+    let topic = |client: &str, i: u16| format!("{client}/{i}/{}", "t".repeat(30_000));
+    let mut modest = Wire::connected(b.port(), 5, "modest").await;
+    for i in 1..=10 {
+        modest.send(&publish_setting_alias(&topic("m", i), i)).await;
+    }
+    assert!(modest.ping().await);
+    wait_until("the modest aliases are charged", || {
+        incoming_bytes(&b) > 200_000
+    })
+    .await;
+
+    let mut greedy = Wire::connected(b.port(), 5, "greedy").await;
+    for i in 1..=64 {
+        if greedy
+            .try_send(&publish_setting_alias(&topic("g", i), i))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut seen = Vec::new();
+    assert!(greedy.closed_within(WAIT, &mut seen).await, "greedy closed");
+    assert!(
+        seen.iter()
+            .any(|p| p.kind() == 14 && p.body.first() == Some(&0x97)),
+        "DISCONNECT 0x97: {seen:?}"
+    );
+    // The modest client still uses its aliases.
+    let mut sub = Wire::connected(b.port(), 4, "sub").await;
+    sub.send(&subscribe_packet(4, 1, &topic("m", 3), 0)).await;
+    assert_eq!(sub.recv().await.expect("SUBACK").kind(), 9);
+    let mut by_alias = vec![0, 0, 3, 0x23, 0, 3];
+    by_alias.push(b'y');
+    modest.send(&packet(0x30, &by_alias)).await;
+    let p = sub.recv().await.expect("the PUBLISH sent by alias");
+    assert!(p.body.ends_with(b"y"), "{p:?}");
+    drop(modest);
+    wait_until("every charge given back", || incoming_bytes(&b) == 0).await;
+}
+
 /// limits.max_control_rate counts a SUBSCRIBE's filters (one more per 8): a SUBSCRIBE of
 /// 16 000 filters at 1 000 per second is paid off over two seconds before the connection is
 /// read again, while other clients are served.

@@ -468,9 +468,10 @@ pub struct Limits {
     /// Sessions the broker holds at once, online and offline; a client whose id has no
     /// session is refused beyond it (CONNACK 0x97, MQTT 3: 0x03). 0 = no limit.
     pub max_sessions: usize,
-    /// Bytes all connections together may hold in packets still arriving, beyond the first
-    /// 64 KiB of each; a connection whose packet would take more is closed (v5 DISCONNECT
-    /// 0x97). 0 = no limit; otherwise at least `max_packet_size`.
+    /// Bytes all connections together may hold of their clients' input — packets still
+    /// arriving and the topics of v5 topic aliases — beyond the first 64 KiB of each; a
+    /// connection that would take more is closed (v5 DISCONNECT 0x97). 0 = no limit;
+    /// otherwise at least `max_packet_size`.
     pub max_incoming_bytes: usize,
 }
 

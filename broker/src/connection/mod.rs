@@ -227,8 +227,9 @@ impl Connection {
         let now = Instant::now();
         self.release_idle_buffers(rbuf, input_pending);
         // Only gives back here: the buffer grows by reading and decoding, charged in `act`.
+        let held = rbuf.capacity() + self.machine.inbound.alias_bytes();
         self.incoming
-            .shrink(&self.broker.metrics.incoming_bytes, rbuf.capacity());
+            .shrink(&self.broker.metrics.incoming_bytes, held);
         let waiting = self.machine.output_len();
         liveness.output_waiting(waiting > 0, now);
         let throttled = self.machine.control_rate.blocked_until();
@@ -273,13 +274,15 @@ impl Connection {
         if *input_pending && !self.paused && rate.blocked_until().is_none() {
             let max_packet = self.broker.config.limits.max_packet_size;
             *input_pending = !self.decode_all(rbuf, max_packet).await?;
-            // What is left is a packet still arriving (decoding reserved room for the rest).
+            // What is left is a packet still arriving (decoding reserved room for the rest);
+            // the topics its aliases name are held from the client's input too.
+            let held = rbuf.capacity() + self.machine.inbound.alias_bytes();
             let limit = self.broker.config.limits.max_incoming_bytes;
             let gauge = &self.broker.metrics.incoming_bytes;
-            if !self.incoming.set(gauge, rbuf.capacity(), limit) {
+            if !self.incoming.set(gauge, held, limit) {
                 return Err(Exit::protocol(
                     ReasonCode::QuotaExceeded,
-                    "packet still arriving would pass limits.max_incoming_bytes",
+                    "what the client's input holds (a packet still arriving, topic aliases) would pass limits.max_incoming_bytes",
                 ));
             }
         }

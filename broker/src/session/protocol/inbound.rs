@@ -58,6 +58,8 @@ pub struct Inbound {
     /// Topics by alias − 1, grown as the client sets them (most clients set none or few: a
     /// table of the full maximum would cost a kilobyte per idle v5 connection).
     aliases: Vec<Option<TopicName>>,
+    /// Bytes of the topics in `aliases`.
+    alias_bytes: u32,
     alias_maximum: u16,
     receive_maximum: u16,
 }
@@ -69,6 +71,7 @@ impl Inbound {
         Inbound {
             qos2: Vec::new(),
             aliases: Vec::new(),
+            alias_bytes: 0,
             alias_maximum: topic_alias_maximum,
             receive_maximum,
         }
@@ -113,8 +116,17 @@ impl Inbound {
         if self.aliases.len() <= slot {
             self.aliases.resize(slot + 1, None);
         }
-        self.aliases[slot] = Some(topic.clone());
+        let before = self.aliases[slot].replace(topic.clone());
+        let freed = before.map_or(0, |t| t.as_str().len());
+        // At most 65 535 aliases of 65 535 bytes: within u32.
+        self.alias_bytes = self.alias_bytes - freed as u32 + topic.as_str().len() as u32;
         Ok(topic)
+    }
+
+    /// Bytes of the topics the client's aliases name: memory the client's input holds for the
+    /// whole connection (charged with its read buffer against `limits.max_incoming_bytes`).
+    pub fn alias_bytes(&self) -> usize {
+        self.alias_bytes as usize
     }
 
     /// Checks a QoS 2 PUBLISH with `id` against what is not released yet.
@@ -171,6 +183,22 @@ mod tests {
             },
             payload: Default::default(),
         }
+    }
+
+    /// The bytes the aliases hold follow what they name: a replaced alias gives its topic's
+    /// bytes back, using one adds nothing.
+    #[test]
+    fn alias_bytes_follow_the_aliases() {
+        let mut i = Inbound::new(10, 4);
+        i.resolve_topic(&publish("abcd", Some(1))).expect("set");
+        i.resolve_topic(&publish("ef", Some(2))).expect("set");
+        assert_eq!(i.alias_bytes(), 6);
+        i.resolve_topic(&publish("", Some(1))).expect("used");
+        assert_eq!(i.alias_bytes(), 6);
+        i.resolve_topic(&publish("g", Some(1))).expect("replaced");
+        assert_eq!(i.alias_bytes(), 3);
+        i.resolve_topic(&publish("plain", None)).expect("no alias");
+        assert_eq!(i.alias_bytes(), 3);
     }
 
     /// [MQTT-4.3.3-10] a resent QoS 2 PUBLISH (same id, not released) is not routed twice;
