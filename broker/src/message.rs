@@ -127,19 +127,7 @@ impl Message {
     /// What queue bounds charge for a message beyond the fixed size of its record.
     pub fn content_size(&self) -> usize {
         let p = &self.properties;
-        p.boxed_size()
-            + self.payload.len()
-            + self.topic.as_str().len()
-            + p.content_type.as_ref().map_or(0, |s| s.len())
-            + p.response_topic.as_ref().map_or(0, |s| s.len())
-            + p.correlation_data.as_ref().map_or(0, |s| s.len())
-            // Each pair's slot in the vector (48 bytes, for pairs that are 5 bytes on the wire)
-            // and its strings' heap.
-            + p.user_properties.capacity() * std::mem::size_of::<(String, String)>()
-            + p.user_properties
-                .iter()
-                .map(|(k, v)| k.capacity() + v.capacity())
-                .sum::<usize>()
+        p.boxed_size() + self.payload.len() + self.topic.as_str().len() + p.heap_size()
     }
 
     /// Views of the user properties, for [`Message::view`].

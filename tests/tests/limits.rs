@@ -469,6 +469,58 @@ async fn topic_aliases_count_against_the_incoming_budget() {
     wait_until("every charge given back", || incoming_bytes(&b) == 0).await;
 }
 
+/// A v5 CONNECT whose will carries `props` user properties of `len` bytes each.
+fn connect_with_big_will(id: &str, props: usize, len: usize) -> Vec<u8> {
+    let mut body = mqtt_string("MQTT");
+    body.extend([5, 0x04 | 0x02, 0, 60, 0]);
+    body.extend(mqtt_string(id));
+    let mut will_props = Vec::new();
+    for i in 0..props {
+        will_props.push(0x26);
+        will_props.extend(mqtt_string(&format!("k{i}")));
+        will_props.extend(mqtt_string(&"v".repeat(len)));
+    }
+    body.extend(var_int(will_props.len()));
+    body.extend(will_props);
+    body.extend(mqtt_string("wills/big"));
+    body.extend(mqtt_string("bye"));
+    packet(0x10, &body)
+}
+
+/// limits.max_incoming_bytes counts what a connection keeps of its CONNECT: a will can carry
+/// nearly a packet's worth of user properties, held as long as the client stays connected. A
+/// CONNECT whose will would pass the budget is refused, and room comes back when the holder
+/// leaves.
+#[tokio::test]
+async fn wills_count_against_the_incoming_budget() {
+    let b = Broker::start_with("[limits]\nmax_incoming_bytes = 1048576\n");
+    let mut first = Wire::open(b.port()).await;
+    first
+        .send(&connect_with_big_will("first", 20, 30_000))
+        .await;
+    assert_eq!(first.recv().await.expect("CONNACK").body[..2], [0, 0]);
+    wait_until("the will is charged", || incoming_bytes(&b) > 500_000).await;
+    // Refused: while its CONNECT arrives (closed, no CONNACK) or once it has (CONNACK 0x97).
+    let mut second = Wire::open(b.port()).await;
+    let _ = second
+        .try_send(&connect_with_big_will("second", 20, 30_000))
+        .await;
+    let mut seen = Vec::new();
+    assert!(second.closed_within(WAIT, &mut seen).await, "second closed");
+    assert!(
+        seen.iter()
+            .all(|p| p.kind() == 2 && p.body[..2] == [0, 0x97]),
+        "no CONNACK, or CONNACK 0x97: {seen:?}"
+    );
+    drop(first);
+    wait_until("the charge given back", || incoming_bytes(&b) == 0).await;
+    let mut third = Wire::open(b.port()).await;
+    third
+        .send(&connect_with_big_will("third", 20, 30_000))
+        .await;
+    assert_eq!(third.recv().await.expect("CONNACK").body[..2], [0, 0]);
+}
+
 /// limits.max_control_rate counts a SUBSCRIBE's filters (one more per 8): a SUBSCRIBE of
 /// 16 000 filters at 1 000 per second is paid off over two seconds before the connection is
 /// read again, while other clients are served.

@@ -135,6 +135,23 @@ impl Properties {
         *self == Properties::default()
     }
 
+    /// Bytes the properties hold on the heap, as far as a client decides them: the strings
+    /// and binary data a message carries on (content type, response topic, correlation data,
+    /// reason string) and the user properties — each pair's slot in the vector (48 bytes, for
+    /// pairs that are 5 bytes on the wire) and its strings.
+    pub fn heap_size(&self) -> usize {
+        self.content_type.as_ref().map_or(0, |s| s.len())
+            + self.response_topic.as_ref().map_or(0, |s| s.len())
+            + self.correlation_data.as_ref().map_or(0, |s| s.len())
+            + self.reason_string.as_ref().map_or(0, |s| s.len())
+            + self.user_properties.capacity() * std::mem::size_of::<(String, String)>()
+            + self
+                .user_properties
+                .iter()
+                .map(|(k, v)| k.capacity() + v.capacity())
+                .sum::<usize>()
+    }
+
     /// Decodes a property block (its length prefix included) for packet kind `k` (the fixed
     /// header's type, 1 = CONNECT … 15 = AUTH) from the front of `bytes`. The decoder uses this
     /// inside packets; it is public for the fuzz targets and tools.

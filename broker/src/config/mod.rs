@@ -469,9 +469,9 @@ pub struct Limits {
     /// session is refused beyond it (CONNACK 0x97, MQTT 3: 0x03). 0 = no limit.
     pub max_sessions: usize,
     /// Bytes all connections together may hold of their clients' input — packets still
-    /// arriving and the topics of v5 topic aliases — beyond the first 64 KiB of each; a
-    /// connection that would take more is closed (v5 DISCONNECT 0x97). 0 = no limit;
-    /// otherwise at least `max_packet_size`.
+    /// arriving, the topics of v5 topic aliases, wills and user names — beyond the first
+    /// 64 KiB of each; a connection that would take more is closed (v5 DISCONNECT 0x97) or
+    /// refused (CONNACK 0x97). 0 = no limit; otherwise at least `max_packet_size`.
     pub max_incoming_bytes: usize,
 }
 

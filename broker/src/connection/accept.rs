@@ -21,6 +21,7 @@ use plugin_api::HookPoint;
 
 use super::auth::{authenticate, enhanced_exchange, EnhancedAuth};
 use super::io::IncomingCharge;
+use super::publish::own_bytes;
 use super::{event, ConnInfo, Connection};
 
 /// Reads the first packet; it must be CONNECT ([MQTT-3.1.0-1]). Answers an unsupported protocol
@@ -107,6 +108,16 @@ where
         }
     }
 }
+/// The will, in allocations of its own: its payload and correlation data are slices of the
+/// buffer the CONNECT was read into, and would pin all of it for as long as the client stays
+/// connected (a 4 KiB buffer for an ordinary CONNECT, a megabyte for a large one).
+fn own_will(mut will: crate::codec::LastWill) -> Box<crate::codec::LastWill> {
+    will.payload = own_bytes(will.payload);
+    let data = &mut will.properties.correlation_data;
+    *data = data.take().map(own_bytes);
+    Box::new(will)
+}
+
 /// Tells the client why it is refused (CONNACK, with a Reason String for v5) and closes; or only
 /// closes when the protocol has no way to say it.
 async fn refuse<S: AsyncWrite + Unpin>(
@@ -246,6 +257,14 @@ impl Connection {
             }
         };
         let mut identity = client_info(&connect, &negotiated, info);
+        if !super::connect_fits(broker, rbuf, connect.will.as_ref(), &identity) {
+            let refusal = Refusal::new(
+                ReasonCode::QuotaExceeded,
+                "the will and user name would pass limits.max_incoming_bytes",
+            );
+            refuse(stream, version, &refusal, info, &negotiated.client_id).await;
+            return None;
+        }
         let hooks = &broker.hooks;
         hooks.notify(HookPoint::CLIENT_CONNECT, &event(identity.view(), "", 0));
         let enhanced = match admit(broker, stream, rbuf, &connect, &mut identity).await {
@@ -323,7 +342,7 @@ impl Connection {
             generation: attached.generation,
             peer: info.peer,
             keep_alive: n.keep_alive,
-            will: connect.will.clone().map(Box::new),
+            will: connect.will.clone().map(own_will),
             control_rx,
             identity: Arc::new(identity),
             need_flush: false,

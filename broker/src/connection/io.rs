@@ -23,7 +23,8 @@ pub const READ_CHUNK: usize = 4 * 1024;
 pub const INCOMING_ALLOWANCE: usize = 64 * 1024;
 
 /// What one connection holds of its client's input beyond [`INCOMING_ALLOWANCE`] — its read
-/// buffer, and the topics the client's topic aliases name — charged to the broker-wide gauge
+/// buffer, the topics the client's topic aliases name, its will and user name — charged to
+/// the broker-wide gauge
 /// `incoming_bytes`, bounded by `limits.max_incoming_bytes`.
 ///
 /// Topic aliases: a v5 client may set `limits.topic_alias_maximum` (64) of them, each naming a

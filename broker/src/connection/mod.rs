@@ -101,6 +101,37 @@ pub struct ConnInfo {
     pub cert_subject: Option<String>,
 }
 
+/// What a connection holds of its CONNECT for as long as it lasts: the will and the user name.
+fn connect_held(
+    will: Option<&crate::codec::LastWill>,
+    identity: &crate::session::Identity,
+) -> usize {
+    let will = will.map_or(0, |w| {
+        w.topic.len() + w.payload.len() + w.properties.heap_size()
+    });
+    will + identity.username.as_deref().map_or(0, str::len)
+}
+
+/// Whether what a connection would hold of its CONNECT (will, user name) fits within
+/// `limits.max_incoming_bytes` next to what the others hold; the connection charges it from
+/// its first turn on.
+fn connect_fits(
+    broker: &Broker,
+    rbuf: &BytesMut,
+    will: Option<&crate::codec::LastWill>,
+    identity: &crate::session::Identity,
+) -> bool {
+    let held = rbuf.len() + connect_held(will, identity);
+    let (gauge, limit) = (
+        &broker.metrics.incoming_bytes,
+        broker.config.limits.max_incoming_bytes,
+    );
+    let mut probe = io::IncomingCharge::default();
+    let fits = probe.set(gauge, held, limit);
+    probe.clear(gauge);
+    fits
+}
+
 /// Serves one connection until it closes, then drops `hold` (the listener's connection
 /// permits). Never panics on network input.
 ///
@@ -124,7 +155,10 @@ pub fn serve<S: Transport, H: Send>(
             let connect = accept::read_connect(&broker, &mut stream, &mut rbuf, &info).await?;
             Connection::accept(&broker, &mut stream, &mut rbuf, connect, &info).await
         });
-        let Some(mut conn) = accepted.await else {
+        let accepted = accepted.await;
+        // The CONNECT's buffer, unless more packets arrived with it.
+        io::release_if_empty(&mut rbuf);
+        let Some(mut conn) = accepted else {
             // Refused, or no CONNECT: let a refused client read its CONNACK.
             io::linger(&mut stream, &mut rbuf).await;
             drop(hold);
@@ -227,7 +261,7 @@ impl Connection {
         let now = Instant::now();
         self.release_idle_buffers(rbuf, input_pending);
         // Only gives back here: the buffer grows by reading and decoding, charged in `act`.
-        let held = rbuf.capacity() + self.machine.inbound.alias_bytes();
+        let held = rbuf.capacity() + self.input_held();
         self.incoming
             .shrink(&self.broker.metrics.incoming_bytes, held);
         let waiting = self.machine.output_len();
@@ -250,6 +284,13 @@ impl Connection {
             deadline.reset(due);
         }
         (reading, room)
+    }
+
+    /// What the connection holds of the client's input beyond its read buffer, for as long as
+    /// it lasts: the topics its aliases name, its will and its user name (charged against
+    /// `limits.max_incoming_bytes`, see [`io::IncomingCharge`]).
+    fn input_held(&self) -> usize {
+        self.machine.inbound.alias_bytes() + connect_held(self.will.as_deref(), &self.identity)
     }
 
     /// Gives back the buffers an idle connection does not need: an idle connection holds none.
@@ -276,13 +317,13 @@ impl Connection {
             *input_pending = !self.decode_all(rbuf, max_packet).await?;
             // What is left is a packet still arriving (decoding reserved room for the rest);
             // the topics its aliases name are held from the client's input too.
-            let held = rbuf.capacity() + self.machine.inbound.alias_bytes();
+            let held = rbuf.capacity() + self.input_held();
             let limit = self.broker.config.limits.max_incoming_bytes;
             let gauge = &self.broker.metrics.incoming_bytes;
             if !self.incoming.set(gauge, held, limit) {
                 return Err(Exit::protocol(
                     ReasonCode::QuotaExceeded,
-                    "what the client's input holds (a packet still arriving, topic aliases) would pass limits.max_incoming_bytes",
+                    "what the client's input holds (a packet still arriving, topic aliases, its will) would pass limits.max_incoming_bytes",
                 ));
             }
         }
