@@ -6,6 +6,11 @@
 //! client's maximum ([MQTT-3.3.2-9]) nor the broker's `limits.topic_alias_maximum`. When all
 //! are in use, the least recently used topic gives its alias up to the new one; the PUBLISH that
 //! (re)assigns an alias carries the full topic, later ones carry an empty topic.
+//!
+//! Topics longer than [`MAX_ALIASED_TOPIC`] are sent in full, without an alias (a sender may
+//! always do so): the aliases are held for the whole connection, and a client accepting 64 of
+//! them, subscribed where 64 KiB topics are published, would otherwise make its connection
+//! hold 4 MiB.
 
 use std::collections::HashMap;
 
@@ -27,6 +32,10 @@ impl Alias {
     }
 }
 
+/// The longest topic given an alias, in bytes: at most 64 KiB of aliased topics per
+/// connection.
+pub const MAX_ALIASED_TOPIC: usize = 1024;
+
 /// The aliases of one connection.
 #[derive(Debug)]
 pub struct OutAliases {
@@ -47,8 +56,14 @@ impl OutAliases {
         })
     }
 
-    /// The alias to send `topic` with, recording it as used.
-    pub fn alias(&mut self, topic: &str) -> Alias {
+    /// The alias to send `topic` with, recording it as used; `None` for a topic longer than
+    /// [`MAX_ALIASED_TOPIC`].
+    pub fn alias(&mut self, topic: &str) -> Option<Alias> {
+        (topic.len() <= MAX_ALIASED_TOPIC).then(|| self.assign(topic))
+    }
+
+    /// The alias for `topic`, assigned or reused.
+    fn assign(&mut self, topic: &str) -> Alias {
         self.tick += 1;
         if let Some((id, used)) = self.by_topic.get_mut(topic) {
             *used = self.tick;
@@ -85,19 +100,30 @@ mod tests {
         assert!(OutAliases::new(0, 64).is_none());
         assert!(OutAliases::new(10, 0).is_none());
         let mut a = OutAliases::new(2, 64).expect("aliases");
-        assert_eq!(a.alias("a"), Alias::Set(1));
-        assert_eq!(a.alias("b"), Alias::Set(2));
-        assert_eq!(a.alias("a"), Alias::Use(1));
+        assert_eq!(a.alias("a"), Some(Alias::Set(1)));
+        assert_eq!(a.alias("b"), Some(Alias::Set(2)));
+        assert_eq!(a.alias("a"), Some(Alias::Use(1)));
         // Full: "b" is the least recently used, so "c" takes alias 2.
-        assert_eq!(a.alias("c"), Alias::Set(2));
-        assert_eq!(a.alias("a"), Alias::Use(1));
-        assert_eq!(a.alias("b"), Alias::Set(2));
+        assert_eq!(a.alias("c"), Some(Alias::Set(2)));
+        assert_eq!(a.alias("a"), Some(Alias::Use(1)));
+        assert_eq!(a.alias("b"), Some(Alias::Set(2)));
         for _ in 0..1000 {
-            let id = a.alias("x").id();
+            let id = a.alias("x").expect("short").id();
             assert!(
                 (1..=2).contains(&id),
                 "[MQTT-3.3.2-9] never above the maximum"
             );
         }
+    }
+
+    /// A topic longer than MAX_ALIASED_TOPIC goes without an alias, and takes none.
+    #[test]
+    fn long_topics_are_sent_in_full() {
+        let mut a = OutAliases::new(2, 64).expect("aliases");
+        let long = "l".repeat(MAX_ALIASED_TOPIC + 1);
+        assert_eq!(a.alias(&long), None);
+        assert_eq!(a.alias(&long), None);
+        assert_eq!(a.alias(&"s".repeat(MAX_ALIASED_TOPIC)), Some(Alias::Set(1)));
+        assert_eq!(a.alias("b"), Some(Alias::Set(2)));
     }
 }

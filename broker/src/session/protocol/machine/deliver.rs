@@ -65,8 +65,8 @@ impl Machine {
         // Only a PUBLISH that is sent may set an alias: the client must see every assignment.
         if let (Some(aliases), Some(e)) = (self.out_aliases.as_mut(), extra.as_mut()) {
             let alias = aliases.alias(topic);
-            e.topic_alias = Some(alias.id());
-            if let Alias::Use(_) = alias {
+            e.topic_alias = alias.map(Alias::id);
+            if let Some(Alias::Use(_)) = alias {
                 topic = "";
             }
         }

@@ -187,6 +187,14 @@ fn outgoing_topic_aliases_are_assigned_and_reused() {
         .map(|(t, a)| (t.to_string(), Some(*a)))
         .collect();
     assert_eq!(seen, expected);
+    // A topic too long to be worth holding goes in full, without an alias.
+    let long = "l".repeat(crate::session::protocol::alias::MAX_ALIASED_TOPIC + 1);
+    r.queue(&long, QoS::AtMostOnce, 1, Properties::default());
+    r.drain();
+    let sent = r.sent();
+    assert!(
+        matches!(&sent[..], [Packet::Publish(p)] if p.topic == long && p.properties.topic_alias.is_none())
+    );
     // A v3 client, or one that accepts none, gets no alias.
     let mut r = Rig::new(ProtocolVersion::V5, negotiated(10, 1 << 20, 0, 0));
     r.queue("t", QoS::AtMostOnce, 1, Properties::default());
