@@ -4,8 +4,8 @@
 //! transitions and typed refusals out, with `now` passed in where time matters. Nothing opens
 //! a socket, spawns a task or reads the clock, so each rule is a unit test of microseconds
 //! (`cargo test -p broker session::protocol`), named after the normative statement of the
-//! specification it checks, and a model test drives random packet sequences against a simple
-//! reference. The connection task ([`crate::connection`]) owns the socket and drives the
+//! specification it checks, and a model test drives random packet sequences through the
+//! [`machine`] against a simple reference. The connection task ([`crate::connection`]) owns the socket and drives the
 //! [`machine`].
 //!
 //! * [`machine`]: one connection's session as a state machine — packets and deliveries in;
@@ -32,8 +32,6 @@ pub mod machine;
 pub mod outbound;
 pub mod timers;
 
-#[cfg(test)]
-mod model;
 
 use std::borrow::Cow;
 
