@@ -32,7 +32,6 @@ pub mod machine;
 pub mod outbound;
 pub mod timers;
 
-
 use std::borrow::Cow;
 
 use crate::codec::reason::ReasonCode;
