@@ -155,15 +155,14 @@ pub fn serve<S: Transport, H: Send>(
             let connect = accept::read_connect(&broker, &mut stream, &mut rbuf, &info).await?;
             Connection::accept(&broker, &mut stream, &mut rbuf, connect, &info).await
         });
-        let accepted = accepted.await;
-        // The CONNECT's buffer, unless more packets arrived with it.
-        io::release_if_empty(&mut rbuf);
-        let Some(mut conn) = accepted else {
+        let Some(mut conn) = accepted.await else {
             // Refused, or no CONNECT: let a refused client read its CONNACK.
             io::linger(&mut stream, &mut rbuf).await;
             drop(hold);
             return;
         };
+        // The CONNECT's buffer, unless more packets arrived with it.
+        io::release_if_empty(&mut rbuf);
         metrics::add(&broker.metrics.connections, 1);
         let exit = conn.run(&mut stream, &mut rbuf).await;
         let lingers = exit.lingers();
@@ -331,5 +330,35 @@ impl Connection {
             self.drain_queue();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an idle connection costs is mostly its task: the state of `serve`'s future. A
+    /// second binding of the connection in it once made every connection 300 bytes larger
+    /// (RSS per idle connection 1.86 → 2.41 KiB) without any test noticing.
+    #[tokio::test]
+    async fn the_connection_task_stays_small() {
+        let broker = Broker::new(crate::config::Config::default(), std::env::temp_dir());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let info = Box::new(ConnInfo {
+            peer: addr,
+            listener: Arc::from("test"),
+            local_port: addr.port(),
+            transport: "mqtt",
+            cert_common_name: None,
+            cert_subject: None,
+        });
+        let task = serve(broker, stream, info, ());
+        let size = std::mem::size_of_val(&task);
+        // 832 bytes in the test profile when this was written (896 in release).
+        assert!(size <= 900, "the connection task grew to {size} bytes");
     }
 }
