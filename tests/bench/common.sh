@@ -4,7 +4,7 @@
 BIN=$PWD/target/release
 work=$(mktemp -d)
 pids=""
-cleanup() { [ -n "$pids" ] && kill $pids 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { [ -n "$pids" ] && { kill $pids 2>/dev/null || true; }; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # start_broker DIR PORT [TOML]: writes DIR/broker.toml for a broker on 127.0.0.1:PORT with its
