@@ -360,6 +360,17 @@ fn incoming_bytes(b: &Broker) -> u64 {
         .expect("broker_incoming_bytes")
 }
 
+/// Waits for `w` to be closed with a v5 DISCONNECT 0x97 (quota exceeded).
+async fn closed_with_quota_exceeded(w: &mut Wire, who: &str) {
+    let mut seen = Vec::new();
+    assert!(w.closed_within(WAIT, &mut seen).await, "{who} closed");
+    assert!(
+        seen.iter()
+            .any(|p| p.kind() == 14 && p.body.first() == Some(&0x97)),
+        "DISCONNECT 0x97: {seen:?}"
+    );
+}
+
 /// limits.max_incoming_bytes: packets still arriving share one broker-wide budget beyond the
 /// first 64 KiB of each connection. A client that sends all but the last byte of a large packet
 /// holds its part; one whose packet would pass the budget is closed (v5 DISCONNECT 0x97, a
@@ -383,13 +394,7 @@ async fn packets_still_arriving_are_bounded_broker_wide() {
     // A second one does not fit next to it.
     let mut second = Wire::connected(b.port(), 5, "second").await;
     let _ = second.try_send(head).await;
-    let mut seen = Vec::new();
-    assert!(second.closed_within(WAIT, &mut seen).await, "second closed");
-    assert!(
-        seen.iter()
-            .any(|p| p.kind() == 14 && p.body.first() == Some(&0x97)),
-        "DISCONNECT 0x97: {seen:?}"
-    );
+    closed_with_quota_exceeded(&mut second, "second").await;
 
     // Nor does a CONNECT that large (only the start of it is needed: a packet is acted on
     // when complete): closed without CONNACK.
@@ -449,13 +454,7 @@ async fn topic_aliases_count_against_the_incoming_budget() {
             break;
         }
     }
-    let mut seen = Vec::new();
-    assert!(greedy.closed_within(WAIT, &mut seen).await, "greedy closed");
-    assert!(
-        seen.iter()
-            .any(|p| p.kind() == 14 && p.body.first() == Some(&0x97)),
-        "DISCONNECT 0x97: {seen:?}"
-    );
+    closed_with_quota_exceeded(&mut greedy, "greedy").await;
     // The modest client still uses its aliases.
     let mut sub = Wire::connected(b.port(), 4, "sub").await;
     sub.send(&subscribe_packet(4, 1, &topic("m", 3), 0)).await;

@@ -134,6 +134,21 @@ impl Rig {
         self.m.session.enqueue(d);
     }
 
+    /// Acknowledges the client's QoS 2 PUBLISH `id` with `code`, as the driver does once it
+    /// routed (or refused) it.
+    fn ack_qos2(&mut self, id: u16, code: ReasonCode) {
+        self.m
+            .acknowledge(QoS::ExactlyOnce, Some(pid(id)), code, &mut self.out);
+    }
+
+    /// Feeds a QoS 2 PUBLISH `id` that must be routed (`what` if not), then acknowledges it
+    /// with `code`.
+    fn qos2_in(&mut self, id: u16, code: ReasonCode, what: &str) {
+        self.feed(Packet::Publish(publish("in", QoS::ExactlyOnce, Some(id))))
+            .expect(what);
+        self.ack_qos2(id, code);
+    }
+
     fn drain(&mut self) -> u64 {
         self.m.drain_queue(self.now, &mut self.out)
     }

@@ -217,12 +217,7 @@ fn client_qos2(r: &mut Rig, model: &mut Reference, i: u16) -> Result<bool, TestC
         return Ok(false);
     }
     prop_assert!(matches!(fed, Ok(Some(Request::Publish(_)))));
-    r.m.acknowledge(
-        QoS::ExactlyOnce,
-        Some(pid(i)),
-        ReasonCode::Success,
-        &mut r.out,
-    );
+    r.ack_qos2(i, ReasonCode::Success);
     prop_assert!(matches!(&r.sent()[..], [Packet::PubRec(p)] if p.packet_id.get() == i));
     model.received.insert(i);
     Ok(true)

@@ -241,14 +241,7 @@ async fn persistent_sessions_emit_store_changes() {
     r.drain();
     r.answer(Packet::PubRec(resp(1)));
     r.answer(Packet::PubComp(resp(1)));
-    r.feed(Packet::Publish(publish("t", QoS::ExactlyOnce, Some(4))))
-        .expect("routed");
-    r.m.acknowledge(
-        QoS::ExactlyOnce,
-        Some(pid(4)),
-        ReasonCode::Success,
-        &mut r.out,
-    );
+    r.qos2_in(4, ReasonCode::Success, "routed");
     r.answer(Packet::PubRel(resp(4)));
     let kinds: Vec<String> = r
         .out

@@ -68,12 +68,7 @@ fn mqtt_4_3_3_10_qos2_in_is_routed_once() {
         panic!("first arrival is routed: {request:?}");
     };
     assert_eq!(checked.topic.as_str(), "t");
-    r.m.acknowledge(
-        QoS::ExactlyOnce,
-        Some(pid(7)),
-        ReasonCode::Success,
-        &mut r.out,
-    );
+    r.ack_qos2(7, ReasonCode::Success);
     assert!(matches!(&r.sent()[..], [Packet::PubRec(p)] if p.packet_id.get() == 7));
     let mut resend = publish("t", QoS::ExactlyOnce, Some(7));
     resend.dup = true;
@@ -100,14 +95,7 @@ fn mqtt_4_3_3_10_qos2_in_is_routed_once() {
 fn mqtt_3_3_4_8_receive_maximum_in() {
     let mut r = Rig::v5();
     for id in 1..=2 {
-        r.feed(Packet::Publish(publish("t", QoS::ExactlyOnce, Some(id))))
-            .expect("within the maximum");
-        r.m.acknowledge(
-            QoS::ExactlyOnce,
-            Some(pid(id)),
-            ReasonCode::Success,
-            &mut r.out,
-        );
+        r.qos2_in(id, ReasonCode::Success, "within the maximum");
     }
     let close = r
         .feed(Packet::Publish(publish("t", QoS::ExactlyOnce, Some(3))))
@@ -115,14 +103,7 @@ fn mqtt_3_3_4_8_receive_maximum_in() {
     assert_eq!(violation(close), ReasonCode::ReceiveMaximumExceeded);
     let mut r = Rig::v5();
     for id in 1..=3 {
-        r.feed(Packet::Publish(publish("t", QoS::ExactlyOnce, Some(id))))
-            .expect("refused ones are not held");
-        r.m.acknowledge(
-            QoS::ExactlyOnce,
-            Some(pid(id)),
-            ReasonCode::NotAuthorized,
-            &mut r.out,
-        );
+        r.qos2_in(id, ReasonCode::NotAuthorized, "refused ones are not held");
     }
 }
 
@@ -257,15 +238,7 @@ fn mqtt_4_4_0_1_resume_resends_with_dup() {
     }
     first.drain();
     first.answer(Packet::PubRec(resp(2)));
-    first
-        .feed(Packet::Publish(publish("in", QoS::ExactlyOnce, Some(5))))
-        .expect("routed");
-    first.m.acknowledge(
-        QoS::ExactlyOnce,
-        Some(pid(5)),
-        ReasonCode::Success,
-        &mut first.out,
-    );
+    first.qos2_in(5, ReasonCode::Success, "routed");
     let mut parked = Parked::default();
     first.m.park(&mut parked);
 
