@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-5}
 MESSAGES=${MESSAGES:-200000}
+BATCH=${BATCH:-100}     # events per request
+QUEUE=${QUEUE:-10000}   # queue_capacity: events waiting beyond it are dropped (and counted)
 cargo build --release -j2 -p broker -p broker-tests -p web_hook >/dev/null
 . tests/bench/common.sh
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -25,7 +27,7 @@ start() { # $1 = name, $2 = web_hook url ("" = no plugin); sets $port
   if [ -n "$2" ]; then
     enabled='["web_hook"]'
     mkdir -p "$1/plugins"
-    printf 'url = "%s"\nbatch_size = 100\npool_size = 8\nmax_retries = 2\nretry_backoff_ms = 100\n[[rule]]\nevent = "message.publish"\n' "$2" > "$1/plugins/web_hook.toml"
+    printf 'url = "%s"\nbatch_size = %s\nqueue_capacity = %s\npool_size = 8\nmax_retries = 2\nretry_backoff_ms = 100\n[[rule]]\nevent = "message.publish"\n' "$2" "$BATCH" "$QUEUE" > "$1/plugins/web_hook.toml"
   fi
   start_broker "$1" "$port" "[plugins]
 enabled = $enabled

@@ -210,16 +210,13 @@ impl Broker {
         {
             return None;
         }
-        if self
-            .hooks
-            .wants_published(message.topic.as_str(), message.retain)
-        {
+        if let Some(published) = self.hooks.published(message.topic.as_str(), message.retain) {
             let user_properties = message.user_property_views();
             let mut view = message.view(&user_properties);
             view.username = username.map(Into::into).into();
             view.is_will = is_will;
             view.timestamp_ms = coarse_now_ms();
-            self.hooks.message_published(&plugin_api::MessageEventView {
+            published.notify(&plugin_api::MessageEventView {
                 client_id: message.publisher.as_deref().unwrap_or("").into(),
                 message: view,
                 reason: "".into(),
@@ -758,14 +755,11 @@ impl Broker {
         plain: bool,
         shared: &[SubscriptionKey],
     ) -> usize {
-        if self
-            .hooks
-            .wants_published(message.topic.as_str(), message.retain)
-        {
+        if let Some(published) = self.hooks.published(message.topic.as_str(), message.retain) {
             let user_properties = message.user_property_views();
             let mut view = message.view(&user_properties);
             view.timestamp_ms = coarse_now_ms();
-            self.hooks.message_published(&plugin_api::MessageEventView {
+            published.notify(&plugin_api::MessageEventView {
                 client_id: message.publisher.as_deref().unwrap_or("").into(),
                 message: view,
                 reason: "remote".into(),

@@ -283,6 +283,30 @@ impl PluginHandle {
     }
 }
 
+/// The `message.published` hooks of one message ([`Hooks::published`]).
+pub struct Published(arc_swap::Guard<Arc<HookTable>>);
+
+impl Published {
+    /// Calls `message.published` with the final message on every plugin whose publish filter
+    /// wants it.
+    pub fn notify(&self, event: &MessageEventView<'_>) {
+        let (topic, retain) = (event.message.topic.as_str(), event.message.retain);
+        for p in self.0.at(HookPoint::MESSAGE_PUBLISHED) {
+            if !p.is_active() || !p.publish_filter.wants(topic, retain) {
+                continue;
+            }
+            let t = p.begin();
+            let r = p
+                .instance
+                .on_message_event(HookPoint::MESSAGE_PUBLISHED, event);
+            p.end(t);
+            if let RResult::RErr(e) = r {
+                p.failed(HookPoint::MESSAGE_PUBLISHED, &e);
+            }
+        }
+    }
+}
+
 /// The plugins to call per hook point, in chain order. Immutable once built.
 #[derive(Default)]
 pub struct HookTable {
@@ -503,31 +527,19 @@ impl Hooks {
             .any(|p| p.is_active() && p.publish_filter.wants(topic, retain))
     }
 
-    /// Whether any active plugin's `message.published` hook wants a message with this topic and
-    /// RETAIN flag.
-    pub fn wants_published(&self, topic: &str, retain: bool) -> bool {
+    /// The `message.published` hooks that want a message with this topic and RETAIN flag, if
+    /// any: the caller builds the event only then, and calls [`Published::notify`]. The hook
+    /// table is loaded once for both (it is on every message's path).
+    pub fn published(&self, topic: &str, retain: bool) -> Option<Published> {
         if !self.enabled(HookPoint::MESSAGE_PUBLISHED) {
-            return false;
+            return None;
         }
         let table = self.table.load();
         table
             .at(HookPoint::MESSAGE_PUBLISHED)
             .iter()
             .any(|p| p.is_active() && p.publish_filter.wants(topic, retain))
-    }
-
-    /// Calls `message.published` with the final message on every plugin whose publish filter
-    /// wants it.
-    pub fn message_published(&self, event: &MessageEventView<'_>) {
-        let (topic, retain) = (event.message.topic.as_str(), event.message.retain);
-        self.notify_each(HookPoint::MESSAGE_PUBLISHED, |p| {
-            if p.publish_filter.wants(topic, retain) {
-                p.instance
-                    .on_message_event(HookPoint::MESSAGE_PUBLISHED, event)
-            } else {
-                RResult::ROk(())
-            }
-        });
+            .then_some(Published(table))
     }
 
     /// Runs the `message.publish` fold on `message`: each plugin sees the message as the

@@ -11,11 +11,12 @@
 //! reported from `message.published`, so it is the message as routed, after every plugin's
 //! edits, and only messages whose topic a rule wants are looked at at all.
 //!
-//! **Never slows the data path.** A hook only records the event in the batch being filled (a
-//! compact binary record: a few copies under a short lock, no allocation and no channel per
-//! event) and hands a full batch to the senders; the queue is bounded (`queue_capacity`
-//! events, `queue_max_bytes` of their records: topics, payloads and ids) and when it is full
-//! the event is dropped and counted — a publisher never waits for the service. A batch that is
+//! **Never slows the data path.** A hook only records the event in its thread's batch being
+//! filled (a compact binary record: a few copies under a lock no other publisher thread takes,
+//! no allocation and no channel per event; see `queue`) and hands a full batch to the
+//! senders; the queue is bounded (`queue_capacity` events, `queue_max_bytes` of their records:
+//! topics, payloads and ids) and when it is full the event is dropped and counted — a
+//! publisher never waits for the service. A batch that is
 //! not full goes once `batch_wait_ms` have passed since its first event. Senders on the
 //! plugin's runtime turn batches into JSON and send them (`batch_size` events per request: one
 //! object, or a JSON array of several), at most
@@ -26,7 +27,7 @@
 //! `…_dropped_total`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +36,9 @@ use plugin_api::*;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
+
+mod queue;
+use queue::{Batch, Queue};
 
 /// How `payload` appears in bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -247,7 +251,11 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn flush(&self, queued: i64) {
+    /// Adds what was counted since the last flush to the broker's metrics, with the events the
+    /// queue dropped.
+    fn flush(&self, queue: &Queue) {
+        self.dropped_n
+            .fetch_add(queue.take_dropped(), Ordering::Relaxed);
         for (n, c) in [
             (&self.sent_n, &self.sent),
             (&self.failed_n, &self.failed),
@@ -258,7 +266,7 @@ impl Metrics {
                 c.add(delta);
             }
         }
-        self.depth.set(queued.max(0));
+        self.depth.set(queue.depth().max(0));
     }
 }
 
@@ -354,20 +362,6 @@ fn json_opt(out: &mut Vec<u8>, s: Option<&str>) {
         Some(s) => json_str(out, s),
         None => out.extend_from_slice(b"null"),
     }
-}
-
-/// Events recorded and not yet handed to a sender, as [`Record`]s one after another.
-#[derive(Default)]
-struct Pending {
-    records: Vec<u8>,
-    count: usize,
-}
-
-/// Events on their way to the service, as [`Record`]s; turned into the request's JSON by
-/// the sender, on the plugin's threads.
-struct Batch {
-    records: Vec<u8>,
-    count: usize,
 }
 
 /// How an event waits in a batch: a compact binary record the hook writes with a few copies
@@ -508,90 +502,14 @@ struct Shared {
     node: String,
     /// `config.url`, parsed once.
     url: reqwest::Url,
-    /// The batch being filled by the hooks.
-    pending: std::sync::Mutex<Pending>,
-    /// Full batches, to the dispatcher.
-    batches: mpsc::Sender<Batch>,
-    /// Tells the dispatcher that a batch was started (it sends it after `batch_wait_ms`).
-    started: tokio::sync::Notify,
-    /// Events written and not yet sent (for the bound and the gauge).
-    queued: AtomicI64,
-    /// Bytes of their JSON.
-    queued_bytes: AtomicI64,
+    /// Events waiting to be sent.
+    queue: Queue,
     metrics: Metrics,
     /// Whether the last request failed (logs only the transitions).
     failing: AtomicBool,
 }
 
 impl Shared {
-    /// Whether the queue has room for one more event; counts the event as dropped when it has
-    /// none (before anything of it is built).
-    fn room(&self) -> bool {
-        if self.queued.load(Ordering::Relaxed) >= self.config.queue_capacity as i64 {
-            self.metrics.dropped_n.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
-
-    /// Adds one event to the batch being filled: `write` appends its [`Record`]. The event
-    /// is dropped (and counted) if it would pass `queue_max_bytes`. A full batch goes to the
-    /// senders; the first event of a batch tells the dispatcher, which sends the batch after
-    /// `batch_wait_ms` if it has not filled by then.
-    fn append(&self, write: impl FnOnce(&mut Vec<u8>)) {
-        let (full, first) = {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let start = p.records.len();
-            write(&mut p.records);
-            let added = (p.records.len() - start) as i64;
-            let before = self.queued_bytes.fetch_add(added, Ordering::Relaxed);
-            if before + added > self.config.queue_max_bytes as i64 {
-                self.queued_bytes.fetch_sub(added, Ordering::Relaxed);
-                p.records.truncate(start);
-                self.metrics.dropped_n.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            self.queued.fetch_add(1, Ordering::Relaxed);
-            p.count += 1;
-            let first = p.count == 1;
-            let full = (p.count >= self.config.batch_size).then(|| Batch {
-                records: std::mem::replace(&mut p.records, Vec::with_capacity(start + 256)),
-                count: std::mem::take(&mut p.count),
-            });
-            (full, first)
-        };
-        match full {
-            Some(batch) => {
-                if let Err(e) = self.batches.try_send(batch) {
-                    self.forget(&e.into_inner(), true);
-                }
-            }
-            None if first => self.started.notify_one(),
-            None => {}
-        }
-    }
-
-    /// The batch being filled, if it has any event.
-    fn take_pending(&self) -> Option<Batch> {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        (p.count > 0).then(|| Batch {
-            records: std::mem::take(&mut p.records),
-            count: std::mem::take(&mut p.count),
-        })
-    }
-
-    /// Un-counts a batch leaving the queue (sent, or `dropped`).
-    fn forget(&self, batch: &Batch, dropped: bool) {
-        self.queued.fetch_sub(batch.count as i64, Ordering::Relaxed);
-        self.queued_bytes
-            .fetch_sub(batch.records.len() as i64, Ordering::Relaxed);
-        if dropped {
-            self.metrics
-                .dropped_n
-                .fetch_add(batch.count as u64, Ordering::Relaxed);
-        }
-    }
-
     /// Offers one client or session event.
     fn offer(&self, action: &str, mut body: Map<String, Value>) {
         body.insert("action".into(), action.into());
@@ -599,7 +517,7 @@ impl Shared {
         let Ok(json) = serde_json::to_vec(&body) else {
             return;
         };
-        self.append(|out| {
+        self.queue.append(|out| {
             out.push(Record::JSON);
             Record::put(out, &json);
         });
@@ -619,7 +537,7 @@ impl Shared {
         let Some(i) = EVENTS.iter().position(|(_, p, _)| *p == point) else {
             return;
         };
-        if !self.room() {
+        if !self.queue.room() {
             return;
         }
         let c = &e.client;
@@ -687,39 +605,38 @@ async fn dispatch(shared: Arc<Shared>, client: reqwest::Client, mut rx: mpsc::Re
     let permits = Arc::new(tokio::sync::Semaphore::new(shared.config.pool_size));
     let wait = Duration::from_millis(shared.config.batch_wait_ms);
     loop {
-        let batch = tokio::select! {
+        let batches = tokio::select! {
             biased;
             b = rx.recv() => match b {
-                Some(b) => b,
+                Some(b) => vec![b],
                 None => break,
             },
-            () = shared.started.notified() => {
+            () = shared.queue.started.notified() => {
                 if !wait.is_zero() && shared.config.batch_size > 1 {
                     tokio::time::sleep(wait).await;
                 }
-                match shared.take_pending() {
-                    Some(b) => b,
-                    None => continue,
-                }
+                shared.queue.take_pending()
             }
         };
-        shared.forget(&batch, false);
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let (shared, client) = (shared.clone(), client.clone());
-        tokio::spawn(async move {
-            let c = &shared.config;
-            let body = Record::to_json(
-                &batch.records,
-                batch.count,
-                c.batch_size > 1,
-                c.encoding_of_payload_field,
-                &shared.node,
-            );
-            send(&shared, &client, body, batch.count).await;
-            drop(permit);
-        });
+        for batch in batches {
+            shared.queue.forget(&batch);
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let (shared, client) = (shared.clone(), client.clone());
+            tokio::spawn(async move {
+                let c = &shared.config;
+                let body = Record::to_json(
+                    &batch.records,
+                    batch.count,
+                    c.batch_size > 1,
+                    c.encoding_of_payload_field,
+                    &shared.node,
+                );
+                send(&shared, &client, body, batch.count).await;
+                drop(permit);
+            });
+        }
     }
     // The queue closed (unload): wait for the requests in flight.
     let _ = permits.acquire_many(shared.config.pool_size as u32).await;
@@ -827,19 +744,20 @@ impl Plugin for WebHook {
             node: ctx.host().node_name().into(),
             url: reqwest::Url::parse(&config.url)
                 .map_err(|e| PluginError::config(e.to_string()))?,
+            queue: Queue::new(
+                config.queue_capacity,
+                config.queue_max_bytes,
+                config.batch_size,
+                tx,
+            ),
             config,
             selection,
-            pending: std::sync::Mutex::new(Pending::default()),
-            batches: tx,
-            started: tokio::sync::Notify::new(),
-            queued: AtomicI64::new(0),
-            queued_bytes: AtomicI64::new(0),
             metrics,
             failing: AtomicBool::new(false),
         });
         let gauge = shared.clone();
         ctx.every(Duration::from_millis(500), move || {
-            gauge.metrics.flush(gauge.queued.load(Ordering::Relaxed));
+            gauge.metrics.flush(&gauge.queue);
         });
         let dispatcher = ctx.spawn(dispatch(shared.clone(), client, rx));
         Ok(WebHook {
@@ -896,7 +814,7 @@ impl Plugin for WebHook {
             return Flow::Continue;
         };
         let topic = full_filter(request.filter.as_str(), request.share_group);
-        if s.selection.wants(i, &topic) && s.room() {
+        if s.selection.wants(i, &topic) && s.queue.room() {
             let mut body = Shared::client_fields(&request.client);
             body.insert("topic".into(), topic.into());
             if point == HookPoint::CLIENT_SUBSCRIBE {
@@ -917,7 +835,7 @@ impl Plugin for WebHook {
             return;
         }
         let m = &event.message;
-        if !s.selection.wants(i, m.topic.as_str()) || !s.room() {
+        if !s.selection.wants(i, m.topic.as_str()) || !s.queue.room() {
             return;
         }
         let receiver = matches!(
@@ -940,7 +858,7 @@ impl Plugin for WebHook {
             },
             reason: (point == HookPoint::MESSAGE_DROPPED).then(|| event.reason.as_str()),
         };
-        s.append(|out| Record::message(out, &fields, i));
+        s.queue.append(|out| Record::message(out, &fields, i));
     }
 
     fn shutdown(&self) {
@@ -953,24 +871,22 @@ impl Plugin for WebHook {
         self.runtime.block_on(async move {
             // The dispatcher hands every pending batch to a sender (a partial one after
             // batch_wait_ms).
-            shared.started.notify_one();
+            shared.queue.started.notify_one();
             let waited = tokio::time::timeout(timeout, async {
-                while shared.queued.load(Ordering::Relaxed) > 0 {
+                while shared.queue.depth() > 0 {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             })
             .await;
             if waited.is_err() {
                 tracing::warn!(
-                    left = shared.queued.load(Ordering::Relaxed),
+                    left = shared.queue.depth(),
                     "web hook events still queued at unload are dropped"
                 );
             }
             dispatcher.abort();
         });
-        self.shared
-            .metrics
-            .flush(self.shared.queued.load(Ordering::Relaxed));
+        self.shared.metrics.flush(&self.shared.queue);
     }
 }
 
