@@ -78,6 +78,9 @@ metrics! {
     /// Bytes of read buffers holding packets still arriving and of topic-alias topics, beyond
     /// the first 64 KiB of each connection's (limits.max_incoming_bytes).
     Gauge incoming_bytes,
+    /// Bytes of topic filters and share group names of every session's subscriptions
+    /// (limits.max_total_subscription_bytes).
+    Gauge subscription_bytes,
     /// PUBLISH packets received from clients.
     Counter messages_received,
     /// PUBLISH packets sent to clients.

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Fan-in QoS 0 throughput with web_hook sending every message.publish event, as a ratio to no
-# plugin, in one run: (1) web_hook posting to a fast local service (http-sink, batches of 100),
+# plugin, in one run: (1) web_hook posting to a fast local service (http-sink, batches of BATCH),
 # (2) web_hook pointed at a port where nothing listens (every request fails, events are
 # retried then dropped). Three brokers; rounds alternate between them.
 #
 #   bash tests/bench/web_hook_fanin.sh        ROUNDS=5 MESSAGES=200000 bash tests/bench/web_hook_fanin.sh
+#   QUEUE=1000000 bash tests/bench/web_hook_fanin.sh   # a queue the burst fits in: nothing dropped
+#   BATCH=1000 bash tests/bench/web_hook_fanin.sh      # events per request
+#
+# The drop counts printed at the end say how much of the burst the bounded queue let go.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-5}

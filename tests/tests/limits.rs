@@ -299,6 +299,50 @@ async fn subscription_bytes_per_client_are_bounded() {
     }
 }
 
+/// limits.max_total_subscription_bytes: the filters of all sessions together, offline
+/// persistent sessions included (one client leaving such sessions behind grew the broker by
+/// 640 MB per 300 sessions). Past it a new filter is refused (v5 0x97, MQTT 3 0x80), one a
+/// session holds can still be replaced, and an ended session gives its bytes back.
+#[tokio::test]
+async fn subscription_bytes_of_all_sessions_are_bounded() {
+    let b = Broker::start_with("[limits]\nmax_total_subscription_bytes = 10000\n");
+    let long = |c: char| c.to_string().repeat(3000);
+    let (a, bb, c, d) = (long('a'), long('b'), long('c'), long('d'));
+    let held = |n: usize| format!("broker_subscription_bytes {n}\n");
+
+    // An offline persistent session keeps its 6 000 bytes.
+    let (mut keeper, ack) = connack(b.port(), 4, "keeper", false).await;
+    assert_eq!(ack, (2, 0, 0));
+    keeper.send(&subscribe_many(4, 1, &[&a, &bb])).await;
+    assert_eq!(suback_codes(&mut keeper, 4).await, [1, 1]);
+    drop(keeper);
+
+    // Another client: 3 000 more fit, the next 3 000 do not, a short filter does.
+    let mut other = Wire::connected(b.port(), 5, "other").await;
+    other.send(&subscribe_many(5, 1, &[&c, &d, "s", &c])).await;
+    assert_eq!(suback_codes(&mut other, 5).await, [1, 0x97, 1, 1]);
+    let mut third = Wire::connected(b.port(), 4, "third").await;
+    third.send(&subscribe_many(4, 1, &[&d])).await;
+    assert_eq!(suback_codes(&mut third, 4).await, [0x80]);
+    assert!(b.ctl_ok(&["metrics"]).contains(&held(9001)));
+    assert!(b
+        .log()
+        .contains("limits.max_total_subscription_bytes reached"));
+
+    // Unsubscribing makes room; so does the offline session's end (a clean start).
+    other.send(&unsubscribe_packet(5, 2, "s")).await;
+    assert_eq!(other.recv().await.expect("UNSUBACK").kind(), 11);
+    let (_keeper, ack) = connack(b.port(), 4, "keeper", true).await;
+    assert_eq!(ack, (2, 0, 0));
+    wait_until("the offline session's bytes given back", || {
+        b.ctl_ok(&["metrics"]).contains(&held(3000))
+    })
+    .await;
+    third.send(&subscribe_many(4, 2, &[&d, &a])).await;
+    assert_eq!(suback_codes(&mut third, 4).await, [1, 1]);
+    assert!(b.ctl_ok(&["metrics"]).contains(&held(9000)));
+}
+
 /// The CONNACK (packet type, session present, reason code) a raw CONNECT of `level` gets.
 async fn connack(port: u16, level: u8, id: &str, clean: bool) -> (Wire, (u8, u8, u8)) {
     let mut w = Wire::open(port).await;

@@ -37,8 +37,8 @@ use crate::plugin::PluginManager;
 use crate::router::{Match, SharedGroup, SubscriptionKey, TopicName, Trie};
 use crate::session::store::{Op, Store, StoreError};
 use crate::session::{
-    Control, Delivery, Enqueued, KickReason, Message, PendingWill, QueueLimits, Session, SubEntry,
-    Subscription, WillCharge,
+    key_bytes, Control, Delivery, Enqueued, KickReason, Message, PendingWill, QueueLimits, Session,
+    SubEntry, Subscription, WillCharge,
 };
 use plugin_api::{ClientInfo, ClientView, EventView, HookPoint};
 
@@ -81,6 +81,8 @@ pub struct Broker {
     pub delayed: crate::delayed::Delayed,
     /// Wills published without their delay are logged at most every 10 s.
     will_refusals: crate::clock::AtMostEvery,
+    /// When `limits.max_total_subscription_bytes` last refused a subscription (for its log).
+    subscription_refusals: crate::clock::AtMostEvery,
 }
 
 /// A listener as bound, for the management API.
@@ -192,6 +194,7 @@ impl Broker {
             accepting: AtomicBool::new(false),
             delayed: crate::delayed::Delayed::new(),
             will_refusals: crate::clock::AtMostEvery::default(),
+            subscription_refusals: crate::clock::AtMostEvery::default(),
         })
     }
 
@@ -395,13 +398,39 @@ impl Broker {
             options,
             id,
         };
+        let bytes = key_bytes(&key);
         let mut router = self.router.write();
         router.insert(key.group.as_ref(), &key.filter, session.id, entry);
         let previous = session
             .subscriptions
             .lock()
             .insert(key, Subscription { options, id });
+        if previous.is_none() {
+            metrics::add(&self.metrics.subscription_bytes, bytes as u64);
+        }
         previous.is_none()
+    }
+
+    /// Whether a new subscription `key` of `session` (one it does not hold) would take every
+    /// session's subscriptions past `limits.max_total_subscription_bytes`; logged at most
+    /// every 10 s when it does.
+    pub fn over_total_subscription_bytes(&self, session: &Session, key: &SubscriptionKey) -> bool {
+        let max = self.config.limits.max_total_subscription_bytes;
+        if max == 0 {
+            return false;
+        }
+        let held = self.metrics.subscription_bytes.load(Ordering::Relaxed) as usize;
+        if held + key_bytes(key) <= max || session.subscriptions.lock().contains(key) {
+            return false;
+        }
+        if self.subscription_refusals.due(10_000) {
+            tracing::warn!(
+                client_id = %session.client_id,
+                subscription_bytes = held,
+                "limits.max_total_subscription_bytes reached: new subscriptions are refused"
+            );
+        }
+        true
     }
 
     /// Removes subscription `key` from `session` and the router; returns it.
@@ -411,6 +440,7 @@ impl Broker {
         key: &SubscriptionKey,
     ) -> Option<Subscription> {
         let sub = session.subscriptions.lock().remove(key)?;
+        metrics::sub(&self.metrics.subscription_bytes, key_bytes(key) as u64);
         self.router
             .write()
             .remove(key.group.as_ref(), &key.filter, &session.id);
@@ -1062,6 +1092,8 @@ impl Broker {
                 router.remove(key.group.as_ref(), &key.filter, &session.id);
             }
         }
+        let bytes: usize = subs.iter().map(|(key, _)| key_bytes(key)).sum();
+        metrics::sub(&self.metrics.subscription_bytes, bytes as u64);
         session.clear_queue();
         let will = session
             .parked

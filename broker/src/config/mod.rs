@@ -461,6 +461,11 @@ pub struct Limits {
     /// SUBSCRIBEs; a filter beyond it is refused like one beyond `max_subscriptions`. 0 = no
     /// limit.
     pub max_subscription_bytes: usize,
+    /// Bytes of topic filters (and share group names) all sessions together may hold through
+    /// their clients' SUBSCRIBEs (persistent sessions keep theirs while offline); a filter
+    /// beyond it is refused like one beyond `max_subscriptions`. Subscriptions made by the
+    /// management API or plugins count, but are not refused. 0 = no limit.
+    pub max_total_subscription_bytes: usize,
     /// Bytes of wills waiting for their Will Delay Interval, over all sessions; a will that
     /// would pass it is published when its connection closes, without the delay. 0 = no
     /// limit.
@@ -496,6 +501,7 @@ impl Default for Limits {
             max_delayed_bytes: 64 * 1024 * 1024,
             max_subscriptions: 10_000,
             max_subscription_bytes: 1 << 20,
+            max_total_subscription_bytes: 512 << 20,
             max_pending_will_bytes: 64 << 20,
             max_sessions: 1_000_000,
             max_incoming_bytes: 256 * 1024 * 1024,

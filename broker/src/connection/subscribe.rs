@@ -187,18 +187,21 @@ impl Connection {
     }
 
     /// Whether adding `key` would take the session past `limits.max_subscriptions` or
-    /// `limits.max_subscription_bytes`.
+    /// `limits.max_subscription_bytes`, or all sessions past
+    /// `limits.max_total_subscription_bytes`.
     fn over_subscription_limit(&self, key: &SubscriptionKey) -> bool {
         let limits = &self.broker.config.limits;
         let (max, max_bytes) = (limits.max_subscriptions, limits.max_subscription_bytes);
         self.machine.over_subscription_limit(key, max, max_bytes)
+            || self
+                .broker
+                .over_total_subscription_bytes(&self.machine.session, key)
     }
 
-    /// The SUBACK code for a filter refused by `limits.max_subscriptions` or
-    /// `limits.max_subscription_bytes`.
+    /// The SUBACK code for a filter refused by a subscription limit.
     fn quota_exceeded(&self, raw: &str) -> ReasonCode {
         let limits = &self.broker.config.limits;
-        tracing::debug!(client_id = %self.identity.client_id, filter = %raw, max = limits.max_subscriptions, max_bytes = limits.max_subscription_bytes, "subscription refused: limits.max_subscriptions or limits.max_subscription_bytes reached");
+        tracing::debug!(client_id = %self.identity.client_id, filter = %raw, max = limits.max_subscriptions, max_bytes = limits.max_subscription_bytes, max_total_bytes = limits.max_total_subscription_bytes, "subscription refused: limits.max_subscriptions, max_subscription_bytes or max_total_subscription_bytes reached");
         ReasonCode::QuotaExceeded
     }
 
