@@ -94,7 +94,14 @@ metrics! {
     /// Bytes of messages waiting in session queues (limits.max_queued_bytes per session,
     /// limits.memory_high_watermark in all).
     Gauge queued_bytes,
-    /// Times a publisher was paused because queued_bytes reached limits.memory_high_watermark.
+    /// The part of queued_bytes waiting for sessions with no connection
+    /// (limits.max_offline_queued_bytes).
+    Gauge offline_queued_bytes,
+    /// Messages dropped for offline sessions because limits.max_offline_queued_bytes was reached
+    /// (also counted in messages_dropped).
+    Counter offline_messages_dropped,
+    /// Times a publisher was paused because the bytes queued for connected sessions reached
+    /// limits.memory_high_watermark.
     Counter publishers_paused,
     /// Clients disconnected for leaving the broker's output unread (limits.slow_consumer_timeout).
     Counter slow_consumers_disconnected,

@@ -379,16 +379,14 @@ async fn keep_alive_is_enforced_while_writes_are_blocked() {
 }
 
 /// Back-pressure: past the memory high-water mark, publishers are no longer read until the
-/// queues drain; subscribers keep being served.
+/// queues of connected subscribers drain; subscribers keep being served.
 #[tokio::test]
 async fn publishers_pause_at_the_memory_high_water_mark() {
     let b = Broker::start_with("[limits]\nmemory_high_watermark = 2097152\n");
-    let mut sub = Wire::open(b.port()).await;
-    sub.send(&connect_packet(4, "offline", false, 60)).await;
-    assert_eq!(sub.recv().await.expect("CONNACK").kind(), 2);
+    // Connected, subscribed, and not reading: its queue fills and stays online.
+    let mut sub = Wire::connected(b.port(), 4, "stalled").await;
     sub.send(&subscribe_packet(4, 1, "q", 1)).await;
     assert_eq!(sub.recv().await.expect("SUBACK").kind(), 9);
-    drop(sub);
 
     let mut publisher = Wire::connected(b.port(), 4, "flood").await;
     let payload = vec![b'p'; 10 * 1024];
@@ -414,12 +412,10 @@ async fn publishers_pause_at_the_memory_high_water_mark() {
         (2_097_152..2_097_152 + 64 * 11 * 1024).contains(&queued),
         "stopped near the mark: {queued}"
     );
-    // Others are still served, and the subscriber drains the queue...
+    assert_eq!(metric::<u64>(&metrics, "offline_queued_bytes"), 0);
+    // Others are still served, and the subscriber drains its queue...
     let mut other = Wire::connected(b.port(), 4, "other").await;
     assert!(other.ping().await);
-    let mut sub = Wire::open(b.port()).await;
-    sub.send(&connect_packet(4, "offline", false, 60)).await;
-    assert_eq!(sub.recv().await.expect("CONNACK").kind(), 2);
     // ... after which the publisher is read again and all 400 arrive.
     let mut received = 0;
     while received < 400 {
@@ -432,6 +428,82 @@ async fn publishers_pause_at_the_memory_high_water_mark() {
         assert_eq!(publisher.recv().await.expect("PUBACK").kind(), 4);
         acks += 1;
     }
+}
+
+/// Queues of offline sessions drain only when their clients return, so they must not pause
+/// publishers (64 offline `#` subscribers used to stop every publisher for as long as they
+/// stayed away); they are bounded together by `max_offline_queued_bytes` instead.
+#[tokio::test]
+async fn offline_queues_are_bounded_and_never_pause_publishers() {
+    let b = Broker::start_with(
+        "[limits]\nmemory_high_watermark = 2097152\nmax_offline_queued_bytes = 3145728\n",
+    );
+    for id in ["away1", "away2"] {
+        let mut sub = Wire::open(b.port()).await;
+        sub.send(&connect_packet(4, id, false, 60)).await;
+        assert_eq!(sub.recv().await.expect("CONNACK").kind(), 2);
+        sub.send(&subscribe_packet(4, 1, "q", 1)).await;
+        assert_eq!(sub.recv().await.expect("SUBACK").kind(), 9);
+    }
+    wait_until("both sessions offline", || {
+        b.ctl_ok(&["sessions", "list", "--offline"])
+            .matches("away")
+            .count()
+            == 2
+    })
+    .await;
+
+    // 2 x 4 MB for offline sessions, past the mark: every message is still acknowledged.
+    let mut publisher = Wire::connected(b.port(), 4, "flood").await;
+    let mut batch = Vec::new();
+    for id in 1..=400u16 {
+        let mut payload = vec![b'p'; 10 * 1024];
+        payload[..2].copy_from_slice(&id.to_be_bytes());
+        batch.extend(publish_packet(4, "q", 1, id, false, &payload));
+    }
+    publisher.send(&batch).await;
+    for _ in 0..400 {
+        let ack = publisher
+            .recv_within(WAIT)
+            .await
+            .expect("PUBACK, not paused");
+        assert_eq!(ack.kind(), 4);
+    }
+    let metrics = b.ctl_ok(&["metrics"]);
+    assert_eq!(metric::<u64>(&metrics, "publishers_paused"), 0);
+    let offline: u64 = metric(&metrics, "offline_queued_bytes");
+    assert!(
+        (3_145_728 - 11 * 1024..=3_145_728).contains(&offline),
+        "offline queues filled up to their bound: {offline}"
+    );
+    assert_eq!(metric::<u64>(&metrics, "queued_bytes"), offline);
+    let dropped: u64 = metric(&metrics, "offline_messages_dropped");
+    assert!(dropped >= 800 - 3_145_728 / (10 * 1024), "{dropped}");
+    assert!(b.log().contains("limits.max_offline_queued_bytes reached"));
+
+    // A returning client gets the oldest messages, in order, and its bytes leave the offline
+    // total; what the other offline session holds stays there.
+    let mut back = Wire::open(b.port()).await;
+    back.send(&connect_packet(4, "away1", false, 60)).await;
+    assert_eq!(back.recv().await.expect("CONNACK").kind(), 2);
+    let mut expected = 1u16;
+    while let Some(p) = back.recv_within(Duration::from_millis(500)).await {
+        assert_eq!(p.kind(), 3);
+        assert_eq!(
+            p.body[5..7],
+            expected.to_be_bytes(),
+            "oldest first, in order"
+        );
+        back.send(&packet(0x40, &p.body[3..5])).await;
+        expected += 1;
+    }
+    assert!(expected > 100, "the returning client got its queue");
+    wait_until("the returned session's queue drained", || {
+        let metrics = b.ctl_ok(&["metrics"]);
+        let offline: u64 = metric(&metrics, "offline_queued_bytes");
+        offline > 0 && metric::<u64>(&metrics, "queued_bytes") == offline
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -83,6 +83,8 @@ pub struct Broker {
     will_refusals: crate::clock::AtMostEvery,
     /// When `limits.max_total_subscription_bytes` last refused a subscription (for its log).
     subscription_refusals: crate::clock::AtMostEvery,
+    /// When `limits.max_offline_queued_bytes` last dropped a message (for its log).
+    offline_drops: crate::clock::AtMostEvery,
 }
 
 /// A listener as bound, for the management API.
@@ -183,6 +185,7 @@ impl Broker {
             started: std::time::Instant::now(),
             queue_limits: Arc::new(QueueLimits {
                 max_pending_will_bytes: config.limits.max_pending_will_bytes,
+                max_offline_bytes: config.limits.max_offline_queued_bytes,
                 ..QueueLimits::new(
                     config.limits.max_queued_messages,
                     config.limits.max_queued_bytes,
@@ -195,6 +198,7 @@ impl Broker {
             delayed: crate::delayed::Delayed::new(),
             will_refusals: crate::clock::AtMostEvery::default(),
             subscription_refusals: crate::clock::AtMostEvery::default(),
+            offline_drops: crate::clock::AtMostEvery::default(),
         })
     }
 
@@ -323,8 +327,8 @@ impl Broker {
         };
         match session.enqueue(delivery) {
             Enqueued::Queued => Ok(()),
-            Enqueued::Dropped => {
-                metrics::add(&self.metrics.messages_dropped, 1);
+            refused => {
+                self.count_dropped(&session, refused);
                 Err(format!("queue of {client_id:?} is full"))
             }
         }
@@ -735,6 +739,7 @@ impl Broker {
     pub fn metrics_snapshot(&self) -> metrics::MetricsSnapshot {
         let mut snapshot = self.metrics.snapshot();
         snapshot.queued_bytes = self.queue_limits.total() as u64;
+        snapshot.offline_queued_bytes = self.queue_limits.offline_bytes.sum() as u64;
         let will_bytes = &self.queue_limits.pending_will_bytes;
         snapshot.pending_will_bytes = will_bytes.load(Ordering::Relaxed) as u64;
         if let Some(store) = self.store.get() {
@@ -747,17 +752,37 @@ impl Broker {
         snapshot
     }
 
-    /// True while the bytes queued broker-wide are at or above `limits.memory_high_watermark`:
-    /// connections stop reading from clients that publish.
+    /// True while the bytes queued for connected sessions are at or above
+    /// `limits.memory_high_watermark`: connections stop reading from clients that publish.
+    /// Offline sessions' queues do not count: they drain only when their clients return, so
+    /// pausing publishers for them could last for ever (they have their own bound,
+    /// `limits.max_offline_queued_bytes`).
     pub fn over_high_watermark(&self) -> bool {
         let mark = self.config.limits.memory_high_watermark;
-        mark > 0 && self.queue_limits.total() >= mark
+        mark > 0 && self.queue_limits.online() >= mark
     }
 
-    /// True once the bytes queued broker-wide are below 90 % of the high-water mark again.
+    /// True once the bytes queued for connected sessions are below 90 % of the high-water mark
+    /// again.
     pub fn below_low_watermark(&self) -> bool {
         let mark = self.config.limits.memory_high_watermark;
-        mark == 0 || self.queue_limits.total() < mark / 10 * 9
+        mark == 0 || self.queue_limits.online() < mark / 10 * 9
+    }
+
+    /// Counts a message a session's queue refused; past `limits.max_offline_queued_bytes` also
+    /// says so in the log, at most every 10 s.
+    fn count_dropped(&self, session: &Session, refused: Enqueued) {
+        metrics::add(&self.metrics.messages_dropped, 1);
+        if refused == Enqueued::OfflineFull {
+            metrics::add(&self.metrics.offline_messages_dropped, 1);
+            if self.offline_drops.due(10_000) {
+                tracing::warn!(
+                    client_id = %session.client_id,
+                    offline_queued_bytes = self.queue_limits.offline_bytes.sum(),
+                    "limits.max_offline_queued_bytes reached: messages for offline sessions are dropped"
+                );
+            }
+        }
     }
 
     /// Number of sessions held.
@@ -888,8 +913,8 @@ impl Broker {
             };
             match first.session.enqueue(delivery) {
                 Enqueued::Queued => delivered += 1,
-                Enqueued::Dropped => {
-                    metrics::add(&self.metrics.messages_dropped, 1);
+                refused => {
+                    self.count_dropped(&first.session, refused);
                     tracing::debug!(client_id = %first.session.client_id, topic = %message.topic, "message dropped: session queue full");
                     self.notify_dropped(&first.session.client_id, &message, DropReason::QueueFull);
                 }

@@ -439,9 +439,13 @@ pub struct Limits {
     /// Bytes of messages queued per session (payload, topic and properties, plus a fixed
     /// per-message overhead); further messages for that session are dropped.
     pub max_queued_bytes: usize,
-    /// Bytes queued over all sessions above which the broker stops reading from clients that
-    /// publish, until the total falls below 90 % of it; 0 = no mark.
+    /// Bytes queued for connected sessions above which the broker stops reading from clients
+    /// that publish, until the total falls below 90 % of it; 0 = no mark. Offline sessions'
+    /// queues do not count (see `max_offline_queued_bytes`).
     pub memory_high_watermark: usize,
+    /// Bytes queued for offline sessions, all together, past which further messages for
+    /// offline sessions are dropped (counted, `message.dropped` "queue_full"); 0 = no limit.
+    pub max_offline_queued_bytes: usize,
     /// Seconds a client may leave the broker's output to it unread before it is disconnected.
     pub slow_consumer_timeout: u64,
     /// PINGREQ, SUBSCRIBE and UNSUBSCRIBE packets read per connection per second; beyond it
@@ -495,6 +499,7 @@ impl Default for Limits {
             max_topic_levels: 128,
             max_queued_bytes: 16 * 1024 * 1024,
             memory_high_watermark: 1024 * 1024 * 1024,
+            max_offline_queued_bytes: 1024 * 1024 * 1024,
             slow_consumer_timeout: 30,
             max_control_rate: 1000,
             max_delayed_messages: 1_000,

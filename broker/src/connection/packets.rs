@@ -152,7 +152,7 @@ impl Connection {
     fn check_high_watermark(&mut self) {
         if self.broker.over_high_watermark() {
             if !self.paused {
-                tracing::debug!(client_id = %self.machine.client_id, queued_bytes = self.broker.queue_limits.total(), "memory high-water mark reached: pausing reads from this publisher");
+                tracing::debug!(client_id = %self.machine.client_id, queued_bytes = self.broker.queue_limits.online(), "memory high-water mark reached: pausing reads from this publisher");
                 metrics::add(&self.broker.metrics.publishers_paused, 1);
             }
             self.paused = true;

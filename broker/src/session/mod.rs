@@ -9,8 +9,12 @@
 //!   and, in bytes, by `limits.max_queued_bytes` ([`Delivery::size`]); when either is reached
 //!   the *new* message is dropped and counted in `messages_dropped` (the oldest messages are
 //!   the ones the subscriber expects first, so they are kept). Every queued byte is also
-//!   counted broker-wide in [`QueueLimits::total_bytes`], which the connections compare with
-//!   `limits.memory_high_watermark` to stop reading from publishers (back-pressure);
+//!   counted broker-wide in [`QueueLimits::total_bytes`]. The bytes queued for sessions with a
+//!   connection (which drain) are what the connections compare with
+//!   `limits.memory_high_watermark` to stop reading from publishers (back-pressure). The bytes
+//!   queued for offline sessions ([`QueueLimits::offline_bytes`]) do not drain until their
+//!   clients return, so they never pause publishers: they are bounded on their own by
+//!   `limits.max_offline_queued_bytes`, past which messages for offline sessions are dropped;
 //! * the **parked** state ([`Parked`]): unacknowledged outgoing messages, QoS 2 packet ids
 //!   received but not yet released, and a delayed will. The connection owns these while attached
 //!   and hands them back when it ends, so a resumed session redelivers with DUP set;
@@ -152,6 +156,12 @@ pub struct QueueLimits {
     pub queue_qos0_offline: bool,
     /// Bytes queued over all sessions right now.
     pub total_bytes: ShardedGauge,
+    /// The part of `total_bytes` queued for sessions with no connection attached. A session
+    /// moves its queue's bytes in and out of it when it goes offline and back, under its queue
+    /// lock, so the two never disagree.
+    pub offline_bytes: ShardedGauge,
+    /// `limits.max_offline_queued_bytes` (0: no limit).
+    pub max_offline_bytes: usize,
     /// The session store, when every change is written as it happens (`durability = "ack"`).
     pub live_store: std::sync::OnceLock<Arc<store::Store>>,
     /// `limits.max_pending_will_bytes` (0: no limit).
@@ -168,6 +178,8 @@ impl QueueLimits {
             max_bytes,
             queue_qos0_offline,
             total_bytes: ShardedGauge::default(),
+            offline_bytes: ShardedGauge::default(),
+            max_offline_bytes: 0,
             live_store: std::sync::OnceLock::new(),
             max_pending_will_bytes: 0,
             pending_will_bytes: AtomicUsize::new(0),
@@ -177,6 +189,27 @@ impl QueueLimits {
     /// Bytes queued over all sessions.
     pub fn total(&self) -> usize {
         self.total_bytes.sum()
+    }
+
+    /// Bytes queued for sessions with a connection attached: the queues that drain.
+    pub fn online(&self) -> usize {
+        self.total().saturating_sub(self.offline_bytes.sum())
+    }
+
+    /// Adds `n` bytes queued for a session, online or not. Called under its queue lock.
+    fn charge(&self, n: usize, online: bool) {
+        self.total_bytes.add(n);
+        if !online {
+            self.offline_bytes.add(n);
+        }
+    }
+
+    /// Gives back `n` bytes [`QueueLimits::charge`]d. Called under its queue lock.
+    fn release(&self, n: usize, online: bool) {
+        self.total_bytes.sub(n);
+        if !online {
+            self.offline_bytes.sub(n);
+        }
     }
 }
 
@@ -376,6 +409,9 @@ pub enum Enqueued {
     Queued,
     /// Dropped: the queue is full, or QoS 0 for an offline session that does not queue QoS 0.
     Dropped,
+    /// Dropped: the session is offline and the queues of all offline sessions together hold
+    /// `limits.max_offline_queued_bytes`.
+    OfflineFull,
 }
 
 impl Session {
@@ -433,7 +469,18 @@ impl Session {
     }
 
     pub(crate) fn set_online(&self, online: bool) {
-        self.online.store(online, Ordering::Release);
+        {
+            // Under the queue lock: what is queued moves between the online and offline totals
+            // with the flag, so no enqueue or drain counts it on the wrong side.
+            let q = self.queue.lock();
+            if self.online.swap(online, Ordering::AcqRel) != online {
+                if online {
+                    self.limits.offline_bytes.sub(q.bytes);
+                } else {
+                    self.limits.offline_bytes.add(q.bytes);
+                }
+            }
+        }
         self.set_offline_since((!online).then(std::time::SystemTime::now));
         if online {
             self.notify.notify_one();
@@ -471,6 +518,13 @@ impl Session {
             if q.items.len() >= limits.max_messages || q.bytes + size > limits.max_bytes {
                 return Enqueued::Dropped;
             }
+            let online = self.online.load(Ordering::Acquire);
+            if !online
+                && limits.max_offline_bytes > 0
+                && limits.offline_bytes.sum() + size > limits.max_offline_bytes
+            {
+                return Enqueued::OfflineFull;
+            }
             if let (Some(store), Some(value)) = (store, encoded) {
                 delivery.seq = self.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
                 store.submit(store::Op::PutMessage {
@@ -481,9 +535,9 @@ impl Session {
             }
             q.items.push_back((delivery, size));
             q.bytes += size;
+            limits.charge(size, online);
             q.items.len() == 1
         };
-        limits.total_bytes.add(size);
         if was_empty {
             self.notify.notify_one();
         }
@@ -496,7 +550,7 @@ impl Session {
         let mut q = self.queue.lock();
         q.items.push_back((delivery, size));
         q.bytes += size;
-        self.limits.total_bytes.add(size);
+        self.limits.charge(size, self.is_online());
     }
 
     /// Continues numbering stored deliveries after `last`; the session is in the store.
@@ -529,9 +583,9 @@ impl Session {
                 }
             }
             q.bytes -= taken;
-        }
-        if taken > 0 {
-            self.limits.total_bytes.sub(taken);
+            if taken > 0 {
+                self.limits.release(taken, self.is_online());
+            }
         }
     }
 
@@ -561,12 +615,10 @@ impl Session {
     }
 
     pub(crate) fn clear_queue(&self) {
-        let freed = {
-            let mut q = self.queue.lock();
-            q.items.clear();
-            std::mem::take(&mut q.bytes)
-        };
-        self.limits.total_bytes.sub(freed);
+        let mut q = self.queue.lock();
+        q.items.clear();
+        let freed = std::mem::take(&mut q.bytes);
+        self.limits.release(freed, self.is_online());
     }
 
     pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
