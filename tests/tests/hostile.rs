@@ -430,6 +430,60 @@ async fn publishers_pause_at_the_memory_high_water_mark() {
     }
 }
 
+/// A subscriber that stays connected, reads everything and never acknowledges is no slow
+/// consumer by the write side's measure, yet its queue fills. Enough of them would hold the
+/// broker over the high-water mark, and every publisher paused, for as long as they liked:
+/// after `slow_consumer_timeout` over the mark the largest queues are disconnected and dropped.
+#[tokio::test]
+async fn subscribers_that_never_acknowledge_cannot_pause_publishers_for_long() {
+    let b = Broker::start_with(
+        "[limits]\nmemory_high_watermark = 2097152\nslow_consumer_timeout = 2\n",
+    );
+    let mut sub = Wire::open(b.port()).await;
+    sub.send(&connect_packet(4, "taker", false, 60)).await;
+    assert_eq!(sub.recv().await.expect("CONNACK").kind(), 2);
+    sub.send(&subscribe_packet(4, 1, "q", 1)).await;
+    assert_eq!(sub.recv().await.expect("SUBACK").kind(), 9);
+    let reader = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let closed = sub.closed_within(Duration::from_secs(60), &mut seen).await;
+        (closed, seen.len())
+    });
+
+    let mut publisher = Wire::connected(b.port(), 4, "flood").await;
+    let payload = vec![b'p'; 10 * 1024];
+    let mut batch = Vec::new();
+    for id in 1..=400u16 {
+        batch.extend(publish_packet(4, "q", 1, id, false, &payload));
+    }
+    publisher.send(&batch).await;
+    for _ in 0..400 {
+        let ack = publisher
+            .recv_within(WAIT)
+            .await
+            .expect("PUBACK after the eviction");
+        assert_eq!(ack.kind(), 4);
+    }
+    let (closed, seen) = reader.await.expect("reader");
+    assert!(closed, "the subscriber was disconnected");
+    assert_eq!(seen, 32, "it got its inflight window, unacknowledged");
+    let metrics = b.ctl_ok(&["metrics"]);
+    assert!(metric::<u64>(&metrics, "publishers_paused") >= 1);
+    assert_eq!(metric::<u64>(&metrics, "slow_consumers_disconnected"), 1);
+    assert!(metric::<u64>(&metrics, "messages_dropped") > 100);
+    assert!(b
+        .log()
+        .contains("slow consumer disconnected at the memory high-water mark"));
+    // The session is kept, with its window to resend and what came after the eviction.
+    let mut back = Wire::open(b.port()).await;
+    back.send(&connect_packet(4, "taker", false, 60)).await;
+    let connack = back.recv().await.expect("CONNACK");
+    assert_eq!(connack.body[0], 1, "session present");
+    let first = back.recv().await.expect("resent PUBLISH");
+    assert_eq!(first.kind(), 3);
+    assert_ne!(first.byte1 & 0x08, 0, "DUP on the resent window");
+}
+
 /// Queues of offline sessions drain only when their clients return, so they must not pause
 /// publishers (64 offline `#` subscribers used to stop every publisher for as long as they
 /// stayed away); they are bounded together by `max_offline_queued_bytes` instead.

@@ -151,6 +151,7 @@ async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     }
 
     tokio::spawn(broker.clone().run_delayed());
+    tokio::spawn(broker.clone().run_overload_guard());
 
     // $SYS values exist (and are retained, with the retainer loaded) before the first client.
     if broker.config.sys.interval_secs > 0 {

@@ -13,6 +13,7 @@
 //! [`Broker::attach`] binds a connection to a session, taking over a live connection of the same
 //! client id first ([MQTT-3.1.4-2]).
 
+mod overload;
 mod restore;
 mod services;
 #[cfg(test)]

@@ -446,7 +446,9 @@ pub struct Limits {
     /// Bytes queued for offline sessions, all together, past which further messages for
     /// offline sessions are dropped (counted, `message.dropped` "queue_full"); 0 = no limit.
     pub max_offline_queued_bytes: usize,
-    /// Seconds a client may leave the broker's output to it unread before it is disconnected.
+    /// Seconds a client may leave the broker's output to it unread before it is disconnected;
+    /// also how long `memory_high_watermark` may hold before the clients with the largest
+    /// queues are disconnected and their queues dropped.
     pub slow_consumer_timeout: u64,
     /// PINGREQ, SUBSCRIBE and UNSUBSCRIBE packets read per connection per second; beyond it
     /// the connection is not read until the next second. 0 = no limit.

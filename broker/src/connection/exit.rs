@@ -61,6 +61,7 @@ impl Exit {
                 KickReason::Kicked => ReasonCode::AdministrativeAction,
                 // A plugin's code is passed on as it chose it.
                 KickReason::Plugin(code) => *code,
+                KickReason::Overload => ReasonCode::QuotaExceeded,
             },
             Exit::Shutdown => ReasonCode::ServerShuttingDown,
             Exit::StoreFailed(_) => ReasonCode::UnspecifiedError,
@@ -99,6 +100,7 @@ impl Exit {
                 KickReason::TakenOver => DisconnectReason::TakenOver,
                 KickReason::Kicked => DisconnectReason::Kicked,
                 KickReason::Plugin(_) => DisconnectReason::ClosedByPlugin,
+                KickReason::Overload => DisconnectReason::SlowConsumer,
             },
             Exit::Shutdown => DisconnectReason::ServerShutdown,
             Exit::Io(_) => DisconnectReason::IoError,

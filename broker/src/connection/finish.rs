@@ -70,7 +70,11 @@ impl Connection {
                 metrics::add(&self.broker.metrics.protocol_errors, 1);
                 tracing::info!(%client_id, %peer, reason = %v.message, "protocol error, connection closed")
             }
-            Exit::SlowConsumer => metrics::add(&self.broker.metrics.slow_consumers_disconnected, 1),
+            Exit::SlowConsumer
+            | Exit::Kicked {
+                reason: KickReason::Overload,
+                ..
+            } => metrics::add(&self.broker.metrics.slow_consumers_disconnected, 1),
             Exit::Io(e) => tracing::info!(%client_id, %peer, error = %e, "connection error"),
             Exit::StoreFailed(e) => {
                 tracing::error!(%client_id, %peer, error = %e, "session store failed: connection closed without acknowledging")

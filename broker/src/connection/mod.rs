@@ -21,9 +21,10 @@
 //! * control packets (PINGREQ, SUBSCRIBE, UNSUBSCRIBE) beyond `limits.max_control_rate` per
 //!   second are not read until the next second: a client flooding them costs the broker a
 //!   bounded amount of work, and others keep their latency ([`ControlRate`](crate::session::protocol::timers::ControlRate));
-//! * back-pressure: a connection that publishes while the broker-wide queued bytes are over
+//! * back-pressure: a connection that publishes while the bytes queued for connected sessions are over
 //!   `limits.memory_high_watermark` is not read from again until they fall below 90 % of it.
-//!   Connections that only subscribe and acknowledge keep being read, so queues drain;
+//!   Connections that only subscribe and acknowledge keep being read, so queues drain (and
+//!   `Broker::run_overload_guard` disconnects the largest queues when they do not);
 //! * payloads are copied out of the read buffer (`publish::own_bytes`), so a queued message holds
 //!   its own bytes and not the whole buffer it arrived in (a 10-byte message could otherwise
 //!   pin a 64 KiB read buffer, and a 100 KiB one a 256 KiB buffer, beyond what the queue

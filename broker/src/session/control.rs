@@ -17,6 +17,9 @@ pub enum KickReason {
     /// A plugin's request, with the MQTT 5 DISCONNECT reason code to send (e.g. 0xA0 when a
     /// token expired).
     Plugin(crate::codec::reason::ReasonCode),
+    /// Its queue was among the largest while the broker stayed over
+    /// `limits.memory_high_watermark` for `limits.slow_consumer_timeout` (a slow consumer).
+    Overload,
 }
 
 /// Why a client's connection ended, as operators see it in logs and plugins in the `reason` of

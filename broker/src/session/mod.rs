@@ -614,6 +614,14 @@ impl Session {
         self.queue.lock().bytes
     }
 
+    /// Empties the queue and returns what it held, oldest first.
+    pub(crate) fn take_queued(&self) -> Vec<Delivery> {
+        let mut q = self.queue.lock();
+        let freed = std::mem::take(&mut q.bytes);
+        self.limits.release(freed, self.is_online());
+        q.items.drain(..).map(|(d, _)| d).collect()
+    }
+
     pub(crate) fn clear_queue(&self) {
         let mut q = self.queue.lock();
         q.items.clear();
