@@ -588,3 +588,45 @@ async fn a_subscribe_sent_just_before_another_clients_publish_gets_it() {
         "{missed} of {PAIRS} publishes sent just after a SUBSCRIBE missed it"
     );
 }
+
+/// A shared-subscription member that stopped acknowledging fills its window and queue; the
+/// group's messages then go to the members that can take them instead of being dropped.
+#[tokio::test]
+async fn a_shared_member_whose_queue_is_full_is_passed_over() {
+    let broker = Broker::start_with(
+        "[limits]\nmax_queued_messages = 20\n[shared_subscriptions]\nstrategy = \"round_robin\"\n",
+    );
+    let mut stuck = Wire::connected(broker.port(), 4, "stuck").await;
+    stuck.send(&subscribe_packet(4, 1, "$share/g/w/#", 1)).await;
+    assert_eq!(stuck.recv().await.expect("SUBACK").kind(), 9);
+    let mut worker = V4Client::connect(broker.port(), "worker").await;
+    worker.subscribe("$share/g/w/#", QoS::AtLeastOnce).await;
+    let mut publisher = V4Client::connect(broker.port(), "p").await;
+    let mut got = 0;
+    for i in 0..200 {
+        publisher
+            .client
+            .publish("w/x", QoS::AtLeastOnce, false, i.to_string())
+            .await
+            .expect("publish");
+        publisher.wait_acks(1).await;
+        got += drain_now(&mut worker).await;
+    }
+    got += drain(&mut worker).await.len();
+    // The stuck member holds its inflight window (32) and a full queue (20): 52.
+    assert_eq!(got, 200 - 52, "the worker took the rest");
+    let metrics = broker.ctl_ok(&["metrics"]);
+    assert!(
+        metrics.contains("broker_messages_dropped_total 0\n"),
+        "nothing dropped:\n{metrics}"
+    );
+}
+
+/// The messages `c` has already received, without waiting for more.
+async fn drain_now(c: &mut V4Client) -> usize {
+    let mut n = 0;
+    while c.recv_publish_within(Duration::ZERO).await.is_some() {
+        n += 1;
+    }
+    n
+}

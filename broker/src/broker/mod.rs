@@ -935,7 +935,10 @@ impl Broker {
     ) -> Option<usize> {
         use crate::config::SharedStrategy as S;
         use std::hash::BuildHasher;
-        let online = |_: &u64, e: &SubEntry| e.session.is_online();
+        // A member that is connected and can take the message; failing that, the strategy's
+        // choice (whose queue then takes it or drops it). A member that stopped acknowledging
+        // would otherwise lose its share of the group's messages once its queue is full.
+        let online = |_: &u64, e: &SubEntry| e.session.is_online() && !e.session.queue_full();
         // A fixed seed: the same publisher or topic maps to the same member every time.
         let hash =
             |s: &str| foldhash::fast::FixedState::with_seed(0x6d71_7474).hash_one(s) as usize;

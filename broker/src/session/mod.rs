@@ -589,6 +589,13 @@ impl Session {
         }
     }
 
+    /// True when its queue takes no more messages (`limits.max_queued_messages` or
+    /// `max_queued_bytes` reached): a shared subscription passes the message to another member.
+    pub fn queue_full(&self) -> bool {
+        let q = self.queue.lock();
+        q.items.len() >= self.limits.max_messages || q.bytes >= self.limits.max_bytes
+    }
+
     /// True when deliveries are waiting.
     pub fn has_queued(&self) -> bool {
         !self.queue.lock().items.is_empty()
