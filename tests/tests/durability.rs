@@ -163,6 +163,17 @@ async fn qos2_to_a_subscriber_is_exactly_once_across_kill_9() {
     assert_eq!(seen[1].byte1 & 0x08, 0x08, "DUP");
     let (id, _, payload) = parts(&seen[1]);
     assert_eq!((id, payload), (second_id, second_payload), "same packet id");
+    // Both are charged to the session's queue until they complete, restored ones included.
+    let metrics = b.ctl_ok(&["metrics"]);
+    assert!(!metrics.contains("broker_queued_bytes 0\n"), "{metrics}");
+    sub.send(&ack(0x70, first_id)).await;
+    sub.send(&ack(0x50, id)).await;
+    assert_eq!(sub.recv().await.expect("PUBREL").kind(), 6);
+    sub.send(&ack(0x70, id)).await;
+    wait_until("the completed messages' bytes given back", || {
+        b.ctl_ok(&["metrics"]).contains("broker_queued_bytes 0\n")
+    })
+    .await;
 }
 
 /// Acceptance: `kill -9` during sustained traffic from 50 publishers to 50 persistent

@@ -484,6 +484,44 @@ async fn subscribers_that_never_acknowledge_cannot_pause_publishers_for_long() {
     assert_ne!(first.byte1 & 0x08, 0, "DUP on the resent window");
 }
 
+/// What a client leaves unacknowledged counts against its queue's byte limit: a subscriber
+/// that never acknowledges held a whole inflight window of messages (32 of up to 1 MiB) on top
+/// of its queue, uncounted anywhere.
+#[tokio::test]
+async fn unacknowledged_messages_count_against_the_queue_bytes() {
+    let b = Broker::start_with("[limits]\nmax_queued_bytes = 102400\n");
+    let mut sub = Wire::connected(b.port(), 4, "holder").await;
+    sub.send(&subscribe_packet(4, 1, "q", 1)).await;
+    assert_eq!(sub.recv().await.expect("SUBACK").kind(), 9);
+    let mut publisher = Wire::connected(b.port(), 4, "flood").await;
+    let payload = vec![b'p'; 10 * 1024];
+    let mut batch = Vec::new();
+    for id in 1..=50u16 {
+        batch.extend(publish_packet(4, "q", 1, id, false, &payload));
+    }
+    publisher.send(&batch).await;
+    for _ in 0..50 {
+        assert_eq!(publisher.recv().await.expect("PUBACK").kind(), 4);
+    }
+    let mut held = Vec::new();
+    while let Some(p) = sub.recv_within(Duration::from_millis(500)).await {
+        held.push(p);
+    }
+    assert_eq!(held.len(), 9, "100 KiB of 10 KiB messages, in flight");
+    let metrics = b.ctl_ok(&["metrics"]);
+    let queued: u64 = metric(&metrics, "queued_bytes");
+    assert!((9 * 10 * 1024..=102_400).contains(&queued), "{queued}");
+    assert_eq!(metric::<u64>(&metrics, "messages_dropped"), 41);
+    // Acknowledged, they are given back.
+    for p in &held {
+        sub.send(&packet(0x40, &p.body[3..5])).await;
+    }
+    wait_until("the acknowledged bytes given back", || {
+        metric::<u64>(&b.ctl_ok(&["metrics"]), "queued_bytes") == 0
+    })
+    .await;
+}
+
 /// Queues of offline sessions drain only when their clients return, so they must not pause
 /// publishers (64 offline `#` subscribers used to stop every publisher for as long as they
 /// stayed away); they are bounded together by `max_offline_queued_bytes` instead.

@@ -562,31 +562,67 @@ impl Session {
     /// Moves deliveries from the queue into `out`, preserving order: at most `max_qos_gt0` of
     /// QoS > 0 (the inflight window's room), and — once at least one is taken — no more than
     /// `max_bytes` in all, so a slow reader's write buffer stays bounded.
-    pub(crate) fn drain(&self, out: &mut Vec<Delivery>, max_qos_gt0: usize, max_bytes: usize) {
-        let mut taken = 0;
-        {
-            let mut q = self.queue.lock();
-            let mut budget = max_qos_gt0;
-            while let Some((front, size)) = q.items.front() {
-                if front.qos != QoS::AtMostOnce {
-                    if budget == 0 {
-                        break;
-                    }
-                    budget -= 1;
-                }
-                if taken > 0 && taken + size > max_bytes {
+    ///
+    /// A QoS 0 delivery's bytes are given back here; a QoS 1 / 2 one stays charged until it
+    /// leaves the inflight window ([`Session::release_held`]), so what a client leaves
+    /// unacknowledged counts against its queue's byte limit and the broker-wide totals.
+    ///
+    /// `released`: bytes of QoS 1 / 2 deliveries that left the inflight window meanwhile
+    /// ([`Session::release_held`]), given back under the same lock.
+    pub(crate) fn drain(
+        &self,
+        out: &mut Vec<Delivery>,
+        max_qos_gt0: usize,
+        max_bytes: usize,
+        released: usize,
+    ) {
+        let (mut taken, mut sent_qos0) = (0, 0);
+        let mut q = self.queue.lock();
+        let mut budget = max_qos_gt0;
+        while let Some((front, size)) = q.items.front() {
+            if front.qos != QoS::AtMostOnce {
+                if budget == 0 {
                     break;
                 }
-                if let Some((d, size)) = q.items.pop_front() {
-                    taken += size;
-                    out.push(d);
-                }
+                budget -= 1;
             }
-            q.bytes -= taken;
-            if taken > 0 {
-                self.limits.release(taken, self.is_online());
+            if taken > 0 && taken + size > max_bytes {
+                break;
+            }
+            if let Some((d, size)) = q.items.pop_front() {
+                taken += size;
+                if d.qos == QoS::AtMostOnce {
+                    sent_qos0 += size;
+                }
+                out.push(d);
             }
         }
+        // Never below nothing: a session emptied meanwhile was given back everything.
+        let freed = sent_qos0 + released.min(q.bytes - sent_qos0);
+        if freed > 0 {
+            q.bytes -= freed;
+            self.limits.release(freed, self.is_online());
+        }
+    }
+
+    /// Gives back `n` bytes of QoS 1 / 2 deliveries that left the inflight window
+    /// (acknowledged, refused or dropped). Never below nothing: a session emptied meanwhile
+    /// ([`Session::clear_queue`]) was already given back everything.
+    pub(crate) fn release_held(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let mut q = self.queue.lock();
+        let n = n.min(q.bytes);
+        q.bytes -= n;
+        self.limits.release(n, self.is_online());
+    }
+
+    /// Charges `n` bytes of QoS 1 / 2 deliveries read back from the store as in flight.
+    pub(crate) fn restore_held(&self, n: usize) {
+        let mut q = self.queue.lock();
+        q.bytes += n;
+        self.limits.charge(n, self.is_online());
     }
 
     /// True when its queue takes no more messages (`limits.max_queued_messages` or
@@ -616,15 +652,18 @@ impl Session {
         self.queue.lock().items.len()
     }
 
-    /// Bytes queued (the sum of [`Delivery::size`]).
+    /// Bytes held for the session: queued, and QoS 1 / 2 in flight (the sum of
+    /// [`Delivery::size`]).
     pub fn queued_bytes(&self) -> usize {
         self.queue.lock().bytes
     }
 
-    /// Empties the queue and returns what it held, oldest first.
+    /// Empties the queue and returns what it held, oldest first (what is in flight stays, and
+    /// stays charged).
     pub(crate) fn take_queued(&self) -> Vec<Delivery> {
         let mut q = self.queue.lock();
-        let freed = std::mem::take(&mut q.bytes);
+        let freed: usize = q.items.iter().map(|(_, size)| size).sum();
+        q.bytes -= freed;
         self.limits.release(freed, self.is_online());
         q.items.drain(..).map(|(d, _)| d).collect()
     }

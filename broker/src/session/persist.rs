@@ -377,6 +377,7 @@ pub fn rebuild(
     let mut last_seq = 0;
     let mut queued = Vec::new();
     let mut expired_messages = Vec::new();
+    let mut held = 0;
     {
         let mut parked = session.parked.lock();
         let parked = parked.get_or_insert_with(Box::default);
@@ -394,16 +395,21 @@ pub fn rebuild(
                 continue;
             };
             match inflight {
-                Some((packet_id, released)) => parked.outgoing.push_back(Outgoing {
-                    packet_id: PacketId::new(packet_id).ok_or("packet id 0")?,
-                    delivery,
-                    released,
-                }),
+                Some((packet_id, released)) => {
+                    // In flight, it stays charged to the queue until acknowledged.
+                    held += delivery.size();
+                    parked.outgoing.push_back(Outgoing {
+                        packet_id: PacketId::new(packet_id).ok_or("packet id 0")?,
+                        delivery,
+                        released,
+                    });
+                }
                 None => queued.push(delivery),
             }
         }
     }
     session.restore_seq(last_seq);
+    session.restore_held(held);
     for delivery in queued {
         session.restore_queued(delivery);
     }

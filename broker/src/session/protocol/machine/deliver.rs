@@ -97,7 +97,8 @@ impl Machine {
             return 0;
         }
         let mut batch = DRAINED.take();
-        self.session.drain(&mut batch, room, space);
+        let released = std::mem::take(&mut self.released);
+        self.session.drain(&mut batch, room, space, released);
         let delivered = out.wants(MessageEvent::Delivered);
         let mut sent = 0u64;
         for d in batch.drain(..) {
@@ -132,13 +133,18 @@ impl Machine {
     }
 
     /// A delivery that will not reach the client: out of the store, and counted.
-    fn dropped(&self, d: &Delivery, why: DropReason, out: &mut impl Outputs) {
+    fn dropped(&mut self, d: &Delivery, why: DropReason, out: &mut impl Outputs) {
         self.forget(d, out);
         out.emit(Output::Message(MessageEvent::Dropped(why), d));
     }
 
-    /// Removes a delivery from the session store once it is acknowledged or dropped.
-    pub(super) fn forget(&self, d: &Delivery, out: &mut impl Outputs) {
+    /// Removes a delivery from the session store once it is acknowledged or dropped, and
+    /// notes the bytes a QoS 1 / 2 one held in its session's queue, given back with the next
+    /// drain (one queue lock for a batch of acknowledgements, not one each).
+    pub(super) fn forget(&mut self, d: &Delivery, out: &mut impl Outputs) {
+        if d.qos != QoS::AtMostOnce {
+            self.released += d.size();
+        }
         if d.seq > 0 {
             let op = Op::DeleteMessage {
                 client_id: self.client_id.clone(),

@@ -148,6 +148,16 @@ pub struct Machine {
     /// Topic aliases this broker assigns in what it sends (v5 clients that accept some; boxed
     /// like the other rarely used parts, to keep an idle connection small).
     out_aliases: Option<Box<OutAliases>>,
+    /// Bytes of QoS 1 / 2 deliveries that left the inflight window since the last drain, to
+    /// give back to the session's queue ([`Session::release_held`]).
+    released: usize,
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.session
+            .release_held(std::mem::take(&mut self.released));
+    }
 }
 
 impl Machine {
@@ -173,6 +183,7 @@ impl Machine {
             client_max_packet: negotiated.client_max_packet,
             out_aliases: OutAliases::new(negotiated.outbound_aliases, limits.topic_alias_maximum)
                 .map(Box::new),
+            released: 0,
         }
     }
 
@@ -273,7 +284,7 @@ impl Machine {
     }
 
     /// A delivery the client acknowledged: out of the store, and `message.acked`.
-    fn acked(&self, d: &Delivery, out: &mut impl Outputs) {
+    fn acked(&mut self, d: &Delivery, out: &mut impl Outputs) {
         self.forget(d, out);
         if out.wants(MessageEvent::Acked) {
             out.emit(Output::Message(MessageEvent::Acked, d));
