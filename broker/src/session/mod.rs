@@ -29,6 +29,7 @@
 //! `parked` are ever held together. None is held across `.await`.
 
 pub use crate::message::{Message, MessageProperties};
+pub use accounting::{QueueLimits, ShardedGauge, WillCharge};
 pub use control::{
     control_line, Control, ControlLine, ControlReceiver, ControlSender, DisconnectReason,
     KickReason,
@@ -36,6 +37,7 @@ pub use control::{
 pub use identity::Identity;
 pub use subscriptions::{key_bytes, Subscription, Subscriptions};
 
+mod accounting;
 mod control;
 mod identity;
 pub mod persist;
@@ -54,7 +56,7 @@ pub fn sub_options(o: &crate::codec::SubscriptionOptions) -> plugin_api::SubOpti
 }
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -89,127 +91,6 @@ impl Delivery {
     /// A message shared by many sessions is charged to each: the bound stays conservative.
     pub fn size(&self) -> usize {
         DELIVERY_OVERHEAD + self.message.content_size() + self.subscription_ids.len() * 4
-    }
-}
-
-/// A gauge updated from many threads at message rate: one cache line per shard, each thread
-/// writing its own, so publishers and subscribers on different cores do not bounce one line
-/// between them. Reading sums the shards (rarely: once per batch of packets, for metrics).
-#[derive(Debug)]
-pub struct ShardedGauge {
-    shards: [Shard; GAUGE_SHARDS],
-}
-
-const GAUGE_SHARDS: usize = 16;
-
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Shard(std::sync::atomic::AtomicIsize);
-
-impl Default for ShardedGauge {
-    fn default() -> Self {
-        ShardedGauge {
-            shards: std::array::from_fn(|_| Shard::default()),
-        }
-    }
-}
-
-impl ShardedGauge {
-    fn shard(&self) -> &std::sync::atomic::AtomicIsize {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        thread_local! {
-            static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % GAUGE_SHARDS;
-        }
-        &self.shards[INDEX.with(|i| *i)].0
-    }
-
-    /// Adds `n`.
-    pub fn add(&self, n: usize) {
-        self.shard().fetch_add(n as isize, Ordering::Relaxed);
-    }
-
-    /// Subtracts `n` (a shard may go negative: only the sum means anything).
-    pub fn sub(&self, n: usize) {
-        self.shard().fetch_sub(n as isize, Ordering::Relaxed);
-    }
-
-    /// The current total.
-    pub fn sum(&self) -> usize {
-        let total: isize = self
-            .shards
-            .iter()
-            .map(|s| s.0.load(Ordering::Relaxed))
-            .sum();
-        total.max(0) as usize
-    }
-}
-
-/// The limits every session queue obeys, and the broker-wide count of queued bytes. One per
-/// broker, shared by its sessions.
-#[derive(Debug)]
-pub struct QueueLimits {
-    /// `limits.max_queued_messages`.
-    pub max_messages: usize,
-    /// `limits.max_queued_bytes`.
-    pub max_bytes: usize,
-    /// `session.queue_qos0_messages`.
-    pub queue_qos0_offline: bool,
-    /// Bytes queued over all sessions right now.
-    pub total_bytes: ShardedGauge,
-    /// The part of `total_bytes` queued for sessions with no connection attached. A session
-    /// moves its queue's bytes in and out of it when it goes offline and back, under its queue
-    /// lock, so the two never disagree.
-    pub offline_bytes: ShardedGauge,
-    /// `limits.max_offline_queued_bytes` (0: no limit).
-    pub max_offline_bytes: usize,
-    /// The session store, when every change is written as it happens (`durability = "ack"`).
-    pub live_store: std::sync::OnceLock<Arc<store::Store>>,
-    /// `limits.max_pending_will_bytes` (0: no limit).
-    pub max_pending_will_bytes: usize,
-    /// Bytes held by wills waiting for their delay, over all sessions ([`WillCharge`]).
-    pub pending_will_bytes: AtomicUsize,
-}
-
-impl QueueLimits {
-    /// Limits from the configuration, nothing queued yet.
-    pub fn new(max_messages: usize, max_bytes: usize, queue_qos0_offline: bool) -> Self {
-        QueueLimits {
-            max_messages,
-            max_bytes,
-            queue_qos0_offline,
-            total_bytes: ShardedGauge::default(),
-            offline_bytes: ShardedGauge::default(),
-            max_offline_bytes: 0,
-            live_store: std::sync::OnceLock::new(),
-            max_pending_will_bytes: 0,
-            pending_will_bytes: AtomicUsize::new(0),
-        }
-    }
-
-    /// Bytes queued over all sessions.
-    pub fn total(&self) -> usize {
-        self.total_bytes.sum()
-    }
-
-    /// Bytes queued for sessions with a connection attached: the queues that drain.
-    pub fn online(&self) -> usize {
-        self.total().saturating_sub(self.offline_bytes.sum())
-    }
-
-    /// Adds `n` bytes queued for a session, online or not. Called under its queue lock.
-    fn charge(&self, n: usize, online: bool) {
-        self.total_bytes.add(n);
-        if !online {
-            self.offline_bytes.add(n);
-        }
-    }
-
-    /// Gives back `n` bytes [`QueueLimits::charge`]d. Called under its queue lock.
-    fn release(&self, n: usize, online: bool) {
-        self.total_bytes.sub(n);
-        if !online {
-            self.offline_bytes.sub(n);
-        }
     }
 }
 
@@ -250,42 +131,6 @@ pub struct PendingWill {
     pub charge: WillCharge,
 }
 
-/// The bytes a pending will holds of the broker-wide `limits.max_pending_will_bytes`, given
-/// back when it is dropped — published, cancelled by a reconnect, or ended with its session.
-#[derive(Debug)]
-pub struct WillCharge {
-    bytes: usize,
-    limits: Arc<QueueLimits>,
-}
-
-impl WillCharge {
-    /// Charges `message` against the budget; `None` when it would pass it.
-    pub fn take(limits: &Arc<QueueLimits>, message: &Message) -> Option<WillCharge> {
-        let bytes = std::mem::size_of::<PendingWill>() + message.content_size();
-        let before = limits
-            .pending_will_bytes
-            .fetch_add(bytes, Ordering::Relaxed);
-        let max = limits.max_pending_will_bytes;
-        if max > 0 && before + bytes > max {
-            limits
-                .pending_will_bytes
-                .fetch_sub(bytes, Ordering::Relaxed);
-            return None;
-        }
-        Some(WillCharge {
-            bytes,
-            limits: limits.clone(),
-        })
-    }
-}
-
-impl Drop for WillCharge {
-    fn drop(&mut self) {
-        let gauge = &self.limits.pending_will_bytes;
-        gauge.fetch_sub(self.bytes, Ordering::Relaxed);
-    }
-}
-
 /// What the router stores for each subscription.
 #[derive(Debug, Clone)]
 pub struct SubEntry {
@@ -302,6 +147,16 @@ struct Queue {
     items: VecDeque<(Delivery, usize)>,
     /// Sum of the items' [`Delivery::size`].
     bytes: usize,
+    /// Sum of the [`Delivery::size`] of QoS 1 / 2 deliveries taken from the queue and not yet
+    /// acknowledged (in flight, or parked with the session).
+    held: usize,
+}
+
+impl Queue {
+    /// Everything charged to the session: queued and held.
+    fn charged(&self) -> usize {
+        self.bytes + self.held
+    }
 }
 
 /// The shared part of a session.
@@ -425,6 +280,7 @@ impl Session {
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
                 bytes: 0,
+                held: 0,
             }),
             notify: Notify::new(),
             limits,
@@ -475,9 +331,9 @@ impl Session {
             let q = self.queue.lock();
             if self.online.swap(online, Ordering::AcqRel) != online {
                 if online {
-                    self.limits.offline_bytes.sub(q.bytes);
+                    self.limits.offline_bytes.sub(q.charged());
                 } else {
-                    self.limits.offline_bytes.add(q.bytes);
+                    self.limits.offline_bytes.add(q.charged());
                 }
             }
         }
@@ -515,7 +371,7 @@ impl Session {
         let encoded = store.map(|_| persist::encode_delivery(&delivery));
         let was_empty = {
             let mut q = self.queue.lock();
-            if q.items.len() >= limits.max_messages || q.bytes + size > limits.max_bytes {
+            if q.items.len() >= limits.max_messages || q.charged() + size > limits.max_bytes {
                 return Enqueued::Dropped;
             }
             let online = self.online.load(Ordering::Acquire);
@@ -576,7 +432,7 @@ impl Session {
         max_bytes: usize,
         released: usize,
     ) {
-        let (mut taken, mut sent_qos0) = (0, 0);
+        let (mut taken, mut held) = (0, 0);
         let mut q = self.queue.lock();
         let mut budget = max_qos_gt0;
         while let Some((front, size)) = q.items.front() {
@@ -591,16 +447,18 @@ impl Session {
             }
             if let Some((d, size)) = q.items.pop_front() {
                 taken += size;
-                if d.qos == QoS::AtMostOnce {
-                    sent_qos0 += size;
+                if d.qos != QoS::AtMostOnce {
+                    held += size;
                 }
                 out.push(d);
             }
         }
         // Never below nothing: a session emptied meanwhile was given back everything.
-        let freed = sent_qos0 + released.min(q.bytes - sent_qos0);
+        let released = released.min(q.held);
+        q.bytes -= taken;
+        q.held = q.held - released + held;
+        let freed = taken - held + released;
         if freed > 0 {
-            q.bytes -= freed;
             self.limits.release(freed, self.is_online());
         }
     }
@@ -613,15 +471,15 @@ impl Session {
             return;
         }
         let mut q = self.queue.lock();
-        let n = n.min(q.bytes);
-        q.bytes -= n;
+        let n = n.min(q.held);
+        q.held -= n;
         self.limits.release(n, self.is_online());
     }
 
     /// Charges `n` bytes of QoS 1 / 2 deliveries read back from the store as in flight.
     pub(crate) fn restore_held(&self, n: usize) {
         let mut q = self.queue.lock();
-        q.bytes += n;
+        q.held += n;
         self.limits.charge(n, self.is_online());
     }
 
@@ -629,7 +487,7 @@ impl Session {
     /// `max_queued_bytes` reached): a shared subscription passes the message to another member.
     pub fn queue_full(&self) -> bool {
         let q = self.queue.lock();
-        q.items.len() >= self.limits.max_messages || q.bytes >= self.limits.max_bytes
+        q.items.len() >= self.limits.max_messages || q.charged() >= self.limits.max_bytes
     }
 
     /// True when deliveries are waiting.
@@ -655,15 +513,14 @@ impl Session {
     /// Bytes held for the session: queued, and QoS 1 / 2 in flight (the sum of
     /// [`Delivery::size`]).
     pub fn queued_bytes(&self) -> usize {
-        self.queue.lock().bytes
+        self.queue.lock().charged()
     }
 
     /// Empties the queue and returns what it held, oldest first (what is in flight stays, and
     /// stays charged).
     pub(crate) fn take_queued(&self) -> Vec<Delivery> {
         let mut q = self.queue.lock();
-        let freed: usize = q.items.iter().map(|(_, size)| size).sum();
-        q.bytes -= freed;
+        let freed = std::mem::take(&mut q.bytes);
         self.limits.release(freed, self.is_online());
         q.items.drain(..).map(|(d, _)| d).collect()
     }
@@ -671,7 +528,7 @@ impl Session {
     pub(crate) fn clear_queue(&self) {
         let mut q = self.queue.lock();
         q.items.clear();
-        let freed = std::mem::take(&mut q.bytes);
+        let freed = std::mem::take(&mut q.bytes) + std::mem::take(&mut q.held);
         self.limits.release(freed, self.is_online());
     }
 
