@@ -73,8 +73,11 @@ metrics! {
     Counter connections_refused,
     /// Sessions currently held (online and offline).
     Gauge sessions,
-    /// Clients refused because limits.max_sessions sessions were held.
+    /// Clients refused because limits.max_sessions sessions were held, all of them connected.
     Counter sessions_refused,
+    /// Persistent sessions ended to make room for a new client at limits.max_sessions (the one
+    /// offline longest first).
+    Counter sessions_evicted,
     /// Bytes of read buffers holding packets still arriving and of topic-alias topics, beyond
     /// the first 64 KiB of each connection's (limits.max_incoming_bytes).
     Gauge incoming_bytes,

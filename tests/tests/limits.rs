@@ -352,31 +352,23 @@ async fn connack(port: u16, level: u8, id: &str, clean: bool) -> (Wire, (u8, u8,
     (w, got)
 }
 
-/// limits.max_sessions: a client id with no session is refused once that many are held
-/// (v5 CONNACK 0x97, MQTT 3 0x03); clients that have a session still connect, and an ended
-/// session makes room.
+/// limits.max_sessions: a client id with no session is refused once that many are held and
+/// all of them are connected (v5 CONNACK 0x97, MQTT 3 0x03); clients that have a session still
+/// connect, and an ended session makes room.
 #[tokio::test]
 async fn sessions_are_bounded() {
     let b = Broker::start_with("[limits]\nmax_sessions = 2\n");
-    // An offline persistent session and a live clean one: two sessions.
-    let (kept, ack) = connack(b.port(), 4, "kept", false).await;
+    let (_one, ack) = connack(b.port(), 4, "one", true).await;
     assert_eq!(ack, (2, 0, 0));
-    drop(kept);
     let (live, ack) = connack(b.port(), 5, "live", true).await;
     assert_eq!(ack, (2, 0, 0));
-    wait_until("two sessions", || {
-        b.ctl_ok(&["metrics"]).contains("broker_sessions 2\n")
-    })
-    .await;
 
     let (_w, ack) = connack(b.port(), 5, "third", true).await;
     assert_eq!(ack, (2, 0, 0x97), "v5: quota exceeded");
     let (_w, ack) = connack(b.port(), 4, "third", false).await;
     assert_eq!(ack, (2, 0, 3), "MQTT 3: server unavailable");
 
-    // Those that have a session still connect: resumed, and taken over with a clean start.
-    let (_kept, ack) = connack(b.port(), 4, "kept", false).await;
-    assert_eq!(ack, (2, 1, 0), "the offline session resumed");
+    // Those that have a session still connect: taken over with a clean start.
     let (live_again, ack) = connack(b.port(), 5, "live", true).await;
     assert_eq!(ack, (2, 0, 0), "taken over with a clean start");
     drop(live);
@@ -393,6 +385,49 @@ async fn sessions_are_bounded() {
         .ctl_ok(&["metrics"])
         .contains("broker_sessions_refused_total 2"));
     assert!(b.log().contains("session limit reached"));
+}
+
+/// At limits.max_sessions a new client id ends the persistent session offline longest rather
+/// than being refused: otherwise sessions left behind by anyone, never expiring, would lock
+/// every new client out for good.
+#[tokio::test]
+async fn a_new_client_ends_the_session_offline_longest_at_the_limit() {
+    let b = Broker::start_with("[limits]\nmax_sessions = 3\n");
+    for id in ["old", "newer"] {
+        let (w, ack) = connack(b.port(), 4, id, false).await;
+        assert_eq!(ack, (2, 0, 0));
+        drop(w);
+        wait_until("offline", || {
+            b.ctl_ok(&["sessions", "list", "--offline"]).contains(id)
+        })
+        .await;
+    }
+    // "old" resumed and left again: now "newer" has been offline longest.
+    let (w, ack) = connack(b.port(), 4, "old", false).await;
+    assert_eq!(ack, (2, 1, 0));
+    drop(w);
+    let (_online, ack) = connack(b.port(), 4, "online", true).await;
+    assert_eq!(ack, (2, 0, 0));
+    wait_until("three sessions, two offline", || {
+        let list = b.ctl_ok(&["sessions", "list", "--offline"]);
+        list.contains("old") && list.contains("newer")
+    })
+    .await;
+
+    let (_w, ack) = connack(b.port(), 4, "fresh", true).await;
+    assert_eq!(ack, (2, 0, 0), "room made");
+    let list = b.ctl_ok(&["sessions", "list", "--offline"]);
+    assert!(!list.contains("newer") && list.contains("old"), "{list}");
+    let metrics = b.ctl_ok(&["metrics"]);
+    assert!(
+        metrics.contains("broker_sessions_evicted_total 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("broker_sessions 3\n"), "{metrics}");
+    assert!(b.log().contains("limits.max_sessions reached"));
+    // The ended session is gone: its client starts afresh.
+    let (_w, ack) = connack(b.port(), 4, "newer", false).await;
+    assert_eq!(ack, (2, 0, 0), "no session present");
 }
 
 /// The `incoming_bytes` gauge.

@@ -86,6 +86,11 @@ pub struct Broker {
     subscription_refusals: crate::clock::AtMostEvery,
     /// When `limits.max_offline_queued_bytes` last dropped a message (for its log).
     offline_drops: crate::clock::AtMostEvery,
+    /// Persistent sessions in the order they went offline, oldest first: the ones ended to
+    /// make room at `limits.max_sessions` ([`Broker::note_offline`]).
+    offline_order: Mutex<std::collections::VecDeque<overload::OfflineEntry>>,
+    /// When a session was last ended to make room (for its log).
+    session_evictions: crate::clock::AtMostEvery,
 }
 
 /// A listener as bound, for the management API.
@@ -200,6 +205,8 @@ impl Broker {
             will_refusals: crate::clock::AtMostEvery::default(),
             subscription_refusals: crate::clock::AtMostEvery::default(),
             offline_drops: crate::clock::AtMostEvery::default(),
+            offline_order: Mutex::new(std::collections::VecDeque::new()),
+            session_evictions: crate::clock::AtMostEvery::default(),
         })
     }
 
@@ -1023,7 +1030,11 @@ impl Broker {
                 Some(old) if !clean_start => (old, true),
                 other => {
                     let max = self.config.limits.max_sessions;
-                    if other.is_none() && max > 0 && sessions.len() >= max {
+                    if other.is_none()
+                        && max > 0
+                        && sessions.len() >= max
+                        && !self.evict_oldest_offline(&mut sessions)
+                    {
                         metrics::add(&self.metrics.sessions_refused, 1);
                         return Err(SessionLimitReached);
                     }
@@ -1075,6 +1086,7 @@ impl Broker {
     /// Registers a session read back from disc ([`crate::session::persist`]), replacing none:
     /// it runs before the first connection.
     pub fn register_restored(&self, session: Arc<Session>) {
+        self.note_offline(&session, session.generation.load(Ordering::Acquire));
         let mut sessions = self.sessions.lock();
         if sessions
             .insert(session.client_id.clone(), session)
@@ -1106,7 +1118,7 @@ impl Broker {
 
     /// Removes a session's subscriptions and queue, publishing its pending will. The caller has
     /// already taken it out of the registry.
-    fn discard_session(&self, session: &Arc<Session>) {
+    pub(crate) fn discard_session(&self, session: &Arc<Session>) {
         metrics::sub(&self.metrics.sessions, 1);
         // Only sessions that were written: a clean session's end costs the store nothing.
         if session.in_store.swap(false, Ordering::Relaxed) {

@@ -9,8 +9,16 @@
 //! disconnected as slow consumers (MQTT 5: DISCONNECT 0x97) and their queued messages dropped —
 //! the fewest sessions that bring the total under the low mark (90 %). Their in-flight
 //! messages stay with the session and are sent again when the client returns.
+//!
+//! At `limits.max_sessions`, a client id with no session makes room by ending the persistent
+//! session that has been offline longest ([`Broker::evict_oldest_offline`]); only when every
+//! session has a connection is it refused. Persistent sessions never expire by default, so
+//! refusing instead would let anyone who once filled the table with client ids of their own —
+//! a minute of connects — lock every new client out for good, across restarts.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -101,6 +109,73 @@ impl Broker {
                 });
             }
             tracing::info!(client_id = %session.client_id, queued_bytes = bytes, messages = dropped.len(), "slow consumer disconnected at the memory high-water mark; its queued messages dropped");
+        }
+    }
+}
+
+/// A persistent session that went offline, as [`Broker::note_offline`] recorded it.
+#[derive(Debug)]
+pub(super) struct OfflineEntry {
+    session: Weak<Session>,
+    /// Its connection generation then: a later connection makes the entry stale.
+    generation: u64,
+}
+
+impl OfflineEntry {
+    /// The session, while it is still offline since this entry was made.
+    fn current(&self) -> Option<Arc<Session>> {
+        let session = self.session.upgrade()?;
+        let same = session.generation.load(Ordering::Acquire) == self.generation;
+        (same && !session.is_online()).then_some(session)
+    }
+}
+
+impl Broker {
+    /// Records that `session` (persistent) went offline after connection `generation`. Stale
+    /// entries — sessions since resumed or ended — are dropped once they outnumber the
+    /// sessions, so the record stays within twice the session count.
+    pub fn note_offline(&self, session: &Arc<Session>, generation: u64) {
+        let mut order = self.offline_order.lock();
+        order.push_back(OfflineEntry {
+            session: Arc::downgrade(session),
+            generation,
+        });
+        let sessions = self.metrics.sessions.load(Ordering::Relaxed) as usize;
+        if order.len() > 2 * sessions + 1024 {
+            order.retain(|e| e.current().is_some());
+        }
+    }
+
+    /// Ends the persistent session offline longest to make room for a new one; false when no
+    /// session is offline. `sessions` is the registry, locked by the caller.
+    pub(super) fn evict_oldest_offline(
+        &self,
+        sessions: &mut HashMap<Arc<str>, Arc<Session>>,
+    ) -> bool {
+        loop {
+            let Some(entry) = self.offline_order.lock().pop_front() else {
+                return false;
+            };
+            let Some(session) = entry.current() else {
+                continue;
+            };
+            let registered = sessions
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, &session));
+            if !registered || session.control.lock().is_some() {
+                continue;
+            }
+            sessions.remove(&session.client_id);
+            self.discard_session(&session);
+            metrics::add(&self.metrics.sessions_evicted, 1);
+            if self.session_evictions.due(10_000) {
+                tracing::warn!(
+                    client_id = %session.client_id,
+                    offline_since = ?session.offline_since(),
+                    "limits.max_sessions reached: the session offline longest was ended to make room for a new client"
+                );
+            }
+            return true;
         }
     }
 }

@@ -476,8 +476,9 @@ pub struct Limits {
     /// would pass it is published when its connection closes, without the delay. 0 = no
     /// limit.
     pub max_pending_will_bytes: usize,
-    /// Sessions the broker holds at once, online and offline; a client whose id has no
-    /// session is refused beyond it (CONNACK 0x97, MQTT 3: 0x03). 0 = no limit.
+    /// Sessions the broker holds at once, online and offline. At the limit a client whose id
+    /// has no session ends the session offline longest; when none is offline it is refused
+    /// (CONNACK 0x97, MQTT 3: 0x03). 0 = no limit.
     pub max_sessions: usize,
     /// Bytes all connections together may hold of their clients' input — packets still
     /// arriving, the topics of v5 topic aliases, wills and user names — beyond the first

@@ -153,6 +153,7 @@ impl Connection {
         let session = &self.machine.session;
         if self.machine.session_expiry > 0 {
             self.broker.store_session(session);
+            self.broker.note_offline(session, self.generation);
         }
         match self.machine.session_expiry {
             0 => self.broker.end_session(session, self.generation),
