@@ -378,23 +378,34 @@ async fn keep_alive_is_enforced_while_writes_are_blocked() {
     assert!(started.elapsed() < Duration::from_secs(8));
 }
 
+/// A client `id` (MQTT 3.1.1, `clean` session or not) subscribed to `q` at QoS 1.
+async fn subscribed_to_q(port: u16, id: &str, clean: bool) -> Wire {
+    let mut sub = Wire::open(port).await;
+    sub.send(&connect_packet(4, id, clean, 60)).await;
+    assert_eq!(sub.recv().await.expect("CONNACK").kind(), 2);
+    sub.send(&subscribe_packet(4, 1, "q", 1)).await;
+    assert_eq!(sub.recv().await.expect("SUBACK").kind(), 9);
+    sub
+}
+
+/// `n` QoS 1 PUBLISH packets of 10 KiB to `q`, packet ids 1..=n.
+fn flood_of_q(n: u16) -> Vec<u8> {
+    let payload = vec![b'p'; 10 * 1024];
+    (1..=n)
+        .flat_map(|id| publish_packet(4, "q", 1, id, false, &payload))
+        .collect()
+}
+
 /// Back-pressure: past the memory high-water mark, publishers are no longer read until the
 /// queues of connected subscribers drain; subscribers keep being served.
 #[tokio::test]
 async fn publishers_pause_at_the_memory_high_water_mark() {
     let b = Broker::start_with("[limits]\nmemory_high_watermark = 2097152\n");
     // Connected, subscribed, and not reading: its queue fills and stays online.
-    let mut sub = Wire::connected(b.port(), 4, "stalled").await;
-    sub.send(&subscribe_packet(4, 1, "q", 1)).await;
-    assert_eq!(sub.recv().await.expect("SUBACK").kind(), 9);
+    let mut sub = subscribed_to_q(b.port(), "stalled", true).await;
 
     let mut publisher = Wire::connected(b.port(), 4, "flood").await;
-    let payload = vec![b'p'; 10 * 1024];
-    let mut batch = Vec::new();
-    for id in 1..=400u16 {
-        batch.extend(publish_packet(4, "q", 1, id, false, &payload));
-    }
-    publisher.send(&batch).await;
+    publisher.send(&flood_of_q(400)).await;
     let mut acks = 0;
     while publisher
         .recv_within(Duration::from_millis(500))
@@ -439,11 +450,7 @@ async fn subscribers_that_never_acknowledge_cannot_pause_publishers_for_long() {
     let b = Broker::start_with(
         "[limits]\nmemory_high_watermark = 2097152\nslow_consumer_timeout = 2\n",
     );
-    let mut sub = Wire::open(b.port()).await;
-    sub.send(&connect_packet(4, "taker", false, 60)).await;
-    assert_eq!(sub.recv().await.expect("CONNACK").kind(), 2);
-    sub.send(&subscribe_packet(4, 1, "q", 1)).await;
-    assert_eq!(sub.recv().await.expect("SUBACK").kind(), 9);
+    let mut sub = subscribed_to_q(b.port(), "taker", false).await;
     let reader = tokio::spawn(async move {
         let mut seen = Vec::new();
         let closed = sub.closed_within(Duration::from_secs(60), &mut seen).await;
@@ -451,12 +458,7 @@ async fn subscribers_that_never_acknowledge_cannot_pause_publishers_for_long() {
     });
 
     let mut publisher = Wire::connected(b.port(), 4, "flood").await;
-    let payload = vec![b'p'; 10 * 1024];
-    let mut batch = Vec::new();
-    for id in 1..=400u16 {
-        batch.extend(publish_packet(4, "q", 1, id, false, &payload));
-    }
-    publisher.send(&batch).await;
+    publisher.send(&flood_of_q(400)).await;
     for _ in 0..400 {
         let ack = publisher
             .recv_within(WAIT)
@@ -490,16 +492,9 @@ async fn subscribers_that_never_acknowledge_cannot_pause_publishers_for_long() {
 #[tokio::test]
 async fn unacknowledged_messages_count_against_the_queue_bytes() {
     let b = Broker::start_with("[limits]\nmax_queued_bytes = 102400\n");
-    let mut sub = Wire::connected(b.port(), 4, "holder").await;
-    sub.send(&subscribe_packet(4, 1, "q", 1)).await;
-    assert_eq!(sub.recv().await.expect("SUBACK").kind(), 9);
+    let mut sub = subscribed_to_q(b.port(), "holder", true).await;
     let mut publisher = Wire::connected(b.port(), 4, "flood").await;
-    let payload = vec![b'p'; 10 * 1024];
-    let mut batch = Vec::new();
-    for id in 1..=50u16 {
-        batch.extend(publish_packet(4, "q", 1, id, false, &payload));
-    }
-    publisher.send(&batch).await;
+    publisher.send(&flood_of_q(50)).await;
     for _ in 0..50 {
         assert_eq!(publisher.recv().await.expect("PUBACK").kind(), 4);
     }
@@ -531,11 +526,7 @@ async fn offline_queues_are_bounded_and_never_pause_publishers() {
         "[limits]\nmemory_high_watermark = 2097152\nmax_offline_queued_bytes = 3145728\n",
     );
     for id in ["away1", "away2"] {
-        let mut sub = Wire::open(b.port()).await;
-        sub.send(&connect_packet(4, id, false, 60)).await;
-        assert_eq!(sub.recv().await.expect("CONNACK").kind(), 2);
-        sub.send(&subscribe_packet(4, 1, "q", 1)).await;
-        assert_eq!(sub.recv().await.expect("SUBACK").kind(), 9);
+        subscribed_to_q(b.port(), id, false).await;
     }
     wait_until("both sessions offline", || {
         b.ctl_ok(&["sessions", "list", "--offline"])
