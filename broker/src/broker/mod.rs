@@ -510,21 +510,21 @@ impl Broker {
 
     /// Disconnects a connected client (v5: DISCONNECT 0x98). Returns false if not connected.
     pub async fn kick(&self, client_id: &str) -> bool {
-        let Some(session) = self.session(client_id) else {
-            return false;
-        };
+        match self.session(client_id) {
+            Some(session) => self.kick_session(&session, KickReason::Kicked).await,
+            None => false,
+        }
+    }
+
+    /// Disconnects the connection attached to `session` for `reason` and waits (at most
+    /// [`TAKEOVER_TIMEOUT`]) until it has handed the session back. False if none is attached.
+    async fn kick_session(&self, session: &Session, reason: KickReason) -> bool {
         let ctrl = session.control.lock().clone();
         let Some(ctrl) = ctrl else {
             return false;
         };
         let (done, wait) = oneshot::channel();
-        if ctrl
-            .send(Control::Kick {
-                reason: KickReason::Kicked,
-                done,
-            })
-            .is_err()
-        {
+        if ctrl.send(Control::Kick { reason, done }).is_err() {
             return false;
         }
         let _ = tokio::time::timeout(TAKEOVER_TIMEOUT, wait).await;

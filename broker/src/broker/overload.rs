@@ -21,12 +21,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-
-use super::{Broker, TAKEOVER_TIMEOUT};
+use super::Broker;
 use crate::metrics;
 use crate::session::store::Op;
-use crate::session::{Control, KickReason, Session};
+use crate::session::{KickReason, Session};
 
 impl Broker {
     /// Watches the high-water mark once a second until shutdown (nothing when there is no
@@ -89,17 +87,7 @@ impl Broker {
             "over limits.memory_high_watermark for limits.slow_consumer_timeout: disconnecting the clients with the largest queues and dropping their queued messages"
         );
         for (bytes, session) in chosen {
-            let ctrl = session.control.lock().clone();
-            if let Some(ctrl) = ctrl {
-                let (done, wait) = oneshot::channel();
-                let kick = Control::Kick {
-                    reason: KickReason::Overload,
-                    done,
-                };
-                if ctrl.send(kick).is_ok() {
-                    let _ = tokio::time::timeout(TAKEOVER_TIMEOUT, wait).await;
-                }
-            }
+            self.kick_session(&session, KickReason::Overload).await;
             let dropped = session.take_queued();
             metrics::add(&self.metrics.messages_dropped, dropped.len() as u64);
             for delivery in dropped.iter().filter(|d| d.seq > 0) {

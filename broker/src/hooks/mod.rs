@@ -291,19 +291,14 @@ impl Published {
     /// wants it.
     pub fn notify(&self, event: &MessageEventView<'_>) {
         let (topic, retain) = (event.message.topic.as_str(), event.message.retain);
-        for p in self.0.at(HookPoint::MESSAGE_PUBLISHED) {
-            if !p.is_active() || !p.publish_filter.wants(topic, retain) {
-                continue;
+        self.0.notify_each(HookPoint::MESSAGE_PUBLISHED, |p| {
+            if p.publish_filter.wants(topic, retain) {
+                p.instance
+                    .on_message_event(HookPoint::MESSAGE_PUBLISHED, event)
+            } else {
+                RResult::ROk(())
             }
-            let t = p.begin();
-            let r = p
-                .instance
-                .on_message_event(HookPoint::MESSAGE_PUBLISHED, event);
-            p.end(t);
-            if let RResult::RErr(e) = r {
-                p.failed(HookPoint::MESSAGE_PUBLISHED, &e);
-            }
-        }
+        });
     }
 }
 
@@ -315,6 +310,26 @@ pub struct HookTable {
 }
 
 impl HookTable {
+    /// Calls `call` for every active plugin registered at `point`, counting, timing and
+    /// logging failures: the shape of every notification hook.
+    fn notify_each(
+        &self,
+        point: HookPoint,
+        call: impl Fn(&PluginHandle) -> RResult<(), PluginError>,
+    ) {
+        for p in self.at(point) {
+            if !p.is_active() {
+                continue;
+            }
+            let t = p.begin();
+            let r = call(p);
+            p.end(t);
+            if let RResult::RErr(e) = r {
+                p.failed(point, &e);
+            }
+        }
+    }
+
     /// Builds the table from the active plugins.
     pub fn build(plugins: &[Arc<PluginHandle>]) -> HookTable {
         let mut points: Vec<Vec<(i32, Arc<PluginHandle>)>> = vec![Vec::new(); HookPoint::ALL.len()];
@@ -468,8 +483,7 @@ impl Hooks {
         self.mask.load(Ordering::Relaxed) & (1 << point.0) != 0
     }
 
-    /// Calls `call` for every active plugin registered at `point`, counting, timing and
-    /// logging failures: the shape of every notification hook.
+    /// [`HookTable::notify_each`] on the current table, when any plugin registered `point`.
     fn notify_each(
         &self,
         point: HookPoint,
@@ -478,18 +492,7 @@ impl Hooks {
         if !self.enabled(point) {
             return;
         }
-        let table = self.table.load();
-        for p in table.at(point) {
-            if !p.is_active() {
-                continue;
-            }
-            let t = p.begin();
-            let r = call(p);
-            p.end(t);
-            if let RResult::RErr(e) = r {
-                p.failed(point, &e);
-            }
-        }
+        self.table.load().notify_each(point, call);
     }
 
     /// Calls a notification hook on every plugin that registered it.
