@@ -83,12 +83,10 @@ fn main() -> ExitCode {
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all().thread_name("broker");
-    // Tasks woken together run in the order they were woken: a worker that finds two clients'
-    // input ready handles the first to arrive first (with the LIFO slot it took the newest), so
-    // a SUBSCRIBE that reached the broker before another client's PUBLISH is in place for it,
-    // as in a single-threaded broker. Measured neutral on throughput (README, Benchmarks).
-    #[cfg(tokio_unstable)]
-    builder.disable_lifo_slot();
+    // tokio's LIFO slot stays on: the delivery a PUBLISH wakes runs next on the same worker,
+    // without waking the other (a cross-CPU wake-up is most of the end-to-end latency at light
+    // load). The arrival order of clients' input is kept by the connections instead: a read
+    // that starts with a PUBLISH lets the input woken with it go first (`connection`, `act`).
     let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {

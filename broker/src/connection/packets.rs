@@ -37,7 +37,6 @@ impl Connection {
     /// requests at once when that needs no plugin call; otherwise it is returned, for
     /// [`Connection::complete`].
     pub(super) fn handle(&mut self, packet: Packet) -> Result<Option<Deferred>, Exit> {
-        let now = tokio::time::Instant::now();
         let (machine, mut effects) = self.split();
         let config = &effects.broker.config;
         let request = match packet {
@@ -49,7 +48,11 @@ impl Connection {
                 };
                 return Ok(self.on_publish(&mut p, target)?.map(Deferred::Publish));
             }
-            other => Machine::handle(machine, other, now, config, &mut effects)?,
+            // Read here, not for every packet: the clock is for the control-packet budget.
+            other => {
+                let now = tokio::time::Instant::now();
+                Machine::handle(machine, other, now, config, &mut effects)?
+            }
         };
         Ok(match request {
             None => None,

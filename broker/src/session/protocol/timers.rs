@@ -59,6 +59,11 @@ impl Liveness {
         self.last_read = now;
     }
 
+    /// How long since input was last read (or the broker last chose not to read).
+    pub fn since_read(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_read)
+    }
+
     /// The broker is not reading by its own choice: the client's silence does not count.
     pub fn not_reading(&mut self, now: Instant) {
         self.last_read = now;
