@@ -21,10 +21,11 @@ mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
+use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::codec::reason::ReasonCode;
@@ -52,8 +53,10 @@ const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Broker {
     /// The configuration it was started with.
     pub config: Arc<Config>,
-    /// Subscriptions: session id → entry, per filter.
-    router: RwLock<Trie<u64, SubEntry>>,
+    /// Subscriptions: session id → entry, per filter. Read for every message routed, written
+    /// for every (un)subscription: each thread reads through a lock of its own (see
+    /// [`Broker::routes`]).
+    router: ShardedLock<Trie<u64, SubEntry>>,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     /// Counters.
     pub metrics: Metrics,
@@ -179,7 +182,7 @@ impl Broker {
                 plugin_config_dir,
             ),
             config: config.clone(),
-            router: RwLock::new(Trie::new()),
+            router: ShardedLock::new(Trie::new()),
             sessions: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             plugin_metrics: metrics::PluginMetrics::default(),
@@ -411,7 +414,7 @@ impl Broker {
             id,
         };
         let bytes = key_bytes(&key);
-        let mut router = self.router.write();
+        let mut router = self.routes_mut();
         router.insert(key.group.as_ref(), &key.filter, session.id, entry);
         let previous = session
             .subscriptions
@@ -453,15 +456,27 @@ impl Broker {
     ) -> Option<Subscription> {
         let sub = session.subscriptions.lock().remove(key)?;
         metrics::sub(&self.metrics.subscription_bytes, key_bytes(key) as u64);
-        self.router
-            .write()
+        self.routes_mut()
             .remove(key.group.as_ref(), &key.filter, &session.id);
         Some(sub)
     }
 
+    /// The router, to read. One lock per thread: with one lock for all, the two cores took
+    /// turns at its cache line for every message (78 % of `route_in`'s own time, ~9 % of the
+    /// broker's CPU in fan-in QoS 0, perf); a subscription change takes them all.
+    fn routes(&self) -> ShardedLockReadGuard<'_, Trie<u64, SubEntry>> {
+        // A panic while it was held leaves the trie whole (its changes are single calls).
+        self.router.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The router, to change (see [`Broker::routes`]).
+    fn routes_mut(&self) -> ShardedLockWriteGuard<'_, Trie<u64, SubEntry>> {
+        self.router.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Subscriptions in the router (every session's, shared ones once per member).
     pub fn subscription_count(&self) -> usize {
-        self.router.read().len()
+        self.routes().len()
     }
 
     /// Removes subscription `raw` (as it was subscribed) from a session, online or offline,
@@ -838,7 +853,7 @@ impl Broker {
         let select = self.hooks.enabled(HookPoint::SESSION_SELECT_SHARED);
         let mut groups: Vec<(Arc<str>, Vec<Target>, usize)> = Vec::new();
         {
-            let router = self.router.read();
+            let router = self.routes();
             let publisher = message.publisher.as_deref();
             let mut shared =
                 |name: &Arc<str>, group: &SharedGroup<u64, SubEntry>, targets: &mut Vec<Target>| {
@@ -1128,7 +1143,7 @@ impl Broker {
         }
         let subs: Vec<_> = session.subscriptions.lock().drain().collect();
         {
-            let mut router = self.router.write();
+            let mut router = self.routes_mut();
             for (key, _) in &subs {
                 router.remove(key.group.as_ref(), &key.filter, &session.id);
             }

@@ -199,8 +199,9 @@ pub struct Session {
 #[derive(Debug, Default)]
 pub struct AclCache {
     /// Oldest first (a `Vec`: eight bytes smaller than a `VecDeque` in every session, and the
-    /// cache is small).
-    entries: Vec<(plugin_api::Access, String, bool, Instant)>,
+    /// cache is small), each with when it was decided ([`crate::platform::coarse_millis`]:
+    /// looked at for every PUBLISH, and a TTL is seconds).
+    entries: Vec<(plugin_api::Access, String, bool, u64)>,
 }
 
 impl AclCache {
@@ -211,10 +212,12 @@ impl AclCache {
         topic: &str,
         ttl: std::time::Duration,
     ) -> Option<bool> {
-        self.entries
+        let (.., allowed, at) = self
+            .entries
             .iter()
-            .find(|(a, t, _, at)| *a == access && t == topic && at.elapsed() < ttl)
-            .map(|e| e.2)
+            .find(|(a, t, ..)| *a == access && t == topic)?;
+        let age = crate::platform::coarse_millis().saturating_sub(*at);
+        (u128::from(age) < ttl.as_millis()).then_some(*allowed)
     }
 
     /// Records a decision, evicting the oldest entry beyond `capacity`.
@@ -228,8 +231,12 @@ impl AclCache {
             let excess = self.entries.len() + 1 - capacity;
             self.entries.drain(..excess);
         }
-        self.entries
-            .push((access, topic.to_owned(), allowed, Instant::now()));
+        self.entries.push((
+            access,
+            topic.to_owned(),
+            allowed,
+            crate::platform::coarse_millis(),
+        ));
     }
 
     /// Forgets everything.
@@ -554,5 +561,31 @@ pub(crate) fn test_delivery(qos: QoS) -> Delivery {
         retain: false,
         subscription_ids: Vec::new(),
         seq: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AclCache;
+    use plugin_api::Access;
+    use std::time::Duration;
+
+    #[test]
+    fn the_acl_cache_answers_fresh_decisions_per_access_and_topic() {
+        let mut cache = AclCache::default();
+        let ttl = Duration::from_secs(60);
+        cache.put(Access::Publish, "a/b", true, 2);
+        cache.put(Access::Subscribe, "a/b", false, 2);
+        assert_eq!(cache.get(Access::Publish, "a/b", ttl), Some(true));
+        assert_eq!(cache.get(Access::Subscribe, "a/b", ttl), Some(false));
+        assert_eq!(cache.get(Access::Publish, "a/c", ttl), None);
+        // A TTL of nothing: every decision is stale at once.
+        assert_eq!(cache.get(Access::Publish, "a/b", Duration::ZERO), None);
+        // The oldest goes beyond the capacity; a decision made again replaces the old one.
+        cache.put(Access::Publish, "a/c", false, 2);
+        assert_eq!(cache.get(Access::Publish, "a/b", ttl), None);
+        cache.put(Access::Publish, "a/c", true, 2);
+        assert_eq!(cache.get(Access::Publish, "a/c", ttl), Some(true));
+        assert_eq!(cache.len(), 2);
     }
 }
