@@ -1,5 +1,6 @@
 //! Wall-clock time stamps in Unix milliseconds, for what outlives the process (the store,
-//! delayed publishes) and what plugins and the management API show.
+//! delayed publishes) and what plugins and the management API show; and a cheap monotonic
+//! clock for ages checked on the message path.
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -9,25 +10,49 @@ pub fn now_ms() -> u64 {
 /// Milliseconds since the Unix epoch from the kernel's coarse clock (a few ms of resolution,
 /// a fraction of the cost): for timestamps on the message path, where a precise clock read per
 /// message would cost more than the hook call it stamps.
-#[cfg(target_os = "linux")]
 pub fn coarse_now_ms() -> u64 {
+    coarse_ms(CoarseClock::Realtime).unwrap_or_else(now_ms)
+}
+
+/// Milliseconds on a monotonic clock, as cheap as [`coarse_now_ms`] where the kernel has a
+/// coarse one: for ages checked for every message (the ACL cache's TTL), which a change of the
+/// wall clock must not stretch.
+pub fn coarse_monotonic_ms() -> u64 {
+    coarse_ms(CoarseClock::Monotonic).unwrap_or_else(|| {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+    })
+}
+
+/// Which of the kernel's coarse clocks to read.
+enum CoarseClock {
+    Realtime,
+    Monotonic,
+}
+
+/// Milliseconds on the kernel's coarse `clock`; `None` where there is none.
+#[cfg(target_os = "linux")]
+fn coarse_ms(clock: CoarseClock) -> Option<u64> {
+    let id = match clock {
+        CoarseClock::Realtime => libc::CLOCK_REALTIME_COARSE,
+        CoarseClock::Monotonic => libc::CLOCK_MONOTONIC_COARSE,
+    };
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes a timespec into the valid, owned `ts`.
-    let ok = unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0;
-    if ok {
-        (ts.tv_sec as u64).saturating_mul(1000) + (ts.tv_nsec as u64) / 1_000_000
-    } else {
-        now_ms()
-    }
+    let ok = unsafe { libc::clock_gettime(id, &mut ts) } == 0;
+    ok.then(|| (ts.tv_sec as u64).saturating_mul(1000) + (ts.tv_nsec as u64) / 1_000_000)
 }
 
-/// Milliseconds since the Unix epoch (the precise clock where no coarse one is known).
+/// No coarse clock known here: the precise ones are used.
 #[cfg(not(target_os = "linux"))]
-pub fn coarse_now_ms() -> u64 {
-    now_ms()
+fn coarse_ms(_clock: CoarseClock) -> Option<u64> {
+    None
 }
 
 /// Milliseconds from the Unix epoch to `t` (0 for a time before it).

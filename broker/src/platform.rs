@@ -9,9 +9,6 @@
 //! * [`restrict_to_owner`]: a secret file (the admin token) readable by its owner only —
 //!   mode 0600 on Unix; on Windows a protected DACL with one entry, full access for the
 //!   current user, and none inherited.
-//! * [`coarse_millis`]: a monotonic clock in milliseconds that is cheap to read, for checks
-//!   made per message with a tolerance of seconds (Linux: `CLOCK_MONOTONIC_COARSE`, read from
-//!   memory the kernel updates every tick; elsewhere the precise clock).
 //! * [`shutdown_requested`]: SIGTERM or SIGINT on Unix; Ctrl-C, Ctrl-Break, closing the
 //!   console or a system shutdown on Windows (what a service manager sends a console program).
 //!
@@ -21,31 +18,6 @@
 //! mapped, so on Windows too a rebuilt plugin can overwrite it and `plugins reload` load it.
 
 use std::path::Path;
-
-/// Milliseconds on a monotonic clock that is cheap to read, accurate to a few milliseconds
-/// (the kernel's tick). The ACL cache checks its entries' age with it for every PUBLISH: the
-/// precise clock cost ~2 % of the broker's CPU there (perf, fan-in QoS 0 with an ACL plugin).
-#[cfg(target_os = "linux")]
-pub fn coarse_millis() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC_COARSE exists on every Linux
-    // since 2.6.32 and cannot fail with a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
-}
-
-/// Milliseconds on a monotonic clock (see the Linux version), since the first call.
-#[cfg(not(target_os = "linux"))]
-pub fn coarse_millis() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-}
 
 /// Raises the soft limit on open files to the hard limit; the limit in force, where there is
 /// one.

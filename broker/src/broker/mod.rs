@@ -1133,7 +1133,7 @@ impl Broker {
 
     /// Removes a session's subscriptions and queue, publishing its pending will. The caller has
     /// already taken it out of the registry.
-    pub(crate) fn discard_session(&self, session: &Arc<Session>) {
+    fn discard_session(&self, session: &Arc<Session>) {
         metrics::sub(&self.metrics.sessions, 1);
         // Only sessions that were written: a clean session's end costs the store nothing.
         if session.in_store.swap(false, Ordering::Relaxed) {

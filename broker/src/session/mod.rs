@@ -199,7 +199,7 @@ pub struct Session {
 #[derive(Debug, Default)]
 pub struct AclCache {
     /// Oldest first (a `Vec`: eight bytes smaller than a `VecDeque` in every session, and the
-    /// cache is small), each with when it was decided ([`crate::platform::coarse_millis`]:
+    /// cache is small), each with when it was decided ([`crate::clock::coarse_monotonic_ms`]:
     /// looked at for every PUBLISH, and a TTL is seconds).
     entries: Vec<(plugin_api::Access, String, bool, u64)>,
 }
@@ -216,7 +216,7 @@ impl AclCache {
             .entries
             .iter()
             .find(|(a, t, ..)| *a == access && t == topic)?;
-        let age = crate::platform::coarse_millis().saturating_sub(*at);
+        let age = crate::clock::coarse_monotonic_ms().saturating_sub(*at);
         (u128::from(age) < ttl.as_millis()).then_some(*allowed)
     }
 
@@ -235,7 +235,7 @@ impl AclCache {
             access,
             topic.to_owned(),
             allowed,
-            crate::platform::coarse_millis(),
+            crate::clock::coarse_monotonic_ms(),
         ));
     }
 
