@@ -10,7 +10,7 @@
 //! id connected elsewhere), `protocol_error`, `server_shutdown`, `io_error`.
 
 use plugin_api::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// etc/plugins/presence.toml.
 #[derive(Debug, Default, Deserialize)]
@@ -27,49 +27,82 @@ pub struct Presence {
     node: String,
 }
 
-fn opt(s: &ROption<RStr<'_>>) -> serde_json::Value {
-    match s {
-        ROption::RSome(v) => serde_json::Value::String(v.as_str().to_owned()),
-        ROption::RNone => serde_json::Value::Null,
-    }
+/// The `connected` document, written straight from the client's view (no intermediate map: this
+/// runs on every connect).
+#[derive(Serialize)]
+pub struct Connected<'a> {
+    clientid: &'a str,
+    username: Option<&'a str>,
+    ipaddress: &'a str,
+    sockport: u16,
+    proto_name: &'a str,
+    proto_ver: u8,
+    keepalive: u16,
+    clean_start: bool,
+    expiry_interval: u32,
+    connected_at: u64,
+    ts: u64,
+}
+
+/// The `disconnected` document.
+#[derive(Serialize)]
+pub struct Disconnected<'a> {
+    clientid: &'a str,
+    username: Option<&'a str>,
+    reason: &'a str,
+    ipaddress: &'a str,
+    connected_at: u64,
+    disconnected_at: u64,
+    ts: u64,
 }
 
 impl Presence {
-    /// The `connected` document.
-    pub fn connected_json(client: &ClientView<'_>, ts: u64) -> serde_json::Value {
-        serde_json::json!({
-            "clientid": client.client_id.as_str(),
-            "username": opt(&client.username),
-            "ipaddress": client.peer_ip.as_str(),
-            "sockport": client.sock_port,
-            "proto_name": client.proto_name.as_str(),
-            "proto_ver": client.proto_ver,
-            "keepalive": client.keep_alive,
-            "clean_start": client.clean_start,
-            "expiry_interval": client.expiry_interval,
-            "connected_at": client.connected_at_ms,
-            "ts": ts,
-        })
+    /// The `connected` document of `client` at `ts` (epoch milliseconds).
+    pub fn connected_json<'a>(client: &'a ClientView<'_>, ts: u64) -> Connected<'a> {
+        Connected {
+            clientid: client.client_id.as_str(),
+            username: client.username.as_ref().map(|u| u.as_str()).into_option(),
+            ipaddress: client.peer_ip.as_str(),
+            sockport: client.sock_port,
+            proto_name: client.proto_name.as_str(),
+            proto_ver: client.proto_ver,
+            keepalive: client.keep_alive,
+            clean_start: client.clean_start,
+            expiry_interval: client.expiry_interval,
+            connected_at: client.connected_at_ms,
+            ts,
+        }
     }
 
-    /// The `disconnected` document.
-    pub fn disconnected_json(client: &ClientView<'_>, reason: &str, ts: u64) -> serde_json::Value {
-        serde_json::json!({
-            "clientid": client.client_id.as_str(),
-            "username": opt(&client.username),
-            "reason": reason,
-            "ipaddress": client.peer_ip.as_str(),
-            "connected_at": client.connected_at_ms,
-            "disconnected_at": ts,
-            "ts": ts,
-        })
+    /// The `disconnected` document of `client`, which left for `reason` at `ts`.
+    pub fn disconnected_json<'a>(
+        client: &'a ClientView<'_>,
+        reason: &'a str,
+        ts: u64,
+    ) -> Disconnected<'a> {
+        Disconnected {
+            clientid: client.client_id.as_str(),
+            username: client.username.as_ref().map(|u| u.as_str()).into_option(),
+            reason,
+            ipaddress: client.peer_ip.as_str(),
+            connected_at: client.connected_at_ms,
+            disconnected_at: ts,
+            ts,
+        }
     }
 
-    fn emit(&self, client_id: &str, event: &str, doc: serde_json::Value) {
+    fn emit(&self, client_id: &str, event: &str, doc: &impl Serialize) {
         let topic = format!("$SYS/brokers/{}/clients/{client_id}/{event}", self.node);
+        let payload = match serde_json::to_vec(doc) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(client_id, event, error = %e, "presence event not written");
+                return;
+            }
+        };
         let message = OutgoingMessage {
             topic: topic.into(),
-            payload: doc.to_string().into_bytes().into(),
+            payload: payload.into(),
             qos: self.qos,
             retain: false,
             ..OutgoingMessage::default()
@@ -124,12 +157,12 @@ impl Plugin for Presence {
         let now = self.host.now_ms();
         let client_id = client.client_id.as_str();
         if point == HookPoint::CLIENT_CONNECTED {
-            self.emit(client_id, "connected", Self::connected_json(client, now));
+            self.emit(client_id, "connected", &Self::connected_json(client, now));
         } else if point == HookPoint::CLIENT_DISCONNECTED {
             self.emit(
                 client_id,
                 "disconnected",
-                Self::disconnected_json(client, event.reason.as_str(), now),
+                &Self::disconnected_json(client, event.reason.as_str(), now),
             );
         }
     }
@@ -180,6 +213,28 @@ mod tests {
         assert_eq!(doc["reason"], "keepalive_timeout");
         assert_eq!(doc["username"], "u");
         assert_eq!(doc["connected_at"], 1000);
+        let doc: serde_json::Value = serde_json::from_slice(&published[0].payload).expect("json");
+        for (key, want) in [
+            ("clientid", serde_json::json!("c1")),
+            ("ipaddress", serde_json::json!("127.0.0.1")),
+            ("sockport", serde_json::json!(1883)),
+            ("proto_name", serde_json::json!("MQTT")),
+            ("proto_ver", serde_json::json!(5)),
+            ("keepalive", serde_json::json!(30)),
+            ("connected_at", serde_json::json!(1000)),
+        ] {
+            assert_eq!(doc[key], want, "{key}");
+        }
+        assert!(doc["ts"].is_u64() && doc["clean_start"].is_boolean());
+    }
+
+    #[test]
+    fn a_client_without_a_user_name_has_null() {
+        let mut info = client();
+        info.username = ROption::RNone;
+        let doc = serde_json::to_value(Presence::connected_json(&info.view(), 5)).expect("json");
+        assert_eq!(doc["username"], serde_json::Value::Null);
+        assert_eq!(doc["ts"], 5);
     }
 
     #[test]
