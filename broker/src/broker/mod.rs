@@ -1,8 +1,8 @@
 //! The broker's shared state: session registry, subscription router, metrics, shutdown signal.
 //!
-//! [`Broker::route`] is the publish path: match the topic in the trie under the read lock,
-//! merge overlapping subscriptions of one session, and enqueue one [`Delivery`] per target
-//! session (each holding the same `Arc<Message>`).
+//! [`Broker::route`] is the publish path (`route.rs`): match the topic in the trie under the
+//! read lock, merge overlapping subscriptions of one session, and enqueue one [`Delivery`] per
+//! target session (each holding the same `Arc<Message>`) before the lock is released.
 //!
 //! Overlapping subscriptions (section 3.3.4): a session whose plain subscriptions match a topic
 //! several times receives **one** copy, with the maximum QoS of the matching subscriptions and
@@ -15,6 +15,7 @@
 
 mod overload;
 mod restore;
+mod route;
 mod services;
 #[cfg(test)]
 mod tests;
@@ -36,13 +37,14 @@ use crate::hooks::Hooks;
 use crate::message::DropReason;
 use crate::metrics::{self, Metrics};
 use crate::plugin::PluginManager;
-use crate::router::{Match, SharedGroup, SubscriptionKey, TopicName, Trie};
+use crate::router::{SubscriptionKey, Trie};
 use crate::session::store::{Op, Store, StoreError};
 use crate::session::{
     key_bytes, Control, Delivery, Enqueued, KickReason, Message, PendingWill, QueueLimits, Session,
     SubEntry, Subscription, WillCharge,
 };
 use plugin_api::{ClientInfo, ClientView, EventView, HookPoint};
+use route::Scope;
 
 pub use crate::clock::{coarse_now_ms, now_ms, unix_ms};
 
@@ -115,40 +117,6 @@ impl std::fmt::Debug for Broker {
             .field("node", &self.config.node_name)
             .finish_non_exhaustive()
     }
-}
-
-/// One matching subscription on the publish path, before per-session merging.
-struct Target {
-    session: Arc<Session>,
-    qos: QoS,
-    retain_as_published: bool,
-    id: Option<u32>,
-    shared: bool,
-}
-
-impl Target {
-    fn new(e: &SubEntry, shared: bool) -> Target {
-        Target {
-            session: e.session.clone(),
-            qos: e.options.qos,
-            retain_as_published: e.options.retain_as_published,
-            id: e.id,
-            shared,
-        }
-    }
-}
-
-/// Which subscriptions a message is routed to.
-#[derive(Clone, Copy)]
-enum Scope<'a> {
-    /// Every matching one, one member per matching share group: a message published here.
-    All,
-    /// A message from another node: the plain ones if `plain`, and one member of each group
-    /// in `shared` (the other node's cluster link chose this node for those groups).
-    Remote {
-        plain: bool,
-        shared: &'a [SubscriptionKey],
-    },
 }
 
 /// Outcome of [`Broker::attach`].
@@ -844,158 +812,6 @@ impl Broker {
             });
         }
         self.route_in(Arc::new(message), Scope::Remote { plain, shared })
-    }
-
-    fn route_in(&self, message: Arc<Message>, scope: Scope<'_>) -> usize {
-        let mut targets: Vec<Target> = Vec::new();
-        // With a session.select_shared plugin, each matching group's members are collected
-        // here and chosen from after the routing lock is released.
-        let select = self.hooks.enabled(HookPoint::SESSION_SELECT_SHARED);
-        let mut groups: Vec<(Arc<str>, Vec<Target>, usize)> = Vec::new();
-        {
-            let router = self.routes();
-            let publisher = message.publisher.as_deref();
-            let mut shared =
-                |name: &Arc<str>, group: &SharedGroup<u64, SubEntry>, targets: &mut Vec<Target>| {
-                    let Some(at) = self.pick_shared(name, group, publisher, &message.topic) else {
-                        return;
-                    };
-                    if select {
-                        let members = group.members.iter().map(|(_, e)| Target::new(e, true));
-                        groups.push((name.clone(), members.collect(), at));
-                    } else if let Some((_, e)) = group.members.get(at) {
-                        targets.push(Target::new(e, true));
-                    }
-                };
-            let (plain, only) = match scope {
-                Scope::All => (true, None),
-                Scope::Remote { plain, shared } => (plain, Some(shared)),
-            };
-            if plain || only.is_none() {
-                router.for_each_match(message.topic.as_str(), |m| match m {
-                    Match::Plain(_, e) => {
-                        // [MQTT-3.8.3-3]: No Local keeps a client's own messages from it.
-                        if !plain || e.options.no_local && publisher == Some(&*e.session.client_id)
-                        {
-                            return;
-                        }
-                        targets.push(Target::new(e, false));
-                    }
-                    Match::Shared(name, group) if only.is_none() => {
-                        shared(name, group, &mut targets);
-                    }
-                    Match::Shared(..) => {}
-                });
-            }
-            for key in only.unwrap_or_default() {
-                let Some(name) = &key.group else { continue };
-                if !crate::router::matches(key.filter.as_str(), message.topic.as_str()) {
-                    continue;
-                }
-                if let Some(group) = router.shared_group(name, &key.filter) {
-                    shared(name, group, &mut targets);
-                }
-            }
-        }
-        for (group, mut members, default) in groups {
-            let chosen = self
-                .select_shared(&group, &members, default, &message)
-                .unwrap_or(default);
-            if chosen < members.len() {
-                targets.push(members.swap_remove(chosen));
-            }
-        }
-        if targets.len() > 1 {
-            // Group plain subscriptions of the same session together; shared ones stay apart.
-            targets.sort_by_key(|t| (t.shared, Arc::as_ptr(&t.session) as usize));
-        }
-        let mut delivered = 0;
-        let mut rest = &mut targets[..];
-        while let Some((first, tail)) = rest.split_first_mut() {
-            let mut ids: Vec<u32> = first.id.into_iter().collect();
-            let mut merged = 0;
-            if !first.shared {
-                for t in tail.iter() {
-                    if t.shared || !Arc::ptr_eq(&t.session, &first.session) {
-                        break;
-                    }
-                    first.qos = first.qos.max(t.qos);
-                    first.retain_as_published |= t.retain_as_published;
-                    ids.extend(t.id);
-                    merged += 1;
-                }
-            }
-            let delivery = Delivery {
-                qos: first.qos.min(message.qos),
-                // [MQTT-3.3.1-12]/[MQTT-3.3.1-13]: live deliveries carry RETAIN only when the
-                // subscription asked for Retain As Published.
-                retain: first.retain_as_published && message.retain,
-                subscription_ids: ids,
-                message: message.clone(),
-                seq: 0,
-            };
-            match first.session.enqueue(delivery) {
-                Enqueued::Queued => delivered += 1,
-                refused => {
-                    self.count_dropped(&first.session, refused);
-                    tracing::debug!(client_id = %first.session.client_id, topic = %message.topic, "message dropped: session queue full");
-                    self.notify_dropped(&first.session.client_id, &message, DropReason::QueueFull);
-                }
-            }
-            rest = &mut tail[merged..];
-        }
-        delivered
-    }
-
-    /// The member of a shared group that gets a message, by the group's strategy.
-    fn pick_shared(
-        &self,
-        name: &str,
-        group: &SharedGroup<u64, SubEntry>,
-        publisher: Option<&str>,
-        topic: &TopicName,
-    ) -> Option<usize> {
-        use crate::config::SharedStrategy as S;
-        use std::hash::BuildHasher;
-        // A member that is connected and can take the message; failing that, the strategy's
-        // choice (whose queue then takes it or drops it). A member that stopped acknowledging
-        // would otherwise lose its share of the group's messages once its queue is full.
-        let online = |_: &u64, e: &SubEntry| e.session.is_online() && !e.session.queue_full();
-        // A fixed seed: the same publisher or topic maps to the same member every time.
-        let hash =
-            |s: &str| foldhash::fast::FixedState::with_seed(0x6d71_7474).hash_one(s) as usize;
-        match self.config.shared_subscriptions.strategy_for(name) {
-            S::RoundRobin => group.pick_index(online),
-            S::Random | S::Local => group.pick_from(group.random_start(), online),
-            S::Sticky => group.pick_sticky(online),
-            S::HashClientid => group.pick_from(hash(publisher.unwrap_or("")), online),
-            S::HashTopic => group.pick_from(hash(topic.as_str()), online),
-        }
-    }
-
-    /// Asks the `session.select_shared` plugins which member of `group` gets `message`.
-    fn select_shared(
-        &self,
-        group: &str,
-        members: &[Target],
-        default: usize,
-        message: &Message,
-    ) -> Option<usize> {
-        let views: Vec<plugin_api::SharedMemberView<'_>> = members
-            .iter()
-            .map(|t| plugin_api::SharedMemberView {
-                client_id: (*t.session.client_id).into(),
-                online: t.session.is_online(),
-                qos: t.qos as u8,
-            })
-            .collect();
-        let properties = message.user_property_views();
-        self.hooks.select_shared(&plugin_api::SelectSharedView {
-            group: group.into(),
-            message: message.view(&properties),
-            members: views.as_slice().into(),
-            default_choice: default as u32,
-        })
     }
 
     /// Binds a new connection to the session of `client_id`.
