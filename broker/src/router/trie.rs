@@ -352,10 +352,7 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
         let mut stack: SmallVec<[Frame<'a, '_, K, V>; 16]> = SmallVec::new();
         stack.push((&self.root, topic, true));
         while let Some((node, rest, first)) = stack.pop() {
-            let (level, tail) = match rest.split_once('/') {
-                Some((l, t)) => (l, Some(t)),
-                None => (rest, None),
-            };
+            let (level, tail) = first_level(rest);
             let wildcards = !(first && dollar);
             if wildcards {
                 if let Some(h) = &node.hash {
@@ -385,6 +382,17 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
         for (name, g) in &node.shared {
             visit(Match::Shared(name, g));
         }
+    }
+}
+
+/// `topic`'s first level and the rest after its `/`, if there is one. A byte loop rather than
+/// `split_once('/')`: levels are short, and the general searcher's call cost more than the scan
+/// (2 % of the broker's samples in fan-in).
+fn first_level(topic: &str) -> (&str, Option<&str>) {
+    match topic.bytes().position(|b| b == b'/') {
+        // `/` is ASCII: both sides are on character boundaries.
+        Some(i) => (&topic[..i], Some(&topic[i + 1..])),
+        None => (topic, None),
     }
 }
 
