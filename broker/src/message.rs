@@ -10,49 +10,6 @@ use tokio::time::Instant;
 use crate::codec::{Properties, QoS};
 use crate::router::TopicName;
 
-/// A message's properties, boxed and only when there are any: most messages have none, and a
-/// queued message should cost its payload, not the 300-odd bytes of an empty [`Properties`].
-/// Reads through [`std::ops::Deref`] see an empty [`Properties`] when there are none.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MessageProperties(Option<Box<Properties>>);
-
-impl From<Properties> for MessageProperties {
-    fn from(p: Properties) -> Self {
-        MessageProperties((!p.is_empty()).then(|| Box::new(p)))
-    }
-}
-
-impl MessageProperties {
-    /// The properties, to change (boxed on first use).
-    pub fn make_mut(&mut self) -> &mut Properties {
-        self.0.get_or_insert_with(Box::default)
-    }
-
-    /// Drops the box again when every property is empty.
-    pub fn shrink(&mut self) {
-        if self.0.as_ref().is_some_and(|p| p.is_empty()) {
-            self.0 = None;
-        }
-    }
-
-    /// Bytes the properties take beyond the message record itself (their box).
-    pub fn boxed_size(&self) -> usize {
-        self.0
-            .as_ref()
-            .map_or(0, |_| std::mem::size_of::<Properties>())
-    }
-}
-
-impl std::ops::Deref for MessageProperties {
-    type Target = Properties;
-
-    fn deref(&self) -> &Properties {
-        static EMPTY: std::sync::LazyLock<Properties> =
-            std::sync::LazyLock::new(Properties::default);
-        self.0.as_deref().unwrap_or(&EMPTY)
-    }
-}
-
 /// An application message being routed. Shared by every delivery (`Arc`): the payload is never
 /// copied per subscriber.
 #[derive(Debug)]
@@ -67,7 +24,7 @@ pub struct Message {
     pub retain: bool,
     /// v5 properties forwarded to subscribers (payload format, content type, response topic,
     /// correlation data, user properties). Message expiry is kept in `expires_at` instead.
-    pub properties: MessageProperties,
+    pub properties: Properties,
     /// Client id of the publisher (None for messages the broker itself publishes).
     pub publisher: Option<Arc<str>>,
     /// When the message expires (v5 Message Expiry Interval).
@@ -90,8 +47,7 @@ impl Message {
         Message::taking(topic, payload, qos, retain, &mut properties, publisher)
     }
 
-    /// [`Message::new`], taking the properties out of `properties` (left empty): a PUBLISH's
-    /// properties, 300-odd bytes inline, are then moved only when there are any.
+    /// [`Message::new`], taking the properties out of `properties` (left empty).
     pub fn taking(
         topic: TopicName,
         payload: Bytes,
@@ -100,18 +56,17 @@ impl Message {
         properties: &mut Properties,
         publisher: Option<Arc<str>>,
     ) -> Message {
+        let mut properties = std::mem::take(properties);
         let expires_at = properties
-            .message_expiry_interval
-            .take()
+            .get_mut()
+            .and_then(|p| {
+                p.topic_alias = None;
+                p.will_delay_interval = None;
+                p.subscription_identifiers.clear();
+                p.message_expiry_interval.take()
+            })
             .map(|s| Instant::now() + std::time::Duration::from_secs(u64::from(s)));
-        properties.topic_alias = None;
-        properties.will_delay_interval = None;
-        properties.subscription_identifiers.clear();
-        let properties = if properties.is_empty() {
-            MessageProperties::default()
-        } else {
-            MessageProperties(Some(Box::new(std::mem::take(properties))))
-        };
+        properties.shrink();
         Message {
             topic,
             payload,
@@ -209,7 +164,7 @@ impl std::fmt::Display for DropReason {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{Properties, QoS};
+    use crate::codec::QoS;
     use crate::router::TopicName;
 
     /// Queue bounds charge a message what it holds: a user property is 5 bytes on the wire
@@ -217,10 +172,11 @@ mod tests {
     /// (else a queue of such messages would hold several times its limit).
     #[test]
     fn user_properties_are_charged_what_they_hold() {
-        let properties = Properties {
+        let properties = crate::codec::PropertyValues {
             user_properties: vec![(String::new(), String::new()); 1000],
-            ..Properties::default()
-        };
+            ..Default::default()
+        }
+        .into();
         let topic = TopicName::new("t").expect("topic");
         let m = Message::new(
             topic,

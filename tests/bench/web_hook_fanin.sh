@@ -15,7 +15,7 @@ ROUNDS=${ROUNDS:-5}
 MESSAGES=${MESSAGES:-200000}
 BATCH=${BATCH:-100}     # events per request
 QUEUE=${QUEUE:-10000}   # queue_capacity: events waiting beyond it are dropped (and counted)
-cargo build --release -j2 -p broker -p broker-tests -p web_hook >/dev/null
+cargo build --release -j2 --workspace >/dev/null
 . tests/bench/common.sh
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use broker::codec::reason::ReasonCode;
 use broker::codec::{
-    self, Auth, Connect, Disconnect, LastWill, Packet, Properties, ProtocolVersion, PubResp,
-    Publish, QoS, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe,
+    self, Auth, Connect, Disconnect, LastWill, Packet, Properties, PropertyValues, ProtocolVersion,
+    PubResp, Publish, QoS, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe,
 };
 use bytes::{Bytes, BytesMut};
 
@@ -17,15 +17,16 @@ fn id(n: u16) -> NonZeroU16 {
 }
 
 fn v5_properties() -> Properties {
-    Properties {
+    PropertyValues {
         payload_format_indicator: Some(1),
         content_type: Some("text/plain".into()),
         response_topic: Some("reply/to".into()),
         correlation_data: Some(Bytes::from_static(b"corr")),
         user_properties: vec![("k".into(), "v".into())],
         message_expiry_interval: Some(60),
-        ..Properties::default()
+        ..PropertyValues::default()
     }
+    .into()
 }
 
 fn connect(version: ProtocolVersion, will: bool) -> Packet {
@@ -41,10 +42,11 @@ fn connect(version: ProtocolVersion, will: bool) -> Packet {
             qos: QoS::AtLeastOnce,
             retain: true,
             properties: if v5 {
-                Properties {
+                PropertyValues {
                     will_delay_interval: Some(5),
-                    ..Properties::default()
+                    ..PropertyValues::default()
                 }
+                .into()
             } else {
                 Properties::default()
             },
@@ -52,13 +54,14 @@ fn connect(version: ProtocolVersion, will: bool) -> Packet {
         username: will.then(|| "user".into()),
         password: will.then(|| Bytes::from_static(b"secret")),
         properties: if v5 {
-            Properties {
+            PropertyValues {
                 session_expiry_interval: Some(300),
                 receive_maximum: Some(10),
                 topic_alias_maximum: Some(5),
                 maximum_packet_size: Some(65536),
-                ..Properties::default()
+                ..PropertyValues::default()
             }
+            .into()
         } else {
             Properties::default()
         },
@@ -93,10 +96,13 @@ fn session_packets(version: ProtocolVersion) -> Vec<Packet> {
     let mut out = vec![
         Packet::Subscribe(Subscribe {
             packet_id: id(1),
-            properties: props(Properties {
-                subscription_identifiers: vec![3],
-                ..Properties::default()
-            }),
+            properties: props(
+                PropertyValues {
+                    subscription_identifiers: vec![3],
+                    ..PropertyValues::default()
+                }
+                .into(),
+            ),
             filters: vec![
                 ("sensors/+/temp".into(), options(QoS::AtLeastOnce)),
                 ("a/#".into(), options(QoS::ExactlyOnce)),
@@ -123,21 +129,23 @@ fn session_packets(version: ProtocolVersion) -> Vec<Packet> {
                 QoS::AtLeastOnce,
                 false,
                 topic,
-                Properties {
+                PropertyValues {
                     topic_alias: Some(1),
-                    ..Properties::default()
-                },
+                    ..PropertyValues::default()
+                }
+                .into(),
             )
         };
         out.push(aliased("aliased"));
         out.push(aliased(""));
         out.push(Packet::Auth(Auth {
             reason_code: ReasonCode::ContinueAuthentication,
-            properties: Properties {
+            properties: PropertyValues {
                 authentication_method: Some("SCRAM-SHA-256".into()),
                 authentication_data: Some(Bytes::from_static(b"n,,n=user")),
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }
+            .into(),
         }));
     }
     out.push(Packet::Disconnect(Disconnect {
@@ -146,10 +154,13 @@ fn session_packets(version: ProtocolVersion) -> Vec<Packet> {
         } else {
             ReasonCode::Success
         },
-        properties: props(Properties {
-            session_expiry_interval: Some(0),
-            ..Properties::default()
-        }),
+        properties: props(
+            PropertyValues {
+                session_expiry_interval: Some(0),
+                ..PropertyValues::default()
+            }
+            .into(),
+        ),
     }));
     out
 }

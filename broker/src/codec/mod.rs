@@ -27,7 +27,7 @@ pub use decode::{decode, read_fixed_header, FixedHeader};
 pub use encode::{encode, encode_publish, encoded_len, publish_len, PublishHeader};
 pub use error::DecodeError;
 pub use packet::*;
-pub use properties::Properties;
+pub use properties::{Properties, PropertyValues};
 
 #[cfg(test)]
 mod tests;

@@ -320,3 +320,7 @@ pub(crate) mod kind {
     pub const DISCONNECT: u8 = 14;
     pub const AUTH: u8 = 15;
 }
+
+// Every decoded packet is moved several times between the decoder and the session: the
+// properties are boxed ([`Properties`]) so that this stays a few words, not 400 bytes.
+const _: () = assert!(std::mem::size_of::<Packet>() <= 80);

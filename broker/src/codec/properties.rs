@@ -4,6 +4,11 @@
 //! the packet that carries it (table of section 2.2.2.2) and appears at most once, except user
 //! properties and PUBLISH's subscription identifiers. The encoder writes only what is set, so a
 //! default `Properties` costs one byte (the zero length) on the wire and nothing in v3.
+//!
+//! Packets and messages hold [`Properties`]: a pointer to a boxed [`PropertyValues`], null when
+//! no property is set. Most packets carry none (every v3 packet, most v5 PUBLISH and PUBACK
+//! packets), and the values are 340-odd bytes: inline, every decoded packet was moved and
+//! dropped at that size, and `is_empty` compared all of it.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -12,9 +17,10 @@ use super::encode::{put_binary, put_string, put_var_int, var_int_len};
 use super::error::DecodeError;
 use super::packet::kind;
 
-/// The properties of one packet (or of a will message). Unset properties are `None` / empty.
+/// The values of one packet's properties (or of a will message's). Unset properties are
+/// `None` / empty.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Properties {
+pub struct PropertyValues {
     /// 0x01 Payload Format Indicator (0 bytes, 1 UTF-8).
     pub payload_format_indicator: Option<u8>,
     /// 0x02 Message Expiry Interval, seconds.
@@ -129,10 +135,41 @@ fn byte_flag(id: u8, v: u8) -> Result<u8, DecodeError> {
     Ok(v)
 }
 
-impl Properties {
+impl PropertyValues {
+    /// No property set; what [`Properties`] reads as when it holds none.
+    const EMPTY: PropertyValues = PropertyValues {
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        subscription_identifiers: Vec::new(),
+        session_expiry_interval: None,
+        assigned_client_identifier: None,
+        server_keep_alive: None,
+        authentication_method: None,
+        authentication_data: None,
+        request_problem_information: None,
+        will_delay_interval: None,
+        request_response_information: None,
+        response_information: None,
+        server_reference: None,
+        reason_string: None,
+        receive_maximum: None,
+        topic_alias_maximum: None,
+        topic_alias: None,
+        maximum_qos: None,
+        retain_available: None,
+        user_properties: Vec::new(),
+        maximum_packet_size: None,
+        wildcard_subscription_available: None,
+        subscription_identifier_available: None,
+        shared_subscription_available: None,
+    };
+
     /// True when no property is set.
     pub fn is_empty(&self) -> bool {
-        *self == Properties::default()
+        *self == PropertyValues::EMPTY
     }
 
     /// Bytes the properties hold on the heap, as far as a client decides them: the strings
@@ -152,18 +189,9 @@ impl Properties {
                 .sum::<usize>()
     }
 
-    /// Decodes a property block (its length prefix included) for packet kind `k` (the fixed
-    /// header's type, 1 = CONNECT … 15 = AUTH) from the front of `bytes`. The decoder uses this
-    /// inside packets; it is public for the fuzz targets and tools.
-    pub fn decode_block(bytes: Bytes, k: u8) -> Result<Properties, DecodeError> {
-        Properties::decode(&mut Reader::new(bytes), k)
-    }
-
-    /// Decodes a property block (length prefix included) for packet kind `k`.
-    pub(crate) fn decode(r: &mut Reader, k: u8) -> Result<Properties, DecodeError> {
-        let len = r.var_int()? as usize;
-        let mut r = r.sub(len, "properties")?;
-        let mut p = Properties::default();
+    /// Decodes the properties of a block whose length prefix has been read.
+    fn decode(mut r: Reader, k: u8) -> Result<PropertyValues, DecodeError> {
+        let mut p = PropertyValues::default();
         while r.remaining() > 0 {
             let id = r.var_int()?;
             let id = u8::try_from(id).map_err(|_| DecodeError::InvalidProperty {
@@ -309,12 +337,6 @@ impl Properties {
         var_int_len(body) + body
     }
 
-    /// Writes the block as [`Properties::decode_block`] reads it: length prefix and every set
-    /// property. Public for the fuzz targets and tools.
-    pub fn encode_block(&self, out: &mut BytesMut) {
-        self.encode(out);
-    }
-
     /// Writes the length prefix and every set property.
     pub(crate) fn encode(&self, out: &mut BytesMut) {
         put_var_int(out, self.body_len());
@@ -426,6 +448,116 @@ impl Properties {
         if let Some(v) = self.shared_subscription_available {
             out.put_u8(0x2A);
             out.put_u8(v);
+        }
+    }
+}
+
+/// The properties of one packet, will or message: boxed, and only when there are any, so that a
+/// packet or message without properties carries one null pointer instead of 340-odd bytes.
+///
+/// Reads go through [`std::ops::Deref`] (an empty [`PropertyValues`] when there are none);
+/// changes through [`Properties::make_mut`], which boxes on first use. There is deliberately no
+/// `DerefMut`: a write should be visible as the allocation it may be.
+#[derive(Clone, Default)]
+pub struct Properties(Option<Box<PropertyValues>>);
+
+static NO_PROPERTIES: PropertyValues = PropertyValues::EMPTY;
+
+impl std::ops::Deref for Properties {
+    type Target = PropertyValues;
+
+    fn deref(&self) -> &PropertyValues {
+        self.0.as_deref().unwrap_or(&NO_PROPERTIES)
+    }
+}
+
+impl From<PropertyValues> for Properties {
+    fn from(values: PropertyValues) -> Self {
+        Properties((!values.is_empty()).then(|| Box::new(values)))
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Properties) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Properties {}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(values) => values.fmt(f),
+            None => f.write_str("Properties(none)"),
+        }
+    }
+}
+
+impl Properties {
+    /// The values, to change (boxed on first use).
+    pub fn make_mut(&mut self) -> &mut PropertyValues {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// The values to change when there are any; `None` (and no allocation) when there are none.
+    pub fn get_mut(&mut self) -> Option<&mut PropertyValues> {
+        self.0.as_deref_mut()
+    }
+
+    /// Drops the box again when every property is empty.
+    pub fn shrink(&mut self) {
+        if self.0.as_ref().is_some_and(|p| p.is_empty()) {
+            self.0 = None;
+        }
+    }
+
+    /// True when no property is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|p| p.is_empty())
+    }
+
+    /// Bytes the properties take beyond the record that holds them (their box).
+    pub fn boxed_size(&self) -> usize {
+        self.0
+            .as_ref()
+            .map_or(0, |_| std::mem::size_of::<PropertyValues>())
+    }
+
+    /// Decodes a property block (its length prefix included) for packet kind `k` (the fixed
+    /// header's type, 1 = CONNECT … 15 = AUTH) from the front of `bytes`. The decoder uses this
+    /// inside packets; it is public for the fuzz targets and tools.
+    pub fn decode_block(bytes: Bytes, k: u8) -> Result<Properties, DecodeError> {
+        Properties::decode(&mut Reader::new(bytes), k)
+    }
+
+    /// Decodes a property block (length prefix included) for packet kind `k`: nothing is
+    /// allocated for an empty block.
+    pub(crate) fn decode(r: &mut Reader, k: u8) -> Result<Properties, DecodeError> {
+        let len = r.var_int()? as usize;
+        let r = r.sub(len, "properties")?;
+        if len == 0 {
+            return Ok(Properties::default());
+        }
+        PropertyValues::decode(r, k).map(|values| Properties(Some(Box::new(values))))
+    }
+
+    /// Length of the encoded properties including the length prefix.
+    pub(crate) fn encoded_len(&self) -> usize {
+        self.0.as_ref().map_or(1, |p| p.encoded_len())
+    }
+
+    /// Writes the block as [`Properties::decode_block`] reads it: length prefix and every set
+    /// property. Public for the fuzz targets and tools.
+    pub fn encode_block(&self, out: &mut BytesMut) {
+        self.encode(out);
+    }
+
+    /// Writes the length prefix and every set property.
+    pub(crate) fn encode(&self, out: &mut BytesMut) {
+        match &self.0 {
+            Some(p) => p.encode(out),
+            None => out.put_u8(0),
         }
     }
 }

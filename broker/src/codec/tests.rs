@@ -468,7 +468,7 @@ fn properties(k: u8) -> impl Strategy<Value = Properties> {
         flag(),
     );
     (a, b, c).prop_map(move |(a, b, c)| {
-        let mut p = Properties {
+        let mut p = PropertyValues {
             payload_format_indicator: a.0,
             message_expiry_interval: a.1,
             content_type: a.2,
@@ -498,11 +498,11 @@ fn properties(k: u8) -> impl Strategy<Value = Properties> {
             shared_subscription_available: c.8,
         };
         restrict(&mut p, k);
-        p
+        Properties::from(p)
     })
 }
 
-fn restrict(p: &mut Properties, k: u8) {
+fn restrict(p: &mut PropertyValues, k: u8) {
     macro_rules! keep {
         ($($id:literal => $field:ident),*) => {
             $(if !allowed($id, k) { p.$field = Default::default(); })*

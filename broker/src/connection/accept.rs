@@ -113,8 +113,9 @@ where
 /// connected (a 4 KiB buffer for an ordinary CONNECT, a megabyte for a large one).
 fn own_will(mut will: crate::codec::LastWill) -> Box<crate::codec::LastWill> {
     will.payload = own_bytes(will.payload);
-    let data = &mut will.properties.correlation_data;
-    *data = data.take().map(own_bytes);
+    if let Some(p) = will.properties.get_mut() {
+        p.correlation_data = p.correlation_data.take().map(own_bytes);
+    }
     Box::new(will)
 }
 
@@ -135,7 +136,7 @@ async fn refuse<S: AsyncWrite + Unpin>(
     let mut out = BytesMut::new();
     let mut properties = Properties::default();
     if version.is_v5() {
-        properties.reason_string = Some(why.to_string());
+        properties.make_mut().reason_string = Some(why.to_string());
     }
     let ack = Packet::ConnAck(ConnAck {
         session_present: false,

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::broker::Broker;
-use crate::codec::{self, reason::ReasonCode, Connect, Packet, Properties, ProtocolVersion};
+use crate::codec::{self, reason::ReasonCode, Connect, Packet, PropertyValues, ProtocolVersion};
 use crate::config::Decision;
 use crate::hooks::{AuthDecision, PluginHandle};
 use crate::metrics;
@@ -34,11 +34,12 @@ pub(super) struct EnhancedAuth {
 
 /// An AUTH packet with `method` and `data`.
 pub(super) fn auth_packet(code: ReasonCode, method: &str, data: &[u8]) -> Packet {
-    let properties = Properties {
+    let properties = PropertyValues {
         authentication_method: Some(method.to_owned()),
         authentication_data: (!data.is_empty()).then(|| data.to_vec().into()),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    }
+    .into();
     Packet::Auth(codec::Auth {
         reason_code: code,
         properties,
@@ -207,6 +208,7 @@ where
     Ok(answer
         .properties
         .authentication_data
+        .as_ref()
         .map(|d| d.to_vec())
         .unwrap_or_default())
 }
@@ -243,6 +245,7 @@ impl Connection {
             data: a
                 .properties
                 .authentication_data
+                .as_ref()
                 .map(|d| d.to_vec())
                 .unwrap_or_default()
                 .into(),

@@ -47,7 +47,7 @@ impl Connection {
         if let (true, Some(reason_code)) = (v5, exit.disconnect_reason()) {
             let mut properties = Properties::default();
             if let (true, Exit::Protocol(v)) = (self.machine.problem_information, exit) {
-                properties.reason_string = Some(v.message.to_string());
+                properties.make_mut().reason_string = Some(v.message.to_string());
             }
             self.machine.push(&Packet::Disconnect(Disconnect {
                 reason_code,

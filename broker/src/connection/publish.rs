@@ -118,7 +118,7 @@ impl Connection {
     /// then it is returned, for [`Connection::publish_after_acl`] (see `Deferred` in
     /// `packets`). The message is made from the packet first (its payload copied out of the
     /// read buffer, its properties taken), so that what is passed on is the message, not the
-    /// packet with its 300-odd bytes of properties.
+    /// packet.
     pub(super) fn on_publish(
         &mut self,
         p: &mut Publish,

@@ -21,7 +21,7 @@ use plugin_api::{
 
 use super::{BrokerServices, ManagementApi};
 use crate::codec::reason::ReasonCode;
-use crate::codec::{Properties, QoS, RetainHandling, SubscriptionOptions};
+use crate::codec::{PropertyValues, QoS, RetainHandling, SubscriptionOptions};
 use crate::message::Message;
 use crate::router::TopicName;
 
@@ -29,7 +29,7 @@ use crate::router::TopicName;
 pub fn message_from_plugin(m: OutgoingMessage) -> Result<Message, String> {
     let topic = TopicName::new(m.topic.as_str()).map_err(|e| e.to_string())?;
     let qos = QoS::from_u8(m.qos).ok_or_else(|| format!("invalid QoS {}", m.qos))?;
-    let properties = Properties {
+    let properties = PropertyValues {
         user_properties: m
             .user_properties
             .into_iter()
@@ -44,7 +44,8 @@ pub fn message_from_plugin(m: OutgoingMessage) -> Result<Message, String> {
             .map(|c| Vec::from(c).into()),
         message_expiry_interval: m.message_expiry_interval.into_option(),
         ..Default::default()
-    };
+    }
+    .into();
     let payload = Vec::from(m.payload).into();
     Ok(Message::new(
         topic, payload, qos, m.retain, properties, None,

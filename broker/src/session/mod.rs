@@ -28,7 +28,7 @@
 //! Lock order: registry → router → session locks; of a session's locks only `control` →
 //! `parked` are ever held together. None is held across `.await`.
 
-pub use crate::message::{Message, MessageProperties};
+pub use crate::message::Message;
 pub use accounting::{QueueLimits, ShardedGauge, WillCharge};
 pub use control::{
     control_line, Control, ControlLine, ControlReceiver, ControlSender, DisconnectReason,
@@ -553,7 +553,7 @@ pub(crate) fn test_delivery(qos: QoS) -> Delivery {
             payload: bytes::Bytes::new(),
             qos,
             retain: false,
-            properties: MessageProperties::default(),
+            properties: crate::codec::Properties::default(),
             publisher: None,
             expires_at: None,
         }),

@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use super::store::{StoredMessage, StoredSession};
 use super::{Delivery, Message, Outgoing, Session};
 use crate::clock::unix_ms;
-use crate::codec::{PacketId, Properties, QoS, RetainHandling, SubscriptionOptions};
+use crate::codec::{PacketId, PropertyValues, QoS, RetainHandling, SubscriptionOptions};
 use crate::hex;
 use crate::router::{SubscriptionKey, TopicName};
 
@@ -150,7 +150,7 @@ impl MessageMeta {
                 Some(left) => Some(now + left),
             },
         };
-        let properties = Properties {
+        let properties = PropertyValues {
             payload_format_indicator: self.payload_format_indicator,
             content_type: self.content_type,
             response_topic: self.response_topic,
@@ -159,7 +159,7 @@ impl MessageMeta {
                 .map(|h| hex::decode(&h).map(Bytes::from))
                 .transpose()?,
             user_properties: self.user_properties,
-            ..Properties::default()
+            ..PropertyValues::default()
         };
         Ok(Some(Message {
             topic: TopicName::new(&self.topic).map_err(|e| e.to_string())?,
@@ -490,11 +490,11 @@ mod tests {
             payload: Bytes::from_static(b"\x00\xffpayload"),
             qos: QoS::ExactlyOnce,
             retain: true,
-            properties: Properties {
+            properties: PropertyValues {
                 content_type: Some("text/plain".into()),
                 correlation_data: Some(Bytes::from_static(b"c")),
                 user_properties: vec![("k".into(), "v".into())],
-                ..Properties::default()
+                ..PropertyValues::default()
             }
             .into(),
             publisher: Some(Arc::from("pub")),

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::codec::{reason::ReasonCode, Connect, Properties, ProtocolVersion};
+use crate::codec::{reason::ReasonCode, Connect, Properties, PropertyValues, ProtocolVersion};
 use crate::config::{Limits, MqttConfig};
 
 use super::{is_sys_topic, within_levels};
@@ -201,9 +201,9 @@ impl Negotiated {
         policy: &ConnectPolicy<'_>,
         enhanced: Option<(&str, &[u8])>,
     ) -> Properties {
-        let mut properties = Properties::default();
+        let mut properties = PropertyValues::default();
         if !connect.protocol.is_v5() {
-            return properties;
+            return Properties::default();
         }
         let (limits, mqtt) = (policy.limits, policy.mqtt);
         if self.session_expiry != self.requested_expiry {
@@ -236,7 +236,7 @@ impl Negotiated {
                 properties.authentication_data = Some(data.to_vec().into());
             }
         }
-        properties
+        properties.into()
     }
 }
 
@@ -331,12 +331,12 @@ mod tests {
     fn session_expiry_is_capped_and_announced() {
         let (l, m) = defaults();
         let mut c = connect(ProtocolVersion::V5, "c", false);
-        c.properties.session_expiry_interval = Some(u32::MAX);
+        c.properties.make_mut().session_expiry_interval = Some(u32::MAX);
         let n = run(&c, &l, &m).expect("ok");
         assert_eq!((n.requested_expiry, n.session_expiry), (u32::MAX, 3600));
         let props = n.connack_properties(&c, &policy(&l, &m), None);
         assert_eq!(props.session_expiry_interval, Some(3600));
-        c.properties.session_expiry_interval = Some(10);
+        c.properties.make_mut().session_expiry_interval = Some(10);
         let n = run(&c, &l, &m).expect("ok");
         assert_eq!(n.session_expiry, 10);
         assert_eq!(
@@ -400,14 +400,14 @@ mod tests {
     fn mqtt_3_3_4_7_window_and_aliases_follow_the_client() {
         let (l, m) = defaults();
         let mut c = connect(ProtocolVersion::V5, "c", true);
-        c.properties.receive_maximum = Some(5);
-        c.properties.topic_alias_maximum = Some(1000);
+        c.properties.make_mut().receive_maximum = Some(5);
+        c.properties.make_mut().topic_alias_maximum = Some(1000);
         let n = run(&c, &l, &m).expect("ok");
         assert_eq!(n.window, 5);
         assert_eq!(n.outbound_aliases, l.topic_alias_maximum);
         assert_eq!(n.inbound_aliases, l.topic_alias_maximum);
-        c.properties.receive_maximum = None;
-        c.properties.topic_alias_maximum = None;
+        c.properties.make_mut().receive_maximum = None;
+        c.properties.make_mut().topic_alias_maximum = None;
         let n = run(&c, &l, &m).expect("ok");
         assert_eq!(n.window, l.max_inflight as usize);
         assert_eq!(
@@ -436,7 +436,7 @@ mod tests {
             "available is the default: not sent"
         );
         assert_eq!(p.response_information, None, "not asked for");
-        c.properties.request_response_information = Some(1);
+        c.properties.make_mut().request_response_information = Some(1);
         let p = n.connack_properties(&c, &policy(&l, &m), None);
         assert_eq!(p.response_information.as_deref(), Some("reply/dev-1"));
         let v3 = connect(ProtocolVersion::V3_1_1, "c", true);
@@ -448,7 +448,7 @@ mod tests {
     fn enhanced_auth_without_a_plugin_is_a_bad_method() {
         let (l, m) = defaults();
         let mut c = connect(ProtocolVersion::V5, "c", true);
-        c.properties.authentication_method = Some("SCRAM-SHA-256".into());
+        c.properties.make_mut().authentication_method = Some("SCRAM-SHA-256".into());
         assert_eq!(
             run(&c, &l, &m).expect_err("no plugin").code,
             ReasonCode::BadAuthenticationMethod

@@ -164,7 +164,7 @@ impl Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::Properties;
+    use crate::codec::PropertyValues;
 
     fn id(n: u16) -> PacketId {
         PacketId::new(n).expect("non-zero")
@@ -177,10 +177,11 @@ mod tests {
             retain: false,
             topic: topic.into(),
             packet_id: None,
-            properties: Properties {
+            properties: PropertyValues {
                 topic_alias: alias,
-                ..Properties::default()
-            },
+                ..PropertyValues::default()
+            }
+            .into(),
             payload: Default::default(),
         }
     }
@@ -267,12 +268,12 @@ mod tests {
     fn mqtt_3_3_4_6_and_3_2_2_11_14_publish_within_capabilities() {
         let mut p = publish("t", None);
         assert_eq!(check_publish(&p, 2, true), Ok(()));
-        p.properties.subscription_identifiers = vec![1];
+        p.properties.make_mut().subscription_identifiers = vec![1];
         assert_eq!(
             check_publish(&p, 2, true).expect_err("sub id").code,
             ReasonCode::ProtocolError
         );
-        p.properties.subscription_identifiers.clear();
+        p.properties.make_mut().subscription_identifiers.clear();
         p.qos = QoS::ExactlyOnce;
         p.packet_id = Some(id(1));
         assert_eq!(

@@ -4,7 +4,7 @@
 
 use tokio::time::Instant;
 
-use crate::codec::{self, PacketId, Properties, PublishHeader, QoS};
+use crate::codec::{self, PacketId, PublishHeader, QoS};
 use crate::message::DropReason;
 use crate::session::store::Op;
 use crate::session::Delivery;
@@ -41,7 +41,8 @@ impl Machine {
                 || !d.subscription_ids.is_empty()
                 || self.out_aliases.is_some());
         let mut extra = needs_copy.then(|| {
-            let mut e = Properties::clone(&msg.properties);
+            let mut copy = msg.properties.clone();
+            let e = copy.make_mut();
             // [MQTT-3.3.2-6]: the expiry interval the client sees is what is left of it.
             e.message_expiry_interval = msg
                 .expires_at
@@ -49,7 +50,7 @@ impl Machine {
             e.subscription_identifiers = d.subscription_ids.clone();
             // Sized with the full topic and an alias: the largest this PUBLISH can be.
             e.topic_alias = self.out_aliases.as_ref().map(|_| u16::MAX);
-            e
+            copy
         });
         let mut topic = msg.topic.as_str();
         let size = codec::publish_len(
@@ -65,7 +66,7 @@ impl Machine {
         // Only a PUBLISH that is sent may set an alias: the client must see every assignment.
         if let (Some(aliases), Some(e)) = (self.out_aliases.as_mut(), extra.as_mut()) {
             let alias = aliases.alias(topic);
-            e.topic_alias = alias.map(Alias::id);
+            e.make_mut().topic_alias = alias.map(Alias::id);
             if let Some(Alias::Use(_)) = alias {
                 topic = "";
             }

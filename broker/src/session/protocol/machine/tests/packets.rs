@@ -10,7 +10,7 @@ use crate::router::SubscriptionKey;
 fn mqtt_3_14_disconnect() {
     let mut r = Rig::new(ProtocolVersion::V5, negotiated(2, 1 << 20, 0, 60));
     let mut d = Disconnect::default();
-    d.properties.session_expiry_interval = Some(0);
+    d.properties.make_mut().session_expiry_interval = Some(0);
     assert_eq!(
         r.feed(Packet::Disconnect(d)).expect_err("closes"),
         Close::Disconnect { with_will: false }
@@ -18,7 +18,7 @@ fn mqtt_3_14_disconnect() {
     assert_eq!(r.m.session_expiry, 0);
     let mut r = Rig::v5();
     let mut d = Disconnect::default();
-    d.properties.session_expiry_interval = Some(60);
+    d.properties.make_mut().session_expiry_interval = Some(60);
     let close = r.feed(Packet::Disconnect(d)).expect_err("closes");
     assert_eq!(violation(close), ReasonCode::ProtocolError);
     let mut r = Rig::v5();
@@ -72,7 +72,7 @@ fn mqtt_3_2_2_11_publish_checks() {
     assert_eq!(violation(close), ReasonCode::QosNotSupported);
     let mut r = Rig::v5();
     let mut p = publish("t", QoS::AtMostOnce, None);
-    p.properties.subscription_identifiers = vec![1];
+    p.properties.make_mut().subscription_identifiers = vec![1];
     let close = r.feed(Packet::Publish(p)).expect_err("no subscription id");
     assert_eq!(violation(close), ReasonCode::ProtocolError);
 }

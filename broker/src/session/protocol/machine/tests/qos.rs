@@ -1,6 +1,7 @@
 //! QoS 1 and 2 both ways, what is delivered and what is dropped, and resuming a session.
 
 use super::*;
+use crate::codec::PropertyValues;
 
 /// [MQTT-4.3.2-1] / [MQTT-3.3.4-9]: QoS 1 messages go out with unused packet ids, never more
 /// in flight than the client's Receive Maximum; a PUBACK frees the id and the window and makes
@@ -114,23 +115,23 @@ fn mqtt_3_3_4_8_receive_maximum_in() {
 fn client_topic_aliases() {
     let mut r = Rig::v5();
     let mut first = publish("long/topic", QoS::AtMostOnce, None);
-    first.properties.topic_alias = Some(3);
+    first.properties.make_mut().topic_alias = Some(3);
     r.feed(Packet::Publish(first)).expect("sets the alias");
     let mut second = publish("", QoS::AtMostOnce, None);
-    second.properties.topic_alias = Some(3);
+    second.properties.make_mut().topic_alias = Some(3);
     let Ok(Some(Request::Publish(checked))) = r.feed(Packet::Publish(second)) else {
         panic!("routed");
     };
     assert_eq!(checked.topic.as_str(), "long/topic");
     let mut unknown = publish("", QoS::AtMostOnce, None);
-    unknown.properties.topic_alias = Some(4);
+    unknown.properties.make_mut().topic_alias = Some(4);
     assert_eq!(
         violation(r.feed(Packet::Publish(unknown)).expect_err("unset")),
         ReasonCode::ProtocolError
     );
     let mut r = Rig::v5();
     let mut over = publish("t", QoS::AtMostOnce, None);
-    over.properties.topic_alias = Some(9);
+    over.properties.make_mut().topic_alias = Some(9);
     assert_eq!(
         violation(r.feed(Packet::Publish(over)).expect_err("above 8")),
         ReasonCode::TopicAliasInvalid
@@ -188,9 +189,12 @@ fn outgoing_topic_aliases_are_assigned_and_reused() {
 #[test]
 fn mqtt_3_3_2_5_and_3_3_2_6_message_expiry() {
     let mut r = Rig::v5();
-    let expiring = |secs| Properties {
-        message_expiry_interval: Some(secs),
-        ..Properties::default()
+    let expiring = |secs| -> Properties {
+        PropertyValues {
+            message_expiry_interval: Some(secs),
+            ..PropertyValues::default()
+        }
+        .into()
     };
     r.queue("expiring", QoS::AtMostOnce, 1, expiring(60));
     r.now += Duration::from_secs(20);
