@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CLIENTS=${CLIENTS:-1000}
-cargo build --release -j2 -p broker -p broker-tests -p auth_mysql -p auth_pgsql -p auth_redis -p auth_ldap >/dev/null
+cargo build --release -j2 --workspace >/dev/null
 . tests/bench/common.sh
 sha256() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
 wait_for() { for _ in $(seq 600); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "timed out: $*" >&2; return 1; }

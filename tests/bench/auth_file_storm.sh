@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CLIENTS=${CLIENTS:-1000}
-cargo build --release -j2 -p broker -p broker-tests -p auth_file >/dev/null
+cargo build --release -j2 --workspace >/dev/null
 . tests/bench/common.sh
 
 mosquitto_passwd -c -b "$work/passwd" bench bench

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 CLIENTS=${CLIENTS:-500}
 DELAY_S=${DELAY_S:-2}
-cargo build --release -j2 -p broker -p broker-tests -p auth_http >/dev/null
+cargo build --release -j2 --workspace >/dev/null
 . tests/bench/common.sh
 
 http_port=$(free_port)

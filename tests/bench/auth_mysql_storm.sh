@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 CLIENTS=${CLIENTS:-1000}
 BCRYPT_CLIENTS=${BCRYPT_CLIENTS:-200}
-cargo build --release -j2 -p broker -p broker-tests -p auth_mysql >/dev/null
+cargo build --release -j2 --workspace >/dev/null
 . tests/bench/common.sh
 
 # A private MariaDB.

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 CLIENTS=${CLIENTS:-1000}
 AUTH_DELAY_MS=${AUTH_DELAY_MS:-100}
-cargo build --release -j2 -p broker -p broker-tests -p probe >/dev/null
+cargo build --release -j2 --workspace >/dev/null
 . tests/bench/common.sh
 
 run() { # $1 = label, $2 = enabled plugins (TOML array)

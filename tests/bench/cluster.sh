@@ -16,7 +16,7 @@ MESSAGES=${MESSAGES:-100000}
 LAT_RATE=${LAT_RATE:-2000}
 LAT_MESSAGES=${LAT_MESSAGES:-10000}
 command -v nats-server >/dev/null || { echo "nats-server not installed (apt-get install nats-server)" >&2; exit 1; }
-cargo build --release -j2 -p broker -p broker-tests -p cluster >/dev/null
+cargo build --release -j2 --workspace >/dev/null
 . tests/bench/common.sh
 
 nats_port=$(free_port)

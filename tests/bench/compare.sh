@@ -19,7 +19,7 @@ ROUNDS=${ROUNDS:-3}
 MESSAGES=${MESSAGES:-100000}
 CLIENTS=${CLIENTS:-10}
 command -v mosquitto >/dev/null || { echo "mosquitto not installed (apt-get install mosquitto)" >&2; exit 1; }
-cargo build --release -j2 -p broker -p broker-tests >/dev/null
+cargo build --release -j2 --workspace >/dev/null
 . tests/bench/common.sh
 
 # ours_toml DIR PORT: the configuration of one of our brokers.

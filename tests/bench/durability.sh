@@ -12,7 +12,7 @@ ROUNDS=${ROUNDS:-5}
 MESSAGES=${MESSAGES:-50000}
 CLIENTS=${CLIENTS:-10}
 command -v mosquitto >/dev/null || { echo "mosquitto not installed (apt-get install mosquitto)" >&2; exit 1; }
-cargo build --release -j2 -p broker -p broker-tests >/dev/null
+cargo build --release -j2 --workspace >/dev/null
 . tests/bench/common.sh
 
 start_ours() { # $1 = durability; sets ${1}_pid and ${1}_port

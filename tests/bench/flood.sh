@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 FLOODERS=${FLOODERS:-1}
 SECONDS_EACH=${SECONDS_EACH:-2}
 ROUNDS=${ROUNDS:-5}
-cargo build --release -j2 -p broker -p broker-tests >/dev/null
+cargo build --release -j2 --workspace >/dev/null
 . tests/bench/common.sh
 
 port=$(free_port)

@@ -20,7 +20,7 @@ IDLE_SECS=${IDLE_SECS:-5}
 CONCURRENCY=${CONCURRENCY:-100}
 command -v mosquitto >/dev/null || { echo "mosquitto not installed (apt-get install mosquitto)" >&2; exit 1; }
 ulimit -n 20000 2>/dev/null || true
-cargo build --release -j2 -p broker -p broker-tests -p presence -p retainer -p dashboard >/dev/null
+cargo build --release -j2 --workspace >/dev/null
 . tests/bench/common.sh
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }

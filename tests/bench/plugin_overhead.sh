@@ -16,7 +16,7 @@ ROUNDS=${ROUNDS:-5}
 MESSAGES=${MESSAGES:-200000}
 PLUGINS=${PLUGINS:-'["retainer", "presence", "dashboard", "rewrite", "auth_http"]'}
 MODES=${MODES:-fan-in fan-out}
-cargo build --release -j2 -p broker -p broker-tests -p retainer -p presence -p dashboard -p rewrite -p auth_http >/dev/null
+cargo build --release -j2 --workspace >/dev/null
 . tests/bench/common.sh
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 

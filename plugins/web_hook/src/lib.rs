@@ -270,36 +270,73 @@ impl Metrics {
     }
 }
 
-/// A message event, borrowed from the hook's view while its JSON is written.
+/// A message event, borrowed from the hook's view while its JSON is written. The texts are
+/// UTF-8 (they come from `&str`s), held as bytes so that reading them back from a [`Record`]
+/// does not check them again.
 struct MessageFields<'a> {
     action: &'a str,
     /// The receiving client (delivered, acked, dropped).
-    clientid: Option<&'a str>,
-    from_client_id: Option<&'a str>,
-    from_username: Option<&'a str>,
-    topic: &'a str,
+    clientid: Option<&'a [u8]>,
+    from_client_id: Option<&'a [u8]>,
+    from_username: Option<&'a [u8]>,
+    topic: &'a [u8],
     qos: u8,
     retain: bool,
     payload: &'a [u8],
     ts: u64,
     /// Why it was dropped.
-    reason: Option<&'a str>,
+    reason: Option<&'a [u8]>,
 }
 
 /// Appends `s` as a JSON string. Most topics, client ids and text payloads need no escaping:
 /// one pass that the compiler vectorises finds that out, and the bytes are copied as they are;
 /// anything else goes through serde_json's escaping.
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    let plain = !s.bytes().fold(false, |any, b| {
-        any | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if plain {
-        out.reserve(s.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
+    if needs_no_escape(s.as_bytes()) {
+        quoted(out, s.as_bytes());
     } else if serde_json::to_writer(&mut *out, s).is_err() {
         out.extend_from_slice(b"null");
+    }
+}
+
+/// True when the bytes can stand in a JSON string as they are (valid UTF-8 assumed).
+fn needs_no_escape(b: &[u8]) -> bool {
+    !b.iter().fold(false, |any, &c| {
+        any | (c < 0x20) | (c == b'"') | (c == b'\\')
+    })
+}
+
+/// Appends UTF-8 text held as bytes as a JSON string.
+fn json_text(out: &mut Vec<u8>, b: &[u8]) {
+    if needs_no_escape(b) {
+        quoted(out, b);
+    } else {
+        json_str(out, &String::from_utf8_lossy(b));
+    }
+}
+
+/// `"` + `b` + `"`.
+fn quoted(out: &mut Vec<u8>, b: &[u8]) {
+    out.reserve(b.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(b);
+    out.push(b'"');
+}
+
+/// Appends a payload as a JSON string: as it is when it is printable ASCII without `"` or `\`
+/// (one pass instead of a UTF-8 check and an escape check), escaped when it is other UTF-8,
+/// and with U+FFFD for what is not UTF-8.
+fn json_payload(out: &mut Vec<u8>, b: &[u8]) {
+    let plain_ascii = !b.iter().fold(false, |any, &c| {
+        any | !(0x20..0x80).contains(&c) | (c == b'"') | (c == b'\\')
+    });
+    if plain_ascii {
+        quoted(out, b);
+    } else {
+        match std::str::from_utf8(b) {
+            Ok(text) => json_str(out, text),
+            Err(_) => json_str(out, &String::from_utf8_lossy(b)),
+        }
     }
 }
 
@@ -311,14 +348,14 @@ fn message_json(out: &mut Vec<u8>, e: &MessageFields<'_>, encoding: Encoding, no
     out.push(b'"');
     if let Some(c) = e.clientid {
         out.extend_from_slice(b",\"clientid\":");
-        json_str(out, c);
+        json_text(out, c);
     }
     out.extend_from_slice(b",\"from_client_id\":");
     json_opt(out, e.from_client_id);
     out.extend_from_slice(b",\"from_username\":");
     json_opt(out, e.from_username);
     out.extend_from_slice(b",\"topic\":");
-    json_str(out, e.topic);
+    json_text(out, e.topic);
     out.extend_from_slice(b",\"qos\":");
     out.extend_from_slice(itoa::Buffer::new().format(e.qos).as_bytes());
     out.extend_from_slice(if e.retain {
@@ -327,10 +364,7 @@ fn message_json(out: &mut Vec<u8>, e: &MessageFields<'_>, encoding: Encoding, no
         b",\"retain\":false,\"payload\":"
     });
     match encoding {
-        Encoding::Plain => match std::str::from_utf8(e.payload) {
-            Ok(text) => json_str(out, text),
-            Err(_) => json_str(out, &String::from_utf8_lossy(e.payload)),
-        },
+        Encoding::Plain => json_payload(out, e.payload),
         Encoding::Base64 => {
             // Base64 needs no escaping: encoded in place.
             let engine = &base64::engine::general_purpose::STANDARD;
@@ -349,17 +383,17 @@ fn message_json(out: &mut Vec<u8>, e: &MessageFields<'_>, encoding: Encoding, no
     out.extend_from_slice(itoa::Buffer::new().format(e.ts).as_bytes());
     if let Some(r) = e.reason {
         out.extend_from_slice(b",\"reason\":");
-        json_str(out, r);
+        json_text(out, r);
     }
     out.extend_from_slice(b",\"node\":");
     json_str(out, node);
     out.push(b'}');
 }
 
-/// Appends `s` as a JSON string, or `null`.
-fn json_opt(out: &mut Vec<u8>, s: Option<&str>) {
+/// Appends UTF-8 text as a JSON string, or `null`.
+fn json_opt(out: &mut Vec<u8>, s: Option<&[u8]>) {
     match s {
-        Some(s) => json_str(out, s),
+        Some(s) => json_text(out, s),
         None => out.extend_from_slice(b"null"),
     }
 }
@@ -395,11 +429,11 @@ impl Record {
             .into_iter()
             .flatten()
         {
-            Record::put(out, s.as_bytes());
+            Record::put(out, s);
         }
-        Record::put(out, e.topic.as_bytes());
+        Record::put(out, e.topic);
         if let Some(r) = e.reason {
-            Record::put(out, r.as_bytes());
+            Record::put(out, r);
         }
         Record::put(out, e.payload);
     }
@@ -441,9 +475,9 @@ impl Record {
             Record::MESSAGE => {
                 let [action, flags, qos] = [r.byte()?, r.byte()?, r.byte()?];
                 let ts = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
-                let mut text = |on: bool| -> Option<Option<&str>> {
+                let mut text = |on: bool| -> Option<Option<&[u8]>> {
                     if on {
-                        Some(Some(std::str::from_utf8(r.bytes()?).ok()?))
+                        Some(Some(r.bytes()?))
                     } else {
                         Some(None)
                     }
@@ -844,10 +878,10 @@ impl Plugin for WebHook {
         );
         let fields = MessageFields {
             action: EVENTS[i].2,
-            clientid: receiver.then(|| event.client_id.as_str()),
-            from_client_id: m.publisher.map(|p| p.as_str()).into_option(),
-            from_username: m.username.map(|u| u.as_str()).into_option(),
-            topic: m.topic.as_str(),
+            clientid: receiver.then(|| event.client_id.as_str().as_bytes()),
+            from_client_id: m.publisher.map(|p| p.as_str().as_bytes()).into_option(),
+            from_username: m.username.map(|u| u.as_str().as_bytes()).into_option(),
+            topic: m.topic.as_str().as_bytes(),
             qos: m.qos,
             retain: m.retain,
             payload: m.payload.as_slice(),
@@ -856,7 +890,7 @@ impl Plugin for WebHook {
             } else {
                 now_ms()
             },
-            reason: (point == HookPoint::MESSAGE_DROPPED).then(|| event.reason.as_str()),
+            reason: (point == HookPoint::MESSAGE_DROPPED).then(|| event.reason.as_str().as_bytes()),
         };
         s.queue.append(|out| Record::message(out, &fields, i));
     }
@@ -932,26 +966,38 @@ mod tests {
             "non-ASCII: é ü 温度 🌡",
             "</script>",
         ] {
+            for write in [json_str, |o: &mut Vec<u8>, t: &str| {
+                json_text(o, t.as_bytes())
+            }] {
+                let mut out = Vec::new();
+                write(&mut out, text);
+                let back: String = serde_json::from_slice(&out).expect("valid JSON");
+                assert_eq!(back, text);
+            }
             let mut out = Vec::new();
-            json_str(&mut out, text);
+            json_payload(&mut out, text.as_bytes());
             let back: String = serde_json::from_slice(&out).expect("valid JSON");
-            assert_eq!(back, text);
+            assert_eq!(back, text, "payload");
         }
+        let mut out = Vec::new();
+        json_payload(&mut out, b"ok \xff\xfe \x80");
+        let back: String = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(back, "ok \u{fffd}\u{fffd} \u{fffd}", "not UTF-8: replaced");
     }
 
     #[test]
     fn a_message_event_is_emqx_json() {
         let fields = MessageFields {
             action: "message_dropped",
-            clientid: Some("rx"),
-            from_client_id: Some("dev\n1"),
+            clientid: Some(b"rx"),
+            from_client_id: Some(b"dev\n1"),
             from_username: None,
-            topic: "a/\"b\"",
+            topic: b"a/\"b\"",
             qos: 2,
             retain: true,
             payload: b"\xff\x00ok",
             ts: 1_700_000_000_123,
-            reason: Some("queue_full"),
+            reason: Some(b"queue_full"),
         };
         let node = "node-\"1\"";
         let mut out = Vec::new();
@@ -977,9 +1023,9 @@ mod tests {
         let fields = MessageFields {
             action: "message_publish",
             clientid: None,
-            from_client_id: Some("dev-1"),
-            from_username: Some("ann"),
-            topic: "t/1",
+            from_client_id: Some(b"dev-1"),
+            from_username: Some(b"ann"),
+            topic: b"t/1",
             qos: 1,
             retain: false,
             payload: b"21.5",
