@@ -535,3 +535,65 @@ async fn pending_wills_are_bounded() {
     .await;
     assert!(b.log().contains("limits.max_pending_will_bytes reached"));
 }
+
+/// A takeover storm: many connections with one client id at once, persistent or clean, each
+/// subscribing and publishing as it connects. Before, a client taking the id over took the old
+/// connection's control line while it waited for that connection to hand the session back, so
+/// a second client, with a clean start, found the session unattached and ended it while the
+/// old connection still ran. That connection's SUBSCRIBE then put the ended session back in
+/// the router, where it was sent (and charged) every matching message for nobody, without end:
+/// 160 MB in 10 s of such a storm, all of it counted against `limits.memory_high_watermark`.
+/// Whatever the interleaving, once the storm is over and the last session ended, nothing may
+/// be left.
+#[tokio::test]
+async fn a_takeover_storm_leaves_nothing_behind() {
+    let b = Broker::start();
+    let port = b.port();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let storm = (0..24u32).map(|task| {
+        tokio::spawn(async move {
+            let mut round = 0u32;
+            while tokio::time::Instant::now() < deadline {
+                round += 1;
+                let pick = (task * 7 + round * 13) % 10;
+                let level = if pick.is_multiple_of(2) { 4 } else { 5 };
+                let mut w = Wire::open(port).await;
+                let mut bytes = connect_packet(level, "z", pick < 3, 60);
+                bytes.extend(subscribe_packet(level, 1, "z/#", 1));
+                bytes.extend(publish_packet(level, "z/x", 1, 2, false, b"hello"));
+                w.send(&bytes).await;
+                // Until CONNACK (or the close of a connection taken over at once): when the
+                // storm ends, no connection of it is still waiting to take the session over.
+                w.recv().await;
+                if pick >= 5 {
+                    w.recv_within(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    });
+    for task in storm.collect::<Vec<_>>() {
+        task.await.expect("storm task");
+    }
+    // The clients are gone; the broker may still be handing the session from one of their
+    // connections to the next.
+    wait_until("every connection closed", || metric(&b, "connections") == 0).await;
+    // End whatever session is left.
+    let mut last = Wire::connected(port, 4, "z").await;
+    last.send(&[0xE0, 0x00]).await;
+    assert!(last.closed_within(WAIT, &mut Vec::new()).await, "closed");
+    wait_until("no session left", || {
+        b.ctl_ok(&["sessions", "list"]).contains("0 session(s)")
+    })
+    .await;
+    assert_eq!(
+        metric(&b, "subscriptions"),
+        0,
+        "a subscription of an ended session"
+    );
+    let mut publisher = Wire::connected(port, 4, "pub").await;
+    publisher
+        .send(&publish_packet(4, "z/x", 1, 1, false, b"for nobody"))
+        .await;
+    assert_eq!(publisher.recv().await.map(|p| p.kind()), Some(4), "PUBACK");
+    assert_eq!(metric(&b, "queued_bytes"), 0, "messages queued for nobody");
+}

@@ -383,6 +383,12 @@ impl Broker {
         };
         let bytes = key_bytes(&key);
         let mut router = self.routes_mut();
+        if session.has_ended() {
+            // A connection that is being taken over by a clean start, still reading what its
+            // client sent: its subscription would keep the ended session in the router,
+            // queueing (and charging) every matching message for nobody.
+            return false;
+        }
         router.insert(key.group.as_ref(), &key.filter, session.id, entry);
         let previous = session
             .subscriptions
@@ -831,19 +837,32 @@ impl Broker {
         loop {
             let existing = self.session(client_id);
             if let Some(old) = &existing {
-                let old_control = old.control.lock().take();
+                // The line stays in the session while its connection hands the session back:
+                // another client taking the id over meanwhile sees it attached and waits its
+                // turn (it asks too), instead of resuming or ending a session that connection
+                // still runs on.
+                let old_control = old.control.lock().clone();
                 if let Some(ctrl) = old_control {
                     let (done_tx, done_rx) = oneshot::channel();
                     let kick = Control::Kick {
                         reason: KickReason::TakenOver,
                         done: done_tx,
                     };
-                    if ctrl.send(kick).is_ok()
+                    let sent = ctrl.send(kick).is_ok();
+                    // Answered, or dropped unanswered when the connection ended otherwise.
+                    let answered = sent
                         && tokio::time::timeout(TAKEOVER_TIMEOUT, done_rx)
                             .await
-                            .is_err()
-                    {
-                        tracing::warn!(client_id = %client_id, "previous connection did not hand its session back in time");
+                            .is_ok();
+                    if !answered {
+                        if sent {
+                            tracing::warn!(client_id = %client_id, "previous connection did not hand its session back in time");
+                        }
+                        // Gone, or too slow: the session counts as unattached from now on.
+                        let mut control = old.control.lock();
+                        if control.as_ref().is_some_and(|c| c.same_line(&ctrl)) {
+                            *control = None;
+                        }
                     }
                     continue;
                 }
@@ -950,6 +969,9 @@ impl Broker {
     /// Removes a session's subscriptions and queue, publishing its pending will. The caller has
     /// already taken it out of the registry.
     fn discard_session(&self, session: &Arc<Session>) {
+        // First: a connection still running on it (taken over, reading what its client sent)
+        // may subscribe, queue or write to the store from now on only to no effect.
+        session.end();
         metrics::sub(&self.metrics.sessions, 1);
         // Only sessions that were written: a clean session's end costs the store nothing.
         if session.in_store.swap(false, Ordering::Relaxed) {
@@ -957,13 +979,16 @@ impl Broker {
                 client_id: session.client_id.clone(),
             });
         }
-        let subs: Vec<_> = session.subscriptions.lock().drain().collect();
-        {
+        let subs: Vec<_> = {
+            // `add_subscription` checks `has_ended` under the router's write lock and adds under
+            // it: what it added before is in `subscriptions` now, nothing is added after.
             let mut router = self.routes_mut();
+            let subs: Vec<_> = session.subscriptions.lock().drain().collect();
             for (key, _) in &subs {
                 router.remove(key.group.as_ref(), &key.filter, &session.id);
             }
-        }
+            subs
+        };
         let bytes: usize = subs.iter().map(|(key, _)| key_bytes(key)).sum();
         metrics::sub(&self.metrics.subscription_bytes, bytes as u64);
         session.clear_queue();

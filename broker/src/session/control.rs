@@ -106,6 +106,11 @@ pub fn control_line() -> (ControlSender, ControlReceiver) {
 }
 
 impl ControlSender {
+    /// True when both are the sending end of one line (one connection's).
+    pub fn same_line(&self, other: &ControlSender) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Hands `control` to the connection; `Err` with it when the connection is gone.
     pub fn send(&self, control: Control) -> Result<(), Control> {
         let mut waiting = self.0.waiting.lock();

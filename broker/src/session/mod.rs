@@ -169,6 +169,9 @@ pub struct Session {
     /// session was resumed meanwhile.
     pub generation: AtomicU64,
     online: AtomicBool,
+    /// Set when the session ends ([`Session::end`]): a connection still running on it (one
+    /// being taken over by a clean start) may neither subscribe it again nor queue into it.
+    ended: AtomicBool,
     queue: Mutex<Queue>,
     notify: Notify,
     limits: Arc<QueueLimits>,
@@ -284,6 +287,7 @@ impl Session {
             client_id,
             generation: AtomicU64::new(0),
             online: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
                 bytes: 0,
@@ -306,6 +310,19 @@ impl Session {
     /// True while a connection is attached.
     pub fn is_online(&self) -> bool {
         self.online.load(Ordering::Acquire)
+    }
+
+    /// Marks the session ended: nothing is queued into it from now on, nothing about it goes to
+    /// the store (a new session may have its client id there), and `Broker::add_subscription`
+    /// refuses it (the broker calls this before it takes the session's subscriptions out of
+    /// the router).
+    pub(crate) fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+    }
+
+    /// True once the session has ended (see [`Session::end`]).
+    pub fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
     }
 
     /// When the last connection detached (`None` while online): the start of session expiry.
@@ -360,7 +377,7 @@ impl Session {
         self.limits
             .live_store
             .get()
-            .filter(|_| self.is_persistent())
+            .filter(|_| self.is_persistent() && !self.has_ended())
     }
 
     /// Queues a delivery and wakes the attached connection if the queue was empty. With a live
@@ -379,6 +396,10 @@ impl Session {
         let was_empty = {
             let mut q = self.queue.lock();
             if q.items.len() >= limits.max_messages || q.charged() + size > limits.max_bytes {
+                return Enqueued::Dropped;
+            }
+            if self.has_ended() {
+                // Its queue was emptied for good: what came in now would be charged forever.
                 return Enqueued::Dropped;
             }
             let online = self.online.load(Ordering::Acquire);
@@ -532,6 +553,7 @@ impl Session {
         q.items.drain(..).map(|(d, _)| d).collect()
     }
 
+    /// Empties the queue of an ended session and gives back everything charged to it.
     pub(crate) fn clear_queue(&self) {
         let mut q = self.queue.lock();
         q.items.clear();
