@@ -368,6 +368,8 @@ const QUIET_BEFORE_ORDERED: Duration = Duration::from_millis(1);
 
 /// Most tasks waiting to run for which a fresh PUBLISH still yields to them: a broker with
 /// more is busy (see [`QUIET_BEFORE_ORDERED`]), and the yield would wait behind all of them.
+/// Unused without `tokio_unstable` (the fuzz build's flags replace `.cargo/config.toml`'s).
+#[cfg_attr(not(tokio_unstable), allow(dead_code))]
 const YIELD_TO_AT_MOST: usize = 2;
 
 /// Whether between one and [`YIELD_TO_AT_MOST`] tasks are waiting to run besides the one
