@@ -91,9 +91,15 @@ printf '%-8s %-4s %12s %12s %7s %16s %16s %7s\n' mode qos "msg/s none" "msg/s wi
 for mode in $MODES; do
   for qos in 0 1; do
     : > "$work/base.$mode.$qos"; : > "$work/with.$mode.$qos"
-    for _ in $(seq "$ROUNDS"); do
-      run base "$base_port" "$base_pid" "$mode" "$qos"
-      run with "$with_port" "$with_pid" "$mode" "$qos"
+    for round in $(seq "$ROUNDS"); do
+      # Which runs first alternates: the first run of a round can measure lower.
+      if [ $((round % 2)) = 1 ]; then
+        run base "$base_port" "$base_pid" "$mode" "$qos"
+        run with "$with_port" "$with_pid" "$mode" "$qos"
+      else
+        run with "$with_port" "$with_pid" "$mode" "$qos"
+        run base "$base_port" "$base_pid" "$mode" "$qos"
+      fi
     done
     base=$(cut -d' ' -f1 "$work/base.$mode.$qos" | median); with=$(cut -d' ' -f1 "$work/with.$mode.$qos" | median)
     base_cpu=$(cut -d' ' -f2 "$work/base.$mode.$qos" | median); with_cpu=$(cut -d' ' -f2 "$work/with.$mode.$qos" | median)

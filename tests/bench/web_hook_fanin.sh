@@ -60,8 +60,13 @@ settle() { # $1 = broker dir
     last=$now; sleep 0.6
   done
 }
-for _ in $(seq "$ROUNDS"); do
-  run none "$none_port"; run up "$up_port"; settle "$work/up"; run down "$down_port"
+# The order rotates every round: the first run of a round can measure lower.
+for round in $(seq "$ROUNDS"); do
+  case $((round % 3)) in
+    1) run none "$none_port"; run up "$up_port"; settle "$work/up"; run down "$down_port" ;;
+    2) run up "$up_port"; settle "$work/up"; run down "$down_port"; run none "$none_port" ;;
+    0) run down "$down_port"; run none "$none_port"; run up "$up_port"; settle "$work/up" ;;
+  esac
 done
 none=$(median < "$work/none.rates"); up=$(median < "$work/up.rates"); down=$(median < "$work/down.rates")
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }

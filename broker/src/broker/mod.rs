@@ -13,12 +13,15 @@
 //! [`Broker::attach`] binds a connection to a session, taking over a live connection of the same
 //! client id first ([MQTT-3.1.4-2]).
 
+mod load;
 mod overload;
 mod restore;
 mod route;
 mod services;
 #[cfg(test)]
 mod tests;
+
+pub use load::{LoadLevel, LIGHT_MESSAGES_PER_SEC};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -96,6 +99,8 @@ pub struct Broker {
     offline_order: Mutex<std::collections::VecDeque<overload::OfflineEntry>>,
     /// When a session was last ended to make room (for its log).
     session_evictions: crate::clock::AtMostEvery,
+    /// Whether the broker is lightly loaded (for connections: [`LoadLevel`]).
+    pub load: LoadLevel,
 }
 
 /// A listener as bound, for the management API.
@@ -178,6 +183,7 @@ impl Broker {
             offline_drops: crate::clock::AtMostEvery::default(),
             offline_order: Mutex::new(std::collections::VecDeque::new()),
             session_evictions: crate::clock::AtMostEvery::default(),
+            load: LoadLevel::default(),
         })
     }
 

@@ -349,6 +349,7 @@ impl Connection {
             need_flush: false,
             paused: false,
             published: false,
+            delivered: false,
             needs_commit: false,
             enhanced: None,
             incoming: IncomingCharge::default(),

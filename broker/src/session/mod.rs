@@ -209,6 +209,20 @@ impl std::fmt::Debug for Session {
     }
 }
 
+thread_local! {
+    /// How many sessions this thread has queued into while their queue was empty, waking
+    /// their connection: see [`woken_here`].
+    static WOKEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many times this thread has woken a connection by queuing into its empty queue (a
+/// running count; compare two readings). The runtime runs a task woken from one of its
+/// workers on that worker, right after the task that woke it: a connection that sees it woke
+/// another can let it write first (see the connection's `act`).
+pub fn woken_here() -> u64 {
+    WOKEN.with(std::cell::Cell::get)
+}
+
 /// Result of [`Session::enqueue`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
@@ -366,6 +380,7 @@ impl Session {
         };
         if was_empty {
             self.notify.notify_one();
+            WOKEN.with(|w| w.set(w.get().wrapping_add(1)));
         }
         Enqueued::Queued
     }
