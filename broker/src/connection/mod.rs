@@ -327,9 +327,9 @@ impl Connection {
     /// ([`crate::broker::LIGHT_MESSAGES_PER_SEC`]), a read after a pause
     /// ([`QUIET_BEFORE_DELIVERIES_FIRST`]) whose messages woke an idle subscriber yields once
     /// before its answers are written, if few other tasks are waiting: the woken connections
-    /// write, then this one. End-to-end p50 at 2 000 QoS 1 messages/s fell by 16 and 22 µs
-    /// (means of two sets of 30 paired runs), to within 5 µs of Mosquitto's; the PUBACK
-    /// comes 30–45 µs later.
+    /// write, then this one. End-to-end p50 at 2 000 QoS 1 messages/s fell by 16–22 µs
+    /// (means of three sets of 30 paired runs), to within 5 µs of Mosquitto's; the PUBACK
+    /// comes 20–50 µs later.
     ///
     /// Only at light load: the yield waits until the worker has nothing else to run, and
     /// publishers that wait for their PUBACKs before sending more lose throughput to every
