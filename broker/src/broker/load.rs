@@ -1,6 +1,6 @@
 //! Whether the broker is lightly loaded, for the choices a connection makes differently then
-//! (see [`crate::connection`]'s driver): messages received per second over the last [`SAMPLE_MS`] or
-//! so, sampled by whichever connection asks.
+//! (see [`crate::connection`]'s driver): messages received per second over the last
+//! [`SAMPLE_MS`] or so, sampled by whichever connection asks.
 //!
 //! Only asked now and then (when a connection would act on the answer), so the sample's
 //! window may be stale: one much longer than [`SAMPLE_MS`] starts a new window instead, and

@@ -349,7 +349,6 @@ impl Connection {
             need_flush: false,
             paused: false,
             published: false,
-            delivered: false,
             needs_commit: false,
             enhanced: None,
             incoming: IncomingCharge::default(),

@@ -367,8 +367,8 @@ impl Connection {
                 ));
             }
         }
-        if std::mem::take(&mut self.delivered)
-            && quiet != Quiet::Busy
+        // Waking a connection here means this turn's messages were queued for it.
+        if quiet != Quiet::Busy
             && crate::session::woken_here() != woken_before
             && self.machine.output_len() > 0
             && waiting_tasks() <= YIELD_TO_AT_MOST

@@ -199,7 +199,6 @@ impl Connection {
         }
         let matched = self.broker.publish(message, username, false).unwrap_or(0);
         self.published = true;
-        self.delivered |= matched > 0;
         if matched == 0 {
             self.machine
                 .v5_or_success(ReasonCode::NoMatchingSubscribers)

@@ -45,8 +45,6 @@ pub(super) struct Connection {
     pub(super) paused: bool,
     /// A message was routed since the high-water mark was last looked at.
     pub(super) published: bool,
-    /// A message routed in this turn matched subscriptions (see `act`).
-    pub(super) delivered: bool,
     /// Answers in the write buffer promise changes submitted to the live session store: wait
     /// for their commit before the buffer may be written.
     pub(super) needs_commit: bool,
