@@ -42,6 +42,14 @@ pub trait Plugin: Send + Sync + Sized + 'static {
     const NAME: &'static str;
     /// One line describing the plugin (`brokerctl plugins list`).
     const DESCRIPTION: &'static str;
+    /// Worker threads of the plugin's runtime (at least 1). The default, 2, suits a plugin that
+    /// does I/O or CPU work on it (an auth backend, a bridge). A plugin whose work there is
+    /// light and never blocks a worker — timers, an HTTP page, no runtime use at all — sets 1
+    /// and saves an idle thread; work that blocks belongs in `tokio::task::spawn_blocking`,
+    /// whose threads start on demand and end when idle. Read once, when the plugin is created.
+    ///
+    /// An SDK setting: the broker never sees it, so it needs no API version.
+    const RUNTIME_THREADS: usize = 2;
 
     /// Creates the plugin from the text of its config file (empty when there is none).
     /// Return [`PluginError::config`] with the parser's message for a bad config.
@@ -855,9 +863,6 @@ fn install_log_forwarding(host: &HostRef) {
 
 // ------------------------------------------------------------------ root module
 
-/// Worker threads of each plugin's runtime.
-const RUNTIME_THREADS: usize = 2;
-
 extern "C" fn create<P: Plugin>(
     host: HostRef,
     config: RStr<'_>,
@@ -867,7 +872,7 @@ extern "C" fn create<P: Plugin>(
         install_log_forwarding(&host);
         let counter = Arc::new(AtomicUsize::new(0));
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(RUNTIME_THREADS)
+            .worker_threads(P::RUNTIME_THREADS.max(1))
             .thread_name_fn(move || {
                 format!(
                     "plg-{}-{}",

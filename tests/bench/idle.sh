@@ -8,15 +8,17 @@
 #   BEFORE=/path/to/older/broker bash tests/bench/idle.sh   # adds that binary as a column
 #
 # Reported per broker: RSS at start with no client, RSS growth per connection (KiB, from 0 to
-# CLIENTS),
-# connects per second, and CPU used while the connections sit idle for IDLE_SECS (percent of
-# one core). Needs mosquitto (apt-get install mosquitto); builds the release binaries itself.
+# CLIENTS), connects per second, CPU used while the connections sit idle for IDLE_SECS (percent
+# of one core), and RSS LEFT_SECS after every client has gone (what an idle broker keeps of the
+# memory the connections used). Needs mosquitto (apt-get install mosquitto); builds the release
+# binaries itself.
 # The file limit here is 20 000: keep CLIENTS below it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CLIENTS=${CLIENTS:-19000}
 ROUNDS=${ROUNDS:-3}
 IDLE_SECS=${IDLE_SECS:-5}
+LEFT_SECS=${LEFT_SECS:-5}
 CONCURRENCY=${CONCURRENCY:-100}
 command -v mosquitto >/dev/null || { echo "mosquitto not installed (apt-get install mosquitto)" >&2; exit 1; }
 ulimit -n 20000 2>/dev/null || true
@@ -27,7 +29,8 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-# One round against the broker running as $1 on port $2: prints "rss0 per_conn_kib rate cpu_pct".
+# One round against the broker running as $1 on port $2: prints
+# "rss0 per_conn_kib rate cpu_pct rss_after_clients_left".
 round() {
   local pid=$1 port=$2 out="$work/bench.out"
   rm -f "$out"
@@ -45,14 +48,17 @@ round() {
   sleep "$IDLE_SECS"
   local t1; t1=$(cpu_ticks "$pid")
   kill "$bench" 2>/dev/null; wait "$bench" 2>/dev/null || true
+  sleep "$LEFT_SECS"
+  local rss2; rss2=$(rss_kib "$pid")
   local hz; hz=$(getconf CLK_TCK)
   awk -v r0="$rss0" -v r1="$rss1" -v n="$connected" -v rate="$rate" -v t0="$t0" -v t1="$t1" \
-      -v hz="$hz" -v s="$IDLE_SECS" \
-    'BEGIN { printf "%d %.2f %d %.1f\n", r0, (n > 0 ? (r1 - r0) / n : 0), rate, 100 * (t1 - t0) / hz / s }'
+      -v hz="$hz" -v s="$IDLE_SECS" -v r2="$rss2" \
+    'BEGIN { printf "%d %.2f %d %.1f %d\n", r0, (n > 0 ? (r1 - r0) / n : 0), rate, 100 * (t1 - t0) / hz / s, r2 }'
 }
 
-# Each round runs against a freshly started broker: memory a broker has once used stays in
-# its heap, so a second round on the same process would measure nothing.
+# Each round runs against a freshly started broker: some of the memory a broker has once used
+# stays with it (the last row says how much), and a second round on the same process would
+# start from there.
 # start_one NAME: starts broker NAME (ours, before, mosquitto); sets $pid and $port.
 start_one() {
   port=$(free_port)
@@ -87,7 +93,8 @@ done
 col() { awk -v c="$1" '{print $c}' "$work/$2.rounds" | median; }
 printf '%-30s' "idle, $CLIENTS connections"; for n in "${names[@]}"; do printf ' %12s' "$n"; done
 printf ' %10s\n' "ours/mosq"
-for row in "1 RSS at start (KiB)" "2 RSS per connection (KiB)" "3 connects/s" "4 CPU while idle (% core)"; do
+for row in "1 RSS at start (KiB)" "2 RSS per connection (KiB)" "3 connects/s" "4 CPU while idle (% core)" \
+  "5 RSS after clients left (KiB)"; do
   c=${row%% *}; name=${row#* }
   printf '%-30s' "$name"
   for n in "${names[@]}"; do printf ' %12s' "$(col "$c" "$n")"; done

@@ -801,6 +801,10 @@ async fn the_shipped_config_starts_with_its_plugins() {
     for name in ["retainer", "presence", "dashboard"] {
         let line = b.plugin_line(name);
         assert!(line.contains("state=active"), "{line}");
+        // They use their runtimes lightly and ask for one worker (`RUNTIME_THREADS`), not
+        // the SDK's default two: an idle broker holds no threads it does not use.
+        let threads = plugin_threads(b.pid(), name);
+        assert_eq!(threads.len(), 1, "{name}: {threads:?}");
     }
     let mut sub = V4Client::connect(b.port(), "sub").await;
     sub.subscribe("shipped/#", QoS::AtLeastOnce).await;
@@ -815,4 +819,16 @@ async fn the_shipped_config_starts_with_its_plugins() {
     let mut late = V4Client::connect(b.port(), "late").await;
     late.subscribe("shipped/#", QoS::AtLeastOnce).await;
     assert!(late.recv_publish().await.retain);
+}
+
+/// The names of the threads of process `pid` that belong to plugin `name`'s runtime
+/// (`plg-<name>-<n>`).
+fn plugin_threads(pid: u32, name: &str) -> Vec<String> {
+    let prefix = format!("plg-{name}-");
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/<pid>/task");
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|comm| comm.trim_end().to_owned())
+        .filter(|comm| comm.starts_with(&prefix))
+        .collect()
 }

@@ -59,6 +59,39 @@ fn init_logging(config: &Config) {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How often a worker that runs out of work may hand its freed memory back (see
+/// [`collect_when_idle`]).
+const COLLECT_EVERY: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// When this worker last handed its freed memory back.
+    static LAST_COLLECT: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Called by each runtime worker when it runs out of work: at most once per [`COLLECT_EVERY`],
+/// hands the memory that this thread freed back to mimalloc's arena, and purges what has lain
+/// unused there for mimalloc's purge delay (1 s) back to the system. mimalloc otherwise does
+/// both only while a thread goes on allocating, so a broker that 10 000 clients had just left
+/// held ~12 MiB more than at start for as long as it stayed idle. (A purge delay of 0 returned
+/// memory sooner but tripled the page faults of fan-in QoS 1: memory given back and taken
+/// again at once.)
+fn collect_when_idle() {
+    let now = std::time::Instant::now();
+    let due = LAST_COLLECT.with(|last| {
+        let due = last
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= COLLECT_EVERY);
+        if due {
+            last.set(Some(now));
+        }
+        due
+    });
+    if due {
+        // SAFETY: `mi_collect` only walks mimalloc's own structures for the calling thread.
+        unsafe { libmimalloc_sys::mi_collect(false) }
+    }
+}
+
 fn main() -> ExitCode {
     let path = match parse_args() {
         Ok(p) => p,
@@ -82,7 +115,10 @@ fn main() -> ExitCode {
         tracing::debug!(open_files = n, "file descriptor limit");
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all().thread_name("broker");
+    builder
+        .enable_all()
+        .thread_name("broker")
+        .on_thread_park(collect_when_idle);
     // tokio's LIFO slot stays on: the delivery a PUBLISH wakes runs next on the same worker,
     // without waking the other (a cross-CPU wake-up is most of the end-to-end latency at light
     // load). The arrival order of clients' input is kept by the connections instead: a read

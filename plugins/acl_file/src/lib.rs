@@ -120,6 +120,8 @@ const USAGE: &str = "acl check <user|-> <client id> <publish|subscribe> <topic> 
 impl Plugin for AclFile {
     const NAME: &'static str = "acl_file";
     const DESCRIPTION: &'static str = "ACL rules from a Mosquitto acl_file or an EMQ acl.conf";
+    /// Only the file watcher runs on the runtime.
+    const RUNTIME_THREADS: usize = 1;
 
     fn create(ctx: Context, config: &str) -> Result<Self, PluginError> {
         let config: Config =

@@ -316,6 +316,8 @@ async fn sample(shared: Arc<Shared>) {
 impl Plugin for Dashboard {
     const NAME: &'static str = "dashboard";
     const DESCRIPTION: &'static str = "web dashboard on its own port (default 127.0.0.1:18084)";
+    /// An HTTP server for one operator and a periodic sampler: light, never blocking.
+    const RUNTIME_THREADS: usize = 1;
 
     fn create(ctx: Context, config: &str) -> Result<Self, PluginError> {
         let config: Config =

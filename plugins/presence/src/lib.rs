@@ -116,6 +116,8 @@ impl Presence {
 impl Plugin for Presence {
     const NAME: &'static str = "presence";
     const DESCRIPTION: &'static str = "$SYS connected / disconnected events";
+    /// Publishes from the broker's threads; nothing runs on the runtime.
+    const RUNTIME_THREADS: usize = 1;
 
     fn create(ctx: Context, config: &str) -> Result<Self, PluginError> {
         let config: Config =

@@ -394,7 +394,9 @@ async fn writer(db: redb::Database, mut rx: mpsc::UnboundedReceiver<Op>, pending
     while close.is_none() && rx.recv_many(&mut batch, 1024).await > 0 {
         let n = batch.len() as u64;
         let mut acks = Vec::new();
-        let result = (|| -> Result<(), redb::Error> {
+        // The commit waits for the disc: off the runtime's one worker (`block_in_place` hands
+        // its other tasks to a thread of the blocking pool meanwhile).
+        let result = tokio::task::block_in_place(|| -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
             {
                 let mut table = txn.open_table(TABLE)?;
@@ -416,7 +418,7 @@ async fn writer(db: redb::Database, mut rx: mpsc::UnboundedReceiver<Op>, pending
             }
             txn.commit()?;
             Ok(())
-        })();
+        });
         if let Err(e) = result {
             tracing::error!(error = %e, "retained messages could not be written to disc");
             batch.clear();
@@ -860,6 +862,8 @@ impl Retainer {
 impl Plugin for Retainer {
     const NAME: &'static str = "retainer";
     const DESCRIPTION: &'static str = "retained messages in RAM or on disc";
+    /// Replays, the expiry sweep and the disc writer (whose commits leave the worker) are light.
+    const RUNTIME_THREADS: usize = 1;
 
     fn create(ctx: Context, config: &str) -> Result<Self, PluginError> {
         let config: Config =

@@ -225,6 +225,8 @@ pub struct Rewrite {
 impl Plugin for Rewrite {
     const NAME: &'static str = "rewrite";
     const DESCRIPTION: &'static str = "topic rewriting by ordered rules";
+    /// Rewrites on the broker's threads; nothing runs on the runtime.
+    const RUNTIME_THREADS: usize = 1;
 
     fn create(_ctx: Context, config: &str) -> Result<Self, PluginError> {
         let config: Config =

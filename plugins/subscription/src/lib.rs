@@ -88,6 +88,8 @@ pub struct Subscription {
 impl Plugin for Subscription {
     const NAME: &'static str = "subscription";
     const DESCRIPTION: &'static str = "auto-subscribe on connect";
+    /// Subscribes from the broker's threads; nothing runs on the runtime.
+    const RUNTIME_THREADS: usize = 1;
 
     fn create(ctx: Context, config: &str) -> Result<Self, PluginError> {
         let config: Config =
