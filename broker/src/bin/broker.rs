@@ -80,6 +80,14 @@ thread_local! {
 /// held ~12 MiB more than at start for as long as it stayed idle. (A purge delay of 0 returned
 /// memory sooner but tripled the page faults of fan-in QoS 1: memory given back and taken
 /// again at once.)
+/// Called by each runtime worker when it runs out of work, before it sleeps.
+fn on_park() {
+    // A publisher still waiting for its deliveries to go first goes on (their connections
+    // wake it as they write; this is for when none did).
+    broker::connection::let_answers_go();
+    collect_when_idle();
+}
+
 fn collect_when_idle() {
     // The precise clock, not `clock::coarse_monotonic_ms`: a park costs a system call anyway,
     // and the coarse clock's 4 ms steps made a worker skip every other wake-up of the 1 s
@@ -126,7 +134,7 @@ fn main() -> ExitCode {
     builder
         .enable_all()
         .thread_name("broker")
-        .on_thread_park(collect_when_idle)
+        .on_thread_park(on_park)
         .thread_keep_alive(BLOCKING_KEEP_ALIVE);
     // tokio's LIFO slot stays on: the delivery a PUBLISH wakes runs next on the same worker,
     // without waking the other (a cross-CPU wake-up is most of the end-to-end latency at light

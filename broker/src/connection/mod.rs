@@ -49,6 +49,7 @@ mod effects;
 mod exit;
 mod finish;
 mod io;
+mod order;
 mod packets;
 mod publish;
 mod state;
@@ -68,9 +69,11 @@ use crate::metrics;
 use crate::session::protocol::timers::{Liveness, Timeout};
 use exit::Exit;
 use io::{poll_io, release_if_empty, IoEvent};
+use order::{others_waiting, waiting_tasks, Quiet, YIELD_TO_AT_MOST};
 use state::{event, Connection};
 
 pub use io::Transport;
+pub use order::let_answers_go;
 
 /// Above this many bytes waiting to be written, the session queue is not drained into the
 /// write buffer and the client is not read (see the module docs).
@@ -168,6 +171,8 @@ pub fn serve<S: Transport, H: Send>(
         let exit = conn.run(&mut stream, &mut rbuf).await;
         let lingers = exit.lingers();
         conn.finish(&mut stream, exit).await;
+        // A publisher on this worker may be waiting for this connection to write.
+        let_answers_go();
         metrics::sub(&broker.metrics.connections, 1);
         if lingers {
             io::linger(&mut stream, &mut rbuf).await;
@@ -311,31 +316,16 @@ impl Connection {
     /// One turn of work between waits: resume after back-pressure, act on the packets that
     /// arrived, and move deliveries into the write buffer.
     ///
-    /// **Input that arrived together is acted on in arrival order.** The runtime runs the task
-    /// it woke last first (its LIFO slot, kept for latency: see the broker binary), so of two
-    /// clients whose input one poll found ready, the later would go first: a PUBLISH sent just
-    /// after another client's SUBSCRIBE would miss it (about half of them in
-    /// `a_subscribe_sent_just_before_another_clients_publish_gets_it`). So a read that starts
-    /// with a PUBLISH after a quiet spell ([`Quiet::Idle`]) yields once
-    /// before it is decoded when a few other tasks are waiting to run ([`others_waiting`]):
-    /// the worker runs them, then comes back.
+    /// Two rules decide who goes first when input wakes other connections on this worker
+    /// (see [`order`]): input that arrived together is acted on in arrival order (a read that
+    /// starts with a PUBLISH after a quiet spell, [`Quiet::Idle`], yields once before it is
+    /// decoded when a few other tasks are waiting, [`others_waiting`]); and at light load
+    /// ([`crate::broker::LIGHT_MESSAGES_PER_SEC`]) the deliveries a paced PUBLISH causes go out
+    /// before the publisher's own answers ([`order::after_deliveries`]).
     ///
-    /// **At light load, deliveries go out before the publisher's own answers**, as Mosquitto
-    /// sends them. The connections a PUBLISH wakes run on this worker after this task (its
-    /// LIFO slot again), so what this task writes first — a PUBACK, one `sendto` — delays
-    /// every delivery by that much. So when the broker is lightly loaded
-    /// ([`crate::broker::LIGHT_MESSAGES_PER_SEC`]), a read after a pause
-    /// ([`QUIET_BEFORE_DELIVERIES_FIRST`]) whose messages woke an idle subscriber yields once
-    /// before its answers are written, if few other tasks are waiting: the woken connections
-    /// write, then this one. End-to-end p50 at 2 000 QoS 1 messages/s fell by 16–22 µs
-    /// (means of three sets of 30 paired runs), to within 5 µs of Mosquitto's; the PUBACK
-    /// comes 20–50 µs later.
-    ///
-    /// Only at light load: the yield waits until the worker has nothing else to run, and
-    /// publishers that wait for their PUBACKs before sending more lose throughput to every
-    /// microsecond of it (without the load condition, fan-in QoS 1 lost 14 %). A
-    /// self-wake instead of the yield (back of the run queue) gained nothing: it wakes the
-    /// other worker, a `futex` call on the same path.
+    /// Only at light load: publishers that wait for their PUBACKs before sending more lose
+    /// throughput to every microsecond the PUBACK waits (without the load condition, fan-in
+    /// QoS 1 lost 14 %).
     async fn act(
         &mut self,
         rbuf: &mut BytesMut,
@@ -377,90 +367,13 @@ impl Connection {
                 .load
                 .is_light(&self.broker.metrics.messages_received)
         {
-            tokio::task::yield_now().await;
+            order::after_deliveries().await;
         }
         if self.machine.output_len() < WRITE_BUFFER_HIGH {
             self.drain_queue();
         }
         Ok(())
     }
-}
-
-/// How long a connection had read nothing before the input it acts on (see
-/// [`Connection::act`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Quiet {
-    /// Input follows input: a stream, or a busy client.
-    Busy,
-    /// At least [`QUIET_BEFORE_DELIVERIES_FIRST`]: paced input, as at light load.
-    Paced,
-    /// At least [`QUIET_BEFORE_ORDERED`].
-    Idle,
-}
-
-impl Quiet {
-    fn of(since_read: Duration) -> Quiet {
-        if since_read >= QUIET_BEFORE_ORDERED {
-            Quiet::Idle
-        } else if since_read >= QUIET_BEFORE_DELIVERIES_FIRST {
-            Quiet::Paced
-        } else {
-            Quiet::Busy
-        }
-    }
-}
-
-/// How long a connection has read nothing before the deliveries its PUBLISH causes are
-/// written ahead of its own answers (see [`Connection::act`]): a client publishing up to
-/// 5 000 times a second, one message at a time. A publisher streaming faster sends again
-/// before its answers are out, and the order gains it nothing.
-const QUIET_BEFORE_DELIVERIES_FIRST: Duration = Duration::from_micros(200);
-
-/// How long a connection has read nothing before a PUBLISH it reads is ordered after the
-/// input woken with it (see [`Connection::act`]).
-///
-/// The order conformance suites rely on is that of two clients' packets reaching an idle
-/// broker. A yield parks the task until its worker has run everything else, where the other
-/// worker cannot take it: a publisher streaming messages, which reads again within
-/// microseconds, would be held back behind every other task on every read (always yielding
-/// cost 28 % of fan-out throughput). It has nothing to order: on a busy broker inputs that
-/// arrive together have no order to keep.
-const QUIET_BEFORE_ORDERED: Duration = Duration::from_millis(1);
-
-/// Most tasks waiting to run for which a connection still yields (see [`Connection::act`]):
-/// a broker with more is busy (see [`QUIET_BEFORE_ORDERED`]), and the yield would wait behind
-/// all of them.
-const YIELD_TO_AT_MOST: usize = 2;
-
-/// Whether between one and [`YIELD_TO_AT_MOST`] tasks are waiting to run besides the one
-/// asking (in the workers' queues and the shared one). Needs the `tokio_unstable` build flag
-/// (`.cargo/config.toml`) to see the workers' queues; without it, assumed (a fresh PUBLISH
-/// then always yields first: ordered, at some cost in throughput).
-fn others_waiting() -> bool {
-    (1..=YIELD_TO_AT_MOST).contains(&waiting_tasks())
-}
-
-/// How many tasks are waiting to run besides the one asking, in the workers' queues and the
-/// shared one (not counting the one a worker runs next, its LIFO slot). Needs the
-/// `tokio_unstable` build flag (`.cargo/config.toml`) to see the queues; without it, or
-/// outside the runtime, assumed 1.
-fn waiting_tasks() -> usize {
-    #[cfg(tokio_unstable)]
-    {
-        thread_local! {
-            /// The runtime this thread runs tasks for (a worker stays with its runtime).
-            static METRICS: Option<tokio::runtime::RuntimeMetrics> =
-                tokio::runtime::Handle::try_current().ok().map(|h| h.metrics());
-        }
-        METRICS.with(|m| {
-            m.as_ref().map_or(1, |m| {
-                let local = (0..m.num_workers()).map(|w| m.worker_local_queue_depth(w));
-                m.global_queue_depth() + local.sum::<usize>()
-            })
-        })
-    }
-    #[cfg(not(tokio_unstable))]
-    1
 }
 
 #[cfg(test)]
