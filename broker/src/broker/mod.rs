@@ -13,13 +13,20 @@
 //! [`Broker::attach`] binds a connection to a session, taking over a live connection of the same
 //! client id first ([MQTT-3.1.4-2]); it and the rest of a session's lifecycle (ending it,
 //! wills, expiry) are in `lifecycle.rs`.
+//!
+//! The other parts: `subscriptions` (changes to the router and the sessions' subscription
+//! lists, and their bounds), `persistence` (the session store), `restore` (sessions read back
+//! at start), `overload` (the guard that disconnects the largest queues), `load` (how busy
+//! the broker is), `services` (what plugins may call).
 
 mod lifecycle;
 mod load;
 mod overload;
+mod persistence;
 mod restore;
 mod route;
 mod services;
+mod subscriptions;
 #[cfg(test)]
 mod tests;
 
@@ -27,26 +34,23 @@ pub use load::{LoadLevel, LIGHT_MESSAGES_PER_SEC};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
+use crossbeam_utils::sync::ShardedLock;
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::codec::reason::ReasonCode;
-use crate::codec::{QoS, SubscriptionOptions};
 use crate::config::Config;
-use crate::config::Durability;
 use crate::hooks::Hooks;
 use crate::message::DropReason;
 use crate::metrics::{self, Metrics};
 use crate::plugin::PluginManager;
 use crate::router::{SubscriptionKey, Trie};
-use crate::session::store::{Op, Store, StoreError};
+use crate::session::store::{Op, Store};
 use crate::session::{
-    key_bytes, Control, Delivery, Enqueued, KickReason, Message, QueueLimits, Session, SubEntry,
-    Subscription,
+    Control, Delivery, Enqueued, KickReason, Message, QueueLimits, Session, SubEntry,
 };
 use plugin_api::{ClientInfo, ClientView, EventView, HookPoint};
 use route::Scope;
@@ -321,163 +325,6 @@ impl Broker {
         }
     }
 
-    /// Subscribes an existing session, online or offline, on behalf of a plugin or the
-    /// management API. Returns the granted QoS.
-    pub fn subscribe_client(
-        &self,
-        client_id: &str,
-        raw: &str,
-        options: SubscriptionOptions,
-    ) -> Result<QoS, String> {
-        let session = self
-            .session(client_id)
-            .ok_or_else(|| format!("no session for client {client_id:?}"))?;
-        let key = SubscriptionKey::parse(raw).map_err(|e| e.to_string())?;
-        let qos = options.qos;
-        let is_new = self.add_subscription(&session, key.clone(), options, None);
-        self.store_session(&session);
-        // Plugins (a retainer) learn of it as of any subscription.
-        let point = HookPoint::SESSION_SUBSCRIBED;
-        self.notify_subscription(point, &session, &key, &options, is_new, None);
-        Ok(qos)
-    }
-
-    /// Fires `session.subscribed` / `session.unsubscribed` (`point`) for a subscription a plugin
-    /// or the management API changed, if any plugin listens and the client is connected.
-    fn notify_subscription(
-        &self,
-        point: HookPoint,
-        session: &Session,
-        key: &SubscriptionKey,
-        options: &SubscriptionOptions,
-        is_new: bool,
-        id: Option<u32>,
-    ) {
-        if !self.hooks.enabled(point) {
-            return;
-        }
-        // Clone first: the info lock must not be held while plugins run.
-        let Some(info) = session.info.lock().clone() else {
-            return;
-        };
-        let subscription = plugin_api::SubscriptionView {
-            filter: key.filter.as_str().into(),
-            share_group: key.group.as_deref().map(Into::into).into(),
-            options: crate::session::sub_options(options),
-            is_new,
-            subscription_id: id.unwrap_or(0),
-        };
-        let event = EventView {
-            client: info.view(),
-            reason: "".into(),
-            reason_code: 0,
-            subscription: Some(subscription).into(),
-        };
-        self.hooks.notify(point, &event);
-    }
-
-    /// Adds (or replaces) a subscription of `session`; returns true if it is new.
-    pub fn add_subscription(
-        &self,
-        session: &Arc<Session>,
-        key: SubscriptionKey,
-        options: SubscriptionOptions,
-        id: Option<u32>,
-    ) -> bool {
-        let entry = SubEntry {
-            session: session.clone(),
-            options,
-            id,
-        };
-        let bytes = key_bytes(&key);
-        let mut router = self.routes_mut();
-        if session.has_ended() {
-            // A connection that is being taken over by a clean start, still reading what its
-            // client sent: its subscription would keep the ended session in the router,
-            // queueing (and charging) every matching message for nobody.
-            return false;
-        }
-        router.insert(key.group.as_ref(), &key.filter, session.id, entry);
-        let previous = session
-            .subscriptions
-            .lock()
-            .insert(key, Subscription { options, id });
-        if previous.is_none() {
-            metrics::add(&self.metrics.subscription_bytes, bytes as u64);
-        }
-        previous.is_none()
-    }
-
-    /// Whether a new subscription `key` of `session` (one it does not hold) would take every
-    /// session's subscriptions past `limits.max_total_subscription_bytes`; logged at most
-    /// every 10 s when it does.
-    pub fn over_total_subscription_bytes(&self, session: &Session, key: &SubscriptionKey) -> bool {
-        let max = self.config.limits.max_total_subscription_bytes;
-        if max == 0 {
-            return false;
-        }
-        let held = self.metrics.subscription_bytes.load(Ordering::Relaxed) as usize;
-        if held + key_bytes(key) <= max || session.subscriptions.lock().contains(key) {
-            return false;
-        }
-        if self.subscription_refusals.due(10_000) {
-            tracing::warn!(
-                client_id = %session.client_id,
-                subscription_bytes = held,
-                "limits.max_total_subscription_bytes reached: new subscriptions are refused"
-            );
-        }
-        true
-    }
-
-    /// Removes subscription `key` from `session` and the router; returns it.
-    pub fn remove_subscription(
-        &self,
-        session: &Session,
-        key: &SubscriptionKey,
-    ) -> Option<Subscription> {
-        let sub = session.subscriptions.lock().remove(key)?;
-        metrics::sub(&self.metrics.subscription_bytes, key_bytes(key) as u64);
-        self.routes_mut()
-            .remove(key.group.as_ref(), &key.filter, &session.id);
-        Some(sub)
-    }
-
-    /// The router, to read. One lock per thread: with one lock for all, the two cores took
-    /// turns at its cache line for every message (78 % of `route_in`'s own time, ~9 % of the
-    /// broker's CPU in fan-in QoS 0, perf); a subscription change takes them all.
-    fn routes(&self) -> ShardedLockReadGuard<'_, Trie<u64, SubEntry>> {
-        // A panic while it was held leaves the trie whole (its changes are single calls).
-        self.router.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The router, to change (see [`Broker::routes`]).
-    fn routes_mut(&self) -> ShardedLockWriteGuard<'_, Trie<u64, SubEntry>> {
-        self.router.write().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Subscriptions in the router (every session's, shared ones once per member).
-    pub fn subscription_count(&self) -> usize {
-        self.routes().len()
-    }
-
-    /// Removes subscription `raw` (as it was subscribed) from a session, online or offline,
-    /// as if its client had sent UNSUBSCRIBE (management API, plugins). Returns false when the
-    /// session has no such subscription.
-    pub fn unsubscribe_client(&self, client_id: &str, raw: &str) -> Result<bool, String> {
-        let session = self
-            .session(client_id)
-            .ok_or_else(|| format!("no session for client {client_id:?}"))?;
-        let key = SubscriptionKey::parse(raw).map_err(|e| e.to_string())?;
-        let Some(sub) = self.remove_subscription(&session, &key) else {
-            return Ok(false);
-        };
-        self.store_session(&session);
-        let point = HookPoint::SESSION_UNSUBSCRIBED;
-        self.notify_subscription(point, &session, &key, &sub.options, false, sub.id);
-        Ok(true)
-    }
-
     /// Ends a session now, online or offline: a connected client is kicked first (v5:
     /// DISCONNECT 0x98), then the session, its subscriptions and its queue are discarded, in
     /// the store too. Returns false when there is no such session.
@@ -683,61 +530,6 @@ impl Broker {
             }
             _ => false,
         }
-    }
-
-    /// Uses `store` for sessions: read back at start, written at a graceful stop, and with
-    /// `durability = "ack"` written as sessions change.
-    pub fn attach_store(&self, store: Arc<Store>) {
-        if self.config.session.durability == Durability::Ack {
-            let _ = self.queue_limits.live_store.set(store.clone());
-        }
-        let _ = self.store.set(store);
-    }
-
-    /// Submits a change to the live store, if there is one.
-    pub fn store_op(&self, op: Op) {
-        if let Some(store) = self.queue_limits.live_store.get() {
-            store.submit(op);
-        }
-    }
-
-    /// Writes the record of `session` (expiry, subscriptions, will) to the live store, if
-    /// there is one and the session is persistent.
-    pub fn store_session(&self, session: &Session) {
-        if let Some(store) = session.live_store() {
-            session.in_store.store(true, Ordering::Relaxed);
-            store.submit(Op::PutSession {
-                client_id: session.client_id.clone(),
-                record: crate::session::persist::session_record(session),
-            });
-        }
-    }
-
-    /// Waits until everything submitted to the live store so far is on disc (immediately
-    /// when there is no live store or nothing is pending).
-    ///
-    /// `since` is [`Broker::store_submitted`] from before the changes that must be durable:
-    /// when nothing at all was submitted since, there is nothing to wait for (a batch of
-    /// publishes to clean sessions does not wait for another connection's commit).
-    pub async fn store_committed(&self, since: u64) -> Result<(), StoreError> {
-        match self.queue_limits.live_store.get() {
-            Some(store) => {
-                let now = store.submitted();
-                if now == since {
-                    return Ok(());
-                }
-                store.wait_committed(now).await
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// The number of changes submitted to the live store so far (0 without one).
-    pub fn store_submitted(&self) -> u64 {
-        self.queue_limits
-            .live_store
-            .get()
-            .map_or(0, |store| store.submitted())
     }
 
     /// Every counter and gauge, with `queued_bytes` read from the queues.
