@@ -340,7 +340,10 @@ impl Connection {
             self.paused = false;
         }
         let rate = &mut self.machine.control_rate;
-        rate.refill(Instant::now());
+        // Only a spent budget needs the clock (spending refills it first).
+        if rate.blocked_until().is_some() {
+            rate.refill(Instant::now());
+        }
         let woken_before = crate::session::woken_here();
         if *input_pending && !self.paused && rate.blocked_until().is_none() {
             let max_packet = self.broker.config.limits.max_packet_size;

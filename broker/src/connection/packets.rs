@@ -48,11 +48,15 @@ impl Connection {
                 };
                 return Ok(self.on_publish(&mut p, target)?.map(Deferred::Publish));
             }
-            // Read here, not for every packet: the clock is for the control-packet budget.
-            other => {
-                let now = tokio::time::Instant::now();
-                Machine::handle(machine, other, now, config, &mut effects)?
-            }
+            // The clock is read only for the packets that spend the control budget: not for
+            // every PUBACK (1.8 % of the broker's CPU in fan-in QoS 1).
+            other => Machine::handle(
+                machine,
+                other,
+                tokio::time::Instant::now,
+                config,
+                &mut effects,
+            )?,
         };
         Ok(match request {
             None => None,

@@ -216,13 +216,14 @@ impl Machine {
         }
     }
 
-    /// Acts on one packet from the client at `now`. Acknowledgements of what the broker sent,
-    /// PUBREL, PINGREQ and a QoS 2 resend are answered here; what reaches beyond the
-    /// connection is returned as a [`Request`].
+    /// Acts on one packet from the client; `now` tells the time, asked only for the packets
+    /// that spend the control budget (acknowledgements, most of what a client sends, need no
+    /// clock). Acknowledgements of what the broker sent, PUBREL, PINGREQ and a QoS 2 resend
+    /// are answered here; what reaches beyond the connection is returned as a [`Request`].
     pub fn handle(
         &mut self,
         packet: Packet,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
         config: &Config,
         out: &mut impl Outputs,
     ) -> Result<Option<Request>, Close> {
@@ -244,17 +245,17 @@ impl Machine {
             Packet::PubRel(r) => self.on_pubrel(r, out),
             Packet::Subscribe(s) => {
                 let cost = ControlRate::filters_cost(s.filters.len());
-                self.control_rate.spend(now, cost);
+                self.control_rate.spend(now(), cost);
                 return Ok(Some(Request::Subscribe(s)));
             }
             Packet::Unsubscribe(u) => {
                 let cost = ControlRate::filters_cost(u.filters.len());
-                self.control_rate.spend(now, cost);
+                self.control_rate.spend(now(), cost);
                 subscribe::check_unsubscribe(&u)?;
                 return Ok(Some(Request::Unsubscribe(u)));
             }
             Packet::PingReq => {
-                self.control_rate.spend(now, 1);
+                self.control_rate.spend(now(), 1);
                 self.push(&Packet::PingResp);
             }
             Packet::Disconnect(d) => {
@@ -269,7 +270,7 @@ impl Machine {
                 .into())
             }
             Packet::Auth(a) => {
-                self.control_rate.spend(now, 1);
+                self.control_rate.spend(now(), 1);
                 return Ok(Some(Request::Auth(a)));
             }
             other => {

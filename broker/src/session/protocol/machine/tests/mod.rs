@@ -93,7 +93,9 @@ impl Rig {
 
     /// Feeds one packet.
     fn feed(&mut self, packet: Packet) -> Result<Option<Request>, Close> {
-        self.m.handle(packet, self.now, &self.config, &mut self.out)
+        let now = self.now;
+        self.m
+            .handle(packet, move || now, &self.config, &mut self.out)
     }
 
     /// Feeds a packet that must be answered without a request.
