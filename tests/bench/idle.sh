@@ -6,6 +6,8 @@
 #   bash tests/bench/idle.sh                         # 19 000 connections, 100 at a time
 #   CLIENTS=10000 ROUNDS=3 bash tests/bench/idle.sh
 #   BEFORE=/path/to/older/broker bash tests/bench/idle.sh   # adds that binary as a column
+#   SUBSCRIBE=1 bash tests/bench/idle.sh             # each device also subscribes (QoS 1) to
+#                                                    # devices/<id>/cmd, its own command topic
 #
 # Reported per broker: RSS at start with no client (SETTLE_SECS after its listeners are up:
 # start-up's own allocations are given back by then), RSS growth per connection (KiB, from 0
@@ -22,6 +24,8 @@ IDLE_SECS=${IDLE_SECS:-5}
 LEFT_SECS=${LEFT_SECS:-5}
 SETTLE_SECS=${SETTLE_SECS:-3}
 CONCURRENCY=${CONCURRENCY:-100}
+SUBSCRIBE=${SUBSCRIBE:-0}
+subscribe=false; [ "$SUBSCRIBE" = 1 ] && subscribe=true
 command -v mosquitto >/dev/null || { echo "mosquitto not installed (apt-get install mosquitto)" >&2; exit 1; }
 ulimit -n 20000 2>/dev/null || true
 cargo build --release -j2 --workspace >/dev/null
@@ -39,7 +43,7 @@ round() {
   sleep "$SETTLE_SECS"
   local rss0; rss0=$(rss_kib "$pid")
   "$BIN/mqtt-bench" --port "$port" --mode idle --clients "$CLIENTS" --window "$CONCURRENCY" \
-    --messages $((IDLE_SECS + 20)) > "$out" &
+    --subscribe "$subscribe" --messages $((IDLE_SECS + 20)) > "$out" &
   local bench=$!
   for _ in $(seq 600); do grep -q connects_per_sec "$out" 2>/dev/null && break; sleep 0.1; done
   local rate; rate=$(sed -n 's/.*connects_per_sec=\([0-9]*\).*/\1/p' "$out")
@@ -93,7 +97,8 @@ for _ in $(seq "$ROUNDS"); do
 done
 
 col() { awk -v c="$1" '{print $c}' "$work/$2.rounds" | median; }
-printf '%-30s' "idle, $CLIENTS connections"; for n in "${names[@]}"; do printf ' %12s' "$n"; done
+label="idle, $CLIENTS connections"; [ "$SUBSCRIBE" = 1 ] && label="$label, subscribed"
+printf '%-30s' "$label"; for n in "${names[@]}"; do printf ' %12s' "$n"; done
 printf ' %10s\n' "ours/mosq"
 for row in "1 RSS at start (KiB)" "2 RSS per connection (KiB)" "3 connects/s" "4 CPU while idle (% core)" \
   "5 RSS after clients left (KiB)"; do

@@ -26,7 +26,9 @@
 //! and then held without traffic for `--messages` seconds; prints the connect rate as soon as
 //! all are connected (`tests/bench/idle.sh` measures the broker's memory and CPU meanwhile).
 //! Keep Alive is 60 s, so hold them for less than the broker's 90 s limit. With
-//! `--persistent true` they ask for persistent sessions, which stay when they close.
+//! `--persistent true` they ask for persistent sessions, which stay when they close. With
+//! `--subscribe true` each also subscribes, QoS 1, to a topic of its own (`devices/<id>/cmd`,
+//! as a device waits for its commands) before the next connects.
 //!
 //! flood-ping / flood-subscribe: `--clients` connections send PINGREQ (or SUBSCRIBE and
 //! UNSUBSCRIBE pairs) as fast as the broker takes them for `--messages` milliseconds, while
@@ -54,6 +56,8 @@ struct Args {
     password: Option<String>,
     /// Subscribers keep persistent sessions (clean session = 0).
     persistent: bool,
+    /// `idle` mode: each connection subscribes to a topic of its own.
+    subscribe: bool,
     /// `latency` mode: messages per second the publisher paces itself to.
     rate: u64,
     /// Subscribers connect to this port (another node of a cluster); default `port`.
@@ -76,6 +80,7 @@ fn parse() -> anyhow::Result<Args> {
         username: None,
         password: None,
         persistent: false,
+        subscribe: false,
         rate: 2000,
         sub_port: None,
         settle_ms: 0,
@@ -95,6 +100,7 @@ fn parse() -> anyhow::Result<Args> {
             "--username" => a.username = Some(v),
             "--password" => a.password = Some(v),
             "--persistent" => a.persistent = v.parse()?,
+            "--subscribe" => a.subscribe = v.parse()?,
             "--rate" => a.rate = v.parse()?,
             "--sub-port" => a.sub_port = Some(v.parse()?),
             "--settle-ms" => a.settle_ms = v.parse()?,
@@ -486,7 +492,11 @@ async fn idle(a: Arc<Args>) -> anyhow::Result<()> {
         let a = a.clone();
         tasks.push(tokio::spawn(async move {
             let id = format!("bench-idle-{}-{i}", std::process::id());
-            let c = connect_with(&a, &id, !a.persistent).await;
+            let mut c = connect_with(&a, &id, !a.persistent).await;
+            if let (true, Ok((s, buf))) = (a.subscribe, c.as_mut()) {
+                let subscribed = subscribe(s, buf, &format!("devices/{id}/cmd"), 1).await;
+                c = subscribed.and(c);
+            }
             drop(permit);
             // Closed with a reset, not a FIN: tens of thousands of closes would otherwise leave
             // as many local ports in TIME_WAIT, and the next round could not connect.
