@@ -40,4 +40,5 @@ pub mod platform;
 pub mod plugin;
 pub mod router;
 pub mod session;
+pub mod small_map;
 pub mod sys;

@@ -23,6 +23,8 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+use crate::small_map::SmallMap;
+
 use super::topic::TopicFilter;
 
 /// The trie's hash maps (see the module docs).
@@ -114,7 +116,7 @@ impl<K: Clone + PartialEq, V> SharedGroup<K, V> {
 }
 
 /// One level of the trie. Its children are held inline (one pointer less to follow per level
-/// of a match), in a list sized to them while there are few; what a node holds for filters
+/// of a match), in a list sized to them while there are few ([`SmallMap`]); what a node holds for filters
 /// that end there is boxed, and only while there is any. Most nodes are inner levels with one
 /// child (`devices/<id>/cmd`: one subscription per device), and a map's table holds room for
 /// four entries at least: with a map for every level and everything inline, such a
@@ -152,94 +154,13 @@ impl<K, V> Ends<K, V> {
     }
 }
 
-/// Most children a node keeps in a list (found by comparing levels); with more, a map.
-const FEW_CHILDREN: usize = 8;
-
-/// A node's children by level.
-#[derive(Debug)]
-enum Children<K, V> {
-    /// Up to [`FEW_CHILDREN`], in a list with room for exactly these.
-    Few(Vec<(Box<str>, Node<K, V>)>),
-    /// More.
-    Many(Map<Box<str>, Node<K, V>>),
-}
-
-impl<K, V> Children<K, V> {
-    fn get(&self, level: &str) -> Option<&Node<K, V>> {
-        match self {
-            Children::Few(list) => list.iter().find(|(l, _)| **l == *level).map(|(_, n)| n),
-            Children::Many(map) => map.get(level),
-        }
-    }
-
-    fn get_mut(&mut self, level: &str) -> Option<&mut Node<K, V>> {
-        match self {
-            Children::Few(list) => list.iter_mut().find(|(l, _)| **l == *level).map(|(_, n)| n),
-            Children::Many(map) => map.get_mut(level),
-        }
-    }
-
-    /// The child at `level`, added if there is none.
-    fn get_or_add(&mut self, level: &str) -> &mut Node<K, V> {
-        if let Children::Few(list) = self {
-            if list.len() >= FEW_CHILDREN && !list.iter().any(|(l, _)| **l == *level) {
-                let map = std::mem::take(list).into_iter().collect();
-                *self = Children::Many(map);
-            }
-        }
-        match self {
-            Children::Few(list) => {
-                let at = match list.iter().position(|(l, _)| **l == *level) {
-                    Some(at) => at,
-                    None => {
-                        // Room for one more, not the four a first `push` takes.
-                        list.reserve_exact(1);
-                        list.push((level.into(), Node::default()));
-                        list.len() - 1
-                    }
-                };
-                &mut list[at].1
-            }
-            Children::Many(map) => map.entry(level.into()).or_default(),
-        }
-    }
-
-    fn remove(&mut self, level: &str) -> Option<Node<K, V>> {
-        match self {
-            Children::Few(list) => {
-                let at = list.iter().position(|(l, _)| **l == *level)?;
-                let (_, node) = list.swap_remove(at);
-                list.shrink_to_fit();
-                Some(node)
-            }
-            Children::Many(map) => map.remove(level),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Children::Few(list) => list.len(),
-            Children::Many(map) => map.len(),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Moves every child onto `stack`.
-    fn drain_into(&mut self, stack: &mut Vec<Node<K, V>>) {
-        match self {
-            Children::Few(list) => stack.extend(list.drain(..).map(|(_, n)| n)),
-            Children::Many(map) => stack.extend(map.drain().map(|(_, n)| n)),
-        }
-    }
-}
+/// A node's children by level (a list while there are few: see [`SmallMap`]).
+type Children<K, V> = SmallMap<Box<str>, Node<K, V>, foldhash::fast::RandomState>;
 
 impl<K, V> Default for Node<K, V> {
     fn default() -> Self {
         Node {
-            children: Children::Few(Vec::new()),
+            children: Children::default(),
             plus: None,
             hash: None,
             ends: None,
@@ -271,7 +192,7 @@ impl<K, V> Node<K, V> {
 
     /// Moves this node's children onto `stack` (so they are dropped by the caller's loop).
     fn take_children(&mut self, stack: &mut Vec<Node<K, V>>) {
-        self.children.drain_into(stack);
+        stack.extend(self.children.drain().into_iter().map(|(_, c)| c));
         stack.extend(self.plus.take().map(|b| *b));
         stack.extend(self.hash.take().map(|b| *b));
     }
@@ -373,7 +294,9 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
             node = match level {
                 "+" => node.plus.get_or_insert_with(Box::default),
                 "#" => node.hash.get_or_insert_with(Box::default),
-                _ => node.children.get_or_add(level),
+                _ => node
+                    .children
+                    .get_or_insert_with(level, || level.into(), Node::default),
             };
         }
         node
@@ -614,20 +537,20 @@ mod tests {
         assert!(t.root.is_empty());
     }
 
-    /// A node keeps its children in a list up to FEW_CHILDREN, in a map beyond: both find
+    /// A node keeps its children in a list up to `small_map::FEW`, in a map beyond: both find
     /// the same, and the node goes when its last child does.
     #[test]
     fn many_children_move_to_a_map_and_stay_found() {
         let mut t: Trie<u32, ()> = Trie::new();
-        let n = 3 * FEW_CHILDREN as u32;
+        let n = 3 * crate::small_map::FEW as u32;
         for i in 0..n {
             t.insert(None, &filter(&format!("d/{i}/cmd")), i, ());
         }
         t.insert(None, &filter("d/+/cmd"), n, ());
         let d = t.root.child("d").expect("d");
-        assert!(matches!(d.children, Children::Many(_)));
+        assert!(matches!(d.children, SmallMap::Many(_)));
         assert!(
-            matches!(d.child("0").map(|c| &c.children), Some(Children::Few(l)) if l.capacity() == 1)
+            matches!(d.child("0").map(|c| &c.children), Some(SmallMap::Few(l)) if l.capacity() == 1)
         );
         for i in 0..n {
             assert_eq!(collect_keys(&t, &format!("d/{i}/cmd")), vec![i, n]);
@@ -700,7 +623,7 @@ mod tests {
     }
 
     /// A few levels that repeat (so filters overlap), and enough others that a node gets
-    /// more than [`FEW_CHILDREN`] children now and then.
+    /// more than `small_map::FEW` children now and then.
     fn level() -> impl Strategy<Value = String> {
         prop_oneof![
             6 => prop_oneof![

@@ -1,9 +1,10 @@
 //! A session's own record of its subscriptions (the router holds the matching side).
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 
 use crate::codec::SubscriptionOptions;
 use crate::router::SubscriptionKey;
+use crate::small_map::SmallMap;
 
 /// One subscription as the session records it (its [`SubscriptionKey`] is the map's key).
 #[derive(Debug, Clone)]
@@ -20,10 +21,12 @@ pub fn key_bytes(key: &SubscriptionKey) -> usize {
     key.filter.as_str().len() + key.group.as_deref().map_or(0, str::len)
 }
 
-/// The subscriptions of a session that has some, and the bytes of their keys.
+/// The subscriptions of a session that has some (a list while there are few, see
+/// [`SmallMap`]; filters come from clients, so the map beyond has a seeded hasher), and the
+/// bytes of their keys.
 #[derive(Debug, Default)]
 struct Held {
-    map: HashMap<SubscriptionKey, Subscription>,
+    map: SmallMap<SubscriptionKey, Subscription, RandomState>,
     bytes: usize,
 }
 
@@ -80,7 +83,7 @@ impl Subscriptions {
 
     /// Every one, leaving none.
     pub fn drain(&mut self) -> impl Iterator<Item = (SubscriptionKey, Subscription)> {
-        self.0.take().into_iter().flat_map(|h| h.map.into_iter())
+        self.0.take().into_iter().flat_map(|mut h| h.map.drain())
     }
 
     /// Every one, in no particular order.
