@@ -140,6 +140,8 @@ fn main() -> ExitCode {
     // without waking the other (a cross-CPU wake-up is most of the end-to-end latency at light
     // load). The arrival order of clients' input is kept by the connections instead: a read
     // that starts with a PUBLISH lets the input woken with it go first (`connection`, `act`).
+    // Its workers wake a publisher waiting for its deliveries when they park (`on_park`).
+    broker::connection::wait_for_deliveries_on_this_runtime();
     let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {

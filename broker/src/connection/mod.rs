@@ -73,7 +73,7 @@ use order::{others_waiting, waiting_tasks, Quiet, YIELD_TO_AT_MOST};
 use state::{event, Connection};
 
 pub use io::Transport;
-pub use order::let_answers_go;
+pub use order::{let_answers_go, wait_for_deliveries_on_this_runtime};
 
 /// Above this many bytes waiting to be written, the session queue is not drained into the
 /// write buffer and the client is not read (see the module docs).

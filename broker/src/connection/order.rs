@@ -22,10 +22,13 @@
 //! runs right after that connection, from the LIFO slot, and the other worker sleeps on.
 //! Whatever happens, the waker is woken: by the next connection on this worker that polls
 //! its socket or ends, or when the worker runs out of work (the broker binary calls
-//! [`let_answers_go`] when a worker parks).
+//! [`let_answers_go`] when a worker parks). Only a runtime built that way may let publishers
+//! wait ([`wait_for_deliveries_on_this_runtime`]): elsewhere (a test's runtime, the fuzz
+//! target) a publisher whose message woke only its own session would wait for nothing.
 
 use std::cell::Cell;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -106,6 +109,16 @@ pub(super) fn waiting_tasks() -> usize {
     1
 }
 
+/// Whether publishers may wait for their deliveries ([`wait_for_deliveries_on_this_runtime`]).
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Lets publishers wait for the deliveries they caused to go first ([`after_deliveries`]).
+/// Call only when every worker of the runtime that serves connections calls
+/// [`let_answers_go`] before it parks (`on_thread_park`), as the broker binary's does.
+pub fn wait_for_deliveries_on_this_runtime() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
 thread_local! {
     /// The publisher on this worker waiting for the connections it woke to write first (see
     /// [`after_deliveries`]).
@@ -114,9 +127,11 @@ thread_local! {
 
 /// Ready once a connection on this worker has written or ended, or the worker has run out of
 /// work (see the module docs); at once when another publisher on this worker is already
-/// waiting. A wake-up for any other reason also ends the wait: the caller goes on.
+/// waiting, or when the runtime does not wake waiters as it parks
+/// ([`wait_for_deliveries_on_this_runtime`]). A wake-up for any other reason also ends the
+/// wait: the caller goes on.
 pub(super) fn after_deliveries() -> impl Future<Output = ()> {
-    let mut waited = false;
+    let mut waited = !ENABLED.load(Ordering::Relaxed);
     std::future::poll_fn(move |cx| {
         if waited {
             return Poll::Ready(());
@@ -154,6 +169,7 @@ mod tests {
     /// the same worker does not wait at all.
     #[tokio::test]
     async fn a_waiting_publisher_goes_on_once_another_task_writes() {
+        wait_for_deliveries_on_this_runtime();
         let done = Arc::new(AtomicBool::new(false));
         let waiter = {
             let done = done.clone();
