@@ -66,8 +66,8 @@ impl<K: Eq + Hash, V, S: BuildHasher + Default> SmallMap<K, V, S> {
         self.get(key).is_some()
     }
 
-    /// The value at `key`; if there is none, `value()` is added there first (its key made by
-    /// `owned`, called only then).
+    /// The value at `key`; if there is none, `value()` is added there first, at the key
+    /// `owned()` makes (a list calls it only then, a map to look the key up).
     pub fn get_or_insert_with<Q>(
         &mut self,
         key: &Q,
@@ -78,37 +78,49 @@ impl<K: Eq + Hash, V, S: BuildHasher + Default> SmallMap<K, V, S> {
         K: Borrow<Q>,
         Q: Eq + Hash + ?Sized,
     {
-        self.grow_for(key);
-        match self {
-            SmallMap::Few(list) => {
-                let at = match list.iter().position(|(k, _)| k.borrow() == key) {
-                    Some(at) => at,
-                    None => {
-                        // Room for one more, not the four a first `push` takes.
-                        list.reserve_exact(1);
-                        list.push((owned(), value()));
-                        list.len() - 1
-                    }
-                };
-                &mut list[at].1
-            }
-            SmallMap::Many(map) => map.entry(owned()).or_insert_with(value),
+        let at = match self {
+            SmallMap::Few(list) => list.iter().position(|(k, _)| k.borrow() == key),
+            SmallMap::Many(_) => None,
+        };
+        match (self, at) {
+            (SmallMap::Few(list), Some(at)) => &mut list[at].1,
+            (SmallMap::Many(map), _) => map.entry(owned()).or_insert_with(value),
+            (this, None) => this.add(owned(), value()),
         }
     }
 
     /// Sets the value at `key`; returns the one it replaced.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        self.grow_for(&key);
         match self {
             SmallMap::Few(list) => {
                 if let Some((_, v)) = list.iter_mut().find(|(k, _)| *k == key) {
                     return Some(std::mem::replace(v, value));
                 }
+            }
+            SmallMap::Many(map) => return map.insert(key, value),
+        }
+        self.add(key, value);
+        None
+    }
+
+    /// Adds `value` at `key`, which a list does not hold (a map may): to the list while it
+    /// has fewer than [`FEW`] entries, otherwise to a map (the list's entries moved into it).
+    fn add(&mut self, key: K, value: V) -> &mut V {
+        if let SmallMap::Few(list) = self {
+            if list.len() >= FEW {
+                let map = std::mem::take(list).into_iter().collect();
+                *self = SmallMap::Many(map);
+            }
+        }
+        match self {
+            SmallMap::Few(list) => {
+                // Room for one more, not the four a first `push` takes.
                 list.reserve_exact(1);
                 list.push((key, value));
-                None
+                let last = list.len() - 1;
+                &mut list[last].1
             }
-            SmallMap::Many(map) => map.insert(key, value),
+            SmallMap::Many(map) => map.entry(key).or_insert(value),
         }
     }
 
@@ -151,24 +163,10 @@ impl<K: Eq + Hash, V, S: BuildHasher + Default> SmallMap<K, V, S> {
     }
 
     /// Moves every entry out, leaving none.
-    pub fn drain(&mut self) -> Vec<(K, V)> {
+    pub fn drain(&mut self) -> IntoIter<K, V> {
         match std::mem::take(self) {
-            SmallMap::Few(list) => list,
-            SmallMap::Many(map) => map.into_iter().collect(),
-        }
-    }
-
-    /// Turns a full list into a map when `key` would be one entry too many for it.
-    fn grow_for<Q>(&mut self, key: &Q)
-    where
-        K: Borrow<Q>,
-        Q: Eq + Hash + ?Sized,
-    {
-        if let SmallMap::Few(list) = self {
-            if list.len() >= FEW && !list.iter().any(|(k, _)| k.borrow() == key) {
-                let map = std::mem::take(list).into_iter().collect();
-                *self = SmallMap::Many(map);
-            }
+            SmallMap::Few(list) => IntoIter::Few(list.into_iter()),
+            SmallMap::Many(map) => IntoIter::Many(map.into_iter()),
         }
     }
 }
@@ -188,6 +186,25 @@ impl<'a, K, V> Iterator for Iter<'a, K, V> {
         match self {
             Iter::Few(it) => it.next().map(|(k, v)| (k, v)),
             Iter::Many(it) => it.next(),
+        }
+    }
+}
+
+/// The entries moved out of a [`SmallMap`] ([`SmallMap::drain`]).
+pub enum IntoIter<K, V> {
+    /// Of the list.
+    Few(std::vec::IntoIter<(K, V)>),
+    /// Of the map.
+    Many(std::collections::hash_map::IntoIter<K, V>),
+}
+
+impl<K, V> Iterator for IntoIter<K, V> {
+    type Item = (K, V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            IntoIter::Few(it) => it.next(),
+            IntoIter::Many(it) => it.next(),
         }
     }
 }
@@ -221,7 +238,7 @@ mod tests {
                 assert_eq!(small.remove(key.as_str()), model.remove(&key));
             }
         }
-        let mut left = small.drain();
+        let mut left: Vec<_> = small.drain().collect();
         left.sort();
         let mut expected: Vec<_> = model.into_iter().collect();
         expected.sort();

@@ -136,13 +136,17 @@ pub(super) fn after_deliveries() -> impl Future<Output = ()> {
         if waited {
             return Poll::Ready(());
         }
-        let taken = WAITING.with(|w| {
-            let other = w.take();
-            let taken = other.is_none();
-            w.set(other.or_else(|| Some(cx.waker().clone())));
-            taken
+        let free = WAITING.with(|w| match w.take() {
+            Some(other) => {
+                w.set(Some(other));
+                false
+            }
+            None => {
+                w.set(Some(cx.waker().clone()));
+                true
+            }
         });
-        if !taken {
+        if !free {
             return Poll::Ready(());
         }
         waited = true;

@@ -116,8 +116,8 @@ impl<K: Clone + PartialEq, V> SharedGroup<K, V> {
 }
 
 /// One level of the trie. Its children are held inline (one pointer less to follow per level
-/// of a match), in a list sized to them while there are few ([`SmallMap`]); what a node holds for filters
-/// that end there is boxed, and only while there is any. Most nodes are inner levels with one
+/// of a match), in a list sized to them while there are few ([`SmallMap`]); what a node
+/// holds for filters that end there is boxed, and only while there is any. Most nodes are inner levels with one
 /// child (`devices/<id>/cmd`: one subscription per device), and a map's table holds room for
 /// four entries at least: with a map for every level and everything inline, such a
 /// subscription cost ~0.9 KiB more (see the README's idle benchmark with subscriptions).
@@ -192,7 +192,7 @@ impl<K, V> Node<K, V> {
 
     /// Moves this node's children onto `stack` (so they are dropped by the caller's loop).
     fn take_children(&mut self, stack: &mut Vec<Node<K, V>>) {
-        stack.extend(self.children.drain().into_iter().map(|(_, c)| c));
+        stack.extend(self.children.drain().map(|(_, c)| c));
         stack.extend(self.plus.take().map(|b| *b));
         stack.extend(self.hash.take().map(|b| *b));
     }
