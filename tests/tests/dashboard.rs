@@ -227,15 +227,27 @@ async fn operate_the_broker_from_the_dashboard_in_chromium() {
         t.parse::<u64>().is_ok_and(|n| n > 50)
     })
     .await;
-    let points = c
-        .find(Locator::Css("#rate-in"))
-        .await
-        .expect("chart line")
-        .attr("points")
-        .await
-        .expect("points")
-        .unwrap_or_default();
-    assert!(points.split(' ').count() >= 2, "chart has points: {points}");
+    // The peak can come from the first sample alone (a line of one point): the
+    // next sample, one second later, makes it a line.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let points = c
+            .find(Locator::Css("#rate-in"))
+            .await
+            .expect("chart line")
+            .attr("points")
+            .await
+            .expect("points")
+            .unwrap_or_default();
+        if points.split(' ').count() >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the chart never drew a line: points {points:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     screenshot(&c, "overview").await;
     let publisher = load.await.expect("load");
 
