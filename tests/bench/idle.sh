@@ -11,7 +11,9 @@
 #
 # Reported per broker: RSS at start with no client (SETTLE_SECS after its listeners are up:
 # start-up's own allocations are given back by then), RSS growth per connection (KiB, from 0
-# to CLIENTS), connects per second, CPU used while the connections sit idle for IDLE_SECS
+# to CLIENTS), connects per second, the broker's CPU time per connect while they connect
+# (user and system, from /proc: what a connect costs it whatever the load generator's own speed
+# on this machine), CPU used while the connections sit idle for IDLE_SECS
 # (percent of one core), and RSS LEFT_SECS after every client has gone (what an idle broker
 # keeps of the memory the connections used). Needs mosquitto (apt-get install mosquitto);
 # builds the release binaries itself.
@@ -42,12 +44,14 @@ round() {
   rm -f "$out"
   sleep "$SETTLE_SECS"
   local rss0; rss0=$(rss_kib "$pid")
+  local c0; c0=$(cpu_ticks "$pid")
   "$BIN/mqtt-bench" --port "$port" --mode idle --clients "$CLIENTS" --window "$CONCURRENCY" \
     --subscribe "$subscribe" --messages $((IDLE_SECS + 20)) > "$out" &
   local bench=$!
   for _ in $(seq 600); do grep -q connects_per_sec "$out" 2>/dev/null && break; sleep 0.1; done
   local rate; rate=$(sed -n 's/.*connects_per_sec=\([0-9]*\).*/\1/p' "$out")
   local connected; connected=$(sed -n 's/.* connected=\([0-9]*\).*/\1/p' "$out")
+  local c1; c1=$(cpu_ticks "$pid")
   sleep 1
   local rss1; rss1=$(rss_kib "$pid")
   local t0; t0=$(cpu_ticks "$pid")
@@ -58,8 +62,8 @@ round() {
   local rss2; rss2=$(rss_kib "$pid")
   local hz; hz=$(getconf CLK_TCK)
   awk -v r0="$rss0" -v r1="$rss1" -v n="$connected" -v rate="$rate" -v t0="$t0" -v t1="$t1" \
-      -v hz="$hz" -v s="$IDLE_SECS" -v r2="$rss2" \
-    'BEGIN { printf "%d %.2f %d %.1f %d\n", r0, (n > 0 ? (r1 - r0) / n : 0), rate, 100 * (t1 - t0) / hz / s, r2 }'
+      -v hz="$hz" -v s="$IDLE_SECS" -v r2="$rss2" -v c0="$c0" -v c1="$c1" \
+    'BEGIN { printf "%d %.2f %d %.1f %d %.1f\n", r0, (n > 0 ? (r1 - r0) / n : 0), rate, 100 * (t1 - t0) / hz / s, r2, (n > 0 ? 1e6 * (c1 - c0) / hz / n : 0) }'
 }
 
 # Each round runs against a freshly started broker: some of the memory a broker has once used
@@ -100,8 +104,8 @@ col() { awk -v c="$1" '{print $c}' "$work/$2.rounds" | median; }
 label="idle, $CLIENTS connections"; [ "$SUBSCRIBE" = 1 ] && label="$label, subscribed"
 printf '%-30s' "$label"; for n in "${names[@]}"; do printf ' %12s' "$n"; done
 printf ' %10s\n' "ours/mosq"
-for row in "1 RSS at start (KiB)" "2 RSS per connection (KiB)" "3 connects/s" "4 CPU while idle (% core)" \
-  "5 RSS after clients left (KiB)"; do
+for row in "1 RSS at start (KiB)" "2 RSS per connection (KiB)" "3 connects/s" "6 CPU per connect (us)" \
+  "4 CPU while idle (% core)" "5 RSS after clients left (KiB)"; do
   c=${row%% *}; name=${row#* }
   printf '%-30s' "$name"
   for n in "${names[@]}"; do printf ' %12s' "$(col "$c" "$n")"; done

@@ -73,13 +73,6 @@ thread_local! {
     static LAST_COLLECT: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
 }
 
-/// Called by each runtime worker when it runs out of work: at most once per [`COLLECT_EVERY`],
-/// hands the memory that this thread freed back to mimalloc's arena, and purges what has lain
-/// unused there for mimalloc's purge delay (1 s) back to the system. mimalloc otherwise does
-/// both only while a thread goes on allocating, so a broker that 10 000 clients had just left
-/// held ~12 MiB more than at start for as long as it stayed idle. (A purge delay of 0 returned
-/// memory sooner but tripled the page faults of fan-in QoS 1: memory given back and taken
-/// again at once.)
 /// Called by each runtime worker when it runs out of work, before it sleeps.
 fn on_park() {
     // A publisher still waiting for its deliveries to go first goes on (their connections
@@ -88,6 +81,13 @@ fn on_park() {
     collect_when_idle();
 }
 
+/// At most once per [`COLLECT_EVERY`], hands the memory that this thread freed back to
+/// mimalloc's arena, and purges what has lain unused there for mimalloc's purge delay (1 s)
+/// back to the system. mimalloc otherwise does
+/// both only while a thread goes on allocating, so a broker that 10 000 clients had just left
+/// held ~12 MiB more than at start for as long as it stayed idle. (A purge delay of 0 returned
+/// memory sooner but tripled the page faults of fan-in QoS 1: memory given back and taken
+/// again at once.)
 fn collect_when_idle() {
     // The precise clock, not `clock::coarse_monotonic_ms`: a park costs a system call anyway,
     // and the coarse clock's 4 ms steps made a worker skip every other wake-up of the 1 s
