@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::codec::{Disconnect, Packet, Properties};
 use crate::metrics;
@@ -14,11 +14,11 @@ use crate::session::{KickReason, Message};
 use plugin_api::HookPoint;
 
 use super::publish::own_bytes;
-use super::{event, Connection, Exit, CLOSE_FLUSH_TIMEOUT};
+use super::{event, Connection, Exit, Transport, CLOSE_FLUSH_TIMEOUT};
 
 impl Connection {
     /// Closes the connection: tells a v5 client why, parks the session, handles the will.
-    pub(super) async fn finish<S: AsyncWrite + Unpin>(&mut self, stream: &mut S, exit: Exit) {
+    pub(super) async fn finish<S: Transport>(&mut self, stream: &mut S, exit: Exit) {
         self.say_goodbye(stream, &exit).await;
         self.log_exit(&exit);
         let still_ours = self.park();
@@ -41,8 +41,9 @@ impl Connection {
     }
 
     /// DISCONNECT with the reason for a v5 client, then the last bytes, best effort: a peer
-    /// that stopped reading must not hold the task.
-    async fn say_goodbye<S: AsyncWrite + Unpin>(&mut self, stream: &mut S, exit: &Exit) {
+    /// that stopped reading must not hold the task. The stream ends when it is dropped, after
+    /// the session is parked (or earlier, where its transport must say goodbye first).
+    async fn say_goodbye<S: Transport>(&mut self, stream: &mut S, exit: &Exit) {
         let v5 = self.machine.version.is_v5();
         if let (true, Some(reason_code)) = (v5, exit.disconnect_reason()) {
             let mut properties = Properties::default();
@@ -56,7 +57,9 @@ impl Connection {
         }
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
             let _ = self.flush_all(stream).await;
-            let _ = stream.shutdown().await;
+            if !S::ENDS_ON_CLOSE {
+                let _ = stream.shutdown().await;
+            }
         })
         .await;
     }
