@@ -157,8 +157,8 @@ where
                 Poll::Pending => {}
             }
         }
-        // Written: a publisher on this worker waiting for its deliveries to go first may
-        // answer now (see `order`).
+        // This connection has written what it could: a publisher on this worker waiting for
+        // its deliveries to go first may answer now (see `order`).
         super::order::let_answers_go();
         if reading && rbuf.len() == rbuf.capacity() {
             // No room: take memory only once there is something to read.

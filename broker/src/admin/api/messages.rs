@@ -104,7 +104,7 @@ pub(super) async fn publish_bulk(
 }
 
 /// Runs a retainer command, or says the retainer is not loaded.
-async fn retainer(b: &Broker, args: &[&str]) -> ApiResult<String> {
+pub(super) async fn retainer(b: &Broker, args: &[&str]) -> ApiResult<String> {
     let owner = b.plugins.command_owner("retainer").ok_or_else(|| {
         Failure::not_found(
             "retained messages are kept by the retainer plugin, which is not loaded (brokerctl plugins load retainer)",

@@ -106,13 +106,7 @@ pub(super) async fn node(
 
 /// The retainer's `info --json` answer, if it is loaded.
 async fn retainer_info(b: &Broker) -> Option<serde_json::Value> {
-    let owner = b.plugins.command_owner("retainer")?;
-    let text = b
-        .hooks
-        .command(
-            &owner,
-            vec!["retainer".into(), "info".into(), "--json".into()],
-        )
+    let text = super::messages::retainer(b, &["info", "--json"])
         .await
         .ok()?;
     serde_json::from_str(&text).ok()
